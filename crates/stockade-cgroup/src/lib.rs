@@ -1,0 +1,397 @@
+//! cgroup drivers for stockade: create a cgroup per sandbox, apply CPU,
+//! memory and process limits, account usage, report OOM kills, kill every
+//! process inside and remove the group again.
+//!
+//! Both kernel interfaces are supported and chosen at run time
+//! ([`Driver::detect`]): pure cgroup v2 when `/sys/fs/cgroup` is cgroup2,
+//! otherwise the v1 controller hierarchies listed in `/proc/self/mountinfo`.
+//! All groups live under a `stockade` directory in each hierarchy, so
+//! garbage collection never touches anything stockade did not create.
+//! `docs/cgroups.md` maps every limit and statistic to its control file.
+
+mod detect;
+mod error;
+mod fsio;
+mod v1;
+mod v2;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod v1_tests;
+#[cfg(test)]
+mod v2_tests;
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use detect::ROOT_ENV;
+pub use error::CgroupError;
+
+/// Name of the directory that holds every stockade cgroup in a hierarchy.
+pub const PARENT_DIR: &str = "stockade";
+
+/// Smallest memory limit accepted: below this even a shell fails to start,
+/// and the failure would look like a sandbox bug rather than a bad limit.
+pub const MIN_MEMORY_BYTES: u64 = 4 << 20;
+
+/// Smallest CPU limit accepted, in CPUs: the kernel refuses quotas under
+/// 1 ms, and stockade always uses a 100 ms period.
+pub const MIN_CPUS: f64 = 0.01;
+
+/// The CFS period stockade uses on both versions, in microseconds.
+pub(crate) const CPU_PERIOD_US: u64 = 100_000;
+
+/// Which kernel interface a [`Driver`] drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Resource limits of one sandbox; `None` leaves a resource unlimited.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// CPU bandwidth in CPUs (1.5 = one and a half cores' worth of time).
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes; swap is not allowed to extend it.
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of processes and threads.
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    /// Checks that every limit is one the kernel will accept and that leaves
+    /// a program room to start.
+    pub fn validate(&self) -> Result<(), CgroupError> {
+        if let Some(cpus) = self.cpus {
+            // Written as a negation so NaN is rejected too.
+            if !(cpus.is_finite() && cpus >= MIN_CPUS) {
+                return Err(CgroupError::InvalidCpus { cpus });
+            }
+        }
+        if let Some(bytes) = self.memory_bytes {
+            if bytes < MIN_MEMORY_BYTES {
+                return Err(CgroupError::MemoryTooSmall { bytes });
+            }
+        }
+        if let Some(pids) = self.pids {
+            if pids < 1 {
+                return Err(CgroupError::PidsTooSmall { pids });
+            }
+        }
+        Ok(())
+    }
+
+    /// The CFS quota for [`CPU_PERIOD_US`], in microseconds.
+    pub(crate) fn cpu_quota_us(&self) -> Option<u64> {
+        self.cpus
+            .map(|cpus| (cpus * CPU_PERIOD_US as f64).round() as u64)
+    }
+}
+
+/// Usage counters of one cgroup. Counters the kernel does not provide read
+/// as 0 (or `None`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// CPU time used by all processes, user plus system.
+    pub cpu_seconds: f64,
+    /// Memory charged to the group now, in bytes.
+    pub memory_current: u64,
+    /// Highest memory charge seen, in bytes (v2 needs Linux 5.19).
+    pub memory_peak: u64,
+    /// Processes and threads in the group now.
+    pub pids_current: u64,
+    /// Highest process count seen, when the kernel has `pids.peak` (6.1+).
+    pub pids_peak: Option<u64>,
+    /// Processes killed by the OOM killer inside the group.
+    pub oom_kills: u64,
+    /// Forks refused because the process limit was reached.
+    pub pids_limit_hits: u64,
+}
+
+/// Checks that `name` is a valid sandbox id: 1 to 64 of `a-z`, `0-9`, `-`.
+/// This is what keeps a name from escaping the `stockade` directory.
+pub fn validate_name(name: &str) -> Result<(), CgroupError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CgroupError::InvalidName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// The detected cgroup layout of the host. Detection runs once; clones
+/// share the result, so keep one and clone it freely.
+#[derive(Debug, Clone)]
+pub struct Driver {
+    layout: Arc<Layout>,
+}
+
+#[derive(Debug)]
+enum Layout {
+    V1(v1::V1Layout),
+    V2(v2::V2Layout),
+}
+
+impl Driver {
+    /// Detects the host's layout: `STOCKADE_CGROUP_ROOT` if set (must be
+    /// cgroup2), else `/sys/fs/cgroup` if it is cgroup2, else the v1
+    /// hierarchies from `/proc/self/mountinfo`.
+    pub fn detect() -> Result<Driver, CgroupError> {
+        Ok(Self::from_plan(detect::detect_plan()?, fsio::DirOps::REAL))
+    }
+
+    /// A v2 driver rooted at `root`, without checking that `root` is
+    /// cgroup2. Meant for tests and for callers that did their own checks.
+    pub fn with_v2_root(root: impl Into<PathBuf>) -> Driver {
+        Self::from_plan(detect::Plan::V2(root.into()), fsio::DirOps::REAL)
+    }
+
+    pub(crate) fn from_plan(plan: detect::Plan, ops: fsio::DirOps) -> Driver {
+        let layout = match plan {
+            detect::Plan::V1(hierarchies) => Layout::V1(v1::V1Layout::new(hierarchies, ops)),
+            detect::Plan::V2(root) => Layout::V2(v2::V2Layout::new(root, ops)),
+        };
+        Driver {
+            layout: Arc::new(layout),
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        match &*self.layout {
+            Layout::V1(_) => Version::V1,
+            Layout::V2(_) => Version::V2,
+        }
+    }
+
+    /// One line for `stockade doctor`, such as
+    /// `v1 (memory, pids, cpu, cpuacct, freezer)`.
+    pub fn describe(&self) -> String {
+        match &*self.layout {
+            Layout::V1(l) => l.describe(),
+            Layout::V2(l) => l.describe(),
+        }
+    }
+
+    /// Creates the cgroup of sandbox `name` and applies `limits`. On error
+    /// nothing is left behind.
+    pub fn create(&self, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
+        validate_name(name)?;
+        limits.validate()?;
+        let inner = match &*self.layout {
+            Layout::V1(l) => Inner::V1(l.create(name, limits)?),
+            Layout::V2(l) => Inner::V2(l.create(name, limits)?),
+        };
+        Ok(Cgroup {
+            name: name.to_owned(),
+            inner,
+        })
+    }
+
+    /// The cgroup of sandbox `name` if any of its directories exists, for
+    /// garbage collection. Invalid names give `None`.
+    pub fn open_existing(&self, name: &str) -> Option<Cgroup> {
+        validate_name(name).ok()?;
+        let inner = match &*self.layout {
+            Layout::V1(l) => Inner::V1(l.open_existing(name)?),
+            Layout::V2(l) => Inner::V2(l.open_existing(name)?),
+        };
+        Some(Cgroup {
+            name: name.to_owned(),
+            inner,
+        })
+    }
+
+    /// Names of the stockade cgroups present, sorted.
+    pub fn list(&self) -> Vec<String> {
+        match &*self.layout {
+            Layout::V1(l) => l.list(),
+            Layout::V2(l) => l.list(),
+        }
+    }
+}
+
+/// The cgroup of one sandbox. Dropping it leaves the cgroup in place; call
+/// [`Cgroup::destroy`] (or let garbage collection do it).
+#[derive(Debug)]
+pub struct Cgroup {
+    name: String,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    V1(v1::V1Group),
+    V2(v2::V2Group),
+}
+
+impl Cgroup {
+    /// The sandbox name this cgroup was created for.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Moves process `pid` (all its threads) into the group, in every
+    /// hierarchy.
+    pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
+        match &self.inner {
+            Inner::V1(g) => g.add_pid(pid),
+            Inner::V2(g) => g.add_pid(pid),
+        }
+    }
+
+    /// v2 only: an `O_PATH | O_DIRECTORY` fd of the group's directory, for
+    /// `clone3(CLONE_INTO_CGROUP)` so a child starts inside the group.
+    pub fn dir_fd_v2(&self) -> Option<BorrowedFd<'_>> {
+        match &self.inner {
+            Inner::V1(_) => None,
+            Inner::V2(g) => Some(g.dir_fd()),
+        }
+    }
+
+    /// Current usage; never fails, missing files read as 0 or `None`.
+    pub fn stats(&self) -> Stats {
+        match &self.inner {
+            Inner::V1(g) => g.stats(),
+            Inner::V2(g) => g.stats(),
+        }
+    }
+
+    /// An fd that polls readable (`POLLIN`) after an OOM event in the group.
+    /// Re-read [`Cgroup::stats`] to see whether it was a kill, then empty the
+    /// fd with [`Cgroup::drain_notifier`]. The fd is non-blocking.
+    pub fn oom_notifier(&self) -> Result<OwnedFd, CgroupError> {
+        match &self.inner {
+            Inner::V1(g) => g.oom_notifier(),
+            Inner::V2(g) => g.oom_notifier(),
+        }
+    }
+
+    /// Empties a notifier fd from [`Cgroup::oom_notifier`] so that the next
+    /// poll waits for a new event. Never blocks.
+    pub fn drain_notifier(fd: BorrowedFd<'_>) {
+        fsio::drain(fd);
+    }
+
+    /// Processes (thread-group ids) in the group, sorted.
+    pub fn pids(&self) -> Vec<i32> {
+        match &self.inner {
+            Inner::V1(g) => g.pids(),
+            Inner::V2(g) => g.pids(),
+        }
+    }
+
+    /// Kills every process in the group, including ones forked meanwhile,
+    /// and waits (up to a few seconds) until the group is empty.
+    pub fn kill_all(&self) {
+        match &self.inner {
+            Inner::V1(g) => g.kill_all(),
+            Inner::V2(g) => g.kill_all(),
+        }
+    }
+
+    /// Kills everything inside and removes the group's directories. A group
+    /// that is already gone is not an error.
+    pub fn destroy(self) -> Result<(), CgroupError> {
+        self.kill_all();
+        match self.inner {
+            Inner::V1(g) => g.remove(),
+            Inner::V2(g) => g.remove(),
+        }
+    }
+
+    /// The group's directory in every hierarchy (one on v2).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match &self.inner {
+            Inner::V1(g) => g.paths(),
+            Inner::V2(g) => vec![g.path().to_path_buf()],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_sandbox_ids() {
+        for name in ["a", "sbx-0001", "0", &"a".repeat(64)] {
+            validate_name(name).unwrap();
+        }
+    }
+
+    #[test]
+    fn rejects_names_that_could_escape_or_confuse_the_hierarchy() {
+        for name in [
+            "",
+            "..",
+            ".",
+            "a/b",
+            "../etc",
+            "A",
+            "a_b",
+            "a b",
+            "é",
+            "a\n",
+            &"a".repeat(65),
+        ] {
+            let err = validate_name(name).unwrap_err();
+            assert!(err.to_string().contains("a-z, 0-9"), "{name:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_cpu_limits_the_kernel_would_refuse() {
+        for cpus in [0.0, -1.0, 0.001, f64::NAN, f64::INFINITY] {
+            let limits = Limits {
+                cpus: Some(cpus),
+                ..Limits::default()
+            };
+            let err = limits.validate().unwrap_err();
+            assert!(matches!(err, CgroupError::InvalidCpus { .. }), "{cpus}");
+        }
+    }
+
+    #[test]
+    fn rejects_memory_below_4_mib_and_zero_pids() {
+        let small = Limits {
+            memory_bytes: Some(MIN_MEMORY_BYTES - 1),
+            ..Limits::default()
+        };
+        let msg = small.validate().unwrap_err().to_string();
+        assert!(msg.contains("at least 4 MiB"), "{msg}");
+        let zero = Limits {
+            pids: Some(0),
+            ..Limits::default()
+        };
+        let msg = zero.validate().unwrap_err().to_string();
+        assert!(msg.contains("at least 1"), "{msg}");
+    }
+
+    #[test]
+    fn accepts_the_smallest_valid_limits() {
+        let limits = Limits {
+            cpus: Some(MIN_CPUS),
+            memory_bytes: Some(MIN_MEMORY_BYTES),
+            pids: Some(1),
+        };
+        limits.validate().unwrap();
+        assert_eq!(limits.cpu_quota_us(), Some(1000));
+    }
+
+    #[test]
+    fn cpu_quota_is_cpus_times_the_period() {
+        let limits = Limits {
+            cpus: Some(1.5),
+            ..Limits::default()
+        };
+        assert_eq!(limits.cpu_quota_us(), Some(150_000));
+    }
+}

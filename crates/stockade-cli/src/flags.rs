@@ -1,0 +1,177 @@
+//! Command-line flags, and how they override a policy file.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use stockade_core::RunOptions;
+use stockade_policy::{BindMount, ByteSize, Cpus, NetMode, Policy, Span};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stockade",
+    version,
+    about = "Disposable, resource-capped Linux sandboxes for coding agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a new sandbox and exit with its status.
+    Run(RunArgs),
+    /// Remove what dead supervisors left behind (also done before every run).
+    Gc(GcArgs),
+    /// Check what this host supports and what stockade does without it.
+    Doctor,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Stockade's state directory.
+    #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Policy file (TOML); flags override its settings.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Host directory to bind read-write at /workspace (default: empty scratch dir).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Writable copy-on-write root, thrown away at the end (apt-get/pip install work).
+    #[arg(long)]
+    pub overlay_root: bool,
+    /// Size cap of /tmp (e.g. 512M).
+    #[arg(long, value_name = "SIZE")]
+    pub tmp_size: Option<ByteSize>,
+    /// Extra read-only bind mount.
+    #[arg(long = "ro-bind", value_name = "SRC:DST")]
+    pub ro_bind: Vec<BindMount>,
+    /// Extra read-write bind mount.
+    #[arg(long = "bind", value_name = "SRC:DST")]
+    pub bind: Vec<BindMount>,
+    /// CPU allowance in cores, fractional allowed (e.g. 0.5).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<Cpus>,
+    /// Memory limit (e.g. 512M, 2G).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<ByteSize>,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Bytes the sandbox may write to its scratch workspace, home and overlay.
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<ByteSize>,
+    /// Wall-clock limit (e.g. 30s, 10m, 4h).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<Span>,
+    /// Run as root inside the sandbox (still unprivileged on the host).
+    #[arg(long)]
+    pub root: bool,
+    /// Allocate a terminal for interactive use.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set an environment variable inside the sandbox.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Host name inside the sandbox.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Network mode; only `none` (loopback only) exists so far.
+    #[arg(long, value_name = "MODE", value_parser = parse_net)]
+    pub net: Option<NetMode>,
+    /// Write a JSON report of the run to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Stockade's state directory.
+    #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
+    pub state_dir: PathBuf,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn parse_net(s: &str) -> Result<NetMode, String> {
+    match s {
+        "none" => Ok(NetMode::None),
+        "allowlist" | "open" => Err(format!(
+            "network mode {s:?} is not available in this build yet; use \"none\""
+        )),
+        _ => Err(format!("expected \"none\", got {s:?}")),
+    }
+}
+
+impl RunArgs {
+    /// The policy file (or the defaults) with every given flag applied,
+    /// validated; plus where to write the report.
+    pub fn into_options(self) -> anyhow::Result<(RunOptions, Option<PathBuf>)> {
+        let mut p = match &self.policy {
+            Some(path) => Policy::load(path)?,
+            None => Policy::default(),
+        };
+        let fs = &mut p.filesystem;
+        if let Some(ws) = self.workspace {
+            let abs = std::path::absolute(&ws)
+                .with_context(|| format!("cannot resolve workspace {}", ws.display()))?;
+            fs.workspace = Some(abs);
+        }
+        fs.overlay_root |= self.overlay_root;
+        if let Some(v) = self.tmp_size {
+            fs.tmp_size = v;
+        }
+        fs.ro_bind.extend(self.ro_bind);
+        fs.bind.extend(self.bind);
+        let l = &mut p.limits;
+        if let Some(v) = self.cpus {
+            l.cpus = v;
+        }
+        if let Some(v) = self.memory {
+            l.memory = v;
+        }
+        if let Some(v) = self.pids {
+            l.pids = v;
+        }
+        if let Some(v) = self.disk {
+            l.disk = v;
+        }
+        if let Some(v) = self.timeout {
+            l.timeout = v;
+        }
+        let pr = &mut p.process;
+        pr.root |= self.root;
+        if let Some(v) = self.cwd {
+            pr.cwd = v;
+        }
+        if let Some(v) = self.hostname {
+            pr.hostname = v;
+        }
+        for kv in self.env {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("-e expects KEY=VALUE, got {kv:?}"))?;
+            pr.env.insert(k.to_string(), v.to_string());
+        }
+        if let Some(n) = self.net {
+            p.network.mode = n;
+        }
+        p.validate()?;
+        Ok((
+            RunOptions {
+                policy: p,
+                command: self.command,
+                tty: self.tty,
+                state_dir: self.state_dir,
+                print_violations: true,
+            },
+            self.report,
+        ))
+    }
+}

@@ -1,0 +1,90 @@
+//! `stockade`: run untrusted programs in disposable Linux sandboxes.
+//!
+//! The binary is thin: it parses flags into a policy and calls the
+//! libraries. Exit status of `stockade run` is the command's own, 128+N if
+//! it died of signal N, 124 on timeout, 137 when killed for memory or
+//! disk, 126/127 when the command cannot be executed / is not found, and
+//! 125 when stockade itself fails — always with one line on stderr.
+
+mod doctor;
+mod flags;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use flags::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("stockade: {first} (see `stockade --help`)");
+            return ExitCode::from(125);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("stockade: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run(args) => {
+            let opts = args.into_options()?;
+            let report_path = opts.1.clone();
+            let report = stockade_core::run(&opts.0);
+            if let Some(err) = &report.error {
+                if report.outcome == stockade_core::Outcome::Error {
+                    eprintln!("stockade: {err}");
+                }
+            }
+            if let Some(path) = report_path {
+                let json = serde_json::to_string_pretty(&report)?;
+                if let Err(e) = std::fs::write(&path, json + "\n") {
+                    eprintln!(
+                        "stockade: cannot write the report to {}: {e}",
+                        path.display()
+                    );
+                    return Ok(125);
+                }
+            }
+            Ok(report.exit_status().clamp(0, 255) as u8)
+        }
+        Command::Gc(args) => {
+            let state = stockade_core::state::StateDir::open(&args.state_dir)?;
+            let driver = stockade_cgroup::Driver::detect().ok();
+            let summary = stockade_core::gc::collect(&state, driver.as_ref());
+            // Generated /etc copies are seen through bind mounts by running
+            // sandboxes, so old ones go only when none is running.
+            let idle = std::fs::read_dir(state.sandboxes())
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true);
+            if idle {
+                stockade_isolate::etc::remove_stale(&state.root, "sandbox");
+            }
+            println!(
+                "removed {} sandbox(es) and {} cgroup(s) left by dead supervisors",
+                summary.sandboxes.len(),
+                summary.cgroups.len()
+            );
+            Ok(0)
+        }
+        Command::Doctor => Ok(doctor::run()),
+    }
+}

@@ -1,0 +1,96 @@
+//! Garbage collection of what dead supervisors left behind.
+//!
+//! A supervisor holds an exclusive `flock` on its sandbox's `lock` file for
+//! as long as it lives, and the kernel drops that lock when the process
+//! dies, however it dies. So a sandbox directory whose lock can be taken
+//! belongs to nobody: its cgroup is killed and removed and its directory
+//! deleted. Mounts and namespaces need no collecting: they live only in the
+//! sandbox's own mount namespace and die with its last process, which the
+//! parent-death signal and the cgroup kill guarantee.
+
+use std::fs::{self, File};
+use std::time::Duration;
+
+use stockade_cgroup::Driver;
+
+use crate::state::{flock, remove_tree, StateDir};
+
+/// What one collection removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcSummary {
+    pub sandboxes: Vec<String>,
+    pub cgroups: Vec<String>,
+}
+
+/// Directories younger than this without a lock file are being created
+/// right now by another supervisor and are left alone.
+const CREATING_GRACE: Duration = Duration::from_secs(60);
+
+/// Removes every sandbox whose supervisor is gone, and every stockade
+/// cgroup that has no live sandbox.
+pub fn collect(state: &StateDir, cgroups: Option<&Driver>) -> GcSummary {
+    let mut summary = GcSummary::default();
+    let mut live = Vec::new();
+    if let Ok(entries) = fs::read_dir(state.sandboxes()) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let stale = match File::open(path.join("lock")) {
+                Ok(f) => flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok(),
+                Err(_) => e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().unwrap_or_default() > CREATING_GRACE)
+                    .unwrap_or(true),
+            };
+            if !stale {
+                live.push(id);
+                continue;
+            }
+            if let Some(cg) = cgroups.and_then(|d| d.open_existing(&id)) {
+                let _ = cg.destroy();
+            }
+            if remove_tree(&path).is_ok() {
+                summary.sandboxes.push(id);
+            }
+        }
+    }
+    if let Some(driver) = cgroups {
+        for name in driver.list() {
+            if live.contains(&name) || summary.sandboxes.contains(&name) {
+                continue;
+            }
+            // A cgroup is created after its sandbox's directory and
+            // removed before it, so one without a directory is stale.
+            if state.sandboxes().join(&name).exists() {
+                continue;
+            }
+            if let Some(cg) = driver.open_existing(&name) {
+                if cg.destroy().is_ok() {
+                    summary.cgroups.push(name);
+                }
+            }
+        }
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_unlocked_sandboxes_and_keeps_locked_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let state = StateDir::open(root.path()).unwrap();
+        let live = state.create_sandbox("live-1").unwrap();
+        let dead = state.create_sandbox("dead-1").unwrap();
+        fs::write(dead.path.join("junk"), b"x").unwrap();
+        let dead_path = dead.path.clone();
+        drop(dead); // the lock goes with the "supervisor"
+        let summary = collect(&state, None);
+        assert_eq!(summary.sandboxes, vec!["dead-1".to_string()]);
+        assert!(!dead_path.exists());
+        assert!(live.path.exists());
+    }
+}

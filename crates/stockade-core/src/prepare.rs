@@ -1,0 +1,185 @@
+//! Turning a policy and a command into a [`SandboxSpec`]: choosing host
+//! directories, id maps, environment and argv.
+
+use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use stockade_isolate::idmap::{IdMap, AGENT_ID};
+use stockade_isolate::spec::SandboxSpec;
+use stockade_policy::Policy;
+
+use crate::state::{SandboxDir, StateDir};
+use crate::RunError;
+
+/// A prepared sandbox: the spec plus the host directories whose disk use
+/// counts against the limit.
+#[derive(Debug)]
+pub struct Prepared {
+    pub spec: SandboxSpec,
+    pub metered: Vec<PathBuf>,
+}
+
+/// A fresh, random sandbox id: 12 lowercase hex digits.
+pub fn new_id() -> String {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom writes at most b.len() bytes into the buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Fall back to time and pid; uniqueness is still checked by
+        // creating the sandbox directory exclusively.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        b.copy_from_slice(&(t ^ u64::from(std::process::id())).to_le_bytes()[..6]);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn cstring(what: &str, s: &str) -> Result<CString, RunError> {
+    CString::new(s).map_err(|_| RunError::Invalid(format!("{what} contains a NUL byte: {s:?}")))
+}
+
+/// Builds the spec for running `command` under `policy` in `dir`.
+pub fn prepare(
+    policy: &Policy,
+    command: &[String],
+    tty: bool,
+    state: &StateDir,
+    dir: &SandboxDir,
+) -> Result<Prepared, RunError> {
+    let fs_policy = &policy.filesystem;
+    let p = &policy.process;
+    let mut metered = Vec::new();
+
+    let (workspace, agent_owner) = match &fs_policy.workspace {
+        Some(ws) => {
+            let meta = std::fs::metadata(ws).map_err(|e| {
+                RunError::Invalid(format!(
+                    "workspace {} cannot be used: {e}; pass an existing directory to --workspace",
+                    ws.display()
+                ))
+            })?;
+            if !meta.is_dir() {
+                return Err(RunError::Invalid(format!(
+                    "workspace {} is not a directory",
+                    ws.display()
+                )));
+            }
+            let canonical = ws.canonicalize().map_err(|e| RunError::Io {
+                what: format!("resolve workspace {}", ws.display()),
+                source: e,
+            })?;
+            (canonical, Some((meta.uid(), meta.gid())))
+        }
+        None => (PathBuf::new(), None),
+    };
+    let uid_map = IdMap::for_sandbox(agent_owner.map(|o| o.0));
+    let gid_map = IdMap::for_sandbox(agent_owner.map(|o| o.1));
+    let inside = if p.root { 0 } else { AGENT_ID };
+    let owner = uid_map.to_host(inside).zip(gid_map.to_host(inside));
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |e| RunError::Io { what, source: e }
+    };
+
+    let workspace = if fs_policy.workspace.is_some() {
+        workspace
+    } else {
+        let w = dir
+            .subdir("workspace", owner)
+            .map_err(io("create the scratch workspace"))?;
+        metered.push(w.clone());
+        w
+    };
+    let home = dir
+        .subdir("home", owner)
+        .map_err(io("create the home directory"))?;
+    metered.push(home.clone());
+    let overlay = if fs_policy.overlay_root {
+        let root_owner = uid_map.to_host(0).zip(gid_map.to_host(0));
+        let o = dir
+            .subdir("overlay", root_owner)
+            .map_err(io("create the overlay directory"))?;
+        metered.push(o.clone());
+        Some(o)
+    } else {
+        None
+    };
+    for b in fs_policy.ro_bind.iter().chain(&fs_policy.bind) {
+        if std::fs::symlink_metadata(&b.src).is_err() {
+            return Err(RunError::Invalid(format!(
+                "bind source {} does not exist on the host",
+                b.src.display()
+            )));
+        }
+    }
+    let etc_dir = stockade_isolate::etc::prepare(&state.root, &p.hostname)
+        .map_err(io("prepare the sandbox's /etc"))?;
+    let seccomp = stockade_isolate::seccomp::build()
+        .map_err(|e| RunError::Invalid(format!("cannot build the seccomp filter: {e}")))?;
+
+    let home_path = if p.root { "/root" } else { "/home/agent" };
+    let user = if p.root { "root" } else { "agent" };
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME".into(), home_path.into()),
+        ("USER".into(), user.into()),
+        ("LOGNAME".into(), user.into()),
+        ("SHELL".into(), "/bin/bash".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("HOSTNAME".into(), p.hostname.clone()),
+        ("STOCKADE".into(), "1".into()),
+    ];
+    if tty {
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        env.push(("TERM".into(), term));
+    }
+    for (k, v) in &p.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    let env = env
+        .iter()
+        .map(|(k, v)| cstring("environment variable", &format!("{k}={v}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if command.is_empty() {
+        return Err(RunError::Invalid(
+            "no command given; put it after `--`".into(),
+        ));
+    }
+    let argv = command
+        .iter()
+        .map(|a| cstring("argument", a))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let spec = SandboxSpec {
+        id: dir
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        staging: state.staging(),
+        etc_dir,
+        workspace,
+        home,
+        overlay,
+        tmp_size: fs_policy.tmp_size.bytes(),
+        ro_binds: fs_policy.ro_bind.clone(),
+        binds: fs_policy.bind.clone(),
+        hostname: p.hostname.clone(),
+        as_root: p.root,
+        argv,
+        env,
+        cwd: cstring("working directory", &p.cwd)?,
+        tty,
+        uid_map,
+        gid_map,
+        seccomp,
+    };
+    Ok(Prepared { spec, metered })
+}

@@ -1,0 +1,437 @@
+//! One sandbox for one command: start, supervise, clean up, report.
+//!
+//! The supervisor is a single-threaded `poll` loop over the sandbox init's
+//! pidfd and control socket, a signalfd for the signals it forwards, the
+//! cgroup's OOM notifier and (with a terminal) the pty relay. Between
+//! events it checks the deadline, samples the process count and measures
+//! disk use. Hard breaches (time, memory, disk) kill the whole sandbox;
+//! soft ones (process limit) are recorded and the workload sees `EAGAIN`.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits, Stats};
+use stockade_isolate::launch::{launch, Launched};
+use stockade_isolate::proto::{self, InitMsg};
+use stockade_isolate::sys::pidfd_send_signal;
+use stockade_policy::Policy;
+
+use crate::disk::DiskMeter;
+use crate::prepare::{new_id, prepare};
+use crate::report::{Outcome, Report, Usage, Violation, ViolationKind};
+use crate::state::StateDir;
+use crate::tty::TtyRelay;
+use crate::RunError;
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub policy: Policy,
+    pub command: Vec<String>,
+    /// Give the workload a terminal and relay it to ours.
+    pub tty: bool,
+    pub state_dir: PathBuf,
+    /// Print one `stockade: <kind>: <detail>` line per breach on stderr.
+    pub print_violations: bool,
+}
+
+/// Shortest spacing of disk walks and process-count samples.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Signals the supervisor takes over and forwards to the sandbox.
+const HANDLED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGWINCH,
+];
+
+/// Runs the command to its end. Failures before the workload could start
+/// come back as a report with `outcome: error` and a message.
+pub fn run(opts: &RunOptions) -> Report {
+    let started = Instant::now();
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let id = new_id();
+    let mut report = Report {
+        id: id.clone(),
+        outcome: Outcome::Error,
+        exit_code: None,
+        signal: None,
+        error: None,
+        violations: Vec::new(),
+        usage: Usage::default(),
+        command: opts.command.clone(),
+        started_at,
+    };
+    if let Err(e) = run_inner(opts, &id, started, &mut report) {
+        report.outcome = Outcome::Error;
+        report.exit_code = Some(e.exit_code());
+        report.error = Some(e.to_string());
+    }
+    report.usage.wall_seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+fn run_inner(
+    opts: &RunOptions,
+    id: &str,
+    started: Instant,
+    report: &mut Report,
+) -> Result<(), RunError> {
+    let policy = &opts.policy;
+    policy
+        .validate()
+        .map_err(|e| RunError::Invalid(e.to_string()))?;
+    let state = StateDir::open(&opts.state_dir).map_err(|e| RunError::Io {
+        what: format!("open the state directory {}", opts.state_dir.display()),
+        source: e,
+    })?;
+    let driver = Driver::detect().map_err(|e| RunError::Cgroup(e.to_string()))?;
+    crate::gc::collect(&state, Some(&driver));
+
+    let dir = state.create_sandbox(id).map_err(|e| RunError::Io {
+        what: format!(
+            "create the sandbox directory under {}",
+            state.sandboxes().display()
+        ),
+        source: e,
+    })?;
+    let result = (|| {
+        let prepared = prepare(policy, &opts.command, opts.tty, &state, &dir)?;
+        let limits = CgLimits {
+            cpus: Some(policy.limits.cpus.0),
+            memory_bytes: Some(policy.limits.memory.bytes()),
+            pids: Some(policy.limits.pids),
+        };
+        let cgroup = driver
+            .create(id, &limits)
+            .map_err(|e| RunError::Cgroup(e.to_string()))?;
+        let r = supervise(
+            opts,
+            &prepared.spec,
+            &cgroup,
+            prepared.metered,
+            started,
+            report,
+        );
+        // Whatever happened, nothing may outlive the run.
+        cgroup.kill_all();
+        let _ = cgroup.destroy();
+        r
+    })();
+    let _ = dir.remove();
+    result
+}
+
+fn supervise(
+    opts: &RunOptions,
+    spec: &stockade_isolate::spec::SandboxSpec,
+    cgroup: &Cgroup,
+    metered: Vec<PathBuf>,
+    started: Instant,
+    report: &mut Report,
+) -> Result<(), RunError> {
+    let limits = &opts.policy.limits;
+    let mut mask = SigSet::empty();
+    for s in HANDLED {
+        mask.add(*s);
+    }
+    let old_mask = mask
+        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+        .ok();
+    let _restore = RestoreMask(old_mask);
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| RunError::Sys("create a signalfd".into(), e))?;
+
+    // SAFETY: `stockade run` is single-threaded; nothing else runs while
+    // the sandbox's init is cloned.
+    let launched: Launched =
+        unsafe { launch(spec, |pid| cgroup.add_pid(pid).map_err(|e| e.to_string())) }
+            .map_err(|e| RunError::Launch(e.to_string()))?;
+    let oom_fd = cgroup.oom_notifier().ok();
+    let deadline = started + limits.timeout.duration();
+    let mut meter = DiskMeter::new(metered);
+    let mut next_disk = Instant::now() + TICK;
+    let mut pids_peak = 0u64;
+    let mut pids_reported = false;
+    let mut ended: Option<InitMsg> = None;
+    let mut setup_error: Option<String> = None;
+    let mut spawn_error: Option<(String, i32)> = None;
+    let mut relay: Option<TtyRelay> = None;
+    let mut ctl_open = true;
+    let mut interrupts = 0;
+    let mut killed_for: Option<ViolationKind> = None;
+
+    let mut violate = |report: &mut Report,
+                       kind: ViolationKind,
+                       limit: String,
+                       observed: String,
+                       detail: String| {
+        if report.violations.iter().any(|v| v.kind == kind) {
+            return;
+        }
+        if opts.print_violations {
+            eprintln!("stockade: {}: {detail}", kind.as_str());
+        }
+        report.violations.push(Violation {
+            kind,
+            limit,
+            observed,
+            at: started.elapsed().as_secs_f64(),
+        });
+    };
+    let kill = |l: &Launched| {
+        cgroup.kill_all();
+        let _ = pidfd_send_signal(&l.pidfd, libc::SIGKILL);
+    };
+
+    loop {
+        let now = Instant::now();
+        if now >= deadline && killed_for.is_none() {
+            violate(
+                report,
+                ViolationKind::Timeout,
+                limits.timeout.to_string(),
+                format!("{:.1}s", started.elapsed().as_secs_f64()),
+                format!("killed after the time limit of {}", limits.timeout),
+            );
+            killed_for = Some(ViolationKind::Timeout);
+            kill(&launched);
+        }
+        if now >= next_disk {
+            let stats = cgroup.stats();
+            pids_peak = pids_peak.max(stats.pids_current);
+            if stats.pids_limit_hits > 0 && !pids_reported {
+                pids_reported = true;
+                violate(
+                    report,
+                    ViolationKind::PidsLimit,
+                    limits.pids.to_string(),
+                    format!("{} forks refused", stats.pids_limit_hits),
+                    format!(
+                        "process limit of {} reached; new processes fail with EAGAIN",
+                        limits.pids
+                    ),
+                );
+            }
+            let used = meter.measure();
+            if used > limits.disk.bytes() && killed_for.is_none() {
+                violate(
+                    report,
+                    ViolationKind::DiskLimit,
+                    limits.disk.to_string(),
+                    used.to_string(),
+                    format!(
+                        "killed after writing {used} bytes, over the disk limit of {}",
+                        limits.disk
+                    ),
+                );
+                killed_for = Some(ViolationKind::DiskLimit);
+                kill(&launched);
+            }
+            next_disk = Instant::now() + meter.next_interval(TICK);
+        }
+
+        let wake = deadline
+            .min(next_disk)
+            .saturating_duration_since(Instant::now());
+        let timeout = PollTimeout::try_from(wake.as_millis().min(60_000) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds: Vec<PollFd<'_>> = vec![
+            PollFd::new(launched.pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+        ];
+        if ctl_open {
+            fds.push(PollFd::new(launched.ctl.as_fd(), PollFlags::POLLIN));
+        }
+        let oom_idx = oom_fd.as_ref().map(|f| {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let relay_base = fds.len();
+        if let Some(r) = &relay {
+            r.poll_fds(&mut fds);
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(RunError::Sys("poll".into(), e)),
+        }
+        let ready = |fds: &[PollFd<'_>], i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        let init_done = ready(&fds, 0);
+        let sig_ready = ready(&fds, 1);
+        let ctl_ready = ctl_open && ready(&fds, 2);
+        let oom_ready = oom_idx.is_some_and(|i| ready(&fds, i));
+        let relay_events: Vec<bool> = (relay_base..fds.len()).map(|i| ready(&fds, i)).collect();
+        drop(fds);
+
+        if ctl_ready || init_done {
+            // Drain every message already sent; init sends its last one
+            // before it exits, so it is queued by the time the pidfd fires.
+            loop {
+                if !ctl_open {
+                    break;
+                }
+                let mut pfd = [PollFd::new(launched.ctl.as_fd(), PollFlags::POLLIN)];
+                if !matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0) {
+                    break;
+                }
+                match proto::recv(launched.ctl.as_fd()) {
+                    Ok(Some((bytes, fd))) => match InitMsg::decode(&bytes) {
+                        Some(InitMsg::Ready(_)) => {
+                            if let Some(master) = fd {
+                                relay = TtyRelay::start(master).ok();
+                            }
+                        }
+                        Some(InitMsg::SetupFailed(m)) => setup_error = Some(m),
+                        Some(InitMsg::SpawnFailed { step, errno }) => {
+                            spawn_error = Some((step, errno))
+                        }
+                        Some(m @ (InitMsg::Exited(_) | InitMsg::Signaled(_))) => ended = Some(m),
+                        None => {}
+                    },
+                    _ => ctl_open = false,
+                }
+            }
+        }
+        if let Some(r) = relay.as_mut() {
+            r.handle(&relay_events);
+        }
+        if sig_ready {
+            while let Ok(Some(info)) = sigfd.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig == libc::SIGWINCH {
+                    if let Some(r) = &relay {
+                        r.copy_window_size();
+                    }
+                    continue;
+                }
+                interrupts += 1;
+                if interrupts >= 3 {
+                    // The workload ignores us; the user insists.
+                    kill(&launched);
+                } else {
+                    let _ = pidfd_send_signal(&launched.pidfd, sig);
+                }
+            }
+        }
+        if oom_ready {
+            if let Some(f) = &oom_fd {
+                Cgroup::drain_notifier(f.as_fd());
+            }
+            let stats = cgroup.stats();
+            if stats.oom_kills > 0 && killed_for.is_none() {
+                memory_violation(&mut violate, report, limits.memory.to_string(), &stats);
+                killed_for = Some(ViolationKind::MemoryLimit);
+                kill(&launched);
+            }
+        }
+        if init_done {
+            break;
+        }
+    }
+    // Init has exited; everything else in its pid namespace died with it.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+    if let Some(mut r) = relay.take() {
+        r.finish();
+    }
+
+    let stats = cgroup.stats();
+    if stats.oom_kills > 0 && killed_for.is_none() {
+        memory_violation(&mut violate, report, limits.memory.to_string(), &stats);
+        killed_for = Some(ViolationKind::MemoryLimit);
+    }
+    if stats.pids_limit_hits > 0 && !pids_reported {
+        violate(
+            report,
+            ViolationKind::PidsLimit,
+            limits.pids.to_string(),
+            format!("{} forks refused", stats.pids_limit_hits),
+            format!(
+                "process limit of {} reached; new processes failed with EAGAIN",
+                limits.pids
+            ),
+        );
+    }
+    report.usage = Usage {
+        wall_seconds: 0.0,
+        cpu_seconds: stats.cpu_seconds,
+        peak_memory_bytes: stats.memory_peak,
+        disk_bytes: meter.measure(),
+        pids_peak: stats
+            .pids_peak
+            .unwrap_or(0)
+            .max(pids_peak)
+            .max(stats.pids_current),
+    };
+
+    if let Some(m) = setup_error {
+        return Err(RunError::Setup(m));
+    }
+    if let Some((step, errno)) = spawn_error {
+        return Err(RunError::Spawn { step, errno });
+    }
+    match (killed_for, ended) {
+        (Some(kind), _) => {
+            report.outcome = match kind {
+                ViolationKind::Timeout => Outcome::Timeout,
+                ViolationKind::DiskLimit => Outcome::DiskLimit,
+                _ => Outcome::MemoryLimit,
+            };
+            report.signal = Some(libc::SIGKILL);
+        }
+        (None, Some(InitMsg::Exited(code))) => {
+            report.outcome = Outcome::Exited;
+            report.exit_code = Some(code);
+        }
+        (None, Some(InitMsg::Signaled(sig))) => {
+            report.outcome = Outcome::Signaled;
+            report.signal = Some(sig);
+        }
+        _ => {
+            report.outcome = Outcome::Signaled;
+            report.signal = Some(libc::SIGKILL);
+            report.error = Some("the sandbox's init was killed".into());
+        }
+    }
+    Ok(())
+}
+
+fn memory_violation(
+    violate: &mut impl FnMut(&mut Report, ViolationKind, String, String, String),
+    report: &mut Report,
+    limit: String,
+    stats: &Stats,
+) {
+    violate(
+        report,
+        ViolationKind::MemoryLimit,
+        limit.clone(),
+        format!(
+            "{} bytes peak, {} OOM kill(s)",
+            stats.memory_peak, stats.oom_kills
+        ),
+        format!("killed after exceeding the memory limit of {limit}"),
+    );
+}
+
+struct RestoreMask(Option<SigSet>);
+
+impl Drop for RestoreMask {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            let _ = m.thread_set_mask();
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Stockade's state directory and each sandbox's place in it.
+//!
+//! ```text
+//! <state>/                    default /var/lib/stockade (STOCKADE_STATE_DIR)
+//!   mnt/                      empty; the mount point each sandbox assembles its root on
+//!   etc/<key>/                generated /etc, shared read-only
+//!   sandboxes/<id>/
+//!     lock                    flock'ed by the live supervisor; gc skips locked ones
+//!     workspace/ home/        scratch /workspace and /home/agent
+//!     overlay/                upper and work dirs of a copy-on-write root
+//! ```
+//! These live on disk, not in /run, because the workspace and overlay hold
+//! the sandbox's writes and may be large.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    /// `STOCKADE_STATE_DIR`, else `/var/lib/stockade`.
+    pub fn default_path() -> PathBuf {
+        std::env::var_os("STOCKADE_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/stockade"))
+    }
+
+    /// Opens (creating if needed) the state directory. Mode 0711: others
+    /// may not list the sandboxes.
+    pub fn open(root: &Path) -> io::Result<StateDir> {
+        for d in [root.to_path_buf(), root.join("sandboxes"), root.join("mnt")] {
+            if !d.is_dir() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o711)
+                    .create(&d)?;
+            }
+        }
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("mnt")
+    }
+
+    pub fn sandboxes(&self) -> PathBuf {
+        self.root.join("sandboxes")
+    }
+
+    /// Creates the directory of a new sandbox and takes its lock.
+    pub fn create_sandbox(&self, id: &str) -> io::Result<SandboxDir> {
+        let path = self.sandboxes().join(id);
+        // 0711: the sandbox's init, which runs under a mapped id rather
+        // than host root, must be able to walk through to bind the
+        // directories inside; nobody may list them.
+        fs::DirBuilder::new().mode(0o711).create(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o711))?;
+        let lock = File::create(path.join("lock"))?;
+        flock(&lock, libc::LOCK_EX | libc::LOCK_NB)?;
+        Ok(SandboxDir { path, _lock: lock })
+    }
+}
+
+/// A live sandbox's directory. The lock is held while this value lives.
+#[derive(Debug)]
+pub struct SandboxDir {
+    pub path: PathBuf,
+    _lock: File,
+}
+
+impl SandboxDir {
+    /// A subdirectory, created empty with the given owner and mode 0700:
+    /// private to the sandbox user who owns it.
+    pub fn subdir(&self, name: &str, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
+        let p = self.path.join(name);
+        fs::create_dir(&p)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
+        }
+        Ok(p)
+    }
+
+    /// Removes the directory and everything the sandbox wrote into it.
+    pub fn remove(self) -> io::Result<()> {
+        remove_tree(&self.path)
+    }
+}
+
+pub(crate) fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: flock on a descriptor owned by `f`, which outlives the call.
+    let r = unsafe { libc::flock(f.as_raw_fd(), op) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `rm -rf`, tolerant of a tree that is already gone. Files the workload
+/// made read-only (or directories without write permission) do not stop
+/// host root; for other callers directories are made writable first.
+pub fn remove_tree(p: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_writable(p);
+            match fs::remove_dir_all(p) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        }
+    }
+}
+
+fn make_writable(p: &Path) {
+    let Ok(meta) = fs::symlink_metadata(p) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = fs::read_dir(p) {
+            for e in entries.flatten() {
+                make_writable(&e.path());
+            }
+        }
+    }
+}

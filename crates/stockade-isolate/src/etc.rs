@@ -1,0 +1,241 @@
+//! The sandbox's generated `/etc`.
+//!
+//! It holds the public configuration programs need (CA bundle, ld.so cache,
+//! alternatives, locale and shell defaults, package manager config) copied
+//! from an allowlist of host entries, plus files written for the sandbox
+//! (passwd and group with `agent`, hosts, hostname, resolv.conf,
+//! nsswitch.conf, gitconfig). Nothing secret is on the allowlist: no shadow,
+//! no ssh host keys, no sudoers, no host users.
+//!
+//! Building it takes a few milliseconds, so it is built once per distinct
+//! content into `<state>/etc/<key>` and shared read-only by every sandbox.
+//! The key covers the stockade version, the hostname and the modification
+//! times of the allowlisted host entries, so installing a package on the
+//! host (which touches `/etc/alternatives` or `/etc/ld.so.cache`) yields a
+//! fresh copy on the next start.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Host `/etc` entries copied into the sandbox. Directories are copied
+/// whole; symlinks stay symlinks.
+pub const ALLOWLIST: &[&str] = &[
+    "alternatives",
+    "apt",
+    "bash.bashrc",
+    "ca-certificates.conf",
+    "debian_version",
+    "dpkg",
+    "environment",
+    "gai.conf",
+    "host.conf",
+    "inputrc",
+    "issue",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "localtime",
+    "login.defs",
+    "lsb-release",
+    "mime.types",
+    "os-release",
+    "perl",
+    "profile",
+    "profile.d",
+    "protocols",
+    "python3",
+    "python3.11",
+    "rpc",
+    "services",
+    "shells",
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "timezone",
+    "vim",
+    "xattr.conf",
+];
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+agent:x:1000:1000:agent:/home/agent:/bin/bash\n\
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+const GROUP: &str = "root:x:0:\ntty:x:5:\nagent:x:1000:\nnogroup:x:65534:\n";
+const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n";
+/// Git refuses repositories owned by another user; files from a root-owned
+/// host workspace show up as `nobody`, so trust every directory here.
+const GITCONFIG: &str = "[safe]\n\tdirectory = *\n";
+
+/// Returns the directory holding the generated `/etc` for `hostname`,
+/// building it if this content has not been built before.
+pub fn prepare(state_dir: &Path, hostname: &str) -> io::Result<PathBuf> {
+    let host_etc = Path::new("/etc");
+    let key = content_key(host_etc, hostname);
+    let root = state_dir.join("etc");
+    let dir = root.join(format!("{key:016x}"));
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    fs::create_dir_all(&root)?;
+    let tmp = root.join(format!(".build-{key:016x}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    build(host_etc, &tmp, hostname)?;
+    match fs::rename(&tmp, &dir) {
+        Ok(()) => {}
+        // Another stockade built the same content concurrently; theirs is
+        // as good as ours.
+        Err(_) if dir.is_dir() => {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(dir)
+}
+
+fn content_key(host_etc: &Path, hostname: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    PASSWD.hash(&mut h);
+    hostname.hash(&mut h);
+    for name in ALLOWLIST {
+        if let Ok(m) = fs::symlink_metadata(host_etc.join(name)) {
+            (name, m.mtime(), m.mtime_nsec(), m.size(), m.ino()).hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+fn build(host_etc: &Path, out: &Path, hostname: &str) -> io::Result<()> {
+    fs::create_dir_all(out)?;
+    for name in ALLOWLIST {
+        let src = host_etc.join(name);
+        if fs::symlink_metadata(&src).is_err() {
+            continue;
+        }
+        let dst = out.join(name);
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        copy_tree(&src, &dst)?;
+    }
+    let files: [(&str, String); 7] = [
+        ("passwd", PASSWD.to_string()),
+        ("group", GROUP.to_string()),
+        ("nsswitch.conf", NSSWITCH.to_string()),
+        ("gitconfig", GITCONFIG.to_string()),
+        ("hostname", format!("{hostname}\n")),
+        (
+            "hosts",
+            format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        ),
+        (
+            "resolv.conf",
+            "# stockade: this sandbox has no network beyond loopback\n".to_string(),
+        ),
+    ];
+    for (name, content) in files {
+        fs::write(out.join(name), content)?;
+    }
+    fs::write(out.join("machine-id"), "5f0c6e2a8d3b4c1e9a7f00d1ce0ab5e1\n")?;
+    let mut perms = fs::metadata(out)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(out, perms)
+}
+
+/// Copies a file, a symlink or a directory tree. Special files are skipped.
+/// Unreadable entries (mode 0600 and the like) are skipped too: what the
+/// host keeps private stays out of the sandbox.
+fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        symlink(fs::read_link(src)?, dst)
+    } else if ft.is_dir() {
+        fs::create_dir_all(dst)?;
+        for entry in fs::read_dir(src)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &dst.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else if ft.is_file() {
+        if meta.mode() & 0o004 == 0 {
+            return Ok(());
+        }
+        fs::copy(src, dst).map(drop)
+    } else {
+        Ok(())
+    }
+}
+
+/// Removes every generated `/etc` but the current one for `hostname`.
+/// Only safe when no sandbox is running, since running sandboxes see these
+/// directories through bind mounts; `stockade gc` calls it then.
+pub fn remove_stale(state_dir: &Path, hostname: &str) {
+    let root = state_dir.join("etc");
+    let keep = root.join(format!("{:016x}", content_key(Path::new("/etc"), hostname)));
+    let Ok(entries) = fs::read_dir(&root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        let is_build = name.to_string_lossy().starts_with(".build-");
+        // Leave other processes' in-flight builds alone unless old.
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().map(|d| d.as_secs() > 600).unwrap_or(false))
+            .unwrap_or(false);
+        if p != keep && (!is_build || old) {
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_etc_has_agent_and_no_secrets() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = prepare(state.path(), "box").unwrap();
+        let passwd = fs::read_to_string(dir.join("passwd")).unwrap();
+        assert!(
+            passwd.contains("agent:x:1000:1000::/home/agent")
+                || passwd.contains("agent:x:1000:1000:agent:/home/agent")
+        );
+        assert_eq!(fs::read_to_string(dir.join("hostname")).unwrap(), "box\n");
+        for secret in [
+            "shadow",
+            "gshadow",
+            "sudoers",
+            "ssh",
+            "ssl/private",
+            "subuid",
+        ] {
+            assert!(!dir.join(secret).exists(), "{secret} leaked");
+        }
+        if Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+            assert!(dir.join("ssl/certs/ca-certificates.crt").exists());
+        }
+    }
+
+    #[test]
+    fn prepare_reuses_the_cache_and_rebuilds_per_hostname() {
+        let state = tempfile::tempdir().unwrap();
+        let a = prepare(state.path(), "one").unwrap();
+        let again = prepare(state.path(), "one").unwrap();
+        assert_eq!(a, again);
+        let b = prepare(state.path(), "two").unwrap();
+        assert_ne!(a, b);
+        // Both stay until gc, which keeps only the one asked for.
+        assert!(a.exists() && b.exists());
+        remove_stale(state.path(), "two");
+        assert!(!a.exists());
+        assert!(b.exists());
+    }
+}

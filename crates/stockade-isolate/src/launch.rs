@@ -1,0 +1,98 @@
+//! The supervisor's side of starting a sandbox: one `clone` into new
+//! user, mount, pid, ipc, uts and network namespaces; id maps and cgroup
+//! membership written from outside; then the go-ahead.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use crate::idmap;
+use crate::proto;
+use crate::spec::SandboxSpec;
+use crate::sys;
+
+/// Starting a sandbox failed before its init could report anything.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot create the control socket: {0}")]
+    Socket(#[source] nix::Error),
+    #[error("cannot create the sandbox's namespaces: {0} (check `stockade doctor`: user namespaces may be disabled)")]
+    Clone(#[source] nix::Error),
+    #[error("cannot write the sandbox's id maps: {0}")]
+    IdMap(#[source] std::io::Error),
+    #[error("cannot place the sandbox in its cgroup: {0}")]
+    Cgroup(String),
+    #[error("the sandbox's init exited before it started")]
+    InitGone,
+}
+
+/// A running sandbox, seen from the supervisor.
+#[derive(Debug)]
+pub struct Launched {
+    /// Host pid of the sandbox's init.
+    pub pid: i32,
+    /// A pidfd for init: pollable for its exit, and safe to signal.
+    pub pidfd: OwnedFd,
+    /// The control socket to init (see [`crate::proto`]).
+    pub ctl: OwnedFd,
+}
+
+/// Namespaces every sandbox gets at clone time. The cgroup namespace is
+/// entered by init once it is inside its cgroup.
+pub const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWNET;
+
+/// Clones the sandbox's init and lets it build the sandbox.
+/// `join_cgroup` is called with init's host pid before it may proceed.
+///
+/// # Safety
+/// The calling process must be single-threaded: the child is a fork-style
+/// copy of the calling thread only.
+pub unsafe fn launch(
+    spec: &SandboxSpec,
+    join_cgroup: impl FnOnce(i32) -> Result<(), String>,
+) -> Result<Launched, LaunchError> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(LaunchError::Socket)?;
+    // SAFETY: forwarded from the caller's guarantee of a single thread.
+    match unsafe { sys::clone_fork(NAMESPACES) }.map_err(LaunchError::Clone)? {
+        None => {
+            drop(ours);
+            crate::init::main(spec, theirs)
+        }
+        Some((pid, pidfd)) => {
+            drop(theirs);
+            let launched = Launched {
+                pid,
+                pidfd,
+                ctl: ours,
+            };
+            let abort = |l: &Launched| {
+                let _ = sys::pidfd_send_signal(&l.pidfd, libc::SIGKILL);
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.pid), None);
+            };
+            if let Err(e) = idmap::write_maps(pid, &spec.uid_map, &spec.gid_map, false) {
+                abort(&launched);
+                return Err(LaunchError::IdMap(e));
+            }
+            if let Err(e) = join_cgroup(pid) {
+                abort(&launched);
+                return Err(LaunchError::Cgroup(e));
+            }
+            if proto::send(launched.ctl.as_fd(), b"G", None).is_err() {
+                abort(&launched);
+                return Err(LaunchError::InitGone);
+            }
+            Ok(launched)
+        }
+    }
+}

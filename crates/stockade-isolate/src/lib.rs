@@ -1,0 +1,17 @@
+//! Linux mechanics of a stockade sandbox: namespaces, id maps, the root
+//! filesystem, seccomp, Landlock, capabilities and the in-sandbox init.
+//! Almost all of the project's `unsafe` lives here, each block with the
+//! invariant it relies on.
+
+pub mod caps;
+pub mod etc;
+pub mod idmap;
+pub mod init;
+pub mod landlock_rules;
+pub mod launch;
+pub mod proto;
+pub mod rootfs;
+pub mod seccomp;
+pub mod spec;
+pub mod sys;
+pub mod workload;

@@ -1,0 +1,365 @@
+//! Assembling the sandbox's root filesystem inside its mount namespace.
+//!
+//! Runs in the sandbox's init before it pivots. The new root is a small
+//! tmpfs (or, with a copy-on-write root, a per-sandbox host directory) on
+//! which the host's system directories are bound read-only, the generated
+//! `/etc`, the workspace and home are bound, and fresh `/tmp`, `/proc`,
+//! `/dev` and `/sys` are mounted. After `pivot_root` the old root is
+//! detached, so nothing of the host is reachable by path any more.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
+
+use crate::spec::SandboxSpec;
+use crate::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+
+/// Host system directories shared read-only with every sandbox.
+const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+/// Package-manager state overlaid (not shared) when the root is
+/// copy-on-write, so `apt-get install` works and is thrown away.
+const OVERLAY_VAR_DIRS: &[&str] = &[
+    "var/lib/dpkg",
+    "var/lib/apt",
+    "var/cache/apt",
+    "var/cache/debconf",
+];
+/// Device nodes bound from the host: harmless, and needed by nearly
+/// every program.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// A failed step, with the path it was working on.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct RootfsError {
+    pub what: &'static str,
+    pub path: String,
+    #[source]
+    pub source: nix::Error,
+}
+
+type Result<T> = std::result::Result<T, RootfsError>;
+
+fn ctx<T>(r: nix::Result<T>, what: &'static str, path: &Path) -> Result<T> {
+    r.map_err(|source| RootfsError {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn io_ctx<T>(r: std::io::Result<T>, what: &'static str, path: &Path) -> Result<T> {
+    r.map_err(|e| RootfsError {
+        what,
+        path: path.display().to_string(),
+        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn mkdir(p: &Path, mode: u32) -> Result<()> {
+    match fs::DirBuilder::new().recursive(true).mode(mode).create(p) {
+        Ok(()) => Ok(()),
+        Err(e) => io_ctx(Err(e), "cannot create directory", p),
+    }
+}
+
+fn touch(p: &Path) -> Result<()> {
+    io_ctx(
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map(drop),
+        "cannot create mount point",
+        p,
+    )
+}
+
+fn bind(src: &Path, dst: &Path, attrs: u64) -> Result<()> {
+    ctx(
+        mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        "cannot bind-mount onto",
+        dst,
+    )?;
+    if attrs != 0 {
+        ctx(
+            sys::mount_setattr(&cstr(dst), attrs, true),
+            "cannot set mount attributes on",
+            dst,
+        )?;
+    }
+    Ok(())
+}
+
+fn mount_fs(fstype: &str, dst: &Path, flags: MsFlags, data: &str) -> Result<()> {
+    ctx(
+        mount(Some(fstype), dst, Some(fstype), flags, Some(data)),
+        "cannot mount filesystem on",
+        dst,
+    )
+}
+
+const RO: u64 = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+const RW: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+
+/// Builds the new root at `spec.staging`, pivots into it and detaches the
+/// host's root. On return the process sees only the sandbox's filesystem.
+pub fn build(spec: &SandboxSpec) -> Result<()> {
+    let r = spec.staging.as_path();
+    // Nothing we mount may propagate back to the host, and nothing the host
+    // mounts later may appear here.
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        "cannot make mounts private at",
+        Path::new("/"),
+    )?;
+    match &spec.overlay {
+        None => mount_fs(
+            "tmpfs",
+            r,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=0755,size=16m",
+        )?,
+        Some(ov) => {
+            let top = ov.join("root");
+            mkdir(&top, 0o755)?;
+            bind(&top, r, RW)?;
+        }
+    }
+    system_dirs(spec, r)?;
+    etc(spec, r)?;
+
+    let ws = r.join("workspace");
+    mkdir(&ws, 0o755)?;
+    bind(&spec.workspace, &ws, RW)?;
+    let home = r.join("home/agent");
+    mkdir(&home, 0o755)?;
+    bind(&spec.home, &home, RW)?;
+    let root_home = r.join("root");
+    mkdir(&root_home, 0o700)?;
+    if spec.as_root {
+        bind(&spec.home, &root_home, RW)?;
+    }
+
+    let tmp = r.join("tmp");
+    mkdir(&tmp, 0o1777)?;
+    mount_fs(
+        "tmpfs",
+        &tmp,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &format!("mode=1777,size={}", spec.tmp_size),
+    )?;
+    let var = r.join("var");
+    mkdir(&var, 0o755)?;
+    if fs::symlink_metadata(var.join("tmp")).is_err() {
+        io_ctx(
+            symlink("/tmp", var.join("tmp")),
+            "cannot create",
+            &var.join("tmp"),
+        )?;
+    }
+
+    let proc_dir = r.join("proc");
+    mkdir(&proc_dir, 0o555)?;
+    mount_fs(
+        "proc",
+        &proc_dir,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        "",
+    )?;
+    dev(spec, r)?;
+    let sys_dir = r.join("sys");
+    mkdir(&sys_dir, 0o555)?;
+    // A read-only sysfs for tools that read CPU topology. The kernel only
+    // allows it when the host's sysfs is fully visible to us; without it
+    // the directory stays empty, which programs cope with.
+    let _ = mount(
+        Some("sysfs"),
+        &sys_dir,
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+
+    // User binds are placed after the pivot, by descriptor, so that a
+    // destination path is resolved inside the sandbox: a symlink on the way
+    // cannot send the mount to a host path.
+    let user: Vec<(OwnedFd, PathBuf, u64, bool)> = spec
+        .ro_binds
+        .iter()
+        .map(|b| (b, RO))
+        .chain(spec.binds.iter().map(|b| (b, RW)))
+        .map(|(b, attrs)| {
+            let fd = ctx(
+                open(&b.src, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()),
+                "cannot open bind source",
+                &b.src,
+            )?;
+            let is_dir = fs::metadata(&b.src).map(|m| m.is_dir()).unwrap_or(false);
+            Ok((fd, b.dst.clone(), attrs, is_dir))
+        })
+        .collect::<Result<_>>()?;
+
+    ctx(sys::pivot_into(&cstr(r)), "cannot pivot_root into", r)?;
+
+    for (fd, dst, attrs, is_dir) in user {
+        if is_dir {
+            mkdir(&dst, 0o755)?;
+        } else {
+            if let Some(parent) = dst.parent() {
+                mkdir(parent, 0o755)?;
+            }
+            touch(&dst)?;
+        }
+        let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        bind(&src, &dst, attrs)?;
+    }
+    if spec.overlay.is_none() {
+        ctx(
+            sys::mount_setattr(c"/", MOUNT_ATTR_RDONLY, false),
+            "cannot make read-only",
+            Path::new("/"),
+        )?;
+    }
+    Ok(())
+}
+
+fn system_dirs(spec: &SandboxSpec, r: &Path) -> Result<()> {
+    for name in SYSTEM_DIRS {
+        let host = Path::new("/").join(name);
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let dst = r.join(name);
+        if meta.file_type().is_symlink() {
+            let target = io_ctx(fs::read_link(&host), "cannot read link", &host)?;
+            if fs::symlink_metadata(&dst).is_err() {
+                io_ctx(symlink(target, &dst), "cannot create", &dst)?;
+            }
+        } else if meta.is_dir() {
+            mkdir(&dst, 0o755)?;
+            match &spec.overlay {
+                None => bind(&host, &dst, RO)?,
+                Some(ov) => overlay(&host, &dst, ov, name)?,
+            }
+        }
+    }
+    if let Some(ov) = &spec.overlay {
+        for name in OVERLAY_VAR_DIRS {
+            let host = Path::new("/").join(name);
+            if host.is_dir() {
+                let dst = r.join(name);
+                mkdir(&dst, 0o755)?;
+                overlay(&host, &dst, ov, name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn etc(spec: &SandboxSpec, r: &Path) -> Result<()> {
+    let dst = r.join("etc");
+    mkdir(&dst, 0o755)?;
+    match &spec.overlay {
+        None => bind(&spec.etc_dir, &dst, RO),
+        Some(ov) => overlay(&spec.etc_dir, &dst, ov, "etc"),
+    }
+}
+
+/// A copy-on-write view of `lower` at `dst`; changes land in the
+/// sandbox's own upper directory and vanish with it.
+fn overlay(lower: &Path, dst: &Path, ov: &Path, name: &str) -> Result<()> {
+    let flat = name.replace('/', "_");
+    let upper = ov.join("upper").join(&flat);
+    let work = ov.join("work").join(&flat);
+    mkdir(&upper, 0o755)?;
+    mkdir(&work, 0o755)?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount_fs(
+        "overlay",
+        dst,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &data,
+    )
+}
+
+fn dev(spec: &SandboxSpec, r: &Path) -> Result<()> {
+    let d = r.join("dev");
+    mkdir(&d, 0o755)?;
+    mount_fs(
+        "tmpfs",
+        &d,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "mode=0755,size=64k",
+    )?;
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        let dst = d.join(name);
+        touch(&dst)?;
+        bind(&host, &dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)?;
+    }
+    let pts = d.join("pts");
+    mkdir(&pts, 0o755)?;
+    mount_fs(
+        "devpts",
+        &pts,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )?;
+    let shm = d.join("shm");
+    mkdir(&shm, 0o1777)?;
+    mount_fs(
+        "tmpfs",
+        &shm,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &format!("mode=1777,size={}", spec.tmp_size),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        io_ctx(
+            symlink(target, d.join(link)),
+            "cannot create",
+            &d.join(link),
+        )?;
+    }
+    // The tmpfs itself becomes read-only: the workload can use the devices
+    // but cannot plant files in /dev.
+    ctx(
+        sys::mount_setattr(&cstr(&d), MOUNT_ATTR_RDONLY, false),
+        "cannot make read-only",
+        &d,
+    )
+}

@@ -1,0 +1,955 @@
+//! The workload's seccomp filter: a deny list over a default of ALLOW.
+//!
+//! The rules are data (the tables below), compiled to BPF by `seccompiler` in
+//! [`build`], long before the workload child exists. [`install`] only hands the
+//! finished programs to the kernel, so it allocates nothing and is safe to call
+//! between `fork` and `execve`. See `docs/seccomp.md` for what this stops and
+//! what it does not.
+//!
+//! `seccompiler` gives each filter a single "on match" action, so the rules are
+//! split by the errno they return: one EPERM filter, one EAFNOSUPPORT filter
+//! (socket families) and one ENOSYS filter (`clone3`). A hand-written guard
+//! filter (see [`guard_program`]) comes first. The kernel runs every stacked
+//! filter and keeps the most severe verdict, and the filters match disjoint
+//! calls, so their order does not change any result.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use seccompiler::{
+    sock_filter, BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp,
+    SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+};
+
+/// Building or installing the seccomp filter failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// A rule in stockade's table is malformed.
+    #[error("cannot build the seccomp rule for {syscall}: {source}; this is a bug in stockade's rule table, please report it")]
+    Rule {
+        syscall: &'static str,
+        #[source]
+        source: BackendError,
+    },
+    /// A filter could not be compiled to BPF.
+    #[error("cannot compile the seccomp {filter} filter to BPF: {source}; this is a bug in stockade's rule table, please report it")]
+    Compile {
+        filter: &'static str,
+        #[source]
+        source: BackendError,
+    },
+    /// The CPU architecture has no filter table.
+    #[error("stockade has no seccomp filter for the {0} architecture; only x86_64 and aarch64 are supported")]
+    UnsupportedArch(&'static str),
+    /// `prctl(PR_GET_NO_NEW_PRIVS)` failed.
+    #[error("cannot read the no_new_privs flag with prctl(PR_GET_NO_NEW_PRIVS): {0}; Linux 3.5 or later is needed")]
+    ReadNoNewPrivs(#[source] io::Error),
+    /// `install` was called before `no_new_privs` was set.
+    #[error("no_new_privs is not set, so the seccomp filter would not be inherited safely; call caps::set_no_new_privs() before seccomp::install()")]
+    NoNewPrivsNotSet,
+    /// The kernel rejected one of the filters.
+    #[error("the kernel refused the seccomp {filter} filter: {source}; check that the kernel has CONFIG_SECCOMP_FILTER, and do not start the workload")]
+    Install {
+        filter: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Compiled BPF programs, ready for [`install`]. Built once by [`build`].
+#[derive(Debug, Clone)]
+pub struct SeccompFilters {
+    /// `(name, program)`, installed in this order. Names appear in errors.
+    programs: Vec<(&'static str, BpfProgram)>,
+}
+
+impl SeccompFilters {
+    /// Total number of BPF instructions over all filters (for `doctor`).
+    pub fn instruction_count(&self) -> usize {
+        self.programs.iter().map(|(_, p)| p.len()).sum()
+    }
+
+    /// Names of the stacked filters, in install order.
+    pub fn filter_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.programs.iter().map(|(name, _)| *name)
+    }
+}
+
+/// Generates [`DENIED_SYSCALLS`] and the matching number table from one list,
+/// so the documented names and the compiled numbers cannot drift apart.
+/// A `#[cfg]` on an entry drops it on architectures without that syscall.
+macro_rules! deny_table {
+    ($( $(#[$attr:meta])* $name:ident = $nr:expr ),* $(,)?) => {
+        /// Syscalls that always fail with EPERM inside the sandbox, on this
+        /// architecture. For documentation, `doctor` and tests; `clone3`
+        /// (ENOSYS) and the argument-filtered calls in [`ARGUMENT_FILTERED`]
+        /// are not in this list.
+        pub const DENIED_SYSCALLS: &[&str] = &[$( $(#[$attr])* stringify!($name) ),*];
+        const DENIED_NUMBERS: &[libc::c_long] = &[$( $(#[$attr])* $nr ),*];
+    };
+}
+
+/// `open_tree_attr(2)` (Linux 6.15) is `open_tree` plus mount attributes; it is
+/// numbered in the shared table on every architecture but libc 0.2 lacks it.
+const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+deny_table! {
+    // Mount table and root changes: the rootfs is built by init and final.
+    mount = libc::SYS_mount,
+    umount2 = libc::SYS_umount2,
+    pivot_root = libc::SYS_pivot_root,
+    move_mount = libc::SYS_move_mount,
+    open_tree = libc::SYS_open_tree,
+    open_tree_attr = SYS_OPEN_TREE_ATTR,
+    fsopen = libc::SYS_fsopen,
+    fsconfig = libc::SYS_fsconfig,
+    fsmount = libc::SYS_fsmount,
+    fspick = libc::SYS_fspick,
+    mount_setattr = libc::SYS_mount_setattr,
+    chroot = libc::SYS_chroot,
+    // New namespaces would hand the workload a full capability set again.
+    unshare = libc::SYS_unshare,
+    setns = libc::SYS_setns,
+    // Reading or steering other processes.
+    ptrace = libc::SYS_ptrace,
+    process_vm_readv = libc::SYS_process_vm_readv,
+    process_vm_writev = libc::SYS_process_vm_writev,
+    pidfd_getfd = libc::SYS_pidfd_getfd,
+    // Kernel code and large kernel attack surface.
+    kexec_load = libc::SYS_kexec_load,
+    kexec_file_load = libc::SYS_kexec_file_load,
+    init_module = libc::SYS_init_module,
+    finit_module = libc::SYS_finit_module,
+    delete_module = libc::SYS_delete_module,
+    bpf = libc::SYS_bpf,
+    perf_event_open = libc::SYS_perf_event_open,
+    userfaultfd = libc::SYS_userfaultfd,
+    io_uring_setup = libc::SYS_io_uring_setup,
+    io_uring_enter = libc::SYS_io_uring_enter,
+    io_uring_register = libc::SYS_io_uring_register,
+    // Keyrings are not namespaced.
+    keyctl = libc::SYS_keyctl,
+    add_key = libc::SYS_add_key,
+    request_key = libc::SYS_request_key,
+    // File handles bypass path-based checks.
+    open_by_handle_at = libc::SYS_open_by_handle_at,
+    name_to_handle_at = libc::SYS_name_to_handle_at,
+    // Host-wide state: swap, power, accounting, quotas, clocks, logs, ttys.
+    swapon = libc::SYS_swapon,
+    swapoff = libc::SYS_swapoff,
+    reboot = libc::SYS_reboot,
+    acct = libc::SYS_acct,
+    quotactl = libc::SYS_quotactl,
+    quotactl_fd = libc::SYS_quotactl_fd,
+    settimeofday = libc::SYS_settimeofday,
+    clock_settime = libc::SYS_clock_settime,
+    clock_adjtime = libc::SYS_clock_adjtime,
+    adjtimex = libc::SYS_adjtimex,
+    syslog = libc::SYS_syslog,
+    vhangup = libc::SYS_vhangup,
+    fanotify_init = libc::SYS_fanotify_init,
+    lookup_dcookie = libc::SYS_lookup_dcookie,
+    // x86-only: port I/O and a.out libraries.
+    #[cfg(target_arch = "x86_64")]
+    iopl = libc::SYS_iopl,
+    #[cfg(target_arch = "x86_64")]
+    ioperm = libc::SYS_ioperm,
+    #[cfg(target_arch = "x86_64")]
+    uselib = libc::SYS_uselib,
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+deny_table! {}
+
+/// Syscalls allowed only for some arguments (see `build`), plus `clone3`, which
+/// always fails with ENOSYS so that libc falls back to `clone`, whose flags a
+/// filter can read (`clone3` passes them behind a pointer).
+pub const ARGUMENT_FILTERED: &[&str] = &["clone", "clone3", "socket", "socketpair", "ioctl"];
+
+/// Namespace flags that `clone` may not carry. `CLONE_NEWTIME` (0x80) shares
+/// bits with the exit signal in `clone`'s flags; no valid signal sets it, so
+/// denying it there costs nothing.
+const CLONE_NAMESPACE_FLAGS: &[libc::c_int] = &[
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWCGROUP,
+    libc::CLONE_NEWTIME,
+];
+
+/// Socket families the workload may create. Everything else (packet, vsock,
+/// bluetooth, crypto, ...) fails with EAFNOSUPPORT, as on a kernel without it.
+const ALLOWED_FAMILIES: &[libc::c_int] = &[
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
+/// Socket types that bypass the TCP/UDP stack on AF_INET/AF_INET6. libc
+/// deprecates its `SOCK_PACKET` constant, but the kernel still accepts the type.
+const SOCK_PACKET: libc::c_int = 10;
+const RAW_SOCKET_TYPES: &[libc::c_int] = &[libc::SOCK_RAW, SOCK_PACKET];
+
+/// The kernel masks a socket type with this to strip SOCK_NONBLOCK/SOCK_CLOEXEC.
+const SOCK_TYPE_MASK: u64 = 0xf;
+
+/// ioctls that inject input into, or reconfigure, the controlling terminal.
+/// Values are the same on x86_64 and aarch64; a test checks them against libc.
+const TIOCSTI: u64 = 0x5412;
+const TIOCLINUX: u64 = 0x541C;
+
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    pub(super) const TARGET: Option<seccompiler::TargetArch> =
+        Some(seccompiler::TargetArch::x86_64);
+    /// AUDIT_ARCH_X86_64 = EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
+    pub(super) const AUDIT_ARCH: u32 = 0xC000_003E;
+    /// x32 syscalls are numbered `nr | __X32_SYSCALL_BIT`.
+    pub(super) const X32_SYSCALL_BIT: Option<u32> = Some(0x4000_0000);
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arch {
+    pub(super) const TARGET: Option<seccompiler::TargetArch> =
+        Some(seccompiler::TargetArch::aarch64);
+    /// AUDIT_ARCH_AARCH64 = EM_AARCH64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
+    pub(super) const AUDIT_ARCH: u32 = 0xC000_00B7;
+    pub(super) const X32_SYSCALL_BIT: Option<u32> = None;
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod arch {
+    pub(super) const TARGET: Option<seccompiler::TargetArch> = None;
+    pub(super) const AUDIT_ARCH: u32 = 0;
+    pub(super) const X32_SYSCALL_BIT: Option<u32> = None;
+}
+
+type RuleMap = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// Builds one 32-bit argument comparison. Every argument we inspect (flags,
+/// family, type, ioctl command) is an `int` or `unsigned int` to the kernel,
+/// which ignores the upper half, so comparing the low half is what counts.
+fn cond(
+    syscall: &'static str,
+    arg: u8,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, SeccompError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+        .map_err(|source| SeccompError::Rule { syscall, source })
+}
+
+fn rule(
+    syscall: &'static str,
+    conditions: Vec<SeccompCondition>,
+) -> Result<SeccompRule, SeccompError> {
+    SeccompRule::new(conditions).map_err(|source| SeccompError::Rule { syscall, source })
+}
+
+/// Rules whose match returns EPERM.
+fn eperm_rules() -> Result<RuleMap, SeccompError> {
+    let mut rules: RuleMap = DENIED_NUMBERS.iter().map(|&nr| (nr, Vec::new())).collect();
+
+    // One rule per flag: rules for one syscall are OR'ed.
+    let clone = CLONE_NAMESPACE_FLAGS
+        .iter()
+        .map(|&flag| {
+            let flag = u64::from(flag as u32);
+            rule(
+                "clone",
+                vec![cond("clone", 0, SeccompCmpOp::MaskedEq(flag), flag)?],
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    rules.insert(libc::SYS_clone, clone);
+
+    let mut raw = Vec::new();
+    for &family in &[libc::AF_INET, libc::AF_INET6] {
+        for &ty in RAW_SOCKET_TYPES {
+            raw.push(rule(
+                "socket",
+                vec![
+                    cond("socket", 0, SeccompCmpOp::Eq, family as u64)?,
+                    cond(
+                        "socket",
+                        1,
+                        SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK),
+                        ty as u64,
+                    )?,
+                ],
+            )?);
+        }
+    }
+    rules.insert(libc::SYS_socket, raw);
+
+    let ioctl = [TIOCSTI, TIOCLINUX]
+        .iter()
+        .map(|&cmd| rule("ioctl", vec![cond("ioctl", 1, SeccompCmpOp::Eq, cmd)?]))
+        .collect::<Result<_, _>>()?;
+    rules.insert(libc::SYS_ioctl, ioctl);
+    Ok(rules)
+}
+
+/// Rules whose match returns EAFNOSUPPORT: a family outside the allow list.
+fn family_rules() -> Result<RuleMap, SeccompError> {
+    // Conditions inside one rule are AND'ed: "not unix and not inet and ...".
+    let not_allowed = ALLOWED_FAMILIES
+        .iter()
+        .map(|&family| cond("socket", 0, SeccompCmpOp::Ne, family as u64))
+        .collect::<Result<_, _>>()?;
+    let not_unix = cond("socketpair", 0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?;
+    Ok(BTreeMap::from([
+        (libc::SYS_socket, vec![rule("socket", not_allowed)?]),
+        (
+            libc::SYS_socketpair,
+            vec![rule("socketpair", vec![not_unix])?],
+        ),
+    ]))
+}
+
+fn compile(
+    name: &'static str,
+    rules: RuleMap,
+    errno: i32,
+    target: TargetArch,
+) -> Result<(&'static str, BpfProgram), SeccompError> {
+    let errno = errno as u32;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno),
+        target,
+    )
+    .map_err(|source| SeccompError::Compile {
+        filter: name,
+        source,
+    })?;
+    let program = BpfProgram::try_from(filter).map_err(|source| SeccompError::Compile {
+        filter: name,
+        source,
+    })?;
+    Ok((name, program))
+}
+
+const fn stmt(code: u32, k: u32) -> sock_filter {
+    sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// Hand-written guard, installed before the compiled filters.
+///
+/// Why: a seccomp filter sees `(arch, nr)`, and the same arch can carry more
+/// than one syscall table. On x86_64 the x32 ABI reports AUDIT_ARCH_X86_64 too,
+/// with `nr | 0x40000000`; `seccompiler` compares `nr` exactly, so `mount` made
+/// through x32 would match no deny rule and be allowed. This guard returns
+/// EPERM for every x32 number instead. It also kills the process if the arch is
+/// not the native one (i386 via `int 0x80`, AArch32 compat), whose numbers mean
+/// different syscalls; `seccompiler` checks the arch too, but the guard does not
+/// rely on that.
+fn guard_program(audit_arch: u32, x32_bit: Option<u32>) -> BpfProgram {
+    const ARCH_OFFSET: u32 = 4; // offsetof(struct seccomp_data, arch)
+    const NR_OFFSET: u32 = 0; // offsetof(struct seccomp_data, nr)
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let mut prog = vec![
+        stmt(load, ARCH_OFFSET),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            audit_arch,
+            1,
+            0,
+        ),
+        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
+    ];
+    if let Some(bit) = x32_bit {
+        prog.extend([
+            stmt(load, NR_OFFSET),
+            jump(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, bit, 0, 1),
+            stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        ]);
+    }
+    prog.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
+    prog
+}
+
+/// Compiles the workload's filters for the running architecture.
+pub fn build() -> Result<SeccompFilters, SeccompError> {
+    let target = arch::TARGET.ok_or(SeccompError::UnsupportedArch(std::env::consts::ARCH))?;
+    Ok(SeccompFilters {
+        programs: vec![
+            (
+                "architecture guard",
+                guard_program(arch::AUDIT_ARCH, arch::X32_SYSCALL_BIT),
+            ),
+            compile("EPERM deny list", eperm_rules()?, libc::EPERM, target)?,
+            compile("socket family", family_rules()?, libc::EAFNOSUPPORT, target)?,
+            compile(
+                "clone3",
+                BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+                libc::ENOSYS,
+                target,
+            )?,
+        ],
+    })
+}
+
+/// `struct sock_fprog` pointing at `seccompiler`'s `sock_filter`, which has
+/// the kernel's layout (`repr(C)`, u16/u8/u8/u32).
+#[repr(C)]
+struct SockFprog {
+    len: libc::c_ushort,
+    filter: *const sock_filter,
+}
+
+/// Installs the filters on the calling thread (and so on everything it
+/// `execve`s or forks). Allocates nothing: safe between `fork` and `execve`.
+///
+/// Requires `no_new_privs` (see `caps::set_no_new_privs`): without it the
+/// kernel only accepts a filter from a holder of CAP_SYS_ADMIN, and we want one
+/// rule for every mode. On error some filters may already be installed; the
+/// caller must not start the workload.
+pub fn install(f: &SeccompFilters) -> Result<(), SeccompError> {
+    // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointers and only returns a flag.
+    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    if nnp < 0 {
+        return Err(SeccompError::ReadNoNewPrivs(io::Error::last_os_error()));
+    }
+    if nnp != 1 {
+        return Err(SeccompError::NoNewPrivsNotSet);
+    }
+    for (filter, program) in &f.programs {
+        let prog = SockFprog {
+            // `seccompiler` rejects programs of BPF_MAXINSNS (4096) or more and
+            // the guard is tiny, so this never truncates.
+            len: program.len() as libc::c_ushort,
+            filter: program.as_ptr(),
+        };
+        // SAFETY: `prog` points at `program`, which outlives the call and holds
+        // `len` instructions; the kernel copies the program and keeps no pointer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0 as libc::c_ulong,
+                &prog as *const SockFprog,
+            )
+        };
+        if rc != 0 {
+            return Err(SeccompError::Install {
+                filter,
+                source: io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caps::test_child;
+    use std::ffi::CStr;
+    use std::os::unix::process::CommandExt;
+
+    const EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    const EAFNOSUPPORT: u32 = libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32;
+    const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+
+    /// Runs one program the way the kernel does, on a `struct seccomp_data`
+    /// laid out by hand. Covers the instructions `seccompiler` and the guard emit.
+    fn run_bpf(prog: &[sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&nr.to_ne_bytes());
+        data[4..8].copy_from_slice(&arch.to_ne_bytes());
+        for (i, arg) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&arg.to_ne_bytes());
+        }
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let ins = &prog[pc];
+            pc += 1;
+            let k = ins.k as usize;
+            let branch = |taken: bool| usize::from(if taken { ins.jt } else { ins.jf });
+            match u32::from(ins.code) {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    acc = u32::from_ne_bytes(data[k..k + 4].try_into().unwrap())
+                }
+                c if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => acc &= ins.k,
+                c if c == libc::BPF_JMP | libc::BPF_JA => pc += k,
+                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => pc += branch(acc == ins.k),
+                c if c == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K => pc += branch(acc >= ins.k),
+                c if c == libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K => pc += branch(acc > ins.k),
+                c if c == libc::BPF_RET | libc::BPF_K => return ins.k,
+                c => panic!("unexpected BPF opcode {c:#x}"),
+            }
+        }
+    }
+
+    /// The kernel's verdict over stacked filters: the most severe action wins
+    /// (compared as signed), ties going to the most recently installed filter.
+    fn verdict(nr: libc::c_long, args: [u64; 6]) -> u32 {
+        verdict_arch(nr as u32, arch::AUDIT_ARCH, args)
+    }
+
+    fn verdict_arch(nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+        let filters = build().unwrap();
+        let results = filters
+            .programs
+            .iter()
+            .rev()
+            .map(|(_, p)| run_bpf(p, nr, arch, args));
+        results
+            .min_by_key(|r| (r & libc::SECCOMP_RET_ACTION_FULL) as i32)
+            .unwrap()
+    }
+
+    fn args2(a: i64, b: i64) -> [u64; 6] {
+        [a as u64, b as u64, 0, 0, 0, 0]
+    }
+
+    #[test]
+    fn denies_every_syscall_the_design_requires() {
+        let mut required = vec![
+            "mount",
+            "umount2",
+            "pivot_root",
+            "move_mount",
+            "open_tree",
+            "fsopen",
+            "fsconfig",
+            "fsmount",
+            "fspick",
+            "mount_setattr",
+            "chroot",
+            "unshare",
+            "setns",
+            "ptrace",
+            "process_vm_readv",
+            "process_vm_writev",
+            "kexec_load",
+            "kexec_file_load",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "bpf",
+            "perf_event_open",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "userfaultfd",
+            "io_uring_setup",
+            "io_uring_enter",
+            "io_uring_register",
+            "open_by_handle_at",
+            "name_to_handle_at",
+            "swapon",
+            "swapoff",
+            "reboot",
+            "acct",
+            "quotactl",
+            "quotactl_fd",
+            "settimeofday",
+            "clock_settime",
+            "clock_adjtime",
+            "adjtimex",
+            "syslog",
+            "vhangup",
+            "lookup_dcookie",
+            "fanotify_init",
+            "pidfd_getfd",
+        ];
+        if cfg!(target_arch = "x86_64") {
+            required.extend(["iopl", "ioperm", "uselib"]);
+        }
+        for name in required {
+            assert!(DENIED_SYSCALLS.contains(&name), "{name} is not denied");
+        }
+        assert_eq!(DENIED_SYSCALLS.len(), DENIED_NUMBERS.len());
+    }
+
+    #[test]
+    fn local_constants_match_libc() {
+        assert_eq!(TIOCSTI, libc::TIOCSTI as u64);
+        assert_eq!(TIOCLINUX, libc::TIOCLINUX as u64);
+        #[allow(deprecated)]
+        let packet = libc::SOCK_PACKET;
+        assert_eq!(SOCK_PACKET, packet);
+    }
+
+    #[test]
+    fn every_program_fits_the_kernel_limit() {
+        let filters = build().unwrap();
+        assert_eq!(filters.filter_names().count(), 4);
+        assert!(filters
+            .programs
+            .iter()
+            .all(|(_, p)| !p.is_empty() && p.len() < 4096));
+    }
+
+    #[test]
+    fn bpf_denies_listed_syscalls_whatever_the_arguments() {
+        for (name, &nr) in DENIED_SYSCALLS.iter().zip(DENIED_NUMBERS) {
+            assert_eq!(verdict(nr, [u64::MAX; 6]), EPERM, "{name}");
+            assert_eq!(verdict(nr, [0; 6]), EPERM, "{name}");
+        }
+        assert_eq!(verdict(libc::SYS_clone3, [0; 6]), ENOSYS);
+        assert_eq!(verdict(libc::SYS_getpid, [0; 6]), ALLOW);
+        assert_eq!(verdict(libc::SYS_openat, [0; 6]), ALLOW);
+    }
+
+    #[test]
+    fn bpf_denies_clone_with_any_namespace_flag_only() {
+        let sigchld = libc::SIGCHLD as i64;
+        for &flag in CLONE_NAMESPACE_FLAGS {
+            let flags = i64::from(flag) | sigchld;
+            assert_eq!(
+                verdict(libc::SYS_clone, args2(flags, 0)),
+                EPERM,
+                "{flag:#x}"
+            );
+            // The kernel ignores the upper half of clone's flags; so do we.
+            assert_eq!(verdict(libc::SYS_clone, args2(flags | 1 << 40, 0)), EPERM);
+        }
+        let thread = libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS
+            | libc::CLONE_PARENT_SETTID
+            | libc::CLONE_CHILD_CLEARTID;
+        assert_eq!(verdict(libc::SYS_clone, args2(thread.into(), 0)), ALLOW);
+        assert_eq!(verdict(libc::SYS_clone, args2(sigchld, 0)), ALLOW);
+    }
+
+    #[test]
+    fn bpf_filters_socket_families_and_raw_types() {
+        let socket =
+            |family: i32, ty: i32| verdict(libc::SYS_socket, args2(family.into(), ty.into()));
+        for family in [
+            libc::AF_PACKET,
+            libc::AF_VSOCK,
+            libc::AF_ALG,
+            libc::AF_BLUETOOTH,
+            0,
+        ] {
+            assert_eq!(
+                socket(family, libc::SOCK_STREAM),
+                EAFNOSUPPORT,
+                "family {family}"
+            );
+        }
+        for family in ALLOWED_FAMILIES {
+            assert_eq!(
+                socket(*family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC),
+                ALLOW
+            );
+        }
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            assert_eq!(socket(family, libc::SOCK_RAW), EPERM);
+            assert_eq!(socket(family, libc::SOCK_RAW | libc::SOCK_NONBLOCK), EPERM);
+            assert_eq!(socket(family, SOCK_PACKET), EPERM);
+            assert_eq!(socket(family, libc::SOCK_DGRAM), ALLOW);
+        }
+        assert_eq!(socket(libc::AF_NETLINK, libc::SOCK_RAW), ALLOW);
+        let pair = |family: i32| verdict(libc::SYS_socketpair, args2(family.into(), 1));
+        assert_eq!(pair(libc::AF_UNIX), ALLOW);
+        assert_eq!(pair(libc::AF_INET), EAFNOSUPPORT);
+    }
+
+    #[test]
+    fn bpf_denies_terminal_injection_ioctls() {
+        let ioctl = |cmd: u64| verdict(libc::SYS_ioctl, [0, cmd, 0, 0, 0, 0]);
+        assert_eq!(ioctl(TIOCSTI), EPERM);
+        assert_eq!(ioctl(TIOCLINUX), EPERM);
+        assert_eq!(
+            ioctl(TIOCSTI | 1 << 32),
+            EPERM,
+            "the kernel truncates cmd to 32 bits"
+        );
+        assert_eq!(ioctl(libc::FIONREAD as u64), ALLOW);
+    }
+
+    #[test]
+    fn bpf_guard_kills_foreign_arches_and_denies_x32() {
+        const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+        const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+        for foreign in [AUDIT_ARCH_I386, AUDIT_ARCH_ARM] {
+            assert_eq!(
+                verdict_arch(20, foreign, [0; 6]),
+                libc::SECCOMP_RET_KILL_PROCESS
+            );
+        }
+        if let Some(bit) = arch::X32_SYSCALL_BIT {
+            assert_eq!(
+                verdict_arch(bit | libc::SYS_mount as u32, arch::AUDIT_ARCH, [0; 6]),
+                EPERM
+            );
+            assert_eq!(
+                verdict_arch(bit | libc::SYS_getpid as u32, arch::AUDIT_ARCH, [0; 6]),
+                EPERM
+            );
+        }
+    }
+
+    #[test]
+    fn install_refuses_without_no_new_privs() {
+        // no_new_privs is per thread; the harness thread running this test has
+        // it unless the whole test process was started with it (some CI
+        // sandboxes do), in which case install would really filter this thread.
+        if prctl_nnp() == 1 {
+            eprintln!("skipped: the test process already runs with no_new_privs");
+            return;
+        }
+        let err = install(&build().unwrap()).unwrap_err();
+        assert!(matches!(err, SeccompError::NoNewPrivsNotSet), "{err}");
+    }
+
+    fn prctl_nnp() -> i32 {
+        // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointers.
+        unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) }
+    }
+
+    /// `syscall(nr, args...)` as `Ok(return value)` or `Err(errno)`.
+    fn sys(nr: libc::c_long, a: [u64; 6]) -> Result<libc::c_long, i32> {
+        // SAFETY: callers pass pointers that are valid or that the kernel
+        // rejects (bad addresses give EFAULT, never a write into our memory
+        // we did not offer); see each call.
+        let rc = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+        if rc < 0 {
+            Err(io::Error::last_os_error().raw_os_error().unwrap())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    /// Raw `clone` without CLONE_VM: fork semantics. A child that escapes
+    /// the filter exits at once, so the check cannot run twice.
+    fn raw_clone(flags: u64) -> Result<(), i32> {
+        let pid = sys(libc::SYS_clone, [flags, 0, 0, 0, 0, 0])?;
+        if pid == 0 {
+            // SAFETY: we are the clone child; _exit is async-signal-safe.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: pid is our child; a null status pointer is allowed.
+        unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::__WALL) };
+        Ok(())
+    }
+
+    fn socket(family: i32, ty: i32, proto: i32) -> Result<libc::c_long, i32> {
+        let fd = sys(
+            libc::SYS_socket,
+            [family as u64, ty as u64, proto as u64, 0, 0, 0],
+        )?;
+        // SAFETY: fd was just returned to us and is closed once.
+        unsafe { libc::close(fd as i32) };
+        Ok(fd)
+    }
+
+    fn mount_tmpfs(nr: libc::c_long) -> Result<libc::c_long, i32> {
+        let target =
+            std::ffi::CString::new(std::env::var("STOCKADE_TEST_MOUNT_DIR").unwrap()).unwrap();
+        let (src, fstype): (&CStr, &CStr) = (c"none", c"tmpfs");
+        sys(
+            nr,
+            [
+                src.as_ptr() as u64,
+                target.as_ptr() as u64,
+                fstype.as_ptr() as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    }
+
+    /// The attacks. "filtered" runs under the filters, "control" in the same
+    /// namespaces without them, to show each attack would otherwise work.
+    #[test]
+    fn child_entry() {
+        let Some(scenario) = test_child::scenario() else {
+            return;
+        };
+        let filtered = scenario == "filtered";
+        let sigchld = libc::SIGCHLD as u64;
+        let x32_mount = arch::X32_SYSCALL_BIT.map(|bit| libc::c_long::from(bit) | libc::SYS_mount);
+        let null_tiocsti = |cmd: u64| sys(libc::SYS_ioctl, [0, cmd, c"x".as_ptr() as u64, 0, 0, 0]);
+        if filtered {
+            for (name, &nr) in DENIED_SYSCALLS.iter().zip(DENIED_NUMBERS) {
+                // All-ones arguments: harmless even if a call got through.
+                assert_eq!(sys(nr, [u64::MAX; 6]), Err(libc::EPERM), "{name}");
+            }
+            assert_eq!(mount_tmpfs(libc::SYS_mount), Err(libc::EPERM));
+            assert_eq!(
+                sys(
+                    libc::SYS_unshare,
+                    [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0]
+                ),
+                Err(libc::EPERM)
+            );
+            for &flag in CLONE_NAMESPACE_FLAGS {
+                assert_eq!(
+                    raw_clone(flag as u64 | sigchld),
+                    Err(libc::EPERM),
+                    "{flag:#x}"
+                );
+            }
+            assert_eq!(sys(libc::SYS_clone3, [0; 6]), Err(libc::ENOSYS));
+            for (family, ty) in [
+                (libc::AF_PACKET, libc::SOCK_RAW),
+                (libc::AF_VSOCK, libc::SOCK_STREAM),
+            ] {
+                assert_eq!(
+                    socket(family, ty, 0),
+                    Err(libc::EAFNOSUPPORT),
+                    "family {family}"
+                );
+            }
+            assert_eq!(
+                socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+                Err(libc::EPERM)
+            );
+            assert_eq!(
+                socket(
+                    libc::AF_INET6,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::IPPROTO_ICMPV6
+                ),
+                Err(libc::EPERM)
+            );
+            assert_eq!(socket(libc::AF_INET, SOCK_PACKET, 0), Err(libc::EPERM));
+            let mut fds = [0i32; 2];
+            let pair = [
+                libc::AF_INET as u64,
+                libc::SOCK_STREAM as u64,
+                0,
+                fds.as_mut_ptr() as u64,
+                0,
+                0,
+            ];
+            assert_eq!(sys(libc::SYS_socketpair, pair), Err(libc::EAFNOSUPPORT));
+            assert_eq!(null_tiocsti(TIOCSTI), Err(libc::EPERM));
+            assert_eq!(null_tiocsti(TIOCSTI | 1 << 32), Err(libc::EPERM));
+            assert_eq!(null_tiocsti(TIOCLINUX), Err(libc::EPERM));
+            if let Some(nr) = x32_mount {
+                assert_eq!(mount_tmpfs(nr), Err(libc::EPERM), "x32 mount");
+            }
+            // What a normal workload needs still works.
+            assert!(sys(libc::SYS_getpid, [0; 6]).unwrap() > 0);
+            for (family, ty, proto) in [
+                (libc::AF_INET, libc::SOCK_STREAM, 0),
+                (libc::AF_INET6, libc::SOCK_DGRAM, 0),
+                (libc::AF_UNIX, libc::SOCK_STREAM, 0),
+                (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
+            ] {
+                socket(family, ty, proto).unwrap();
+            }
+            raw_clone(sigchld).unwrap();
+            assert!(std::process::Command::new("/bin/true")
+                .status()
+                .unwrap()
+                .success());
+            std::thread::spawn(|| ()).join().unwrap();
+            assert_eq!(
+                null_tiocsti(libc::TCGETS as u64),
+                Err(libc::ENOTTY),
+                "ioctl in general"
+            );
+        } else {
+            assert_eq!(mount_tmpfs(libc::SYS_mount), Ok(0));
+            assert_eq!(raw_clone(libc::CLONE_NEWNET as u64 | sigchld), Ok(()));
+            assert_eq!(sys(libc::SYS_clone3, [0; 6]), Err(libc::EINVAL));
+            assert!(socket(libc::AF_PACKET, libc::SOCK_RAW, 0).is_ok());
+            assert!(socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).is_ok());
+            assert_eq!(null_tiocsti(TIOCSTI), Err(libc::ENOTTY));
+            if let Some(nr) = x32_mount {
+                assert_ne!(mount_tmpfs(nr), Err(libc::EPERM), "x32 mount");
+            }
+        }
+    }
+
+    /// Write `text` to `path` with async-signal-safe calls only.
+    fn write_file(path: &CStr, text: &[u8]) -> io::Result<()> {
+        // SAFETY: `path` is NUL-terminated; the fd is ours and closed once;
+        // `text` is valid for `text.len()` bytes.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = libc::write(fd, text.as_ptr().cast(), text.len());
+            libc::close(fd);
+            if n != text.len() as isize {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Spawns the attack child in new user, mount and network namespaces,
+    /// mapped as uid 0 there, so that every attack has the capabilities it
+    /// needs and only the filter stands in the way; none of it touches the host.
+    fn run_attacks(scenario: &str, filters: Option<SeccompFilters>) {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: geteuid/getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let uid_map = format!("0 {uid} 1");
+        let gid_map = format!("0 {gid} 1");
+        test_child::run("seccomp::tests::child_entry", scenario, |cmd| {
+            cmd.env("STOCKADE_TEST_MOUNT_DIR", dir.path());
+            let hook = move || -> io::Result<()> {
+                let ns = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWNET;
+                // SAFETY: unshare takes only flags; the child is single-threaded.
+                if unsafe { libc::unshare(ns) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                write_file(c"/proc/self/setgroups", b"deny")?;
+                write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
+                write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
+                if let Some(filters) = &filters {
+                    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+                    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    install(filters).map_err(|_| io::Error::last_os_error())?;
+                }
+                Ok(())
+            };
+            // SAFETY: the hook makes only async-signal-safe calls (unshare,
+            // open, write, close, prctl, seccomp) and does not allocate.
+            unsafe { cmd.pre_exec(hook) };
+        });
+    }
+
+    #[test]
+    #[ignore = "needs user namespaces (root, or unprivileged userns enabled)"]
+    fn attacks_fail_under_the_filter() {
+        run_attacks("filtered", Some(build().unwrap()));
+    }
+
+    #[test]
+    #[ignore = "needs user namespaces (root, or unprivileged userns enabled)"]
+    fn attacks_succeed_without_the_filter_so_the_test_can_fail() {
+        run_attacks("control", None);
+    }
+}

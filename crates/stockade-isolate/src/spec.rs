@@ -1,0 +1,64 @@
+//! The resolved description of one sandbox, as the isolation layer needs
+//! it: host paths already chosen, argv and environment already built.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use stockade_policy::BindMount;
+
+use crate::idmap::IdMap;
+use crate::seccomp::SeccompFilters;
+
+/// Everything [`crate::launch`] needs to build and start a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Short unique id, `[a-z0-9-]+`.
+    pub id: String,
+    /// Host directory where the new root is assembled (an empty directory
+    /// used only as a mount point inside the sandbox's mount namespace).
+    pub staging: PathBuf,
+    /// Host directory holding the generated `/etc` (see [`crate::etc`]).
+    pub etc_dir: PathBuf,
+    /// Host directory bound read-write at `/workspace`.
+    pub workspace: PathBuf,
+    /// Host directory bound read-write at `/home/agent`.
+    pub home: PathBuf,
+    /// With a copy-on-write root: host directory for the overlay's upper
+    /// and work directories (its contents are thrown away with the sandbox).
+    pub overlay: Option<PathBuf>,
+    pub tmp_size: u64,
+    pub ro_binds: Vec<BindMount>,
+    pub binds: Vec<BindMount>,
+    pub hostname: String,
+    /// Run the workload as root inside the sandbox instead of `agent`.
+    pub as_root: bool,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub cwd: CString,
+    /// Give the workload a pseudo-terminal from the sandbox's own devpts.
+    pub tty: bool,
+    pub uid_map: IdMap,
+    pub gid_map: IdMap,
+    pub seccomp: SeccompFilters,
+}
+
+impl SandboxSpec {
+    /// Paths inside the sandbox where the workload may write; everything
+    /// else is read-only to it (Landlock enforces this on top of mounts).
+    pub fn writable_paths(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = ["/workspace", "/tmp", "/dev"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        v.push(PathBuf::from(if self.as_root {
+            "/root"
+        } else {
+            "/home/agent"
+        }));
+        v.extend(self.binds.iter().map(|b| b.dst.clone()));
+        if self.overlay.is_some() {
+            v.push(PathBuf::from("/"));
+        }
+        v
+    }
+}

@@ -1,0 +1,185 @@
+//! Thin wrappers over the few system calls that neither `nix` nor `libc`
+//! wrap conveniently. Each returns `nix::Result` so callers can add context.
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets mount attributes on the mount at `path` and, with `recursive`, on
+/// every mount below it. Unlike a `MS_REMOUNT|MS_BIND` remount this covers
+/// submounts and leaves attributes it was not asked about alone.
+pub fn mount_setattr(path: &CStr, set: u64, recursive: bool) -> nix::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `path` is a valid NUL-terminated string and `attr` a live,
+    // correctly laid out `struct mount_attr` whose size we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Clones the calling process into new namespaces, fork-style: both
+/// processes return, the child with `Ok(None)`, the parent with the child's
+/// pid and a pidfd for it.
+///
+/// # Safety
+/// The caller must be single-threaded (as after `fork`), because the child
+/// continues with a copy of only the calling thread.
+pub unsafe fn clone_fork(ns_flags: libc::c_int) -> nix::Result<Option<(i32, OwnedFd)>> {
+    let mut pidfd: RawFd = -1;
+    let flags = (ns_flags | libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: with a NULL stack, clone behaves like fork: the child runs on
+    // a copy of the parent's stack. CLONE_PIDFD writes the pidfd through the
+    // `parent_tid` argument, which points at a live `RawFd`. The caller
+    // guarantees the process is single-threaded.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut pidfd as *mut RawFd,
+            std::ptr::null_mut::<libc::c_int>(),
+            0usize,
+        )
+    };
+    let pid = Errno::result(r)?;
+    if pid == 0 {
+        Ok(None)
+    } else {
+        // SAFETY: the kernel just created this descriptor for us.
+        Ok(Some((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) })))
+    }
+}
+
+/// Sends `sig` to the process behind `pidfd`. Unlike `kill(pid)`, the pid
+/// cannot have been recycled for another process.
+pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: libc::c_int) -> nix::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own; NULL siginfo is allowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Opens a pidfd for an existing process.
+pub fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
+    // SAFETY: plain syscall; returns a new descriptor or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = Errno::result(r)?;
+    // SAFETY: the kernel just created this descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pivot_root(".", ".")` after `chdir(new_root)`: the old root ends up
+/// stacked on top of the new one and is then detached in one step, so no
+/// directory is needed to hold it.
+pub fn pivot_into(new_root: &CStr) -> nix::Result<()> {
+    nix::unistd::chdir(new_root)?;
+    nix::unistd::pivot_root(".", ".")?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)?;
+    nix::unistd::chdir("/")
+}
+
+/// Marks the calling process's death signal, so the sandbox dies with the
+/// process that created it.
+pub fn set_parent_death_signal(sig: libc::c_int) -> nix::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a plain integer argument.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// Makes the process undumpable: other processes of the same uid cannot
+/// ptrace it or open its `/proc/PID/mem`.
+pub fn set_undumpable() -> nix::Result<()> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes plain integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// Brings up the loopback interface of the current network namespace.
+pub fn loopback_up() -> nix::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the flags member of
+    // the ifreq we own; the socket is valid for the duration of the calls.
+    unsafe {
+        Errno::result(libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFFLAGS,
+            &mut req as *mut libc::ifreq,
+        ))?;
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        Errno::result(libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSIFFLAGS,
+            &req as *const libc::ifreq,
+        ))?;
+    }
+    Ok(())
+}
+
+/// Closes every descriptor from `lowest` up, except those in `keep`, so
+/// nothing the supervisor held open leaks into the sandbox.
+pub fn close_fds_from(lowest: RawFd, keep: &[RawFd]) {
+    let mut next = lowest as libc::c_uint;
+    let mut sorted: Vec<libc::c_uint> = keep
+        .iter()
+        .filter(|&&f| f >= lowest)
+        .map(|&f| f as libc::c_uint)
+        .collect();
+    sorted.sort_unstable();
+    for k in sorted.into_iter().chain(std::iter::once(libc::c_uint::MAX)) {
+        if k > next {
+            let last = k.saturating_sub(1);
+            // SAFETY: close_range only closes descriptors; none of the
+            // closed ones is owned by a live Rust object we use afterwards
+            // (the caller is about to exec or serve with `keep` only).
+            unsafe { libc::syscall(libc::SYS_close_range, next, last, 0) };
+        }
+        next = k.saturating_add(1);
+    }
+}
