@@ -200,6 +200,17 @@ pub(crate) fn watch_modify(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// One `rmdir` without retries: `Ok(false)` when the cgroup is in use
+/// (`EBUSY`), `Ok(true)` when it is gone, whoever removed it.
+pub(crate) fn remove_dir_if_unused(ops: DirOps, path: &Path) -> io::Result<bool> {
+    match (ops.rmdir)(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a notifier fd has something to read right now.
 pub(crate) fn readable(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];

@@ -271,10 +271,11 @@ impl V1Group {
     /// or exit (and free its pid for reuse) between listing and killing;
     /// kills everything; thaws so the kills take effect; repeats until empty.
     pub(crate) fn kill_all(&self) {
-        let deadline = Instant::now() + fsio::KILL_DEADLINE;
-        if Instant::now() < deadline {
+        // The common case on destroy; skips a freeze/thaw round trip.
+        if self.pids().is_empty() {
             return;
         }
+        let deadline = Instant::now() + fsio::KILL_DEADLINE;
         loop {
             let frozen = self.dir_of("freezer").filter(|dir| freeze(dir, deadline));
             let pids = self.pids();
@@ -303,6 +304,24 @@ impl V1Group {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Stops at the first busy directory. A process normally sits in every
+    /// hierarchy, so the first `rmdir` already refuses and nothing is lost.
+    pub(crate) fn remove_if_empty(self) -> Result<bool, CgroupError> {
+        for dir in &self.dirs {
+            match fsio::remove_dir_if_unused(self.ops, &dir.path) {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(source) => {
+                    return Err(CgroupError::RemoveDir {
+                        path: dir.path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(true)
     }
 
     pub(crate) fn paths(&self) -> Vec<PathBuf> {

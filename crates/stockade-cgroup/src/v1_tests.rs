@@ -150,7 +150,7 @@ fn oom_notifier_registers_its_eventfd_with_event_control() {
 }
 
 #[test]
-fn kill_all_leaves_the_freezer_thawed_and_destroy_removes_everything() {
+fn kill_all_leaves_the_freezer_thawed_and_destroy_removes_every_directory() {
     let (tmp, driver) = fake::v1_mounts(&SEPARATE);
     let cg = driver.create("gone", &limits()).unwrap();
     cg.kill_all();

@@ -313,6 +313,13 @@ impl V2Group {
         }
     }
 
+    pub(crate) fn remove_if_empty(self) -> Result<bool, CgroupError> {
+        fsio::remove_dir_if_unused(self.ops, &self.dir).map_err(|source| CgroupError::RemoveDir {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
     pub(crate) fn remove(self) -> Result<(), CgroupError> {
         fsio::remove_dir(self.ops, &self.dir).map_err(|source| CgroupError::RemoveDir {
             path: self.dir.clone(),

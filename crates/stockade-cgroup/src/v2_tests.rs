@@ -250,3 +250,20 @@ fn describe_names_the_root_and_controllers() {
     let expected = format!("v2 at {} (memory, pids, cpu)", tmp.path().display());
     assert_eq!(driver.describe(), expected);
 }
+
+#[test]
+fn remove_if_empty_keeps_a_populated_group_and_kills_nothing() {
+    let (_tmp, driver) = fake::v2_root(ALL);
+    let cg = driver.create("busy", &Limits::default()).unwrap();
+    let dir = cg.paths()[0].clone();
+    cg.add_pid(4321).unwrap();
+    assert!(!driver
+        .open_existing("busy")
+        .unwrap()
+        .remove_if_empty()
+        .unwrap());
+    assert!(dir.exists());
+    fs::write(dir.join("cgroup.procs"), "").unwrap();
+    assert!(cg.remove_if_empty().unwrap());
+    assert!(!dir.exists());
+}

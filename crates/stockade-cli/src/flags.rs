@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in a new sandbox and exit with its status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove what dead supervisors left behind (also done before every run).
     Gc(GcArgs),
     /// Check what this host supports and what stockade does without it.

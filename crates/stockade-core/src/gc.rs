@@ -26,8 +26,8 @@ pub struct GcSummary {
 /// right now by another supervisor and are left alone.
 const CREATING_GRACE: Duration = Duration::from_secs(60);
 
-/// Removes every sandbox whose supervisor is gone, and every stockade
-/// cgroup that has no live sandbox.
+/// Removes every sandbox whose supervisor is gone, and every empty
+/// stockade cgroup that has no sandbox directory.
 pub fn collect(state: &StateDir, cgroups: Option<&Driver>) -> GcSummary {
     let mut summary = GcSummary::default();
     let mut live = Vec::new();
@@ -61,12 +61,23 @@ pub fn collect(state: &StateDir, cgroups: Option<&Driver>) -> GcSummary {
                 continue;
             }
             // A cgroup is created after its sandbox's directory and
-            // removed before it, so one without a directory is stale.
+            // removed before it, so one without a directory is stale —
+            // unless it belongs to a stockade using another state
+            // directory. A dead supervisor's sandbox dies with it (parent
+            // death signal), so only empty groups are ours to remove.
             if state.sandboxes().join(&name).exists() {
                 continue;
             }
             if let Some(cg) = driver.open_existing(&name) {
-                if cg.destroy().is_ok() {
+                // A group that was just created is about to receive its
+                // sandbox (possibly one of another state directory).
+                let young = cg
+                    .paths()
+                    .first()
+                    .and_then(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+                    .map(|t| t.elapsed().unwrap_or_default() < CREATING_GRACE)
+                    .unwrap_or(false);
+                if !young && cg.remove_if_empty().unwrap_or(false) {
                     summary.cgroups.push(name);
                 }
             }

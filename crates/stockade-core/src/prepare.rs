@@ -67,6 +67,17 @@ pub fn prepare(
                     ws.display()
                 )));
             }
+            if meta.uid() == 0 {
+                // The agent writes to the workspace as its owner; the owner
+                // being host root would let untrusted code create files
+                // (setuid ones included) as root on the host.
+                return Err(RunError::Invalid(format!(
+                    "workspace {} is owned by root, and a sandbox never writes as host root; \
+                     give it to an unprivileged user (e.g. `chown -R 1000:1000 {}`) or copy it",
+                    ws.display(),
+                    ws.display()
+                )));
+            }
             let canonical = ws.canonicalize().map_err(|e| RunError::Io {
                 what: format!("resolve workspace {}", ws.display()),
                 source: e,

@@ -1,14 +1,14 @@
 //! Dropping every capability before the workload is executed.
 //!
-//! Required order in the workload child (see also `docs/seccomp.md`):
+//! Required order in the workload child (also in `docs/seccomp.md`):
 //!
-//! 1. `landlock_rules::apply` (may use CAP_SYS_ADMIN in the user namespace);
+//! 1. `landlock_rules::apply` (it sets `no_new_privs` itself);
 //! 2. [`drop_all`], while still uid 0 in the user namespace;
-//! 3. non-root mode only: `setgroups`, `setresgid`, `setresuid` to the
-//!    workload ids, using the CAP_SETUID/CAP_SETGID that `drop_all(false)`
-//!    kept; the kernel clears both at the uid change;
-//! 4. [`set_no_new_privs`], then `seccomp::install`;
-//! 5. optionally [`ensure_no_capabilities`] as a last fail-closed check;
+//! 3. `setresuid` to the workload uid: in non-root mode this uses the
+//!    CAP_SETUID/CAP_SETGID that `drop_all(false)` kept, and the kernel
+//!    clears both at the uid change (in root mode it stays 0, a no-op);
+//! 4. [`ensure_no_capabilities`], a fail-closed check;
+//! 5. [`set_no_new_privs`], then `seccomp::install`;
 //! 6. `execve`.
 //!
 //! `drop_all` also works after the uid change if the caller kept its
@@ -125,17 +125,11 @@ fn capset(sets: CapSets) -> Result<(), CapsError> {
 
 /// `prctl` with integer arguments only, as a `Result`.
 fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<libc::c_int> {
+    // prctl is variadic: pass full-width zeros, as the kernel checks them.
+    let zero: libc::c_ulong = 0;
     // SAFETY: every option used in this module takes plain integers, and the
     // unused arguments must be zero.
-    let rc = unsafe {
-        libc::prctl(
-            option,
-            arg2,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
+    let rc = unsafe { libc::prctl(option, arg2, zero, zero, zero) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -185,7 +179,7 @@ pub fn drop_all(keep_root_uid: bool) -> Result<(), CapsError> {
         Err(e) => return Err(CapsError::AmbientClear(e)),
     }
 
-    for cap in 0..0u32 {
+    for cap in 0..=last_cap() {
         match prctl(libc::PR_CAPBSET_DROP, cap.into()) {
             Ok(_) => {}
             // The kernel knows fewer capabilities than we asked about.
@@ -237,21 +231,14 @@ pub fn set_no_new_privs() -> Result<(), CapsError> {
 /// Meant as the last check before `execve`, after the uid switch.
 pub fn ensure_no_capabilities() -> Result<(), CapsError> {
     let sets = capget()?;
-    if sets
-        == (CapSets {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        })
-    {
-        Ok(())
-    } else {
-        Err(CapsError::StillHeld {
-            effective: sets.effective,
-            permitted: sets.permitted,
-            inheritable: sets.inheritable,
-        })
+    if sets.effective | sets.permitted | sets.inheritable == 0 {
+        return Ok(());
     }
+    Err(CapsError::StillHeld {
+        effective: sets.effective,
+        permitted: sets.permitted,
+        inheritable: sets.inheritable,
+    })
 }
 
 /// Re-running this test binary as a child process, shared by the tests of

@@ -74,6 +74,19 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
         send(ctl, &InitMsg::SetupFailed(msg), None);
         return 1;
     }
+    // The supervisor may have died before the parent-death signal was set
+    // again in `setup`; its end of the socket is then closed.
+    let mut pfd = [nix::poll::PollFd::new(
+        ctl.as_fd(),
+        nix::poll::PollFlags::empty(),
+    )];
+    if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).is_ok()
+        && pfd[0]
+            .revents()
+            .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
+    {
+        return 1;
+    }
     serve(spec, ctl)
 }
 
@@ -86,6 +99,8 @@ fn setup(spec: &SandboxSpec) -> Result<(), String> {
         .and_then(|_| nix::unistd::setgroups(&[]))
         .and_then(|_| nix::unistd::setresuid(root.0, root.0, root.0))
         .map_err(|e| format!("cannot become root of the user namespace: {e}"))?;
+    // A change of credentials clears the parent-death signal; set it again.
+    let _ = sys::set_parent_death_signal(libc::SIGKILL);
     // Entering the cgroup namespace now, after the supervisor moved us into
     // the sandbox's cgroup, makes that cgroup the root the workload sees.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)

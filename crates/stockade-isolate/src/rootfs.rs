@@ -9,14 +9,12 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
-use nix::sys::stat::Mode;
 
 use crate::spec::SandboxSpec;
 use crate::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
@@ -204,7 +202,7 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
         None::<&str>,
     );
 
-    // User binds are placed after the pivot, by descriptor, so that a
+    // User binds are cloned now and attached after the pivot, so that a
     // destination path is resolved inside the sandbox: a symlink on the way
     // cannot send the mount to a host path.
     let user: Vec<(OwnedFd, PathBuf, u64, bool)> = spec
@@ -214,7 +212,7 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
         .chain(spec.binds.iter().map(|b| (b, RW)))
         .map(|(b, attrs)| {
             let fd = ctx(
-                open(&b.src, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()),
+                sys::open_tree_clone(&cstr(&b.src)),
                 "cannot open bind source",
                 &b.src,
             )?;
@@ -234,8 +232,16 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
             }
             touch(&dst)?;
         }
-        let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        bind(&src, &dst, attrs)?;
+        ctx(
+            sys::move_mount_to(&fd, &cstr(&dst)),
+            "cannot bind-mount onto",
+            &dst,
+        )?;
+        ctx(
+            sys::mount_setattr(&cstr(&dst), attrs, true),
+            "cannot set mount attributes on",
+            &dst,
+        )?;
     }
     if spec.overlay.is_none() {
         ctx(

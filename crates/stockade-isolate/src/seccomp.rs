@@ -16,9 +16,10 @@
 use std::collections::BTreeMap;
 use std::io;
 
+use seccompiler::SeccompCmpOp as Op;
 use seccompiler::{
-    sock_filter, BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp,
-    SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+    sock_filter, BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// Building or installing the seccomp filter failed.
@@ -237,7 +238,7 @@ type RuleMap = BTreeMap<i64, Vec<SeccompRule>>;
 fn cond(
     syscall: &'static str,
     arg: u8,
-    op: SeccompCmpOp,
+    op: Op,
     value: u64,
 ) -> Result<SeccompCondition, SeccompError> {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
@@ -260,36 +261,25 @@ fn eperm_rules() -> Result<RuleMap, SeccompError> {
         .iter()
         .map(|&flag| {
             let flag = u64::from(flag as u32);
-            rule(
-                "clone",
-                vec![cond("clone", 0, SeccompCmpOp::MaskedEq(flag), flag)?],
-            )
+            rule("clone", vec![cond("clone", 0, Op::MaskedEq(flag), flag)?])
         })
         .collect::<Result<_, _>>()?;
     rules.insert(libc::SYS_clone, clone);
 
-    let mut raw = Vec::new();
-    for &family in &[libc::AF_INET, libc::AF_INET6] {
-        for &ty in RAW_SOCKET_TYPES {
-            raw.push(rule(
-                "socket",
-                vec![
-                    cond("socket", 0, SeccompCmpOp::Eq, family as u64)?,
-                    cond(
-                        "socket",
-                        1,
-                        SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK),
-                        ty as u64,
-                    )?,
-                ],
-            )?);
-        }
-    }
+    let raw_type = |family: libc::c_int, ty: libc::c_int| {
+        let family = cond("socket", 0, Op::Eq, family as u64)?;
+        let ty = cond("socket", 1, Op::MaskedEq(SOCK_TYPE_MASK), ty as u64)?;
+        rule("socket", vec![family, ty])
+    };
+    let raw = [libc::AF_INET, libc::AF_INET6]
+        .iter()
+        .flat_map(|&family| RAW_SOCKET_TYPES.iter().map(move |&ty| raw_type(family, ty)))
+        .collect::<Result<_, _>>()?;
     rules.insert(libc::SYS_socket, raw);
 
     let ioctl = [TIOCSTI, TIOCLINUX]
         .iter()
-        .map(|&cmd| rule("ioctl", vec![cond("ioctl", 1, SeccompCmpOp::Eq, cmd)?]))
+        .map(|&cmd| rule("ioctl", vec![cond("ioctl", 1, Op::Eq, cmd)?]))
         .collect::<Result<_, _>>()?;
     rules.insert(libc::SYS_ioctl, ioctl);
     Ok(rules)
@@ -300,9 +290,9 @@ fn family_rules() -> Result<RuleMap, SeccompError> {
     // Conditions inside one rule are AND'ed: "not unix and not inet and ...".
     let not_allowed = ALLOWED_FAMILIES
         .iter()
-        .map(|&family| cond("socket", 0, SeccompCmpOp::Ne, family as u64))
+        .map(|&family| cond("socket", 0, Op::Ne, family as u64))
         .collect::<Result<_, _>>()?;
-    let not_unix = cond("socketpair", 0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?;
+    let not_unix = cond("socketpair", 0, Op::Ne, libc::AF_UNIX as u64)?;
     Ok(BTreeMap::from([
         (libc::SYS_socket, vec![rule("socket", not_allowed)?]),
         (
@@ -318,40 +308,19 @@ fn compile(
     errno: i32,
     target: TargetArch,
 ) -> Result<(&'static str, BpfProgram), SeccompError> {
-    let errno = errno as u32;
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(errno),
-        target,
-    )
-    .map_err(|source| SeccompError::Compile {
+    let err = |source| SeccompError::Compile {
         filter: name,
         source,
-    })?;
-    let program = BpfProgram::try_from(filter).map_err(|source| SeccompError::Compile {
-        filter: name,
-        source,
-    })?;
-    Ok((name, program))
+    };
+    let on_match = SeccompAction::Errno(errno as u32);
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, on_match, target).map_err(err)?;
+    Ok((name, BpfProgram::try_from(filter).map_err(err)?))
 }
 
-const fn stmt(code: u32, k: u32) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
+/// One classic-BPF instruction (`code` fits in 16 bits for every opcode).
+const fn insn(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+    let code = code as u16;
+    sock_filter { code, jt, jf, k }
 }
 
 /// Hand-written guard, installed before the compiled filters.
@@ -368,25 +337,21 @@ fn guard_program(audit_arch: u32, x32_bit: Option<u32>) -> BpfProgram {
     const ARCH_OFFSET: u32 = 4; // offsetof(struct seccomp_data, arch)
     const NR_OFFSET: u32 = 0; // offsetof(struct seccomp_data, nr)
     let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let [jeq, jge] = [libc::BPF_JEQ, libc::BPF_JGE].map(|op| libc::BPF_JMP | op | libc::BPF_K);
     let ret = libc::BPF_RET | libc::BPF_K;
     let mut prog = vec![
-        stmt(load, ARCH_OFFSET),
-        jump(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            audit_arch,
-            1,
-            0,
-        ),
-        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
+        insn(load, ARCH_OFFSET, 0, 0),
+        insn(jeq, audit_arch, 1, 0),
+        insn(ret, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
     ];
     if let Some(bit) = x32_bit {
         prog.extend([
-            stmt(load, NR_OFFSET),
-            jump(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, bit, 0, 1),
-            stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+            insn(load, NR_OFFSET, 0, 0),
+            insn(jge, bit, 0, 1),
+            insn(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32, 0, 0),
         ]);
     }
-    prog.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
+    prog.push(insn(ret, libc::SECCOMP_RET_ALLOW, 0, 0));
     prog
 }
 
@@ -427,8 +392,10 @@ struct SockFprog {
 /// rule for every mode. On error some filters may already be installed; the
 /// caller must not start the workload.
 pub fn install(f: &SeccompFilters) -> Result<(), SeccompError> {
+    // prctl is variadic: pass full-width zeros, which this option requires.
+    let zero: libc::c_ulong = 0;
     // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointers and only returns a flag.
-    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, zero, zero, zero, zero) };
     if nnp < 0 {
         return Err(SeccompError::ReadNoNewPrivs(io::Error::last_os_error()));
     }
@@ -466,16 +433,16 @@ pub fn install(f: &SeccompFilters) -> Result<(), SeccompError> {
 mod tests {
     use super::*;
     use crate::caps::test_child;
+    use libc::{AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_UNIX, AF_VSOCK, SOCK_RAW};
     use std::ffi::CStr;
     use std::os::unix::process::CommandExt;
 
     const EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     const EAFNOSUPPORT: u32 = libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32;
-    const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
     const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
 
-    /// Runs one program the way the kernel does, on a `struct seccomp_data`
-    /// laid out by hand. Covers the instructions `seccompiler` and the guard emit.
+    /// Runs one program as the kernel would, on a hand-made `seccomp_data`.
+    /// Covers the instructions `seccompiler` and the guard emit.
     fn run_bpf(prog: &[sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_ne_bytes());
@@ -484,6 +451,7 @@ mod tests {
             data[16 + 8 * i..24 + 8 * i].copy_from_slice(&arg.to_ne_bytes());
         }
         let (mut acc, mut pc) = (0u32, 0usize);
+        let (jmp, k_) = (libc::BPF_JMP, libc::BPF_K);
         loop {
             let ins = &prog[pc];
             pc += 1;
@@ -493,103 +461,64 @@ mod tests {
                 c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
                     acc = u32::from_ne_bytes(data[k..k + 4].try_into().unwrap())
                 }
-                c if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => acc &= ins.k,
-                c if c == libc::BPF_JMP | libc::BPF_JA => pc += k,
-                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => pc += branch(acc == ins.k),
-                c if c == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K => pc += branch(acc >= ins.k),
-                c if c == libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K => pc += branch(acc > ins.k),
-                c if c == libc::BPF_RET | libc::BPF_K => return ins.k,
+                c if c == libc::BPF_ALU | libc::BPF_AND | k_ => acc &= ins.k,
+                c if c == jmp | libc::BPF_JA => pc += k,
+                c if c == jmp | libc::BPF_JEQ | k_ => pc += branch(acc == ins.k),
+                c if c == jmp | libc::BPF_JGE | k_ => pc += branch(acc >= ins.k),
+                c if c == jmp | libc::BPF_JGT | k_ => pc += branch(acc > ins.k),
+                c if c == libc::BPF_RET | k_ => return ins.k,
                 c => panic!("unexpected BPF opcode {c:#x}"),
             }
         }
     }
 
     /// The kernel's verdict over stacked filters: the most severe action wins
-    /// (compared as signed), ties going to the most recently installed filter.
-    fn verdict(nr: libc::c_long, args: [u64; 6]) -> u32 {
-        verdict_arch(nr as u32, arch::AUDIT_ARCH, args)
-    }
-
+    /// (compared as signed), ties going to the most recently installed one.
     fn verdict_arch(nr: u32, arch: u32, args: [u64; 6]) -> u32 {
         let filters = build().unwrap();
-        let results = filters
-            .programs
-            .iter()
-            .rev()
-            .map(|(_, p)| run_bpf(p, nr, arch, args));
+        let mut results = filters.programs.iter().rev();
+        let results = results.by_ref().map(|(_, p)| run_bpf(p, nr, arch, args));
         results
             .min_by_key(|r| (r & libc::SECCOMP_RET_ACTION_FULL) as i32)
             .unwrap()
     }
 
-    fn args2(a: i64, b: i64) -> [u64; 6] {
-        [a as u64, b as u64, 0, 0, 0, 0]
+    fn verdict(nr: libc::c_long, a0: i64, a1: i64) -> u32 {
+        verdict_arch(
+            nr as u32,
+            arch::AUDIT_ARCH,
+            [a0 as u64, a1 as u64, 0, 0, 0, 0],
+        )
     }
 
     #[test]
     fn denies_every_syscall_the_design_requires() {
-        let mut required = vec![
-            "mount",
-            "umount2",
-            "pivot_root",
-            "move_mount",
-            "open_tree",
-            "fsopen",
-            "fsconfig",
-            "fsmount",
-            "fspick",
-            "mount_setattr",
-            "chroot",
-            "unshare",
-            "setns",
-            "ptrace",
-            "process_vm_readv",
-            "process_vm_writev",
-            "kexec_load",
-            "kexec_file_load",
-            "init_module",
-            "finit_module",
-            "delete_module",
-            "bpf",
-            "perf_event_open",
-            "keyctl",
-            "add_key",
-            "request_key",
-            "userfaultfd",
-            "io_uring_setup",
-            "io_uring_enter",
-            "io_uring_register",
-            "open_by_handle_at",
-            "name_to_handle_at",
-            "swapon",
-            "swapoff",
-            "reboot",
-            "acct",
-            "quotactl",
-            "quotactl_fd",
-            "settimeofday",
-            "clock_settime",
-            "clock_adjtime",
-            "adjtimex",
-            "syslog",
-            "vhangup",
-            "lookup_dcookie",
-            "fanotify_init",
-            "pidfd_getfd",
-        ];
-        if cfg!(target_arch = "x86_64") {
-            required.extend(["iopl", "ioperm", "uselib"]);
-        }
-        for name in required {
+        let required = "mount umount2 pivot_root move_mount open_tree fsopen fsconfig fsmount \
+            fspick mount_setattr chroot unshare setns ptrace process_vm_readv process_vm_writev \
+            kexec_load kexec_file_load init_module finit_module delete_module bpf perf_event_open \
+            keyctl add_key request_key userfaultfd io_uring_setup io_uring_enter io_uring_register \
+            open_by_handle_at name_to_handle_at swapon swapoff reboot acct quotactl quotactl_fd \
+            settimeofday clock_settime clock_adjtime adjtimex syslog vhangup lookup_dcookie \
+            fanotify_init pidfd_getfd";
+        let x86 = if cfg!(target_arch = "x86_64") {
+            "iopl ioperm uselib"
+        } else {
+            ""
+        };
+        for name in required.split_whitespace().chain(x86.split_whitespace()) {
             assert!(DENIED_SYSCALLS.contains(&name), "{name} is not denied");
         }
         assert_eq!(DENIED_SYSCALLS.len(), DENIED_NUMBERS.len());
     }
 
+    // libc's `Ioctl` is u64 here but c_int on musl, so these casts are needed.
+    #[allow(clippy::unnecessary_cast)]
     #[test]
     fn local_constants_match_libc() {
-        assert_eq!(TIOCSTI, libc::TIOCSTI as u64);
-        assert_eq!(TIOCLINUX, libc::TIOCLINUX as u64);
+        assert_eq!(
+            (TIOCSTI, TIOCLINUX),
+            (libc::TIOCSTI as u64, libc::TIOCLINUX as u64)
+        );
         #[allow(deprecated)]
         let packet = libc::SOCK_PACKET;
         assert_eq!(SOCK_PACKET, packet);
@@ -602,86 +531,68 @@ mod tests {
         assert!(filters
             .programs
             .iter()
-            .all(|(_, p)| !p.is_empty() && p.len() < 4096));
+            .all(|(_, p)| (1..4096).contains(&p.len())));
     }
 
     #[test]
     fn bpf_denies_listed_syscalls_whatever_the_arguments() {
         for (name, &nr) in DENIED_SYSCALLS.iter().zip(DENIED_NUMBERS) {
-            assert_eq!(verdict(nr, [u64::MAX; 6]), EPERM, "{name}");
-            assert_eq!(verdict(nr, [0; 6]), EPERM, "{name}");
+            assert_eq!(verdict(nr, -1, -1), EPERM, "{name}");
+            assert_eq!(verdict(nr, 0, 0), EPERM, "{name}");
         }
-        assert_eq!(verdict(libc::SYS_clone3, [0; 6]), ENOSYS);
-        assert_eq!(verdict(libc::SYS_getpid, [0; 6]), ALLOW);
-        assert_eq!(verdict(libc::SYS_openat, [0; 6]), ALLOW);
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        assert_eq!(verdict(libc::SYS_clone3, 0, 0), enosys);
+        assert_eq!(verdict(libc::SYS_getpid, 0, 0), ALLOW);
+        assert_eq!(verdict(libc::SYS_openat, 0, 0), ALLOW);
     }
 
     #[test]
     fn bpf_denies_clone_with_any_namespace_flag_only() {
-        let sigchld = libc::SIGCHLD as i64;
+        let sigchld = i64::from(libc::SIGCHLD);
         for &flag in CLONE_NAMESPACE_FLAGS {
             let flags = i64::from(flag) | sigchld;
-            assert_eq!(
-                verdict(libc::SYS_clone, args2(flags, 0)),
-                EPERM,
-                "{flag:#x}"
-            );
+            assert_eq!(verdict(libc::SYS_clone, flags, 0), EPERM, "{flag:#x}");
             // The kernel ignores the upper half of clone's flags; so do we.
-            assert_eq!(verdict(libc::SYS_clone, args2(flags | 1 << 40, 0)), EPERM);
+            assert_eq!(verdict(libc::SYS_clone, flags | 1 << 40, 0), EPERM);
         }
-        let thread = libc::CLONE_VM
-            | libc::CLONE_FS
-            | libc::CLONE_FILES
-            | libc::CLONE_SIGHAND
-            | libc::CLONE_THREAD
-            | libc::CLONE_SYSVSEM
-            | libc::CLONE_SETTLS
-            | libc::CLONE_PARENT_SETTID
-            | libc::CLONE_CHILD_CLEARTID;
-        assert_eq!(verdict(libc::SYS_clone, args2(thread.into(), 0)), ALLOW);
-        assert_eq!(verdict(libc::SYS_clone, args2(sigchld, 0)), ALLOW);
+        let thread = libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND;
+        let thread = thread | libc::CLONE_THREAD | libc::CLONE_SYSVSEM | libc::CLONE_SETTLS;
+        let thread = thread | libc::CLONE_PARENT_SETTID | libc::CLONE_CHILD_CLEARTID;
+        assert_eq!(verdict(libc::SYS_clone, thread.into(), 0), ALLOW);
+        assert_eq!(verdict(libc::SYS_clone, sigchld, 0), ALLOW);
     }
 
     #[test]
     fn bpf_filters_socket_families_and_raw_types() {
-        let socket =
-            |family: i32, ty: i32| verdict(libc::SYS_socket, args2(family.into(), ty.into()));
-        for family in [
-            libc::AF_PACKET,
-            libc::AF_VSOCK,
-            libc::AF_ALG,
-            libc::AF_BLUETOOTH,
-            0,
-        ] {
-            assert_eq!(
-                socket(family, libc::SOCK_STREAM),
-                EAFNOSUPPORT,
-                "family {family}"
-            );
+        let socket = |family: i32, ty: i32| verdict(libc::SYS_socket, family.into(), ty.into());
+        for family in [AF_PACKET, AF_VSOCK, libc::AF_ALG, libc::AF_BLUETOOTH, 0] {
+            assert_eq!(socket(family, libc::SOCK_STREAM), EAFNOSUPPORT, "{family}");
         }
-        for family in ALLOWED_FAMILIES {
+        for &family in ALLOWED_FAMILIES {
             assert_eq!(
-                socket(*family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC),
+                socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC),
                 ALLOW
             );
         }
-        for family in [libc::AF_INET, libc::AF_INET6] {
-            assert_eq!(socket(family, libc::SOCK_RAW), EPERM);
-            assert_eq!(socket(family, libc::SOCK_RAW | libc::SOCK_NONBLOCK), EPERM);
+        for family in [AF_INET, AF_INET6] {
+            assert_eq!(socket(family, SOCK_RAW), EPERM);
+            assert_eq!(socket(family, SOCK_RAW | libc::SOCK_NONBLOCK), EPERM);
             assert_eq!(socket(family, SOCK_PACKET), EPERM);
             assert_eq!(socket(family, libc::SOCK_DGRAM), ALLOW);
         }
-        assert_eq!(socket(libc::AF_NETLINK, libc::SOCK_RAW), ALLOW);
-        let pair = |family: i32| verdict(libc::SYS_socketpair, args2(family.into(), 1));
-        assert_eq!(pair(libc::AF_UNIX), ALLOW);
-        assert_eq!(pair(libc::AF_INET), EAFNOSUPPORT);
+        assert_eq!(socket(AF_NETLINK, SOCK_RAW), ALLOW);
+        assert_eq!(verdict(libc::SYS_socketpair, AF_UNIX.into(), 1), ALLOW);
+        assert_eq!(
+            verdict(libc::SYS_socketpair, AF_INET.into(), 1),
+            EAFNOSUPPORT
+        );
     }
 
+    #[allow(clippy::unnecessary_cast)] // as in `local_constants_match_libc`
     #[test]
     fn bpf_denies_terminal_injection_ioctls() {
-        let ioctl = |cmd: u64| verdict(libc::SYS_ioctl, [0, cmd, 0, 0, 0, 0]);
-        assert_eq!(ioctl(TIOCSTI), EPERM);
-        assert_eq!(ioctl(TIOCLINUX), EPERM);
+        let ioctl = |cmd: u64| verdict(libc::SYS_ioctl, 0, cmd as i64);
+        assert_eq!((ioctl(TIOCSTI), ioctl(TIOCLINUX)), (EPERM, EPERM));
         assert_eq!(
             ioctl(TIOCSTI | 1 << 32),
             EPERM,
@@ -694,30 +605,28 @@ mod tests {
     fn bpf_guard_kills_foreign_arches_and_denies_x32() {
         const AUDIT_ARCH_I386: u32 = 0x4000_0003;
         const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+        let kill = libc::SECCOMP_RET_KILL_PROCESS;
         for foreign in [AUDIT_ARCH_I386, AUDIT_ARCH_ARM] {
-            assert_eq!(
-                verdict_arch(20, foreign, [0; 6]),
-                libc::SECCOMP_RET_KILL_PROCESS
-            );
+            assert_eq!(verdict_arch(20, foreign, [0; 6]), kill);
         }
         if let Some(bit) = arch::X32_SYSCALL_BIT {
-            assert_eq!(
-                verdict_arch(bit | libc::SYS_mount as u32, arch::AUDIT_ARCH, [0; 6]),
-                EPERM
-            );
-            assert_eq!(
-                verdict_arch(bit | libc::SYS_getpid as u32, arch::AUDIT_ARCH, [0; 6]),
-                EPERM
-            );
+            for nr in [libc::SYS_mount, libc::SYS_getpid] {
+                assert_eq!(
+                    verdict_arch(bit | nr as u32, arch::AUDIT_ARCH, [0; 6]),
+                    EPERM
+                );
+            }
         }
     }
 
     #[test]
     fn install_refuses_without_no_new_privs() {
-        // no_new_privs is per thread; the harness thread running this test has
-        // it unless the whole test process was started with it (some CI
-        // sandboxes do), in which case install would really filter this thread.
-        if prctl_nnp() == 1 {
+        // no_new_privs is per thread, and harness threads lack it unless the
+        // whole test process started with it (some CI sandboxes do that); then
+        // install would really filter this thread, so skip.
+        let zero: libc::c_ulong = 0;
+        // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointers.
+        if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, zero, zero, zero, zero) } == 1 {
             eprintln!("skipped: the test process already runs with no_new_privs");
             return;
         }
@@ -725,28 +634,27 @@ mod tests {
         assert!(matches!(err, SeccompError::NoNewPrivsNotSet), "{err}");
     }
 
-    fn prctl_nnp() -> i32 {
-        // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointers.
-        unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) }
-    }
-
     /// `syscall(nr, args...)` as `Ok(return value)` or `Err(errno)`.
     fn sys(nr: libc::c_long, a: [u64; 6]) -> Result<libc::c_long, i32> {
-        // SAFETY: callers pass pointers that are valid or that the kernel
-        // rejects (bad addresses give EFAULT, never a write into our memory
-        // we did not offer); see each call.
+        // SAFETY: every pointer argument the callers pass is either valid for
+        // what the syscall does with it or an address the kernel rejects with
+        // EFAULT (all-ones); no call writes to memory we did not offer.
         let rc = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+        let errno = || io::Error::last_os_error().raw_os_error().unwrap();
         if rc < 0 {
-            Err(io::Error::last_os_error().raw_os_error().unwrap())
+            Err(errno())
         } else {
             Ok(rc)
         }
     }
 
-    /// Raw `clone` without CLONE_VM: fork semantics. A child that escapes
-    /// the filter exits at once, so the check cannot run twice.
-    fn raw_clone(flags: u64) -> Result<(), i32> {
-        let pid = sys(libc::SYS_clone, [flags, 0, 0, 0, 0, 0])?;
+    /// Raw `clone` without CLONE_VM, i.e. fork. A child that got through the
+    /// filter exits at once so the assertions never run twice.
+    fn raw_clone(flags: i32) -> Result<(), i32> {
+        let pid = sys(
+            libc::SYS_clone,
+            [(flags | libc::SIGCHLD) as u64, 0, 0, 0, 0, 0],
+        )?;
         if pid == 0 {
             // SAFETY: we are the clone child; _exit is async-signal-safe.
             unsafe { libc::_exit(0) };
@@ -759,7 +667,7 @@ mod tests {
     fn socket(family: i32, ty: i32, proto: i32) -> Result<libc::c_long, i32> {
         let fd = sys(
             libc::SYS_socket,
-            [family as u64, ty as u64, proto as u64, 0, 0, 0],
+            [family, ty, proto, 0, 0, 0].map(|a| a as u64),
         )?;
         // SAFETY: fd was just returned to us and is closed once.
         unsafe { libc::close(fd as i32) };
@@ -767,174 +675,137 @@ mod tests {
     }
 
     fn mount_tmpfs(nr: libc::c_long) -> Result<libc::c_long, i32> {
-        let target =
-            std::ffi::CString::new(std::env::var("STOCKADE_TEST_MOUNT_DIR").unwrap()).unwrap();
-        let (src, fstype): (&CStr, &CStr) = (c"none", c"tmpfs");
-        sys(
-            nr,
-            [
-                src.as_ptr() as u64,
-                target.as_ptr() as u64,
-                fstype.as_ptr() as u64,
-                0,
-                0,
-                0,
-            ],
-        )
+        let dir = std::env::var("STOCKADE_TEST_MOUNT_DIR").unwrap();
+        let dir = std::ffi::CString::new(dir).unwrap();
+        let ptrs = [c"none", &dir, c"tmpfs"].map(|s| s.as_ptr() as u64);
+        sys(nr, [ptrs[0], ptrs[1], ptrs[2], 0, 0, 0])
     }
 
     /// The attacks. "filtered" runs under the filters, "control" in the same
     /// namespaces without them, to show each attack would otherwise work.
+    #[allow(clippy::unnecessary_cast)] // as in `local_constants_match_libc`
     #[test]
     fn child_entry() {
         let Some(scenario) = test_child::scenario() else {
             return;
         };
-        let filtered = scenario == "filtered";
-        let sigchld = libc::SIGCHLD as u64;
         let x32_mount = arch::X32_SYSCALL_BIT.map(|bit| libc::c_long::from(bit) | libc::SYS_mount);
-        let null_tiocsti = |cmd: u64| sys(libc::SYS_ioctl, [0, cmd, c"x".as_ptr() as u64, 0, 0, 0]);
-        if filtered {
-            for (name, &nr) in DENIED_SYSCALLS.iter().zip(DENIED_NUMBERS) {
-                // All-ones arguments: harmless even if a call got through.
-                assert_eq!(sys(nr, [u64::MAX; 6]), Err(libc::EPERM), "{name}");
-            }
-            assert_eq!(mount_tmpfs(libc::SYS_mount), Err(libc::EPERM));
-            assert_eq!(
-                sys(
-                    libc::SYS_unshare,
-                    [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0]
-                ),
-                Err(libc::EPERM)
-            );
-            for &flag in CLONE_NAMESPACE_FLAGS {
-                assert_eq!(
-                    raw_clone(flag as u64 | sigchld),
-                    Err(libc::EPERM),
-                    "{flag:#x}"
-                );
-            }
-            assert_eq!(sys(libc::SYS_clone3, [0; 6]), Err(libc::ENOSYS));
-            for (family, ty) in [
-                (libc::AF_PACKET, libc::SOCK_RAW),
-                (libc::AF_VSOCK, libc::SOCK_STREAM),
-            ] {
-                assert_eq!(
-                    socket(family, ty, 0),
-                    Err(libc::EAFNOSUPPORT),
-                    "family {family}"
-                );
-            }
-            assert_eq!(
-                socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
-                Err(libc::EPERM)
-            );
-            assert_eq!(
-                socket(
-                    libc::AF_INET6,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::IPPROTO_ICMPV6
-                ),
-                Err(libc::EPERM)
-            );
-            assert_eq!(socket(libc::AF_INET, SOCK_PACKET, 0), Err(libc::EPERM));
-            let mut fds = [0i32; 2];
-            let pair = [
-                libc::AF_INET as u64,
-                libc::SOCK_STREAM as u64,
-                0,
-                fds.as_mut_ptr() as u64,
-                0,
-                0,
-            ];
-            assert_eq!(sys(libc::SYS_socketpair, pair), Err(libc::EAFNOSUPPORT));
-            assert_eq!(null_tiocsti(TIOCSTI), Err(libc::EPERM));
-            assert_eq!(null_tiocsti(TIOCSTI | 1 << 32), Err(libc::EPERM));
-            assert_eq!(null_tiocsti(TIOCLINUX), Err(libc::EPERM));
-            if let Some(nr) = x32_mount {
-                assert_eq!(mount_tmpfs(nr), Err(libc::EPERM), "x32 mount");
-            }
-            // What a normal workload needs still works.
-            assert!(sys(libc::SYS_getpid, [0; 6]).unwrap() > 0);
-            for (family, ty, proto) in [
-                (libc::AF_INET, libc::SOCK_STREAM, 0),
-                (libc::AF_INET6, libc::SOCK_DGRAM, 0),
-                (libc::AF_UNIX, libc::SOCK_STREAM, 0),
-                (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
-            ] {
-                socket(family, ty, proto).unwrap();
-            }
-            raw_clone(sigchld).unwrap();
-            assert!(std::process::Command::new("/bin/true")
-                .status()
-                .unwrap()
-                .success());
-            std::thread::spawn(|| ()).join().unwrap();
-            assert_eq!(
-                null_tiocsti(libc::TCGETS as u64),
-                Err(libc::ENOTTY),
-                "ioctl in general"
-            );
-        } else {
+        let ioctl_stdin = |cmd: u64| sys(libc::SYS_ioctl, [0, cmd, c"x".as_ptr() as u64, 0, 0, 0]);
+        let eperm = Err(libc::EPERM);
+        if scenario == "control" {
             assert_eq!(mount_tmpfs(libc::SYS_mount), Ok(0));
-            assert_eq!(raw_clone(libc::CLONE_NEWNET as u64 | sigchld), Ok(()));
+            assert_eq!(raw_clone(libc::CLONE_NEWNET), Ok(()));
             assert_eq!(sys(libc::SYS_clone3, [0; 6]), Err(libc::EINVAL));
-            assert!(socket(libc::AF_PACKET, libc::SOCK_RAW, 0).is_ok());
-            assert!(socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).is_ok());
-            assert_eq!(null_tiocsti(TIOCSTI), Err(libc::ENOTTY));
+            assert!(socket(AF_PACKET, SOCK_RAW, 0).is_ok());
+            assert!(socket(AF_INET, SOCK_RAW, libc::IPPROTO_ICMP).is_ok());
+            assert_eq!(ioctl_stdin(TIOCSTI), Err(libc::ENOTTY));
             if let Some(nr) = x32_mount {
-                assert_ne!(mount_tmpfs(nr), Err(libc::EPERM), "x32 mount");
+                assert_ne!(mount_tmpfs(nr), eperm, "x32 mount");
             }
+            return;
         }
+        for (name, &nr) in DENIED_SYSCALLS.iter().zip(DENIED_NUMBERS) {
+            // All-ones arguments: harmless even if a call got through.
+            assert_eq!(sys(nr, [u64::MAX; 6]), eperm, "{name}");
+        }
+        assert_eq!(mount_tmpfs(libc::SYS_mount), eperm);
+        let unshare_user = [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0];
+        assert_eq!(sys(libc::SYS_unshare, unshare_user), eperm);
+        for &flag in CLONE_NAMESPACE_FLAGS {
+            assert_eq!(raw_clone(flag), Err(libc::EPERM), "clone {flag:#x}");
+        }
+        assert_eq!(sys(libc::SYS_clone3, [0; 6]), Err(libc::ENOSYS));
+        assert_eq!(socket(AF_PACKET, SOCK_RAW, 0), Err(libc::EAFNOSUPPORT));
+        assert_eq!(
+            socket(AF_VSOCK, libc::SOCK_STREAM, 0),
+            Err(libc::EAFNOSUPPORT)
+        );
+        assert_eq!(socket(AF_INET, SOCK_RAW, libc::IPPROTO_ICMP), eperm);
+        let raw6 = SOCK_RAW | libc::SOCK_CLOEXEC;
+        assert_eq!(socket(AF_INET6, raw6, libc::IPPROTO_ICMPV6), eperm);
+        assert_eq!(socket(AF_INET, SOCK_PACKET, 0), eperm);
+        let mut fds = [0i32; 2];
+        let pair = [
+            AF_INET as u64,
+            libc::SOCK_STREAM as u64,
+            0,
+            fds.as_mut_ptr() as u64,
+            0,
+            0,
+        ];
+        assert_eq!(sys(libc::SYS_socketpair, pair), Err(libc::EAFNOSUPPORT));
+        for cmd in [TIOCSTI, TIOCLINUX, TIOCSTI | 1 << 32] {
+            assert_eq!(ioctl_stdin(cmd), eperm, "ioctl {cmd:#x}");
+        }
+        if let Some(nr) = x32_mount {
+            assert_eq!(mount_tmpfs(nr), eperm, "x32 mount");
+        }
+        // What a normal workload needs still works.
+        assert!(sys(libc::SYS_getpid, [0; 6]).unwrap() > 0);
+        socket(AF_INET, libc::SOCK_STREAM, 0).unwrap();
+        socket(AF_INET6, libc::SOCK_DGRAM, 0).unwrap();
+        socket(AF_UNIX, libc::SOCK_STREAM, 0).unwrap();
+        socket(AF_NETLINK, SOCK_RAW, libc::NETLINK_ROUTE).unwrap();
+        raw_clone(0).unwrap();
+        let true_status = std::process::Command::new("/bin/true").status().unwrap();
+        assert!(true_status.success(), "posix_spawn falls back from clone3");
+        std::thread::spawn(|| ()).join().unwrap();
+        assert_eq!(
+            ioctl_stdin(libc::TCGETS as u64),
+            Err(libc::ENOTTY),
+            "other ioctls"
+        );
     }
 
-    /// Write `text` to `path` with async-signal-safe calls only.
+    /// Writes `text` to `path` with async-signal-safe calls only.
     fn write_file(path: &CStr, text: &[u8]) -> io::Result<()> {
         // SAFETY: `path` is NUL-terminated; the fd is ours and closed once;
         // `text` is valid for `text.len()` bytes.
-        unsafe {
+        let written = unsafe {
             let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
             let n = libc::write(fd, text.as_ptr().cast(), text.len());
             libc::close(fd);
-            if n != text.len() as isize {
-                return Err(io::Error::last_os_error());
-            }
+            n
+        };
+        if written == text.len() as isize {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
-        Ok(())
     }
 
     /// Spawns the attack child in new user, mount and network namespaces,
-    /// mapped as uid 0 there, so that every attack has the capabilities it
-    /// needs and only the filter stands in the way; none of it touches the host.
+    /// mapped to uid 0 there, so every attack holds the capabilities it needs
+    /// and only the filter stands in the way; nothing touches the host.
     fn run_attacks(scenario: &str, filters: Option<SeccompFilters>) {
         let dir = tempfile::tempdir().unwrap();
         // SAFETY: geteuid/getegid cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        let uid_map = format!("0 {uid} 1");
-        let gid_map = format!("0 {gid} 1");
-        test_child::run("seccomp::tests::child_entry", scenario, |cmd| {
-            cmd.env("STOCKADE_TEST_MOUNT_DIR", dir.path());
-            let hook = move || -> io::Result<()> {
-                let ns = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWNET;
-                // SAFETY: unshare takes only flags; the child is single-threaded.
-                if unsafe { libc::unshare(ns) } != 0 {
+        let (uid_map, gid_map) = (format!("0 {uid} 1"), format!("0 {gid} 1"));
+        let hook = move || -> io::Result<()> {
+            let ns = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWNET;
+            // SAFETY: unshare takes only flags; the child is single-threaded.
+            if unsafe { libc::unshare(ns) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            write_file(c"/proc/self/setgroups", b"deny")?;
+            write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
+            write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
+            if let Some(filters) = &filters {
+                let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
+                // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+                if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                write_file(c"/proc/self/setgroups", b"deny")?;
-                write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
-                write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
-                if let Some(filters) = &filters {
-                    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
-                    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    install(filters).map_err(|_| io::Error::last_os_error())?;
-                }
-                Ok(())
-            };
+                install(filters).map_err(|_| io::Error::last_os_error())?;
+            }
+            Ok(())
+        };
+        test_child::run("seccomp::tests::child_entry", scenario, |cmd| {
+            cmd.env("STOCKADE_TEST_MOUNT_DIR", dir.path());
             // SAFETY: the hook makes only async-signal-safe calls (unshare,
             // open, write, close, prctl, seccomp) and does not allocate.
             unsafe { cmd.pre_exec(hook) };

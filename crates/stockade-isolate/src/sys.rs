@@ -183,3 +183,41 @@ pub fn close_fds_from(lowest: RawFd, keep: &[RawFd]) {
         next = k.saturating_add(1);
     }
 }
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// A detached copy of the mount tree at `path` (`open_tree` with
+/// `OPEN_TREE_CLONE`). It stays usable after the namespace it came from
+/// is unmounted, and is attached elsewhere with [`move_mount_to`].
+pub fn open_tree_clone(path: &CStr) -> nix::Result<OwnedFd> {
+    // SAFETY: `path` is a valid C string; the call returns a new fd or -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    let fd = Errno::result(r)?;
+    // SAFETY: the kernel just created this descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches a detached mount tree at `target`.
+pub fn move_mount_to(tree: &OwnedFd, target: &CStr) -> nix::Result<()> {
+    // SAFETY: both strings are valid C strings ("" with F_EMPTY_PATH means
+    // the descriptor itself); `tree` is a live descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    Errno::result(r).map(drop)
+}

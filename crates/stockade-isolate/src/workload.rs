@@ -157,6 +157,45 @@ fn exec_workload(
     let Some(argv0) = spec.argv.first() else {
         return ("start an empty command".into(), Errno::EINVAL);
     };
-    let e = nix::unistd::execvpe(argv0, &spec.argv, &spec.env).unwrap_err();
+    let e = exec_in_path(argv0, spec);
     (format!("run {}", argv0.to_string_lossy()), e)
+}
+
+/// `execvpe` as a shell does it, but searching the sandbox's `PATH`, not
+/// the one init inherited from the supervisor. Returns why it failed:
+/// `EACCES` if some candidate existed but could not be executed, else the
+/// last error (normally `ENOENT`).
+fn exec_in_path(argv0: &std::ffi::CStr, spec: &SandboxSpec) -> Errno {
+    let name = argv0.to_bytes();
+    if name.contains(&b'/') {
+        return nix::unistd::execve(argv0, &spec.argv, &spec.env).unwrap_err();
+    }
+    let path = spec
+        .env
+        .iter()
+        .find_map(|kv| kv.to_bytes().strip_prefix(b"PATH="))
+        .unwrap_or(b"/usr/bin:/bin");
+    let mut saw_eacces = false;
+    let mut last = Errno::ENOENT;
+    for dir in path.split(|&b| b == b':') {
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        let mut full = dir.to_vec();
+        full.push(b'/');
+        full.extend_from_slice(name);
+        let Ok(full) = std::ffi::CString::new(full) else {
+            continue;
+        };
+        let e = nix::unistd::execve(&full, &spec.argv, &spec.env).unwrap_err();
+        match e {
+            Errno::EACCES => saw_eacces = true,
+            Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG => {}
+            other => return other,
+        }
+        last = e;
+    }
+    if saw_eacces {
+        Errno::EACCES
+    } else {
+        last
+    }
 }

@@ -110,7 +110,7 @@ impl fmt::Display for ByteSize {
             ("M", Self::MIB),
             ("K", Self::KIB),
         ] {
-            if b >= size && b % size == 0 {
+            if b >= size && b.is_multiple_of(size) {
                 return write!(f, "{}{unit}", b / size);
             }
         }
@@ -204,7 +204,7 @@ impl FromStr for Span {
 }
 
 fn secs_to_span(secs: f64) -> Option<Span> {
-    if secs.is_finite() && secs >= 0.0 && secs < 1e12 {
+    if secs.is_finite() && (0.0..1e12).contains(&secs) {
         Some(Span(Duration::from_secs_f64(secs)))
     } else {
         None
@@ -214,7 +214,7 @@ fn secs_to_span(secs: f64) -> Option<Span> {
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             return write!(f, "{ms}ms");
         }
         let mut s = (ms / 1000) as u64;

@@ -1,0 +1,147 @@
+//! Helpers for the privileged end-to-end tests: they run the real
+//! `stockade` binary as root, exactly as a user would.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stockade");
+
+/// A state directory private to one test, removed at the end.
+pub struct Env {
+    pub state: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (namespaces, cgroups); CI runs it as root"
+        );
+        Env {
+            state: tempfile::Builder::new()
+                .prefix("stockade-test-state")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("STOCKADE_STATE_DIR", self.state.path());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// `stockade run ARGS...` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().arg("run").args(args).output().unwrap()
+    }
+
+    /// Runs `sh -c SCRIPT` in a default sandbox.
+    pub fn sh(&self, script: &str) -> Output {
+        self.run(&["--", "sh", "-c", script])
+    }
+
+    /// Runs with `--report` and returns the output and the parsed report.
+    pub fn run_report(&self, args: &[&str]) -> (Output, serde_json::Value) {
+        let report = self
+            .state
+            .path()
+            .join(format!("report-{}.json", rand_suffix()));
+        let mut full = vec!["--report", report.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let out = self.run(&full);
+        let text = std::fs::read_to_string(&report)
+            .unwrap_or_else(|e| panic!("no report written ({e}); stderr: {}", stderr(&out)));
+        (out, serde_json::from_str(&text).unwrap())
+    }
+
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.state.path().join("sandboxes")
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn rand_suffix() -> String {
+    let mut b = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A directory owned by an unprivileged host user, usable as a workspace.
+pub fn user_dir(uid: u32) -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("stockade-ws")
+        .tempdir()
+        .unwrap();
+    std::os::unix::fs::chown(d.path(), Some(uid), Some(uid)).unwrap();
+    d
+}
+
+/// Paths of stockade cgroups (any hierarchy) whose name is `id`.
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if let Ok(entries) = std::fs::read_dir(base) {
+            for e in entries.flatten() {
+                let p = e.path().join("stockade").join(id);
+                if p.exists() {
+                    found.push(p);
+                }
+            }
+            let p = Path::new(base).join("stockade").join(id);
+            if p.exists() {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Pids of host processes whose argv[0] is `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            // argv[0] is the marker itself (`exec -a MARKER`); the
+            // supervisor and shells merely mention it in later arguments.
+            let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default();
+            if String::from_utf8_lossy(argv0) == marker {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Waits (bounded) until `f` holds; returns whether it did.
+pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}

@@ -1,0 +1,203 @@
+//! The sandbox's filesystem: workspace, home, binds, overlay, policy
+//! files, and cleanup across many runs. Needs root; CI runs these as root.
+
+mod common;
+
+use common::*;
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn workspace_files_belong_to_the_directory_owner() {
+    let env = Env::new();
+    let ws = user_dir(4242);
+    let out = env.run(&[
+        "--workspace",
+        ws.path().to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "id -u; pwd; echo data > /workspace/made-inside; mkdir /workspace/sub",
+    ]);
+    assert_eq!(stdout(&out), "1000\n/workspace\n", "{}", stderr(&out));
+    use std::os::unix::fs::MetadataExt;
+    for name in ["made-inside", "sub"] {
+        let meta = std::fs::metadata(ws.path().join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4242, 4242), "{name}");
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn root_owned_workspace_is_refused_clearly() {
+    let env = Env::new();
+    let ws = tempfile::tempdir().unwrap();
+    let out = env.run(&["--workspace", ws.path().to_str().unwrap(), "--", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("owned by root"), "{}", stderr(&out));
+    let out = env.run(&["--workspace", "/no/such/dir", "--", "true"]);
+    assert_eq!(code(&out), 125);
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn scratch_workspace_and_home_are_private_and_thrown_away() {
+    let env = Env::new();
+    let out = env.sh(
+        "touch /workspace/a /home/agent/b /tmp/c && ls /workspace /home/agent /tmp && echo $HOME",
+    );
+    assert_eq!(
+        stdout(&out),
+        "/home/agent:\nb\n\n/tmp:\nc\n\n/workspace:\na\n/home/agent\n",
+        "{}",
+        stderr(&out)
+    );
+    let out = env.sh("ls -A /workspace /home/agent /tmp");
+    assert_eq!(stdout(&out), "/home/agent:\n\n/tmp:\n\n/workspace:\n");
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn extra_binds_env_and_cwd() {
+    let env = Env::new();
+    let ro = tempfile::tempdir().unwrap();
+    std::fs::write(ro.path().join("input"), "readonly-data").unwrap();
+    // Without a bound workspace the agent has a block id on the host, so
+    // a read-write bind must be writable to others.
+    let rw = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(rw.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = env.run(&[
+        "--ro-bind",
+        &format!("{}:/data", ro.path().display()),
+        "--bind",
+        &format!("{}:/out", rw.path().display()),
+        "-e",
+        "GREETING=hello",
+        "--cwd",
+        "/data",
+        "--",
+        "sh",
+        "-c",
+        "cat input; echo $GREETING > /out/result; touch /data/x 2>/dev/null && echo WROTE; pwd",
+    ]);
+    assert_eq!(stdout(&out), "readonly-data/data\n", "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("result")).unwrap(),
+        "hello\n"
+    );
+    let bad = env.run(&["--bind", "/etc:/proc/x", "--", "true"]);
+    assert_eq!(code(&bad), 125);
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn overlay_root_is_writable_and_discarded() {
+    let env = Env::new();
+    let probe = format!("stockade-overlay-{}", rand_suffix());
+    let script =
+        format!("mkdir /{probe} && echo kept > /{probe}/f && touch /etc/{probe} && cat /{probe}/f");
+    let out = env.run(&["--overlay-root", "--root", "--", "sh", "-c", &script]);
+    assert_eq!(stdout(&out), "kept\n", "{}", stderr(&out));
+    assert!(!std::path::Path::new("/").join(&probe).exists());
+    assert!(!std::path::Path::new("/etc").join(&probe).exists());
+    let out = env.run(&[
+        "--overlay-root",
+        "--",
+        "sh",
+        "-c",
+        &format!("ls /{probe} /etc/{probe}"),
+    ]);
+    assert_ne!(code(&out), 0, "a second sandbox saw the first one's writes");
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn generated_etc_knows_agent_and_hides_secrets() {
+    let env = Env::new();
+    let out = env.sh("getent passwd agent; whoami; hostname; ls /etc | grep -cE '^(shadow|gshadow|sudoers|ssh)$'");
+    assert_eq!(
+        stdout(&out),
+        "agent:x:1000:1000:agent:/home/agent:/bin/bash\nagent\nsandbox\n0\n",
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn policy_file_sets_everything_and_flags_override() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "[limits]\nmemory = \"256M\"\ntimeout = \"1s\"\n[process]\nhostname = \"from-file\"\nenv = { A = \"1\" }\n",
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let (out, report) = env.run_report(&[
+        "--policy",
+        p,
+        "--",
+        "sh",
+        "-c",
+        "hostname; echo $A; sleep 5",
+    ]);
+    assert_eq!(stdout(&out), "from-file\n1\n");
+    assert_eq!(report["outcome"], "timeout");
+    let out = env.run(&[
+        "--policy",
+        p,
+        "--hostname",
+        "from-flag",
+        "--timeout",
+        "10s",
+        "--",
+        "hostname",
+    ]);
+    assert_eq!(stdout(&out), "from-flag\n");
+    std::fs::write(&policy, "[limits]\nmemroy = \"1G\"\n").unwrap();
+    let out = env.run(&["--policy", p, "--", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("memroy"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+/// Mount table lines of the host, to compare before and after.
+fn host_mounts() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn many_runs_leave_nothing_behind() {
+    let env = Env::new();
+    let mounts_before = host_mounts();
+    let marker = format!("sbx-leak-{}", rand_suffix());
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        // Each run leaves a background process behind, which must die with
+        // the sandbox.
+        let script = format!("(exec -a {marker} sleep 600) & sleep 0.01; pgrep -cxf '{marker} 600' >/dev/null && echo {i}");
+        let (out, report) = env.run_report(&["--", "bash", "-c", &script]);
+        assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
+        ids.push(report["id"].as_str().unwrap().to_string());
+    }
+    assert!(
+        eventually(|| processes_with(&marker).is_empty()),
+        "orphans survived"
+    );
+    for id in &ids {
+        assert!(cgroup_dirs(id).is_empty(), "cgroup of {id} left behind");
+    }
+    let left: Vec<_> = std::fs::read_dir(env.sandboxes_dir())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "sandbox dirs left: {left:?}");
+    assert_eq!(host_mounts(), mounts_before, "host mount table changed");
+}
