@@ -201,3 +201,65 @@ fn many_runs_leave_nothing_behind() {
     assert!(left.is_empty(), "sandbox dirs left: {left:?}");
     assert_eq!(host_mounts(), mounts_before, "host mount table changed");
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups; uses dpkg-deb"]
+fn overlay_root_lets_package_managers_install_and_forgets_it() {
+    let env = Env::new();
+    let ws = user_dir(1000);
+    let pkg = ws.path().join("pkg");
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("usr/local/bin")).unwrap();
+    let name = format!("stockade-probe-{}", rand_suffix());
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        format!("Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.invalid>\nDescription: probe\n"),
+    )
+    .unwrap();
+    let bin = pkg.join("usr/local/bin").join(&name);
+    std::fs::write(&bin, "#!/bin/sh\necho probe-installed\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deb = ws.path().join("probe.deb");
+    let built = std::process::Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&pkg)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", stderr(&built));
+    std::os::unix::fs::chown(&deb, Some(1000), Some(1000)).unwrap();
+    let script = format!(
+        "ls -ld /usr/bin | cut -d' ' -f3; apt-get install -y /workspace/probe.deb >/dev/null 2>&1; {name}; dpkg -s {name} | grep -c 'install ok installed'"
+    );
+    let ws_arg = ws.path().to_str().unwrap();
+    let out = env.run(&[
+        "--overlay-root",
+        "--root",
+        "--workspace",
+        ws_arg,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "root\nprobe-installed\n1\n",
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !std::path::Path::new("/usr/local/bin").join(&name).exists(),
+        "install leaked to the host"
+    );
+    let out = env.run(&[
+        "--overlay-root",
+        "--root",
+        "--",
+        "sh",
+        "-c",
+        &format!("dpkg -s {name}"),
+    ]);
+    assert_ne!(code(&out), 0, "the next sandbox saw the package");
+}

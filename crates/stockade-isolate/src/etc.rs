@@ -64,6 +64,33 @@ const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
 agent:x:1000:1000:agent:/home/agent:/bin/bash\n\
 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
 const GROUP: &str = "root:x:0:\ntty:x:5:\nagent:x:1000:\nnogroup:x:65534:\n";
+
+/// The sandbox's passwd or group file: ours, plus the host's *system*
+/// accounts (ids 1–999: `daemon`, `_apt`, `www-data`, …), which are
+/// distribution data that package scripts expect. Regular users (ids
+/// 1000 and up) never appear; password fields are always `x`.
+fn accounts(ours: &str, host: Option<String>) -> String {
+    let mut out = ours.to_string();
+    let taken: Vec<&str> = ours.lines().filter_map(|l| l.split(':').next()).collect();
+    for line in host.unwrap_or_default().lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        let Some(id) = fields.get(2).and_then(|i| i.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !(1..1000).contains(&id) || taken.contains(&fields[0]) || fields.len() < 3 {
+            continue;
+        }
+        let mut f = fields.clone();
+        f[1] = "x";
+        if f.len() == 4 {
+            // group: keep only system members, never regular users' names
+            f[3] = "";
+        }
+        out.push_str(&f.join(":"));
+        out.push('\n');
+    }
+    out
+}
 const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n";
 /// Git refuses repositories owned by another user; files from a root-owned
 /// host workspace show up as `nobody`, so trust every directory here.
@@ -100,7 +127,7 @@ fn content_key(host_etc: &Path, hostname: &str) -> u64 {
     env!("CARGO_PKG_VERSION").hash(&mut h);
     PASSWD.hash(&mut h);
     hostname.hash(&mut h);
-    for name in ALLOWLIST {
+    for name in ALLOWLIST.iter().chain(&["passwd", "group"]) {
         if let Ok(m) = fs::symlink_metadata(host_etc.join(name)) {
             (name, m.mtime(), m.mtime_nsec(), m.size(), m.ino()).hash(&mut h);
         }
@@ -122,8 +149,14 @@ fn build(host_etc: &Path, out: &Path, hostname: &str) -> io::Result<()> {
         copy_tree(&src, &dst)?;
     }
     let files: [(&str, String); 7] = [
-        ("passwd", PASSWD.to_string()),
-        ("group", GROUP.to_string()),
+        (
+            "passwd",
+            accounts(PASSWD, fs::read_to_string(host_etc.join("passwd")).ok()),
+        ),
+        (
+            "group",
+            accounts(GROUP, fs::read_to_string(host_etc.join("group")).ok()),
+        ),
         ("nsswitch.conf", NSSWITCH.to_string()),
         ("gitconfig", GITCONFIG.to_string()),
         ("hostname", format!("{hostname}\n")),
@@ -138,6 +171,13 @@ fn build(host_etc: &Path, out: &Path, hostname: &str) -> io::Result<()> {
     ];
     for (name, content) in files {
         fs::write(out.join(name), content)?;
+    }
+    // The workload's root has no capabilities, so apt cannot switch to its
+    // `_apt` user for downloads; let it stay root instead.
+    if out.join("apt").is_dir() {
+        let conf = out.join("apt/apt.conf.d");
+        fs::create_dir_all(&conf)?;
+        fs::write(conf.join("99stockade"), "APT::Sandbox::User \"root\";\n")?;
     }
     fs::write(out.join("machine-id"), "5f0c6e2a8d3b4c1e9a7f00d1ce0ab5e1\n")?;
     let mut perms = fs::metadata(out)?.permissions();
@@ -222,6 +262,22 @@ mod tests {
         if Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
             assert!(dir.join("ssl/certs/ca-certificates.crt").exists());
         }
+    }
+
+    #[test]
+    fn host_system_accounts_are_kept_and_users_dropped() {
+        let host = "root:x:0:0::/root:/bin/sh\n_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n\
+                    alice:x:1001:1001:Alice:/home/alice:/bin/bash\nweird\n";
+        let p = accounts(PASSWD, Some(host.into()));
+        assert!(p.contains("_apt:x:42:"));
+        assert!(!p.contains("alice"));
+        assert_eq!(p.matches("root:").count(), 1);
+        let g = accounts(
+            GROUP,
+            Some("ssl-cert:x:108:alice\nusers:x:100:bob\n".into()),
+        );
+        assert!(g.contains("ssl-cert:x:108:\n") && g.contains("users:x:100:\n"));
+        assert!(!g.contains("alice") && !g.contains("bob"));
     }
 
     #[test]

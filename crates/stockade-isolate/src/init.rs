@@ -65,12 +65,19 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
     // Die with the supervisor. Checked against the go-ahead below: if the
     // supervisor died before we set this, the read sees end-of-file.
     let _ = sys::set_parent_death_signal(libc::SIGKILL);
-    match proto::recv(ctl.as_fd()) {
-        Ok(Some((b, _))) if b == [b'G'] => {}
-        _ => return 1,
+    // Idmapped lower layers (copy-on-write root only), then the go-ahead.
+    let mut lowers = Vec::new();
+    loop {
+        match proto::recv(ctl.as_fd()) {
+            Ok(Some((b, _))) if b == [b'G'] => break,
+            Ok(Some((b, Some(fd)))) if b.first() == Some(&b'L') => {
+                lowers.push((String::from_utf8_lossy(&b[1..]).into_owned(), fd));
+            }
+            _ => return 1,
+        }
     }
     let _ = SupervisorMsg::Go;
-    if let Err(msg) = setup(spec) {
+    if let Err(msg) = setup(spec, lowers) {
         send(ctl, &InitMsg::SetupFailed(msg), None);
         return 1;
     }
@@ -90,7 +97,7 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
     serve(spec, ctl)
 }
 
-fn setup(spec: &SandboxSpec) -> Result<(), String> {
+fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers) -> Result<(), String> {
     // We still carry the supervisor's host ids, which the namespace does
     // not map; become the namespace's root (a block id on the host) so
     // files we create have an owner the sandbox can see.
@@ -105,7 +112,7 @@ fn setup(spec: &SandboxSpec) -> Result<(), String> {
     // the sandbox's cgroup, makes that cgroup the root the workload sees.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| format!("cannot create the cgroup namespace: {e}"))?;
-    rootfs::build(spec).map_err(|e| e.to_string())?;
+    rootfs::build(spec, lowers).map_err(|e| e.to_string())?;
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| format!("cannot set the host name: {e}"))?;
     sys::loopback_up().map_err(|e| format!("cannot bring up loopback: {e}"))?;

@@ -37,6 +37,43 @@ pub struct Launched {
     pub ctl: OwnedFd,
 }
 
+/// For a copy-on-write root: clones each lower layer, idmaps it through
+/// the sandbox's user namespace and passes it to init. Host root's files
+/// then appear owned by root inside, so the workload (as root inside) can
+/// modify them through the overlay — `apt-get install` works. Only the
+/// host's root may create idmapped mounts; where that fails, init falls
+/// back to the plain host paths (files then appear owned by `nobody`).
+fn send_idmapped_lowers(spec: &SandboxSpec, pid: i32, ctl: &OwnedFd) {
+    let lowers = crate::rootfs::overlay_lowers(spec);
+    if lowers.is_empty() {
+        return;
+    }
+    let Ok(userns) = nix::fcntl::open(
+        format!("/proc/{pid}/ns/user").as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return;
+    };
+    for (name, host) in lowers {
+        let Ok(path) = std::ffi::CString::new(host.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        let Ok(tree) = sys::open_tree_clone(&path) else {
+            continue;
+        };
+        if sys::idmap_tree(&tree, &userns).is_err() {
+            continue;
+        }
+        let msg = format!("L{name}");
+        let _ = proto::send(
+            ctl.as_fd(),
+            msg.as_bytes(),
+            Some(std::os::fd::AsRawFd::as_raw_fd(&tree)),
+        );
+    }
+}
+
 /// Namespaces every sandbox gets at clone time. The cgroup namespace is
 /// entered by init once it is inside its cgroup.
 pub const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
@@ -88,6 +125,7 @@ pub unsafe fn launch(
                 abort(&launched);
                 return Err(LaunchError::Cgroup(e));
             }
+            send_idmapped_lowers(spec, pid, &launched.ctl);
             if proto::send(launched.ctl.as_fd(), b"G", None).is_err() {
                 abort(&launched);
                 return Err(LaunchError::InitGone);

@@ -33,6 +33,33 @@ const OVERLAY_VAR_DIRS: &[&str] = &[
 /// every program.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
+/// The lower layers of a copy-on-write root: (name, host directory).
+/// The supervisor idmaps each one (so host root's files appear owned by
+/// root inside and can be copied up) and hands it to init under `name`.
+pub fn overlay_lowers(spec: &SandboxSpec) -> Vec<(String, PathBuf)> {
+    let mut v = Vec::new();
+    if spec.overlay.is_none() {
+        return v;
+    }
+    for name in SYSTEM_DIRS.iter().chain(OVERLAY_VAR_DIRS) {
+        let host = Path::new("/").join(name);
+        let is_real_dir = fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir());
+        if is_real_dir {
+            v.push((name.replace('/', "_"), host));
+        }
+    }
+    v.push(("etc".into(), spec.etc_dir.clone()));
+    v
+}
+
+/// Idmapped lower layers received from the supervisor, by name.
+pub type Lowers = Vec<(String, OwnedFd)>;
+
+/// Where idmapped lower layers are attached while the overlays are built;
+/// detached again before the workload starts (overlayfs keeps private
+/// clones of its layers).
+const LOWER_DIR: &str = ".stockade-lower";
+
 /// A failed step, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {path}: {source}")]
@@ -119,7 +146,7 @@ const RW: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
 /// Builds the new root at `spec.staging`, pivots into it and detaches the
 /// host's root. On return the process sees only the sandbox's filesystem.
-pub fn build(spec: &SandboxSpec) -> Result<()> {
+pub fn build(spec: &SandboxSpec, lowers: Lowers) -> Result<()> {
     let r = spec.staging.as_path();
     // Nothing we mount may propagate back to the host, and nothing the host
     // mounts later may appear here.
@@ -147,8 +174,18 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
             bind(&top, r, RW)?;
         }
     }
-    system_dirs(spec, r)?;
-    etc(spec, r)?;
+    let lower_root = r.join(LOWER_DIR);
+    let attached = attach_lowers(&lower_root, lowers)?;
+    system_dirs(spec, r, &attached)?;
+    etc(spec, r, &attached)?;
+    if !attached.is_empty() {
+        ctx(
+            nix::mount::umount2(&lower_root, nix::mount::MntFlags::MNT_DETACH),
+            "cannot unmount",
+            &lower_root,
+        )?;
+        let _ = fs::remove_dir(&lower_root);
+    }
 
     let ws = r.join("workspace");
     mkdir(&ws, 0o755)?;
@@ -172,6 +209,11 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
     )?;
     let var = r.join("var");
     mkdir(&var, 0o755)?;
+    if spec.overlay.is_some() {
+        // Package managers log here; the copy-on-write root can hold it.
+        mkdir(&var.join("log/apt"), 0o755)?;
+        mkdir(&var.join("cache"), 0o755)?;
+    }
     if fs::symlink_metadata(var.join("tmp")).is_err() {
         io_ctx(
             symlink("/tmp", var.join("tmp")),
@@ -253,7 +295,43 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
     Ok(())
 }
 
-fn system_dirs(spec: &SandboxSpec, r: &Path) -> Result<()> {
+/// Attaches the idmapped lower layers under a private tmpfs; returns the
+/// names attached and their paths.
+fn attach_lowers(at: &Path, lowers: Lowers) -> Result<Vec<(String, PathBuf)>> {
+    if lowers.is_empty() {
+        return Ok(Vec::new());
+    }
+    mkdir(at, 0o700)?;
+    mount_fs(
+        "tmpfs",
+        at,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=0700,size=64k",
+    )?;
+    let mut out = Vec::new();
+    for (name, fd) in lowers {
+        let dst = at.join(&name);
+        mkdir(&dst, 0o755)?;
+        ctx(
+            sys::move_mount_to(&fd, &cstr(&dst)),
+            "cannot attach lower layer at",
+            &dst,
+        )?;
+        out.push((name, dst));
+    }
+    Ok(out)
+}
+
+/// The lower layer for `host`: its idmapped copy when the supervisor sent
+/// one, else the host path itself.
+fn lower_for<'a>(attached: &'a [(String, PathBuf)], name: &str, host: &'a Path) -> &'a Path {
+    attached
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(host, |(_, p)| p.as_path())
+}
+
+fn system_dirs(spec: &SandboxSpec, r: &Path, attached: &[(String, PathBuf)]) -> Result<()> {
     for name in SYSTEM_DIRS {
         let host = Path::new("/").join(name);
         let Ok(meta) = fs::symlink_metadata(&host) else {
@@ -269,7 +347,7 @@ fn system_dirs(spec: &SandboxSpec, r: &Path) -> Result<()> {
             mkdir(&dst, 0o755)?;
             match &spec.overlay {
                 None => bind(&host, &dst, RO)?,
-                Some(ov) => overlay(&host, &dst, ov, name)?,
+                Some(ov) => overlay(lower_for(attached, name, &host), &dst, ov, name)?,
             }
         }
     }
@@ -279,19 +357,20 @@ fn system_dirs(spec: &SandboxSpec, r: &Path) -> Result<()> {
             if host.is_dir() {
                 let dst = r.join(name);
                 mkdir(&dst, 0o755)?;
-                overlay(&host, &dst, ov, name)?;
+                let flat = name.replace('/', "_");
+                overlay(lower_for(attached, &flat, &host), &dst, ov, name)?;
             }
         }
     }
     Ok(())
 }
 
-fn etc(spec: &SandboxSpec, r: &Path) -> Result<()> {
+fn etc(spec: &SandboxSpec, r: &Path, attached: &[(String, PathBuf)]) -> Result<()> {
     let dst = r.join("etc");
     mkdir(&dst, 0o755)?;
     match &spec.overlay {
         None => bind(&spec.etc_dir, &dst, RO),
-        Some(ov) => overlay(&spec.etc_dir, &dst, ov, "etc"),
+        Some(ov) => overlay(lower_for(attached, "etc", &spec.etc_dir), &dst, ov, "etc"),
     }
 }
 

@@ -221,3 +221,32 @@ pub fn move_mount_to(tree: &OwnedFd, target: &CStr) -> nix::Result<()> {
     };
     Errno::result(r).map(drop)
 }
+
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const AT_EMPTY_PATH: libc::c_uint = 0x1000;
+
+/// Makes the detached mount tree `tree` idmapped through the user
+/// namespace `userns`: a file owned by host id N appears owned by whatever
+/// N means inside that namespace. Needs privilege over the filesystem
+/// (host root), so the supervisor does this before handing the tree over.
+pub fn idmap_tree(tree: &OwnedFd, userns: &OwnedFd) -> nix::Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: "" with AT_EMPTY_PATH names the descriptor itself; `attr` is
+    // a live `struct mount_attr` whose size we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            AT_EMPTY_PATH | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}

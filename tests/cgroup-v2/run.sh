@@ -1,0 +1,266 @@
+#!/bin/bash
+# Boots a Debian kernel under QEMU (software emulation, no KVM needed) with a
+# pure cgroup v2 hierarchy and runs stockade inside the guest, to exercise
+# the v2 cgroup driver on a real kernel.
+#
+# Usage: tests/cgroup-v2/run.sh [path/to/stockade]
+#
+# Needs (as root on a Debian 12 host): qemu-system-x86, busybox-static and
+# apt access to download (not install) a linux-image-6.1 package. The kernel
+# is cached in ${STOCKADE_QEMU_CACHE:-/var/cache/stockade-qemu}; set
+# STOCKADE_QEMU_KERNEL to use a specific bzImage instead.
+#
+# Prints the guest console and exits 0 only when every V2CHECK line the
+# guest prints is PASS and all expected checks are present.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+bin=${1:-$repo/target/debug/stockade}
+cache=${STOCKADE_QEMU_CACHE:-/var/cache/stockade-qemu}
+checks="doctor hello memory pids cpu timeout cleanup version"
+
+die() { echo "run.sh: $*" >&2; exit 2; }
+
+[ -x "$bin" ] || die "no stockade binary at $bin (cargo build -p stockade)"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
+busybox=$(command -v busybox || true)
+[ -n "$busybox" ] || die "busybox missing (apt-get install busybox-static)"
+if LC_ALL=C ldd "$busybox" 2>/dev/null | grep -q '=>'; then
+    die "$busybox is not statically linked (apt-get install busybox-static)"
+fi
+
+# --- kernel ---------------------------------------------------------------
+kernel_from_cache() {
+    mkdir -p "$cache"
+    if [ -s "$cache/vmlinuz" ]; then
+        return
+    fi
+    local pkg tmp
+    pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' |
+        awk '{print $1}' | sort -V | tail -n 1)
+    if [ -z "$pkg" ]; then
+        pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' |
+            awk '{print $1}' | sort -V | tail -n 1)
+    fi
+    [ -n "$pkg" ] || die "no linux-image-6.1.0-*-amd64 package known to apt (apt-get update?)"
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp" # apt-get download drops to _apt, which must write here
+    echo "run.sh: downloading $pkg into $cache" >&2
+    (cd "$tmp" && apt-get download -q "$pkg" >&2) || { rm -rf "$tmp"; die "apt-get download $pkg failed"; }
+    dpkg-deb -x "$tmp"/*.deb "$tmp/x"
+    local img
+    img=$(ls "$tmp"/x/boot/vmlinuz-* | head -n 1)
+    [ -s "$img" ] || { rm -rf "$tmp"; die "no boot/vmlinuz-* in $pkg"; }
+    cp "$img" "$cache/vmlinuz.part"
+    basename "$img" >"$cache/kernel-version"
+    mv "$cache/vmlinuz.part" "$cache/vmlinuz"
+    rm -rf "$tmp"
+}
+
+if [ -n "${STOCKADE_QEMU_KERNEL:-}" ]; then
+    kernel=$STOCKADE_QEMU_KERNEL
+else
+    kernel_from_cache
+    kernel=$cache/vmlinuz
+fi
+[ -s "$kernel" ] || die "no kernel at $kernel"
+
+# --- initramfs ------------------------------------------------------------
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+root=$work/root
+mkdir -p "$root"/usr/bin "$root"/usr/lib/x86_64-linux-gnu "$root"/usr/lib64 \
+    "$root"/proc "$root"/sys "$root"/dev "$root"/tmp "$root"/etc "$root"/newroot \
+    "$root"/var/lib "$root"/root
+# Debian's merged-/usr layout, which the sandbox reproduces from the host.
+ln -s usr/bin "$root/bin"
+ln -s usr/bin "$root/sbin"
+ln -s bin "$root/usr/sbin"
+ln -s usr/lib "$root/lib"
+ln -s usr/lib64 "$root/lib64"
+
+cp "$busybox" "$root/usr/bin/busybox"
+for applet in $("$busybox" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$root/usr/bin/$applet"
+done
+
+# stockade and the shared objects it loads, at the same paths as here.
+cp "$bin" "$root/usr/bin/stockade"
+if command -v strip >/dev/null; then
+    strip --strip-debug "$root/usr/bin/stockade" 2>/dev/null || true
+fi
+for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+    real=$(readlink -f "$lib")
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$real" "$root$lib"
+done
+
+echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+echo "root:x:0:" >"$root/etc/group"
+
+# Stage 1: the initramfs root cannot be pivot_root'ed away from, and
+# stockade pivots inside every sandbox, so move everything onto a tmpfs
+# and switch_root into it.
+cat >"$root/init" <<'EOF'
+#!/bin/sh
+mount -t tmpfs -o mode=0755 newroot /newroot
+for f in /*; do
+    case "$f" in
+    /newroot | /proc | /sys | /dev) ;;
+    *) cp -a "$f" /newroot/ ;;
+    esac
+done
+mkdir -p /newroot/proc /newroot/sys /newroot/dev
+exec switch_root /newroot /stage2
+EOF
+
+# Stage 2: mounts and the scenario.
+cat >"$root/stage2" <<'EOF'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t cgroup2 none /sys/fs/cgroup
+mkdir -p /var/lib/stockade
+export PATH=/usr/bin HOME=/root
+echo "guest: $(uname -r), cgroup root: $(awk '$2 == "/sys/fs/cgroup" { print $3 }' /proc/mounts), controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+sh /scenario.sh
+if [ -f /extra.sh ]; then
+    echo; echo "=== extra (not part of the checks) ==="
+    sh /extra.sh
+fi
+echo "V2DONE"
+sync
+poweroff -f
+EOF
+
+cat >"$root/scenario.sh" <<'EOF'
+# Runs inside the guest. One "V2CHECK <name> PASS|FAIL <detail>" line each.
+check() {
+    name=$1 ok=$2
+    shift 2
+    if [ "$ok" = 0 ]; then r=PASS; else r=FAIL; fi
+    echo "V2CHECK $name $r $*"
+}
+field() { # field FILE KEY -> value of "KEY": value (first match)
+    sed -n "s/.*\"$2\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$1" | head -n 1
+}
+section() { echo; echo "=== $* ==="; }
+
+section doctor
+stockade doctor >/tmp/doctor.out 2>&1
+echo "doctor exit $?"
+cat /tmp/doctor.out
+cg=$(grep cgroups /tmp/doctor.out)
+case "$cg" in
+*"v2 at"*) check doctor 0 "$cg" ;;
+*) check doctor 1 "cgroups line: $cg" ;;
+esac
+
+section hello
+out=$(stockade run -- sh -c 'echo hello' 2>/tmp/hello.err)
+rc=$?
+cat /tmp/hello.err
+[ "$out" = hello ] && [ $rc = 0 ]
+check hello $? "exit=$rc stdout=$out"
+
+section memory
+rm -f /tmp/mem.json
+# dd fills a 200 MiB buffer from /dev/zero: anonymous memory in the group.
+stockade run --memory 32M --report /tmp/mem.json -- \
+    sh -c 'dd if=/dev/zero of=/dev/null bs=200M count=1; echo survived'
+rc=$?
+cat /tmp/mem.json 2>/dev/null
+outcome=$(field /tmp/mem.json outcome)
+[ $rc = 137 ] && [ "$outcome" = memory-limit ]
+check memory $? "exit=$rc outcome=$outcome"
+
+section pids
+rm -f /tmp/pids.json
+stockade run --pids 16 --report /tmp/pids.json -- \
+    sh -c 'for i in $(seq 40); do sleep 5 & done; wait'
+rc=$?
+cat /tmp/pids.json 2>/dev/null
+grep -q '"kind": *"pids-limit"' /tmp/pids.json 2>/dev/null
+check pids $? "exit=$rc kinds=$(grep -o '"kind": *"[^"]*"' /tmp/pids.json 2>/dev/null | tr '\n' ' ')"
+
+section cpu
+rm -f /tmp/cpu.json
+stockade run --cpus 0.25 --timeout 2s --report /tmp/cpu.json -- sh -c 'while :; do :; done'
+rc=$?
+cat /tmp/cpu.json 2>/dev/null
+cpu=$(field /tmp/cpu.json cpu_seconds)
+wall=$(field /tmp/cpu.json wall_seconds)
+awk -v c="${cpu:-0}" -v w="${wall:-0}" 'BEGIN { exit !(c > 0 && w > 0 && c < 0.6 * w) }'
+check cpu $? "exit=$rc cpu_seconds=$cpu wall_seconds=$wall"
+
+section timeout
+stockade run --timeout 1s -- sleep 10
+rc=$?
+[ $rc = 124 ]
+check timeout $? "exit=$rc"
+
+section cleanup
+sleep 1
+groups=$(find /sys/fs/cgroup/stockade -mindepth 1 -maxdepth 1 -type d 2>/dev/null | tr '\n' ' ')
+boxes=$(ls -A /var/lib/stockade/sandboxes 2>/dev/null | tr '\n' ' ')
+echo "cgroup tree:"; find /sys/fs/cgroup/stockade -maxdepth 2 -type d 2>/dev/null
+echo "state dir:"; ls -la /var/lib/stockade /var/lib/stockade/sandboxes 2>&1
+[ -d /sys/fs/cgroup/stockade ] && [ -z "$groups" ] && [ -z "$boxes" ]
+check cleanup $? "cgroups=[${groups% }] sandboxes=[${boxes% }]"
+
+section version
+# Which driver stockade picked, from doctor, against what the guest has.
+# (busybox stat -f cannot name cgroup2, hence /proc/mounts and the magic)
+fs="$(awk '$2 == "/sys/fs/cgroup" { print $3 }' /proc/mounts) magic=$(stat -f -c %t /sys/fs/cgroup)"
+case "$cg" in
+*"v2 at /sys/fs/cgroup"*) [ "$fs" = "cgroup2 magic=63677270" ] ;;
+*) false ;;
+esac
+check version $? "stockade=$(echo "$cg" | sed 's/.*cgroups *//') fs=$fs subtree_control=$(cat /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null)"
+EOF
+# Optional extra guest script for investigating, run after the checks.
+if [ -n "${STOCKADE_QEMU_EXTRA:-}" ]; then
+    cp "$STOCKADE_QEMU_EXTRA" "$root/extra.sh"
+fi
+chmod 755 "$root/init" "$root/stage2"
+
+# Host cpio if there is one, else busybox's (which has no --quiet).
+if command -v cpio >/dev/null; then cpio=(cpio --quiet); else cpio=("$busybox" cpio); fi
+(cd "$root" && find . | "${cpio[@]}" -o -H newc) | gzip -1 >"$work/initrd.gz"
+
+# --- boot -----------------------------------------------------------------
+log=$work/console.log
+start=$(date +%s)
+set +e
+timeout 300 qemu-system-x86_64 -M pc,accel=tcg -cpu max -smp 2 -m 1024 \
+    -kernel "$kernel" -initrd "$work/initrd.gz" \
+    -append "console=ttyS0 panic=-1 quiet" \
+    -nographic -no-reboot -nic none -monitor none -serial stdio </dev/null |
+    tr -d '\r' | tee "$log"
+qemu_rc=${PIPESTATUS[0]}
+set -e
+echo "run.sh: qemu exited $qemu_rc after $(($(date +%s) - start))s (kernel $(cat "$cache/kernel-version" 2>/dev/null || echo "$kernel"))"
+
+failed=0
+for c in $checks; do
+    line=$(grep "^V2CHECK $c " "$log" | head -n 1 || true)
+    case "$line" in
+    "V2CHECK $c PASS"*) ;;
+    "") echo "run.sh: check $c missing"; failed=1 ;;
+    *) echo "run.sh: check $c failed: $line"; failed=1 ;;
+    esac
+done
+if grep -q '^V2CHECK .* FAIL' "$log"; then
+    failed=1
+fi
+[ "$qemu_rc" = 124 ] && { echo "run.sh: guest timed out"; failed=1; }
+if [ $failed = 0 ]; then
+    echo "run.sh: all cgroup v2 checks passed"
+fi
+exit $failed
