@@ -182,8 +182,10 @@ fn many_runs_leave_nothing_behind() {
     for i in 0..200 {
         // Each run leaves a background process behind, which must die with
         // the sandbox.
-        let script = format!("(exec -a {marker} sleep 600) & sleep 0.01; pgrep -cxf '{marker} 600' >/dev/null && echo {i}");
-        let (out, report) = env.run_report(&["--", "bash", "-c", &script]);
+        let script = format!(
+            "(exec -a {marker} sleep 600) & until pgrep -xf '{marker} 600' >/dev/null; do sleep 0.01; done; echo {i}"
+        );
+        let (out, report) = env.run_report(&["--timeout", "20s", "--", "bash", "-c", &script]);
         assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
         ids.push(report["id"].as_str().unwrap().to_string());
     }

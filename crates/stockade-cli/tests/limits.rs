@@ -174,28 +174,31 @@ fn zombies_are_reaped_by_init() {
 #[test]
 #[ignore = "needs root: creates namespaces and cgroups"]
 fn signals_are_forwarded_to_the_workload() {
+    use std::io::BufRead;
     let env = Env::new();
-    let child = env
+    let mut child = env
         .cmd()
         .args([
             "run",
             "--",
             "sh",
             "-c",
-            "trap 'echo got-term; exit 7' TERM; sleep 30 & wait",
+            "trap 'echo got-term; exit 7' TERM; echo ready; sleep 30 & wait",
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Signal only once the workload has its trap in place.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(code(&out), 7, "{}", stderr(&out));
-    assert!(stdout(&out).contains("got-term"));
+    assert_eq!(lines.next().unwrap().unwrap(), "got-term");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(7));
 }
 
 #[test]
@@ -250,4 +253,46 @@ fn report_has_usage_and_outcome() {
     assert!(report["signal"].is_null());
     assert!(report["usage"]["cpu_seconds"].as_f64().unwrap() > 0.0);
     assert!(report["usage"]["peak_memory_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups; uses script(1) for a terminal"]
+fn tty_gives_the_workload_its_own_terminal() {
+    let env = Env::new();
+    let inner = format!(
+        "STOCKADE_STATE_DIR={} {BIN} run -t -- sh -c 'tty; test -t 0 && test -t 1 && echo interactive; stty size'",
+        env.state.path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .env("COLUMNS", "101")
+        .env("LINES", "33")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    // The terminal comes from the sandbox's own devpts instance.
+    assert!(text.contains("/dev/pts/0"), "{text:?}");
+    assert!(text.contains("interactive"), "{text:?}");
+    assert_eq!(code(&out), 0, "{text:?} {}", stderr(&out));
+}
+
+#[test]
+#[ignore = "needs root: probes namespaces and cgroups"]
+fn doctor_reports_every_feature() {
+    let env = Env::new();
+    let out = env.cmd().arg("doctor").output().unwrap();
+    let text = stdout(&out);
+    for name in [
+        "user namespaces",
+        "cgroups",
+        "landlock",
+        "seccomp",
+        "overlayfs",
+        "tun",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+    assert!(text.contains("[ok  ] cgroups"), "{text}");
+    assert_eq!(code(&out), 0, "{text}");
 }

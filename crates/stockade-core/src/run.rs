@@ -71,6 +71,18 @@ pub fn run(opts: &RunOptions) -> Report {
         command: opts.command.clone(),
         started_at,
     };
+    // Block the forwarded signals before anything else: one that arrives
+    // while the sandbox is being built stays pending and is read from the
+    // signalfd and forwarded once init exists. Init inherits the mask, so
+    // it cannot lose one either before it starts waiting for them.
+    let mut mask = SigSet::empty();
+    for s in HANDLED {
+        mask.add(*s);
+    }
+    let old_mask = mask
+        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+        .ok();
+    let _restore = RestoreMask(old_mask);
     if let Err(e) = run_inner(opts, &id, started, &mut report) {
         report.outcome = Outcome::Error;
         report.exit_code = Some(e.exit_code());
