@@ -6,6 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use stockade_isolate::idmap::{IdMap, AGENT_ID};
+use stockade_isolate::proto::SpawnRequest;
 use stockade_isolate::spec::SandboxSpec;
 use stockade_policy::Policy;
 
@@ -18,6 +19,8 @@ use crate::RunError;
 pub struct Prepared {
     pub spec: SandboxSpec,
     pub metered: Vec<PathBuf>,
+    /// The command to run, with the sandbox's environment.
+    pub request: SpawnRequest,
 }
 
 /// A fresh, random sandbox id: 12 lowercase hex digits.
@@ -154,19 +157,22 @@ pub fn prepare(
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
-    let env = env
-        .iter()
-        .map(|(k, v)| cstring("environment variable", &format!("{k}={v}")))
-        .collect::<Result<Vec<_>, _>>()?;
     if command.is_empty() {
         return Err(RunError::Invalid(
             "no command given; put it after `--`".into(),
         ));
     }
-    let argv = command
-        .iter()
-        .map(|a| cstring("argument", a))
-        .collect::<Result<Vec<_>, _>>()?;
+    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for part in command.iter().chain(&env).chain([&p.cwd]) {
+        cstring("argument", part)?;
+    }
+    let request = SpawnRequest {
+        tag: 1,
+        argv: command.to_vec(),
+        env,
+        cwd: p.cwd.clone(),
+        tty,
+    };
 
     let spec = SandboxSpec {
         id: dir
@@ -184,13 +190,13 @@ pub fn prepare(
         binds: fs_policy.bind.clone(),
         hostname: p.hostname.clone(),
         as_root: p.root,
-        argv,
-        env,
-        cwd: cstring("working directory", &p.cwd)?,
-        tty,
         uid_map,
         gid_map,
         seccomp,
     };
-    Ok(Prepared { spec, metered })
+    Ok(Prepared {
+        spec,
+        metered,
+        request,
+    })
 }

@@ -16,7 +16,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits, Stats};
 use stockade_isolate::launch::{launch, Launched};
-use stockade_isolate::proto::{self, InitMsg};
+use stockade_isolate::proto::{self, FromInit, ToInit};
 use stockade_isolate::sys::pidfd_send_signal;
 use stockade_policy::Policy;
 
@@ -126,14 +126,7 @@ fn run_inner(
         let cgroup = driver
             .create(id, &limits)
             .map_err(|e| RunError::Cgroup(e.to_string()))?;
-        let r = supervise(
-            opts,
-            &prepared.spec,
-            &cgroup,
-            prepared.metered,
-            started,
-            report,
-        );
+        let r = supervise(opts, &prepared, &cgroup, started, report);
         // Whatever happened, nothing may outlive the run.
         cgroup.kill_all();
         let _ = cgroup.destroy();
@@ -145,9 +138,8 @@ fn run_inner(
 
 fn supervise(
     opts: &RunOptions,
-    spec: &stockade_isolate::spec::SandboxSpec,
+    prepared: &crate::prepare::Prepared,
     cgroup: &Cgroup,
-    metered: Vec<PathBuf>,
     started: Instant,
     report: &mut Report,
 ) -> Result<(), RunError> {
@@ -156,25 +148,36 @@ fn supervise(
     for s in HANDLED {
         mask.add(*s);
     }
-    let old_mask = mask
-        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
-        .ok();
-    let _restore = RestoreMask(old_mask);
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| RunError::Sys("create a signalfd".into(), e))?;
 
     // SAFETY: `stockade run` is single-threaded; nothing else runs while
     // the sandbox's init is cloned.
-    let launched: Launched =
-        unsafe { launch(spec, |pid| cgroup.add_pid(pid).map_err(|e| e.to_string())) }
-            .map_err(|e| RunError::Launch(e.to_string()))?;
+    let launched: Launched = unsafe {
+        launch(&prepared.spec, |pid| {
+            cgroup.add_pid(pid).map_err(|e| e.to_string())
+        })
+    }
+    .map_err(|e| RunError::Launch(e.to_string()))?;
+    // The command goes right behind the go-ahead; init serves it once the
+    // sandbox is built. Without a terminal it gets our own stdio.
+    let stdio: &[i32] = if prepared.request.tty {
+        &[]
+    } else {
+        &[0, 1, 2]
+    };
+    let spawn = ToInit::Spawn(prepared.request.clone());
+    if proto::send_msg(launched.ctl.as_fd(), &spawn, stdio).is_err() {
+        kill_init(cgroup, &launched);
+    }
     let oom_fd = cgroup.oom_notifier().ok();
     let deadline = started + limits.timeout.duration();
-    let mut meter = DiskMeter::new(metered);
+    let mut meter = DiskMeter::new(prepared.metered.clone());
     let mut next_disk = Instant::now() + TICK;
     let mut pids_peak = 0u64;
     let mut pids_reported = false;
-    let mut ended: Option<InitMsg> = None;
+    let mut main_pid: Option<i32> = None;
+    let mut ended: Option<FromInit> = None;
     let mut setup_error: Option<String> = None;
     let mut spawn_error: Option<(String, i32)> = None;
     let mut relay: Option<TtyRelay> = None;
@@ -200,14 +203,10 @@ fn supervise(
             at: started.elapsed().as_secs_f64(),
         });
     };
-    let kill = |l: &Launched| {
-        cgroup.kill_all();
-        let _ = pidfd_send_signal(&l.pidfd, libc::SIGKILL);
-    };
 
     loop {
         let now = Instant::now();
-        if now >= deadline && killed_for.is_none() {
+        if now >= deadline && killed_for.is_none() && ended.is_none() {
             violate(
                 report,
                 ViolationKind::Timeout,
@@ -216,7 +215,7 @@ fn supervise(
                 format!("killed after the time limit of {}", limits.timeout),
             );
             killed_for = Some(ViolationKind::Timeout);
-            kill(&launched);
+            kill_init(cgroup, &launched);
         }
         if now >= next_disk {
             let stats = cgroup.stats();
@@ -247,7 +246,7 @@ fn supervise(
                     ),
                 );
                 killed_for = Some(ViolationKind::DiskLimit);
-                kill(&launched);
+                kill_init(cgroup, &launched);
             }
             next_disk = Instant::now() + meter.next_interval(TICK);
         }
@@ -261,9 +260,10 @@ fn supervise(
             PollFd::new(launched.pidfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
         ];
-        if ctl_open {
+        let ctl_idx = ctl_open.then(|| {
             fds.push(PollFd::new(launched.ctl.as_fd(), PollFlags::POLLIN));
-        }
+            fds.len() - 1
+        });
         let oom_idx = oom_fd.as_ref().map(|f| {
             fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
             fds.len() - 1
@@ -283,37 +283,47 @@ fn supervise(
         };
         let init_done = ready(&fds, 0);
         let sig_ready = ready(&fds, 1);
-        let ctl_ready = ctl_open && ready(&fds, 2);
+        let ctl_ready = ctl_idx.is_some_and(|i| ready(&fds, i));
         let oom_ready = oom_idx.is_some_and(|i| ready(&fds, i));
         let relay_events: Vec<bool> = (relay_base..fds.len()).map(|i| ready(&fds, i)).collect();
         drop(fds);
 
-        if ctl_ready || init_done {
-            // Drain every message already sent; init sends its last one
-            // before it exits, so it is queued by the time the pidfd fires.
-            loop {
-                if !ctl_open {
-                    break;
-                }
+        if ctl_ready || (init_done && ctl_open) {
+            // Drain every message already sent: init reports before it
+            // can be killed, so its last words are queued by now.
+            while ctl_open {
                 let mut pfd = [PollFd::new(launched.ctl.as_fd(), PollFlags::POLLIN)];
                 if !matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0) {
                     break;
                 }
-                match proto::recv(launched.ctl.as_fd()) {
-                    Ok(Some((bytes, fd))) => match InitMsg::decode(&bytes) {
-                        Some(InitMsg::Ready(_)) => {
-                            if let Some(master) = fd {
+                match proto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
+                    Ok(Some((msg, mut fds))) => match msg {
+                        FromInit::Ready => {}
+                        FromInit::Spawned { pid, .. } => {
+                            main_pid = Some(pid);
+                            if let Some(master) = fds.pop() {
                                 relay = TtyRelay::start(master).ok();
                             }
                         }
-                        Some(InitMsg::SetupFailed(m)) => setup_error = Some(m),
-                        Some(InitMsg::SpawnFailed { step, errno }) => {
-                            spawn_error = Some((step, errno))
+                        FromInit::SetupFailed { message } => {
+                            setup_error = Some(message);
+                            kill_init(cgroup, &launched);
                         }
-                        Some(m @ (InitMsg::Exited(_) | InitMsg::Signaled(_))) => ended = Some(m),
-                        None => {}
+                        FromInit::SpawnFailed { step, errno, .. } => {
+                            spawn_error = Some((step, errno));
+                            kill_init(cgroup, &launched);
+                        }
+                        FromInit::Exited { pid, .. } | FromInit::Signaled { pid, .. }
+                            if Some(pid) == main_pid =>
+                        {
+                            // The command is done: whatever it left running
+                            // goes with the sandbox.
+                            ended = Some(msg);
+                            kill_init(cgroup, &launched);
+                        }
+                        FromInit::Exited { .. } | FromInit::Signaled { .. } => {}
                     },
-                    _ => ctl_open = false,
+                    Ok(None) | Err(_) => ctl_open = false,
                 }
             }
         }
@@ -330,11 +340,18 @@ fn supervise(
                     continue;
                 }
                 interrupts += 1;
-                if interrupts >= 3 {
+                match main_pid {
                     // The workload ignores us; the user insists.
-                    kill(&launched);
-                } else {
-                    let _ = pidfd_send_signal(&launched.pidfd, sig);
+                    _ if interrupts >= 3 => kill_init(cgroup, &launched),
+                    Some(pid) => {
+                        let _ = proto::send_msg(
+                            launched.ctl.as_fd(),
+                            &ToInit::Signal { pid, sig },
+                            &[],
+                        );
+                    }
+                    // Not started yet: nothing to interrupt but the start.
+                    None => kill_init(cgroup, &launched),
                 }
             }
         }
@@ -346,7 +363,7 @@ fn supervise(
             if stats.oom_kills > 0 && killed_for.is_none() {
                 memory_violation(&mut violate, report, limits.memory.to_string(), &stats);
                 killed_for = Some(ViolationKind::MemoryLimit);
-                kill(&launched);
+                kill_init(cgroup, &launched);
             }
         }
         if init_done {
@@ -403,11 +420,11 @@ fn supervise(
             };
             report.signal = Some(libc::SIGKILL);
         }
-        (None, Some(InitMsg::Exited(code))) => {
+        (None, Some(FromInit::Exited { code, .. })) => {
             report.outcome = Outcome::Exited;
             report.exit_code = Some(code);
         }
-        (None, Some(InitMsg::Signaled(sig))) => {
+        (None, Some(FromInit::Signaled { sig, .. })) => {
             report.outcome = Outcome::Signaled;
             report.signal = Some(sig);
         }
@@ -418,6 +435,13 @@ fn supervise(
         }
     }
     Ok(())
+}
+
+/// Ends the sandbox: killing init makes the kernel kill everything else
+/// in its pid namespace, which is every process of the sandbox. (The
+/// cgroup is emptied and removed again afterwards, as a second net.)
+fn kill_init(_cgroup: &Cgroup, l: &Launched) {
+    let _ = pidfd_send_signal(&l.pidfd, libc::SIGKILL);
 }
 
 fn memory_violation(

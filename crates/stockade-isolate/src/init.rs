@@ -8,14 +8,17 @@
 //! workload's end to the supervisor. When init exits, the kernel kills
 //! whatever else is left in the pid namespace, so no orphan survives.
 
+use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::proto::{self, InitMsg, SupervisorMsg};
+use crate::proto::{self, FromInit, ProtoError, SpawnRequest, ToInit};
 use crate::spec::SandboxSpec;
 use crate::{rootfs, sys, workload};
 
@@ -39,8 +42,8 @@ fn init_sigset() -> SigSet {
     set
 }
 
-fn send(ctl: &OwnedFd, msg: &InitMsg, fd: Option<RawFd>) {
-    let _ = proto::send(ctl.as_fd(), &msg.encode(), fd);
+fn send(ctl: &OwnedFd, msg: &FromInit, fds: &[RawFd]) {
+    let _ = proto::send_msg(ctl.as_fd(), msg, fds);
 }
 
 /// Entry point of the cloned child. Never returns.
@@ -50,8 +53,10 @@ pub fn main(spec: &SandboxSpec, ctl: OwnedFd) -> ! {
         Err(_) => {
             send(
                 &ctl,
-                &InitMsg::SetupFailed("the sandbox's init panicked".into()),
-                None,
+                &FromInit::SetupFailed {
+                    message: "the sandbox's init panicked".into(),
+                },
+                &[],
             );
             125
         }
@@ -68,17 +73,16 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
     // Idmapped lower layers (copy-on-write root only), then the go-ahead.
     let mut lowers = Vec::new();
     loop {
-        match proto::recv(ctl.as_fd()) {
-            Ok(Some((b, _))) if b == [b'G'] => break,
-            Ok(Some((b, Some(fd)))) if b.first() == Some(&b'L') => {
-                lowers.push((String::from_utf8_lossy(&b[1..]).into_owned(), fd));
+        match proto::recv_msg::<ToInit>(ctl.as_fd()) {
+            Ok(Some((ToInit::Go, _))) => break,
+            Ok(Some((ToInit::Lower { name }, mut fds))) if fds.len() == 1 => {
+                lowers.extend(fds.pop().map(|fd| (name, fd)));
             }
             _ => return 1,
         }
     }
-    let _ = SupervisorMsg::Go;
-    if let Err(msg) = setup(spec, lowers) {
-        send(ctl, &InitMsg::SetupFailed(msg), None);
+    if let Err(message) = setup(spec, lowers) {
+        send(ctl, &FromInit::SetupFailed { message }, &[]);
         return 1;
     }
     // The supervisor may have died before the parent-death signal was set
@@ -127,75 +131,147 @@ fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers) -> Result<(), String> {
 
 fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
     let set = init_sigset();
-    if let Err(e) = set.thread_block() {
-        send(
-            ctl,
-            &InitMsg::SetupFailed(format!("cannot block signals: {e}")),
-            None,
-        );
-        return 1;
-    }
-    let pty = if spec.tty {
-        match workload::open_pty() {
-            Ok(p) => Some(p),
-            Err(e) => {
-                send(
-                    ctl,
-                    &InitMsg::SetupFailed(format!("cannot allocate a terminal: {e}")),
-                    None,
-                );
-                return 1;
-            }
-        }
-    } else {
-        None
-    };
-    let child = match workload::spawn(spec, pty.as_ref().map(|p| p.1.as_str()), ctl.as_raw_fd()) {
-        Ok(pid) => pid,
-        Err((step, errno)) => {
+    // The supervisor blocked these before cloning us, so none was lost;
+    // from now on they are read from a signalfd.
+    let _ = set.thread_block();
+    let sigfd = match SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) => {
             send(
                 ctl,
-                &InitMsg::SpawnFailed {
-                    step,
-                    errno: errno as i32,
+                &FromInit::SetupFailed {
+                    message: format!("cannot create a signalfd: {e}"),
                 },
-                None,
+                &[],
             );
-            // The child (if any) exits on its own; reap before leaving.
-            while waitpid(None, None).is_ok() {}
             return 1;
         }
     };
-    // The terminal's master side goes to the supervisor, which relays it.
-    send(
-        ctl,
-        &InitMsg::Ready(child.as_raw()),
-        pty.as_ref().map(|p| p.0.as_raw_fd()),
-    );
-    drop(pty);
+    send(ctl, &FromInit::Ready, &[]);
+    // Processes we started, whose exits the supervisor wants to hear of.
+    let mut spawned: HashSet<i32> = HashSet::new();
     loop {
-        let sig = match set.wait() {
-            Ok(s) => s,
-            Err(Errno::EINTR) => continue,
-            Err(_) => Signal::SIGCHLD,
-        };
-        if sig != Signal::SIGCHLD {
-            let _ = nix::sys::signal::kill(Pid::from_raw(-child.as_raw()), sig);
-            continue;
+        let mut fds = [
+            PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return 1,
         }
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
-                    send(ctl, &InitMsg::Exited(code), None);
-                    return 0;
+        let ctl_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let sig_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
+        if sig_ready {
+            while let Ok(Some(info)) = sigfd.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig == libc::SIGCHLD {
+                    reap(ctl, &mut spawned);
+                } else if let Ok(sig) = Signal::try_from(sig) {
+                    // A signal sent to init itself goes to every workload.
+                    for pid in &spawned {
+                        let _ = nix::sys::signal::kill(Pid::from_raw(-pid), sig);
+                    }
                 }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
-                    send(ctl, &InitMsg::Signaled(sig as i32), None);
-                    return 0;
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
             }
+        }
+        if ctl_ready {
+            match proto::recv_msg::<ToInit>(ctl.as_fd()) {
+                // The supervisor is gone or asks us to stop: exiting kills
+                // everything in the pid namespace.
+                Ok(None) | Ok(Some((ToInit::Shutdown, _))) => return 0,
+                Ok(Some((ToInit::Spawn(req), fds))) => {
+                    if let Some(pid) = spawn(spec, ctl, req, fds) {
+                        spawned.insert(pid);
+                    }
+                }
+                Ok(Some((ToInit::Signal { pid, sig }, _))) => {
+                    if spawned.contains(&pid) {
+                        if let Ok(sig) = Signal::try_from(sig) {
+                            let _ = nix::sys::signal::kill(Pid::from_raw(-pid), sig);
+                        }
+                    }
+                }
+                // Out of order or unknown: ignore, the sandbox stays up.
+                Ok(Some(_)) | Err(ProtoError::Malformed(_)) => {}
+                Err(ProtoError::Io(_)) => return 1,
+            }
+        }
+    }
+}
+
+/// Starts one process and answers the supervisor.
+fn spawn(spec: &SandboxSpec, ctl: &OwnedFd, req: SpawnRequest, fds: Vec<OwnedFd>) -> Option<i32> {
+    let tag = req.tag;
+    let fail = |step: String, errno: Errno| {
+        send(
+            ctl,
+            &FromInit::SpawnFailed {
+                tag,
+                step,
+                errno: errno as i32,
+            },
+            &[],
+        );
+        None
+    };
+    let (stdio, pty) = if req.tty {
+        match workload::open_pty() {
+            Ok((master, path)) => (workload::Stdio::Terminal(path), Some(master)),
+            Err(e) => return fail("allocate a terminal".into(), e),
+        }
+    } else {
+        match <[OwnedFd; 3]>::try_from(fds) {
+            Ok(three) => (workload::Stdio::Fds(three), None),
+            Err(_) => return fail("receive stdin, stdout and stderr".into(), Errno::EINVAL),
+        }
+    };
+    match workload::spawn(spec, &req, stdio, ctl.as_raw_fd()) {
+        Ok(pid) => {
+            let pty_fd: Vec<RawFd> = pty.as_ref().map(|m| m.as_raw_fd()).into_iter().collect();
+            send(
+                ctl,
+                &FromInit::Spawned {
+                    tag,
+                    pid: pid.as_raw(),
+                },
+                &pty_fd,
+            );
+            Some(pid.as_raw())
+        }
+        Err((step, errno)) => fail(step, errno),
+    }
+}
+
+/// Collects every exited child; reports those the supervisor started.
+fn reap(ctl: &OwnedFd, spawned: &mut HashSet<i32>) {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                if spawned.remove(&pid.as_raw()) {
+                    send(
+                        ctl,
+                        &FromInit::Exited {
+                            pid: pid.as_raw(),
+                            code,
+                        },
+                        &[],
+                    );
+                }
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                if spawned.remove(&pid.as_raw()) {
+                    send(
+                        ctl,
+                        &FromInit::Signaled {
+                            pid: pid.as_raw(),
+                            sig: sig as i32,
+                        },
+                        &[],
+                    );
+                }
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
         }
     }
 }

@@ -65,12 +65,8 @@ fn send_idmapped_lowers(spec: &SandboxSpec, pid: i32, ctl: &OwnedFd) {
         if sys::idmap_tree(&tree, &userns).is_err() {
             continue;
         }
-        let msg = format!("L{name}");
-        let _ = proto::send(
-            ctl.as_fd(),
-            msg.as_bytes(),
-            Some(std::os::fd::AsRawFd::as_raw_fd(&tree)),
-        );
+        let msg = proto::ToInit::Lower { name };
+        let _ = proto::send_msg(ctl.as_fd(), &msg, &[std::os::fd::AsRawFd::as_raw_fd(&tree)]);
     }
 }
 
@@ -126,7 +122,7 @@ pub unsafe fn launch(
                 return Err(LaunchError::Cgroup(e));
             }
             send_idmapped_lowers(spec, pid, &launched.ctl);
-            if proto::send(launched.ctl.as_fd(), b"G", None).is_err() {
+            if proto::send_msg(launched.ctl.as_fd(), &proto::ToInit::Go, &[]).is_err() {
                 abort(&launched);
                 return Err(LaunchError::InitGone);
             }

@@ -1,87 +1,111 @@
 //! Messages between the supervisor and the sandbox's init over their
-//! `SOCK_SEQPACKET` socket pair. Each message is one packet: a tag byte and
-//! a short text payload. A terminal's master side travels with `Ready` as
-//! an `SCM_RIGHTS` descriptor.
+//! `SOCK_SEQPACKET` socket pair: one JSON message per packet, with file
+//! descriptors (stdio of a process to start, a terminal's master side, an
+//! idmapped mount) attached as `SCM_RIGHTS`.
+//!
+//! Init serves many processes over one sandbox's life: the supervisor asks
+//! it to spawn, signal and finally shut down; init answers with the pid of
+//! each spawned process and reports every exit. The same protocol serves
+//! `stockade run` (one process) and the daemon (many).
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
 
-/// From init to the supervisor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InitMsg {
-    /// The sandbox is built and the workload started; carries its pid as
-    /// seen inside the sandbox.
-    Ready(i32),
-    /// Building the sandbox failed; the text says what and where.
-    SetupFailed(String),
-    /// The workload could not be started: the step that failed and errno.
-    SpawnFailed { step: String, errno: i32 },
-    /// The workload exited with this code.
-    Exited(i32),
-    /// The workload was killed by this signal.
-    Signaled(i32),
+/// Largest message accepted; argv and environment must fit.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// Most descriptors one message carries (stdin, stdout, stderr).
+const MAX_FDS: usize = 3;
+
+/// A process to start inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// Chosen by the supervisor; echoed in the answer.
+    pub tag: u64,
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` strings: the whole environment.
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// Allocate a terminal in the sandbox's devpts (its master side comes
+    /// back with `Spawned`). Otherwise the message carries three
+    /// descriptors, which become the process's stdin, stdout and stderr.
+    pub tty: bool,
 }
 
 /// From the supervisor to init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SupervisorMsg {
-    /// Id maps and cgroup are in place: go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ToInit {
+    /// An idmapped lower layer for the copy-on-write root (descriptor
+    /// attached). Sent before `Go`.
+    Lower {
+        name: String,
+    },
+    /// Id maps and cgroup are in place: build the sandbox.
     Go,
+    Spawn(SpawnRequest),
+    /// Send `sig` to the process group of a process init spawned.
+    Signal {
+        pid: i32,
+        sig: i32,
+    },
+    /// Kill everything and exit.
+    Shutdown,
 }
 
-impl InitMsg {
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            InitMsg::Ready(pid) => format!("R{pid}"),
-            InitMsg::SetupFailed(m) => format!("F{m}"),
-            InitMsg::SpawnFailed { step, errno } => format!("E{errno}:{step}"),
-            InitMsg::Exited(c) => format!("X{c}"),
-            InitMsg::Signaled(s) => format!("S{s}"),
-        }
-        .into_bytes()
+/// From init to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum FromInit {
+    /// The sandbox is built; spawn requests are served from now on.
+    Ready,
+    /// Building the sandbox failed; the text says what and where.
+    SetupFailed { message: String },
+    /// A process started (pid as seen inside the sandbox).
+    Spawned { tag: u64, pid: i32 },
+    /// A process could not be started: the step that failed and errno.
+    SpawnFailed { tag: u64, step: String, errno: i32 },
+    /// A spawned process exited with `code`.
+    Exited { pid: i32, code: i32 },
+    /// A spawned process was killed by `sig`.
+    Signaled { pid: i32, sig: i32 },
+}
+
+/// Why a message could not be sent or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("control socket: {0}")]
+    Io(#[from] nix::Error),
+    #[error("malformed control message: {0}")]
+    Malformed(String),
+}
+
+/// Sends a message with optional descriptors.
+pub fn send_msg<T: Serialize>(
+    sock: BorrowedFd<'_>,
+    msg: &T,
+    fds: &[RawFd],
+) -> Result<(), ProtoError> {
+    let data = serde_json::to_vec(msg).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    if data.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
+        return Err(ProtoError::Malformed("message too large".into()));
     }
-
-    pub fn decode(b: &[u8]) -> Option<InitMsg> {
-        let (&tag, rest) = b.split_first()?;
-        let text = std::str::from_utf8(rest).ok()?;
-        Some(match tag {
-            b'R' => InitMsg::Ready(text.parse().ok()?),
-            b'F' => InitMsg::SetupFailed(text.to_string()),
-            b'E' => {
-                let (errno, step) = text.split_once(':')?;
-                InitMsg::SpawnFailed {
-                    step: step.to_string(),
-                    errno: errno.parse().ok()?,
-                }
-            }
-            b'X' => InitMsg::Exited(text.parse().ok()?),
-            b'S' => InitMsg::Signaled(text.parse().ok()?),
-            _ => return None,
-        })
-    }
+    let iov = [std::io::IoSlice::new(&data)];
+    let cmsgs = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsgs };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    Ok(())
 }
 
-/// Sends one packet, with an optional descriptor attached.
-pub fn send(sock: BorrowedFd<'_>, data: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
-    let iov = [std::io::IoSlice::new(data)];
-    let fds;
-    let cmsgs: &[ControlMessage<'_>] = match fd {
-        Some(f) => {
-            fds = [f];
-            &[ControlMessage::ScmRights(&fds)]
-        }
-        None => &[],
-    };
-    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(drop)
-}
-
-/// Receives one packet. `Ok(None)` means the other side is gone.
-pub fn recv(sock: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
-    let mut buf = vec![0u8; 4096];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let (n, fd) = {
+/// Receives one message. `Ok(None)` means the other side is gone.
+pub fn recv_msg<T: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+) -> Result<Option<(T, Vec<OwnedFd>)>, ProtoError> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<()>(
             sock.as_raw_fd(),
@@ -89,49 +113,90 @@ pub fn recv(sock: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, Option<OwnedFd
             Some(&mut cmsg),
             MsgFlags::MSG_CMSG_CLOEXEC,
         )?;
-        let mut fd = None;
+        let mut fds = Vec::new();
         for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for f in fds {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for f in raw {
                     // SAFETY: SCM_RIGHTS just installed this descriptor in
                     // our table; nobody else owns it.
-                    let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
+                    fds.push(unsafe { OwnedFd::from_raw_fd(f) });
                 }
             }
         }
-        (msg.bytes, fd)
+        (msg.bytes, fds)
     };
     if n == 0 {
         return Ok(None);
     }
-    buf.truncate(n);
-    Ok(Some((buf, fd)))
+    let msg =
+        serde_json::from_slice(&buf[..n]).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    Ok(Some((msg, fds)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsFd;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
 
     #[test]
-    fn messages_round_trip() {
+    fn messages_and_descriptors_round_trip() {
+        let (a, b) = pair();
+        let req = ToInit::Spawn(SpawnRequest {
+            tag: 7,
+            argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/usr/bin".into()],
+            cwd: "/workspace".into(),
+            tty: false,
+        });
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let raw = devnull.as_raw_fd();
+        send_msg(a.as_fd(), &req, &[raw, raw, raw]).unwrap();
+        let (got, fds): (ToInit, _) = recv_msg(b.as_fd()).unwrap().unwrap();
+        assert_eq!(got, req);
+        assert_eq!(fds.len(), 3);
         for m in [
-            InitMsg::Ready(2),
-            InitMsg::SetupFailed("cannot mount /proc: EPERM".into()),
-            InitMsg::SpawnFailed {
-                step: "exec ls".into(),
+            FromInit::Ready,
+            FromInit::Spawned { tag: 7, pid: 2 },
+            FromInit::SpawnFailed {
+                tag: 7,
+                step: "run x".into(),
                 errno: 2,
             },
-            InitMsg::Exited(0),
-            InitMsg::Exited(255),
-            InitMsg::Signaled(9),
+            FromInit::Exited { pid: 2, code: 255 },
+            FromInit::Signaled { pid: 2, sig: 9 },
+            FromInit::SetupFailed {
+                message: "no".into(),
+            },
         ] {
-            assert_eq!(InitMsg::decode(&m.encode()), Some(m));
+            send_msg(b.as_fd(), &m, &[]).unwrap();
+            let (got, fds): (FromInit, _) = recv_msg(a.as_fd()).unwrap().unwrap();
+            assert_eq!(got, m);
+            assert!(fds.is_empty());
         }
-        assert_eq!(InitMsg::decode(b""), None);
-        assert_eq!(InitMsg::decode(b"Xnope"), None);
-        assert_eq!(InitMsg::decode(b"Q1"), None);
+        drop(b);
+        assert!(recv_msg::<FromInit>(a.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        let (a, b) = pair();
+        for junk in [&b"{"[..], b"{\"op\":\"format_disk\"}", b"\xff\xfe", b"[]"] {
+            nix::sys::socket::send(a.as_raw_fd(), junk, MsgFlags::empty()).unwrap();
+            assert!(matches!(
+                recv_msg::<ToInit>(b.as_fd()),
+                Err(ProtoError::Malformed(_))
+            ));
+        }
     }
 }

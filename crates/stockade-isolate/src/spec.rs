@@ -1,7 +1,7 @@
 //! The resolved description of one sandbox, as the isolation layer needs
-//! it: host paths already chosen, argv and environment already built.
+//! it: host paths already chosen, id maps and seccomp program built.
+//! What runs inside is asked for separately ([`crate::proto::SpawnRequest`]).
 
-use std::ffi::CString;
 use std::path::PathBuf;
 
 use stockade_policy::BindMount;
@@ -30,13 +30,8 @@ pub struct SandboxSpec {
     pub ro_binds: Vec<BindMount>,
     pub binds: Vec<BindMount>,
     pub hostname: String,
-    /// Run the workload as root inside the sandbox instead of `agent`.
+    /// Run workloads as root inside the sandbox instead of `agent`.
     pub as_root: bool,
-    pub argv: Vec<CString>,
-    pub env: Vec<CString>,
-    pub cwd: CString,
-    /// Give the workload a pseudo-terminal from the sandbox's own devpts.
-    pub tty: bool,
     pub uid_map: IdMap,
     pub gid_map: IdMap,
     pub seccomp: SeccompFilters,

@@ -9,6 +9,7 @@
 //! directory, seccomp, and `execve`. Seccomp comes last because it forbids
 //! calls the earlier steps make.
 
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
@@ -17,6 +18,7 @@ use nix::sys::signal::{SigHandler, SigSet, Signal};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use crate::idmap::AGENT_ID;
+use crate::proto::SpawnRequest;
 use crate::spec::SandboxSpec;
 use crate::{caps, landlock_rules, seccomp, sys};
 
@@ -34,10 +36,61 @@ pub fn open_pty() -> nix::Result<(OwnedFd, String)> {
     Ok((unsafe { OwnedFd::from_raw_fd(raw) }, name))
 }
 
-/// Forks and execs the workload. Returns its pid, or the step that failed
+/// Where a new process's stdin, stdout and stderr come from.
+#[derive(Debug)]
+pub enum Stdio {
+    /// These three descriptors, in order.
+    Fds([OwnedFd; 3]),
+    /// The slave side of a terminal in the sandbox's devpts (by path); it
+    /// also becomes the process's controlling terminal.
+    Terminal(String),
+}
+
+/// What `execve` gets: built before forking, so bad input is an error
+/// here rather than a crash in the child.
+struct Exec {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+}
+
+fn exec_of(req: &SpawnRequest) -> Result<Exec, (String, Errno)> {
+    let c = |what: &str, s: &str| {
+        CString::new(s).map_err(|_| {
+            (
+                format!("pass {what} {s:?} (it contains a NUL byte)"),
+                Errno::EINVAL,
+            )
+        })
+    };
+    if req.argv.is_empty() {
+        return Err(("start an empty command".into(), Errno::EINVAL));
+    }
+    Ok(Exec {
+        argv: req
+            .argv
+            .iter()
+            .map(|a| c("argument", a))
+            .collect::<Result<_, _>>()?,
+        env: req
+            .env
+            .iter()
+            .map(|e| c("environment entry", e))
+            .collect::<Result<_, _>>()?,
+        cwd: c("working directory", &req.cwd)?,
+    })
+}
+
+/// Forks and execs a process. Returns its pid, or the step that failed
 /// and its errno (the child reports failures through a close-on-exec pipe,
 /// which stays silent when `execve` succeeds).
-pub fn spawn(spec: &SandboxSpec, tty: Option<&str>, ctl: RawFd) -> Result<Pid, (String, Errno)> {
+pub fn spawn(
+    spec: &SandboxSpec,
+    req: &SpawnRequest,
+    stdio: Stdio,
+    ctl: RawFd,
+) -> Result<Pid, (String, Errno)> {
+    let exec = exec_of(req)?;
     let (rd, wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ("create a pipe".to_string(), e))?;
     // SAFETY: init is single-threaded, so the child may run arbitrary code.
@@ -45,7 +98,7 @@ pub fn spawn(spec: &SandboxSpec, tty: Option<&str>, ctl: RawFd) -> Result<Pid, (
         Err(e) => Err(("fork the workload".into(), e)),
         Ok(ForkResult::Child) => {
             drop(rd);
-            let (step, errno) = exec_workload(spec, tty, ctl, wr.as_raw_fd());
+            let (step, errno) = exec_workload(spec, &exec, stdio, ctl, wr.as_raw_fd());
             let msg = format!("{}:{}", errno as i32, step);
             let _ = nix::unistd::write(&wr, msg.as_bytes());
             // SAFETY: leave without running init's destructors in the child.
@@ -76,7 +129,8 @@ pub fn spawn(spec: &SandboxSpec, tty: Option<&str>, ctl: RawFd) -> Result<Pid, (
 /// Runs in the forked child. Returns only on failure.
 fn exec_workload(
     spec: &SandboxSpec,
-    tty: Option<&str>,
+    exec: &Exec,
+    stdio: Stdio,
     ctl: RawFd,
     report: RawFd,
 ) -> (String, Errno) {
@@ -97,13 +151,15 @@ fn exec_workload(
     }
     // SAFETY: closing init's end of the control socket in this child only.
     unsafe { libc::close(ctl) };
-    match tty {
-        Some(path) => {
+    match stdio {
+        Stdio::Terminal(path) => {
             step!("start a terminal session", nix::unistd::setsid().map(drop));
-            let fd = match nix::fcntl::open(path, OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
-                Ok(fd) => fd,
-                Err(e) => return (format!("open terminal {path}"), e),
-            };
+            let fd =
+                match nix::fcntl::open(path.as_str(), OFlag::O_RDWR, nix::sys::stat::Mode::empty())
+                {
+                    Ok(fd) => fd,
+                    Err(e) => return (format!("open terminal {path}"), e),
+                };
             // SAFETY: TIOCSCTTY takes an integer argument; fd is a fresh,
             // valid terminal descriptor; dup2 onto 0-2 is what we want.
             unsafe {
@@ -115,10 +171,31 @@ fn exec_workload(
                 }
             }
         }
-        None => step!(
-            "create a process group",
-            nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
-        ),
+        Stdio::Fds(fds) => {
+            step!(
+                "create a process group",
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
+            );
+            // Move the descriptors above 0-2 first, so that installing one
+            // cannot overwrite another that is still to be installed.
+            let mut high = Vec::with_capacity(3);
+            for fd in &fds {
+                // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor or -1.
+                let h = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+                if h < 0 {
+                    return ("set up stdio".into(), Errno::last());
+                }
+                high.push(h);
+            }
+            drop(fds);
+            for (n, h) in high.into_iter().enumerate() {
+                // SAFETY: dup2 onto 0-2 replaces whatever was there, which
+                // is what we want; `h` is a valid descriptor we own.
+                if unsafe { libc::dup2(h, n as RawFd) } < 0 {
+                    return ("set up stdio".into(), Errno::last());
+                }
+            }
+        }
     }
     sys::close_fds_from(3, &[report]);
 
@@ -145,19 +222,17 @@ fn exec_workload(
     if let Err(e) = caps::set_no_new_privs() {
         return (format!("set no_new_privs ({e})"), Errno::EPERM);
     }
-    if let Err(e) = nix::unistd::chdir(spec.cwd.as_c_str()) {
+    if let Err(e) = nix::unistd::chdir(exec.cwd.as_c_str()) {
         return (
-            format!("enter the working directory {}", spec.cwd.to_string_lossy()),
+            format!("enter the working directory {}", exec.cwd.to_string_lossy()),
             e,
         );
     }
     if let Err(e) = seccomp::install(&spec.seccomp) {
         return (format!("install the seccomp filter ({e})"), Errno::EPERM);
     }
-    let Some(argv0) = spec.argv.first() else {
-        return ("start an empty command".into(), Errno::EINVAL);
-    };
-    let e = exec_in_path(argv0, spec);
+    let argv0 = &exec.argv[0];
+    let e = exec_in_path(argv0, exec);
     (format!("run {}", argv0.to_string_lossy()), e)
 }
 
@@ -165,7 +240,7 @@ fn exec_workload(
 /// the one init inherited from the supervisor. Returns why it failed:
 /// `EACCES` if some candidate existed but could not be executed, else the
 /// last error (normally `ENOENT`).
-fn exec_in_path(argv0: &std::ffi::CStr, spec: &SandboxSpec) -> Errno {
+fn exec_in_path(argv0: &std::ffi::CStr, spec: &Exec) -> Errno {
     let name = argv0.to_bytes();
     if name.contains(&b'/') {
         return nix::unistd::execve(argv0, &spec.argv, &spec.env).unwrap_err();
