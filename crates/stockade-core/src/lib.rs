@@ -1,6 +1,7 @@
 //! A stockade sandbox as an object: prepare it from a policy, launch it,
 //! supervise it (limits, timeout, disk, signals), clean up, report.
 
+pub mod backend;
 pub mod disk;
 pub mod gc;
 pub mod prepare;

@@ -1,0 +1,136 @@
+//! Long-lived sandboxes, as the daemon sees them.
+//!
+//! `stockade run` supervises one sandbox in its own process. The daemon
+//! instead keeps many sandboxes that must outlive it (a restart or a
+//! `kill -9` of the daemon must not stop them), so each sandbox gets its
+//! own small supervisor process, the *shim*, and the daemon talks to shims
+//! through this trait. The trait is blocking (shims are reached over unix
+//! sockets with descriptor passing); async callers use `spawn_blocking`.
+//!
+//! [`Backend`] is implemented by the shim backend (`crate::shim`) and, in
+//! the server's unit tests, by an in-memory fake.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use stockade_policy::Policy;
+
+use crate::report::{Report, Usage, Violation};
+
+/// Why a backend call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The sandbox does not exist (or no longer runs).
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    /// The request itself is wrong (bad policy, empty command, bad path).
+    #[error("{0}")]
+    Invalid(String),
+    /// The sandbox's process could not be started: step and errno, as
+    /// `stockade run` reports them (exit status 126/127 semantics).
+    #[error("cannot {step}: {message}")]
+    Spawn {
+        step: String,
+        errno: i32,
+        message: String,
+    },
+    /// Anything else: the message says what failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A command to run in a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    /// Added to (and overriding) the sandbox's environment.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory inside the sandbox; the policy's when absent.
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// A process running (or finished) in a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Pid inside the sandbox.
+    pub pid: i32,
+    pub cmd: Vec<String>,
+    pub running: bool,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// Live state of a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxStatus {
+    pub id: String,
+    /// Host pid of the sandbox's init (for `/proc/PID/root` file access).
+    pub init_pid: i32,
+    /// Host uid and gid files written for the workload should belong to.
+    pub owner: (u32, u32),
+    pub usage: Usage,
+    pub violations: Vec<Violation>,
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// Something that happened in a sandbox, pushed to subscribers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SandboxEvent {
+    ExecStarted {
+        pid: i32,
+        cmd: Vec<String>,
+    },
+    ExecExited {
+        pid: i32,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Violation(Violation),
+    /// The sandbox reached its ttl or time limit and is being destroyed.
+    Expired,
+    /// The sandbox is gone; its final report.
+    Destroyed(Box<Report>),
+}
+
+/// One running sandbox, however it is supervised.
+pub trait SandboxHandle: Send + Sync {
+    fn id(&self) -> &str;
+    /// Starts a process with the given stdin, stdout and stderr; returns
+    /// its pid inside the sandbox at once.
+    fn exec(&self, req: &ExecRequest, stdio: [OwnedFd; 3]) -> Result<i32, BackendError>;
+    /// Waits until `pid` ends; returns (exit_code, signal).
+    fn wait(
+        &self,
+        pid: i32,
+        timeout: Option<Duration>,
+    ) -> Result<(Option<i32>, Option<i32>), BackendError>;
+    fn signal(&self, pid: i32, sig: i32) -> Result<(), BackendError>;
+    fn status(&self) -> Result<SandboxStatus, BackendError>;
+    /// Blocks until the next event; `None` once the sandbox is gone.
+    fn next_event(&self) -> Option<SandboxEvent>;
+    /// Kills everything and cleans up; returns the final report.
+    fn destroy(&self) -> Result<Report, BackendError>;
+}
+
+/// Creates sandboxes and finds them again after a daemon restart.
+pub trait Backend: Send + Sync {
+    /// Creates and starts a sandbox (no process runs until `exec`). `ttl`
+    /// caps its life; the policy's timeout caps it too.
+    fn create(
+        &self,
+        id: &str,
+        policy: &Policy,
+        ttl: Option<Duration>,
+    ) -> Result<Box<dyn SandboxHandle>, BackendError>;
+    /// Reattaches to a sandbox created earlier (by this or a previous
+    /// daemon). `NotRunning` if its supervisor is gone; then `leftover_report`
+    /// says what is known of its end.
+    fn attach(&self, id: &str) -> Result<Box<dyn SandboxHandle>, BackendError>;
+    /// The final report a dead sandbox left, if any; also removes its
+    /// leftovers (cgroup, directories).
+    fn reap(&self, id: &str) -> Option<Report>;
+}
