@@ -151,6 +151,8 @@ field() { # field FILE KEY -> value of "KEY": value (first match)
     sed -n "s/.*\"$2\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$1" | head -n 1
 }
 section() { echo; echo "=== $* ==="; }
+# A hung run must cost one check, not the rest of the scenario.
+stockade() { timeout 60 /usr/bin/stockade "$@"; }
 
 section doctor
 stockade doctor >/tmp/doctor.out 2>&1
