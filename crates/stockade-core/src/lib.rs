@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod disk;
 pub mod gc;
+pub mod monitor;
 pub mod prepare;
 pub mod report;
 pub mod run;

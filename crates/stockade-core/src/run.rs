@@ -9,20 +9,20 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits, Stats};
+use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits};
 use stockade_isolate::launch::{launch, Launched};
 use stockade_isolate::proto::{self, FromInit, ToInit};
 use stockade_isolate::sys::pidfd_send_signal;
 use stockade_policy::Policy;
 
-use crate::disk::DiskMeter;
+use crate::monitor::Monitor;
 use crate::prepare::{new_id, prepare};
-use crate::report::{Outcome, Report, Usage, Violation, ViolationKind};
+use crate::report::{Outcome, Report, Usage, ViolationKind};
 use crate::state::StateDir;
 use crate::tty::TtyRelay;
 use crate::RunError;
@@ -38,9 +38,6 @@ pub struct RunOptions {
     /// Print one `stockade: <kind>: <detail>` line per breach on stderr.
     pub print_violations: bool,
 }
-
-/// Shortest spacing of disk walks and process-count samples.
-const TICK: Duration = Duration::from_millis(200);
 
 /// Signals the supervisor takes over and forwards to the sandbox.
 const HANDLED: &[Signal] = &[
@@ -171,11 +168,18 @@ fn supervise(
         kill_init(cgroup, &launched);
     }
     let oom_fd = cgroup.oom_notifier().ok();
-    let deadline = started + limits.timeout.duration();
-    let mut meter = DiskMeter::new(prepared.metered.clone());
-    let mut next_disk = Instant::now() + TICK;
-    let mut pids_peak = 0u64;
-    let mut pids_reported = false;
+    let print = opts.print_violations;
+    let mut monitor = Monitor::new(
+        limits.clone(),
+        started,
+        started + limits.timeout.duration(),
+        prepared.metered.clone(),
+        Box::new(move |v, detail| {
+            if print {
+                eprintln!("stockade: {}: {detail}", v.kind.as_str());
+            }
+        }),
+    );
     let mut main_pid: Option<i32> = None;
     let mut ended: Option<FromInit> = None;
     let mut setup_error: Option<String> = None;
@@ -183,76 +187,14 @@ fn supervise(
     let mut relay: Option<TtyRelay> = None;
     let mut ctl_open = true;
     let mut interrupts = 0;
-    let mut killed_for: Option<ViolationKind> = None;
-
-    let mut violate = |report: &mut Report,
-                       kind: ViolationKind,
-                       limit: String,
-                       observed: String,
-                       detail: String| {
-        if report.violations.iter().any(|v| v.kind == kind) {
-            return;
-        }
-        if opts.print_violations {
-            eprintln!("stockade: {}: {detail}", kind.as_str());
-        }
-        report.violations.push(Violation {
-            kind,
-            limit,
-            observed,
-            at: started.elapsed().as_secs_f64(),
-        });
-    };
 
     loop {
-        let now = Instant::now();
-        if now >= deadline && killed_for.is_none() && ended.is_none() {
-            violate(
-                report,
-                ViolationKind::Timeout,
-                limits.timeout.to_string(),
-                format!("{:.1}s", started.elapsed().as_secs_f64()),
-                format!("killed after the time limit of {}", limits.timeout),
-            );
-            killed_for = Some(ViolationKind::Timeout);
+        // Once the command has ended the sandbox is going down anyway.
+        if ended.is_none() && monitor.tick(cgroup).is_some() {
             kill_init(cgroup, &launched);
         }
-        if now >= next_disk {
-            let stats = cgroup.stats();
-            pids_peak = pids_peak.max(stats.pids_current);
-            if stats.pids_limit_hits > 0 && !pids_reported {
-                pids_reported = true;
-                violate(
-                    report,
-                    ViolationKind::PidsLimit,
-                    limits.pids.to_string(),
-                    format!("{} forks refused", stats.pids_limit_hits),
-                    format!(
-                        "process limit of {} reached; new processes fail with EAGAIN",
-                        limits.pids
-                    ),
-                );
-            }
-            let used = meter.measure();
-            if used > limits.disk.bytes() && killed_for.is_none() {
-                violate(
-                    report,
-                    ViolationKind::DiskLimit,
-                    limits.disk.to_string(),
-                    used.to_string(),
-                    format!(
-                        "killed after writing {used} bytes, over the disk limit of {}",
-                        limits.disk
-                    ),
-                );
-                killed_for = Some(ViolationKind::DiskLimit);
-                kill_init(cgroup, &launched);
-            }
-            next_disk = Instant::now() + meter.next_interval(TICK);
-        }
-
-        let wake = deadline
-            .min(next_disk)
+        let wake = monitor
+            .next_wake()
             .saturating_duration_since(Instant::now());
         let timeout = PollTimeout::try_from(wake.as_millis().min(60_000) as i32 + 1)
             .unwrap_or(PollTimeout::MAX);
@@ -359,10 +301,7 @@ fn supervise(
             if let Some(f) = &oom_fd {
                 Cgroup::drain_notifier(f.as_fd());
             }
-            let stats = cgroup.stats();
-            if stats.oom_kills > 0 && killed_for.is_none() {
-                memory_violation(&mut violate, report, limits.memory.to_string(), &stats);
-                killed_for = Some(ViolationKind::MemoryLimit);
+            if monitor.check_oom(cgroup).is_some() {
                 kill_init(cgroup, &launched);
             }
         }
@@ -376,34 +315,9 @@ fn supervise(
         r.finish();
     }
 
-    let stats = cgroup.stats();
-    if stats.oom_kills > 0 && killed_for.is_none() {
-        memory_violation(&mut violate, report, limits.memory.to_string(), &stats);
-        killed_for = Some(ViolationKind::MemoryLimit);
-    }
-    if stats.pids_limit_hits > 0 && !pids_reported {
-        violate(
-            report,
-            ViolationKind::PidsLimit,
-            limits.pids.to_string(),
-            format!("{} forks refused", stats.pids_limit_hits),
-            format!(
-                "process limit of {} reached; new processes failed with EAGAIN",
-                limits.pids
-            ),
-        );
-    }
-    report.usage = Usage {
-        wall_seconds: 0.0,
-        cpu_seconds: stats.cpu_seconds,
-        peak_memory_bytes: stats.memory_peak,
-        disk_bytes: meter.measure(),
-        pids_peak: stats
-            .pids_peak
-            .unwrap_or(0)
-            .max(pids_peak)
-            .max(stats.pids_current),
-    };
+    monitor.check_oom(cgroup);
+    report.usage = monitor.usage(cgroup);
+    report.violations = std::mem::take(&mut monitor.violations);
 
     if let Some(m) = setup_error {
         return Err(RunError::Setup(m));
@@ -411,7 +325,7 @@ fn supervise(
     if let Some((step, errno)) = spawn_error {
         return Err(RunError::Spawn { step, errno });
     }
-    match (killed_for, ended) {
+    match (monitor.killed_for, ended) {
         (Some(kind), _) => {
             report.outcome = match kind {
                 ViolationKind::Timeout => Outcome::Timeout,
@@ -442,24 +356,6 @@ fn supervise(
 /// cgroup is emptied and removed again afterwards, as a second net.)
 fn kill_init(_cgroup: &Cgroup, l: &Launched) {
     let _ = pidfd_send_signal(&l.pidfd, libc::SIGKILL);
-}
-
-fn memory_violation(
-    violate: &mut impl FnMut(&mut Report, ViolationKind, String, String, String),
-    report: &mut Report,
-    limit: String,
-    stats: &Stats,
-) {
-    violate(
-        report,
-        ViolationKind::MemoryLimit,
-        limit.clone(),
-        format!(
-            "{} bytes peak, {} OOM kill(s)",
-            stats.memory_peak, stats.oom_kills
-        ),
-        format!("killed after exceeding the memory limit of {limit}"),
-    );
 }
 
 struct RestoreMask(Option<SigSet>);

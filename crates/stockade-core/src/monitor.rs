@@ -1,0 +1,175 @@
+//! The limits watch shared by `stockade run` and the daemon's shims:
+//! deadline, process count, disk use and OOM kills, turned into
+//! violations. Hard breaches (time, memory, disk) tell the caller to kill
+//! the sandbox; soft ones (process limit) are only recorded.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use stockade_cgroup::{Cgroup, Stats};
+use stockade_policy::Limits;
+
+use crate::disk::DiskMeter;
+use crate::report::{Usage, Violation, ViolationKind};
+
+/// Shortest spacing of disk walks and process-count samples.
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// Watches one sandbox's limits.
+pub struct Monitor {
+    limits: Limits,
+    started: Instant,
+    deadline: Instant,
+    meter: DiskMeter,
+    next_sample: Instant,
+    pids_peak: u64,
+    /// Every breach so far, in order.
+    pub violations: Vec<Violation>,
+    /// The hard breach the sandbox was killed for, if any.
+    pub killed_for: Option<ViolationKind>,
+    on_violation: Box<dyn FnMut(&Violation, &str) + Send>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("violations", &self.violations)
+            .field("killed_for", &self.killed_for)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// `deadline` is the earlier of the policy's timeout and any ttl.
+    pub fn new(
+        limits: Limits,
+        started: Instant,
+        deadline: Instant,
+        metered: Vec<PathBuf>,
+        on_violation: Box<dyn FnMut(&Violation, &str) + Send>,
+    ) -> Monitor {
+        Monitor {
+            limits,
+            started,
+            deadline,
+            meter: DiskMeter::new(metered),
+            next_sample: Instant::now() + TICK,
+            pids_peak: 0,
+            violations: Vec::new(),
+            killed_for: None,
+            on_violation,
+        }
+    }
+
+    /// When the caller should call [`Monitor::tick`] next.
+    pub fn next_wake(&self) -> Instant {
+        self.deadline.min(self.next_sample)
+    }
+
+    /// Records a breach once per kind and passes it, with its one-line
+    /// description, to the callback.
+    fn breach(&mut self, kind: ViolationKind, limit: String, observed: String, detail: String) {
+        if self.violations.iter().any(|v| v.kind == kind) {
+            return;
+        }
+        let v = Violation {
+            kind,
+            limit,
+            observed,
+            at: self.started.elapsed().as_secs_f64(),
+        };
+        (self.on_violation)(&v, &detail);
+        self.violations.push(v);
+    }
+
+    /// Checks the deadline, and when due samples processes and disk.
+    /// Returns a hard breach the caller must act on by killing the sandbox
+    /// (once: later calls return `None`).
+    pub fn tick(&mut self, cgroup: &Cgroup) -> Option<ViolationKind> {
+        let now = Instant::now();
+        if self.killed_for.is_some() {
+            return None;
+        }
+        if now >= self.deadline {
+            let t = self.limits.timeout;
+            self.breach(
+                ViolationKind::Timeout,
+                t.to_string(),
+                format!("{:.1}s", self.started.elapsed().as_secs_f64()),
+                format!("killed after the time limit of {t}"),
+            );
+            self.killed_for = Some(ViolationKind::Timeout);
+            return self.killed_for;
+        }
+        if now < self.next_sample {
+            return None;
+        }
+        let stats = cgroup.stats();
+        self.note_pids(&stats);
+        let used = self.meter.measure();
+        self.next_sample = Instant::now() + self.meter.next_interval(TICK);
+        if used > self.limits.disk.bytes() {
+            let d = self.limits.disk;
+            self.breach(
+                ViolationKind::DiskLimit,
+                d.to_string(),
+                used.to_string(),
+                format!("killed after writing {used} bytes, over the disk limit of {d}"),
+            );
+            self.killed_for = Some(ViolationKind::DiskLimit);
+            return self.killed_for;
+        }
+        None
+    }
+
+    fn note_pids(&mut self, stats: &Stats) {
+        self.pids_peak = self.pids_peak.max(stats.pids_current);
+        if stats.pids_limit_hits > 0 {
+            let p = self.limits.pids;
+            self.breach(
+                ViolationKind::PidsLimit,
+                p.to_string(),
+                format!("{} forks refused", stats.pids_limit_hits),
+                format!("process limit of {p} reached; new processes fail with EAGAIN"),
+            );
+        }
+    }
+
+    /// Called when the cgroup's OOM notifier fires (and at the end): an
+    /// OOM kill is a hard breach. Returns it if the caller must kill.
+    pub fn check_oom(&mut self, cgroup: &Cgroup) -> Option<ViolationKind> {
+        let stats = cgroup.stats();
+        if stats.oom_kills == 0 || self.killed_for.is_some() {
+            return None;
+        }
+        let m = self.limits.memory;
+        self.breach(
+            ViolationKind::MemoryLimit,
+            m.to_string(),
+            format!(
+                "{} bytes peak, {} OOM kill(s)",
+                stats.memory_peak, stats.oom_kills
+            ),
+            format!("killed after exceeding the memory limit of {m}"),
+        );
+        self.killed_for = Some(ViolationKind::MemoryLimit);
+        self.killed_for
+    }
+
+    /// Usage so far (also the final figures once the sandbox is gone).
+    pub fn usage(&mut self, cgroup: &Cgroup) -> Usage {
+        let stats = cgroup.stats();
+        self.note_pids(&stats);
+        Usage {
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+            cpu_seconds: stats.cpu_seconds,
+            peak_memory_bytes: stats.memory_peak,
+            disk_bytes: self.meter.measure(),
+            pids_peak: stats
+                .pids_peak
+                .unwrap_or(0)
+                .max(self.pids_peak)
+                .max(stats.pids_current),
+        }
+    }
+}
