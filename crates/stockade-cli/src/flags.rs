@@ -26,6 +26,9 @@ pub enum Command {
     Gc(GcArgs),
     /// Check what this host supports and what stockade does without it.
     Doctor,
+    /// Internal: the per-sandbox supervisor the daemon starts.
+    #[command(hide = true)]
+    Shim,
 }
 
 #[derive(Debug, Args)]

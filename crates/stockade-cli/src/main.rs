@@ -86,5 +86,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Doctor => Ok(doctor::run()),
+        Command::Shim => Ok(stockade_core::shim::entry().clamp(0, 255) as u8),
     }
 }

@@ -8,6 +8,7 @@ pub mod monitor;
 pub mod prepare;
 pub mod report;
 pub mod run;
+pub mod shim;
 pub mod state;
 pub mod tty;
 

@@ -19,8 +19,57 @@ use crate::RunError;
 pub struct Prepared {
     pub spec: SandboxSpec,
     pub metered: Vec<PathBuf>,
-    /// The command to run, with the sandbox's environment.
-    pub request: SpawnRequest,
+    /// The environment every process in the sandbox starts with.
+    pub env: Vec<(String, String)>,
+    /// Default working directory.
+    pub cwd: String,
+    /// Host uid and gid of the sandbox's user (for files written in).
+    pub owner: (u32, u32),
+}
+
+impl Prepared {
+    /// The request that starts `command` with the sandbox's environment
+    /// plus `extra_env`, in `cwd` (the policy's when `None`).
+    pub fn request(
+        &self,
+        tag: u64,
+        command: &[String],
+        extra_env: &std::collections::BTreeMap<String, String>,
+        cwd: Option<&str>,
+        tty: bool,
+    ) -> Result<SpawnRequest, RunError> {
+        if command.is_empty() {
+            return Err(RunError::Invalid(
+                "no command given; put it after `--`".into(),
+            ));
+        }
+        let mut env = self.env.clone();
+        if tty {
+            let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+            env.push(("TERM".into(), term));
+        }
+        for (k, v) in extra_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let cwd = cwd.unwrap_or(&self.cwd);
+        if !cwd.starts_with('/') {
+            return Err(RunError::Invalid(format!(
+                "working directory must be an absolute path inside the sandbox, got {cwd:?}"
+            )));
+        }
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for part in command.iter().chain(&env).chain([&cwd.to_string()]) {
+            cstring("argument", part)?;
+        }
+        Ok(SpawnRequest {
+            tag,
+            argv: command.to_vec(),
+            env,
+            cwd: cwd.to_string(),
+            tty,
+        })
+    }
 }
 
 /// A fresh, random sandbox id: 12 lowercase hex digits.
@@ -44,14 +93,8 @@ fn cstring(what: &str, s: &str) -> Result<CString, RunError> {
     CString::new(s).map_err(|_| RunError::Invalid(format!("{what} contains a NUL byte: {s:?}")))
 }
 
-/// Builds the spec for running `command` under `policy` in `dir`.
-pub fn prepare(
-    policy: &Policy,
-    command: &[String],
-    tty: bool,
-    state: &StateDir,
-    dir: &SandboxDir,
-) -> Result<Prepared, RunError> {
+/// Builds the spec of a sandbox for `policy` in `dir`.
+pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Prepared, RunError> {
     let fs_policy = &policy.filesystem;
     let p = &policy.process;
     let mut metered = Vec::new();
@@ -149,30 +192,11 @@ pub fn prepare(
         ("HOSTNAME".into(), p.hostname.clone()),
         ("STOCKADE".into(), "1".into()),
     ];
-    if tty {
-        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-        env.push(("TERM".into(), term));
-    }
     for (k, v) in &p.env {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
-    if command.is_empty() {
-        return Err(RunError::Invalid(
-            "no command given; put it after `--`".into(),
-        ));
-    }
-    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    for part in command.iter().chain(&env).chain([&p.cwd]) {
-        cstring("argument", part)?;
-    }
-    let request = SpawnRequest {
-        tag: 1,
-        argv: command.to_vec(),
-        env,
-        cwd: p.cwd.clone(),
-        tty,
-    };
+    let owner = owner.unwrap_or((0, 0));
 
     let spec = SandboxSpec {
         id: dir
@@ -197,6 +221,8 @@ pub fn prepare(
     Ok(Prepared {
         spec,
         metered,
-        request,
+        env,
+        cwd: p.cwd.clone(),
+        owner,
     })
 }

@@ -19,6 +19,8 @@ pub enum Outcome {
     DiskLimit,
     /// Stockade could not start it; `error` says why.
     Error,
+    /// A long-lived sandbox was destroyed on request.
+    Destroyed,
 }
 
 /// Kinds of limit breach.
@@ -87,6 +89,7 @@ impl Report {
             Outcome::Timeout => 124,
             Outcome::MemoryLimit | Outcome::DiskLimit => 137,
             Outcome::Error => self.exit_code.unwrap_or(125),
+            Outcome::Destroyed => 0,
         }
     }
 }

@@ -114,7 +114,8 @@ fn run_inner(
         source: e,
     })?;
     let result = (|| {
-        let prepared = prepare(policy, &opts.command, opts.tty, &state, &dir)?;
+        let prepared = prepare(policy, &state, &dir)?;
+        let request = prepared.request(1, &opts.command, &Default::default(), None, opts.tty)?;
         let limits = CgLimits {
             cpus: Some(policy.limits.cpus.0),
             memory_bytes: Some(policy.limits.memory.bytes()),
@@ -123,7 +124,7 @@ fn run_inner(
         let cgroup = driver
             .create(id, &limits)
             .map_err(|e| RunError::Cgroup(e.to_string()))?;
-        let r = supervise(opts, &prepared, &cgroup, started, report);
+        let r = supervise(opts, &prepared, request, &cgroup, started, report);
         // Whatever happened, nothing may outlive the run.
         cgroup.kill_all();
         let _ = cgroup.destroy();
@@ -136,6 +137,7 @@ fn run_inner(
 fn supervise(
     opts: &RunOptions,
     prepared: &crate::prepare::Prepared,
+    request: stockade_isolate::proto::SpawnRequest,
     cgroup: &Cgroup,
     started: Instant,
     report: &mut Report,
@@ -158,12 +160,8 @@ fn supervise(
     .map_err(|e| RunError::Launch(e.to_string()))?;
     // The command goes right behind the go-ahead; init serves it once the
     // sandbox is built. Without a terminal it gets our own stdio.
-    let stdio: &[i32] = if prepared.request.tty {
-        &[]
-    } else {
-        &[0, 1, 2]
-    };
-    let spawn = ToInit::Spawn(prepared.request.clone());
+    let stdio: &[i32] = if request.tty { &[] } else { &[0, 1, 2] };
+    let spawn = ToInit::Spawn(request);
     if proto::send_msg(launched.ctl.as_fd(), &spawn, stdio).is_err() {
         kill_init(cgroup, &launched);
     }

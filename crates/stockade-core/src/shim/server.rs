@@ -1,0 +1,665 @@
+//! The shim: one small supervisor process per long-lived sandbox.
+//!
+//! The daemon starts it (`stockade shim`, policy on stdin); it detaches
+//! into its own session, creates the sandbox exactly as `stockade run`
+//! does, reports readiness on its stdout, and then serves the daemon's
+//! requests on a unix socket until the sandbox is destroyed, expires or
+//! breaks a hard limit. Because the shim, not the daemon, is the parent of
+//! the sandbox's init, a restart or `kill -9` of the daemon leaves the
+//! sandbox running; killing the shim kills the sandbox (parent-death
+//! signal), and the next daemon marks it dead.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits};
+use stockade_isolate::launch::{launch, Launched};
+use stockade_isolate::proto::{self as iproto, FromInit, ToInit};
+use stockade_isolate::sys::pidfd_send_signal;
+
+use super::proto::{report_path, socket_path, FailKind, ShimReply, ShimRequest, ShimStart};
+use crate::backend::{ProcessInfo, SandboxEvent, SandboxStatus};
+use crate::monitor::Monitor;
+use crate::prepare::{prepare, Prepared};
+use crate::report::{Outcome, Report, Violation, ViolationKind};
+use crate::state::StateDir;
+use crate::RunError;
+
+/// Finished processes remembered for `processes` listings.
+const KEEP_FINISHED: usize = 256;
+
+#[derive(Debug)]
+enum Client {
+    /// Sent `Exec`; waits for init's answer to spawn request `tag`.
+    AwaitSpawn {
+        tag: u64,
+    },
+    /// Waits for `pid` to end.
+    Waiting {
+        pid: i32,
+    },
+    Subscriber,
+    AwaitDestroy,
+}
+
+/// Runs a shim to the end. `ready` is where the readiness line goes.
+pub fn main(start: ShimStart, ready: std::fs::File) -> i32 {
+    let mut ready = Some(ready);
+    let started = Instant::now();
+    let fail = |ready: &mut Option<std::fs::File>, e: &dyn std::fmt::Display| {
+        if let Some(mut r) = ready.take() {
+            let _ = writeln!(r, "error {e}");
+        }
+        1
+    };
+    let state = match StateDir::open(&start.state_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(&mut ready, &e),
+    };
+    let driver = match Driver::detect() {
+        Ok(d) => d,
+        Err(e) => return fail(&mut ready, &RunError::Cgroup(e.to_string())),
+    };
+    let dir = match state.create_sandbox(&start.id) {
+        Ok(d) => d,
+        Err(e) => {
+            return fail(
+                &mut ready,
+                &format!("cannot create the sandbox directory: {e}"),
+            )
+        }
+    };
+    let code = (|| {
+        let prepared = match prepare(&start.policy, &state, &dir) {
+            Ok(p) => p,
+            Err(e) => return fail(&mut ready, &e),
+        };
+        let limits = CgLimits {
+            cpus: Some(start.policy.limits.cpus.0),
+            memory_bytes: Some(start.policy.limits.memory.bytes()),
+            pids: Some(start.policy.limits.pids),
+        };
+        let cgroup = match driver.create(&start.id, &limits) {
+            Ok(c) => c,
+            Err(e) => return fail(&mut ready, &RunError::Cgroup(e.to_string())),
+        };
+        // Cleanup runs inside `serve`, before the final answers go out, so
+        // a client told "destroyed" finds nothing left.
+        let code = serve(
+            &start,
+            &state,
+            &prepared,
+            &cgroup,
+            started,
+            &mut ready,
+            &mut || {
+                if let Some(cg) = driver.open_existing(&start.id) {
+                    let _ = cg.destroy();
+                }
+                let _ = crate::state::remove_tree(&dir.path);
+            },
+        );
+        // Idempotent: the cleanup above normally did this already.
+        cgroup.kill_all();
+        let _ = cgroup.destroy();
+        code
+    })();
+    let _ = dir.remove();
+    code
+}
+
+fn serve(
+    start: &ShimStart,
+    state: &StateDir,
+    prepared: &Prepared,
+    cgroup: &Cgroup,
+    started: Instant,
+    ready: &mut Option<std::fs::File>,
+    cleanup: &mut dyn FnMut(),
+) -> i32 {
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    let _ = mask.thread_block();
+    let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    else {
+        return 1;
+    };
+    // SAFETY: the shim is a freshly exec'd, single-threaded process.
+    let launched = match unsafe {
+        launch(&prepared.spec, |pid| {
+            cgroup.add_pid(pid).map_err(|e| e.to_string())
+        })
+    } {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(mut r) = ready.take() {
+                let _ = writeln!(r, "error {e}");
+            }
+            return 1;
+        }
+    };
+    // Creation is synchronous for the daemon: wait for init to finish
+    // building the sandbox (or to say why it could not).
+    match iproto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
+        Ok(Some((FromInit::Ready, _))) => {}
+        other => {
+            let why = match other {
+                Ok(Some((FromInit::SetupFailed { message }, _))) => {
+                    format!("cannot set up the sandbox: {message}")
+                }
+                _ => "the sandbox's init exited while starting".to_string(),
+            };
+            if let Some(mut r) = ready.take() {
+                let _ = writeln!(r, "error {why}");
+            }
+            kill_init(&launched);
+            return 1;
+        }
+    }
+    let sock = socket_path(&state.root, &start.id);
+    let _ = std::fs::remove_file(&sock);
+    let listener = match bind_seqpacket(&sock) {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(mut r) = ready.take() {
+                let _ = writeln!(r, "error cannot listen on {}: {e}", sock.display());
+            }
+            kill_init(&launched);
+            return 1;
+        }
+    };
+    if let Some(mut r) = ready.take() {
+        let _ = writeln!(r, "ready {}", launched.pid);
+    }
+
+    let mut deadline = started + start.policy.limits.timeout.duration();
+    if let Some(ttl) = start.ttl {
+        deadline = deadline.min(started + ttl);
+    }
+    let pending: Arc<Mutex<Vec<Violation>>> = Arc::default();
+    let sink = pending.clone();
+    let mut monitor = Monitor::new(
+        start.policy.limits.clone(),
+        started,
+        deadline,
+        prepared.metered.clone(),
+        Box::new(move |v, _| {
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(v.clone())
+        }),
+    );
+    let oom_fd = cgroup.oom_notifier().ok();
+    let mut shim = Shim {
+        clients: Vec::new(),
+        processes: HashMap::new(),
+        order: Vec::new(),
+        tags: HashMap::new(),
+        next_tag: 1,
+        ending: None,
+    };
+
+    loop {
+        if shim.ending.is_none() {
+            if let Some(kind) = monitor.tick(cgroup) {
+                shim.end(&launched, ending_for(kind));
+            }
+        }
+        for v in pending.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let expired = v.kind == ViolationKind::Timeout;
+            shim.broadcast(&SandboxEvent::Violation(v));
+            if expired {
+                shim.broadcast(&SandboxEvent::Expired);
+            }
+        }
+        let wake = monitor
+            .next_wake()
+            .saturating_duration_since(Instant::now());
+        let timeout = PollTimeout::try_from(wake.as_millis().min(60_000) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = vec![
+            PollFd::new(launched.pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(launched.ctl.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some(f) = &oom_fd {
+            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        }
+        let base = fds.len();
+        for (fd, _) in &shim.clients {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        if let Err(e) = poll(&mut fds, timeout) {
+            if e != nix::errno::Errno::EINTR {
+                return 1;
+            }
+        }
+        let ready_at = |i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        let init_done = ready_at(0);
+        let ctl_ready = ready_at(1);
+        let sig_ready = ready_at(2);
+        let accept_ready = ready_at(3);
+        let oom_ready = oom_fd.is_some() && ready_at(4);
+        let client_ready: Vec<usize> = (0..shim.clients.len())
+            .filter(|i| ready_at(base + i))
+            .collect();
+        drop(fds);
+
+        if ctl_ready || init_done {
+            shim.drain_init(&launched);
+        }
+        if sig_ready {
+            while let Ok(Some(_)) = sigfd.read_signal() {}
+            shim.end(&launched, Outcome::Destroyed);
+        }
+        if oom_ready {
+            if let Some(f) = &oom_fd {
+                Cgroup::drain_notifier(f.as_fd());
+            }
+            if shim.ending.is_none() && monitor.check_oom(cgroup).is_some() {
+                shim.end(&launched, Outcome::MemoryLimit);
+            }
+        }
+        // Requests from clients that were already connected; new ones
+        // are accepted after, so indices stay valid.
+        for i in client_ready.into_iter().rev() {
+            shim.serve_client(i, &launched, prepared, cgroup, &mut monitor);
+        }
+        if accept_ready {
+            if let Ok(fd) =
+                nix::sys::socket::accept4(&listener, nix::sys::socket::SockFlag::SOCK_CLOEXEC)
+            {
+                shim.clients.push((fd, None));
+            }
+        }
+        if init_done {
+            break;
+        }
+    }
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+    monitor.check_oom(cgroup);
+    let outcome = match (shim.ending, monitor.killed_for) {
+        (_, Some(kind)) => ending_for(kind),
+        (Some(o), None) => o,
+        (None, None) => Outcome::Signaled,
+    };
+    let report = Report {
+        id: start.id.clone(),
+        outcome,
+        exit_code: None,
+        signal: (outcome != Outcome::Destroyed).then_some(libc::SIGKILL),
+        error: (outcome == Outcome::Signaled).then(|| "the sandbox's init died".to_string()),
+        violations: std::mem::take(&mut monitor.violations),
+        usage: monitor.usage(cgroup),
+        command: Vec::new(),
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+            - started.elapsed().as_secs_f64(),
+    };
+    // Left for a daemon that was down, then told to everyone listening.
+    let path = report_path(&state.root, &start.id);
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if let Ok(json) = serde_json::to_vec(&report) {
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+    cleanup();
+    // Whatever still ran died with the sandbox.
+    for pid in shim.waiting_pids() {
+        shim.reply_waiters(pid, None, Some(libc::SIGKILL));
+    }
+    shim.broadcast(&SandboxEvent::Destroyed(Box::new(report.clone())));
+    for (fd, c) in &shim.clients {
+        if matches!(c, Some(Client::AwaitDestroy)) {
+            reply(
+                fd,
+                &ShimReply::Destroyed {
+                    report: Box::new(report.clone()),
+                },
+            );
+        }
+    }
+    0
+}
+
+struct Shim {
+    clients: Vec<(OwnedFd, Option<Client>)>,
+    processes: HashMap<i32, ProcessInfo>,
+    /// Pids in start order, to forget the oldest finished ones.
+    order: Vec<i32>,
+    tags: HashMap<u64, Vec<String>>,
+    next_tag: u64,
+    ending: Option<Outcome>,
+}
+
+impl Shim {
+    fn end(&mut self, launched: &Launched, why: Outcome) {
+        if self.ending.is_none() {
+            self.ending = Some(why);
+        }
+        kill_init(launched);
+    }
+
+    fn broadcast(&mut self, ev: &SandboxEvent) {
+        let msg = ShimReply::Event { event: ev.clone() };
+        self.clients.retain(|(fd, c)| {
+            !matches!(c, Some(Client::Subscriber))
+                || iproto::send_msg(fd.as_fd(), &msg, &[]).is_ok()
+        });
+    }
+
+    fn waiting_pids(&self) -> Vec<i32> {
+        self.processes
+            .values()
+            .filter(|p| p.running)
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    fn reply_waiters(&mut self, pid: i32, exit_code: Option<i32>, signal: Option<i32>) {
+        let msg = ShimReply::Ended {
+            pid,
+            exit_code,
+            signal,
+        };
+        self.clients.retain(|(fd, c)| match c {
+            Some(Client::Waiting { pid: p }) if *p == pid => {
+                reply(fd, &msg);
+                false
+            }
+            _ => true,
+        });
+    }
+
+    fn drain_init(&mut self, launched: &Launched) {
+        loop {
+            let mut pfd = [PollFd::new(launched.ctl.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0) {
+                return;
+            }
+            let Ok(Some((msg, _))) = iproto::recv_msg::<FromInit>(launched.ctl.as_fd()) else {
+                return;
+            };
+            match msg {
+                FromInit::Spawned { tag, pid } => {
+                    let cmd = self.tags.remove(&tag).unwrap_or_default();
+                    self.processes.insert(
+                        pid,
+                        ProcessInfo {
+                            pid,
+                            cmd: cmd.clone(),
+                            running: true,
+                            exit_code: None,
+                            signal: None,
+                        },
+                    );
+                    self.order.push(pid);
+                    self.answer_spawn(tag, &ShimReply::Started { pid });
+                    self.broadcast(&SandboxEvent::ExecStarted { pid, cmd });
+                }
+                FromInit::SpawnFailed { tag, step, errno } => {
+                    self.tags.remove(&tag);
+                    let message = nix::errno::Errno::from_raw(errno).desc().to_string();
+                    self.answer_spawn(
+                        tag,
+                        &ShimReply::Failed {
+                            kind: FailKind::Spawn,
+                            message,
+                            step: Some(step),
+                            errno: Some(errno),
+                        },
+                    );
+                }
+                FromInit::Exited { pid, code } => self.finished(pid, Some(code), None),
+                FromInit::Signaled { pid, sig } => self.finished(pid, None, Some(sig)),
+                FromInit::Ready | FromInit::SetupFailed { .. } => {}
+            }
+        }
+    }
+
+    fn answer_spawn(&mut self, tag: u64, msg: &ShimReply) {
+        self.clients.retain(|(fd, c)| match c {
+            Some(Client::AwaitSpawn { tag: t }) if *t == tag => {
+                reply(fd, msg);
+                false
+            }
+            _ => true,
+        });
+    }
+
+    fn finished(&mut self, pid: i32, exit_code: Option<i32>, signal: Option<i32>) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.running = false;
+            p.exit_code = exit_code;
+            p.signal = signal;
+        }
+        self.reply_waiters(pid, exit_code, signal);
+        self.broadcast(&SandboxEvent::ExecExited {
+            pid,
+            exit_code,
+            signal,
+        });
+        // Forget the oldest finished processes beyond the cap.
+        let finished = self.processes.values().filter(|p| !p.running).count();
+        if finished > KEEP_FINISHED {
+            if let Some(pos) = self
+                .order
+                .iter()
+                .position(|p| self.processes.get(p).is_some_and(|i| !i.running))
+            {
+                let old = self.order.remove(pos);
+                self.processes.remove(&old);
+            }
+        }
+    }
+
+    fn serve_client(
+        &mut self,
+        i: usize,
+        launched: &Launched,
+        prepared: &Prepared,
+        cgroup: &Cgroup,
+        monitor: &mut Monitor,
+    ) {
+        if self.clients[i].1.is_some() {
+            // Only subscribers, waiters and the like remain; readable now
+            // means they hung up.
+            self.clients.remove(i);
+            return;
+        }
+        let req = iproto::recv_msg::<ShimRequest>(self.clients[i].0.as_fd());
+        let (msg, fds) = match req {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                self.clients.remove(i);
+                return;
+            }
+            Err(e) => {
+                reply(
+                    &self.clients[i].0,
+                    &failed(FailKind::Invalid, e.to_string()),
+                );
+                self.clients.remove(i);
+                return;
+            }
+        };
+        let fd = &self.clients[i].0;
+        let next = match msg {
+            ShimRequest::Exec { req } => {
+                if self.ending.is_some() {
+                    reply(
+                        fd,
+                        &failed(FailKind::NotFound, "the sandbox is shutting down".into()),
+                    );
+                    None
+                } else {
+                    let tag = self.next_tag;
+                    self.next_tag += 1;
+                    match prepared.request(tag, &req.cmd, &req.env, req.cwd.as_deref(), false) {
+                        Err(e) => {
+                            reply(fd, &failed(FailKind::Invalid, e.to_string()));
+                            None
+                        }
+                        Ok(_) if fds.len() != 3 => {
+                            reply(
+                                fd,
+                                &failed(
+                                    FailKind::Invalid,
+                                    "exec needs stdin, stdout and stderr descriptors".into(),
+                                ),
+                            );
+                            None
+                        }
+                        Ok(spawn) => {
+                            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                            if iproto::send_msg(launched.ctl.as_fd(), &ToInit::Spawn(spawn), &raw)
+                                .is_err()
+                            {
+                                reply(
+                                    fd,
+                                    &failed(
+                                        FailKind::Internal,
+                                        "the sandbox's init is gone".into(),
+                                    ),
+                                );
+                                None
+                            } else {
+                                self.tags.insert(tag, req.cmd.clone());
+                                Some(Client::AwaitSpawn { tag })
+                            }
+                        }
+                    }
+                }
+            }
+            ShimRequest::Wait { pid } => match self.processes.get(&pid) {
+                None => {
+                    reply(
+                        fd,
+                        &failed(
+                            FailKind::NotFound,
+                            format!("no process {pid} was started in this sandbox"),
+                        ),
+                    );
+                    None
+                }
+                Some(p) if !p.running => {
+                    reply(
+                        fd,
+                        &ShimReply::Ended {
+                            pid,
+                            exit_code: p.exit_code,
+                            signal: p.signal,
+                        },
+                    );
+                    None
+                }
+                Some(_) => Some(Client::Waiting { pid }),
+            },
+            ShimRequest::Signal { pid, sig } => {
+                if self.processes.get(&pid).is_some_and(|p| p.running) {
+                    let _ =
+                        iproto::send_msg(launched.ctl.as_fd(), &ToInit::Signal { pid, sig }, &[]);
+                    reply(fd, &ShimReply::Done);
+                } else {
+                    reply(
+                        fd,
+                        &failed(
+                            FailKind::NotFound,
+                            format!("no running process {pid} in this sandbox"),
+                        ),
+                    );
+                }
+                None
+            }
+            ShimRequest::Status => {
+                let mut processes: Vec<ProcessInfo> = self.processes.values().cloned().collect();
+                processes.sort_by_key(|p| p.pid);
+                let status = SandboxStatus {
+                    id: prepared.spec.id.clone(),
+                    init_pid: launched.pid,
+                    owner: prepared.owner,
+                    usage: monitor.usage(cgroup),
+                    violations: monitor.violations.clone(),
+                    processes,
+                };
+                reply(fd, &ShimReply::Status { status });
+                None
+            }
+            ShimRequest::Subscribe => Some(Client::Subscriber),
+            ShimRequest::Destroy => {
+                self.end(launched, Outcome::Destroyed);
+                Some(Client::AwaitDestroy)
+            }
+        };
+        match next {
+            Some(c) => self.clients[i].1 = Some(c),
+            None => {
+                self.clients.remove(i);
+            }
+        }
+    }
+}
+
+fn failed(kind: FailKind, message: String) -> ShimReply {
+    ShimReply::Failed {
+        kind,
+        message,
+        step: None,
+        errno: None,
+    }
+}
+
+fn reply(fd: &OwnedFd, msg: &ShimReply) {
+    let _ = iproto::send_msg(fd.as_fd(), msg, &[]);
+}
+
+fn ending_for(kind: ViolationKind) -> Outcome {
+    match kind {
+        ViolationKind::Timeout => Outcome::Timeout,
+        ViolationKind::DiskLimit => Outcome::DiskLimit,
+        ViolationKind::MemoryLimit => Outcome::MemoryLimit,
+        ViolationKind::PidsLimit => Outcome::Signaled,
+    }
+}
+
+fn kill_init(l: &Launched) {
+    let _ = pidfd_send_signal(&l.pidfd, libc::SIGKILL);
+}
+
+/// A listening `SOCK_SEQPACKET` unix socket at `path`, mode 0600.
+fn bind_seqpacket(path: &std::path::Path) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    listen(&fd, Backlog::new(64)?)?;
+    Ok(fd)
+}
