@@ -15,6 +15,9 @@ use crate::report::{Usage, Violation, ViolationKind};
 /// Shortest spacing of disk walks and process-count samples.
 pub const TICK: Duration = Duration::from_millis(200);
 
+/// Receives each breach with its one-line description.
+pub type ViolationSink = Box<dyn FnMut(&Violation, &str) + Send>;
+
 /// Watches one sandbox's limits.
 pub struct Monitor {
     limits: Limits,
@@ -27,7 +30,7 @@ pub struct Monitor {
     pub violations: Vec<Violation>,
     /// The hard breach the sandbox was killed for, if any.
     pub killed_for: Option<ViolationKind>,
-    on_violation: Box<dyn FnMut(&Violation, &str) + Send>,
+    on_violation: ViolationSink,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -46,7 +49,7 @@ impl Monitor {
         started: Instant,
         deadline: Instant,
         metered: Vec<PathBuf>,
-        on_violation: Box<dyn FnMut(&Violation, &str) + Send>,
+        on_violation: ViolationSink,
     ) -> Monitor {
         Monitor {
             limits,
