@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a command in a new sandbox and exit with its status.
     Run(Box<RunArgs>),
+    /// Clone a repository into a sandbox, run an agent on it, and collect its changes.
+    Task(Box<TaskArgs>),
     /// Remove what dead supervisors left behind (also done before every run).
     Gc(GcArgs),
     /// Check what this host supports and what stockade does without it.
@@ -38,8 +40,9 @@ pub struct GcArgs {
     pub state_dir: PathBuf,
 }
 
+/// Flags that set the sandbox's policy; shared by `run` and `task`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct PolicyArgs {
     /// Policy file (TOML); flags override its settings.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -76,9 +79,6 @@ pub struct RunArgs {
     /// Run as root inside the sandbox (still unprivileged on the host).
     #[arg(long)]
     pub root: bool,
-    /// Allocate a terminal for interactive use.
-    #[arg(short = 't', long)]
-    pub tty: bool,
     /// Set an environment variable inside the sandbox.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub env: Vec<String>,
@@ -91,15 +91,84 @@ pub struct RunArgs {
     /// Network mode; only `none` (loopback only) exists so far.
     #[arg(long, value_name = "MODE", value_parser = parse_net)]
     pub net: Option<NetMode>,
-    /// Write a JSON report of the run to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub report: Option<PathBuf>,
     /// Stockade's state directory.
     #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
     pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Allocate a terminal for interactive use.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Write a JSON report of the run to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// The repository: a local path (remote URLs need network egress).
+    #[arg(long, value_name = "URL_OR_PATH")]
+    pub repo: String,
+    /// Branch, tag or commit to check out.
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// The task text, given to the agent as $STOCKADE_TASK and in the file $STOCKADE_TASK_FILE.
+    #[arg(long, conflicts_with = "task_file")]
+    pub task: Option<String>,
+    /// Read the task text from a file.
+    #[arg(long, value_name = "FILE")]
+    pub task_file: Option<PathBuf>,
+    /// Also copy out files matching GLOB (relative to the repository).
+    #[arg(long, value_name = "GLOB")]
+    pub collect: Vec<String>,
+    /// Where to put changes.patch, stdout.log, stderr.log, report.json (default ./stockade-task-<id>/).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// The agent command and its arguments.
+    #[arg(last = true, required = true, value_name = "AGENT_CMD")]
+    pub agent: Vec<String>,
+}
+
+impl TaskArgs {
+    pub fn into_options(self) -> anyhow::Result<stockade_core::task::TaskOptions> {
+        let task = match (&self.task, &self.task_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the task file {}", f.display()))?,
+            ),
+            (None, None) => None,
+        };
+        let state_dir = self.policy.state_dir.clone();
+        let policy = self.policy.into_policy()?;
+        let out = match self.out {
+            Some(o) => o,
+            None => PathBuf::from(format!(
+                "stockade-task-{}",
+                stockade_core::prepare::new_id()
+            )),
+        };
+        Ok(stockade_core::task::TaskOptions {
+            repo: self.repo,
+            git_ref: self.git_ref,
+            policy,
+            agent: self.agent,
+            task,
+            collect: self.collect,
+            out,
+            state_dir,
+            live: true,
+        })
+    }
 }
 
 fn parse_net(s: &str) -> Result<NetMode, String> {
@@ -113,9 +182,20 @@ fn parse_net(s: &str) -> Result<NetMode, String> {
 }
 
 impl RunArgs {
-    /// The policy file (or the defaults) with every given flag applied,
-    /// validated; plus where to write the report.
+    /// Run options; plus where to write the report.
     pub fn into_options(self) -> anyhow::Result<(RunOptions, Option<PathBuf>)> {
+        let state_dir = self.policy.state_dir.clone();
+        let policy = self.policy.into_policy()?;
+        let mut opts = RunOptions::new(policy, self.command, state_dir);
+        opts.tty = self.tty;
+        Ok((opts, self.report))
+    }
+}
+
+impl PolicyArgs {
+    /// The policy file (or the defaults) with every given flag applied,
+    /// validated.
+    pub fn into_policy(self) -> anyhow::Result<Policy> {
         let mut p = match &self.policy {
             Some(path) => Policy::load(path)?,
             None => Policy::default(),
@@ -166,15 +246,6 @@ impl RunArgs {
             p.network.mode = n;
         }
         p.validate()?;
-        Ok((
-            RunOptions {
-                policy: p,
-                command: self.command,
-                tty: self.tty,
-                state_dir: self.state_dir,
-                print_violations: true,
-            },
-            self.report,
-        ))
+        Ok(p)
     }
 }

@@ -66,6 +66,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(report.exit_status().clamp(0, 255) as u8)
         }
+        Command::Task(args) => {
+            let opts = args.into_options()?;
+            let report = stockade_core::task::run_task(&opts)?;
+            if report.run.outcome == stockade_core::Outcome::Error {
+                if let Some(err) = &report.run.error {
+                    eprintln!("stockade: {err}");
+                }
+            }
+            Ok(report.run.exit_status().clamp(0, 255) as u8)
+        }
         Command::Gc(args) => {
             let state = stockade_core::state::StateDir::open(&args.state_dir)?;
             let driver = stockade_cgroup::Driver::detect().ok();

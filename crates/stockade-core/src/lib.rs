@@ -10,6 +10,7 @@ pub mod report;
 pub mod run;
 pub mod shim;
 pub mod state;
+pub mod task;
 pub mod tty;
 
 pub use report::{Outcome, Report, Usage, Violation, ViolationKind};

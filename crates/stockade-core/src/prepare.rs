@@ -191,6 +191,10 @@ pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Pr
         ("LANG".into(), "C.UTF-8".into()),
         ("HOSTNAME".into(), p.hostname.clone()),
         ("STOCKADE".into(), "1".into()),
+        // Whichever git the host has (/usr or /usr/local), it reads the
+        // sandbox's /etc/gitconfig, which trusts repositories owned by
+        // other users (a bound workspace shows up as `nobody`'s).
+        ("GIT_CONFIG_SYSTEM".into(), "/etc/gitconfig".into()),
     ];
     for (k, v) in &p.env {
         env.retain(|(ek, _)| ek != k);

@@ -37,6 +37,28 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Print one `stockade: <kind>: <detail>` line per breach on stderr.
     pub print_violations: bool,
+    /// The command's stdin, stdout and stderr; ours when `None`. The
+    /// caller keeps them open for the duration of the run.
+    pub stdio: Option<[std::os::fd::RawFd; 3]>,
+    /// Host directories counted against the disk limit besides the
+    /// sandbox's own scratch space (e.g. a bound workspace that is
+    /// scratch to the caller).
+    pub extra_metered: Vec<PathBuf>,
+}
+
+impl RunOptions {
+    /// Options for running `command` under `policy` with our own stdio.
+    pub fn new(policy: Policy, command: Vec<String>, state_dir: PathBuf) -> RunOptions {
+        RunOptions {
+            policy,
+            command,
+            tty: false,
+            state_dir,
+            print_violations: true,
+            stdio: None,
+            extra_metered: Vec::new(),
+        }
+    }
 }
 
 /// Signals the supervisor takes over and forwards to the sandbox.
@@ -160,18 +182,21 @@ fn supervise(
     .map_err(|e| RunError::Launch(e.to_string()))?;
     // The command goes right behind the go-ahead; init serves it once the
     // sandbox is built. Without a terminal it gets our own stdio.
-    let stdio: &[i32] = if request.tty { &[] } else { &[0, 1, 2] };
+    let own = opts.stdio.unwrap_or([0, 1, 2]);
+    let stdio: &[i32] = if request.tty { &[] } else { &own };
     let spawn = ToInit::Spawn(request);
     if proto::send_msg(launched.ctl.as_fd(), &spawn, stdio).is_err() {
         kill_init(cgroup, &launched);
     }
     let oom_fd = cgroup.oom_notifier().ok();
     let print = opts.print_violations;
+    let mut metered = prepared.metered.clone();
+    metered.extend(opts.extra_metered.iter().cloned());
     let mut monitor = Monitor::new(
         limits.clone(),
         started,
         started + limits.timeout.duration(),
-        prepared.metered.clone(),
+        metered,
         Box::new(move |v, detail| {
             if print {
                 eprintln!("stockade: {}: {detail}", v.kind.as_str());

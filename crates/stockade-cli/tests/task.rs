@@ -1,0 +1,275 @@
+//! `stockade task` end to end, on repositories the tests create.
+//! Needs root; CI runs these as root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "safe.directory=*",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// A repository with two text files and a binary one, on branch `main`
+/// plus a second branch `other`.
+fn make_repo() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    git(d.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(d.path().join("a.txt"), "hello\n").unwrap();
+    std::fs::write(d.path().join("b.txt"), "bye\n").unwrap();
+    std::fs::write(d.path().join("blob.bin"), [0u8, 1, 2, 255, 254]).unwrap();
+    git(d.path(), &["add", "."]);
+    git(d.path(), &["commit", "-qm", "init"]);
+    git(d.path(), &["branch", "other"]);
+    d
+}
+
+fn task(
+    env: &Env,
+    repo: &Path,
+    out: &Path,
+    extra: &[&str],
+    agent: &str,
+) -> (std::process::Output, serde_json::Value) {
+    let mut args = vec![
+        "task",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["--", "sh", "-c", agent]);
+    let o = env.cmd().args(&args).output().unwrap();
+    let report = std::fs::read_to_string(out.join("report.json"))
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    (o, report)
+}
+
+/// Applies `patch` to a fresh clone of `repo` at `base`; returns the clone.
+fn apply(repo: &Path, base: &str, patch: &Path) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    git(d.path(), &["clone", "-q", repo.to_str().unwrap(), "."]);
+    git(d.path(), &["checkout", "-q", base]);
+    git(d.path(), &["apply", "--binary", patch.to_str().unwrap()]);
+    d
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn patch_reproduces_the_agents_tree_including_its_commits() {
+    let env = Env::new();
+    let repo = make_repo();
+    let out = tempfile::tempdir().unwrap();
+    let agent = "echo \"task: $STOCKADE_TASK\"; cat \"$STOCKADE_TASK_FILE\" >/dev/null; \
+                 echo changed >> a.txt; git rm -q b.txt; printf 'new\\n' > c.txt; git add c.txt; \
+                 git commit -qm 'agent commit'; mkdir -p sub; printf 'deep\\n' > sub/d.txt; \
+                 printf '\\001\\002\\003' > blob.bin; echo to-stderr >&2";
+    let (o, report) = task(&env, repo.path(), out.path(), &["--task", "fix it"], agent);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stockade: task: clone"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(report["outcome"], "exited");
+    assert_eq!(report["files_changed"], 5, "{report}");
+    let base = report["base_commit"].as_str().unwrap();
+    assert_eq!(base, git(repo.path(), &["rev-parse", "main"]).trim());
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("stdout.log")).unwrap(),
+        "task: fix it\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("stderr.log")).unwrap(),
+        "to-stderr\n"
+    );
+    let names: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["clone", "run", "collect"]);
+
+    let tree = apply(repo.path(), base, &out.path().join("changes.patch"));
+    let t = tree.path();
+    assert_eq!(
+        std::fs::read_to_string(t.join("a.txt")).unwrap(),
+        "hello\nchanged\n"
+    );
+    assert!(!t.join("b.txt").exists());
+    assert_eq!(std::fs::read_to_string(t.join("c.txt")).unwrap(), "new\n");
+    assert_eq!(
+        std::fs::read_to_string(t.join("sub/d.txt")).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(std::fs::read(t.join("blob.bin")).unwrap(), [1u8, 2, 3]);
+    // Nothing of the task is left in the state directory.
+    assert_eq!(
+        std::fs::read_dir(env.state.path().join("tasks"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn ref_is_checked_out_and_a_missing_ref_is_a_clear_error() {
+    let env = Env::new();
+    let repo = make_repo();
+    let main_head = git(repo.path(), &["rev-parse", "main"]);
+    std::fs::write(repo.path().join("a.txt"), "on main later\n").unwrap();
+    git(repo.path(), &["commit", "-qam", "later"]);
+    let out = tempfile::tempdir().unwrap();
+    let (o, report) = task(
+        &env,
+        repo.path(),
+        out.path(),
+        &["--ref", "other"],
+        "cat a.txt",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(report["base_commit"].as_str().unwrap(), main_head.trim());
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("stdout.log")).unwrap(),
+        "hello\n"
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    let (o, report) = task(
+        &env,
+        repo.path(),
+        out.path(),
+        &["--ref", "no-such-ref"],
+        "true",
+    );
+    assert_eq!(code(&o), 125);
+    assert_eq!(report["outcome"], "error");
+    assert!(
+        report["error"].as_str().unwrap().contains("no-such-ref"),
+        "{report}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn missing_repository_is_refused_with_one_line() {
+    let env = Env::new();
+    let out = tempfile::tempdir().unwrap();
+    let (o, _) = task(&env, Path::new("/no/such/repo"), out.path(), &[], "true");
+    assert_eq!(code(&o), 125);
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    let (o, _) = task(&env, Path::new("/usr"), out.path(), &[], "true");
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("not a git repository"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn timed_out_agent_still_yields_its_partial_patch() {
+    let env = Env::new();
+    let repo = make_repo();
+    let out = tempfile::tempdir().unwrap();
+    let (o, report) = task(
+        &env,
+        repo.path(),
+        out.path(),
+        &["--timeout", "1s"],
+        "echo partial >> a.txt; sleep 30",
+    );
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    assert_eq!(report["outcome"], "timeout");
+    let patch = std::fs::read_to_string(out.path().join("changes.patch")).unwrap();
+    assert!(patch.contains("+partial"), "{patch}");
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn agent_killed_for_memory_or_failing_still_yields_its_patch() {
+    let env = Env::new();
+    let repo = make_repo();
+    let out = tempfile::tempdir().unwrap();
+    let agent = "echo before-oom >> a.txt; /usr/bin/python3 -c 'x = [bytearray(1 << 20) for _ in range(1024)]'";
+    let (o, report) = task(&env, repo.path(), out.path(), &["--memory", "64M"], agent);
+    assert_eq!(code(&o), 137, "{}", stderr(&o));
+    assert_eq!(report["outcome"], "memory-limit");
+    assert!(std::fs::read_to_string(out.path().join("changes.patch"))
+        .unwrap()
+        .contains("+before-oom"));
+
+    let out = tempfile::tempdir().unwrap();
+    let (o, report) = task(
+        &env,
+        repo.path(),
+        out.path(),
+        &[],
+        "echo x > new.txt; exit 3",
+    );
+    assert_eq!(code(&o), 3);
+    assert_eq!(report["exit_code"], 3);
+    assert_eq!(report["files_changed"], 1);
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn hostile_repository_and_agent_cannot_touch_the_host() {
+    let env = Env::new();
+    let repo = make_repo();
+    let pwned: PathBuf = format!("/tmp/stockade-pwned-{}", rand_suffix()).into();
+    // A hook in the source repository, and one the repository tries to
+    // install through tracked files and config.
+    let hook = format!("#!/bin/sh\ntouch {}\n", pwned.display());
+    for h in [".git/hooks/post-checkout", "hooks/post-checkout"] {
+        let p = repo.path().join(h);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &hook).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    git(repo.path(), &["add", "hooks"]);
+    git(repo.path(), &["commit", "-qm", "hooks"]);
+    git(repo.path(), &["config", "core.hooksPath", "hooks"]);
+    let out = tempfile::tempdir().unwrap();
+    // The agent, too, tries: hooks in its clone (run by its own git, in
+    // the sandbox) and a direct write to the host path.
+    let agent = format!(
+        "git config core.hooksPath hooks; git checkout -q -b x; touch {p}; ls {p} && echo INSIDE-ONLY",
+        p = pwned.display()
+    );
+    let (o, report) = task(
+        &env,
+        repo.path(),
+        out.path(),
+        &["--collect", "hooks/*"],
+        &agent,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!pwned.exists(), "the host was touched");
+    // The collector ran git on the agent's .git, with its hooksPath set,
+    // inside a sandbox: still nothing on the host.
+    assert_eq!(report["artifacts"][0], "hooks/post-checkout");
+    assert!(out.path().join("artifacts/hooks/post-checkout").exists());
+}

@@ -1,0 +1,560 @@
+//! `stockade task`: clone a repository into a sandbox, run an agent on it,
+//! and hand back what it changed, what it printed and what it cost.
+//!
+//! Every step that touches the repository runs inside a sandbox — the
+//! clone, the agent, and the collection of the patch — because a hostile
+//! repository or agent controls `.git` (hooks, `core.fsmonitor`, filters),
+//! and running the host's git on it would run its commands on the host.
+//! The three sandboxes share one host directory as `/workspace`, so the
+//! patch can be collected even when the agent's sandbox was killed (time,
+//! memory, disk).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use stockade_isolate::idmap::{AGENT_ID, HOST_ID_BASE};
+use stockade_policy::{BindMount, Policy, Span};
+
+use crate::report::{Outcome, Report};
+use crate::run::{run, RunOptions};
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    /// A local path to a git repository (remote URLs need network egress).
+    pub repo: String,
+    pub git_ref: Option<String>,
+    /// The agent's sandbox policy (limits, timeout, environment).
+    pub policy: Policy,
+    pub agent: Vec<String>,
+    pub task: Option<String>,
+    /// Globs (relative to the repository) of files to copy out.
+    pub collect: Vec<String>,
+    pub out: PathBuf,
+    pub state_dir: PathBuf,
+    /// Print a progress line per phase and stream the agent's output.
+    pub live: bool,
+}
+
+/// A phase and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: &'static str,
+    pub seconds: f64,
+    pub outcome: Outcome,
+}
+
+/// `report.json`: the agent's run report plus what the task adds.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    #[serde(flatten)]
+    pub run: Report,
+    pub repo: String,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub base_commit: Option<String>,
+    pub files_changed: usize,
+    pub lines_added: usize,
+    pub lines_removed: usize,
+    pub phases: Vec<Phase>,
+    pub artifacts: Vec<String>,
+}
+
+/// The task could not be set up at all (bad input on the host side).
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TaskError {
+    let what = what.into();
+    move |source| TaskError::Io { what, source }
+}
+
+const SOURCE: &str = "/mnt/source";
+const TASK_FILE: &str = "/mnt/task/TASK.md";
+/// Collection gets a generous but bounded time of its own.
+const COLLECT_TIMEOUT: u64 = 300;
+
+/// Runs the whole task; writes `changes.patch`, `stdout.log`,
+/// `stderr.log`, `report.json` and `artifacts/` into `opts.out`.
+pub fn run_task(opts: &TaskOptions) -> Result<TaskReport, TaskError> {
+    if opts.agent.is_empty() {
+        return Err(TaskError::Invalid(
+            "no agent command given; put it after `--`".into(),
+        ));
+    }
+    let source = local_repo(&opts.repo)?;
+    fs::create_dir_all(&opts.out).map_err(io(format!(
+        "create the output directory {}",
+        opts.out.display()
+    )))?;
+    let id = crate::prepare::new_id();
+    let scratch = opts.state_dir.join("tasks").join(&id);
+    let result = run_phases(opts, &source, &scratch);
+    let _ = crate::state::remove_tree(&scratch);
+    result
+}
+
+fn local_repo(repo: &str) -> Result<PathBuf, TaskError> {
+    if repo.contains("://") || (repo.contains('@') && repo.contains(':')) {
+        return Err(TaskError::Invalid(format!(
+            "{repo} is a remote repository; cloning it needs network egress (--net allowlist), \
+             which this build does not have yet — clone it on the host and pass the path"
+        )));
+    }
+    let path = Path::new(repo);
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| TaskError::Invalid(format!("repository {repo} cannot be used: {e}")))?;
+    if !canonical.join(".git").exists() && !canonical.join("HEAD").exists() {
+        return Err(TaskError::Invalid(format!(
+            "{repo} is not a git repository"
+        )));
+    }
+    Ok(canonical)
+}
+
+fn run_phases(opts: &TaskOptions, source: &Path, scratch: &Path) -> Result<TaskReport, TaskError> {
+    // The shared workspace belongs to the sandbox block's agent id, so
+    // every phase's agent can write it and no host user owns it.
+    let workspace = scratch.join("workspace");
+    fs::create_dir_all(&workspace).map_err(io("create the task workspace"))?;
+    let agent_host = HOST_ID_BASE + AGENT_ID;
+    std::os::unix::fs::chown(&workspace, Some(agent_host), Some(agent_host))
+        .map_err(io("chown the task workspace"))?;
+    let task_dir = scratch.join("task");
+    fs::create_dir_all(&task_dir).map_err(io("create the task directory"))?;
+    fs::write(task_dir.join("TASK.md"), opts.task.as_deref().unwrap_or(""))
+        .map_err(io("write the task file"))?;
+
+    let mut phases = Vec::new();
+    let progress = |msg: &str| {
+        if opts.live {
+            eprintln!("stockade: task: {msg}");
+        }
+    };
+
+    // 1. Clone inside a sandbox, from a read-only view of the source.
+    progress(&format!(
+        "clone {}{}",
+        opts.repo,
+        opts.git_ref
+            .as_ref()
+            .map(|r| format!(" at {r}"))
+            .unwrap_or_default()
+    ));
+    let mut clone_policy = helper_policy(&workspace, &opts.policy);
+    clone_policy.filesystem.ro_bind.push(BindMount {
+        src: source.to_path_buf(),
+        dst: SOURCE.into(),
+    });
+    clone_policy
+        .process
+        .env
+        .insert("REF".into(), opts.git_ref.clone().unwrap_or_default());
+    let script = format!(
+        "set -e; git clone -q --no-local {SOURCE} /workspace; cd /workspace; \
+         if [ -n \"$REF\" ]; then git checkout -q \"$REF\" --; fi; git rev-parse HEAD"
+    );
+    let t = Instant::now();
+    let (clone, out, err) = capture(opts, clone_policy, &["sh", "-c", &script], vec![])?;
+    phases.push(Phase {
+        name: "clone",
+        seconds: t.elapsed().as_secs_f64(),
+        outcome: clone.outcome,
+    });
+    let base = String::from_utf8_lossy(&out)
+        .trim()
+        .lines()
+        .last()
+        .map(str::to_string);
+    let mut report = TaskReport {
+        run: clone.clone(),
+        repo: opts.repo.clone(),
+        git_ref: opts.git_ref.clone(),
+        base_commit: None,
+        files_changed: 0,
+        lines_added: 0,
+        lines_removed: 0,
+        phases: Vec::new(),
+        artifacts: Vec::new(),
+    };
+    if clone.outcome != Outcome::Exited || clone.exit_code != Some(0) || base.is_none() {
+        let why = String::from_utf8_lossy(&err).trim().to_string();
+        report.run.outcome = Outcome::Error;
+        report.run.exit_code = Some(125);
+        report.run.error = Some(match &opts.git_ref {
+            Some(r)
+                if why.contains("pathspec")
+                    || why.contains("reference")
+                    || why.contains("did not match") =>
+            {
+                format!("ref {r} does not exist in {}: {why}", opts.repo)
+            }
+            _ => format!("cannot clone {}: {why}", opts.repo),
+        });
+        report.phases = phases;
+        write_outputs(opts, &report, &[], &[], &[])?;
+        return Ok(report);
+    }
+    report.base_commit = base.clone();
+
+    // 2. The agent, with its own policy, streaming to our terminal.
+    progress(&format!("run {}", opts.agent.join(" ")));
+    let mut agent_policy = opts.policy.clone();
+    agent_policy.filesystem.workspace = Some(workspace.clone());
+    agent_policy.process.cwd = "/workspace".into();
+    agent_policy.filesystem.ro_bind.push(BindMount {
+        src: task_dir.clone(),
+        dst: "/mnt/task".into(),
+    });
+    let env = &mut agent_policy.process.env;
+    env.insert(
+        "STOCKADE_TASK".into(),
+        opts.task.clone().unwrap_or_default(),
+    );
+    env.insert("STOCKADE_TASK_FILE".into(), TASK_FILE.into());
+    git_identity(env);
+    let t = Instant::now();
+    let (agent, out, err) = capture(
+        opts,
+        agent_policy,
+        &opts.agent.iter().map(String::as_str).collect::<Vec<_>>(),
+        vec![workspace.clone()],
+    )?;
+    phases.push(Phase {
+        name: "run",
+        seconds: t.elapsed().as_secs_f64(),
+        outcome: agent.outcome,
+    });
+    report.run = agent;
+
+    // 3. Collect the patch (and artifacts) in a fresh sandbox: the agent's
+    //    may be dead, and its .git is not to be trusted on the host.
+    progress("collect");
+    let t = Instant::now();
+    let mut collect_policy = helper_policy(&workspace, &opts.policy);
+    collect_policy
+        .process
+        .env
+        .insert("BASE".into(), base.unwrap_or_default());
+    let script = "set -e; cd /workspace; export GIT_INDEX_FILE=/tmp/stockade-index; \
+                  git read-tree \"$BASE\"; git add -A; git diff --cached --binary --no-color \"$BASE\"";
+    let (collect, patch, perr) =
+        capture(opts, collect_policy.clone(), &["sh", "-c", script], vec![])?;
+    phases.push(Phase {
+        name: "collect",
+        seconds: t.elapsed().as_secs_f64(),
+        outcome: collect.outcome,
+    });
+    if collect.exit_code != Some(0) {
+        let why = String::from_utf8_lossy(&perr).trim().to_string();
+        let msg = format!("cannot collect the changes (did the agent break .git?): {why}");
+        report.run.error = Some(match report.run.error.take() {
+            Some(e) => format!("{e}; {msg}"),
+            None => msg,
+        });
+    }
+    let (files, added, removed) = diff_stats(&patch);
+    report.files_changed = files;
+    report.lines_added = added;
+    report.lines_removed = removed;
+    report.artifacts = collect_artifacts(opts, &collect_policy)?;
+    report.phases = phases;
+    write_outputs(opts, &report, &patch, &out, &err)?;
+    progress(&format!(
+        "done: {} ({} files changed, +{} -{}), results in {}",
+        outcome_word(&report.run),
+        files,
+        added,
+        removed,
+        opts.out.display()
+    ));
+    Ok(report)
+}
+
+fn outcome_word(r: &Report) -> String {
+    match r.outcome {
+        Outcome::Exited => format!("agent exited with {}", r.exit_code.unwrap_or(0)),
+        o => serde_json::to_value(o)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+    }
+}
+
+/// Policy of the clone and collect sandboxes: the workspace, no network,
+/// the agent's limits but a short clock of their own.
+fn helper_policy(workspace: &Path, agent: &Policy) -> Policy {
+    let mut p = Policy::default();
+    p.limits = agent.limits.clone();
+    p.limits.timeout = Span::secs(COLLECT_TIMEOUT);
+    p.filesystem.workspace = Some(workspace.to_path_buf());
+    git_identity(&mut p.process.env);
+    p
+}
+
+fn git_identity(env: &mut std::collections::BTreeMap<String, String>) {
+    for (k, v) in [
+        ("GIT_AUTHOR_NAME", "stockade agent"),
+        ("GIT_AUTHOR_EMAIL", "agent@stockade.invalid"),
+        ("GIT_COMMITTER_NAME", "stockade agent"),
+        ("GIT_COMMITTER_EMAIL", "agent@stockade.invalid"),
+    ] {
+        env.entry(k.into()).or_insert_with(|| v.into());
+    }
+}
+
+/// Runs one phase with stdout and stderr captured (and, for the agent,
+/// copied live to ours).
+fn capture(
+    opts: &TaskOptions,
+    policy: Policy,
+    cmd: &[&str],
+    extra_metered: Vec<PathBuf>,
+) -> Result<(Report, Vec<u8>, Vec<u8>), TaskError> {
+    let live = opts.live && !extra_metered.is_empty();
+    let logs = tempfile_pair()?;
+    let null: OwnedFd = fs::File::open("/dev/null")
+        .map_err(io("open /dev/null"))?
+        .into();
+    let mut ro = RunOptions::new(
+        policy,
+        cmd.iter().map(|s| s.to_string()).collect(),
+        opts.state_dir.clone(),
+    );
+    ro.print_violations = opts.live;
+    ro.extra_metered = extra_metered;
+    let report = if live {
+        // Copiers are processes, not threads: `run` clones the sandbox's
+        // init and must be the only thread when it does.
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let tee_out = tee(out_r, logs.0.try_clone().map_err(io("dup a log"))?, 1)?;
+        let tee_err = tee(err_r, logs.1.try_clone().map_err(io("dup a log"))?, 2)?;
+        ro.stdio = Some([null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]);
+        let report = run(&ro);
+        drop((out_w, err_w));
+        let _ = nix::sys::wait::waitpid(tee_out, None);
+        let _ = nix::sys::wait::waitpid(tee_err, None);
+        report
+    } else {
+        ro.stdio = Some([null.as_raw_fd(), logs.0.as_raw_fd(), logs.1.as_raw_fd()]);
+        run(&ro)
+    };
+    let read = |mut f: &fs::File| -> Result<Vec<u8>, TaskError> {
+        use std::io::Seek;
+        let mut v = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0))
+            .map_err(io("rewind a log"))?;
+        f.read_to_end(&mut v).map_err(io("read a log"))?;
+        Ok(v)
+    };
+    Ok((report, read(&logs.0)?, read(&logs.1)?))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), TaskError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| TaskError::Io {
+        what: "create a pipe".into(),
+        source: e.into(),
+    })
+}
+
+/// Two anonymous files (already unlinked) for a phase's stdout and stderr.
+fn tempfile_pair() -> Result<(fs::File, fs::File), TaskError> {
+    let make = || {
+        let f = nix::fcntl::open(
+            "/tmp",
+            nix::fcntl::OFlag::O_TMPFILE | nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| TaskError::Io {
+            what: "create a log file".into(),
+            source: e.into(),
+        })?;
+        Ok::<_, TaskError>(fs::File::from(f))
+    };
+    Ok((make()?, make()?))
+}
+
+/// A child process copying `from` to `log` and to our descriptor `echo`.
+fn tee(from: OwnedFd, mut log: fs::File, echo: i32) -> Result<nix::unistd::Pid, TaskError> {
+    // SAFETY: the caller is single-threaded (the task runs its phases one
+    // after another on one thread), and the child only reads, writes and
+    // exits.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(TaskError::Io {
+            what: "fork an output copier".into(),
+            source: e.into(),
+        }),
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child),
+        Ok(nix::unistd::ForkResult::Child) => {
+            // Hold nothing but our pipe and log: a copy of another pipe's
+            // write end would keep that pipe from ever reaching its end.
+            stockade_isolate::sys::close_fds_from(3, &[from.as_raw_fd(), log.as_raw_fd()]);
+            let mut f = fs::File::from(from);
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let _ = log.write_all(&buf[..n]);
+                // SAFETY: plain write to a descriptor the process has.
+                let _ = unsafe { libc::write(echo, buf.as_ptr().cast(), n) };
+            }
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+    }
+}
+
+/// Files changed and lines added/removed, read from the patch text.
+pub fn diff_stats(patch: &[u8]) -> (usize, usize, usize) {
+    let (mut files, mut added, mut removed) = (0, 0, 0);
+    let mut in_binary = false;
+    for line in patch.split(|&b| b == b'\n') {
+        if line.starts_with(b"diff --git ") {
+            files += 1;
+            in_binary = false;
+        } else if line.starts_with(b"GIT binary patch") {
+            in_binary = true;
+        } else if in_binary || line.starts_with(b"+++") || line.starts_with(b"---") {
+        } else if line.starts_with(b"+") {
+            added += 1;
+        } else if line.starts_with(b"-") {
+            removed += 1;
+        }
+    }
+    (files, added, removed)
+}
+
+/// Copies files matching the `--collect` globs out of the workspace, one
+/// sandboxed `cat` each; names are checked to stay inside `artifacts/`.
+fn collect_artifacts(opts: &TaskOptions, policy: &Policy) -> Result<Vec<String>, TaskError> {
+    if opts.collect.is_empty() {
+        return Ok(Vec::new());
+    }
+    let globs = opts
+        .collect
+        .iter()
+        .map(|g| shell_quote_glob(g))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let list = format!(
+        "cd /workspace; for p in {globs}; do [ -f \"$p\" ] && printf '%s\\0' \"$p\"; done; true"
+    );
+    let (_, names, _) = capture(opts, policy.clone(), &["sh", "-c", &list], vec![])?;
+    let dir = opts.out.join("artifacts");
+    let mut got = Vec::new();
+    for name in names
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .take(1000)
+    {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let rel = Path::new(&name);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            continue;
+        }
+        let (r, bytes, _) = capture(
+            opts,
+            policy.clone(),
+            &["cat", "--", &format!("/workspace/{name}")],
+            vec![],
+        )?;
+        if r.exit_code != Some(0) {
+            continue;
+        }
+        let dst = dir.join(rel);
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).map_err(io("create the artifacts directory"))?;
+        }
+        fs::write(&dst, bytes).map_err(io(format!("write {}", dst.display())))?;
+        got.push(name);
+    }
+    Ok(got)
+}
+
+/// Quotes a glob for `sh` so only `*`, `?` and `[...]` stay special.
+fn shell_quote_glob(g: &str) -> String {
+    let mut out = String::new();
+    for c in g.chars() {
+        match c {
+            '*' | '?' | '[' | ']' | '/' | '.' | '-' | '_' => out.push(c),
+            c if c.is_ascii_alphanumeric() => out.push(c),
+            c => {
+                out.push('\\');
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn write_outputs(
+    opts: &TaskOptions,
+    report: &TaskReport,
+    patch: &[u8],
+    out: &[u8],
+    err: &[u8],
+) -> Result<(), TaskError> {
+    let w = |name: &str, data: &[u8]| {
+        fs::write(opts.out.join(name), data).map_err(io(format!("write {name}")))
+    };
+    w("changes.patch", patch)?;
+    w("stdout.log", out)?;
+    w("stderr.log", err)?;
+    let json = serde_json::to_vec_pretty(report).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    w("report.json", &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_stats_count_text_lines_and_files() {
+        let patch = b"diff --git a/a b/a\n--- a/a\n+++ b/a\n@@ -1 +1,2 @@\n-old\n+new\n+more\n\
+                      diff --git a/bin b/bin\nGIT binary patch\nliteral 3\nKcmZ?wbN~PV0RaF2\n";
+        assert_eq!(diff_stats(patch), (2, 2, 1));
+        assert_eq!(diff_stats(b""), (0, 0, 0));
+    }
+
+    #[test]
+    fn remote_urls_are_refused_until_egress_exists() {
+        for url in [
+            "https://example.invalid/r.git",
+            "git@example.invalid:r.git",
+            "git://127.0.0.1/r",
+        ] {
+            assert!(
+                matches!(local_repo(url), Err(TaskError::Invalid(_))),
+                "{url}"
+            );
+        }
+        assert!(local_repo("/no/such/repo").is_err());
+        assert!(local_repo("/usr").is_err());
+    }
+
+    #[test]
+    fn globs_keep_wildcards_and_quote_the_rest() {
+        assert_eq!(shell_quote_glob("out/*.txt"), "out/*.txt");
+        assert_eq!(shell_quote_glob("a b;rm -rf"), "a\\ b\\;rm\\ -rf");
+    }
+}
