@@ -210,6 +210,7 @@ fn supervise(
     let mut relay: Option<TtyRelay> = None;
     let mut ctl_open = true;
     let mut interrupts = 0;
+    let mut early_signals: Vec<i32> = Vec::new();
 
     loop {
         // Once the command has ended the sandbox is going down anyway.
@@ -266,6 +267,14 @@ fn supervise(
                         FromInit::Ready => {}
                         FromInit::Spawned { pid, .. } => {
                             main_pid = Some(pid);
+                            // Signals that came while it was starting.
+                            for sig in early_signals.drain(..) {
+                                let _ = proto::send_msg(
+                                    launched.ctl.as_fd(),
+                                    &ToInit::Signal { pid, sig },
+                                    &[],
+                                );
+                            }
                             if let Some(master) = fds.pop() {
                                 relay = TtyRelay::start(master).ok();
                             }
@@ -315,8 +324,9 @@ fn supervise(
                             &[],
                         );
                     }
-                    // Not started yet: nothing to interrupt but the start.
-                    None => kill_init(cgroup, &launched),
+                    // Still starting (it may already run but init has not
+                    // told us its pid): deliver once it has.
+                    None => early_signals.push(sig),
                 }
             }
         }

@@ -298,8 +298,10 @@ fn outcome_word(r: &Report) -> String {
 /// Policy of the clone and collect sandboxes: the workspace, no network,
 /// the agent's limits but a short clock of their own.
 fn helper_policy(workspace: &Path, agent: &Policy) -> Policy {
-    let mut p = Policy::default();
-    p.limits = agent.limits.clone();
+    let mut p = Policy {
+        limits: agent.limits.clone(),
+        ..Policy::default()
+    };
     p.limits.timeout = Span::secs(COLLECT_TIMEOUT);
     p.filesystem.workspace = Some(workspace.to_path_buf());
     git_identity(&mut p.process.env);
