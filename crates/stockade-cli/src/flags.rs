@@ -28,6 +28,20 @@ pub enum Command {
     Gc(GcArgs),
     /// Check what this host supports and what stockade does without it.
     Doctor,
+    /// Run the daemon: many long-lived sandboxes behind an HTTP API.
+    Serve(crate::daemon::ServeArgs),
+    /// Create a sandbox in the daemon; prints its id.
+    Create(Box<crate::daemon::CreateArgs>),
+    /// Run a command in a daemon sandbox, streaming its output.
+    Exec(crate::daemon::ExecArgs),
+    /// List the daemon's sandboxes.
+    Ps(crate::daemon::PsArgs),
+    /// Destroy daemon sandboxes.
+    Rm(crate::daemon::RmArgs),
+    /// Follow events (all, or one sandbox's) as JSON lines.
+    Events(crate::daemon::EventsArgs),
+    /// Copy a file between the host and a daemon sandbox (ID:/path).
+    Cp(crate::daemon::CpArgs),
     /// Internal: the per-sandbox supervisor the daemon starts.
     #[command(hide = true)]
     Shim,

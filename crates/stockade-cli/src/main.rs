@@ -6,6 +6,7 @@
 //! disk, 126/127 when the command cannot be executed / is not found, and
 //! 125 when stockade itself fails — always with one line on stderr.
 
+mod daemon;
 mod doctor;
 mod flags;
 
@@ -96,6 +97,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Doctor => Ok(doctor::run()),
+        Command::Serve(a) => daemon::serve(a),
+        Command::Create(a) => daemon::create(*a),
+        Command::Exec(a) => daemon::exec(a),
+        Command::Ps(a) => daemon::ps(a),
+        Command::Rm(a) => daemon::rm(a),
+        Command::Events(a) => daemon::events(a),
+        Command::Cp(a) => daemon::cp(a),
         Command::Shim => Ok(stockade_core::shim::entry().clamp(0, 255) as u8),
     }
 }

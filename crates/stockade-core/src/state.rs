@@ -33,7 +33,10 @@ impl StateDir {
     }
 
     /// Opens (creating if needed) the state directory. Mode 0711: others
-    /// may not list the sandboxes.
+    /// may not list the sandboxes, but a sandbox's init, which runs under
+    /// an unprivileged mapped id, must be able to walk through to the
+    /// directories it mounts — so a 0700 directory made by someone else
+    /// (a temp dir, the daemon's registry) is opened up to 0711.
     pub fn open(root: &Path) -> io::Result<StateDir> {
         for d in [root.to_path_buf(), root.join("sandboxes"), root.join("mnt")] {
             if !d.is_dir() {
@@ -41,6 +44,10 @@ impl StateDir {
                     .recursive(true)
                     .mode(0o711)
                     .create(&d)?;
+            }
+            let mode = fs::metadata(&d)?.permissions().mode();
+            if mode & 0o011 != 0o011 {
+                fs::set_permissions(&d, fs::Permissions::from_mode((mode | 0o711) & 0o7777))?;
             }
         }
         Ok(StateDir {

@@ -1,0 +1,453 @@
+#!/usr/bin/env bash
+# Benchmarks stockade against its peers (bubblewrap, runc, podman) on this
+# machine and writes benches/RESULTS.md and benches/PROFILE.md.
+#
+#   sudo benches/compare.sh            # full run, 2-4 minutes + first build
+#   sudo benches/compare.sh --quick    # smoke test, under a minute
+#   sudo benches/compare.sh --out-dir /tmp/bench   # leave benches/ alone
+#
+# Runs as root on Debian/Ubuntu: installs missing peers with apt-get, builds
+# stockade in release mode, prepares equivalent setups for every sandbox,
+# then times them interleaved (round-robin within one run, so machine noise
+# hits every side alike) and profiles stockade's start. A peer that cannot
+# be installed or does not work here is skipped with a note in the output;
+# it never stops the run.
+#
+# Environment overrides: COLD_ROUNDS (200), WORK_ROUNDS (15), WARMUP (5),
+# PODMAN_EVERY (1: podman runs in every round), STOCKADE (use this binary
+# instead of building one).
+set -euo pipefail
+
+usage() {
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  echo "Options: --quick  --no-install  --no-profile  --out-dir DIR  -h|--help"
+}
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BENCHES="$REPO/benches"
+LIB="$BENCHES/lib"
+PY=/usr/bin/python3 # Debian's; the helpers use the standard library only
+
+QUICK=0 INSTALL=1 PROFILE=1
+OUT="$BENCHES" # RESULTS.md, PROFILE.md and raw/ go here
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --no-install) INSTALL=0 ;;
+    --no-profile) PROFILE=0 ;;
+    --out-dir)
+      [ $# -ge 2 ] || { echo "compare.sh: --out-dir needs a directory" >&2; exit 2; }
+      OUT=$2
+      shift
+      ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "compare.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$QUICK" = 1 ]; then
+  COLD_ROUNDS=${COLD_ROUNDS:-20} WORK_ROUNDS=${WORK_ROUNDS:-3} WARMUP=${WARMUP:-2}
+  PROFILE_RUNS=8 CPU_PROFILE_RUNS=10
+else
+  COLD_ROUNDS=${COLD_ROUNDS:-200} WORK_ROUNDS=${WORK_ROUNDS:-15} WARMUP=${WARMUP:-5}
+  PROFILE_RUNS=15 CPU_PROFILE_RUNS=40
+fi
+PODMAN_EVERY=${PODMAN_EVERY:-1}
+
+# stockade's default limits (crates/stockade-policy Limits::default). The
+# cgroup-capable peers get the same ones so that all of them do the same
+# cgroup work; bwrap has no cgroup support and runs without limits.
+LIMIT_MEMORY_BYTES=$((16 * 1024 * 1024 * 1024))
+LIMIT_MEMORY_PODMAN=16g
+LIMIT_CPUS=4
+LIMIT_PIDS=4096
+
+NOTES=() # shown under "Skipped, failed and notes" in RESULTS.md
+log() { printf '==> %s\n' "$*" >&2; }
+note() {
+  NOTES+=("$*")
+  log "note: $*"
+}
+
+SECONDS=0
+if [ "$(id -u)" != 0 ]; then
+  echo "compare.sh: run it as root (stockade run, runc and the cgroup probe need root)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ left in benches/lib
+
+WORK=$(mktemp -d /var/tmp/stockade-bench.XXXXXX)
+# mktemp makes it 0700; the sandboxes' own root ids (unprivileged on the
+# host) must be able to reach the workspace and rootfs below it.
+chmod 755 "$WORK"
+cleanup() {
+  # A runc container left behind by an interrupted run would keep its
+  # cgroups; remove ours by their name prefix.
+  if command -v runc >/dev/null; then
+    runc list -q 2>/dev/null | grep '^stockade-bench-' | xargs -r -n1 runc delete -f >/dev/null 2>&1 || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- 1. peers --------------------------------------------------------------
+
+APT_UPDATED=0
+apt_install() { # pkg: installs one package; returns non-zero on failure
+  command -v apt-get >/dev/null || return 1
+  if [ "$APT_UPDATED" = 0 ]; then
+    log "apt-get update"
+    apt-get update -qq >"$WORK/apt-update.log" 2>&1 || true
+    APT_UPDATED=1
+  fi
+  log "apt-get install $1"
+  # --no-install-recommends: podman would otherwise pull in crun, slirp
+  # and buildah, none of which this benchmark uses.
+  apt-get install -y -qq --no-install-recommends "$1" >"$WORK/apt-$1.log" 2>&1
+}
+
+# need CMD PKG: makes sure CMD exists, installing PKG if it does not.
+need() {
+  command -v "$1" >/dev/null && return 0
+  [ "$INSTALL" = 1 ] && apt_install "$2" && command -v "$1" >/dev/null && return 0
+  return 1
+}
+
+install_peers() {
+  need "$PY" python3 || { echo "compare.sh: $PY is missing and could not be installed" >&2; exit 1; }
+  # Tools of the benchmark itself (hyperfine is not used: the timer is
+  # benches/lib/timer.py, which interleaves the peers within one run).
+  need gcc gcc || note "gcc missing and not installable: the workload benchmark will fail"
+  need make make || note "make missing and not installable: the workload benchmark will fail"
+  need strace strace || note "strace missing and not installable: no system call table in PROFILE.md"
+  # runc before podman, so that podman's dependency on an OCI runtime is
+  # met by runc instead of pulling in crun.
+  HAVE_BWRAP=0 HAVE_RUNC=0 HAVE_PODMAN=0 HAVE_PERF=0
+  if need bwrap bubblewrap; then HAVE_BWRAP=1; else note "bwrap skipped: bubblewrap is not installed and apt-get could not install it"; fi
+  if need runc runc; then HAVE_RUNC=1; else note "runc skipped: not installed and apt-get could not install it"; fi
+  if need podman podman; then HAVE_PODMAN=1; else note "podman skipped: not installed and apt-get could not install it"; fi
+  if [ "$PROFILE" = 1 ]; then
+    if need perf linux-perf && perf stat -e task-clock -- true >/dev/null 2>&1; then
+      HAVE_PERF=1
+    else
+      PERF_NOTE="perf is not installed or does not work with this kernel ($(uname -r))"
+      note "$PERF_NOTE: PROFILE.md has the strace view only"
+    fi
+  fi
+}
+
+# --- 2. stockade -----------------------------------------------------------
+
+build_stockade() {
+  local src
+  if [ -n "${STOCKADE:-}" ]; then
+    src=$STOCKADE
+    log "using STOCKADE=$src (not building)"
+  elif command -v cargo >/dev/null; then
+    log "cargo build --release -p stockade"
+    (cd "$REPO" && cargo build --release -p stockade --quiet)
+    src="$REPO/target/release/stockade"
+  elif [ -x "$REPO/target/release/stockade" ]; then
+    # sudo resets PATH, so ~/.cargo/bin is usually missing here.
+    src="$REPO/target/release/stockade"
+    note "cargo is not on PATH (sudo resets it): benchmarked the existing target/release/stockade without rebuilding it"
+  else
+    echo "compare.sh: cargo is not on PATH and target/release/stockade does not exist;" \
+      "build it first (cargo build --release -p stockade) or pass STOCKADE=/path/to/stockade" >&2
+    exit 1
+  fi
+  # Benchmark a copy: a rebuild during the run (another shell, an editor's
+  # cargo check) must not swap the binary between samples.
+  mkdir -p "$WORK/bin"
+  cp "$src" "$WORK/bin/stockade"
+  SK="$WORK/bin/stockade"
+  SK_VERSION="$("$SK" --version) (\$WORK/bin/stockade, a copy of ${src#"$REPO"/}; sha256 $(sha256sum "$SK" | cut -c1-12), built $(date -u -r "$src" '+%Y-%m-%d %H:%M UTC'))"
+}
+
+# --- 3. equivalent setups ----------------------------------------------------
+
+# The merged-/usr top-level entries (bin -> usr/bin, ...) as this host has
+# them; each sandbox gets the same ones.
+USR_LINKS=()
+for d in bin sbin lib lib32 lib64 libx32; do
+  if [ -L "/$d" ]; then USR_LINKS+=("$d:$(readlink "/$d")"); fi
+done
+
+bwrap_base() { # the brief's bubblewrap command line, minus the command
+  local args=(bwrap --unshare-all --ro-bind /usr /usr)
+  local l
+  for l in "${USR_LINKS[@]}"; do args+=(--symlink "${l#*:}" "/${l%%:*}"); done
+  args+=(--proc /proc --dev /dev --tmpfs /tmp)
+  printf '%s\n' "${args[@]}"
+}
+
+# A root filesystem directory shared by runc and podman: empty mount points
+# plus the merged-/usr symlinks; /usr itself is bound from the host
+# read-only by each runtime, as stockade and bwrap do.
+prepare_rootfs() {
+  ROOTFS="$WORK/rootfs"
+  mkdir -p "$ROOTFS"/{usr,proc,dev,sys,tmp,etc,run}
+  local l
+  for l in "${USR_LINKS[@]}"; do ln -s "${l#*:}" "$ROOTFS/${l%%:*}"; done
+}
+
+# runc's bundle: `runc spec` edited for a read-only root made of the
+# rootfs above, host /usr bound read-only, the usual namespaces plus a
+# cgroup namespace (stockade and bwrap have one), and stockade's limits.
+prepare_runc_bundle() {
+  BUNDLE="$WORK/bundle"
+  mkdir -p "$BUNDLE"
+  (cd "$BUNDLE" && runc spec)
+  ROOTFS="$ROOTFS" MEM=$LIMIT_MEMORY_BYTES CPUS=$LIMIT_CPUS PIDS=$LIMIT_PIDS \
+    "$PY" - "$BUNDLE/config.json" <<'EOF'
+import json, os, sys
+path = sys.argv[1]
+c = json.load(open(path))
+c["root"] = {"path": os.environ["ROOTFS"], "readonly": True}
+c["process"]["args"] = ["/bin/true"]
+c["process"]["terminal"] = False
+c["mounts"].append({"destination": "/usr", "type": "bind", "source": "/usr",
+                    "options": ["rbind", "ro", "nosuid", "nodev"]})
+c["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                    "options": ["nosuid", "nodev", "mode=1777", "size=1g"]})
+ns = c["linux"]["namespaces"]
+if not any(n["type"] == "cgroup" for n in ns):
+    ns.append({"type": "cgroup"})
+mem = int(os.environ["MEM"])
+c["linux"]["resources"].update({
+    # swap == memory: swap cannot extend the limit, as in stockade
+    "memory": {"limit": mem, "swap": mem},
+    "cpu": {"quota": int(os.environ["CPUS"]) * 100000, "period": 100000},
+    "pids": {"limit": int(os.environ["PIDS"])},
+})
+json.dump(c, open(path, "w"), indent=1)
+EOF
+}
+
+prepare_c_project() {
+  CPROJ="$WORK/cproject"
+  "$PY" "$LIB/cproject.py" "$CPROJ/template"
+  local v
+  for v in host stockade bwrap; do cp -a "$CPROJ/template" "$CPROJ/$v"; done
+  # stockade refuses a root-owned workspace (the agent writes as the
+  # workspace's owner); give its copy to an ordinary user id.
+  chown -R 1000:1000 "$CPROJ/stockade"
+}
+
+# --- 4./5. plans and runs ----------------------------------------------------
+
+# Plans for timer.py are built from records on stdin, one per variant:
+# name, every, cwd, setup command, argv..., fields separated by \x1f and
+# records by \x1e, so arguments may contain spaces.
+write_plan() { # out warmup rounds < records
+  # The program comes from -c, not a here-document, because stdin carries
+  # the records.
+  "$PY" -c '
+import json, sys
+out, warmup, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+variants = []
+for rec in sys.stdin.read().split("\x1e"):
+    if not rec.strip("\n"):
+        continue
+    name, every, cwd, setup, *argv = rec.strip("\n").split("\x1f")
+    v = {"name": name, "every": int(every), "argv": argv}
+    if cwd:
+        v["cwd"] = cwd
+    if setup:
+        v["setup"] = ["sh", "-c", setup]
+    variants.append(v)
+json.dump({"warmup": warmup, "rounds": rounds, "variants": variants},
+          open(out, "w"), indent=1)
+' "$@"
+}
+
+record() { # name every cwd setup argv...: one plan record on stdout
+  local IFS=$'\x1f'
+  printf '%s\x1e' "$*"
+}
+
+cold_start_bench() {
+  local bw=()
+  mapfile -t bw < <(bwrap_base)
+  {
+    record host 1 "" "" /bin/true
+    record stockade 1 "" "" "$SK" run -- /bin/true
+    if [ "$HAVE_BWRAP" = 1 ]; then record bwrap 1 "" "" "${bw[@]}" /bin/true; fi
+    if [ "$HAVE_RUNC" = 1 ]; then
+      record runc 1 "" "" runc run --bundle "$BUNDLE" "stockade-bench-{run}"
+    fi
+    if [ "$HAVE_PODMAN" = 1 ]; then
+      # --runtime runc: the same runtime as the runc row (crun does not
+      # handle a hybrid v1/v2 cgroup layout). The ulimits: podman asks
+      # for nofile=1048576 by default, above the hard limit of many hosts
+      # (20000 on the one this was written on), and runc then fails.
+      record podman "$PODMAN_EVERY" "" "" podman run --rm --runtime runc \
+        --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 --network none \
+        --memory "$LIMIT_MEMORY_PODMAN" --memory-swap "$LIMIT_MEMORY_PODMAN" \
+        --cpus "$LIMIT_CPUS" --pids-limit "$LIMIT_PIDS" \
+        -v /usr:/usr:ro --rootfs "$ROOTFS" /bin/true
+    fi
+  } | write_plan "$WORK/cold-plan.json" "$WARMUP" "$COLD_ROUNDS"
+  log "cold start: $COLD_ROUNDS interleaved rounds (+$WARMUP warm-up)"
+  "$PY" "$LIB/timer.py" "$WORK/cold-plan.json" --out "$OUT/raw/cold-start.json" --label "cold start"
+}
+
+workload_bench() {
+  local bw=() d="$CPROJ"
+  mapfile -t bw < <(bwrap_base)
+  {
+    record host 1 "$d/host" "make -s -C $d/host clean" make -j2 -s
+    record stockade 1 "" "make -s -C $d/stockade clean" \
+      "$SK" run --workspace "$d/stockade" -- make -j2 -s
+    if [ "$HAVE_BWRAP" = 1 ]; then
+      record bwrap 1 "" "make -s -C $d/bwrap clean" \
+        "${bw[@]}" --bind "$d/bwrap" /workspace --chdir /workspace make -j2 -s
+    fi
+  } | write_plan "$WORK/work-plan.json" 2 "$WORK_ROUNDS"
+  log "workload: $WORK_ROUNDS interleaved rounds of make -j2 (+2 warm-up)"
+  "$PY" "$LIB/timer.py" "$WORK/work-plan.json" --out "$OUT/raw/workload.json" --label "workload"
+}
+
+# --- 6. results ---------------------------------------------------------------
+
+version_of() { # cmd: its version line, or "not installed"
+  case "$1" in
+    bwrap) command -v bwrap >/dev/null && bwrap --version | head -1 || echo "not installed" ;;
+    runc) command -v runc >/dev/null && runc --version | head -1 || echo "not installed" ;;
+    podman) command -v podman >/dev/null && podman --version | head -1 || echo "not installed" ;;
+    gcc) gcc --version | head -1 ;;
+    make) make --version | head -1 ;;
+  esac
+}
+
+cgroup_layout() {
+  local v1 v2
+  v1=$(awk '$3 == "cgroup"' /proc/mounts | wc -l)
+  v2=$(awk '$3 == "cgroup2" {print $2}' /proc/mounts | head -1)
+  if [ "$v1" -gt 0 ]; then
+    echo "v1, $v1 hierarchies${v2:+, plus cgroup2 at $v2 (hybrid)}; stockade: $("$SK" doctor 2>/dev/null | sed -n 's/^.*cgroups *//p' | head -1)"
+  else
+    echo "v2 only${v2:+ at $v2}"
+  fi
+}
+
+# Facts about this machine and run go to meta.json; report.py turns them
+# and the samples into RESULTS.md and prints the tables.
+write_results() {
+  local notes_file="$WORK/notes.txt"
+  printf '%s\n' "${NOTES[@]+"${NOTES[@]}"}" >"$notes_file"
+  DATE="$(date -u '+%Y-%m-%d %H:%M UTC')" \
+  LOAD_BEFORE="$LOAD_BEFORE" LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)" \
+  CPU="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
+  NPROC="$(nproc)" \
+  MEMORY="$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" \
+  KERNEL="$(uname -r)" \
+  OS="$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)" \
+  CGROUPS="$(cgroup_layout)" \
+  V_STOCKADE="$SK_VERSION" V_BWRAP="$(version_of bwrap)" V_RUNC="$(version_of runc)" \
+  V_PODMAN="$(version_of podman)" V_GCC="$(version_of gcc)" V_MAKE="$(version_of make)" \
+  V_PY="$("$PY" --version)" WORK_DIR="$WORK" PODMAN_EVERY="$PODMAN_EVERY" QUICK="$QUICK" \
+    "$PY" - "$WORK/meta.json" "$notes_file" <<'EOF'
+import json, os, sys
+e = os.environ
+notes = [n for n in open(sys.argv[2]).read().splitlines() if n]
+if e["QUICK"] == "1":
+    notes.insert(0, "quick smoke run (--quick): too few rounds for "
+                 "publishing; run without --quick for real numbers")
+if e["PODMAN_EVERY"] != "1":
+    notes.append(f"podman ran only in every {e['PODMAN_EVERY']}th round "
+                 "(PODMAN_EVERY), still interleaved with the others")
+meta = {
+    "date": e["DATE"], "work_dir": e["WORK_DIR"], "load_before": e["LOAD_BEFORE"],
+    "load_after": e["LOAD_AFTER"],
+    "machine": {"cpu": e["CPU"], "nproc": e["NPROC"], "memory": e["MEMORY"],
+                "kernel": e["KERNEL"], "os": e["OS"], "cgroups": e["CGROUPS"]},
+    "versions": {"stockade": e["V_STOCKADE"], "bubblewrap": e["V_BWRAP"],
+                 "runc": e["V_RUNC"], "podman": e["V_PODMAN"],
+                 "gcc": e["V_GCC"], "make": e["V_MAKE"], "timer": e["V_PY"]},
+    "notes": notes,
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+EOF
+  "$PY" "$LIB/report.py" --meta "$WORK/meta.json" --cold "$OUT/raw/cold-start.json" \
+    --workload "$OUT/raw/workload.json" --out "$OUT/RESULTS.md"
+}
+
+# --- 7. profile ----------------------------------------------------------------
+
+profile_stockade() {
+  local p="$WORK/profile" i args=()
+  mkdir -p "$p"
+  log "profiling stockade's start"
+  # Starts are spaced out, as in the interleaved benchmark: back-to-back
+  # starts hide the cgroup attach cost (see cgroup_attach_probe.py).
+  if command -v strace >/dev/null; then
+    for i in 1 2 3 4 5; do
+      strace -c -f -o "$p/strace-sys.$i" "$SK" run -- /bin/true
+      sleep 0.25
+      strace -c -w -f -o "$p/strace-wall.$i" "$SK" run -- /bin/true
+      sleep 0.25
+    done
+    args+=(--strace-sys "$p"/strace-sys.* --strace-wall "$p"/strace-wall.*)
+  else
+    : >"$p/empty"
+    args+=(--strace-sys "$p/empty" --strace-wall "$p/empty")
+  fi
+  # Expanded by the inner sh: $0 = stockade, $1 = starts, $2 = pause.
+  # shellcheck disable=SC2016
+  local loop='for i in $(seq "$1"); do "$0" run -- /bin/true; sleep "$2"; done'
+  if [ "$HAVE_PERF" = 1 ]; then
+    if perf record -q -o "$p/timeline.data" -e "$("$PY" "$LIB/profile_report.py" --timeline-events)" \
+      -- sh -c "$loop" "$SK" "$PROFILE_RUNS" 0.25 >"$p/perf-timeline.log" 2>&1; then
+      perf script -i "$p/timeline.data" -F pid,time,event,trace >"$p/timeline.txt" 2>/dev/null
+      args+=(--timeline "$p/timeline.txt")
+    else
+      note "perf could not record the timeline tracepoints: $(tail -1 "$p/perf-timeline.log")"
+    fi
+    # 64 KiB of stack per sample: less and the DWARF unwinder loses the
+    # Rust frames above libc's system call wrappers.
+    if perf record -q -o "$p/cpu.data" -e cpu-clock -F 5000 --call-graph dwarf,65528 \
+      -- sh -c "$loop" "$SK" "$CPU_PROFILE_RUNS" 0.1 >"$p/perf-cpu.log" 2>&1; then
+      perf script -i "$p/cpu.data" --comm stockade -F comm,tid,ip,sym,dso >"$p/cpu.txt" 2>/dev/null
+      args+=(--perf-script "$p/cpu.txt" --perf-freq 5000 --perf-runs "$CPU_PROFILE_RUNS")
+      rm -f "$p/cpu.data"
+    else
+      note "perf could not sample CPU stacks: $(tail -1 "$p/perf-cpu.log")"
+    fi
+    perf stat -r 20 -e task-clock,context-switches,cpu-migrations,page-faults \
+      -o "$p/perf-stat.txt" "$SK" run -- /bin/true
+    args+=(--perf-stat "$p/perf-stat.txt")
+  else
+    args+=(--perf-note "${PERF_NOTE:-perf unavailable}")
+  fi
+  "$PY" "$LIB/cgroup_attach_probe.py" --out "$p/probe.json" >/dev/null
+  args+=(--probe "$p/probe.json")
+  local untraced
+  untraced=$("$PY" -c 'import json,statistics,sys; print(statistics.median(json.load(open(sys.argv[1]))["variants"]["stockade"]["samples_ns"]) / 1e6)' "$OUT/raw/cold-start.json")
+  "$PY" "$LIB/profile_report.py" "${args[@]}" --untraced-ms "$untraced" \
+    --date "$(date -u '+%Y-%m-%d %H:%M UTC')" --out "$OUT/PROFILE.md"
+}
+
+# --- main ------------------------------------------------------------------------
+
+main() {
+  LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+  install_peers
+  build_stockade
+  prepare_rootfs
+  if [ "$HAVE_RUNC" = 1 ]; then prepare_runc_bundle; fi
+  prepare_c_project
+  mkdir -p "$OUT/raw"
+  cold_start_bench
+  workload_bench
+  write_results
+  if [ "$PROFILE" = 1 ]; then
+    profile_stockade
+    log "done in ${SECONDS}s: $OUT/RESULTS.md, $OUT/PROFILE.md"
+  else
+    log "done in ${SECONDS}s: $OUT/RESULTS.md"
+  fi
+}
+
+main

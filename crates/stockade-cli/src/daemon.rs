@@ -1,0 +1,297 @@
+//! `stockade serve` and the commands that talk to it: `create`, `exec`,
+//! `ps`, `rm`, `events`, `cp`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use stockade_core::shim::ShimBackend;
+use stockade_server::client::{Client, ExecOptions};
+use stockade_server::ServeConfig;
+
+use crate::flags::PolicyArgs;
+
+fn default_socket() -> PathBuf {
+    std::env::var_os("STOCKADE_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/stockade/stockade.sock"))
+}
+
+#[derive(Debug, Args)]
+pub struct SocketArg {
+    /// The daemon's unix socket.
+    #[arg(
+        long,
+        env = "STOCKADE_SOCKET",
+        default_value = "/run/stockade/stockade.sock"
+    )]
+    pub socket: PathBuf,
+}
+
+impl SocketArg {
+    fn client(&self) -> Client {
+        Client::unix(&self.socket)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Unix socket to serve the API on (mode 0660).
+    #[arg(
+        long,
+        env = "STOCKADE_SOCKET",
+        default_value = "/run/stockade/stockade.sock"
+    )]
+    pub socket: PathBuf,
+    /// Also serve on TCP HOST:PORT; requests then need `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token for --listen.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Stockade's state directory (sandboxes, registry).
+    #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
+    pub state_dir: PathBuf,
+    /// POST every event as JSON to this http:// URL.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
+    let exe = std::env::current_exe().context("cannot find the stockade binary to start shims")?;
+    let backend = ShimBackend::new(args.state_dir.clone(), exe);
+    let _ = default_socket();
+    let cfg = ServeConfig {
+        socket: args.socket,
+        listen: args.listen,
+        token_file: args.token_file,
+        state_dir: args.state_dir,
+        webhook: args.webhook,
+        ..ServeConfig::default()
+    };
+    stockade_server::serve_blocking(cfg, Arc::new(backend))?;
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// A name, unique among live sandboxes.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Destroy the sandbox after this long (e.g. 30m); the policy's timeout caps it too.
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+pub fn create(args: CreateArgs) -> anyhow::Result<u8> {
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label expects KEY=VALUE, got {l:?}"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let client = args.socket.client();
+    let policy = args.policy.into_policy()?;
+    let sb = client.create(
+        Some(&policy),
+        args.name.as_deref(),
+        &labels,
+        args.ttl.as_deref(),
+    )?;
+    println!("{}", sb.id);
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Set an environment variable for the command.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Kill the command after this long (e.g. 30s).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// The sandbox's id or name.
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Streams the command's output; exits with its status (128+N for a
+/// signal, 124 on timeout).
+pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
+    let mut env = BTreeMap::new();
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("-e expects KEY=VALUE, got {kv:?}"))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let opts = ExecOptions {
+        cmd: args.command,
+        env,
+        cwd: args.cwd,
+        timeout: args.timeout,
+        stdin: None,
+        background: false,
+    };
+    let stream = args.socket.client().exec_stream(&args.id, &opts)?;
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    for ev in stream {
+        let ev = ev?;
+        let data = ev.json();
+        match ev.event.as_str() {
+            "stdout" => {
+                let _ = out.write_all(data["data"].as_str().unwrap_or("").as_bytes());
+                let _ = out.flush();
+            }
+            "stderr" => {
+                let _ = err.write_all(data["data"].as_str().unwrap_or("").as_bytes());
+            }
+            "exit" => {
+                if data["outcome"] == "timeout" {
+                    eprintln!("stockade: timeout: the command was killed after its time limit");
+                    return Ok(124);
+                }
+                if let Some(c) = data["exit_code"].as_i64() {
+                    return Ok(c.clamp(0, 255) as u8);
+                }
+                if let Some(s) = data["signal"].as_i64() {
+                    return Ok((128 + s).clamp(0, 255) as u8);
+                }
+                if let Some(e) = data["error"].as_str() {
+                    bail!("{e}");
+                }
+                return Ok(125);
+            }
+            _ => {}
+        }
+    }
+    bail!("the daemon closed the stream before the command ended")
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Also show destroyed, expired and dead sandboxes.
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+pub fn ps(args: PsArgs) -> anyhow::Result<u8> {
+    let state = if args.all { None } else { Some("running") };
+    let list = args.socket.client().list(&[], state)?;
+    println!(
+        "{:<14} {:<20} {:<10} {:>10}  REASON",
+        "ID", "NAME", "STATE", "AGE"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    for sb in list {
+        println!(
+            "{:<14} {:<20} {:<10} {:>9.0}s  {}",
+            sb.id,
+            sb.name.as_deref().unwrap_or("-"),
+            sb.state,
+            now - sb.created_at,
+            sb.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Ids or names of the sandboxes to destroy.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+pub fn rm(args: RmArgs) -> anyhow::Result<u8> {
+    let client = args.socket.client();
+    let mut failed = false;
+    for id in &args.ids {
+        match client.destroy(id) {
+            Ok(sb) => println!("{}", sb.id),
+            Err(e) => {
+                eprintln!("stockade: {id}: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Only this sandbox's events.
+    pub id: Option<String>,
+}
+
+/// One JSON line per event until interrupted.
+pub fn events(args: EventsArgs) -> anyhow::Result<u8> {
+    for ev in args.socket.client().events(args.id.as_deref())? {
+        let ev = ev?;
+        println!("{}", ev.data);
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Source: a host path, or ID:/path in a sandbox.
+    pub src: String,
+    /// Destination: a host path, or ID:/path in a sandbox.
+    pub dst: String,
+}
+
+fn sandbox_path(s: &str) -> Option<(&str, &str)> {
+    s.split_once(':')
+        .filter(|(id, p)| !id.is_empty() && !id.contains('/') && p.starts_with('/'))
+}
+
+/// Copies one file between the host and a sandbox.
+pub fn cp(args: CpArgs) -> anyhow::Result<u8> {
+    let client = args.socket.client();
+    match (sandbox_path(&args.src), sandbox_path(&args.dst)) {
+        (Some((id, path)), None) => {
+            let data = client.read_file(id, path)?;
+            std::fs::write(&args.dst, data)
+                .with_context(|| format!("cannot write {}", args.dst))?;
+        }
+        (None, Some((id, path))) => {
+            let data =
+                std::fs::read(&args.src).with_context(|| format!("cannot read {}", args.src))?;
+            client.write_file(id, path, &data)?;
+        }
+        _ => bail!("exactly one of SRC and DST must be ID:/path in a sandbox"),
+    }
+    Ok(0)
+}

@@ -1,0 +1,348 @@
+//! `stockade serve` with real sandboxes (shim backend), end to end.
+//! Needs root; CI runs these as root. Traffic only on unix sockets and
+//! loopback.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use stockade_policy::{ByteSize, Policy};
+use stockade_server::client::{Client, ExecOptions};
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(env: &Env, extra: &[&str]) -> Daemon {
+        let socket = env.state.path().join("api.sock");
+        let child = Command::new(BIN)
+            .args(["serve", "--socket", socket.to_str().unwrap(), "--state-dir"])
+            .arg(env.state.path().join("state"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, socket };
+        assert!(
+            eventually(|| d.client().health().is_ok()),
+            "daemon did not come up"
+        );
+        d
+    }
+
+    fn client(&self) -> Client {
+        Client::unix(&self.socket)
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn run(c: &Client, id: &str, cmd: &[&str]) -> (Option<i32>, String) {
+    let r = c
+        .exec(
+            id,
+            &ExecOptions {
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    (r.exit_code, r.stdout)
+}
+
+fn leftovers(state: &Path, ids: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    for id in ids {
+        if !cgroup_dirs(id).is_empty() {
+            left.push(format!("cgroup {id}"));
+        }
+        if state.join("sandboxes").join(id).exists() {
+            left.push(format!("dir {id}"));
+        }
+    }
+    left
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn api_runs_real_sandboxes_end_to_end() {
+    let env = Env::new();
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let mut policy = Policy::default();
+    policy.limits.memory = ByteSize::mib(256);
+    let sb = c
+        .create(Some(&policy), Some("e2e"), &BTreeMap::new(), Some("10m"))
+        .unwrap();
+    assert_eq!(sb.state, "running");
+    assert_eq!(
+        run(&c, &sb.id, &["sh", "-c", "echo hi; id -u"]),
+        (Some(0), "hi\n1000\n".into())
+    );
+    // Files as the sandbox sees them; writes belong to the agent.
+    c.write_file(&sb.id, "/workspace/dir/a.txt", b"payload")
+        .unwrap();
+    assert_eq!(
+        run(
+            &c,
+            "e2e",
+            &[
+                "sh",
+                "-c",
+                "cat /workspace/dir/a.txt; stat -c %u /workspace/dir/a.txt"
+            ]
+        )
+        .1,
+        "payload1000\n"
+    );
+    assert_eq!(
+        c.read_file(&sb.id, "/workspace/dir/a.txt").unwrap(),
+        b"payload"
+    );
+    for bad in [
+        "/../../etc/shadow",
+        "/etc/shadow",
+        "/workspace/../../../root",
+    ] {
+        assert!(c.read_file(&sb.id, bad).is_err(), "{bad} readable");
+    }
+    run(&c, &sb.id, &["ln", "-s", "/etc/shadow", "/workspace/link"]);
+    assert!(c.read_file(&sb.id, "/workspace/link").is_err());
+    assert!(
+        c.write_file(&sb.id, "/usr/bin/evil", b"x").is_err(),
+        "wrote into /usr"
+    );
+    // Streaming exec.
+    let events: Vec<String> = c
+        .exec_stream(
+            &sb.id,
+            &ExecOptions {
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo a; echo b >&2; exit 2".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .map(|e| e.unwrap().event)
+        .collect();
+    assert_eq!(events.first().map(String::as_str), Some("start"));
+    assert_eq!(events.last().map(String::as_str), Some("exit"));
+    let got = c.get(&sb.id).unwrap();
+    assert!(got.usage.is_some() && got.processes.is_some());
+    let gone = c.destroy(&sb.id).unwrap();
+    assert_eq!(gone.state, "destroyed");
+    assert_eq!(gone.report.unwrap()["outcome"], "destroyed");
+    assert!(leftovers(&env.state.path().join("state"), &[sb.id]).is_empty());
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn sandboxes_survive_kill_9_of_the_daemon() {
+    let env = Env::new();
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let sb = c
+            .create(None, Some(&format!("s{i}")), &BTreeMap::new(), None)
+            .unwrap();
+        run(
+            &c,
+            &sb.id,
+            &["sh", "-c", &format!("echo {i} > /home/agent/n")],
+        );
+        ids.push(sb.id);
+    }
+    d.kill9();
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let listed = c.list(&[], Some("running")).unwrap();
+    assert_eq!(listed.len(), 10, "{listed:?}");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            run(&c, id, &["cat", "/home/agent/n"]),
+            (Some(0), format!("{i}\n"))
+        );
+    }
+    // A sandbox whose shim died while no daemon ran is marked dead.
+    let shims = processes_named_shim();
+    assert!(shims.len() >= 10, "{shims:?}");
+    d.kill9();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let all = c.list(&[], None).unwrap();
+    assert_eq!(
+        all.iter().filter(|s| s.state == "dead").count(),
+        1,
+        "{all:?}"
+    );
+    assert_eq!(all.iter().filter(|s| s.state == "running").count(), 9);
+    for sb in all.iter().filter(|s| s.state == "running") {
+        c.destroy(&sb.id).unwrap();
+    }
+    assert!(
+        eventually(|| leftovers(&env.state.path().join("state"), &ids).is_empty()),
+        "{:?}",
+        leftovers(&env.state.path().join("state"), &ids)
+    );
+}
+
+/// Pids of shim processes (their command line is `stockade shim`).
+fn processes_named_shim() -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+            if args.len() >= 2 && args[0].ends_with(BIN.as_bytes()) && args[1] == b"shim" {
+                v.push(pid);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn violations_kill_the_sandbox_and_reach_the_webhook() {
+    let env = Env::new();
+    let hook = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for conn in hook.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+                        let mut w = conn.try_clone().unwrap();
+                        let _ =
+                            w.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+                        len = 0;
+                    }
+                }
+            });
+        }
+    });
+    let d = Daemon::start(&env, &["--webhook", &url]);
+    let c = d.client();
+    let mut policy = Policy::default();
+    policy.limits.memory = ByteSize::mib(64);
+    let sb = c
+        .create(Some(&policy), None, &BTreeMap::new(), None)
+        .unwrap();
+    let _ = c.exec(
+        &sb.id,
+        &ExecOptions {
+            cmd: vec![
+                "/usr/bin/python3".into(),
+                "-c".into(),
+                "x = [bytearray(1 << 20) for _ in range(1024)]".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !seen.iter().any(|e: &String| e.contains("destroyed")) {
+        if let Ok(e) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(e);
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e.contains("violation") && e.contains("memory-limit")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|e| e.contains("destroyed")), "{seen:?}");
+    assert!(eventually(|| c
+        .get(&sb.id)
+        .map(|s| s.state != "running")
+        .unwrap_or(false)));
+    let report = c.get(&sb.id).unwrap().report.unwrap();
+    assert_eq!(report["outcome"], "memory-limit");
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn concurrent_clients_leave_nothing_behind() {
+    let env = Env::new();
+    let d = Daemon::start(&env, &[]);
+    let socket = d.socket.clone();
+    let stop = Instant::now() + Duration::from_secs(10);
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let c = Client::unix(&socket);
+                let mut ids = Vec::new();
+                let mut n = 0;
+                while Instant::now() < stop {
+                    let sb = c.create(None, None, &BTreeMap::new(), Some("5m")).unwrap();
+                    let (code, out) = run(&c, &sb.id, &["sh", "-c", &format!("echo {w}-{n}")]);
+                    assert_eq!((code, out), (Some(0), format!("{w}-{n}\n")));
+                    c.destroy(&sb.id).unwrap();
+                    ids.push(sb.id);
+                    n += 1;
+                }
+                ids
+            })
+        })
+        .collect();
+    let ids: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(ids.len() >= 16, "only {} cycles", ids.len());
+    assert!(leftovers(&env.state.path().join("state"), &ids).is_empty());
+    assert!(eventually(|| processes_named_shim().is_empty()
+        || d.client().list(&[], Some("running")).unwrap().is_empty()));
+    assert!(d.client().list(&[], Some("running")).unwrap().is_empty());
+}

@@ -1,0 +1,85 @@
+//! The HTTP API: one module per resource. [`ROUTES`] lists every route the
+//! router serves; a test checks it against `docs/openapi.json` and against
+//! the router itself.
+
+mod exec;
+mod files;
+mod sandboxes;
+mod system;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+
+use crate::http::{catch_panic, no_route, wrong_method};
+use crate::state::AppState;
+
+/// Every (method, path) the router serves, in OpenAPI path syntax.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/v1/events"),
+    ("get", "/v1/sandboxes"),
+    ("post", "/v1/sandboxes"),
+    ("get", "/v1/sandboxes/{id}"),
+    ("delete", "/v1/sandboxes/{id}"),
+    ("get", "/v1/sandboxes/{id}/events"),
+    ("post", "/v1/sandboxes/{id}/exec"),
+    ("get", "/v1/sandboxes/{id}/processes"),
+    ("post", "/v1/sandboxes/{id}/processes/{pid}/stdin"),
+    ("post", "/v1/sandboxes/{id}/processes/{pid}/signal"),
+    ("get", "/v1/sandboxes/{id}/processes/{pid}/output"),
+    ("get", "/v1/sandboxes/{id}/files"),
+    ("put", "/v1/sandboxes/{id}/files"),
+    ("delete", "/v1/sandboxes/{id}/files"),
+];
+
+/// The API router (without authentication; see `auth`).
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .route("/v1/openapi.json", get(system::openapi))
+        .route("/v1/events", get(system::all_events))
+        .route(
+            "/v1/sandboxes",
+            get(sandboxes::list).post(sandboxes::create),
+        )
+        .route(
+            "/v1/sandboxes/{id}",
+            get(sandboxes::show).delete(sandboxes::destroy),
+        )
+        .route("/v1/sandboxes/{id}/events", get(system::sandbox_events))
+        .route("/v1/sandboxes/{id}/exec", post(exec::exec))
+        .route("/v1/sandboxes/{id}/processes", get(exec::processes))
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/stdin",
+            post(exec::stdin),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/signal",
+            post(exec::signal),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/output",
+            get(exec::output),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files",
+            get(files::get_file)
+                .put(files::put_file)
+                .delete(files::delete_file),
+        )
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(catch_panic))
+        .with_state(state)
+}
+
+/// The OpenAPI document served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");

@@ -1,0 +1,265 @@
+//! Starting and stopping the daemon: state directory and registry,
+//! recovery of running sandboxes, listeners, background tasks, graceful
+//! shutdown.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stockade_core::backend::Backend;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+
+use crate::auth::Token;
+use crate::config::{ServeConfig, MAX_RUNNING_PROCESSES};
+use crate::error::ServeError;
+use crate::events::Hub;
+use crate::lifecycle;
+use crate::metrics::Metrics;
+use crate::state::{AppState, Live, RootOpener};
+use crate::store::Store;
+use crate::webhook::WebhookUrl;
+
+/// How long shutdown waits for requests in flight before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A daemon whose listeners are bound and whose registry is open and
+/// recovered, ready to [`run`](Server::run).
+pub struct Server {
+    cfg: ServeConfig,
+    backend: Arc<dyn Backend>,
+    store: Arc<Store>,
+    recovered: Vec<Live>,
+    unix: UnixListener,
+    tcp: Option<(TcpListener, Token)>,
+    webhook: Option<WebhookUrl>,
+    root_opener: RootOpener,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("cfg", &self.cfg)
+            .field("tcp_addr", &self.tcp_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
+    let path = path.to_path_buf();
+    move |source| ServeError::Io { what, path, source }
+}
+
+/// Binds the unix socket with mode 0660 without a window in which it has
+/// looser permissions: bound in a private directory, then renamed.
+fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .map_err(io_err("create the socket directory", parent))?;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::AlreadyRunning(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io_err("remove the stale socket", path))?;
+    }
+    let private = parent.join(format!(".stockade-sock-{}", crate::state::new_id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io_err("create a private directory in", parent))?;
+    let tmp = private.join("s");
+    let result = (|| {
+        let l = UnixListener::bind(&tmp).map_err(io_err("listen on", path))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
+            .map_err(io_err("set the mode of", path))?;
+        std::fs::rename(&tmp, path).map_err(io_err("move the socket to", path))?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_dir(&private);
+    result
+}
+
+impl Server {
+    /// Opens the registry under `cfg.state_dir`, reattaches the sandboxes
+    /// it says are running (marking dead those whose supervisor is gone)
+    /// and binds the listeners.
+    pub async fn bind(cfg: ServeConfig, backend: Arc<dyn Backend>) -> Result<Server, ServeError> {
+        if cfg.max_body_bytes == 0 {
+            return Err(ServeError::Config(
+                "max_body_bytes must be at least 1".into(),
+            ));
+        }
+        let webhook = cfg.webhook.as_deref().map(WebhookUrl::parse).transpose()?;
+        let token = match (&cfg.listen, &cfg.token_file) {
+            (Some(_), Some(f)) => Some(Token::load(f)?),
+            (Some(a), None) => {
+                return Err(ServeError::Config(format!(
+                    "listening on TCP ({a}) needs a token file so that requests can be authenticated; give --token-file FILE"
+                )))
+            }
+            (None, _) => None,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.state_dir)
+            .map_err(io_err("create the state directory", &cfg.state_dir))?;
+        let db = cfg.state_dir.join("stockade.db");
+        let b = backend.clone();
+        let (store, recovered) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&db)?;
+            let lives = lifecycle::recover(&store, b.as_ref())?;
+            Ok::<_, ServeError>((store, lives))
+        })
+        .await
+        .map_err(|e| ServeError::Config(format!("the recovery task failed: {e}")))??;
+        let unix = bind_socket(&cfg.socket)?;
+        let tcp = match (cfg.listen, token) {
+            (Some(addr), Some(t)) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(io_err("listen on", &PathBuf::from(addr.to_string())))?;
+                Some((l, t))
+            }
+            _ => None,
+        };
+        Ok(Server {
+            cfg,
+            backend,
+            store: Arc::new(store),
+            recovered,
+            unix,
+            tcp,
+            webhook,
+            root_opener: Arc::new(crate::fsops::proc_root),
+        })
+    }
+
+    /// The TCP address actually bound (useful with port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Replaces how a sandbox's root directory is opened for the file
+    /// routes (default: `/proc/<init_pid>/root`). For tests and backends
+    /// whose sandboxes are not reachable through `/proc`.
+    pub fn with_root_opener(mut self, opener: RootOpener) -> Self {
+        self.root_opener = opener;
+        self
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, ends open
+    /// event streams, waits up to 10 s for requests in flight and removes
+    /// the socket. Sandboxes keep running; the next daemon reattaches them.
+    pub async fn run<F>(self, shutdown: F) -> Result<(), ServeError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
+        let webhook = self
+            .webhook
+            .map(|u| crate::webhook::start(u, metrics.clone(), stop_rx.clone()));
+        let state = Arc::new(AppState {
+            backend: self.backend,
+            store: self.store,
+            hub: Hub::new(metrics.clone(), webhook),
+            metrics,
+            live: Default::default(),
+            process_permits: Arc::new(Semaphore::new(MAX_RUNNING_PROCESSES)),
+            shutdown: stop_rx.clone(),
+            max_body_bytes: self.cfg.max_body_bytes,
+            root_opener: self.root_opener,
+        });
+        lifecycle::adopt(&state, self.recovered);
+        let expiry = tokio::spawn(lifecycle::expiry_loop(Arc::downgrade(&state)));
+
+        let app = crate::routes::router(state.clone());
+        let graceful = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let mut servers = Vec::new();
+        servers.push(tokio::spawn(
+            axum::serve(self.unix, app.clone())
+                .with_graceful_shutdown(graceful(stop_rx.clone()))
+                .into_future(),
+        ));
+        if let Some((l, token)) = self.tcp {
+            let authed = app.layer(axum::middleware::from_fn_with_state(
+                token,
+                crate::auth::require_token,
+            ));
+            servers.push(tokio::spawn(
+                axum::serve(l, authed)
+                    .with_graceful_shutdown(graceful(stop_rx.clone()))
+                    .into_future(),
+            ));
+        }
+        drop(state);
+
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let mut result = Ok(());
+        for s in servers {
+            let abort = s.abort_handle();
+            match tokio::time::timeout(SHUTDOWN_GRACE, s).await {
+                Ok(Ok(Err(e))) => result = Err(ServeError::Http(e)),
+                Ok(_) => {}
+                Err(_) => abort.abort(),
+            }
+        }
+        expiry.abort();
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        result
+    }
+}
+
+/// Runs the daemon until `shutdown` completes (see [`Server::run`]).
+pub async fn serve<F>(
+    cfg: ServeConfig,
+    backend: Arc<dyn Backend>,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send,
+{
+    Server::bind(cfg, backend).await?.run(shutdown).await
+}
+
+/// For the CLI: builds a tokio runtime and serves until SIGINT or SIGTERM.
+pub fn serve_blocking(cfg: ServeConfig, backend: Arc<dyn Backend>) -> Result<(), ServeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("stockade-serve")
+        .build()
+        .map_err(|source| ServeError::Io {
+            what: "start the async runtime for",
+            path: cfg.socket.clone(),
+            source,
+        })?;
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|source| ServeError::Io {
+                what: "install a SIGTERM handler for",
+                path: cfg.socket.clone(),
+                source,
+            })?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        serve(cfg, backend, stop).await
+    })
+}

@@ -1,0 +1,187 @@
+//! The daemon's shared state: the registry, the live sandbox handles, the
+//! event hub and the limits every request is held to.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use stockade_core::backend::{Backend, SandboxHandle, SandboxStatus};
+use tokio::sync::{watch, Semaphore};
+
+use crate::error::{ApiError, ApiResult};
+use crate::events::Hub;
+use crate::metrics::Metrics;
+use crate::process::ProcTable;
+use crate::store::{SandboxRow, Store};
+
+/// Opens the root directory of a sandbox, as the sandbox sees it, as a
+/// directory descriptor. The default opens `/proc/<init_pid>/root`; tests
+/// and other backends may substitute their own.
+pub type RootOpener = Arc<dyn Fn(&SandboxStatus) -> io::Result<OwnedFd> + Send + Sync>;
+
+/// Why a live sandbox is being ended (`Live::ending`).
+pub const ENDING_NONE: u8 = 0;
+pub const ENDING_DESTROY: u8 = 1;
+pub const ENDING_EXPIRE: u8 = 2;
+
+/// A sandbox the daemon holds a handle to.
+pub struct Live {
+    pub id: String,
+    pub handle: Arc<dyn SandboxHandle>,
+    pub expires_at: Option<f64>,
+    pub procs: Mutex<ProcTable>,
+    /// Set (to `ENDING_*`) by whoever is destroying the sandbox, before
+    /// the backend is asked; the event pump then leaves the registry alone.
+    pub ending: AtomicU8,
+    /// Serialises destroy and expiry of this sandbox.
+    pub end_lock: tokio::sync::Mutex<()>,
+    /// An `expired` event was published (by the daemon or the backend).
+    pub expired_announced: AtomicBool,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("id", &self.id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    pub fn new(id: String, handle: Box<dyn SandboxHandle>, expires_at: Option<f64>) -> Self {
+        Live {
+            id,
+            handle: Arc::from(handle),
+            expires_at,
+            procs: Mutex::new(ProcTable::default()),
+            ending: AtomicU8::new(ENDING_NONE),
+            end_lock: tokio::sync::Mutex::new(()),
+            expired_announced: AtomicBool::new(false),
+        }
+    }
+
+    pub fn procs(&self) -> std::sync::MutexGuard<'_, ProcTable> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::SeqCst) != ENDING_NONE
+    }
+}
+
+/// Everything the request handlers share.
+pub struct AppState {
+    pub backend: Arc<dyn Backend>,
+    pub store: Arc<Store>,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub live: Mutex<HashMap<String, Arc<Live>>>,
+    /// One permit per running process (see `MAX_RUNNING_PROCESSES`).
+    pub process_permits: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+    pub max_body_bytes: usize,
+    pub root_opener: RootOpener,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub fn live_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn live(&self, id: &str) -> Option<Arc<Live>> {
+        self.live_map().get(id).cloned()
+    }
+
+    /// Runs a blocking registry call off the async threads.
+    pub async fn store<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(ApiError::join)?
+            .map_err(ApiError::store)
+    }
+
+    /// The registry row of `id_or_name`, or 404.
+    pub async fn row(&self, id_or_name: &str) -> ApiResult<SandboxRow> {
+        let key = id_or_name.to_string();
+        self.store(move |s| s.get(&key))
+            .await?
+            .ok_or_else(|| ApiError::no_sandbox(id_or_name))
+    }
+
+    /// The live handle of a running sandbox, or 404 / 409.
+    pub async fn running(&self, id_or_name: &str) -> ApiResult<(SandboxRow, Arc<Live>)> {
+        let row = self.row(id_or_name).await?;
+        match self.live(&row.id) {
+            Some(l) if !l.is_ending() => Ok((row, l)),
+            Some(_) => Err(ApiError::not_running(&row.id, "being destroyed")),
+            None if row.state == crate::store::SandboxState::Running => {
+                Err(ApiError::conflict(format!(
+                    "sandbox {} is still being created; retry in a moment",
+                    row.id
+                )))
+            }
+            None => Err(ApiError::not_running(&row.id, row.state.as_str())),
+        }
+    }
+}
+
+/// A new sandbox id: 12 lowercase hex digits from the kernel's CSPRNG.
+pub fn new_id() -> String {
+    let mut buf = [0u8; 6];
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of
+        // `buf`, which is valid for writes for that many bytes.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // getrandom cannot fail on Linux >= 3.17 except by EINTR; fall
+            // back to the clock and pid so that an id is still produced.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64
+                ^ u64::from(std::process::id()) << 32;
+            buf.copy_from_slice(&t.to_le_bytes()[..6]);
+            break;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_twelve_lowercase_hex_digits_and_differ() {
+        let a = super::new_id();
+        let b = super::new_id();
+        assert_eq!(a.len(), 12);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+    }
+}
