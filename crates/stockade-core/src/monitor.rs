@@ -109,6 +109,11 @@ impl Monitor {
         }
         let stats = cgroup.stats();
         self.note_pids(&stats);
+        // The OOM notifier can fire before the kernel counts the kill;
+        // the periodic sample catches what the notification missed.
+        if stats.oom_kills > 0 {
+            return self.check_oom(cgroup);
+        }
         let used = self.meter.measure();
         self.next_sample = Instant::now() + self.meter.next_interval(TICK);
         if used > self.limits.disk.bytes() {
