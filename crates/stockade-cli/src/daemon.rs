@@ -63,7 +63,7 @@ pub struct ServeArgs {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("cannot find the stockade binary to start shims")?;
-    let backend = ShimBackend::new(args.state_dir.clone(), exe);
+    let backend = ShimBackend::new(args.state_dir.clone(), exe.clone());
     let _ = default_socket();
     let cfg = ServeConfig {
         socket: args.socket,
@@ -71,6 +71,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         token_file: args.token_file,
         state_dir: args.state_dir,
         webhook: args.webhook,
+        task_exe: Some(exe),
         ..ServeConfig::default()
     };
     stockade_server::serve_blocking(cfg, Arc::new(backend))?;

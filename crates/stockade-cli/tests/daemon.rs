@@ -386,3 +386,96 @@ fn fifty_concurrent_clients_for_a_minute_leave_nothing_behind() {
     );
     assert_eq!(mount_count(), mounts_before, "host mount table changed");
 }
+
+fn raw_json(
+    c: &Client,
+    method: &str,
+    target: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let text = body.map(|b| b.to_string());
+    let resp = c
+        .raw(
+            method,
+            target,
+            &[],
+            text.as_deref().map(|t| ("application/json", t.as_bytes())),
+        )
+        .unwrap();
+    let status = resp.status;
+    let bytes = resp.bytes(1 << 20).unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn tasks_run_through_the_daemon_with_phase_events() {
+    let env = Env::new();
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.path().join("a.txt"), "one\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "init"]);
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let events = c.events(None).unwrap();
+    let (status, task) = raw_json(
+        &c,
+        "POST",
+        "/v1/tasks",
+        Some(serde_json::json!({
+            "repo": repo.path(),
+            "cmd": ["sh", "-c", "echo \"$STOCKADE_TASK\" >> a.txt"],
+            "task": "two",
+        })),
+    );
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().unwrap().to_string();
+    let mut done = serde_json::Value::Null;
+    assert!(eventually(|| {
+        done = raw_json(&c, "GET", &format!("/v1/tasks/{id}"), None).1;
+        done["state"] != "running"
+    }));
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["report"]["outcome"], "exited");
+    assert_eq!(done["report"]["files_changed"], 1);
+    let patch = c
+        .raw("GET", &format!("/v1/tasks/{id}/patch"), &[], None)
+        .unwrap();
+    assert_eq!(patch.status, 200);
+    let patch = String::from_utf8(patch.bytes(1 << 20).unwrap()).unwrap();
+    assert!(patch.contains("+two"), "{patch}");
+    let mut phases = Vec::new();
+    for ev in events {
+        let ev = ev.unwrap().json();
+        if ev["type"] == "task-phase" && ev["task_id"] == id.as_str() {
+            phases.push(ev["phase"].as_str().unwrap().to_string());
+        }
+        if ev["type"] == "task-finished" {
+            break;
+        }
+    }
+    for p in ["clone", "run", "collect", "done"] {
+        assert!(phases.iter().any(|x| x == p), "{phases:?}");
+    }
+    let (status, err) = raw_json(
+        &c,
+        "POST",
+        "/v1/tasks",
+        Some(serde_json::json!({"repo": "/x", "cmd": ["true"], "bogus": 1})),
+    );
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(raw_json(&c, "GET", "/v1/tasks/000000000000", None).0, 404);
+}

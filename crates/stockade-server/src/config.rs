@@ -42,6 +42,9 @@ pub struct ServeConfig {
     pub webhook: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The `stockade` binary that runs `POST /v1/tasks` (as `stockade
+    /// task`); without it the tasks API answers 500.
+    pub task_exe: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -53,6 +56,7 @@ impl Default for ServeConfig {
             state_dir: PathBuf::from("/var/lib/stockade"),
             webhook: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            task_exe: None,
         }
     }
 }

@@ -180,6 +180,8 @@ impl Server {
             shutdown: stop_rx.clone(),
             max_body_bytes: self.cfg.max_body_bytes,
             root_opener: self.root_opener,
+            state_dir: self.cfg.state_dir.clone(),
+            task_exe: self.cfg.task_exe.clone(),
         });
         lifecycle::adopt(&state, self.recovered);
         let expiry = tokio::spawn(lifecycle::expiry_loop(Arc::downgrade(&state)));

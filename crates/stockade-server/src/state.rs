@@ -84,6 +84,10 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     pub max_body_bytes: usize,
     pub root_opener: RootOpener,
+    /// The daemon's state directory (task runs live under it).
+    pub state_dir: std::path::PathBuf,
+    /// Binary started as `stockade task` for `POST /v1/tasks`.
+    pub task_exe: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -6,6 +6,7 @@ mod exec;
 mod files;
 mod sandboxes;
 mod system;
+mod tasks;
 
 use std::sync::Arc;
 
@@ -35,6 +36,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sandboxes/{id}/files"),
     ("put", "/v1/sandboxes/{id}/files"),
     ("delete", "/v1/sandboxes/{id}/files"),
+    ("get", "/v1/tasks"),
+    ("post", "/v1/tasks"),
+    ("get", "/v1/tasks/{id}"),
+    ("get", "/v1/tasks/{id}/patch"),
 ];
 
 /// The API router (without authentication; see `auth`).
@@ -74,6 +79,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(files::put_file)
                 .delete(files::delete_file),
         )
+        .route("/v1/tasks", get(tasks::list).post(tasks::create))
+        .route("/v1/tasks/{id}", get(tasks::show))
+        .route("/v1/tasks/{id}/patch", get(tasks::patch))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
