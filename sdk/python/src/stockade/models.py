@@ -1,0 +1,239 @@
+"""Typed views of the API's answers.
+
+Every class keeps the answer it was built from in ``raw``, so fields the
+daemon adds later are never out of reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+
+__all__ = [
+    "ProcessResult",
+    "ProcessInfo",
+    "FileEntry",
+    "SandboxInfo",
+    "Event",
+    "OutputChunk",
+]
+
+JsonDict = Dict[str, Any]
+
+
+def _opt_int(v: Any) -> Optional[int]:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _opt_float(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _opt_str(v: Any) -> Optional[str]:
+    return v if isinstance(v, str) else None
+
+
+def _dict(v: Any) -> JsonDict:
+    return dict(v) if isinstance(v, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """How a process ended and what it printed.
+
+    ``outcome`` is ``exited`` (see ``exit_code``), ``signaled`` (see
+    ``signal``), ``timeout`` (killed with SIGKILL at its timeout) or
+    ``error`` (the sandbox went away meanwhile; ``error`` says why).
+    ``stdout``/``stderr`` are UTF-8 text (invalid bytes become U+FFFD);
+    ``truncated`` says the daemon kept only the most recent 1 MiB of one.
+    """
+
+    exit_code: Optional[int]
+    signal: Optional[int]
+    outcome: str
+    stdout: str
+    stderr: str
+    truncated: bool
+    pid: Optional[int] = None
+    duration_seconds: float = 0.0
+    error: Optional[str] = None
+    raw: JsonDict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """The process exited with status 0."""
+        return self.outcome == "exited" and self.exit_code == 0
+
+    @classmethod
+    def from_json(
+        cls,
+        d: Mapping[str, Any],
+        *,
+        stdout: Optional[str] = None,
+        stderr: Optional[str] = None,
+        pid: Optional[int] = None,
+    ) -> "ProcessResult":
+        """Builds a result from an exec answer or an ``exit`` event
+        (whose output was gathered from the stream)."""
+        out = stdout if stdout is not None else d.get("stdout")
+        err = stderr if stderr is not None else d.get("stderr")
+        return cls(
+            exit_code=_opt_int(d.get("exit_code")),
+            signal=_opt_int(d.get("signal")),
+            outcome=str(d.get("outcome", "")),
+            stdout=out if isinstance(out, str) else "",
+            stderr=err if isinstance(err, str) else "",
+            truncated=bool(d.get("truncated", False)),
+            pid=_opt_int(d.get("pid")) if pid is None else pid,
+            duration_seconds=_opt_float(d.get("duration_seconds")) or 0.0,
+            error=_opt_str(d.get("error")),
+            raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A process of a sandbox, as the process list shows it."""
+
+    pid: int
+    cmd: List[str]
+    running: bool
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    background: bool = False
+    via_api: bool = False
+    raw: JsonDict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "ProcessInfo":
+        cmd = d.get("cmd")
+        return cls(
+            pid=int(d.get("pid", 0)),
+            cmd=[str(a) for a in cmd] if isinstance(cmd, list) else [],
+            running=bool(d.get("running", False)),
+            exit_code=_opt_int(d.get("exit_code")),
+            signal=_opt_int(d.get("signal")),
+            background=bool(d.get("background", False)),
+            via_api=bool(d.get("via_api", False)),
+            raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of a directory listing (symlinks are not followed).
+
+    ``type`` is ``file``, ``dir``, ``symlink`` or ``other``; ``mode`` the
+    permission bits in octal (``"0644"``); ``mtime`` unix seconds.
+    """
+
+    name: str
+    type: str
+    size: int
+    mode: str
+    mtime: int
+    raw: JsonDict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "dir"
+
+    @property
+    def is_file(self) -> bool:
+        return self.type == "file"
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "FileEntry":
+        return cls(
+            name=str(d.get("name", "")),
+            type=str(d.get("type", "other")),
+            size=_opt_int(d.get("size")) or 0,
+            mode=str(d.get("mode", "")),
+            mtime=_opt_int(d.get("mtime")) or 0,
+            raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A sandbox as the daemon describes it; times are unix seconds.
+
+    ``state`` is ``running``, ``destroyed``, ``dead`` or ``expired``.
+    ``usage``, ``violations`` and ``processes`` are filled for a running
+    sandbox fetched by id (``Sandbox.status()``); ``report`` once it ended.
+    """
+
+    id: str
+    state: str
+    name: Optional[str] = None
+    reason: Optional[str] = None
+    labels: Dict[str, str] = field(default_factory=dict)
+    policy: JsonDict = field(default_factory=dict, repr=False)
+    created_at: float = 0.0
+    expires_at: Optional[float] = None
+    ended_at: Optional[float] = None
+    usage: Optional[JsonDict] = None
+    violations: Optional[List[JsonDict]] = None
+    processes: Optional[List[ProcessInfo]] = None
+    report: Optional[JsonDict] = field(default=None, repr=False)
+    raw: JsonDict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "SandboxInfo":
+        labels = d.get("labels")
+        usage = d.get("usage")
+        violations = d.get("violations")
+        procs = d.get("processes")
+        report = d.get("report")
+        return cls(
+            id=str(d.get("id", "")),
+            state=str(d.get("state", "")),
+            name=_opt_str(d.get("name")),
+            reason=_opt_str(d.get("reason")),
+            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {},
+            policy=_dict(d.get("policy")),
+            created_at=_opt_float(d.get("created_at")) or 0.0,
+            expires_at=_opt_float(d.get("expires_at")),
+            ended_at=_opt_float(d.get("ended_at")),
+            usage=dict(usage) if isinstance(usage, Mapping) else None,
+            violations=[_dict(v) for v in violations] if isinstance(violations, list) else None,
+            processes=[ProcessInfo.from_json(p) for p in procs if isinstance(p, Mapping)]
+            if isinstance(procs, list)
+            else None,
+            report=dict(report) if isinstance(report, Mapping) else None,
+            raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """A daemon event: ``type`` (``created``, ``exec-started``,
+    ``exec-exited``, ``violation``, ``network-denied``, ``expired``,
+    ``destroyed``, ``lagged``), the sandbox, the time (unix seconds), and
+    the whole event in ``data``."""
+
+    type: str
+    sandbox_id: str
+    time: float
+    data: JsonDict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, name: str, d: Any) -> "Event":
+        doc = _dict(d)
+        return cls(
+            type=str(doc.get("type", name)),
+            sandbox_id=str(doc.get("sandbox_id", "")),
+            time=_opt_float(doc.get("time")) or 0.0,
+            data=doc,
+        )
+
+
+class OutputChunk(NamedTuple):
+    """Some output of a process: ``stream`` is ``stdout`` or ``stderr``."""
+
+    stream: str
+    text: str
