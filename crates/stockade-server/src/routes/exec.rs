@@ -136,6 +136,8 @@ fn output_sse(
         pending: std::collections::VecDeque<Event>,
         started: bool,
         done: bool,
+        /// Output was dropped from the kept log before this reader got it.
+        lagged: bool,
     }
     let rx = p.subscribe();
     let init = Cursor {
@@ -145,6 +147,7 @@ fn output_sse(
         pending: Default::default(),
         started: false,
         done: false,
+        lagged: false,
     };
     let s = stream::unfold(init, |mut c| async move {
         loop {
@@ -166,6 +169,15 @@ fn output_sse(
                 (log.since(c.next_seq), log.exit.clone())
             };
             for ch in &chunks {
+                // Sequence numbers run over both streams without gaps; a
+                // gap means the kept log dropped chunks this reader never
+                // saw (it fell more than the cap behind).
+                if ch.seq > c.next_seq {
+                    c.lagged = true;
+                    let data = json!({ "missed_chunks": ch.seq - c.next_seq }).to_string();
+                    c.pending
+                        .push_back(Event::default().event("lagged").data(data));
+                }
                 let kind = match ch.stream {
                     StreamKind::Stdout => "stdout",
                     StreamKind::Stderr => "stderr",
@@ -179,8 +191,12 @@ fn output_sse(
             }
             if let Some(e) = exit {
                 c.done = true;
+                let mut data = json!(e);
+                if let Some(obj) = data.as_object_mut() {
+                    obj.insert("truncated".into(), json!(c.lagged));
+                }
                 c.pending
-                    .push_back(Event::default().event("exit").data(json!(e).to_string()));
+                    .push_back(Event::default().event("exit").data(data.to_string()));
                 continue;
             }
             if c.rx.changed().await.is_err() {

@@ -277,3 +277,39 @@ fn exec_rejects_bad_requests() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_stream_reader_that_falls_behind_is_told_it_lost_output() {
+    let _g = shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(tmp.path());
+    let c = d.client();
+    let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
+    // Start in the background, let it print 3 MiB and end, then read the
+    // stream from the start: only the last 1 MiB is kept.
+    let mut opts = sh("head -c 3145728 /dev/zero | tr '\\0' x");
+    opts.background = true;
+    let pid = c.exec_background(&sb.id, &opts).unwrap();
+    eventually(10, || {
+        c.processes(&sb.id)
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == pid && p["running"] == false)
+            .then_some(())
+    });
+    let events: Vec<SseEvent> = c.output(&sb.id, pid).unwrap().map(|e| e.unwrap()).collect();
+    assert!(
+        events.iter().any(|e| e.event == "lagged"),
+        "no lagged event"
+    );
+    let exit = events.iter().find(|e| e.event == "exit").unwrap().json();
+    assert_eq!(exit["truncated"], true, "{exit}");
+    // A reader that keeps up hears of no loss.
+    let events: Vec<SseEvent> = c
+        .exec_stream(&sb.id, &sh("echo small"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert!(!events.iter().any(|e| e.event == "lagged"));
+    assert_eq!(events.last().unwrap().json()["truncated"], false);
+}
