@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use stockade_core::RunOptions;
-use stockade_policy::{BindMount, ByteSize, Cpus, NetMode, Policy, Span};
+use stockade_policy::{
+    Bandwidth, BindMount, ByteSize, CidrRule, Cpus, HostMapping, HostPattern, NetMode, Policy, Span,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,7 +46,11 @@ pub enum Command {
     Cp(crate::daemon::CpArgs),
     /// Internal: the per-sandbox supervisor the daemon starts.
     #[command(hide = true)]
-    Shim,
+    Shim {
+        /// The sandbox's id, for `ps` (the start request on stdin carries it too).
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -102,9 +108,28 @@ pub struct PolicyArgs {
     /// Host name inside the sandbox.
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Network mode; only `none` (loopback only) exists so far.
+    /// Network: none (loopback only), allowlist (only allowed names and
+    /// addresses) or open (any public address); both filtered in userspace.
     #[arg(long, value_name = "MODE", value_parser = parse_net)]
     pub net: Option<NetMode>,
+    /// Name the sandbox may resolve and connect to ("*.x" = any name below x).
+    #[arg(long = "allow-host", value_name = "PATTERN")]
+    pub allow_host: Vec<HostPattern>,
+    /// Address block the sandbox may connect to by IP, optionally on some ports.
+    #[arg(long = "allow-cidr", value_name = "CIDR[:PORT[-PORT]]")]
+    pub allow_cidr: Vec<CidrRule>,
+    /// Fixed DNS answer inside the sandbox; the name becomes allowed.
+    #[arg(long = "map-host", value_name = "NAME=IP")]
+    pub map_host: Vec<HostMapping>,
+    /// New connections per minute (e.g. 100/min).
+    #[arg(long = "net-rate", value_name = "N/min", value_parser = parse_rate)]
+    pub net_rate: Option<u32>,
+    /// Bandwidth per direction (e.g. 50mbit, 6MB).
+    #[arg(long = "net-bandwidth", value_name = "RATE")]
+    pub net_bandwidth: Option<Bandwidth>,
+    /// Write every network decision to FILE as JSON lines (`run` only).
+    #[arg(long = "net-log", value_name = "FILE")]
+    pub net_log: Option<PathBuf>,
     /// Stockade's state directory.
     #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
     pub state_dir: PathBuf,
@@ -188,10 +213,30 @@ impl TaskArgs {
 fn parse_net(s: &str) -> Result<NetMode, String> {
     match s {
         "none" => Ok(NetMode::None),
-        "allowlist" | "open" => Err(format!(
-            "network mode {s:?} is not available in this build yet; use \"none\""
+        "allowlist" => Ok(NetMode::Allowlist),
+        "open" => Ok(NetMode::Open),
+        _ => Err(format!(
+            "expected \"none\", \"allowlist\" or \"open\", got {s:?}"
         )),
-        _ => Err(format!("expected \"none\", got {s:?}")),
+    }
+}
+
+/// `--net-rate`: "100/min", "100/m" or a bare "100" (per minute).
+fn parse_rate(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let n = ["/min", "/minute", "/m"]
+        .iter()
+        .find_map(|suffix| t.strip_suffix(suffix))
+        .unwrap_or(t);
+    match n.trim().parse::<u32>() {
+        Ok(0) => Err(
+            "must be at least 1 new connection per minute (use --net none to forbid connections)"
+                .into(),
+        ),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!(
+            "expected new connections per minute like \"100/min\" or \"100\", got {s:?}"
+        )),
     }
 }
 
@@ -199,9 +244,11 @@ impl RunArgs {
     /// Run options; plus where to write the report.
     pub fn into_options(self) -> anyhow::Result<(RunOptions, Option<PathBuf>)> {
         let state_dir = self.policy.state_dir.clone();
+        let net_log = self.policy.net_log.clone();
         let policy = self.policy.into_policy()?;
         let mut opts = RunOptions::new(policy, self.command, state_dir);
         opts.tty = self.tty;
+        opts.net_log = net_log;
         Ok((opts, self.report))
     }
 }
@@ -256,8 +303,18 @@ impl PolicyArgs {
                 .with_context(|| format!("-e expects KEY=VALUE, got {kv:?}"))?;
             pr.env.insert(k.to_string(), v.to_string());
         }
-        if let Some(n) = self.net {
-            p.network.mode = n;
+        let n = &mut p.network;
+        if let Some(v) = self.net {
+            n.mode = v;
+        }
+        n.allow_hosts.extend(self.allow_host);
+        n.allow_cidrs.extend(self.allow_cidr);
+        n.map_hosts.extend(self.map_host);
+        if let Some(v) = self.net_rate {
+            n.rate_per_minute = Some(v);
+        }
+        if let Some(v) = self.net_bandwidth {
+            n.bandwidth = Some(v);
         }
         p.validate()?;
         Ok(p)

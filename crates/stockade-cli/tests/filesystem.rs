@@ -164,19 +164,11 @@ fn policy_file_sets_everything_and_flags_override() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
 
-/// Mount table lines of the host, to compare before and after.
-fn host_mounts() -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count()
-}
-
 #[test]
 #[ignore = "needs root: creates namespaces and cgroups"]
 fn many_runs_leave_nothing_behind() {
     let env = Env::new();
-    let mounts_before = host_mounts();
+    let mounts_before = mounts_under(env.state.path());
     let marker = format!("sbx-leak-{}", rand_suffix());
     let mut ids = Vec::new();
     for i in 0..200 {
@@ -201,7 +193,12 @@ fn many_runs_leave_nothing_behind() {
         .flatten()
         .collect();
     assert!(left.is_empty(), "sandbox dirs left: {left:?}");
-    assert_eq!(host_mounts(), mounts_before, "host mount table changed");
+    assert_eq!(
+        mounts_under(env.state.path()),
+        mounts_before,
+        "mounts leaked to the host"
+    );
+    assert_eq!(mounts_before, 0);
 }
 
 #[test]

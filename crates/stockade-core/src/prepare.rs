@@ -172,7 +172,8 @@ pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Pr
             )));
         }
     }
-    let etc_dir = stockade_isolate::etc::prepare(&state.root, &p.hostname)
+    let net = policy.network.mode != stockade_policy::NetMode::None;
+    let etc_dir = stockade_isolate::etc::prepare(&state.root, &p.hostname, net)
         .map_err(io("prepare the sandbox's /etc"))?;
     let seccomp = stockade_isolate::seccomp::build()
         .map_err(|e| RunError::Invalid(format!("cannot build the seccomp filter: {e}")))?;
@@ -218,6 +219,7 @@ pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Pr
         binds: fs_policy.bind.clone(),
         hostname: p.hostname.clone(),
         as_root: p.root,
+        net,
         uid_map,
         gid_map,
         seccomp,

@@ -31,6 +31,10 @@ pub enum ViolationKind {
     PidsLimit,
     DiskLimit,
     Timeout,
+    /// The egress filter refused a connection, a DNS name or a datagram.
+    NetworkDenied,
+    /// A new connection was refused by `network.rate_per_minute`.
+    NetworkRateLimit,
 }
 
 impl ViolationKind {
@@ -40,6 +44,8 @@ impl ViolationKind {
             ViolationKind::PidsLimit => "pids-limit",
             ViolationKind::DiskLimit => "disk-limit",
             ViolationKind::Timeout => "timeout",
+            ViolationKind::NetworkDenied => "network-denied",
+            ViolationKind::NetworkRateLimit => "network-rate-limit",
         }
     }
 }
@@ -64,6 +70,33 @@ pub struct Usage {
     pub pids_peak: u64,
 }
 
+/// Network use of a sandbox with egress (`allowlist` or `open`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkUsage {
+    pub connections_allowed: u64,
+    pub connections_denied: u64,
+    /// Bytes from the sandbox to the outside.
+    pub bytes_up: u64,
+    /// Bytes from the outside to the sandbox.
+    pub bytes_down: u64,
+    /// Names refused by DNS or by SNI/Host, each once, sorted.
+    pub denied_names: Vec<String>,
+    pub rate_limit_hits: u64,
+}
+
+impl From<stockade_net::NetSummary> for NetworkUsage {
+    fn from(s: stockade_net::NetSummary) -> Self {
+        NetworkUsage {
+            connections_allowed: s.connections_allowed,
+            connections_denied: s.connections_denied,
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+            denied_names: s.denied_names,
+            rate_limit_hits: s.rate_limit_hits,
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -78,6 +111,9 @@ pub struct Report {
     pub command: Vec<String>,
     /// Unix time (seconds) when the sandbox was started.
     pub started_at: f64,
+    /// Egress totals; absent when the network mode is `none`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub network: Option<NetworkUsage>,
 }
 
 impl Report {
@@ -109,6 +145,7 @@ mod tests {
             usage: Usage::default(),
             command: vec![],
             started_at: 0.0,
+            network: None,
         }
     }
 
@@ -147,5 +184,49 @@ mod tests {
             assert!(v["usage"].get(key).is_some(), "{key}");
         }
         assert!(v.get("exit_code").is_some() && v.get("signal").is_some());
+        assert!(
+            v.get("network").is_none(),
+            "no network section in mode none"
+        );
+    }
+
+    #[test]
+    fn network_section_and_kinds_serialise() {
+        let mut r = report(Outcome::Exited, Some(0), None);
+        r.network = Some(NetworkUsage {
+            connections_allowed: 2,
+            denied_names: vec!["bad.test".into()],
+            ..NetworkUsage::default()
+        });
+        for kind in [
+            ViolationKind::NetworkDenied,
+            ViolationKind::NetworkRateLimit,
+        ] {
+            r.violations.push(Violation {
+                kind,
+                limit: "x".into(),
+                observed: "y".into(),
+                at: 0.1,
+            });
+        }
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["violations"][0]["kind"], "network-denied");
+        assert_eq!(
+            v["violations"][1]["kind"],
+            ViolationKind::NetworkRateLimit.as_str()
+        );
+        let n = &v["network"];
+        assert_eq!(n["connections_allowed"], 2);
+        assert_eq!(n["denied_names"][0], "bad.test");
+        for key in [
+            "connections_denied",
+            "bytes_up",
+            "bytes_down",
+            "rate_limit_hits",
+        ] {
+            assert!(n.get(key).is_some(), "{key}");
+        }
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
     }
 }

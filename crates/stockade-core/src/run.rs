@@ -6,9 +6,18 @@
 //! events it checks the deadline, samples the process count and measures
 //! disk use. Hard breaches (time, memory, disk) kill the whole sandbox;
 //! soft ones (process limit) are recorded and the workload sees `EAGAIN`.
+//!
+//! With network egress (`allowlist`/`open`) init hands over the sandbox's
+//! TUN device before it is ready, and the supervisor serves it with
+//! `stockade_net::Egress` on a thread of its own, started only after the
+//! clone (which needs a single-threaded process). Its decisions come back
+//! over a channel drained by the poll loop ([`NetWatch`]).
 
-use std::os::fd::AsFd;
+use std::collections::HashSet;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -18,11 +27,12 @@ use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits};
 use stockade_isolate::launch::{launch, Launched};
 use stockade_isolate::proto::{self, FromInit, ToInit};
 use stockade_isolate::sys::pidfd_send_signal;
-use stockade_policy::Policy;
+use stockade_net::{Egress, EgressConfig, NetEvent};
+use stockade_policy::{NetMode, NetworkPolicy, Policy};
 
 use crate::monitor::Monitor;
 use crate::prepare::{new_id, prepare};
-use crate::report::{Outcome, Report, Usage, ViolationKind};
+use crate::report::{NetworkUsage, Outcome, Report, Usage, Violation, ViolationKind};
 use crate::state::StateDir;
 use crate::tty::TtyRelay;
 use crate::RunError;
@@ -44,6 +54,9 @@ pub struct RunOptions {
     /// sandbox's own scratch space (e.g. a bound workspace that is
     /// scratch to the caller).
     pub extra_metered: Vec<PathBuf>,
+    /// Write every network decision to this file, one JSON object per
+    /// line (`stockade_net::NetEvent`). Only with network egress.
+    pub net_log: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -57,6 +70,7 @@ impl RunOptions {
             print_violations: true,
             stdio: None,
             extra_metered: Vec::new(),
+            net_log: None,
         }
     }
 }
@@ -89,6 +103,7 @@ pub fn run(opts: &RunOptions) -> Report {
         usage: Usage::default(),
         command: opts.command.clone(),
         started_at,
+        network: None,
     };
     // Block the forwarded signals before anything else: one that arrives
     // while the sandbox is being built stays pending and is read from the
@@ -121,6 +136,7 @@ fn run_inner(
     policy
         .validate()
         .map_err(|e| RunError::Invalid(e.to_string()))?;
+    let net_log = open_net_log(opts)?;
     let state = StateDir::open(&opts.state_dir).map_err(|e| RunError::Io {
         what: format!("open the state directory {}", opts.state_dir.display()),
         source: e,
@@ -146,7 +162,8 @@ fn run_inner(
         let cgroup = driver
             .create(id, &limits)
             .map_err(|e| RunError::Cgroup(e.to_string()))?;
-        let r = supervise(opts, &prepared, request, &cgroup, started, report);
+        let net = NetWatch::new(&policy.network, id, report.started_at, net_log);
+        let r = supervise(opts, &prepared, request, &cgroup, started, report, net);
         // Whatever happened, nothing may outlive the run.
         cgroup.kill_all();
         let _ = cgroup.destroy();
@@ -163,6 +180,7 @@ fn supervise(
     cgroup: &Cgroup,
     started: Instant,
     report: &mut Report,
+    mut net: NetWatch,
 ) -> Result<(), RunError> {
     let limits = &opts.policy.limits;
     let mut mask = SigSet::empty();
@@ -175,7 +193,7 @@ fn supervise(
     // SAFETY: `stockade run` is single-threaded; nothing else runs while
     // the sandbox's init is cloned.
     let launched: Launched = unsafe {
-        launch(&prepared.spec, |pid| {
+        launch(&prepared.spec, cgroup.dir_fd_v2(), |pid| {
             cgroup.add_pid(pid).map_err(|e| e.to_string())
         })
     }
@@ -264,6 +282,14 @@ fn supervise(
                 }
                 match proto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
                     Ok(Some((msg, mut fds))) => match msg {
+                        FromInit::Tun => {
+                            // Started now, after the clone: from here on
+                            // the supervisor has a second thread.
+                            if let Err(e) = net.start(fds.pop()) {
+                                setup_error = Some(e);
+                                kill_init(cgroup, &launched);
+                            }
+                        }
                         FromInit::Ready => {}
                         FromInit::Spawned { pid, .. } => {
                             main_pid = Some(pid);
@@ -338,6 +364,11 @@ fn supervise(
                 kill_init(cgroup, &launched);
             }
         }
+        net.drain(&mut |_, detail| {
+            if print {
+                eprintln!("stockade: {detail}");
+            }
+        });
         if init_done {
             break;
         }
@@ -347,10 +378,17 @@ fn supervise(
     if let Some(mut r) = relay.take() {
         r.finish();
     }
+    report.network = net.finish(&mut |_, detail| {
+        if print {
+            eprintln!("stockade: {detail}");
+        }
+    });
 
     monitor.check_oom(cgroup);
     report.usage = monitor.usage(cgroup);
     report.violations = std::mem::take(&mut monitor.violations);
+    report.violations.append(&mut net.violations);
+    report.violations.sort_by(|a, b| a.at.total_cmp(&b.at));
 
     if let Some(m) = setup_error {
         return Err(RunError::Setup(m));
@@ -399,4 +437,241 @@ impl Drop for RestoreMask {
             let _ = m.thread_set_mask();
         }
     }
+}
+
+/// Opens `--net-log` before anything is built, so a bad path fails early.
+fn open_net_log(opts: &RunOptions) -> Result<Option<std::fs::File>, RunError> {
+    let Some(path) = &opts.net_log else {
+        return Ok(None);
+    };
+    if opts.policy.network.mode == NetMode::None {
+        return Err(RunError::Invalid(format!(
+            "--net-log {}: network mode is \"none\", so there is nothing to log; \
+             add --net allowlist or --net open",
+            path.display()
+        )));
+    }
+    std::fs::File::create(path)
+        .map(Some)
+        .map_err(|e| RunError::Io {
+            what: format!("create the network log {}", path.display()),
+            source: e,
+        })
+}
+
+/// Distinct denials kept as violations; the rest only count in the totals
+/// (and appear in `--net-log`).
+const MAX_NET_VIOLATIONS: usize = 100;
+/// Denials printed on stderr; after these, one line says more were hidden.
+const MAX_NET_PRINTED: usize = 20;
+/// Events queued between the egress thread and the poll loop; beyond it
+/// events are dropped from the violations list (never from the totals or
+/// the log, which the egress thread keeps itself).
+const NET_QUEUE: usize = 4096;
+
+/// Called with each new network violation and its one-line description.
+pub(crate) type NetSink<'a> = dyn FnMut(&Violation, &str) + 'a;
+
+/// A sandbox's egress stack, seen from its supervisor's poll loop (shared
+/// by `stockade run` and the shim): starts it when init hands over the
+/// TUN, turns its denials into violations, and stops it at the end.
+pub(crate) struct NetWatch {
+    policy: NetworkPolicy,
+    sandbox_id: String,
+    /// Unix time the sandbox started; violations are timed from it.
+    started_at: f64,
+    log: Option<Arc<Mutex<std::fs::File>>>,
+    egress: Option<Egress>,
+    events: Option<mpsc::Receiver<NetEvent>>,
+    seen: HashSet<String>,
+    printed: usize,
+    rate_limit: Option<usize>,
+    /// Network violations so far, in order.
+    pub violations: Vec<Violation>,
+}
+
+impl std::fmt::Debug for NetWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetWatch")
+            .field("sandbox_id", &self.sandbox_id)
+            .field("running", &self.egress.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetWatch {
+    pub(crate) fn new(
+        policy: &NetworkPolicy,
+        sandbox_id: &str,
+        started_at: f64,
+        log: Option<std::fs::File>,
+    ) -> NetWatch {
+        NetWatch {
+            policy: policy.clone(),
+            sandbox_id: sandbox_id.to_string(),
+            started_at,
+            log: log.map(|f| Arc::new(Mutex::new(f))),
+            egress: None,
+            events: None,
+            seen: HashSet::new(),
+            printed: 0,
+            rate_limit: None,
+            violations: Vec::new(),
+        }
+    }
+
+    /// Serves the TUN init sent (`FromInit::Tun`). The caller must be done
+    /// cloning: this starts a thread.
+    pub(crate) fn start(&mut self, tun: Option<OwnedFd>) -> Result<(), String> {
+        if self.egress.is_some() {
+            return Err("the sandbox's init sent a second network device".into());
+        }
+        if self.policy.mode == NetMode::None {
+            return Err(
+                "the sandbox's init sent a network device, but its network mode is \"none\"".into(),
+            );
+        }
+        let Some(tun) = tun else {
+            return Err("the sandbox's init sent no descriptor with its network device".into());
+        };
+        let (tx, rx) = mpsc::sync_channel(NET_QUEUE);
+        let log = self.log.clone();
+        let callback = move |ev: NetEvent| {
+            if let Some(log) = &log {
+                if let Ok(mut line) = serde_json::to_vec(&ev) {
+                    line.push(b'\n');
+                    let _ = log
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .write_all(&line);
+                }
+            }
+            if ev.verdict == "deny" {
+                let _ = tx.try_send(ev);
+            }
+        };
+        let cfg = EgressConfig::new(self.policy.clone(), self.sandbox_id.clone());
+        let egress = Egress::start(tun, cfg, callback)
+            .map_err(|e| format!("cannot start the network egress filter: {}", chain(&e)))?;
+        self.egress = Some(egress);
+        self.events = Some(rx);
+        Ok(())
+    }
+
+    /// Turns the denials reported so far into violations; `sink` hears of
+    /// each new one (and of the line that says further ones are not shown).
+    pub(crate) fn drain(&mut self, sink: &mut NetSink<'_>) {
+        let Some(rx) = &self.events else {
+            return;
+        };
+        let events: Vec<NetEvent> = rx.try_iter().collect();
+        for ev in events {
+            self.record(&ev, sink);
+        }
+    }
+
+    fn record(&mut self, ev: &NetEvent, sink: &mut NetSink<'_>) {
+        let at = (ev.time - self.started_at).max(0.0);
+        if ev.reason == "rate-limit" {
+            if self.rate_limit.is_some() {
+                return;
+            }
+            let limit = self
+                .policy
+                .rate_per_minute
+                .map_or_else(|| "unlimited".to_string(), |r| format!("{r}/min"));
+            let v = Violation {
+                kind: ViolationKind::NetworkRateLimit,
+                limit: limit.clone(),
+                observed: "new connections refused".into(),
+                at,
+            };
+            let detail = format!(
+                "{}: more than {limit} new connections; further ones are refused (RST) for now",
+                v.kind.as_str()
+            );
+            sink(&v, &detail);
+            self.rate_limit = Some(self.violations.len());
+            self.violations.push(v);
+            return;
+        }
+        let target = match (&ev.name, ev.address, ev.port) {
+            (Some(n), Some(a), Some(p)) => format!("{n} ({a}:{p})"),
+            (Some(n), _, _) => n.clone(),
+            (None, Some(a), Some(p)) => format!("{a}:{p}"),
+            (None, Some(a), None) => a.to_string(),
+            (None, None, _) => "?".into(),
+        };
+        let key = ev
+            .name
+            .clone()
+            .or_else(|| ev.address.map(|a| a.to_string()))
+            .unwrap_or_default();
+        let kind = ViolationKind::NetworkDenied;
+        if self.seen.len() >= MAX_NET_VIOLATIONS || !self.seen.insert(key) {
+            return;
+        }
+        let what = match ev.protocol {
+            "dns" => format!("name {target}"),
+            p => format!("{p} to {target}"),
+        };
+        let v = Violation {
+            kind,
+            limit: format!(
+                "network.mode = {}",
+                match self.policy.mode {
+                    NetMode::None => "none",
+                    NetMode::Allowlist => "allowlist",
+                    NetMode::Open => "open",
+                }
+            ),
+            observed: format!("{what}: {}", ev.reason),
+            at,
+        };
+        if self.printed < MAX_NET_PRINTED {
+            sink(
+                &v,
+                &format!("{}: {what} refused ({})", kind.as_str(), ev.reason),
+            );
+        } else if self.printed == MAX_NET_PRINTED {
+            sink(
+                &v,
+                &format!(
+                    "{}: further denials are not shown here (the report counts them all; \
+                     --net-log lists them)",
+                    kind.as_str()
+                ),
+            );
+        }
+        self.printed += 1;
+        self.violations.push(v);
+    }
+
+    /// Stops the egress stack (closing the TUN and every proxied socket),
+    /// records what it reported last, and returns its totals; `None`
+    /// when it never ran.
+    pub(crate) fn finish(&mut self, sink: &mut NetSink<'_>) -> Option<NetworkUsage> {
+        let egress = self.egress.take()?;
+        let summary = egress.shutdown();
+        self.drain(sink);
+        self.events = None;
+        if let Some(i) = self.rate_limit {
+            if let Some(v) = self.violations.get_mut(i) {
+                v.observed = format!("{} new connections refused", summary.rate_limit_hits);
+            }
+        }
+        Some(summary.into())
+    }
+}
+
+/// An error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -9,7 +9,8 @@
 //!
 //! Building it takes a few milliseconds, so it is built once per distinct
 //! content into `<state>/etc/<key>` and shared read-only by every sandbox.
-//! The key covers the stockade version, the hostname and the modification
+//! The key covers the stockade version, the hostname, whether the sandbox
+//! has network egress (which changes `resolv.conf`), and the modification
 //! times of the allowlisted host entries, so installing a package on the
 //! host (which touches `/etc/alternatives` or `/etc/ld.so.cache`) yields a
 //! fresh copy on the next start.
@@ -96,11 +97,26 @@ const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\nhosts: files
 /// host workspace show up as `nobody`, so trust every directory here.
 const GITCONFIG: &str = "[safe]\n\tdirectory = *\n";
 
-/// Returns the directory holding the generated `/etc` for `hostname`,
-/// building it if this content has not been built before.
-pub fn prepare(state_dir: &Path, hostname: &str) -> io::Result<PathBuf> {
+/// The sandbox's `resolv.conf`. With network egress its name server is
+/// the egress filter's DNS address on the TUN network.
+fn resolv_conf(net: bool) -> String {
+    if net {
+        format!(
+            "# stockade: names are answered by the sandbox's egress filter\n\
+             nameserver {}\n",
+            stockade_net::DNS_ADDR
+        )
+    } else {
+        "# stockade: this sandbox has no network beyond loopback\n".to_string()
+    }
+}
+
+/// Returns the directory holding the generated `/etc` for `hostname`
+/// (with `net`: for a sandbox with network egress), building it if this
+/// content has not been built before.
+pub fn prepare(state_dir: &Path, hostname: &str, net: bool) -> io::Result<PathBuf> {
     let host_etc = Path::new("/etc");
-    let key = content_key(host_etc, hostname);
+    let key = content_key(host_etc, hostname, net);
     let root = state_dir.join("etc");
     let dir = root.join(format!("{key:016x}"));
     if dir.is_dir() {
@@ -109,7 +125,7 @@ pub fn prepare(state_dir: &Path, hostname: &str) -> io::Result<PathBuf> {
     fs::create_dir_all(&root)?;
     let tmp = root.join(format!(".build-{key:016x}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    build(host_etc, &tmp, hostname)?;
+    build(host_etc, &tmp, hostname, net)?;
     match fs::rename(&tmp, &dir) {
         Ok(()) => {}
         // Another stockade built the same content concurrently; theirs is
@@ -122,11 +138,12 @@ pub fn prepare(state_dir: &Path, hostname: &str) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-fn content_key(host_etc: &Path, hostname: &str) -> u64 {
+fn content_key(host_etc: &Path, hostname: &str, net: bool) -> u64 {
     let mut h = DefaultHasher::new();
     env!("CARGO_PKG_VERSION").hash(&mut h);
     PASSWD.hash(&mut h);
     hostname.hash(&mut h);
+    resolv_conf(net).hash(&mut h);
     for name in ALLOWLIST.iter().chain(&["passwd", "group"]) {
         if let Ok(m) = fs::symlink_metadata(host_etc.join(name)) {
             (name, m.mtime(), m.mtime_nsec(), m.size(), m.ino()).hash(&mut h);
@@ -135,7 +152,7 @@ fn content_key(host_etc: &Path, hostname: &str) -> u64 {
     h.finish()
 }
 
-fn build(host_etc: &Path, out: &Path, hostname: &str) -> io::Result<()> {
+fn build(host_etc: &Path, out: &Path, hostname: &str, net: bool) -> io::Result<()> {
     fs::create_dir_all(out)?;
     for name in ALLOWLIST {
         let src = host_etc.join(name);
@@ -164,10 +181,7 @@ fn build(host_etc: &Path, out: &Path, hostname: &str) -> io::Result<()> {
             "hosts",
             format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
         ),
-        (
-            "resolv.conf",
-            "# stockade: this sandbox has no network beyond loopback\n".to_string(),
-        ),
+        ("resolv.conf", resolv_conf(net)),
     ];
     for (name, content) in files {
         fs::write(out.join(name), content)?;
@@ -210,12 +224,21 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes every generated `/etc` but the current one for `hostname`.
-/// Only safe when no sandbox is running, since running sandboxes see these
-/// directories through bind mounts; `stockade gc` calls it then.
+/// Removes every generated `/etc` but the current ones (with and without
+/// network) for `hostname`. Only safe when no sandbox is running, since
+/// running sandboxes see these directories through bind mounts; `stockade
+/// gc` calls it then.
 pub fn remove_stale(state_dir: &Path, hostname: &str) {
     let root = state_dir.join("etc");
-    let keep = root.join(format!("{:016x}", content_key(Path::new("/etc"), hostname)));
+    let keep: Vec<PathBuf> = [false, true]
+        .iter()
+        .map(|&net| {
+            root.join(format!(
+                "{:016x}",
+                content_key(Path::new("/etc"), hostname, net)
+            ))
+        })
+        .collect();
     let Ok(entries) = fs::read_dir(&root) else {
         return;
     };
@@ -229,7 +252,7 @@ pub fn remove_stale(state_dir: &Path, hostname: &str) {
             .and_then(|m| m.modified())
             .map(|t| t.elapsed().map(|d| d.as_secs() > 600).unwrap_or(false))
             .unwrap_or(false);
-        if p != keep && (!is_build || old) {
+        if !keep.contains(&p) && (!is_build || old) {
             let _ = fs::remove_dir_all(&p);
         }
     }
@@ -242,7 +265,7 @@ mod tests {
     #[test]
     fn generated_etc_has_agent_and_no_secrets() {
         let state = tempfile::tempdir().unwrap();
-        let dir = prepare(state.path(), "box").unwrap();
+        let dir = prepare(state.path(), "box", false).unwrap();
         let passwd = fs::read_to_string(dir.join("passwd")).unwrap();
         assert!(
             passwd.contains("agent:x:1000:1000::/home/agent")
@@ -283,15 +306,31 @@ mod tests {
     #[test]
     fn prepare_reuses_the_cache_and_rebuilds_per_hostname() {
         let state = tempfile::tempdir().unwrap();
-        let a = prepare(state.path(), "one").unwrap();
-        let again = prepare(state.path(), "one").unwrap();
+        let a = prepare(state.path(), "one", false).unwrap();
+        let again = prepare(state.path(), "one", false).unwrap();
         assert_eq!(a, again);
-        let b = prepare(state.path(), "two").unwrap();
+        let b = prepare(state.path(), "two", false).unwrap();
         assert_ne!(a, b);
         // Both stay until gc, which keeps only the one asked for.
         assert!(a.exists() && b.exists());
         remove_stale(state.path(), "two");
         assert!(!a.exists());
         assert!(b.exists());
+    }
+
+    #[test]
+    fn resolv_conf_names_the_egress_dns_only_with_network() {
+        let state = tempfile::tempdir().unwrap();
+        let none = prepare(state.path(), "box", false).unwrap();
+        let net = prepare(state.path(), "box", true).unwrap();
+        assert_ne!(none, net, "the two variants must not share a cache entry");
+        let r = fs::read_to_string(none.join("resolv.conf")).unwrap();
+        assert!(r.starts_with('#') && !r.contains("nameserver"), "{r}");
+        let r = fs::read_to_string(net.join("resolv.conf")).unwrap();
+        assert!(r.contains("\nnameserver 198.18.0.1\n"), "{r}");
+        assert_eq!(prepare(state.path(), "box", true).unwrap(), net);
+        // gc keeps both variants of the current hostname.
+        remove_stale(state.path(), "box");
+        assert!(none.exists() && net.exists());
     }
 }

@@ -33,6 +33,10 @@ pub const FORWARDED: &[Signal] = &[
     Signal::SIGWINCH,
 ];
 
+/// Name of the sandbox's TUN device, its only interface besides loopback
+/// when it has network egress.
+pub const TUN_NAME: &str = "tun0";
+
 fn init_sigset() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
@@ -81,10 +85,13 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
             _ => return 1,
         }
     }
-    if let Err(message) = setup(spec, lowers) {
-        send(ctl, &FromInit::SetupFailed { message }, &[]);
-        return 1;
-    }
+    let tun = match setup(spec, lowers) {
+        Ok(tun) => tun,
+        Err(message) => {
+            send(ctl, &FromInit::SetupFailed { message }, &[]);
+            return 1;
+        }
+    };
     // The supervisor may have died before the parent-death signal was set
     // again in `setup`; its end of the socket is then closed.
     let mut pfd = [nix::poll::PollFd::new(
@@ -98,10 +105,33 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
     {
         return 1;
     }
+    // The TUN goes to the supervisor before `Ready`, so its egress stack
+    // runs before any process exists. Our copy is closed at once: the
+    // device must vanish when the supervisor closes its end.
+    if let Some(tun) = tun {
+        if proto::send_msg(ctl.as_fd(), &FromInit::Tun, &[tun.as_raw_fd()]).is_err() {
+            return 1;
+        }
+        drop(tun);
+    }
     serve(spec, ctl)
 }
 
-fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers) -> Result<(), String> {
+/// Builds the sandbox; returns its TUN device when it has network egress.
+fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers) -> Result<Option<OwnedFd>, String> {
+    // The TUN device first, while we still carry the supervisor's host
+    // credentials: /dev/net/tun is usually 0600 root:root on the host, and
+    // host root is not mapped into the sandbox's user namespace, so the
+    // namespace's root could not open it. Creating and configuring the
+    // device needs CAP_NET_ADMIN in our network namespace, which the clone
+    // into a new user namespace gave us; /dev is still the host's.
+    let tun = if spec.net {
+        let tun = stockade_net::configure_tun_inside(TUN_NAME)
+            .map_err(|e| format!("cannot create the network device: {}", chain(&e)))?;
+        Some(tun)
+    } else {
+        None
+    };
     // We still carry the supervisor's host ids, which the namespace does
     // not map; become the namespace's root (a block id on the host) so
     // files we create have an owner the sandbox can see.
@@ -126,7 +156,19 @@ fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers) -> Result<(), String> {
     // reach the workload behind the supervisor's back.
     nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     let _ = sys::set_undumpable();
-    Ok(())
+    Ok(tun)
+}
+
+/// An error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {

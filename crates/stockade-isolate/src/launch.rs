@@ -80,13 +80,16 @@ pub const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWNET;
 
 /// Clones the sandbox's init and lets it build the sandbox.
-/// `join_cgroup` is called with init's host pid before it may proceed.
+/// With `into_cgroup` (a cgroup v2 directory) init is cloned straight into
+/// it; otherwise `join_cgroup` is called with init's host pid before init
+/// may proceed.
 ///
 /// # Safety
 /// The calling process must be single-threaded: the child is a fork-style
 /// copy of the calling thread only.
 pub unsafe fn launch(
     spec: &SandboxSpec,
+    into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     join_cgroup: impl FnOnce(i32) -> Result<(), String>,
 ) -> Result<Launched, LaunchError> {
     let (ours, theirs) = socketpair(
@@ -97,7 +100,26 @@ pub unsafe fn launch(
     )
     .map_err(LaunchError::Socket)?;
     // SAFETY: forwarded from the caller's guarantee of a single thread.
-    match unsafe { sys::clone_fork(NAMESPACES) }.map_err(LaunchError::Clone)? {
+    // On cgroup v2 the child is born in its cgroup; elsewhere (v1, or a
+    // kernel without clone3) it is moved there right after.
+    let mut joined = false;
+    let cloned = match into_cgroup {
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        Some(cg) => match unsafe { sys::clone_into_cgroup(NAMESPACES, cg) } {
+            Ok(r) => {
+                joined = true;
+                Ok(r)
+            }
+            Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG) => {
+                // SAFETY: as above.
+                unsafe { sys::clone_fork(NAMESPACES) }
+            }
+            Err(e) => Err(e),
+        },
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        None => unsafe { sys::clone_fork(NAMESPACES) },
+    };
+    match cloned.map_err(LaunchError::Clone)? {
         None => {
             drop(ours);
             crate::init::main(spec, theirs)
@@ -117,7 +139,7 @@ pub unsafe fn launch(
                 abort(&launched);
                 return Err(LaunchError::IdMap(e));
             }
-            if let Err(e) = join_cgroup(pid) {
+            if let Err(e) = if joined { Ok(()) } else { join_cgroup(pid) } {
                 abort(&launched);
                 return Err(LaunchError::Cgroup(e));
             }

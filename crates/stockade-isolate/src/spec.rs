@@ -32,6 +32,11 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// Run workloads as root inside the sandbox instead of `agent`.
     pub as_root: bool,
+    /// Give the sandbox network egress: init creates the TUN device
+    /// [`crate::init::TUN_NAME`] in the sandbox's network namespace and
+    /// hands its descriptor to the supervisor (`FromInit::Tun`), which
+    /// serves it with `stockade_net::Egress`. Without it: loopback only.
+    pub net: bool,
     pub uid_map: IdMap,
     pub gid_map: IdMap,
     pub seccomp: SeccompFilters,

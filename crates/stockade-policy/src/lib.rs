@@ -111,20 +111,8 @@ impl Default for ProcessPolicy {
     }
 }
 
-/// Network access. Only `none` (loopback only) exists so far.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NetworkPolicy {
-    pub mode: NetMode,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetMode {
-    /// A private network namespace with only loopback.
-    #[default]
-    None,
-}
+mod network;
+pub use network::*;
 
 /// Reading a policy file failed.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +165,8 @@ pub enum ValidationError {
     EnvValue(String),
     #[error("process.hostname must be 1-63 letters, digits or '-', got {0:?}")]
     Hostname(String),
+    #[error(transparent)]
+    Network(#[from] NetworkValidationError),
 }
 
 impl Policy {
@@ -266,6 +256,7 @@ impl Policy {
         if !host_ok {
             return Err(ValidationError::Hostname(h.clone()));
         }
+        self.network.validate()?;
         Ok(())
     }
 }

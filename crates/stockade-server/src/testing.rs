@@ -75,6 +75,7 @@ impl FakeSandbox {
             },
             command: vec![],
             started_at: self.started_at,
+            network: None,
         }
     }
 }

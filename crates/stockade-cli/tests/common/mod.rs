@@ -145,3 +145,15 @@ pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Host mounts whose source or mount point lies under `dir`: a sandbox
+/// that leaked a mount into the host's namespace would show up here
+/// (other tests' mounts, elsewhere, do not disturb the count).
+pub fn mounts_under(dir: &Path) -> usize {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .count()
+}

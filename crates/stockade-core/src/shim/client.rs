@@ -50,6 +50,8 @@ impl Backend for ShimBackend {
         };
         let mut child = Command::new(&self.exe)
             .arg("shim")
+            .arg("--id")
+            .arg(id)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -65,12 +67,20 @@ impl Backend for ShimBackend {
         // The first process forks the real shim and exits at once.
         let _ = child.wait();
         let mut line = String::new();
-        if let Some(out) = stdout {
-            let _ = BufReader::new(out).read_line(&mut line);
+        let mut reader = stdout.map(BufReader::new);
+        if let Some(r) = reader.as_mut() {
+            let _ = r.read_line(&mut line);
         }
         match line.trim().split_once(' ') {
             Some(("ready", _)) => Ok(Box::new(ShimHandle::new(&self.state_dir, id))),
-            Some(("error", msg)) => Err(BackendError::Invalid(msg.to_string())),
+            Some(("error", msg)) => {
+                // The shim closes the pipe only once it has cleaned up, so
+                // a failed create leaves nothing behind when reported.
+                if let Some(r) = reader.as_mut() {
+                    let _ = std::io::Read::read_to_end(r, &mut Vec::new());
+                }
+                Err(BackendError::Invalid(msg.to_string()))
+            }
             _ => Err(BackendError::Internal(
                 "the shim exited without reporting".into(),
             )),

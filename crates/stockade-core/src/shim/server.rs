@@ -28,6 +28,7 @@ use crate::backend::{ProcessInfo, SandboxEvent, SandboxStatus};
 use crate::monitor::Monitor;
 use crate::prepare::{prepare, Prepared};
 use crate::report::{Outcome, Report, Violation, ViolationKind};
+use crate::run::NetWatch;
 use crate::state::StateDir;
 use crate::RunError;
 
@@ -52,8 +53,11 @@ enum Client {
 pub fn main(start: ShimStart, ready: std::fs::File) -> i32 {
     let mut ready = Some(ready);
     let started = Instant::now();
+    // Errors are written but the pipe stays open until this process ends,
+    // after its cleanup: the daemon reads on to end-of-file, so a failed
+    // create leaves nothing behind by the time it is reported.
     let fail = |ready: &mut Option<std::fs::File>, e: &dyn std::fmt::Display| {
-        if let Some(mut r) = ready.take() {
+        if let Some(r) = ready.as_mut() {
             let _ = writeln!(r, "error {e}");
         }
         1
@@ -134,42 +138,52 @@ fn serve(
     };
     // SAFETY: the shim is a freshly exec'd, single-threaded process.
     let launched = match unsafe {
-        launch(&prepared.spec, |pid| {
+        launch(&prepared.spec, cgroup.dir_fd_v2(), |pid| {
             cgroup.add_pid(pid).map_err(|e| e.to_string())
         })
     } {
         Ok(l) => l,
         Err(e) => {
-            if let Some(mut r) = ready.take() {
+            if let Some(r) = ready.as_mut() {
                 let _ = writeln!(r, "error {e}");
             }
             return 1;
         }
     };
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        - started.elapsed().as_secs_f64();
+    let mut net = NetWatch::new(&start.policy.network, &start.id, started_at, None);
     // Creation is synchronous for the daemon: wait for init to finish
-    // building the sandbox (or to say why it could not).
-    match iproto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
-        Ok(Some((FromInit::Ready, _))) => {}
-        other => {
-            let why = match other {
-                Ok(Some((FromInit::SetupFailed { message }, _))) => {
-                    format!("cannot set up the sandbox: {message}")
-                }
-                _ => "the sandbox's init exited while starting".to_string(),
-            };
-            if let Some(mut r) = ready.take() {
-                let _ = writeln!(r, "error {why}");
+    // building the sandbox (or to say why it could not). With network
+    // egress its TUN device comes first; the egress thread starts now,
+    // after the clone.
+    loop {
+        let why = match iproto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
+            Ok(Some((FromInit::Ready, _))) => break,
+            Ok(Some((FromInit::Tun, mut fds))) => match net.start(fds.pop()) {
+                Ok(()) => continue,
+                Err(e) => format!("cannot set up the sandbox: {e}"),
+            },
+            Ok(Some((FromInit::SetupFailed { message }, _))) => {
+                format!("cannot set up the sandbox: {message}")
             }
-            kill_init(&launched);
-            return 1;
+            _ => "the sandbox's init exited while starting".to_string(),
+        };
+        if let Some(r) = ready.as_mut() {
+            let _ = writeln!(r, "error {why}");
         }
+        kill_init(&launched);
+        return 1;
     }
     let sock = socket_path(&state.root, &start.id);
     let _ = std::fs::remove_file(&sock);
     let listener = match bind_seqpacket(&sock) {
         Ok(l) => l,
         Err(e) => {
-            if let Some(mut r) = ready.take() {
+            if let Some(r) = ready.as_mut() {
                 let _ = writeln!(r, "error cannot listen on {}: {e}", sock.display());
             }
             kill_init(&launched);
@@ -213,6 +227,7 @@ fn serve(
                 shim.end(&launched, ending_for(kind));
             }
         }
+        net.drain(&mut |v, _| shim.broadcast(&SandboxEvent::Violation(v.clone())));
         for v in pending.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let expired = v.kind == ViolationKind::Timeout;
             shim.broadcast(&SandboxEvent::Violation(v));
@@ -290,26 +305,27 @@ fn serve(
         }
     }
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+    let network = net.finish(&mut |v, _| shim.broadcast(&SandboxEvent::Violation(v.clone())));
     monitor.check_oom(cgroup);
     let outcome = match (shim.ending, monitor.killed_for) {
         (_, Some(kind)) => ending_for(kind),
         (Some(o), None) => o,
         (None, None) => Outcome::Signaled,
     };
+    let mut violations = std::mem::take(&mut monitor.violations);
+    violations.append(&mut net.violations);
+    violations.sort_by(|a, b| a.at.total_cmp(&b.at));
     let report = Report {
         id: start.id.clone(),
         outcome,
         exit_code: None,
         signal: (outcome != Outcome::Destroyed).then_some(libc::SIGKILL),
         error: (outcome == Outcome::Signaled).then(|| "the sandbox's init died".to_string()),
-        violations: std::mem::take(&mut monitor.violations),
+        violations,
         usage: monitor.usage(cgroup),
         command: Vec::new(),
-        started_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64()
-            - started.elapsed().as_secs_f64(),
+        started_at,
+        network,
     };
     // Left for a daemon that was down, then told to everyone listening.
     let path = report_path(&state.root, &start.id);
@@ -432,7 +448,7 @@ impl Shim {
                 }
                 FromInit::Exited { pid, code } => self.finished(pid, Some(code), None),
                 FromInit::Signaled { pid, sig } => self.finished(pid, None, Some(sig)),
-                FromInit::Ready | FromInit::SetupFailed { .. } => {}
+                FromInit::Tun | FromInit::Ready | FromInit::SetupFailed { .. } => {}
             }
         }
     }
@@ -638,7 +654,9 @@ fn ending_for(kind: ViolationKind) -> Outcome {
         ViolationKind::Timeout => Outcome::Timeout,
         ViolationKind::DiskLimit => Outcome::DiskLimit,
         ViolationKind::MemoryLimit => Outcome::MemoryLimit,
-        ViolationKind::PidsLimit => Outcome::Signaled,
+        ViolationKind::PidsLimit
+        | ViolationKind::NetworkDenied
+        | ViolationKind::NetworkRateLimit => Outcome::Signaled,
     }
 }
 
