@@ -188,7 +188,7 @@ impl TaskArgs {
             (None, None) => None,
         };
         let state_dir = self.policy.state_dir.clone();
-        let policy = self.policy.into_policy()?;
+        let policy = self.policy.into_policy_unvalidated()?;
         let out = match self.out {
             Some(o) => o,
             None => PathBuf::from(format!(
@@ -257,6 +257,14 @@ impl PolicyArgs {
     /// The policy file (or the defaults) with every given flag applied,
     /// validated.
     pub fn into_policy(self) -> anyhow::Result<Policy> {
+        let p = self.into_policy_unvalidated()?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// The policy before validation, for callers that complete it first
+    /// (`task` allows the repository's host, then validates).
+    pub fn into_policy_unvalidated(self) -> anyhow::Result<Policy> {
         let mut p = match &self.policy {
             Some(path) => Policy::load(path)?,
             None => Policy::default(),
@@ -316,7 +324,6 @@ impl PolicyArgs {
         if let Some(v) = self.net_bandwidth {
             n.bandwidth = Some(v);
         }
-        p.validate()?;
         Ok(p)
     }
 }

@@ -273,3 +273,64 @@ fn hostile_repository_and_agent_cannot_touch_the_host() {
     assert_eq!(report["artifacts"][0], "hooks/post-checkout");
     assert!(out.path().join("artifacts/hooks/post-checkout").exists());
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups; runs git daemon in a network namespace it makes"]
+fn remote_repository_is_cloned_through_the_egress_policy() {
+    // Network safety: everything below runs in a fresh network namespace
+    // (unshare --net); the git server listens on a documentation address
+    // added to that namespace's own loopback.
+    let env = Env::new();
+    let base = tempfile::tempdir().unwrap();
+    let src = make_repo();
+    let bare = base.path().join("repo.git");
+    git(
+        base.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            src.path().to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"set -e
+ip link set lo up
+ip addr add 203.0.113.20/32 dev lo
+git daemon --reuseaddr --export-all --base-path={base} --listen=203.0.113.20 --port=9418 --detach --pid-file={base}/pid
+for i in $(seq 100); do (exec 3<>/dev/tcp/203.0.113.20/9418) 2>/dev/null && break; sleep 0.05; done
+set +e
+{bin} task --repo git://gitserver.test/repo.git --map-host gitserver.test=203.0.113.20 --out {out} \
+  -- sh -c 'echo remote >> a.txt; getent hosts elsewhere.test && echo LEAK; true'
+rc=$?
+kill "$(cat {base}/pid)"
+exit $rc"#,
+        base = base.path().display(),
+        bin = BIN,
+        out = out.path().display(),
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["--net", "--", "bash", "-c", &script])
+        .env("STOCKADE_STATE_DIR", env.state.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["outcome"], "exited", "{report}");
+    assert_eq!(
+        report["base_commit"].as_str().unwrap(),
+        git(src.path(), &["rev-parse", "HEAD"]).trim()
+    );
+    assert!(!std::fs::read_to_string(out.path().join("stdout.log"))
+        .unwrap()
+        .contains("LEAK"));
+    let patch = std::fs::read_to_string(out.path().join("changes.patch")).unwrap();
+    assert!(patch.contains("+remote"), "{patch}");
+    // The agent ran with the repository's host allowed and nothing else.
+    let denied = report["network"]["denied_names"].as_array().unwrap();
+    assert!(denied.iter().any(|n| n == "elsewhere.test"), "{report}");
+}

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use stockade_isolate::idmap::{AGENT_ID, HOST_ID_BASE};
-use stockade_policy::{BindMount, Policy, Span};
+use stockade_policy::{BindMount, CidrRule, HostPattern, NetMode, Policy, Span};
 
 use crate::report::{Outcome, Report};
 use crate::run::{run, RunOptions};
@@ -95,7 +95,13 @@ pub fn run_task(opts: &TaskOptions) -> Result<TaskReport, TaskError> {
             "no agent command given; put it after `--`".into(),
         ));
     }
-    let source = local_repo(&opts.repo)?;
+    let source = source_of(&opts.repo)?;
+    let mut opts = opts.clone();
+    opts.policy = with_repo_access(opts.policy, &source)?;
+    opts.policy
+        .validate()
+        .map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let opts = &opts;
     fs::create_dir_all(&opts.out).map_err(io(format!(
         "create the output directory {}",
         opts.out.display()
@@ -107,13 +113,92 @@ pub fn run_task(opts: &TaskOptions) -> Result<TaskReport, TaskError> {
     result
 }
 
-fn local_repo(repo: &str) -> Result<PathBuf, TaskError> {
-    if repo.contains("://") || (repo.contains('@') && repo.contains(':')) {
+/// Where the repository comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// A local repository, bound read-only into the clone sandbox.
+    Local(PathBuf),
+    /// A remote URL, cloned over the network from inside the sandbox; the
+    /// host is what the task's egress policy must allow.
+    Remote { url: String, host: String },
+}
+
+/// The host part of a clone URL (`scheme://[user@]host[:port]/…`).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+fn source_of(repo: &str) -> Result<Source, TaskError> {
+    if repo.contains("://") {
+        let scheme = repo.split("://").next().unwrap_or("");
+        if !matches!(scheme, "http" | "https" | "git") {
+            return Err(TaskError::Invalid(format!(
+                "{repo}: only http://, https:// and git:// repositories can be cloned in a sandbox \
+                 (there are no ssh keys inside); clone it on the host and pass the path"
+            )));
+        }
+        let host =
+            url_host(repo).ok_or_else(|| TaskError::Invalid(format!("{repo} has no host")))?;
+        return Ok(Source::Remote {
+            url: repo.to_string(),
+            host,
+        });
+    }
+    if repo.contains('@') && repo.contains(':') && !Path::new(repo).exists() {
         return Err(TaskError::Invalid(format!(
-            "{repo} is a remote repository; cloning it needs network egress (--net allowlist), \
-             which this build does not have yet — clone it on the host and pass the path"
+            "{repo} is an ssh address; sandboxes have no ssh keys — use an https:// URL \
+             or clone it on the host and pass the path"
         )));
     }
+    local_repo(repo).map(Source::Local)
+}
+
+/// The task's network: a remote repository's host is allowed (and the
+/// mode becomes allowlist if the policy said none); a local one changes
+/// nothing.
+fn with_repo_access(mut policy: Policy, source: &Source) -> Result<Policy, TaskError> {
+    let Source::Remote { host, .. } = source else {
+        return Ok(policy);
+    };
+    let net = &mut policy.network;
+    if net.mode == NetMode::None {
+        net.mode = NetMode::Allowlist;
+    }
+    if net.mode == NetMode::Allowlist {
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                let rule = if ip.is_ipv6() {
+                    format!("[{ip}/128]")
+                } else {
+                    format!("{ip}/32")
+                };
+                let rule: CidrRule = rule
+                    .parse()
+                    .map_err(|e| TaskError::Invalid(format!("repository host {host}: {e}")))?;
+                net.allow_cidrs.push(rule);
+            }
+            Err(_) => {
+                let pattern: HostPattern = host
+                    .parse()
+                    .map_err(|e| TaskError::Invalid(format!("repository host {host}: {e}")))?;
+                if !net.allow_hosts.contains(&pattern) {
+                    net.allow_hosts.push(pattern);
+                }
+            }
+        }
+    }
+    Ok(policy)
+}
+
+fn local_repo(repo: &str) -> Result<PathBuf, TaskError> {
     let path = Path::new(repo);
     let canonical = path
         .canonicalize()
@@ -126,7 +211,11 @@ fn local_repo(repo: &str) -> Result<PathBuf, TaskError> {
     Ok(canonical)
 }
 
-fn run_phases(opts: &TaskOptions, source: &Path, scratch: &Path) -> Result<TaskReport, TaskError> {
+fn run_phases(
+    opts: &TaskOptions,
+    source: &Source,
+    scratch: &Path,
+) -> Result<TaskReport, TaskError> {
     // The shared workspace belongs to the sandbox block's agent id, so
     // every phase's agent can write it and no host user owns it.
     let workspace = scratch.join("workspace");
@@ -156,20 +245,27 @@ fn run_phases(opts: &TaskOptions, source: &Path, scratch: &Path) -> Result<TaskR
             .unwrap_or_default()
     ));
     let mut clone_policy = helper_policy(&workspace, &opts.policy);
-    clone_policy.filesystem.ro_bind.push(BindMount {
-        src: source.to_path_buf(),
-        dst: SOURCE.into(),
-    });
-    clone_policy
-        .process
-        .env
-        .insert("REF".into(), opts.git_ref.clone().unwrap_or_default());
-    let script = format!(
-        "set -e; git clone -q --no-local {SOURCE} /workspace; cd /workspace; \
-         if [ -n \"$REF\" ]; then git checkout -q \"$REF\" --; fi; git rev-parse HEAD"
-    );
+    let from = match source {
+        Source::Local(path) => {
+            clone_policy.filesystem.ro_bind.push(BindMount {
+                src: path.clone(),
+                dst: SOURCE.into(),
+            });
+            SOURCE.to_string()
+        }
+        // Cloned over the task's egress policy (the repo host allowed).
+        Source::Remote { url, .. } => {
+            clone_policy.network = opts.policy.network.clone();
+            url.clone()
+        }
+    };
+    let env = &mut clone_policy.process.env;
+    env.insert("REF".into(), opts.git_ref.clone().unwrap_or_default());
+    env.insert("FROM".into(), from);
+    let script = "set -e; git clone -q --no-local \"$FROM\" /workspace; cd /workspace; \
+         if [ -n \"$REF\" ]; then git checkout -q \"$REF\" --; fi; git rev-parse HEAD";
     let t = Instant::now();
-    let (clone, out, err) = capture(opts, clone_policy, &["sh", "-c", &script], vec![])?;
+    let (clone, out, err) = capture(opts, clone_policy, &["sh", "-c", script], vec![])?;
     phases.push(Phase {
         name: "clone",
         seconds: t.elapsed().as_secs_f64(),
