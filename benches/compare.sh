@@ -13,14 +13,22 @@
 # be installed or does not work here is skipped with a note in the output;
 # it never stops the run.
 #
+# Then the daemon (`stockade serve`) through its HTTP API: create -> exec
+# -> destroy latency, exec into a warm sandbox against `podman exec`,
+# sustained creates per second, memory per idle sandbox
+# (benches/lib/daemon_bench.py).
+#
 # Environment overrides: COLD_ROUNDS (200), WORK_ROUNDS (15), WARMUP (5),
 # PODMAN_EVERY (1: podman runs in every round), STOCKADE (use this binary
-# instead of building one).
+# instead of building one), DAEMON_CYCLES (200), DAEMON_EXECS (300),
+# DAEMON_SECONDS (15 per client count), DAEMON_DENSITY (100),
+# DAEMON_PODMAN_EVERY (2: `podman exec` in every 2nd round of the warm-exec
+# benchmark, still interleaved; it takes ~30x as long as the others).
 set -euo pipefail
 
 usage() {
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
-  echo "Options: --quick  --no-install  --no-profile  --out-dir DIR  -h|--help"
+  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --out-dir DIR  -h|--help"
 }
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,13 +36,14 @@ BENCHES="$REPO/benches"
 LIB="$BENCHES/lib"
 PY=/usr/bin/python3 # Debian's; the helpers use the standard library only
 
-QUICK=0 INSTALL=1 PROFILE=1
+QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1
 OUT="$BENCHES" # RESULTS.md, PROFILE.md and raw/ go here
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --no-install) INSTALL=0 ;;
     --no-profile) PROFILE=0 ;;
+    --no-daemon) DAEMON=0 ;;
     --out-dir)
       [ $# -ge 2 ] || { echo "compare.sh: --out-dir needs a directory" >&2; exit 2; }
       OUT=$2
@@ -86,6 +95,12 @@ cleanup() {
   # cgroups; remove ours by their name prefix.
   if command -v runc >/dev/null; then
     runc list -q 2>/dev/null | grep '^stockade-bench-' | xargs -r -n1 runc delete -f >/dev/null 2>&1 || true
+  fi
+  # daemon_bench.py's warm podman container, if it was interrupted
+  # before removing it.
+  if command -v podman >/dev/null; then
+    podman ps -a --format '{{.Names}}' 2>/dev/null | grep '^stockade-bench-' |
+      xargs -r podman rm -f -t 0 >/dev/null 2>&1 || true
   fi
   rm -rf "$WORK"
 }
@@ -309,6 +324,22 @@ workload_bench() {
   "$PY" "$LIB/timer.py" "$WORK/work-plan.json" --out "$OUT/raw/workload.json" --label "workload"
 }
 
+daemon_bench() {
+  local args=(--stockade "$SK" --work "$WORK" --out "$OUT/raw/daemon.json")
+  [ "$QUICK" = 1 ] && args+=(--quick)
+  if [ "$HAVE_PODMAN" = 1 ]; then
+    args+=(--podman --rootfs "$ROOTFS" --memory "$LIMIT_MEMORY_PODMAN"
+      --cpus "$LIMIT_CPUS" --pids "$LIMIT_PIDS" --podman-every "${DAEMON_PODMAN_EVERY:-2}")
+  fi
+  log "daemon: stockade serve through its HTTP API"
+  rm -f "$OUT/raw/daemon.json"
+  if ! "$PY" "$LIB/daemon_bench.py" "${args[@]}"; then
+    note "the daemon benchmark failed (see its output above; what it measured before failing is in RESULTS.md)"
+  fi
+  DAEMON_JSON="$OUT/raw/daemon.json"
+  [ -f "$DAEMON_JSON" ] || DAEMON_JSON=
+}
+
 # --- 6. results ---------------------------------------------------------------
 
 version_of() { # cmd: its version line, or "not installed"
@@ -371,7 +402,8 @@ meta = {
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
   "$PY" "$LIB/report.py" --meta "$WORK/meta.json" --cold "$OUT/raw/cold-start.json" \
-    --workload "$OUT/raw/workload.json" --out "$OUT/RESULTS.md"
+    --workload "$OUT/raw/workload.json" ${DAEMON_JSON:+--daemon "$DAEMON_JSON"} \
+    --out "$OUT/RESULTS.md"
 }
 
 # --- 7. profile ----------------------------------------------------------------
@@ -441,6 +473,8 @@ main() {
   mkdir -p "$OUT/raw"
   cold_start_bench
   workload_bench
+  DAEMON_JSON=
+  if [ "$DAEMON" = 1 ]; then daemon_bench; else note "daemon benchmark skipped (--no-daemon)"; fi
   write_results
   if [ "$PROFILE" = 1 ]; then
     profile_stockade

@@ -7,7 +7,7 @@ interpolation between order statistics (the common "type 7" definition),
 so with 100 runs p99 sits between the 99th and 100th slowest values.
 
 Usage: report.py --meta META.json --cold COLD.json --workload WORK.json
-                 --out RESULTS.md
+                 [--daemon DAEMON.json] --out RESULTS.md
 """
 
 import argparse
@@ -19,6 +19,12 @@ TARGET_VS_BWRAP = 1.5      # stockade cold start <= 1.5 x bwrap
 TARGET_VS_RUNC = 0.3       # stockade cold start <= 0.3 x runc
 TARGET_VS_PODMAN = 30.0    # stockade cold start >= 30 x faster than podman
 TARGET_OVERHEAD = 0.03     # workload inside stockade <= 3 % slower
+# Targets from the issues "Benchmarks against peers" and "Sandbox manager"
+# (the daemon, measured by daemon_bench.py).
+TARGET_CYCLE_MS = 10.0     # create -> exec true -> destroy, p50
+TARGET_EXEC_MS = 3.0       # exec true into a warm sandbox, p50
+TARGET_PER_SECOND = 100.0  # sustained create+destroy per second, 2 cores
+TARGET_DENSITY_MIB = 2.0   # host memory per idle sandbox
 
 # Row order and the peers the ratios are taken against.
 COLD_ORDER = ["host", "stockade", "bwrap", "runc", "podman"]
@@ -220,12 +226,260 @@ stay here so the numbers land in the same file when they do.
 
 | benchmark | status |
 |---|---|
-| daemon: create -> exec -> destroy latency | not measured yet: needs the daemon (`stockade serve`) |
-| exec into a warm sandbox | not measured yet: needs the daemon |
-| sandbox creates per second (sustained) | not measured yet: needs the daemon |
-| density: memory per idle sandbox | not measured yet: needs the daemon (long-lived sandboxes) |
 | egress throughput through the allowlist proxy | not measured yet: needs the egress layer (`--net allowlist`) |
 """
+
+# Shown instead of the daemon section when compare.sh ran without it.
+DAEMON_PLACEHOLDERS = """\
+| daemon: create -> exec -> destroy latency | not measured in this run (daemon_bench.py did not run or failed) |
+| exec into a warm sandbox | not measured in this run |
+| sandbox creates per second (sustained) | not measured in this run |
+| density: memory per idle sandbox | not measured in this run |
+"""
+
+
+def met(ok):
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def f2(x, digits=2):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def leak_text(lk):
+    """One line saying what a leak check found."""
+    if lk is None:
+        return "not checked"
+    def found(look):
+        parts = [f"{len(v)} {k.replace('_', ' ')}" for k, v in look.items()
+                 if v]
+        return ", ".join(parts) or "nothing"
+    if lk["clean"]:
+        return (f"nothing left of {lk['checked_ids']} destroyed sandboxes "
+                "(sandbox directories under the state dir's sandboxes/, "
+                "their cgroups, shim/init processes of this binary, running "
+                "in the API), checked right after the last destroy")
+    text = f"right after the last destroy: {found(lk['right_after'])}"
+    text += (f"; after {lk['settle_s']:.0f} s more: "
+             f"{found(lk['after_settle'])}")
+    return f"**leak**: {text} (of {lk['checked_ids']} destroyed sandboxes)"
+
+
+def density_verdict(dn):
+    """(ok, why): judged on the largest of the measures. MemAvailable counts
+    only when the machine held still: when it did not come back to where it
+    started after the sandboxes were destroyed by more than the target per
+    sandbox (other tenants), or dropped below zero, it is left out and said
+    so."""
+    pm = dn["per_sandbox_mib"]
+    noise = dn.get("mem_available_noise_mib_per_sandbox")
+    measures = {"PSS + cgroup": pm["pss_plus_cgroup"]}
+    if dn.get("pss_plus_kernel_mib") is not None:
+        measures["PSS + kernel"] = dn["pss_plus_kernel_mib"]
+    drop = pm["mem_available_drop"]
+    if drop < 0 or (noise is not None and noise > TARGET_DENSITY_MIB):
+        left_out = (f"MemAvailable left out: it moved {noise:.2f} MiB per "
+                    "sandbox for other reasons during the measurement"
+                    if noise is not None else "MemAvailable left out")
+    else:
+        measures["MemAvailable drop"] = drop
+        left_out = None
+    name = max(measures, key=measures.get)
+    why = f"judged on the largest counted measure, {name}"
+    if left_out:
+        why += "; " + left_out
+    return measures[name] <= TARGET_DENSITY_MIB, why
+
+
+def daemon_section(dm, work_dir):
+    """Markdown for daemon_bench.py's results, and the targets table."""
+    cyc, ex, tp, dn = (dm.get("cycle"), dm.get("warm_exec"),
+                       dm.get("throughput", []), dm.get("density"))
+    targets = ["| target (issue) | measured | status |", "|---|---|---|"]
+    if cyc:
+        m = cyc["summary_ms"]["total"]["median"]
+        targets.append(f"| create -> exec -> destroy p50 <= "
+                       f"{TARGET_CYCLE_MS:.0f} ms | {f2(m)} ms "
+                       f"(p90 {f2(cyc['summary_ms']['total']['p90'])}, p99 "
+                       f"{f2(cyc['summary_ms']['total']['p99'])}) "
+                       f"| {met(None if m is None else m <= TARGET_CYCLE_MS)} |")
+    if ex:
+        api = ex["variants"].get("stockade API", {}).get("summary_ms", {})
+        m = api.get("median")
+        targets.append(f"| exec into a warm sandbox p50 <= "
+                       f"{TARGET_EXEC_MS:.0f} ms | {f2(m)} ms via the API "
+                       f"(p90 {f2(api.get('p90'))}, p99 {f2(api.get('p99'))})"
+                       f" | {met(None if m is None else m <= TARGET_EXEC_MS)} |")
+    for t in tp:
+        if t["clients"] == 2 or len(tp) == 1:
+            targets.append(
+                f"| >= {TARGET_PER_SECOND:.0f} creates+destroys/s on "
+                f"{dm.get('nproc', '?')} cores | {t['per_second']:.0f}/s with "
+                f"{t['clients']} client(s) | "
+                f"{met(t['per_second'] >= TARGET_PER_SECOND)} |")
+    if dn:
+        pm = dn["per_sandbox_mib"]
+        verdict, why = density_verdict(dn)
+        targets.append(
+            f"| <= {TARGET_DENSITY_MIB:.0f} MiB host memory per idle sandbox "
+            f"| {pm['mem_available_drop']:.2f} MiB (MemAvailable drop), "
+            f"{pm['pss_plus_cgroup']:.2f} MiB (PSS + cgroup), "
+            f"{dn.get('pss_plus_kernel_mib', float('nan')):.2f} MiB "
+            f"(PSS + kernel) | {met(verdict)} ({why}) |")
+
+    L = ["## Daemon (`stockade serve`)", "",
+         "`benches/lib/daemon_bench.py` starts `stockade serve --socket "
+         "$WORK/daemon/s.sock --state-dir $WORK/daemon/state` (the same "
+         "binary copy as above, default policy for every sandbox) and drives "
+         "it over the unix socket with Python's http.client, one fresh "
+         "connection per request (as stockade's own client does). Times are "
+         "wall clock in the client, from sending the request to having read "
+         "the whole answer. Every measured sample counts; failures are "
+         "counted, not timed.", "",
+         f"Load average: {dm.get('load_start', '?')} at the start, "
+         f"{dm.get('load_end', '?')} at the end "
+         f"({dm.get('elapsed_s', 0):.0f} s, {dm.get('created_total', 0)} "
+         "sandboxes created in all). Its targets are in the Targets section "
+         "at the top.", ""]
+    if cyc:
+        L += ["### create -> exec `true` -> destroy", "",
+              f"{cyc['rounds']} cycles after {cyc['warmup']} warm-up cycles, "
+              "one after another: `POST /v1/sandboxes` `{}`, `POST "
+              "/v1/sandboxes/{id}/exec` `{\"cmd\": [\"true\"]}`, `DELETE "
+              f"/v1/sandboxes/{{id}}`. Failed cycles: {cyc['failures']}"
+              + (f" (first: {cyc['first_error']})" if cyc["first_error"]
+                 else "") + f". Load average after: {cyc.get('load', '?')}.",
+              "", "| phase | n | median ms | p90 ms | p99 ms | min ms | max ms |",
+              "|---|---|---|---|---|---|---|"]
+        for ph in ("create", "exec", "destroy", "total"):
+            m = cyc["summary_ms"][ph]
+            L.append(f"| {ph} | {m['n']} | {f2(m['median'])} | {f2(m['p90'])} "
+                     f"| {f2(m['p99'])} | {f2(m['min'])} | {f2(m['max'])} |")
+        L += ["", "`exec` here is the first exec into a sandbox created a "
+              "moment before; the warm case is below.", ""]
+    if ex:
+        v = ex["variants"]
+        base = v.get("stockade API", {}).get("summary_ms", {})
+        L += ["### exec `true` into a warm sandbox, against `podman exec`", "",
+              f"{ex['rounds']} interleaved rounds after {ex['warmup']} warm-up "
+              "rounds, starting one variant later each round (as the timer "
+              "does). Each side runs `true` in one long-lived sandbox / "
+              "container. `podman exec` is a new CLI process per call, so "
+              "`stockade exec` (the CLI, also a new process per call) is the "
+              "like-for-like row; the API row is what an SDK client sees. "
+              "`GET /healthz` is the floor of one API round trip from this "
+              "client.", "",
+              "| variant | n | failed | median ms | p90 ms | p99 ms | min ms "
+              "| median vs podman | p90 vs podman |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        pod = v.get("podman exec", {}).get("summary_ms", {})
+        for name, r in v.items():
+            m = r["summary_ms"]
+            if r.get("skipped") or not m["n"]:
+                L.append(f"| {name} | 0 | - | skipped | | | | | |")
+                continue
+            rm = ratio(m["median"], pod.get("median"))
+            rp = ratio(m["p90"], pod.get("p90"))
+            every = (f" (1 round in {r['every']})"
+                     if r.get("every", 1) != 1 else "")
+            L.append(f"| {name}{every} | {m['n']} | {r['failures']} "
+                     f"| {f2(m['median'])} | {f2(m['p90'])} | {f2(m['p99'])} "
+                     f"| {f2(m['min'])} | {fmt_ratio(rm, 3)} "
+                     f"| {fmt_ratio(rp, 3)} |")
+        for name in ("stockade exec (CLI)", "stockade API"):
+            r = ratio(pod.get("median"), v.get(name, {}).get(
+                "summary_ms", {}).get("median"))
+            if r is not None:
+                L += ["", f"`podman exec` median / {name} median: "
+                      f"**{r:.0f}x** (p90: {fmt_ratio(ratio(pod.get('p90'), v[name]['summary_ms']['p90']), 0)})."]
+        sd = ex.get("server_duration_ms", {})
+        if sd and sd.get("n"):
+            L += ["", f"Of the API's median {f2(base.get('median'))} ms, the "
+                  "daemon reports the process itself took (its "
+                  f"`duration_seconds`) median {f2(sd['median'], 3)} ms, "
+                  f"p90 {f2(sd['p90'], 3)} ms; the rest is the HTTP round "
+                  "trip, the daemon and the shim."]
+        if ex.get("podman_argv"):
+            L += ["", "podman's container: "
+                  f"`{' '.join(ex['podman_argv']).replace(work_dir or chr(0), '$WORK')}`"
+                  ", then `podman exec <name> true` each time. stockade's CLI: "
+                  "`stockade exec --socket S ID -- true`."]
+        L += ["", f"Load average after: {ex.get('load', '?')}.", ""]
+    if tp:
+        L += ["### Sustained create+destroy", "",
+              "Each client loops `POST /v1/sandboxes` then `DELETE` for a fixed "
+              "time; the rate counts completed pairs over the elapsed time "
+              "(the last pair in flight included).", "",
+              "| clients | seconds | completed | per second | failed "
+              "| pair median ms | pair p90 ms | pair p99 ms | load after |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for t in tp:
+            c = t["cycle_ms"]
+            L.append(f"| {t['clients']} | {t['seconds']:.1f} | {t['done']} "
+                     f"| {t['per_second']:.1f} | {t['failures']} "
+                     f"| {f2(c['median'])} | {f2(c['p90'])} | {f2(c['p99'])} "
+                     f"| {t['load']} |")
+            if t["first_error"]:
+                L.append(f"\nfirst error ({t['clients']} clients): "
+                         f"{t['first_error']}\n")
+        L += ["", "Leaks after these and all the earlier benchmarks: "
+              + leak_text(dm.get("throughput_leaks")) + ".", ""]
+    if dn:
+        pm = dn["per_sandbox_mib"]
+        md = dn.get("meminfo_delta_kib_per_sandbox", {})
+        drift = None
+        if dn.get("mem_available_after_destroy_kib") is not None:
+            drift = (dn["mem_available_before_kib"]
+                     - dn["mem_available_after_destroy_kib"]) / 1024
+        L += ["### Density: host memory per idle sandbox", "",
+              f"{dn['created']} idle sandboxes (created one after another in "
+              f"{dn['create_seconds']:.1f} s, {dn['failures']} failed), "
+              "measured 2 s after the last, then all destroyed in "
+              f"{dn['destroy_seconds']:.1f} s ({dn['destroy_failures']} "
+              f"failed). {dn['shim_processes']} shim and "
+              f"{dn['init_processes']} init processes were found; "
+              f"{dn['memory_cgroups_found']} memory cgroups. Load average "
+              f"{dn['load_before']} before, {dn['load_after']} after.", "",
+              "| measure (per sandbox) | MiB | what it is |", "|---|---|---|",
+              f"| host MemAvailable drop | {pm['mem_available_drop']:.2f} "
+              "| /proc/meminfo MemAvailable before minus after, over the "
+              "sandbox count (median of 5 reads each side): everything, "
+              "kernel included, but also whatever other tenants did meanwhile |",
+              f"| PSS of the shims | {pm['pss_shim']:.2f} | /proc/PID/smaps_rollup |",
+              f"| PSS of the sandboxes' init | {pm['pss_init']:.2f} | idem |",
+              f"| memory cgroup usage | {pm['cgroup_usage']:.2f} | the sandbox's "
+              "memory cgroup (usage_in_bytes / memory.current), of which "
+              f"{pm['cgroup_anon']:.2f} anonymous |",
+              f"| PSS + cgroup | {pm['pss_plus_cgroup']:.2f} | the three rows "
+              "above added; counts init's anonymous pages charged to its "
+              "cgroup twice |",
+              f"| PSS + cgroup minus its anon | {pm['pss_plus_cgroup_non_anon']:.2f} "
+              "| without that overlap |"]
+        if dn.get("pss_plus_kernel_mib") is not None:
+            L += [f"| PSS + kernel | {dn['pss_plus_kernel_mib']:.2f} | PSS of "
+                  "shims and inits plus the host-wide growth of Slab, "
+                  "KernelStack, PageTables and Percpu (/proc/meminfo): the "
+                  "kernel's share (namespaces, mounts, cgroups, tasks), less "
+                  "exposed to other tenants' user memory than MemAvailable |"]
+        L += ["", "Target status: " + density_verdict(dn)[1] + ".", ""]
+        if md:
+            L += ["Where the MemAvailable drop went, host-wide /proc/meminfo "
+                  "deltas in KiB per sandbox (noisy: other tenants): "
+                  + ", ".join(f"{k} {v:+.0f}" for k, v in md.items()) + "."]
+        if drift is not None:
+            back = (dn["mem_available_after_destroy_kib"]
+                    - dn["mem_available_after_kib"]) / 1024 / max(
+                        dn["created"], 1)
+            L += ["", "Cross-check from the other side: MemAvailable rose by "
+                  f"{back:.2f} MiB per sandbox when they were destroyed; 2 s "
+                  f"after that it was {abs(drift):.1f} MiB (in total) "
+                  f"{'below' if drift > 0 else 'above'} where it started. "
+                  "Both show the size of the noise from other tenants."]
+        L += ["", "Leaks after destroying them: " + leak_text(dn.get("leaks"))
+              + ".", ""]
+    if dm.get("error"):
+        L += [f"**daemon_bench.py failed**: {dm['error']}", ""]
+    return "\n".join(L), "\n".join(targets)
 
 
 def main():
@@ -233,6 +487,7 @@ def main():
     ap.add_argument("--meta", required=True)
     ap.add_argument("--cold", required=True)
     ap.add_argument("--workload", required=True)
+    ap.add_argument("--daemon", help="daemon_bench.py's JSON (optional)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     meta = json.load(open(args.meta))
@@ -244,6 +499,15 @@ def main():
     targets_md = targets_table(cold_stats, work_stats)
 
     machine = meta["machine"]
+    work_dir = meta.get("work_dir", "")
+    daemon_md = daemon_targets = None
+    if args.daemon:
+        try:
+            dm = json.load(open(args.daemon))
+            dm.setdefault("nproc", machine.get("nproc"))
+            daemon_md, daemon_targets = daemon_section(dm, work_dir)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"report.py: no daemon section: {e}")
     lines = [
         "# stockade vs peers: results",
         "",
@@ -269,6 +533,8 @@ def main():
         "",
         targets_md,
         "",
+    ] + (["Daemon (details in its section below):", "", daemon_targets, ""]
+         if daemon_targets else []) + [
         "Ratios are of medians. Where stockade's start time goes, phase by "
         "phase: `PROFILE.md`.",
         "",
@@ -312,16 +578,25 @@ def main():
         skipped_lines(work["variants"], meta.get("notes", []))
     lines += ["", "## Skipped, failed and notes", ""]
     lines += notes or ["- nothing skipped, no run failed"]
-    lines += ["", PLACEHOLDERS]
+    if daemon_md:
+        lines += ["", daemon_md]
+        lines += ["", PLACEHOLDERS]
+    else:
+        lines += ["", PLACEHOLDERS.rstrip("\n"), DAEMON_PLACEHOLDERS]
     lines += ["Raw samples (nanoseconds, in round order): "
-              "`benches/raw/cold-start.json`, `benches/raw/workload.json`.",
+              "`benches/raw/cold-start.json`, `benches/raw/workload.json`"
+              + (", `benches/raw/daemon.json`" if daemon_md else "") + ".",
               ""]
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
 
     print("\nTargets\n" + targets_md)
+    if daemon_targets:
+        print(daemon_targets)
     print("\nCold start (ms)\n" + cold_md)
     print("\nWorkload (s)\n" + work_md)
+    if daemon_md:
+        print("\nDaemon\n" + daemon_md)
     if notes:
         print("\nNotes\n" + "\n".join(notes))
 

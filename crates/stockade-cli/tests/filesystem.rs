@@ -262,3 +262,33 @@ fn overlay_root_lets_package_managers_install_and_forgets_it() {
     ]);
     assert_ne!(code(&out), 0, "the next sandbox saw the package");
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn binds_and_workspace_under_a_private_directory_work() {
+    // A 0700 directory only host root may enter, as temporary directories
+    // are: the sources are opened by the supervisor, not by the sandbox.
+    let env = Env::new();
+    let private = tempfile::tempdir().unwrap();
+    std::fs::create_dir(private.path().join("data")).unwrap();
+    std::fs::write(private.path().join("data/f"), "inside").unwrap();
+    std::fs::write(private.path().join("single"), "file").unwrap();
+    let ws = private.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::os::unix::fs::chown(&ws, Some(4242), Some(4242)).unwrap();
+    let p = private.path().display();
+    let out = env.run(&[
+        "--ro-bind",
+        &format!("{p}/data:/data"),
+        "--ro-bind",
+        &format!("{p}/single:/etc-like/single"),
+        "--workspace",
+        ws.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "cat /data/f /etc-like/single; touch /workspace/made && echo ok",
+    ]);
+    assert_eq!(stdout(&out), "insidefileok\n", "{}", stderr(&out));
+    assert!(ws.join("made").exists());
+}

@@ -288,7 +288,12 @@ fn run_phases(
         artifacts: Vec::new(),
     };
     if clone.outcome != Outcome::Exited || clone.exit_code != Some(0) || base.is_none() {
-        let why = String::from_utf8_lossy(&err).trim().to_string();
+        // The clone's own stderr, or stockade's error if the sandbox
+        // could not even start.
+        let mut why = String::from_utf8_lossy(&err).trim().to_string();
+        if why.is_empty() {
+            why = clone.error.clone().unwrap_or_default();
+        }
         report.run.outcome = Outcome::Error;
         report.run.exit_code = Some(125);
         report.run.error = Some(match &opts.git_ref {

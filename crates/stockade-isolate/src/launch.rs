@@ -70,6 +70,32 @@ fn send_idmapped_lowers(spec: &SandboxSpec, pid: i32, ctl: &OwnedFd) {
     }
 }
 
+/// Opens the sources of the workspace and of the user's binds here, as
+/// the supervisor, and hands them to init as detached mount trees: the
+/// sandbox's root (an unprivileged id on the host) could not walk to a
+/// path under a directory only host root may enter, such as a 0700
+/// temporary directory. Whatever cannot be opened here, init tries itself
+/// and reports.
+fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) {
+    let sources = std::iter::once((crate::rootfs::WORKSPACE_TREE.to_string(), &spec.workspace))
+        .chain(
+            spec.ro_binds
+                .iter()
+                .chain(&spec.binds)
+                .enumerate()
+                .map(|(i, b)| (crate::rootfs::bind_tree_name(i), &b.src)),
+        );
+    for (name, src) in sources {
+        let Ok(path) = std::ffi::CString::new(src.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        if let Ok(tree) = sys::open_tree_clone(&path) {
+            let msg = proto::ToInit::Lower { name };
+            let _ = proto::send_msg(ctl.as_fd(), &msg, &[std::os::fd::AsRawFd::as_raw_fd(&tree)]);
+        }
+    }
+}
+
 /// Namespaces every sandbox gets at clone time. The cgroup namespace is
 /// entered by init once it is inside its cgroup.
 pub const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
@@ -144,6 +170,7 @@ pub unsafe fn launch(
                 return Err(LaunchError::Cgroup(e));
             }
             send_idmapped_lowers(spec, pid, &launched.ctl);
+            send_bind_sources(spec, &launched.ctl);
             if proto::send_msg(launched.ctl.as_fd(), &proto::ToInit::Go, &[]).is_err() {
                 abort(&launched);
                 return Err(LaunchError::InitGone);

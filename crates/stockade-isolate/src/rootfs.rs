@@ -52,8 +52,23 @@ pub fn overlay_lowers(spec: &SandboxSpec) -> Vec<(String, PathBuf)> {
     v
 }
 
-/// Idmapped lower layers received from the supervisor, by name.
+/// Mount trees received from the supervisor, by name: idmapped lower
+/// layers, the workspace ([`WORKSPACE_TREE`]) and user bind sources
+/// ([`bind_tree_name`]).
 pub type Lowers = Vec<(String, OwnedFd)>;
+
+/// Name of the workspace's mount tree.
+pub const WORKSPACE_TREE: &str = "workspace-source";
+
+/// Name of the `i`-th user bind's source tree (read-only binds first).
+pub fn bind_tree_name(i: usize) -> String {
+    format!("bind-source-{i}")
+}
+
+fn take_tree(trees: &mut Lowers, name: &str) -> Option<OwnedFd> {
+    let pos = trees.iter().position(|(n, _)| n == name)?;
+    Some(trees.swap_remove(pos).1)
+}
 
 /// Where idmapped lower layers are attached while the overlays are built;
 /// detached again before the workload starts (overlayfs keeps private
@@ -146,7 +161,11 @@ const RW: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
 /// Builds the new root at `spec.staging`, pivots into it and detaches the
 /// host's root. On return the process sees only the sandbox's filesystem.
-pub fn build(spec: &SandboxSpec, lowers: Lowers) -> Result<()> {
+pub fn build(spec: &SandboxSpec, mut lowers: Lowers) -> Result<()> {
+    let workspace_tree = take_tree(&mut lowers, WORKSPACE_TREE);
+    let mut bind_trees: Vec<Option<OwnedFd>> = (0..spec.ro_binds.len() + spec.binds.len())
+        .map(|i| take_tree(&mut lowers, &bind_tree_name(i)))
+        .collect();
     let r = spec.staging.as_path();
     // Nothing we mount may propagate back to the host, and nothing the host
     // mounts later may appear here.
@@ -189,7 +208,21 @@ pub fn build(spec: &SandboxSpec, lowers: Lowers) -> Result<()> {
 
     let ws = r.join("workspace");
     mkdir(&ws, 0o755)?;
-    bind(&spec.workspace, &ws, RW)?;
+    match workspace_tree {
+        Some(tree) => {
+            ctx(
+                sys::move_mount_to(&tree, &cstr(&ws)),
+                "cannot bind-mount onto",
+                &ws,
+            )?;
+            ctx(
+                sys::mount_setattr(&cstr(&ws), RW, true),
+                "cannot set mount attributes on",
+                &ws,
+            )?;
+        }
+        None => bind(&spec.workspace, &ws, RW)?,
+    }
     let home = r.join("home/agent");
     mkdir(&home, 0o755)?;
     bind(&spec.home, &home, RW)?;
@@ -252,13 +285,20 @@ pub fn build(spec: &SandboxSpec, lowers: Lowers) -> Result<()> {
         .iter()
         .map(|b| (b, RO))
         .chain(spec.binds.iter().map(|b| (b, RW)))
-        .map(|(b, attrs)| {
-            let fd = ctx(
-                sys::open_tree_clone(&cstr(&b.src)),
-                "cannot open bind source",
-                &b.src,
-            )?;
-            let is_dir = fs::metadata(&b.src).map(|m| m.is_dir()).unwrap_or(false);
+        .zip(bind_trees.iter_mut())
+        .map(|((b, attrs), tree)| {
+            let fd = match tree.take() {
+                Some(fd) => fd,
+                None => ctx(
+                    sys::open_tree_clone(&cstr(&b.src)),
+                    "cannot open bind source",
+                    &b.src,
+                )?,
+            };
+            // Asked of the tree itself: the path may not be reachable from here.
+            let is_dir = nix::sys::stat::fstat(&fd)
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .unwrap_or(false);
             Ok((fd, b.dst.clone(), attrs, is_dir))
         })
         .collect::<Result<_>>()?;

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import pytest
@@ -277,3 +279,48 @@ def test_large_output_truncated_unless_streamed(sb: Sandbox) -> None:
     # same ring it keeps, and its exit event has no `truncated` flag.
     assert n[0] == len(r.stdout) >= 1024 * 1024
     assert r.stdout.endswith("2999" + "x" * 995 + "\n") and r.exit_code == 0
+
+
+def _git(cwd: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        cwd=cwd, check=True, capture_output=True, text=True,
+    )
+    return out.stdout
+
+
+def test_run_task_returns_the_agents_patch(daemon: Daemon, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.txt").write_text("one\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "init")
+    result = Sandbox.run_task(
+        str(repo),
+        'echo "$STOCKADE_TASK" >> a.txt; echo new > b.txt',
+        task="two",
+        timeout=120,
+        socket=daemon.socket,
+    )
+    assert result.state == "done", result
+    assert result.outcome == "exited" and result.exit_code == 0
+    assert result.files_changed == 2
+    assert result.base_commit == _git(repo, "rev-parse", "HEAD").strip()
+    patch = result.patch.decode()
+    assert "+two" in patch and "+new" in patch
+    # The patch applies to the base commit.
+    check = subprocess.run(["git", "apply", "--check", "-"], cwd=repo, input=result.patch)
+    assert check.returncode == 0
+
+
+def test_run_task_reports_a_missing_ref(daemon: Daemon, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.txt").write_text("one\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "init")
+    result = Sandbox.run_task(str(repo), "true", ref="no-such-ref", timeout=120, socket=daemon.socket)
+    assert result.outcome == "error"
+    assert result.error and "no-such-ref" in result.error

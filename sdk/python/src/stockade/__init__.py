@@ -13,7 +13,7 @@ No dependencies beyond the standard library.
 from ._http import DEFAULT_SOCKET, SseEvent, SseStream
 from .client import Client, Command, Duration, EventStream, Signal
 from .errors import StockadeConnectionError, StockadeError
-from .models import Event, FileEntry, OutputChunk, ProcessInfo, ProcessResult, SandboxInfo
+from .models import Event, FileEntry, OutputChunk, ProcessInfo, ProcessResult, SandboxInfo, TaskResult
 from .sandbox import Files, OutputCallback, Process, Processes, Sandbox, build_policy
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "Sandbox",
     "SandboxInfo",
     "Signal",
+    "TaskResult",
     "SseEvent",
     "SseStream",
     "StockadeConnectionError",

@@ -238,6 +238,22 @@ class Client:
         """A process's output since it started (as kept), then live, then ``exit``."""
         return self.transport.sse("GET", f"/v1/sandboxes/{seg(sandbox)}/processes/{seg(pid)}/output", timeout=timeout)
 
+    # -- tasks ----------------------------------------------------------
+
+    def create_task(self, body: Mapping[str, Any]) -> Dict[str, Any]:
+        """``POST /v1/tasks``: starts a task; returns it (``id``, ``state``, ``phase``)."""
+        doc = self.transport.call("POST", "/v1/tasks", json_body=dict(body))
+        return dict(doc) if isinstance(doc, dict) else {}
+
+    def get_task(self, task: str) -> Dict[str, Any]:
+        """``GET /v1/tasks/{id}``: state, phase, and the report once done."""
+        doc = self.transport.call("GET", f"/v1/tasks/{seg(task)}")
+        return dict(doc) if isinstance(doc, dict) else {}
+
+    def task_patch(self, task: str) -> bytes:
+        """``GET /v1/tasks/{id}/patch``: the task's ``changes.patch``."""
+        return self.transport.read_bytes(f"/v1/tasks/{seg(task)}/patch")
+
     # -- files ----------------------------------------------------------
 
     def read_file(self, sandbox: str, path: str) -> bytes:

@@ -237,3 +237,38 @@ class OutputChunk(NamedTuple):
 
     stream: str
     text: str
+
+
+@dataclass
+class TaskResult:
+    """The end of a task run through the daemon (``Sandbox.run_task``)."""
+
+    id: str
+    #: ``done`` or ``failed`` (ended without a report).
+    state: str
+    #: The agent's outcome: ``exited``, ``signaled``, ``timeout``,
+    #: ``memory-limit``, ``disk-limit`` or ``error``.
+    outcome: Optional[str]
+    exit_code: Optional[int]
+    base_commit: Optional[str]
+    files_changed: int
+    patch: bytes
+    #: The whole ``report.json``.
+    report: Dict[str, Any]
+    error: Optional[str]
+
+    @classmethod
+    def from_json(cls, doc: Dict[str, Any], patch: bytes) -> "TaskResult":
+        report = doc.get("report") if isinstance(doc.get("report"), dict) else {}
+        assert isinstance(report, dict)
+        return cls(
+            id=str(doc.get("id", "")),
+            state=str(doc.get("state", "")),
+            outcome=report.get("outcome"),
+            exit_code=report.get("exit_code"),
+            base_commit=report.get("base_commit"),
+            files_changed=int(report.get("files_changed") or 0),
+            patch=patch,
+            report=report,
+            error=doc.get("error") or report.get("error"),
+        )

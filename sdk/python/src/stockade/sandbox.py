@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import time
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Type, Union
 
 from ._http import PathLike
-from .client import Client, Command, Duration, EventStream, Signal
+from .client import Client, Command, Duration, EventStream, Signal, _cmd
 from .errors import StockadeConnectionError, StockadeError
-from .models import FileEntry, OutputChunk, ProcessInfo, ProcessResult, SandboxInfo
+from .models import FileEntry, OutputChunk, ProcessInfo, ProcessResult, SandboxInfo, TaskResult
 
 __all__ = ["Sandbox", "Processes", "Process", "Files", "OutputCallback", "build_policy"]
 
@@ -313,6 +313,48 @@ class Sandbox:
         must match) and state (``running``, ``destroyed``, ``dead``,
         ``expired``)."""
         return Client(socket).list(labels=labels, state=state)
+
+    @classmethod
+    def run_task(
+        cls,
+        repo: str,
+        cmd: Command,
+        *,
+        task: Optional[str] = None,
+        ref: Optional[str] = None,
+        collect: Optional[Sequence[str]] = None,
+        policy: Optional[Mapping[str, Any]] = None,
+        timeout: Optional[float] = None,
+        poll: float = 0.2,
+        socket: Optional[PathLike] = None,
+    ) -> TaskResult:
+        """Runs an agent task through the daemon: the repository (a path on
+        the daemon's host, or an http(s)/git URL) is cloned into a fresh
+        sandbox, ``cmd`` runs in ``/workspace`` with the task text in
+        ``$STOCKADE_TASK``, and the changes come back as a patch. Waits
+        until the task ends (``timeout`` seconds at most, else
+        ``TimeoutError``)."""
+        client = Client(socket)
+        body: Dict[str, Any] = {"repo": str(repo), "cmd": _cmd(cmd)}
+        if task is not None:
+            body["task"] = task
+        if ref is not None:
+            body["ref"] = ref
+        if collect:
+            body["collect"] = list(collect)
+        if policy is not None:
+            body["policy"] = dict(policy)
+        started = client.create_task(body)
+        task_id = str(started.get("id", ""))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        doc = started
+        while doc.get("state") == "running":
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} still running after {timeout} s")
+            time.sleep(poll)
+            doc = client.get_task(task_id)
+        patch = client.task_patch(task_id) if doc.get("state") == "done" else b""
+        return TaskResult.from_json(doc, patch)
 
     @property
     def name(self) -> Optional[str]:
