@@ -167,6 +167,9 @@ pub struct TaskArgs {
     /// Also copy out files matching GLOB (relative to the repository).
     #[arg(long, value_name = "GLOB")]
     pub collect: Vec<String>,
+    /// Keep the agent's working tree on the host for inspection (path in report.json).
+    #[arg(long)]
+    pub keep: bool,
     /// Where to put changes.patch, stdout.log, stderr.log, report.json (default ./stockade-task-<id>/).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -206,6 +209,7 @@ impl TaskArgs {
             out,
             state_dir,
             live: true,
+            keep: self.keep,
         })
     }
 }

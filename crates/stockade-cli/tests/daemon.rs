@@ -466,6 +466,33 @@ fn tasks_run_through_the_daemon_with_phase_events() {
     for p in ["clone", "run", "collect", "done"] {
         assert!(phases.iter().any(|x| x == p), "{phases:?}");
     }
+    // keep: a sandbox on the agent's working tree stays for inspection.
+    let (status, kept) = raw_json(
+        &c,
+        "POST",
+        "/v1/tasks",
+        Some(serde_json::json!({
+            "repo": repo.path(),
+            "cmd": ["sh", "-c", "echo kept >> a.txt"],
+            "keep": true,
+        })),
+    );
+    assert_eq!(status, 201, "{kept}");
+    let kid = kept["id"].as_str().unwrap().to_string();
+    let mut view = serde_json::Value::Null;
+    assert!(
+        eventually(|| {
+            view = raw_json(&c, "GET", &format!("/v1/tasks/{kid}"), None).1;
+            view["sandbox_id"].is_string()
+        }),
+        "{view}"
+    );
+    let sid = view["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        run(&c, &sid, &["cat", "/workspace/a.txt"]),
+        (Some(0), "one\nkept\n".into())
+    );
+    c.destroy(&sid).unwrap();
     let (status, err) = raw_json(
         &c,
         "POST",

@@ -38,6 +38,9 @@ pub struct TaskOptions {
     pub state_dir: PathBuf,
     /// Print a progress line per phase and stream the agent's output.
     pub live: bool,
+    /// Keep the workspace (the clone with the agent's changes) on the host
+    /// after the task, for inspection; its path is in the report.
+    pub keep: bool,
 }
 
 /// A phase and how long it took.
@@ -62,6 +65,10 @@ pub struct TaskReport {
     pub lines_removed: usize,
     pub phases: Vec<Phase>,
     pub artifacts: Vec<String>,
+    /// With `keep`: the host directory holding the agent's working tree
+    /// (owned by the sandbox block's agent id; bind it as a workspace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_workspace: Option<PathBuf>,
 }
 
 /// The task could not be set up at all (bad input on the host side).
@@ -108,8 +115,27 @@ pub fn run_task(opts: &TaskOptions) -> Result<TaskReport, TaskError> {
     )))?;
     let id = crate::prepare::new_id();
     let scratch = opts.state_dir.join("tasks").join(&id);
-    let result = run_phases(opts, &source, &scratch);
-    let _ = crate::state::remove_tree(&scratch);
+    let mut result = run_phases(opts, &source, &scratch);
+    if opts.keep {
+        if let Ok(report) = result.as_mut() {
+            let ws = scratch.join("workspace");
+            report.kept_workspace = Some(ws.clone());
+            // report.json was written before we knew; write it again.
+            if let Ok(json) = serde_json::to_vec_pretty(report) {
+                let _ = fs::write(opts.out.join("report.json"), json);
+            }
+            if opts.live {
+                eprintln!(
+                    "stockade: task: kept the workspace at {}; inspect it with `stockade run --workspace {} -- bash`",
+                    ws.display(),
+                    ws.display()
+                );
+            }
+            let _ = crate::state::remove_tree(&scratch.join("task"));
+        }
+    } else {
+        let _ = crate::state::remove_tree(&scratch);
+    }
     result
 }
 
@@ -286,6 +312,7 @@ fn run_phases(
         lines_removed: 0,
         phases: Vec::new(),
         artifacts: Vec::new(),
+        kept_workspace: None,
     };
     if clone.outcome != Outcome::Exited || clone.exit_code != Some(0) || base.is_none() {
         // The clone's own stderr, or stockade's error if the sandbox

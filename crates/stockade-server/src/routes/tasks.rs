@@ -39,6 +39,10 @@ pub struct TaskBody {
     pub collect: Vec<String>,
     #[serde(default)]
     pub policy: Option<Policy>,
+    /// Keep a sandbox on the agent's working tree after the task, for
+    /// inspection (its id appears as `sandbox_id`; destroy it when done).
+    #[serde(default)]
+    pub keep: bool,
 }
 
 fn runs_dir(state: &AppState) -> PathBuf {
@@ -110,6 +114,9 @@ fn view(id: &str, dir: &Path) -> Value {
             .unwrap_or("");
         format!("the task ended without a report: {last}")
     });
+    let sandbox_id = std::fs::read_to_string(dir.join("sandbox_id"))
+        .ok()
+        .map(|s| s.trim().to_string());
     json!({
         "id": id,
         "state": state,
@@ -117,6 +124,7 @@ fn view(id: &str, dir: &Path) -> Value {
         "request": request,
         "report": report,
         "error": error,
+        "sandbox_id": sandbox_id,
     })
 }
 
@@ -172,6 +180,9 @@ pub async fn create(
     for g in &body.collect {
         cmd.arg("--collect").arg(g);
     }
+    if body.keep {
+        cmd.arg("--keep");
+    }
     cmd.arg("--").args(&body.cmd);
     let child = cmd
         .stdin(Stdio::null())
@@ -215,11 +226,37 @@ async fn watch(state: Arc<AppState>, id: String, dir: PathBuf, mut child: std::p
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let v = view(&id, &dir);
+    if let Some(ws) = v["report"]["kept_workspace"].as_str() {
+        keep_sandbox(&state, &id, &dir, ws, &v).await;
+    }
+    let v = view(&id, &dir);
     state.hub.publish(
         &id,
         Some("task-finished"),
         json!({ "task_id": id, "state": v["state"], "outcome": v["report"]["outcome"] }),
     );
+}
+
+/// Creates a sandbox on the task's kept working tree, with the task's
+/// policy, labelled with the task's id.
+async fn keep_sandbox(state: &Arc<AppState>, id: &str, dir: &Path, workspace: &str, v: &Value) {
+    let mut policy: Policy =
+        serde_json::from_value(v["request"]["policy"].clone()).unwrap_or_default();
+    policy.filesystem.workspace = Some(PathBuf::from(workspace));
+    let spec = crate::lifecycle::CreateSpec {
+        policy,
+        name: None,
+        labels: BTreeMap::from([("stockade.task".to_string(), id.to_string())]),
+        ttl: None,
+    };
+    match crate::lifecycle::create(state, spec).await {
+        Ok(row) => {
+            let _ = std::fs::write(dir.join("sandbox_id"), &row.id);
+        }
+        Err(e) => {
+            let _ = std::fs::write(dir.join("keep_error"), format!("{e:?}"));
+        }
+    }
 }
 
 /// `GET /v1/tasks`.
