@@ -18,17 +18,25 @@
 # sustained creates per second, memory per idle sandbox
 # (benches/lib/daemon_bench.py).
 #
+# Then egress (`--net allowlist`, benches/lib/egress_bench.py), entirely
+# inside a network namespace the script makes, against its own server on
+# 203.0.113.10 there: bulk throughput and per-connection latency through
+# the supervisor's userspace stack against direct, and the cold start of
+# an allowlist sandbox against `--net none` and bwrap.
+#
 # Environment overrides: COLD_ROUNDS (200), WORK_ROUNDS (15), WARMUP (5),
 # PODMAN_EVERY (1: podman runs in every round), STOCKADE (use this binary
 # instead of building one), DAEMON_CYCLES (200), DAEMON_EXECS (300),
 # DAEMON_SECONDS (15 per client count), DAEMON_DENSITY (100),
 # DAEMON_PODMAN_EVERY (2: `podman exec` in every 2nd round of the warm-exec
-# benchmark, still interleaved; it takes ~30x as long as the others).
+# benchmark, still interleaved; it takes ~30x as long as the others),
+# EGRESS_MIB (256 per transfer), EGRESS_REPS (5), EGRESS_CONNECTS (200),
+# EGRESS_LAT_REPS (3), EGRESS_COLD_ROUNDS (60), EGRESS_WARMUP (5).
 set -euo pipefail
 
 usage() {
-  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
-  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --out-dir DIR  -h|--help"
+  sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
+  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --out-dir DIR  -h|--help"
 }
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +44,7 @@ BENCHES="$REPO/benches"
 LIB="$BENCHES/lib"
 PY=/usr/bin/python3 # Debian's; the helpers use the standard library only
 
-QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1
+QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1 EGRESS=1
 OUT="$BENCHES" # RESULTS.md, PROFILE.md and raw/ go here
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,6 +52,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0 ;;
     --no-profile) PROFILE=0 ;;
     --no-daemon) DAEMON=0 ;;
+    --no-egress) EGRESS=0 ;;
     --out-dir)
       [ $# -ge 2 ] || { echo "compare.sh: --out-dir needs a directory" >&2; exit 2; }
       OUT=$2
@@ -135,6 +144,11 @@ install_peers() {
   # benches/lib/timer.py, which interleaves the peers within one run).
   need gcc gcc || note "gcc missing and not installable: the workload benchmark will fail"
   need make make || note "make missing and not installable: the workload benchmark will fail"
+  if [ "$EGRESS" = 1 ]; then
+    need curl curl || note "curl missing and not installable: the egress throughput benchmark will fail"
+    need unshare util-linux || note "unshare missing: the egress benchmark cannot make its network namespace"
+    need ip iproute2 || note "ip missing and not installable: the egress benchmark cannot set up its network namespace"
+  fi
   need strace strace || note "strace missing and not installable: no system call table in PROFILE.md"
   # runc before podman, so that podman's dependency on an OCI runtime is
   # met by runc instead of pulling in crun.
@@ -340,6 +354,23 @@ daemon_bench() {
   [ -f "$DAEMON_JSON" ] || DAEMON_JSON=
 }
 
+egress_bench() {
+  local args=(--stockade "$SK" --timer "$LIB/timer.py" --work "$WORK"
+    --out "$OUT/raw/egress.json")
+  [ "$QUICK" = 1 ] && args+=(--quick)
+  if [ "$HAVE_BWRAP" = 1 ]; then
+    bwrap_base >"$WORK/bwrap-base.txt"
+    args+=(--bwrap-args "$WORK/bwrap-base.txt")
+  fi
+  log "egress: --net allowlist in a private network namespace"
+  rm -f "$OUT/raw/egress.json"
+  if ! "$PY" "$LIB/egress_bench.py" "${args[@]}"; then
+    note "the egress benchmark failed (see its output above; what it measured before failing is in RESULTS.md)"
+  fi
+  EGRESS_JSON="$OUT/raw/egress.json"
+  [ -f "$EGRESS_JSON" ] || EGRESS_JSON=
+}
+
 # --- 6. results ---------------------------------------------------------------
 
 version_of() { # cmd: its version line, or "not installed"
@@ -403,6 +434,7 @@ json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
   "$PY" "$LIB/report.py" --meta "$WORK/meta.json" --cold "$OUT/raw/cold-start.json" \
     --workload "$OUT/raw/workload.json" ${DAEMON_JSON:+--daemon "$DAEMON_JSON"} \
+    ${EGRESS_JSON:+--egress "$EGRESS_JSON"} \
     --out "$OUT/RESULTS.md"
 }
 
@@ -475,6 +507,8 @@ main() {
   workload_bench
   DAEMON_JSON=
   if [ "$DAEMON" = 1 ]; then daemon_bench; else note "daemon benchmark skipped (--no-daemon)"; fi
+  EGRESS_JSON=
+  if [ "$EGRESS" = 1 ]; then egress_bench; else note "egress benchmark skipped (--no-egress)"; fi
   write_results
   if [ "$PROFILE" = 1 ]; then
     profile_stockade

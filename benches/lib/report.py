@@ -7,7 +7,8 @@ interpolation between order statistics (the common "type 7" definition),
 so with 100 runs p99 sits between the 99th and 100th slowest values.
 
 Usage: report.py --meta META.json --cold COLD.json --workload WORK.json
-                 [--daemon DAEMON.json] --out RESULTS.md
+                 [--daemon DAEMON.json] [--egress EGRESS.json]
+                 --out RESULTS.md
 """
 
 import argparse
@@ -25,6 +26,13 @@ TARGET_CYCLE_MS = 10.0     # create -> exec true -> destroy, p50
 TARGET_EXEC_MS = 3.0       # exec true into a warm sandbox, p50
 TARGET_PER_SECOND = 100.0  # sustained create+destroy per second, 2 cores
 TARGET_DENSITY_MIB = 2.0   # host memory per idle sandbox
+# Targets from the issues "Egress policy" and "Benchmarks" (item 5),
+# measured by egress_bench.py.
+TARGET_EGRESS_GBIT = 1.0          # bulk throughput through the stack
+TARGET_EGRESS_VS_DIRECT = 0.5     # ... and at least half of direct
+TARGET_EGRESS_CONNECT_MS = 1.0    # added per connection
+TARGET_EGRESS_COLD_VS_NONE = 2.0  # allowlist cold start <= 2x --net none
+TARGET_EGRESS_COLD_VS_BWRAP = 2.0  # ... and <= 2x bwrap --unshare-all
 
 # Row order and the peers the ratios are taken against.
 COLD_ORDER = ["host", "stockade", "bwrap", "runc", "podman"]
@@ -218,15 +226,20 @@ WORKLOAD = (
     "the median of the per-round ratios, which cancels slow drift of a "
     "shared machine.")
 
-PLACEHOLDERS = """\
-## Not measured yet
+PLACEHOLDERS_HEAD = """\
+## Not measured in this run
 
-These targets need parts of stockade that do not exist yet. The sections
-stay here so the numbers land in the same file when they do.
+These benchmarks were skipped (`--no-daemon`, `--no-egress`) or failed
+before measuring; the sections stay here so the numbers land in the same
+file when they run.
 
 | benchmark | status |
 |---|---|
-| egress throughput through the allowlist proxy | not measured yet: needs the egress layer (`--net allowlist`) |
+"""
+
+# Shown instead of the egress section when compare.sh ran without it.
+EGRESS_PLACEHOLDERS = """\
+| egress: throughput, connection latency and cold start with `--net allowlist` | not measured in this run (egress_bench.py did not run or failed) |
 """
 
 # Shown instead of the daemon section when compare.sh ran without it.
@@ -482,12 +495,188 @@ def daemon_section(dm, work_dir):
     return "\n".join(L), "\n".join(targets)
 
 
+def egress_section(eg, work_dir):
+    """Markdown for egress_bench.py's results, and its targets table."""
+    tp, lat, cold = eg.get("throughput"), eg.get("latency"), eg.get("cold")
+    targets = ["| target (issue) | measured | status |", "|---|---|---|"]
+
+    def w(text):
+        return text.replace(work_dir, "$WORK") if work_dir else text
+
+    L = ["## Egress (`--net allowlist`)", "",
+         "`benches/lib/egress_bench.py` runs under `unshare --net`: a fresh "
+         "network namespace with only `lo` (it refuses to run otherwise), "
+         f"where it puts {eg.get('address')}/32 (a documentation address) "
+         "on `lo` and serves minimal HTTP there from its own process. "
+         "Nothing leaves that namespace: the stockade supervisor, whose "
+         "proxied upstream connections start in its own namespace, can "
+         "reach only that server. Sandboxes use `--net allowlist "
+         f"--allow-host {eg.get('name')} --map-host "
+         f"{eg.get('name')}={eg.get('address')}`; `direct` is the same "
+         "client in the test namespace without a sandbox. Direct and "
+         "sandboxed runs alternate, the first side alternating per "
+         "repetition.", "",
+         f"Load average: {eg.get('load_start', '?')} at the start, "
+         f"{eg.get('load_end', '?')} at the end "
+         f"({eg.get('elapsed_s', 0):.0f} s).", ""]
+    if tp:
+        v = tp["variants"]
+        d, s = v.get("direct", {}), v.get("stockade", {})
+        ds, ss = d.get("summary_mbytes_per_s", {}), s.get("summary_mbytes_per_s", {})
+        mib = tp["bytes"] / 2**20
+        L += ["### Bulk throughput", "",
+              f"`curl -o /dev/null` of {mib:.0f} MiB (`GET /bytes/N`, one "
+              f"connection), {tp['reps']} repetitions per side after one "
+              "warm-up each; a fresh sandbox per transfer, and the rate is "
+              "curl's own (`size_download / time_total`), so sandbox "
+              "start-up is not in it. CPU is user + system time of the "
+              "side's whole process tree (curl alone; stockade's supervisor, "
+              "init and curl) per GiB moved, median; the upstream server's "
+              "is not counted on either side.", "",
+              "| side | n | failed | median MB/s | median Gbit/s "
+              "| p10 (slow) Gbit/s | min MB/s | max MB/s | CPU s per GiB |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in v.items():
+            m = r["summary_mbytes_per_s"]
+            if not m["n"]:
+                L.append(f"| {name} | 0 | {r['failures']} | failed | | | | | |")
+                continue
+            slow = percentile(sorted(r["mbytes_per_s"]), 10)
+            cpu = r.get("cpu_s_per_gib")
+            L.append(f"| {name} | {m['n']} | {r['failures']} "
+                     f"| {m['median']:.0f} | {m['median'] * 8 / 1000:.2f} "
+                     f"| {slow * 8 / 1000:.2f} | {m['min']:.0f} "
+                     f"| {m['max']:.0f} | {f2(cpu)} |")
+        for name, r in v.items():
+            if r.get("first_error"):
+                L.append(f"\nfirst error ({name}): {r['first_error']}\n")
+        rr = ratio(ss.get("median"), ds.get("median"))
+        L += ["", f"stockade / direct (medians): **{fmt_ratio(rr)}**. "
+              f"Load average after: {tp.get('load', '?')}.", ""]
+        L += ["Commands:", ""] + [f"- {n}: `{w(' '.join(r['argv']))}`"
+                                  for n, r in v.items()] + [""]
+        g = None if ss.get("median") is None else ss["median"] * 8 / 1000
+        targets.append(
+            f"| egress throughput >= {TARGET_EGRESS_GBIT:g} Gbit/s "
+            f"| {f2(g)} Gbit/s ({f2(ss.get('median'), 0)} MB/s, median) "
+            f"| {met(None if g is None else g >= TARGET_EGRESS_GBIT)} |")
+        targets.append(
+            f"| egress throughput >= {TARGET_EGRESS_VS_DIRECT * 100:.0f} % "
+            f"of direct | {'n/a' if rr is None else f'{rr * 100:.0f} %'} "
+            f"(direct {f2(ds.get('median'), 0)} MB/s) "
+            f"| {met(None if rr is None else rr >= TARGET_EGRESS_VS_DIRECT)} |")
+    if lat:
+        v = lat["variants"]
+        L += ["### Connection latency", "",
+              f"A Python client makes {lat['connects']} sequential "
+              "connections, each `connect`, a tiny `GET "
+              f"{lat['path']}` with `Host: {eg.get('name')}`, and reading "
+              "the 2-byte answer to the server's close. It runs "
+              f"{lat['reps']} times per side (after one warm-up each); the "
+              "sandboxed side runs in ONE sandbox per repetition, so its "
+              "start-up is not counted, and resolves the name once through "
+              "stockade's DNS before the loop. Per-connection times from all "
+              "repetitions are pooled. `connect()` alone means little "
+              "through stockade: the userspace stack completes the "
+              "handshake with the sandbox itself and opens the upstream "
+              "connection only after checking the first bytes, so the whole "
+              "exchange is the number that counts.", "",
+              "| side | connections | failed | median ms | p90 ms | p99 ms "
+              "| min ms | connect() median ms |",
+              "|---|---|---|---|---|---|---|---|"]
+        ms = 1e6
+        for name, r in v.items():
+            m, c = r["summary_total_ns"], r["summary_connect_ns"]
+            if not m["n"]:
+                L.append(f"| {name} | 0 | {r['failures']} | failed | | | | |")
+                continue
+            L.append(f"| {name} | {m['n']} | {r['failures']} "
+                     f"| {m['median'] / ms:.3f} | {m['p90'] / ms:.3f} "
+                     f"| {m['p99'] / ms:.3f} | {m['min'] / ms:.3f} "
+                     f"| {c['median'] / ms:.3f} |")
+        for name, r in v.items():
+            if r.get("first_error"):
+                L.append(f"\nfirst error ({name}): {r['first_error']}\n")
+        dm_ = v.get("direct", {}).get("summary_total_ns", {}).get("median")
+        sm_ = v.get("stockade", {}).get("summary_total_ns", {}).get("median")
+        dp = v.get("direct", {}).get("summary_total_ns", {}).get("p90")
+        sp = v.get("stockade", {}).get("summary_total_ns", {}).get("p90")
+        add = None if dm_ is None or sm_ is None else (sm_ - dm_) / ms
+        addp = None if dp is None or sp is None else (sp - dp) / ms
+        rs = v.get("stockade", {}).get("summary_resolve_ns", {})
+        L += ["", f"Added per connection (stockade median - direct median): "
+              f"**{f2(add, 3)} ms** (p90 - p90: {f2(addp, 3)} ms). The one "
+              "name lookup through stockade's DNS before the loop took "
+              f"median {f2(rs.get('median') and rs['median'] / ms, 3)} ms. "
+              f"Load average after: {lat.get('load', '?')}.", ""]
+        targets.append(
+            f"| egress latency added <= {TARGET_EGRESS_CONNECT_MS:g} ms per "
+            f"connection | {f2(add, 3)} ms (medians; p90 {f2(addp, 3)} ms) "
+            f"| {met(None if add is None else add <= TARGET_EGRESS_CONNECT_MS)} |")
+    if cold:
+        cv = cold["variants"]
+        cm, cst = cold_table_egress(cv)
+        L += ["### Cold start with egress", "",
+              f"`/bin/true`, {cold['rounds']} interleaved rounds after "
+              f"{cold['warmup']} warm-up rounds (timer.py, as the cold-start "
+              "section above, but inside the test namespace). The allowlist "
+              "sandbox gets its TUN device, and the supervisor starts its "
+              "egress thread and stack; `true` sends nothing.", "",
+              cm, "", "Commands:", ""]
+        L += [f"- {n}: {show_command(r, work_dir)}" for n, r in cv.items()]
+        L += ["", f"Load average after: {cold.get('load', '?')}.", ""]
+        for line in skipped_lines(cv, []):
+            L.append(line)
+        a, n_, b = (cst.get("stockade --net allowlist"),
+                    cst.get("stockade --net none"), cst.get("bwrap"))
+        r1 = ratio(a and a["median"], n_ and n_["median"])
+        r1p = ratio(a and a["p90"], n_ and n_["p90"])
+        targets.append(
+            f"| allowlist cold start <= {TARGET_EGRESS_COLD_VS_NONE:g}x "
+            f"`--net none` | {fmt_ratio(r1)} (median; p90 {fmt_ratio(r1p)}) "
+            f"| {met(None if r1 is None else r1 <= TARGET_EGRESS_COLD_VS_NONE)} |")
+        r2 = ratio(a and a["median"], b and b["median"])
+        r2p = ratio(a and a["p90"], b and b["p90"])
+        targets.append(
+            f"| allowlist cold start <= {TARGET_EGRESS_COLD_VS_BWRAP:g}x bwrap "
+            f"`--unshare-all` | {fmt_ratio(r2)} (median; p90 {fmt_ratio(r2p)}) "
+            f"| {met(None if r2 is None else r2 <= TARGET_EGRESS_COLD_VS_BWRAP)} |")
+    if eg.get("error"):
+        L += [f"**egress_bench.py failed**: {eg['error']}", ""]
+    return "\n".join(L), "\n".join(targets)
+
+
+def cold_table_egress(results):
+    """Cold-start table for the egress variants, in ms, ratios against
+    `--net none` and bwrap."""
+    stats = {n: summarize(v) for n, v in results.items() if v["samples_ns"]}
+    ms = 1e6
+    rows = ["| variant | runs | failed | median ms | p90 ms | p99 ms | min ms "
+            "| median vs --net none | median vs bwrap | p90 vs --net none |",
+            "|" + "---|" * 10]
+    base, bw = stats.get("stockade --net none"), stats.get("bwrap")
+    for name in results:
+        if name not in stats:
+            rows.append(f"| {name} | 0 | - | skipped | | | | | | |")
+            continue
+        s = stats[name]
+        rows.append(
+            f"| {name} | {s['n']} | {results[name]['failures']} "
+            f"| {s['median'] / ms:.2f} | {s['p90'] / ms:.2f} "
+            f"| {s['p99'] / ms:.2f} | {s['min'] / ms:.2f} "
+            f"| {fmt_ratio(ratio(s['median'], base and base['median']))} "
+            f"| {fmt_ratio(ratio(s['median'], bw and bw['median']))} "
+            f"| {fmt_ratio(ratio(s['p90'], base and base['p90']))} |")
+    return "\n".join(rows), stats
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--meta", required=True)
     ap.add_argument("--cold", required=True)
     ap.add_argument("--workload", required=True)
     ap.add_argument("--daemon", help="daemon_bench.py's JSON (optional)")
+    ap.add_argument("--egress", help="egress_bench.py's JSON (optional)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     meta = json.load(open(args.meta))
@@ -508,6 +697,13 @@ def main():
             daemon_md, daemon_targets = daemon_section(dm, work_dir)
         except (OSError, ValueError, KeyError) as e:
             print(f"report.py: no daemon section: {e}")
+    egress_md = egress_targets = None
+    if args.egress:
+        try:
+            eg = json.load(open(args.egress))
+            egress_md, egress_targets = egress_section(eg, work_dir)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"report.py: no egress section: {e}")
     lines = [
         "# stockade vs peers: results",
         "",
@@ -534,7 +730,9 @@ def main():
         targets_md,
         "",
     ] + (["Daemon (details in its section below):", "", daemon_targets, ""]
-         if daemon_targets else []) + [
+         if daemon_targets else []) + (
+        ["Egress (details in its section below):", "", egress_targets, ""]
+        if egress_targets else []) + [
         "Ratios are of medians. Where stockade's start time goes, phase by "
         "phase: `PROFILE.md`.",
         "",
@@ -580,12 +778,18 @@ def main():
     lines += notes or ["- nothing skipped, no run failed"]
     if daemon_md:
         lines += ["", daemon_md]
-        lines += ["", PLACEHOLDERS]
+    if egress_md:
+        lines += ["", egress_md]
+    missing = ("" if daemon_md else DAEMON_PLACEHOLDERS) + \
+        ("" if egress_md else EGRESS_PLACEHOLDERS)
+    if missing:
+        lines += ["", PLACEHOLDERS_HEAD + missing]
     else:
-        lines += ["", PLACEHOLDERS.rstrip("\n"), DAEMON_PLACEHOLDERS]
+        lines += [""]
     lines += ["Raw samples (nanoseconds, in round order): "
               "`benches/raw/cold-start.json`, `benches/raw/workload.json`"
-              + (", `benches/raw/daemon.json`" if daemon_md else "") + ".",
+              + (", `benches/raw/daemon.json`" if daemon_md else "")
+              + (", `benches/raw/egress.json`" if egress_md else "") + ".",
               ""]
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
@@ -597,6 +801,10 @@ def main():
     print("\nWorkload (s)\n" + work_md)
     if daemon_md:
         print("\nDaemon\n" + daemon_md)
+    if egress_targets:
+        print("\nEgress targets\n" + egress_targets)
+    if egress_md:
+        print("\nEgress\n" + egress_md)
     if notes:
         print("\nNotes\n" + "\n".join(notes))
 
