@@ -5,8 +5,6 @@ mod common;
 
 use common::*;
 
-const ROOT: &str = "needs root: creates namespaces and cgroups";
-
 #[test]
 #[ignore = "needs root: creates namespaces and cgroups"]
 fn cannot_read_host_secrets() {
@@ -31,7 +29,6 @@ fn cannot_read_host_secrets() {
         );
     }
     std::fs::remove_file(&secret).unwrap();
-    let _ = ROOT;
 }
 
 #[test]
