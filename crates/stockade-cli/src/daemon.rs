@@ -104,6 +104,7 @@ pub fn create(args: CreateArgs) -> anyhow::Result<u8> {
         labels.insert(k.to_string(), v.to_string());
     }
     let client = args.socket.client();
+    args.policy.refuse_net_log("create")?;
     let policy = args.policy.into_policy()?;
     let sb = client.create(
         Some(&policy),

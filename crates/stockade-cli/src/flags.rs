@@ -190,6 +190,7 @@ impl TaskArgs {
             ),
             (None, None) => None,
         };
+        self.policy.refuse_net_log("task")?;
         let state_dir = self.policy.state_dir.clone();
         let policy = self.policy.into_policy_unvalidated()?;
         let out = match self.out {
@@ -264,6 +265,18 @@ impl PolicyArgs {
         let p = self.into_policy_unvalidated()?;
         p.validate()?;
         Ok(p)
+    }
+
+    /// `--net-log` only means something to `stockade run`; elsewhere it is
+    /// refused rather than silently ignored.
+    pub fn refuse_net_log(&self, command: &str) -> anyhow::Result<()> {
+        if let Some(f) = &self.net_log {
+            anyhow::bail!(
+                "--net-log {} is only for `stockade run`; `stockade {command}` keeps its network summary in its report",
+                f.display()
+            );
+        }
+        Ok(())
     }
 
     /// The policy before validation, for callers that complete it first

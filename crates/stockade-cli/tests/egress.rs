@@ -627,4 +627,24 @@ fn network_flags_are_checked_before_anything_runs() {
     assert!(run(&["--net", "allowlist", "--net-bandwidth", "lots"]).contains("50mbit"));
     let log = state.path().join("log");
     assert!(run(&["--net-log", log.to_str().unwrap()]).contains("nothing to log"));
+    // Where --net-log would be ignored, it is refused instead.
+    for cmd in [&["task", "--repo", "/nonexistent"][..], &["create"][..]] {
+        let out = std::process::Command::new(BIN)
+            .env("STOCKADE_STATE_DIR", state.path())
+            .args(cmd)
+            .args(["--net", "allowlist", "--net-log", log.to_str().unwrap()])
+            .args(if cmd[0] == "task" {
+                &["--", "true"][..]
+            } else {
+                &[][..]
+            })
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 125, "{cmd:?}");
+        assert!(
+            stderr(&out).contains("only for `stockade run`"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }

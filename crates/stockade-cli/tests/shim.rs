@@ -182,6 +182,11 @@ fn bad_policies_fail_creation_clearly() {
         panic!("a missing workspace was accepted");
     };
     assert!(err.to_string().contains("/no/such/dir"), "{err}");
+    // The caller's mistake, not the host's (the daemon answers 400, not 500).
+    assert!(
+        matches!(err, stockade_core::backend::BackendError::Invalid(_)),
+        "{err}"
+    );
     assert!(!env.sandboxes_dir().join("shim-test-e1").exists());
     assert!(cgroup_dirs("shim-test-e1").is_empty());
 }

@@ -204,7 +204,7 @@ fn supervise(
     let stdio: &[i32] = if request.tty { &[] } else { &own };
     let spawn = ToInit::Spawn(request);
     if proto::send_msg(launched.ctl.as_fd(), &spawn, stdio).is_err() {
-        kill_init(cgroup, &launched);
+        kill_init(&launched);
     }
     let oom_fd = cgroup.oom_notifier().ok();
     let print = opts.print_violations;
@@ -233,7 +233,7 @@ fn supervise(
     loop {
         // Once the command has ended the sandbox is going down anyway.
         if ended.is_none() && monitor.tick(cgroup).is_some() {
-            kill_init(cgroup, &launched);
+            kill_init(&launched);
         }
         let wake = monitor
             .next_wake()
@@ -287,7 +287,7 @@ fn supervise(
                             // the supervisor has a second thread.
                             if let Err(e) = net.start(fds.pop()) {
                                 setup_error = Some(e);
-                                kill_init(cgroup, &launched);
+                                kill_init(&launched);
                             }
                         }
                         FromInit::Ready => {}
@@ -307,11 +307,11 @@ fn supervise(
                         }
                         FromInit::SetupFailed { message } => {
                             setup_error = Some(message);
-                            kill_init(cgroup, &launched);
+                            kill_init(&launched);
                         }
                         FromInit::SpawnFailed { step, errno, .. } => {
                             spawn_error = Some((step, errno));
-                            kill_init(cgroup, &launched);
+                            kill_init(&launched);
                         }
                         FromInit::Exited { pid, .. } | FromInit::Signaled { pid, .. }
                             if Some(pid) == main_pid =>
@@ -319,7 +319,7 @@ fn supervise(
                             // The command is done: whatever it left running
                             // goes with the sandbox.
                             ended = Some(msg);
-                            kill_init(cgroup, &launched);
+                            kill_init(&launched);
                         }
                         FromInit::Exited { .. } | FromInit::Signaled { .. } => {}
                     },
@@ -342,7 +342,7 @@ fn supervise(
                 interrupts += 1;
                 match main_pid {
                     // The workload ignores us; the user insists.
-                    _ if interrupts >= 3 => kill_init(cgroup, &launched),
+                    _ if interrupts >= 3 => kill_init(&launched),
                     Some(pid) => {
                         let _ = proto::send_msg(
                             launched.ctl.as_fd(),
@@ -361,7 +361,7 @@ fn supervise(
                 Cgroup::drain_notifier(f.as_fd());
             }
             if monitor.check_oom(cgroup).is_some() {
-                kill_init(cgroup, &launched);
+                kill_init(&launched);
             }
         }
         net.drain(&mut |_, detail| {
@@ -425,7 +425,7 @@ fn supervise(
 /// Ends the sandbox: killing init makes the kernel kill everything else
 /// in its pid namespace, which is every process of the sandbox. (The
 /// cgroup is emptied and removed again afterwards, as a second net.)
-fn kill_init(_cgroup: &Cgroup, l: &Launched) {
+fn kill_init(l: &Launched) {
     let _ = pidfd_send_signal(&l.pidfd, libc::SIGKILL);
 }
 

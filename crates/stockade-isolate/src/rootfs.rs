@@ -148,6 +148,21 @@ fn bind(src: &Path, dst: &Path, attrs: u64) -> Result<()> {
     Ok(())
 }
 
+/// Attaches a detached mount tree (from `open_tree`) at `dst` and sets
+/// its attributes, as [`bind`] does for a path.
+fn attach(tree: &OwnedFd, dst: &Path, attrs: u64) -> Result<()> {
+    ctx(
+        sys::move_mount_to(tree, &cstr(dst)),
+        "cannot bind-mount onto",
+        dst,
+    )?;
+    ctx(
+        sys::mount_setattr(&cstr(dst), attrs, true),
+        "cannot set mount attributes on",
+        dst,
+    )
+}
+
 fn mount_fs(fstype: &str, dst: &Path, flags: MsFlags, data: &str) -> Result<()> {
     ctx(
         mount(Some(fstype), dst, Some(fstype), flags, Some(data)),
@@ -209,18 +224,7 @@ pub fn build(spec: &SandboxSpec, mut lowers: Lowers) -> Result<()> {
     let ws = r.join("workspace");
     mkdir(&ws, 0o755)?;
     match workspace_tree {
-        Some(tree) => {
-            ctx(
-                sys::move_mount_to(&tree, &cstr(&ws)),
-                "cannot bind-mount onto",
-                &ws,
-            )?;
-            ctx(
-                sys::mount_setattr(&cstr(&ws), RW, true),
-                "cannot set mount attributes on",
-                &ws,
-            )?;
-        }
+        Some(tree) => attach(&tree, &ws, RW)?,
         None => bind(&spec.workspace, &ws, RW)?,
     }
     let home = r.join("home/agent");
@@ -314,16 +318,7 @@ pub fn build(spec: &SandboxSpec, mut lowers: Lowers) -> Result<()> {
             }
             touch(&dst)?;
         }
-        ctx(
-            sys::move_mount_to(&fd, &cstr(&dst)),
-            "cannot bind-mount onto",
-            &dst,
-        )?;
-        ctx(
-            sys::mount_setattr(&cstr(&dst), attrs, true),
-            "cannot set mount attributes on",
-            &dst,
-        )?;
+        attach(&fd, &dst, attrs)?;
     }
     if spec.overlay.is_none() {
         ctx(

@@ -73,13 +73,17 @@ impl Backend for ShimBackend {
         }
         match line.trim().split_once(' ') {
             Some(("ready", _)) => Ok(Box::new(ShimHandle::new(&self.state_dir, id))),
-            Some(("error", msg)) => {
+            Some((kind @ ("error" | "invalid"), msg)) => {
                 // The shim closes the pipe only once it has cleaned up, so
                 // a failed create leaves nothing behind when reported.
                 if let Some(r) = reader.as_mut() {
                     let _ = std::io::Read::read_to_end(r, &mut Vec::new());
                 }
-                Err(BackendError::Invalid(msg.to_string()))
+                Err(if kind == "invalid" {
+                    BackendError::Invalid(msg.to_string())
+                } else {
+                    BackendError::Internal(msg.to_string())
+                })
             }
             _ => Err(BackendError::Internal(
                 "the shim exited without reporting".into(),

@@ -82,6 +82,15 @@ pub fn main(start: ShimStart, ready: std::fs::File) -> i32 {
     let code = (|| {
         let prepared = match prepare(&start.policy, &state, &dir) {
             Ok(p) => p,
+            // The request named something unusable (a missing workspace,
+            // a bind source that does not exist): the caller's mistake,
+            // told apart from the host failures reported as `error`.
+            Err(e @ RunError::Invalid(_)) => {
+                if let Some(r) = ready.as_mut() {
+                    let _ = writeln!(r, "invalid {e}");
+                }
+                return 1;
+            }
             Err(e) => return fail(&mut ready, &e),
         };
         let limits = CgLimits {
