@@ -223,6 +223,19 @@ impl Cgroup {
         }
     }
 
+    /// Whether `pid` is the only live process in the group, judged from one
+    /// listing (one hierarchy on v1; every process is in all of them).
+    /// Exited processes not yet reaped are not listed. Meant for a group
+    /// nothing is being added to any more: a process in the middle of
+    /// being moved in could be missed.
+    pub fn holds_only(&self, pid: i32) -> bool {
+        let procs = match &self.inner {
+            Inner::V1(g) => g.first_procs(),
+            Inner::V2(g) => g.pids(),
+        };
+        procs.iter().all(|&p| p == pid)
+    }
+
     /// Kills every process in the group, including ones forked meanwhile,
     /// and waits (up to a few seconds) until the group is empty.
     pub fn kill_all(&self) {

@@ -254,6 +254,14 @@ impl V1Group {
         Ok(OwnedFd::from(event))
     }
 
+    /// The processes of the first hierarchy's directory only.
+    pub(crate) fn first_procs(&self) -> Vec<i32> {
+        self.dirs
+            .first()
+            .map(|d| fsio::read_procs(&d.path))
+            .unwrap_or_default()
+    }
+
     pub(crate) fn pids(&self) -> Vec<i32> {
         // A process is normally in all directories; the union also covers a
         // half-finished add_pid.

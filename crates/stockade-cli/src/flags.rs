@@ -254,6 +254,9 @@ impl RunArgs {
         let mut opts = RunOptions::new(policy, self.command, state_dir);
         opts.tty = self.tty;
         opts.net_log = net_log;
+        // `stockade run` exits right after: the sandbox's teardown need
+        // not hold up whoever waits for it.
+        opts.defer_teardown = true;
         Ok((opts, self.report))
     }
 }

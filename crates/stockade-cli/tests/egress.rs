@@ -531,25 +531,52 @@ fn many_runs_leave_nothing_behind() {
         );
     }
     assert_eq!(sh("ip -o link show"), links_before, "a device was left");
-    let left: Vec<_> = std::fs::read_dir(env.sandboxes_dir())
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "sandbox directories left: {left:?}");
+    // The last runs' detached cleaners may still be at work.
+    let left = || -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(env.sandboxes_dir())
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(|| left().is_empty()),
+        "sandbox directories left: {:?}",
+        left()
+    );
     for id in &ids {
-        assert!(cgroup_dirs(id).is_empty(), "cgroup of {id} left");
+        assert!(
+            eventually(|| cgroup_dirs(id).is_empty()),
+            "cgroup of {id} left"
+        );
     }
     let me = std::process::id().to_string();
-    let children: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let after = stat.rsplit_once(')')?.1;
-            let ppid = after.split_whitespace().nth(1)?;
-            (ppid == me).then_some(stat)
-        })
-        .collect();
-    assert!(children.is_empty(), "processes left: {children:?}");
+    // Each run's detached cleaner, and the init it killed, end up here
+    // once their parent has exited: reaped, they are gone; anything still
+    // running after a while is a leak.
+    let children = || -> Vec<String> {
+        while let Ok(status) = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(-1),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
+            if status == nix::sys::wait::WaitStatus::StillAlive {
+                break;
+            }
+        }
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let after = stat.rsplit_once(')')?.1;
+                let ppid = after.split_whitespace().nth(1)?;
+                (ppid == me).then_some(stat)
+            })
+            .collect()
+    };
+    assert!(
+        eventually(|| children().is_empty()),
+        "processes left: {:?}",
+        children()
+    );
 }
 
 #[test]

@@ -181,18 +181,35 @@ fn many_runs_leave_nothing_behind() {
         assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
         ids.push(report["id"].as_str().unwrap().to_string());
     }
+    // And runs whose command leaves nothing running, where the supervisor
+    // returns first and a detached cleaner finishes the teardown.
+    for i in 0..100 {
+        let (out, report) = env.run_report(&["--", "sh", "-c", &format!("echo {i}")]);
+        assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
+        ids.push(report["id"].as_str().unwrap().to_string());
+    }
     assert!(
         eventually(|| processes_with(&marker).is_empty()),
         "orphans survived"
     );
     for id in &ids {
-        assert!(cgroup_dirs(id).is_empty(), "cgroup of {id} left behind");
+        assert!(
+            eventually(|| cgroup_dirs(id).is_empty()),
+            "cgroup of {id} left behind"
+        );
     }
-    let left: Vec<_> = std::fs::read_dir(env.sandboxes_dir())
-        .unwrap()
-        .flatten()
-        .collect();
-    assert!(left.is_empty(), "sandbox dirs left: {left:?}");
+    let dirs_left = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(env.sandboxes_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    assert!(
+        eventually(|| dirs_left().is_empty()),
+        "sandbox dirs left: {:?}",
+        dirs_left()
+    );
     assert_eq!(
         mounts_under(env.state.path()),
         mounts_before,
@@ -291,4 +308,90 @@ fn binds_and_workspace_under_a_private_directory_work() {
     ]);
     assert_eq!(stdout(&out), "insidefileok\n", "{}", stderr(&out));
     assert!(ws.join("made").exists());
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn run_returns_before_the_teardown_and_holds_nothing_of_the_caller() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    // Many files in the scratch workspace make removing the sandbox
+    // directory take a good while after the command has ended.
+    let script = "cd /workspace && seq 1 30000 | xargs touch && echo made";
+    let (extra_r, extra_w) = nix::unistd::pipe().unwrap();
+    let extra_w_raw = extra_w.as_raw_fd();
+    let mut cmd = env.cmd();
+    cmd.args(["run", "--", "sh", "-c", script]);
+    // SAFETY: dup2 in the child between fork and exec, onto fd 3, which
+    // is then inherited (dup2 clears close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(extra_w_raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // `output` returns once stdout and stderr reach their end and the
+    // process has exited: a cleaner holding them would delay it.
+    let out = cmd.output().unwrap();
+    drop(extra_w);
+    let dirs = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(env.sandboxes_dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let right_after = dirs();
+    // The inherited descriptor must be at its end too.
+    // SAFETY: `extra_r` is ours; the File takes it over.
+    let mut f = unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(extra_r)) };
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).unwrap();
+    let after_fd3 = dirs();
+    assert_eq!(stdout(&out), "made\n", "{}", stderr(&out));
+    assert_eq!(code(&out), 0);
+    assert_eq!(
+        right_after.len(),
+        1,
+        "the run waited for its teardown (or the cleaner held its stdio)"
+    );
+    assert_eq!(
+        after_fd3.len(),
+        1,
+        "the cleaner kept a descriptor the caller passed in"
+    );
+    assert!(
+        eventually(|| dirs().is_empty()),
+        "the cleaner never removed {:?}",
+        dirs()
+    );
+    let id = right_after[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        eventually(|| cgroup_dirs(&id).is_empty()),
+        "cgroup of {id} left"
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn when_run_returns_no_process_of_the_sandbox_is_left() {
+    let env = Env::new();
+    let marker = format!("sbx-bg-{}", rand_suffix());
+    // The command ends at once, leaving a background process: the run
+    // must not return before that process is dead too.
+    let script = format!(
+        "(exec -a {marker} sleep 600) & until pgrep -xf '{marker} 600' >/dev/null; do sleep 0.01; done; echo started"
+    );
+    let out = env.run(&["--", "bash", "-c", &script]);
+    assert_eq!(stdout(&out), "started\n", "{}", stderr(&out));
+    assert!(
+        processes_with(&marker).is_empty(),
+        "a process of the sandbox outlived `stockade run`"
+    );
 }

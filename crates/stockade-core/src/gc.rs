@@ -104,4 +104,32 @@ mod tests {
         assert!(!dead_path.exists());
         assert!(live.path.exists());
     }
+
+    #[test]
+    fn never_takes_a_sandbox_being_created() {
+        // Collection runs concurrently with new sandboxes (a detached
+        // cleaner of one run collects while the next run starts): a
+        // directory caught between its creation and its lock must survive.
+        let root = tempfile::tempdir().unwrap();
+        let state = StateDir::open(root.path()).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let failure = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    collect(&state, None);
+                }
+            });
+            let failure = (0..3000).find_map(|i| {
+                let made = state
+                    .create_sandbox(&format!("sb-{i}"))
+                    .and_then(|dir| dir.subdir("workspace", None).map(|_| dir))
+                    .and_then(|dir| dir.remove());
+                made.err()
+                    .map(|e| format!("sandbox {i} was collected while alive: {e}"))
+            });
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            failure
+        });
+        assert_eq!(failure, None);
+    }
 }

@@ -11,6 +11,7 @@ pub mod run;
 pub mod shim;
 pub mod state;
 pub mod task;
+mod teardown;
 pub mod tty;
 
 pub use report::{Outcome, Report, Usage, Violation, ViolationKind};

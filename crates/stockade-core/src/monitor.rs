@@ -146,7 +146,18 @@ impl Monitor {
     /// Called when the cgroup's OOM notifier fires (and at the end): an
     /// OOM kill is a hard breach. Returns it if the caller must kill.
     pub fn check_oom(&mut self, cgroup: &Cgroup) -> Option<ViolationKind> {
+        self.oom_in(&cgroup.stats())
+    }
+
+    /// [`Monitor::check_oom`] then [`Monitor::usage`], reading the group's
+    /// figures once: the end of a run.
+    pub fn final_usage(&mut self, cgroup: &Cgroup) -> Usage {
         let stats = cgroup.stats();
+        self.oom_in(&stats);
+        self.usage_from(stats)
+    }
+
+    fn oom_in(&mut self, stats: &stockade_cgroup::Stats) -> Option<ViolationKind> {
         if stats.oom_kills == 0 || self.killed_for.is_some() {
             return None;
         }
@@ -166,7 +177,10 @@ impl Monitor {
 
     /// Usage so far (also the final figures once the sandbox is gone).
     pub fn usage(&mut self, cgroup: &Cgroup) -> Usage {
-        let stats = cgroup.stats();
+        self.usage_from(cgroup.stats())
+    }
+
+    fn usage_from(&mut self, stats: stockade_cgroup::Stats) -> Usage {
         self.note_pids(&stats);
         Usage {
             wall_seconds: self.started.elapsed().as_secs_f64(),

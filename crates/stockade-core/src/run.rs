@@ -34,6 +34,7 @@ use crate::monitor::Monitor;
 use crate::prepare::{new_id, prepare};
 use crate::report::{NetworkUsage, Outcome, Report, Usage, Violation, ViolationKind};
 use crate::state::StateDir;
+use crate::teardown;
 use crate::tty::TtyRelay;
 use crate::RunError;
 
@@ -57,6 +58,13 @@ pub struct RunOptions {
     /// Write every network decision to this file, one JSON object per
     /// line (`stockade_net::NetEvent`). Only with network egress.
     pub net_log: Option<PathBuf>,
+    /// Return as soon as the command has ended and nothing else of the
+    /// sandbox runs, leaving the rest of the teardown (init's exit, cgroup,
+    /// network device, sandbox directory, then garbage collection of older
+    /// leftovers) to a detached process. For one-shot callers that exit
+    /// right after the run, like `stockade run`; the caller must not fork
+    /// or start threads of its own around the call.
+    pub defer_teardown: bool,
 }
 
 impl RunOptions {
@@ -71,6 +79,7 @@ impl RunOptions {
             stdio: None,
             extra_metered: Vec::new(),
             net_log: None,
+            defer_teardown: false,
         }
     }
 }
@@ -142,7 +151,9 @@ fn run_inner(
         source: e,
     })?;
     let driver = Driver::detect().map_err(|e| RunError::Cgroup(e.to_string()))?;
-    crate::gc::collect(&state, Some(&driver));
+    if !opts.defer_teardown {
+        crate::gc::collect(&state, Some(&driver));
+    }
 
     let dir = state.create_sandbox(id).map_err(|e| RunError::Io {
         what: format!(
@@ -151,26 +162,62 @@ fn run_inner(
         ),
         source: e,
     })?;
-    let result = (|| {
-        let prepared = prepare(policy, &state, &dir)?;
-        let request = prepared.request(1, &opts.command, &Default::default(), None, opts.tty)?;
-        let limits = CgLimits {
-            cpus: Some(policy.limits.cpus.0),
-            memory_bytes: Some(policy.limits.memory.bytes()),
-            pids: Some(policy.limits.pids),
-        };
-        let cgroup = driver
-            .create(id, &limits)
-            .map_err(|e| RunError::Cgroup(e.to_string()))?;
-        let net = NetWatch::new(&policy.network, id, report.started_at, net_log);
-        let r = supervise(opts, &prepared, request, &cgroup, started, report, net);
-        // Whatever happened, nothing may outlive the run.
-        cgroup.kill_all();
-        let _ = cgroup.destroy();
-        r
-    })();
+    let prepared = match prepare(policy, &state, &dir) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = dir.remove();
+            return Err(e);
+        }
+    };
+    let request = match prepared.request(1, &opts.command, &Default::default(), None, opts.tty) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = dir.remove();
+            return Err(e);
+        }
+    };
+    let limits = CgLimits {
+        cpus: Some(policy.limits.cpus.0),
+        memory_bytes: Some(policy.limits.memory.bytes()),
+        pids: Some(policy.limits.pids),
+    };
+    let cgroup = match driver.create(id, &limits) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = dir.remove();
+            return Err(RunError::Cgroup(e.to_string()));
+        }
+    };
+    let mut net = NetWatch::new(&policy.network, id, report.started_at, net_log);
+    let r = supervise(opts, &prepared, request, &cgroup, started, report, &mut net);
+    let (r, dying) = match r {
+        Ok(dying) => (Ok(()), dying),
+        Err(e) => (Err(e), None),
+    };
+    let device = net.take_device();
+    if let Some(init) = dying {
+        // The command is done and only init is left, already killed:
+        // nothing of the sandbox runs any more. The rest of the teardown
+        // (init's exit, the cgroup, the network device, the directory)
+        // costs milliseconds the caller need not wait for.
+        match teardown::in_background(init, device, cgroup, dir, &state, &driver) {
+            Ok(()) => return r,
+            Err(left) => {
+                left.finish();
+                crate::gc::collect(&state, Some(&driver));
+                return r;
+            }
+        }
+    }
+    // Whatever happened, nothing may outlive the run.
+    drop(device);
+    cgroup.kill_all();
+    let _ = cgroup.destroy();
     let _ = dir.remove();
-    result
+    if opts.defer_teardown {
+        crate::gc::collect(&state, Some(&driver));
+    }
+    r
 }
 
 fn supervise(
@@ -180,8 +227,8 @@ fn supervise(
     cgroup: &Cgroup,
     started: Instant,
     report: &mut Report,
-    mut net: NetWatch,
-) -> Result<(), RunError> {
+    net: &mut NetWatch,
+) -> Result<Option<Launched>, RunError> {
     let limits = &opts.policy.limits;
     let mut mask = SigSet::empty();
     for s in HANDLED {
@@ -229,6 +276,7 @@ fn supervise(
     let mut ctl_open = true;
     let mut interrupts = 0;
     let mut early_signals: Vec<i32> = Vec::new();
+    let mut early = false;
 
     loop {
         // Once the command has ended the sandbox is going down anyway.
@@ -372,9 +420,23 @@ fn supervise(
         if init_done {
             break;
         }
+        // With the teardown deferred, the run is over once the command has
+        // ended normally and nothing but init (killed above) is left.
+        if opts.defer_teardown
+            && ended.is_some()
+            && monitor.killed_for.is_none()
+            && setup_error.is_none()
+            && spawn_error.is_none()
+            && cgroup.holds_only(launched.pid)
+        {
+            early = true;
+            break;
+        }
     }
-    // Init has exited; everything else in its pid namespace died with it.
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+    if !early {
+        // Init has exited; everything else in its pid namespace died with it.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+    }
     if let Some(mut r) = relay.take() {
         r.finish();
     }
@@ -384,8 +446,7 @@ fn supervise(
         }
     });
 
-    monitor.check_oom(cgroup);
-    report.usage = monitor.usage(cgroup);
+    report.usage = monitor.final_usage(cgroup);
     report.violations = std::mem::take(&mut monitor.violations);
     report.violations.append(&mut net.violations);
     report.violations.sort_by(|a, b| a.at.total_cmp(&b.at));
@@ -419,7 +480,8 @@ fn supervise(
             report.error = Some("the sandbox's init was killed".into());
         }
     }
-    Ok(())
+    // Init, killed but perhaps not gone yet, for the deferred teardown.
+    Ok(early.then_some(launched))
 }
 
 /// Ends the sandbox: killing init makes the kernel kill everything else
@@ -482,6 +544,10 @@ pub(crate) struct NetWatch {
     started_at: f64,
     log: Option<Arc<Mutex<std::fs::File>>>,
     egress: Option<Egress>,
+    /// A second descriptor of the TUN device: the last close unregisters
+    /// the device, which takes the kernel milliseconds (RCU grace periods),
+    /// so the supervisor decides when that happens ([`NetWatch::take_device`]).
+    device: Option<OwnedFd>,
     events: Option<mpsc::Receiver<NetEvent>>,
     seen: HashSet<String>,
     printed: usize,
@@ -512,6 +578,7 @@ impl NetWatch {
             started_at,
             log: log.map(|f| Arc::new(Mutex::new(f))),
             egress: None,
+            device: None,
             events: None,
             seen: HashSet::new(),
             printed: 0,
@@ -534,6 +601,9 @@ impl NetWatch {
         let Some(tun) = tun else {
             return Err("the sandbox's init sent no descriptor with its network device".into());
         };
+        let device = tun
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate the network device's descriptor: {e}"))?;
         let (tx, rx) = mpsc::sync_channel(NET_QUEUE);
         let log = self.log.clone();
         let callback = move |ev: NetEvent| {
@@ -554,6 +624,7 @@ impl NetWatch {
         let egress = Egress::start(tun, cfg, callback)
             .map_err(|e| format!("cannot start the network egress filter: {}", chain(&e)))?;
         self.egress = Some(egress);
+        self.device = Some(device);
         self.events = Some(rx);
         Ok(())
     }
@@ -650,6 +721,14 @@ impl NetWatch {
     /// Stops the egress stack (closing the TUN and every proxied socket),
     /// records what it reported last, and returns its totals; `None`
     /// when it never ran.
+    /// The sandbox's TUN device, once the egress thread is done with it.
+    pub(crate) fn take_device(&mut self) -> Option<OwnedFd> {
+        if self.egress.is_some() {
+            return None;
+        }
+        self.device.take()
+    }
+
     pub(crate) fn finish(&mut self, sink: &mut NetSink<'_>) -> Option<NetworkUsage> {
         let egress = self.egress.take()?;
         let summary = egress.shutdown();

@@ -71,8 +71,13 @@ impl StateDir {
         // directories inside; nobody may list them.
         fs::DirBuilder::new().mode(0o711).create(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o711))?;
-        let lock = File::create(path.join("lock"))?;
+        // The lock appears under its name already locked: garbage
+        // collection (maybe a cleaner of an earlier run, at this very
+        // moment) takes a sandbox whose lock it can get for stale.
+        let fresh = path.join("lock.new");
+        let lock = File::create(&fresh)?;
         flock(&lock, libc::LOCK_EX | libc::LOCK_NB)?;
+        fs::rename(&fresh, path.join("lock"))?;
         Ok(SandboxDir { path, _lock: lock })
     }
 }
