@@ -48,12 +48,12 @@ pub const DNS_ADDR: Ipv4Addr = GATEWAY_ADDR;
 /// Prefix length of the TUN network.
 pub const PREFIX_LEN: u8 = 15;
 /// MTU of the TUN device, on both ends.
-pub const MTU: u16 = 1500;
+pub const MTU: u16 = 65535;
 /// Most TCP connections a sandbox may have open at once; each holds two
 /// socket buffers of [`SOCKET_BUFFER`] bytes in the supervisor.
-pub const MAX_CONNECTIONS: usize = 512;
+pub const MAX_CONNECTIONS: usize = 256;
 /// Receive and send buffer of each proxied connection, per side.
-pub const SOCKET_BUFFER: usize = 64 * 1024;
+pub const SOCKET_BUFFER: usize = 256 * 1024;
 
 /// What the egress stack enforces for one sandbox.
 #[derive(Clone)]
