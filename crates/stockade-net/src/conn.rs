@@ -23,7 +23,7 @@ use crate::stack::{FlowKey, Shared};
 /// How long the sandbox has to finish its handshake, and we to reach upstream.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const CHUNK: usize = 16 * 1024;
+const CHUNK: usize = 64 * 1024;
 
 /// Why a connection ended before or instead of being proxied.
 enum End {
