@@ -12,6 +12,11 @@
 #
 # Prints the guest console and exits 0 only when every V2CHECK line the
 # guest prints is PASS and all expected checks are present.
+#
+# For benchmarks: STOCKADE_QEMU_CGROUP=v1 mounts cgroup v1 hierarchies
+# (cpu, cpuacct, memory, pids, freezer) instead, and
+# STOCKADE_QEMU_SCENARIO=FILE runs FILE in place of the checks (none are
+# then expected); its output is on the console.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,6 +24,9 @@ repo=$(cd "$here/../.." && pwd)
 bin=${1:-$repo/target/debug/stockade}
 cache=${STOCKADE_QEMU_CACHE:-/var/cache/stockade-qemu}
 checks="doctor hello memory pids cpu timeout cleanup version"
+cgroup_mode=${STOCKADE_QEMU_CGROUP:-v2}
+case "$cgroup_mode" in v1 | v2) ;; *) echo "run.sh: STOCKADE_QEMU_CGROUP must be v1 or v2" >&2; exit 2 ;; esac
+if [ -n "${STOCKADE_QEMU_SCENARIO:-}" ]; then checks=""; fi
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 
@@ -125,10 +133,18 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /tmp
-mount -t cgroup2 none /sys/fs/cgroup
+if [ -f /cgroup-v1 ]; then
+    mount -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup
+    for c in cpu cpuacct memory pids freezer; do
+        mkdir -p /sys/fs/cgroup/$c
+        mount -t cgroup -o $c $c /sys/fs/cgroup/$c
+    done
+else
+    mount -t cgroup2 none /sys/fs/cgroup
+fi
 mkdir -p /var/lib/stockade
 export PATH=/usr/bin HOME=/root
-echo "guest: $(uname -r), cgroup root: $(awk '$2 == "/sys/fs/cgroup" { print $3 }' /proc/mounts), controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+echo "guest: $(uname -r), cgroup root: $(awk '$2 == "/sys/fs/cgroup" { print $3 }' /proc/mounts), controllers: $(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null || echo v1)"
 sh /scenario.sh
 if [ -f /extra.sh ]; then
     echo; echo "=== extra (not part of the checks) ==="
@@ -226,6 +242,12 @@ case "$cg" in
 esac
 check version $? "stockade=$(echo "$cg" | sed 's/.*cgroups *//') fs=$fs subtree_control=$(cat /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null)"
 EOF
+if [ -n "${STOCKADE_QEMU_SCENARIO:-}" ]; then
+    cp "$STOCKADE_QEMU_SCENARIO" "$root/scenario.sh"
+fi
+if [ "$cgroup_mode" = v1 ]; then
+    touch "$root/cgroup-v1"
+fi
 # Optional extra guest script for investigating, run after the checks.
 if [ -n "${STOCKADE_QEMU_EXTRA:-}" ]; then
     cp "$STOCKADE_QEMU_EXTRA" "$root/extra.sh"

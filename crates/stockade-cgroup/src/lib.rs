@@ -182,6 +182,17 @@ impl Cgroup {
         }
     }
 
+    /// v1 only: descriptors a single-threaded process writes `0` to (each
+    /// of them) to move itself into the group, cheaply; see
+    /// `stockade_isolate::launch`. Empty on v2 (use [`Cgroup::dir_fd_v2`])
+    /// or when a file cannot be opened (then use [`Cgroup::add_pid`]).
+    pub fn self_join_files(&self) -> Vec<OwnedFd> {
+        match &self.inner {
+            Inner::V1(g) => g.self_join_files().unwrap_or_default(),
+            Inner::V2(_) => Vec::new(),
+        }
+    }
+
     /// v2 only: an `O_PATH | O_DIRECTORY` fd of the group's directory, for
     /// `clone3(CLONE_INTO_CGROUP)` so a child starts inside the group.
     pub fn dir_fd_v2(&self) -> Option<BorrowedFd<'_>> {

@@ -24,7 +24,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits};
-use stockade_isolate::launch::{launch, Launched};
+use stockade_isolate::launch::{launch_joining, Launched};
 use stockade_isolate::proto::{self, FromInit, ToInit};
 use stockade_isolate::sys::pidfd_send_signal;
 use stockade_net::{Egress, EgressConfig, NetEvent};
@@ -237,14 +237,23 @@ fn supervise(
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| RunError::Sys("create a signalfd".into(), e))?;
 
+    // On cgroup v1 init moves itself into its group (cheaper than being
+    // moved: see `launch_joining`).
+    // (`STOCKADE_BENCH_V1_ATTACH=move` keeps the old way, so benchmarks
+    // can show what this buys.)
+    let self_join = match std::env::var_os("STOCKADE_BENCH_V1_ATTACH") {
+        Some(v) if v == "move" => Vec::new(),
+        _ => cgroup.self_join_files(),
+    };
     // SAFETY: `stockade run` is single-threaded; nothing else runs while
     // the sandbox's init is cloned.
     let launched: Launched = unsafe {
-        launch(&prepared.spec, cgroup.dir_fd_v2(), |pid| {
+        launch_joining(&prepared.spec, cgroup.dir_fd_v2(), &self_join, |pid| {
             cgroup.add_pid(pid).map_err(|e| e.to_string())
         })
     }
     .map_err(|e| RunError::Launch(e.to_string()))?;
+    drop(self_join);
     // The command goes right behind the go-ahead; init serves it once the
     // sandbox is built. Without a terminal it gets our own stdio.
     let own = opts.stdio.unwrap_or([0, 1, 2]);

@@ -70,6 +70,15 @@ pub fn main(spec: &SandboxSpec, ctl: OwnedFd) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Reports a failure before init has started (nothing is built yet) and
+/// ends the process.
+pub(crate) fn fail_early(ctl: &OwnedFd, message: String) -> ! {
+    send(ctl, &FromInit::SetupFailed { message }, &[]);
+    // SAFETY: as in `main`: the parent's handlers and destructors are not
+    // ours to run.
+    unsafe { libc::_exit(125) }
+}
+
 fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
     // Die with the supervisor. Checked against the go-ahead below: if the
     // supervisor died before we set this, the read sees end-of-file.

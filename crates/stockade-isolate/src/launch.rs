@@ -2,7 +2,7 @@
 //! user, mount, pid, ipc, uts and network namespaces; id maps and cgroup
 //! membership written from outside; then the go-ahead.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
@@ -118,6 +118,26 @@ pub unsafe fn launch(
     into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     join_cgroup: impl FnOnce(i32) -> Result<(), String>,
 ) -> Result<Launched, LaunchError> {
+    // SAFETY: forwarded from the caller's guarantee of a single thread.
+    unsafe { launch_joining(spec, into_cgroup, &[], join_cgroup) }
+}
+
+/// [`launch`], where on cgroup v1 init joins its cgroup itself: right
+/// after the clone it writes `0` to each of `self_join` (the group's
+/// `tasks` files, opened by the caller). A thread moving itself spares
+/// the kernel its global threadgroup lock, whose write side waits for an
+/// RCU grace period on a quiet host (10–15 ms, most of a sandbox's start
+/// on cgroup v1). With `self_join` empty, `join_cgroup` moves init as in
+/// [`launch`].
+///
+/// # Safety
+/// As [`launch`].
+pub unsafe fn launch_joining(
+    spec: &SandboxSpec,
+    into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+    self_join: &[OwnedFd],
+    join_cgroup: impl FnOnce(i32) -> Result<(), String>,
+) -> Result<Launched, LaunchError> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -142,12 +162,18 @@ pub unsafe fn launch(
             }
             Err(e) => Err(e),
         },
-        // SAFETY: forwarded from the caller's guarantee of a single thread.
-        None => unsafe { sys::clone_fork(NAMESPACES) },
+        None => {
+            joined = !self_join.is_empty();
+            // SAFETY: forwarded from the caller's guarantee of a single thread.
+            unsafe { sys::clone_fork(NAMESPACES) }
+        }
     };
     match cloned.map_err(LaunchError::Clone)? {
         None => {
             drop(ours);
+            if let Err(message) = join_self(self_join) {
+                crate::init::fail_early(&theirs, message);
+            }
             crate::init::main(spec, theirs)
         }
         Some((pid, pidfd)) => {
@@ -178,4 +204,25 @@ pub unsafe fn launch(
             Ok(launched)
         }
     }
+}
+
+/// Init's first step with [`launch_joining`]: moves itself (its only
+/// thread) into the group through each descriptor, then closes them.
+fn join_self(files: &[OwnedFd]) -> Result<(), String> {
+    for f in files {
+        let r = nix::unistd::write(f, b"0");
+        if let Err(e) = r {
+            return Err(format!("init cannot join its cgroup: {e}"));
+        }
+    }
+    for f in files {
+        // SAFETY: the child's copies of the descriptors, which nothing else
+        // in the child uses; the borrowed OwnedFd values belong to the
+        // parent's copy of the memory and are never dropped here (init
+        // leaves with _exit).
+        unsafe {
+            libc::close(f.as_raw_fd());
+        }
+    }
+    Ok(())
 }
