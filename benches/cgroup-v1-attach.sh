@@ -68,5 +68,7 @@ for how in ("move", "self"):
 if samples["move"] and samples["self"]:
     m, s = statistics.median(samples["move"]), statistics.median(samples["self"])
     print()
-    print(f"Joining itself: {m - s:.1f} ms less per start (median), {s / m:.2f}x the time.")
+    d = m - s
+    word = "less" if d >= 0 else "more"
+    print(f"Joining itself: {abs(d):.1f} ms {word} per start (median), {s / m:.2f}x the time.")
 ' "$kernel"

@@ -36,7 +36,7 @@ set -euo pipefail
 
 usage() {
   sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
-  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --out-dir DIR  -h|--help"
+  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --no-v1-attach  --out-dir DIR  -h|--help"
 }
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,7 +44,7 @@ BENCHES="$REPO/benches"
 LIB="$BENCHES/lib"
 PY=/usr/bin/python3 # Debian's; the helpers use the standard library only
 
-QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1 EGRESS=1
+QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1 EGRESS=1 V1ATTACH=1
 OUT="$BENCHES" # RESULTS.md, PROFILE.md and raw/ go here
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,6 +53,7 @@ while [ $# -gt 0 ]; do
     --no-profile) PROFILE=0 ;;
     --no-daemon) DAEMON=0 ;;
     --no-egress) EGRESS=0 ;;
+    --no-v1-attach) V1ATTACH=0 ;;
     --out-dir)
       [ $# -ge 2 ] || { echo "compare.sh: --out-dir needs a directory" >&2; exit 2; }
       OUT=$2
@@ -150,6 +151,10 @@ install_peers() {
     need ip iproute2 || note "ip missing and not installable: the egress benchmark cannot set up its network namespace"
   fi
   need strace strace || note "strace missing and not installable: no system call table in PROFILE.md"
+  if [ "$V1ATTACH" = 1 ]; then
+    need qemu-system-x86_64 qemu-system-x86 || note "qemu-system-x86 missing and not installable"
+    need busybox busybox-static || note "busybox-static missing and not installable"
+  fi
   # runc before podman, so that podman's dependency on an OCI runtime is
   # met by runc instead of pulling in crun.
   HAVE_BWRAP=0 HAVE_RUNC=0 HAVE_PODMAN=0 HAVE_PERF=0
@@ -280,7 +285,17 @@ for rec in sys.stdin.read().split("\x1e"):
     if not rec.strip("\n"):
         continue
     name, every, cwd, setup, *argv = rec.strip("\n").split("\x1f")
+    # A leading `env NAME=VALUE...` becomes the environment of the variant
+    # (timer.py sets it), so no env process is timed with the command.
+    env = {}
+    if argv[:1] == ["env"]:
+        argv = argv[1:]
+        while argv and "=" in argv[0] and not argv[0].startswith("/"):
+            k, _, val = argv.pop(0).partition("=")
+            env[k] = val
     v = {"name": name, "every": int(every), "argv": argv}
+    if env:
+        v["env"] = env
     if cwd:
         v["cwd"] = cwd
     if setup:
@@ -302,6 +317,10 @@ cold_start_bench() {
   {
     record host 1 "" "" /bin/true
     record stockade 1 "" "" "$SK" run -- /bin/true
+    # The same, waiting for its own teardown as stockade did before the
+    # detached cleaner: what deferring the teardown buys.
+    record "stockade, teardown waited for" 1 "" "" \
+      env STOCKADE_BENCH_SYNC_TEARDOWN=1 "$SK" run -- /bin/true
     if [ "$HAVE_BWRAP" = 1 ]; then record bwrap 1 "" "" "${bw[@]}" /bin/true; fi
     if [ "$HAVE_RUNC" = 1 ]; then
       record runc 1 "" "" runc run --bundle "$BUNDLE" "stockade-bench-{run}"
@@ -434,8 +453,27 @@ json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
   "$PY" "$LIB/report.py" --meta "$WORK/meta.json" --cold "$OUT/raw/cold-start.json" \
     --workload "$OUT/raw/workload.json" ${DAEMON_JSON:+--daemon "$DAEMON_JSON"} \
-    ${EGRESS_JSON:+--egress "$EGRESS_JSON"} \
+    ${EGRESS_JSON:+--egress "$EGRESS_JSON"} ${V1_MD:+--v1-attach "$V1_MD"} \
     --out "$OUT/RESULTS.md"
+}
+
+# --- cgroup v1 attach (QEMU) -------------------------------------------------------
+# What init joining its own cgroup buys on a default v1 kernel
+# (benches/cgroup-v1-attach.sh, about a minute under software emulation).
+v1_attach_bench() {
+  if ! command -v qemu-system-x86_64 >/dev/null || ! command -v busybox >/dev/null; then
+    note "cgroup v1 attach benchmark skipped: needs qemu-system-x86 and busybox-static"
+    return
+  fi
+  log "cgroup v1 attach: booting a default kernel under QEMU"
+  local rounds=20
+  [ "$QUICK" = 1 ] && rounds=6
+  if "$REPO/benches/cgroup-v1-attach.sh" "$SK" "$rounds" >"$OUT/raw/v1-attach.md" 2>"$WORK/v1-attach.err"; then
+    V1_MD="$OUT/raw/v1-attach.md"
+  else
+    note "cgroup v1 attach benchmark failed: $(tail -n 3 "$WORK/v1-attach.err" | tr '\n' ' ')"
+    rm -f "$OUT/raw/v1-attach.md"
+  fi
 }
 
 # --- 7. profile ----------------------------------------------------------------
@@ -509,6 +547,8 @@ main() {
   if [ "$DAEMON" = 1 ]; then daemon_bench; else note "daemon benchmark skipped (--no-daemon)"; fi
   EGRESS_JSON=
   if [ "$EGRESS" = 1 ]; then egress_bench; else note "egress benchmark skipped (--no-egress)"; fi
+  V1_MD=
+  if [ "$V1ATTACH" = 1 ]; then v1_attach_bench; else note "cgroup v1 attach benchmark skipped (--no-v1-attach)"; fi
   write_results
   if [ "$PROFILE" = 1 ]; then
     profile_stockade

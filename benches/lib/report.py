@@ -35,7 +35,8 @@ TARGET_EGRESS_COLD_VS_NONE = 2.0  # allowlist cold start <= 2x --net none
 TARGET_EGRESS_COLD_VS_BWRAP = 2.0  # ... and <= 2x bwrap --unshare-all
 
 # Row order and the peers the ratios are taken against.
-COLD_ORDER = ["host", "stockade", "bwrap", "runc", "podman"]
+SYNC = "stockade, teardown waited for"
+COLD_ORDER = ["host", "stockade", SYNC, "bwrap", "runc", "podman"]
 WORK_ORDER = ["host", "stockade", "bwrap"]
 
 
@@ -75,7 +76,8 @@ def show_command(v, work_dir):
     shown as $WORK so the text does not change from run to run."""
     def w(text):
         return text.replace(work_dir, "$WORK") if work_dir else text
-    md = f"`{w(' '.join(v['argv']))}`"
+    env = " ".join(f"{k}={val}" for k, val in v.get("env", {}).items())
+    md = f"`{w(' '.join(([env] if env else []) + v['argv']))}`"
     if v.get("cwd"):
         md += f" (in `{w(v['cwd'])}`)"
     return md
@@ -202,6 +204,10 @@ SETUPS = {
                 "/usr read-only, generated /etc, /tmp, /dev, /proc, sysfs; a "
                 "supervisor that watches time, memory, disk and processes "
                 "and cleans up",
+    SYNC: "the same sandbox, but `stockade run` waits for its own teardown "
+          "(init's exit, cgroup and directory removal, gc) before exiting, "
+          "as it did before the detached cleaner "
+          "(`STOCKADE_BENCH_SYNC_TEARDOWN=1`)",
     "bwrap": "user, mount, pid, ipc, uts, network and cgroup namespaces "
              "(--unshare-all); /usr read-only, /proc, /dev, /tmp; no cgroup "
              "limits, no seccomp filter",
@@ -670,6 +676,39 @@ def cold_table_egress(results):
     return "\n".join(rows), stats
 
 
+def optimisations_section(cold_stats, v1_attach_md):
+    """What each start-up optimisation bought, measured in this run where
+    the harness can switch it off; the history is in OPTIMISATIONS.md."""
+    L = ["## What each optimisation bought", "",
+         "Measured in this run, each against the same binary with the "
+         "optimisation switched off. Earlier steps, measured when they were "
+         "made, are listed in `benches/OPTIMISATIONS.md`.", ""]
+    st, sy = cold_stats.get("stockade"), cold_stats.get(SYNC)
+    if st and sy:
+        d = (sy["median"] - st["median"]) / 1e6
+        L.append(f"- **Teardown off the critical path** (a detached cleaner "
+                 f"removes init, cgroup, network device and directory after "
+                 f"`stockade run` has returned): median {sy['median'] / 1e6:.2f}"
+                 f" -> {st['median'] / 1e6:.2f} ms, **{d:.2f} ms** less per "
+                 f"`--net none` start (cold-start table above). With "
+                 f"`--net allowlist` it also takes the TUN device's last "
+                 f"close (10-15 ms of RCU waits) off the path: see the egress "
+                 f"cold start below.")
+    else:
+        L.append("- Teardown off the critical path: not measured (a variant "
+                 "was skipped).")
+    if v1_attach_md:
+        L += ["- **init joins its cgroup itself on cgroup v1** (no global "
+              "threadgroup lock, so no RCU grace period): this host's cgroups "
+              "no longer show the cost (see PROFILE.md), so "
+              "`benches/cgroup-v1-attach.sh` measured it in a default Debian "
+              "kernel under QEMU:", "", v1_attach_md.strip(), ""]
+    else:
+        L.append("- init joins its cgroup itself on cgroup v1: not measured "
+                 "in this run (`benches/cgroup-v1-attach.sh` needs QEMU).")
+    return "\n".join(L)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--meta", required=True)
@@ -677,6 +716,8 @@ def main():
     ap.add_argument("--workload", required=True)
     ap.add_argument("--daemon", help="daemon_bench.py's JSON (optional)")
     ap.add_argument("--egress", help="egress_bench.py's JSON (optional)")
+    ap.add_argument("--v1-attach",
+                    help="cgroup-v1-attach.sh's Markdown output (optional)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     meta = json.load(open(args.meta))
@@ -757,6 +798,13 @@ def main():
     lines += ["", "What each side does (the work is the same `/bin/true`; "
               "the isolation differs):", ""]
     lines += [f"- {n}: {SETUPS.get(n, '')}" for n in cold["variants"]]
+    v1_md = None
+    if args.v1_attach:
+        try:
+            v1_md = open(args.v1_attach).read()
+        except OSError as e:
+            print(f"report.py: no cgroup v1 attach numbers: {e}")
+    lines += ["", optimisations_section(cold_stats, v1_md)]
     lines += [
         "",
         "## Workload overhead: building a C project",

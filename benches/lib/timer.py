@@ -14,7 +14,8 @@ Plan:
                    "setup": ["sh", "-c", "untimed step before each run"],
                    "every": 1}]}
 
-`{run}` in an argument becomes a number unique to the run (runc needs a
+`"env": {"NAME": "value"}` in a variant adds to the environment its command
+runs with. `{run}` in an argument becomes a number unique to the run (runc needs a
 fresh container id each time). `setup`, when given, runs untimed right
 before each timed run (e.g. `make clean`). `every: k` runs the variant only
 in every k-th round, for a peer too slow to run in all of them.
@@ -29,6 +30,7 @@ Usage: timer.py PLAN.json --out SAMPLES.json [--label TEXT]
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +40,7 @@ import time
 STDERR_TAIL = 600
 
 
-def run_once(argv, cwd):
+def run_once(argv, cwd, env=None):
     """Runs argv to completion; returns (elapsed_ns, exit_code, stderr_tail).
 
     stdout goes to /dev/null and stderr to a temporary file rather than a
@@ -48,7 +50,7 @@ def run_once(argv, cwd):
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter_ns()
         proc = subprocess.Popen(
-            argv, cwd=cwd, stdin=subprocess.DEVNULL,
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=err)
         code = proc.wait()
         elapsed = time.perf_counter_ns() - start
@@ -61,6 +63,12 @@ def run_once(argv, cwd):
 
 def expand(argv, run_id):
     return [a.replace("{run}", str(run_id)) for a in argv]
+
+
+def env_of(variant):
+    """The variant's environment: ours plus its "env", or None for ours."""
+    extra = variant.get("env")
+    return {**os.environ, **extra} if extra else None
 
 
 def run_setup(variant, run_id):
@@ -85,7 +93,8 @@ def main():
     if not variants:
         sys.exit(f"timer.py: the plan {args.plan} has no variants")
     results = {
-        v["name"]: {"argv": v["argv"], "every": v.get("every", 1),
+        v["name"]: {"argv": v["argv"], "env": v.get("env", {}),
+                    "every": v.get("every", 1),
                     "samples_ns": [], "failures": 0, "first_error": None,
                     "skipped": None}
         for v in variants
@@ -100,7 +109,8 @@ def main():
         for v in list(active):
             run_id += 1
             run_setup(v, run_id)
-            _, code, tail = run_once(expand(v["argv"], run_id), v.get("cwd"))
+            _, code, tail = run_once(expand(v["argv"], run_id), v.get("cwd"),
+                                     env_of(v))
             if code != 0:
                 results[v["name"]]["skipped"] = (
                     f"failed during warm-up with exit status {code}: {tail}")
@@ -121,7 +131,7 @@ def main():
             run_id += 1
             run_setup(v, run_id)
             elapsed, code, tail = run_once(expand(v["argv"], run_id),
-                                           v.get("cwd"))
+                                           v.get("cwd"), env_of(v))
             res = results[v["name"]]
             if code == 0:
                 res["samples_ns"].append(elapsed)

@@ -255,8 +255,9 @@ impl RunArgs {
         opts.tty = self.tty;
         opts.net_log = net_log;
         // `stockade run` exits right after: the sandbox's teardown need
-        // not hold up whoever waits for it.
-        opts.defer_teardown = true;
+        // not hold up whoever waits for it. (`STOCKADE_BENCH_SYNC_TEARDOWN`
+        // waits for it anyway, so benchmarks can show what this buys.)
+        opts.defer_teardown = std::env::var_os("STOCKADE_BENCH_SYNC_TEARDOWN").is_none();
         Ok((opts, self.report))
     }
 }
