@@ -33,9 +33,9 @@ TIMELINE_EVENTS = [
 MARKERS = [
     ("start", "exec + start-up", "exec of the binary, dynamic linking, "
      "Rust runtime, argument parsing, opening the state directory"),
-    ("detect", "cgroup detection + gc", "statfs and /proc/self/mountinfo to "
-     "find the hierarchies; gc lists the state dir and every hierarchy's "
-     "stockade/ group looking for leftovers"),
+    ("detect", "cgroup detection", "statfs and /proc/self/mountinfo to "
+     "find the hierarchies (gc of older leftovers runs in the detached "
+     "cleaner, after the run)"),
     ("sandbox_dir", "prepare", "sandbox directory and lock, scratch "
      "workspace and home, check of the cached /etc, seccomp program "
      "compiled"),
@@ -43,9 +43,10 @@ MARKERS = [
      "limit files written"),
     ("clone", "clone into namespaces", "clone(NEWUSER|NEWNS|NEWPID|NEWIPC|"
      "NEWUTS|NEWNET): the kernel builds the namespaces"),
-    ("clone_done", "id maps", "uid_map and gid_map of init written"),
-    ("attach", "cgroup attach (cgroup.procs)", "init's pid written to "
-     "cgroup.procs of each hierarchy"),
+    ("clone_done", "id maps", "uid_map and gid_map of init written (init "
+     "joins its cgroup meanwhile)"),
+    ("attach", "cgroup join", "v1: init writes 0 to each hierarchy's tasks "
+     "file, moving itself without the global threadgroup lock"),
     ("attach_done", "go-ahead to init", "go-ahead sent, init wakes up, "
      "becomes root in its namespace"),
     ("mount", "rootfs build", "init: tmpfs root, binds of /usr, /etc, "
@@ -62,8 +63,11 @@ MARKERS = [
      "execve of the command"),
     ("workload_exec", "workload (/bin/true)", "the command itself: exec, "
      "dynamic linking, exit"),
-    ("workload_exit", "init exit + reap", "init reports the status and "
-     "exits, the supervisor reaps it"),
+    ("workload_exit", "status, usage, hand-off, exit", "init reports the "
+     "status; the supervisor kills init, reads the final usage, forks the "
+     "detached cleaner that tears the sandbox down, and exits (when it "
+     "waits for the teardown instead: init's exit and reap, then the "
+     "phases below)"),
     ("reaped", "stats + cgroup removal", "usage read from the cgroups, "
      "kill, rmdir in each hierarchy"),
     ("cgroups_removed", "state cleanup + exit", "sandbox directory removed, "
