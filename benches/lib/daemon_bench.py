@@ -390,11 +390,16 @@ def bench_throughput(d, clients, seconds):
             "cycle_ms": summary_ms(out["latency_ns"]), "load": loadavg()}
 
 
-def stockade_procs(binary):
+POOLED_ID = b"pool-waiting"  # stockade_core::shim::POOLED_ID
+
+
+def stockade_procs(binary, pooled=False):
     """Pids of processes running our binary copy as `stockade shim`: each
     sandbox's shim and, below it, the sandbox's init (the same program).
     Other users of this machine may run their own stockade daemons; their
-    processes run other binaries and are not counted."""
+    processes run other binaries and are not counted. The daemon's idle
+    pooled shims (`shim --id pool-waiting`, no sandbox yet, a fixed number)
+    are left out, or with pooled=True are the only ones listed."""
     pids = []
     for p in glob.glob("/proc/[0-9]*"):
         try:
@@ -405,7 +410,9 @@ def stockade_procs(binary):
             continue
         if len(argv) > 1 and argv[1] == b"shim" and (
                 exe == binary or argv[0].decode(errors="replace") == binary):
-            pids.append(int(p[6:]))
+            is_pooled = len(argv) > 3 and argv[3] == POOLED_ID
+            if is_pooled == pooled:
+                pids.append(int(p[6:]))
     return sorted(pids)
 
 
@@ -430,9 +437,14 @@ def cgroup_dirs(sid):
             + glob.glob(f"/sys/fs/cgroup/stockade/{sid}") if os.path.isdir(p)]
 
 
-def leak_check(d, ids, settle=2.0):
+def leak_check(d, ids, settle=2.0, teardown=1.0):
     """What is left of the given (destroyed) sandboxes; looked at right away
-    and, if anything is found, again after `settle` seconds."""
+    and, if anything is found, again after `settle` seconds.
+
+    A destroy answers once the sandbox is dead and its directory and
+    cgroups are removed just after, off the request path: "right away"
+    therefore means as soon as nothing is left, polled every 10 ms for at
+    most `teardown` seconds (the time taken is recorded)."""
     def look():
         sb_dir = os.path.join(d.state, "sandboxes")
         dirs = sorted(os.listdir(sb_dir)) if os.path.isdir(sb_dir) else []
@@ -445,13 +457,22 @@ def leak_check(d, ids, settle=2.0):
         return {"sandbox_dirs": dirs, "cgroups": cgs, "shim_pids": shims,
                 "running_in_api": running}
 
+    def pool_size():
+        return len(stockade_procs(d.binary, pooled=True))
+
+    t0 = time.monotonic()
     now = look()
+    while any(now.values()) and time.monotonic() - t0 < teardown:
+        time.sleep(0.01)
+        now = look()
+    teardown_wait = time.monotonic() - t0
     clean = not any(now.values())
     after = None
     if not clean:
         time.sleep(settle)
         after = look()
-    return {"checked_ids": len(ids), "right_after": now,
+    return {"checked_ids": len(ids), "pooled_shims": pool_size(),
+            "teardown_wait_s": teardown_wait, "right_after": now,
             "after_settle": after, "settle_s": settle if after else 0,
             "clean": clean, "clean_after_settle":
                 clean or not any(after.values())}
@@ -678,6 +699,8 @@ def main():
         d.stop()
         if podman is not None:
             podman.stop()
+    # The daemon kills its idle pooled shims when it stops.
+    out["pooled_shims_after_stop"] = stockade_procs(binary, pooled=True)
     out["load_end"] = loadavg()
     out["elapsed_s"] = time.monotonic() - started
     out["created_total"] = len(d.created)

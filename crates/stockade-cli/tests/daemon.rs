@@ -156,7 +156,13 @@ fn api_runs_real_sandboxes_end_to_end() {
     let gone = c.destroy(&sb.id).unwrap();
     assert_eq!(gone.state, "destroyed");
     assert_eq!(gone.report.unwrap()["outcome"], "destroyed");
-    assert!(leftovers(&env.state.path().join("state"), &[sb.id]).is_empty());
+    // The teardown finishes just after the answer.
+    let ids = [sb.id];
+    assert!(
+        eventually(|| leftovers(&env.state.path().join("state"), &ids).is_empty()),
+        "{:?}",
+        leftovers(&env.state.path().join("state"), &ids)
+    );
 }
 
 #[test]
@@ -214,6 +220,167 @@ fn sandboxes_survive_kill_9_of_the_daemon() {
         "{:?}",
         leftovers(&env.state.path().join("state"), &ids)
     );
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn destroy_answers_once_the_sandbox_is_dead_and_leaves_nothing_shortly_after() {
+    let env = Env::new();
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let state = env.state.path().join("state");
+    let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
+    let marker = format!("destroy-marker-{}", rand_suffix());
+    c.exec_background(
+        &sb.id,
+        &ExecOptions {
+            cmd: vec![
+                "bash".into(),
+                "-c".into(),
+                format!("exec -a {marker} sleep 1000"),
+            ],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(eventually(|| !processes_with(&marker).is_empty()));
+    let shim = shim_of(&sb.id).expect("the sandbox's shim");
+    c.destroy(&sb.id).unwrap();
+    // Dead at the answer: no process of the sandbox runs, and whatever
+    // is left of its cgroups holds no task.
+    assert!(processes_with(&marker).is_empty());
+    for cg in cgroup_dirs(&sb.id) {
+        if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+            assert!(procs.trim().is_empty(), "{} holds {procs}", cg.display());
+        }
+    }
+    // The rest follows without anyone asking.
+    let ids = [sb.id.clone()];
+    assert!(
+        eventually(|| leftovers(&state, &ids).is_empty()),
+        "{:?}",
+        leftovers(&state, &ids)
+    );
+    assert!(eventually(
+        || !Path::new(&format!("/proc/{shim}")).exists() || shim_of(&sb.id).is_none()
+    ));
+}
+
+/// Idle pooled shims of the daemon `daemon` (`stockade shim --id
+/// pool-waiting`, children of that daemon).
+fn pooled_shims_of(daemon: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let (Ok(cmd), Ok(stat)) = (
+            std::fs::read(e.path().join("cmdline")),
+            std::fs::read_to_string(e.path().join("stat")),
+        ) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if args.len() >= 4
+            && args[1] == b"shim"
+            && args[3] == stockade_core::shim::POOLED_ID.as_bytes()
+            && ppid == Some(daemon)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The nice value of `pid` (field 19 of its stat).
+fn nice_of(pid: i32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19 - 3)?.parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead; /proc shows it until it is reaped.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn pooled_shims_carry_nothing_between_sandboxes_and_die_with_the_daemon() {
+    let env = Env::new();
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let pool = stockade_core::shim::DEFAULT_POOL_SIZE;
+    assert!(eventually(|| pooled_shims_of(d.child.id()).len() == pool));
+    let first = c.create(None, None, &BTreeMap::new(), None).unwrap();
+    let secret = format!("secret-{}", rand_suffix());
+    let (code, _) = run(
+        &c,
+        &first.id,
+        &[
+            "sh",
+            "-c",
+            &format!("echo {secret} > /workspace/s; echo {secret} > /tmp/s; echo {secret} > /home/agent/s; echo {secret} > /dev/shm/s"),
+        ],
+    );
+    assert_eq!(code, Some(0));
+    c.destroy(&first.id).unwrap();
+    // More sandboxes than the pool holds, so that every one of them was
+    // served by a shim started ahead of time, and the refills too.
+    let mut seen_pooled = std::collections::BTreeSet::new();
+    for _ in 0..pool + 2 {
+        assert!(eventually(|| pooled_shims_of(d.child.id()).len() == pool));
+        let before = pooled_shims_of(d.child.id());
+        seen_pooled.extend(before.iter().copied());
+        let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
+        let now = pooled_shims_of(d.child.id());
+        assert!(
+            before.iter().any(|p| !now.contains(p)),
+            "no pooled shim was used: {before:?} -> {now:?}"
+        );
+        let (code, out) = run(
+            &c,
+            &sb.id,
+            &[
+                "sh",
+                "-c",
+                &format!("cat /workspace/s /tmp/s /home/agent/s /dev/shm/s 2>/dev/null; grep -rl {secret} /workspace /tmp /home /dev/shm 2>/dev/null; ls -A /workspace /tmp /dev/shm"),
+            ],
+        );
+        assert!(!out.contains(&secret), "{out}");
+        assert_eq!(code, Some(0), "{out}");
+        // The shim took its sandbox's id on its command line.
+        let shim = shim_of(&sb.id).expect("the sandbox's shim is found by its id");
+        // Pooled shims wait at low priority; the sandbox runs at the normal one.
+        assert_eq!(nice_of(shim), Some(0));
+        for p in &now {
+            assert_eq!(nice_of(*p), Some(10), "an idle pooled shim");
+        }
+        c.destroy(&sb.id).unwrap();
+    }
+    assert!(
+        seen_pooled.len() > pool,
+        "the pool was not refilled: {seen_pooled:?}"
+    );
+    // A stopped daemon leaves no idle shim behind.
+    assert!(eventually(|| pooled_shims_of(d.child.id()).len() == pool));
+    let idle = pooled_shims_of(d.child.id());
+    drop(c);
+    drop(d);
+    assert!(eventually(|| idle.iter().all(|p| !alive(*p))), "{idle:?}");
+    // Nor does one killed with SIGKILL: idle shims read end-of-file.
+    let d = Daemon::start(&env, &[]);
+    assert!(eventually(|| pooled_shims_of(d.child.id()).len() == pool));
+    let idle = pooled_shims_of(d.child.id());
+    d.kill9();
+    assert!(eventually(|| idle.iter().all(|p| !alive(*p))), "{idle:?}");
 }
 
 /// The pid of the shim serving sandbox `id` (its command line is
@@ -353,14 +520,14 @@ fn fifty_concurrent_clients_for_a_minute_leave_nothing_behind() {
         .collect();
     assert!(ids.len() >= 50, "only {} cycles", ids.len());
     let state = env.state.path().join("state");
+    // Destroy answers once a sandbox is dead; its teardown follows at once.
     assert!(
-        leftovers(&state, &ids).is_empty(),
+        eventually(|| leftovers(&state, &ids).is_empty()),
         "{:?}",
         leftovers(&state, &ids)
     );
-    assert_eq!(
-        std::fs::read_dir(state.join("sandboxes")).unwrap().count(),
-        0,
+    assert!(
+        eventually(|| std::fs::read_dir(state.join("sandboxes")).unwrap().count() == 0),
         "sandbox dirs (and so shims) left"
     );
     assert!(d.client().list(&[], Some("running")).unwrap().is_empty());

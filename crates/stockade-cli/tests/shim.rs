@@ -190,3 +190,134 @@ fn bad_policies_fail_creation_clearly() {
     assert!(!env.sandboxes_dir().join("shim-test-e1").exists());
     assert!(cgroup_dirs("shim-test-e1").is_empty());
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn exec_waiting_follows_the_process_on_the_connection_that_started_it() {
+    let env = Env::new();
+    let b = backend(&env);
+    let h: std::sync::Arc<dyn stockade_core::backend::SandboxHandle> = b
+        .create("shim-test-f1", &Policy::default(), None)
+        .unwrap()
+        .into();
+    for code in [0, 3] {
+        let (stdio, mut out, _err) = pipes();
+        let req = ExecRequest {
+            cmd: vec!["sh".into(), "-c".into(), format!("echo out; exit {code}")],
+            ..Default::default()
+        };
+        let (pid, waiter) = h.clone().exec_waiting(&req, stdio).unwrap();
+        assert!(pid > 1);
+        assert_eq!(waiter().unwrap(), (Some(code), None));
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "out\n");
+    }
+    // A waiter whose sandbox is destroyed hears that its process died.
+    let (stdio, _o, _e) = pipes();
+    let req = ExecRequest {
+        cmd: vec!["sleep".into(), "300".into()],
+        ..Default::default()
+    };
+    let (_, waiter) = h.clone().exec_waiting(&req, stdio).unwrap();
+    let waiting = std::thread::spawn(waiter);
+    // Deferred destroy: the report comes once the sandbox is dead, the
+    // teardown call once its cgroup and directory are gone.
+    let (report, teardown) = h.destroy_deferred().unwrap();
+    assert_eq!(report.outcome, Outcome::Destroyed);
+    assert_eq!(
+        waiting.join().unwrap().unwrap(),
+        (None, Some(libc::SIGKILL))
+    );
+    teardown();
+    assert!(cgroup_dirs("shim-test-f1").is_empty());
+    assert!(!env.sandboxes_dir().join("shim-test-f1").exists());
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn pooled_shims_serve_one_sandbox_each_and_stop_with_the_backend() {
+    let env = Env::new();
+    let b = ShimBackend::with_pool(env.state.path().to_path_buf(), PathBuf::from(BIN), 1);
+    assert!(eventually(|| b.pooled_pids().len() == 1));
+    let first_pooled = b.pooled_pids();
+    let a = b.create("shim-test-g1", &Policy::default(), None).unwrap();
+    assert_eq!(
+        exec(
+            a.as_ref(),
+            &[
+                "sh",
+                "-c",
+                "echo private > /workspace/p; echo private > /tmp/p"
+            ]
+        )
+        .1,
+        Some(0)
+    );
+    a.destroy().unwrap();
+    assert!(eventually(|| {
+        let now = b.pooled_pids();
+        now.len() == 1 && now != first_pooled
+    }));
+    let c = b.create("shim-test-g2", &Policy::default(), None).unwrap();
+    let (out, code) = exec(
+        c.as_ref(),
+        &[
+            "sh",
+            "-c",
+            "cat /workspace/p /tmp/p 2>/dev/null; ls -A /workspace /tmp",
+        ],
+    );
+    assert_eq!(code, Some(0));
+    assert!(!out.contains("private"), "{out}");
+    assert!(!out.lines().any(|l| l == "p"), "{out}");
+    c.destroy().unwrap();
+    assert!(eventually(|| b.pooled_pids().len() == 1));
+    let idle = b.pooled_pids();
+    b.shutdown();
+    assert!(b.pooled_pids().is_empty());
+    for pid in idle {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "pooled shim {pid} outlived the backend"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn waiters_hanging_up_while_processes_end_do_not_confuse_the_shim() {
+    // A plain `exec` hangs up on its connection while the process may be
+    // ending and a separate `wait` arrives: the shim drops the first and
+    // answers the second in the same round, often. Many short processes
+    // make that round come.
+    let env = Env::new();
+    let b = backend(&env);
+    let h = b.create("shim-test-h1", &Policy::default(), None).unwrap();
+    for i in 0..150 {
+        let (out, code) = exec(h.as_ref(), &["echo", &i.to_string()]);
+        assert_eq!((out, code), (format!("{i}\n"), Some(0)));
+    }
+    h.destroy().unwrap();
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn a_subscriber_that_comes_after_the_end_hears_the_recorded_end() {
+    let env = Env::new();
+    let b = backend(&env);
+    let h = b
+        .create(
+            "shim-test-i1",
+            &Policy::default(),
+            Some(Duration::from_millis(50)),
+        )
+        .unwrap();
+    assert!(eventually(|| b.attach("shim-test-i1").is_err()));
+    assert!(matches!(h.next_event(), Some(SandboxEvent::Expired)));
+    match h.next_event() {
+        Some(SandboxEvent::Destroyed(r)) => assert_eq!(r.outcome, Outcome::Timeout),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.next_event().is_none());
+}

@@ -96,12 +96,31 @@ pub enum SandboxEvent {
     Destroyed(Box<Report>),
 }
 
+/// Blocks until a process started by [`SandboxHandle::exec_waiting`] ends;
+/// returns (exit_code, signal).
+pub type ExitWaiter = Box<dyn FnOnce() -> Result<(Option<i32>, Option<i32>), BackendError> + Send>;
+
 /// One running sandbox, however it is supervised.
 pub trait SandboxHandle: Send + Sync {
     fn id(&self) -> &str;
     /// Starts a process with the given stdin, stdout and stderr; returns
     /// its pid inside the sandbox at once.
     fn exec(&self, req: &ExecRequest, stdio: [OwnedFd; 3]) -> Result<i32, BackendError>;
+    /// Like `exec`, and also returns a way to wait for the process's end.
+    /// The default waits with a separate [`wait`](Self::wait) call; a
+    /// backend that can follow the process on the channel that started it
+    /// (the shim's) overrides this to save a round trip per process.
+    fn exec_waiting(
+        self: std::sync::Arc<Self>,
+        req: &ExecRequest,
+        stdio: [OwnedFd; 3],
+    ) -> Result<(i32, ExitWaiter), BackendError>
+    where
+        Self: 'static,
+    {
+        let pid = self.exec(req, stdio)?;
+        Ok((pid, Box::new(move || self.wait(pid, None))))
+    }
     /// Waits until `pid` ends; returns (exit_code, signal).
     fn wait(
         &self,
@@ -114,7 +133,18 @@ pub trait SandboxHandle: Send + Sync {
     fn next_event(&self) -> Option<SandboxEvent>;
     /// Kills everything and cleans up; returns the final report.
     fn destroy(&self) -> Result<Report, BackendError>;
+    /// Like `destroy`, but returns as soon as the sandbox is dead (no
+    /// process of it runs, its report is final), with a call that blocks
+    /// until the rest of the teardown (cgroup, directories) is done. The
+    /// default does everything in `destroy`.
+    fn destroy_deferred(&self) -> Result<(Report, Teardown), BackendError> {
+        Ok((self.destroy()?, Box::new(|| ())))
+    }
 }
+
+/// Blocks until a destroyed sandbox's teardown is complete (see
+/// [`SandboxHandle::destroy_deferred`]).
+pub type Teardown = Box<dyn FnOnce() + Send>;
 
 /// Creates sandboxes and finds them again after a daemon restart.
 pub trait Backend: Send + Sync {
@@ -133,4 +163,8 @@ pub trait Backend: Send + Sync {
     /// The final report a dead sandbox left, if any; also removes its
     /// leftovers (cgroup, directories).
     fn reap(&self, id: &str) -> Option<Report>;
+    /// The daemon is stopping: release what the backend keeps for future
+    /// sandboxes (the shim backend's pool of idle shims). Running
+    /// sandboxes are left alone.
+    fn shutdown(&self) {}
 }

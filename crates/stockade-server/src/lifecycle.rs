@@ -112,15 +112,22 @@ pub async fn end(state: &Arc<AppState>, live: Arc<Live>, how: u8) -> ApiResult<S
     };
     let (handle, backend) = (live.handle.clone(), state.backend.clone());
     let idc = id.clone();
-    let result = tokio::task::spawn_blocking(move || match handle.destroy() {
-        Ok(r) => Ok(Some(r)),
-        Err(BackendError::NotRunning(_)) => Ok(backend.reap(&idc)),
+    let result = tokio::task::spawn_blocking(move || match handle.destroy_deferred() {
+        Ok((r, teardown)) => Ok((Some(r), Some(teardown))),
+        Err(BackendError::NotRunning(_)) => Ok((backend.reap(&idc), None)),
         Err(e) => Err(e),
     })
     .await
     .map_err(ApiError::join)?;
     let report = match result {
-        Ok(r) => r,
+        Ok((r, teardown)) => {
+            // The sandbox is dead; its cgroup and directories go away off
+            // the request path (shutdown waits for them).
+            if let Some(t) = teardown {
+                state.teardowns.spawn(t);
+            }
+            r
+        }
         Err(e) => {
             live.ending.store(ENDING_NONE, Ordering::SeqCst);
             return Err(ApiError::internal(format!(

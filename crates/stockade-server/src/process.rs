@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use stockade_core::backend::{BackendError, ExecRequest};
+use stockade_core::backend::{BackendError, ExecRequest, ExitWaiter};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
@@ -204,10 +204,11 @@ pub async fn start(
     let (err_r, err_w) = pipe_pair()?;
     let handle = live.handle.clone();
     let req = spec.req.clone();
-    let pid = tokio::task::spawn_blocking(move || handle.exec(&req, [in_r, out_w, err_w]))
-        .await
-        .map_err(ApiError::join)?
-        .map_err(|e| ApiError::backend(&live.id, e))?;
+    let (pid, waiter) =
+        tokio::task::spawn_blocking(move || handle.exec_waiting(&req, [in_r, out_w, err_w]))
+            .await
+            .map_err(ApiError::join)?
+            .map_err(|e| ApiError::backend(&live.id, e))?;
     let to_io = |e: std::io::Error| {
         ApiError::internal(format!("cannot watch the pipes of process {pid}: {e}"))
     };
@@ -253,6 +254,7 @@ pub async fn start(
         live.clone(),
         proc_.clone(),
         spec.timeout,
+        waiter,
         readers,
         permit,
     ));
@@ -311,16 +313,20 @@ async fn follow(
     live: Arc<Live>,
     p: Arc<Proc>,
     timeout: Option<Duration>,
+    waiter: ExitWaiter,
     readers: [tokio::task::JoinHandle<()>; 2],
     permit: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
     let (tx, rx) = oneshot::channel();
-    let (handle, pid) = (live.handle.clone(), p.pid);
+    let pid = p.pid;
+    // A thread of its own rather than the blocking pool: a runtime that
+    // shuts down waits for its blocking tasks, and a background process
+    // may run for hours after the daemon stopped.
     let spawned = std::thread::Builder::new()
         .name(format!("stockade-wait-{pid}"))
         .spawn(move || {
-            let _ = tx.send(handle.wait(pid, None));
+            let _ = tx.send(waiter());
         });
     let mut waited = match spawned {
         Ok(_) => rx,

@@ -182,7 +182,10 @@ impl Server {
             root_opener: self.root_opener,
             state_dir: self.cfg.state_dir.clone(),
             task_exe: self.cfg.task_exe.clone(),
+            teardowns: Arc::default(),
         });
+        let teardowns = state.teardowns.clone();
+        let backend = state.backend.clone();
         lifecycle::adopt(&state, self.recovered);
         let expiry = tokio::spawn(lifecycle::expiry_loop(Arc::downgrade(&state)));
 
@@ -221,6 +224,13 @@ impl Server {
             }
         }
         expiry.abort();
+        // Destroys already answered finish their teardown; shims not yet
+        // handed a sandbox are stopped.
+        let left = teardowns.wait(SHUTDOWN_GRACE).await;
+        if left > 0 {
+            eprintln!("stockade serve: {left} destroyed sandboxes were still being torn down at exit; their shims finish it, or `stockade gc` does");
+        }
+        let _ = tokio::task::spawn_blocking(move || backend.shutdown()).await;
         let _ = std::fs::remove_file(&self.cfg.socket);
         result
     }

@@ -72,6 +72,60 @@ impl Live {
     }
 }
 
+/// Teardowns of destroyed sandboxes still under way (see
+/// `SandboxHandle::destroy_deferred`): started by destroy before it
+/// answers, waited for at shutdown. Each runs on a thread of its own, not
+/// the runtime's blocking pool, so that a teardown that hangs cannot hold
+/// up the runtime's own shutdown.
+#[derive(Debug, Default)]
+pub struct Teardowns {
+    pending: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Teardowns {
+    /// Runs `t` (blocking) on a thread of its own.
+    pub fn spawn(self: &Arc<Self>, t: stockade_core::backend::Teardown) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("stockade-teardown".into())
+            .spawn(move || {
+                t();
+                me.pending.fetch_sub(1, Ordering::SeqCst);
+                me.done.notify_waiters();
+            });
+        if spawned.is_err() {
+            // Nobody waits then: the shim finishes the teardown anyway.
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// How many teardowns are under way.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Waits for every teardown under way, at most `limit`; returns how
+    /// many were still running then (they finish on their own: the shims
+    /// do the work, and `gc` collects what a dead shim left).
+    pub async fn wait(&self, limit: std::time::Duration) -> usize {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.pending() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        self.pending()
+    }
+}
+
 /// Everything the request handlers share.
 pub struct AppState {
     pub backend: Arc<dyn Backend>,
@@ -88,6 +142,7 @@ pub struct AppState {
     pub state_dir: std::path::PathBuf,
     /// Binary started as `stockade task` for `POST /v1/tasks`.
     pub task_exe: Option<std::path::PathBuf>,
+    pub teardowns: Arc<Teardowns>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -131,6 +186,17 @@ impl AppState {
         self.store(move |s| s.get(&key))
             .await?
             .ok_or_else(|| ApiError::no_sandbox(id_or_name))
+    }
+
+    /// The live handle of a running sandbox, or 404 / 409; like
+    /// [`running`](Self::running) without the registry row, which it only
+    /// reads when `id_or_name` is not the id of a live sandbox (a name, or
+    /// an error to explain).
+    pub async fn running_handle(&self, id_or_name: &str) -> ApiResult<Arc<Live>> {
+        match self.live(id_or_name) {
+            Some(l) if !l.is_ending() => Ok(l),
+            _ => Ok(self.running(id_or_name).await?.1),
+        }
     }
 
     /// The live handle of a running sandbox, or 404 / 409.

@@ -1,7 +1,17 @@
 //! The registry: one SQLite database (`<state_dir>/stockade.db`, WAL mode,
-//! `synchronous=FULL`) with a row per sandbox. Every write is committed
+//! `synchronous=NORMAL`) with a row per sandbox. Every write is committed
 //! before the HTTP answer that reports it. Calls block: async code reaches
 //! the store through `spawn_blocking`.
+//!
+//! Durability: in WAL mode `synchronous=NORMAL` syncs the log only at
+//! checkpoints, not at every commit. A committed transaction survives the
+//! daemon crashing or being `kill -9`ed (it is in the log, in the page
+//! cache); only a power loss or kernel crash can lose the last few
+//! commits, never corrupt the database. That is acceptable because the
+//! registry is reconciled with reality at start (`lifecycle::recover`):
+//! a sandbox recorded as running whose shim is gone is marked dead, and
+//! after a power loss no sandbox survives anyway. `FULL` cost an `fsync`
+//! on every create and destroy.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,7 +123,7 @@ impl Store {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use stockade_core::backend::{
     Backend, BackendError, ExecRequest, ProcessInfo, SandboxEvent, SandboxHandle, SandboxStatus,
+    Teardown,
 };
 use stockade_core::{Outcome, Report, Usage, Violation};
 use stockade_policy::Policy;
@@ -84,6 +85,11 @@ impl FakeSandbox {
 struct Inner {
     sandboxes: Mutex<HashMap<String, Arc<FakeSandbox>>>,
     leftovers: Mutex<HashMap<String, Report>>,
+    /// While true, teardowns after `destroy_deferred` block.
+    teardowns_held: Mutex<bool>,
+    teardowns_released: std::sync::Condvar,
+    teardowns_done: std::sync::atomic::AtomicUsize,
+    shutdowns: std::sync::atomic::AtomicUsize,
 }
 
 /// The fake backend. Cloning shares its sandboxes.
@@ -118,6 +124,27 @@ impl FakeBackend {
     /// The directory standing in for the root of sandbox `id`.
     pub fn root_of(&self, id: &str) -> PathBuf {
         self.base.join(id)
+    }
+
+    /// Teardowns (the part of a destroy after the sandbox is dead) block
+    /// from now until [`release_teardowns`](Self::release_teardowns).
+    pub fn hold_teardowns(&self) {
+        *lock(&self.inner.teardowns_held) = true;
+    }
+
+    pub fn release_teardowns(&self) {
+        *lock(&self.inner.teardowns_held) = false;
+        self.inner.teardowns_released.notify_all();
+    }
+
+    /// Teardowns finished so far.
+    pub fn teardowns_done(&self) -> usize {
+        self.inner.teardowns_done.load(Ordering::SeqCst)
+    }
+
+    /// How many times the daemon called `Backend::shutdown`.
+    pub fn shutdowns(&self) -> usize {
+        self.inner.shutdowns.load(Ordering::SeqCst)
     }
 
     /// Opens the fake root of the sandbox a status belongs to.
@@ -166,12 +193,13 @@ impl FakeBackend {
             .collect()
     }
 
-    fn handle(sb: Arc<FakeSandbox>) -> Box<dyn SandboxHandle> {
+    fn handle(&self, sb: Arc<FakeSandbox>) -> Box<dyn SandboxHandle> {
         let (tx, rx) = mpsc::channel();
         lock(&sb.subscribers).push(tx);
         Box::new(FakeHandle {
             sb,
             events: Mutex::new(rx),
+            inner: self.inner.clone(),
         })
     }
 }
@@ -198,12 +226,12 @@ impl Backend for FakeBackend {
             violations: Mutex::default(),
         });
         lock(&self.inner.sandboxes).insert(id.to_string(), sb.clone());
-        Ok(Self::handle(sb))
+        Ok(self.handle(sb))
     }
 
     fn attach(&self, id: &str) -> Result<Box<dyn SandboxHandle>, BackendError> {
         match self.get(id) {
-            Some(sb) if sb.alive.load(Ordering::SeqCst) => Ok(Self::handle(sb)),
+            Some(sb) if sb.alive.load(Ordering::SeqCst) => Ok(self.handle(sb)),
             _ => Err(BackendError::NotRunning(id.to_string())),
         }
     }
@@ -211,11 +239,16 @@ impl Backend for FakeBackend {
     fn reap(&self, id: &str) -> Option<Report> {
         lock(&self.inner.leftovers).remove(id)
     }
+
+    fn shutdown(&self) {
+        self.inner.shutdowns.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 struct FakeHandle {
     sb: Arc<FakeSandbox>,
     events: Mutex<mpsc::Receiver<SandboxEvent>>,
+    inner: Arc<Inner>,
 }
 
 impl FakeHandle {
@@ -370,5 +403,24 @@ impl SandboxHandle for FakeHandle {
             .emit(SandboxEvent::Destroyed(Box::new(report.clone())));
         lock(&self.sb.subscribers).clear();
         Ok(report)
+    }
+
+    fn destroy_deferred(&self) -> Result<(Report, Teardown), BackendError> {
+        let report = self.destroy()?;
+        let inner = self.inner.clone();
+        Ok((
+            report,
+            Box::new(move || {
+                let mut held = lock(&inner.teardowns_held);
+                while *held {
+                    held = inner
+                        .teardowns_released
+                        .wait(held)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                drop(held);
+                inner.teardowns_done.fetch_add(1, Ordering::SeqCst);
+            }),
+        ))
     }
 }

@@ -4,8 +4,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
@@ -14,7 +14,8 @@ use stockade_policy::Policy;
 
 use super::proto::{report_path, socket_path, FailKind, ShimReply, ShimRequest, ShimStart};
 use crate::backend::{
-    Backend, BackendError, ExecRequest, SandboxEvent, SandboxHandle, SandboxStatus,
+    Backend, BackendError, ExecRequest, ExitWaiter, SandboxEvent, SandboxHandle, SandboxStatus,
+    Teardown,
 };
 use crate::report::Report;
 
@@ -24,11 +25,36 @@ pub struct ShimBackend {
     state_dir: PathBuf,
     /// The `stockade` binary, started as `<exe> shim`.
     exe: PathBuf,
+    pool: Arc<Pool>,
 }
 
+/// Nice value pooled shims are started with (see `Pool::refill`).
+const POOL_NICE: libc::c_int = 10;
+
+/// How many idle shims [`ShimBackend::new`] keeps ready.
+pub const DEFAULT_POOL_SIZE: usize = 2;
+
 impl ShimBackend {
+    /// A backend that keeps [`DEFAULT_POOL_SIZE`] idle shims ready.
     pub fn new(state_dir: PathBuf, exe: PathBuf) -> ShimBackend {
-        ShimBackend { state_dir, exe }
+        ShimBackend::with_pool(state_dir, exe, DEFAULT_POOL_SIZE)
+    }
+
+    /// A backend that keeps `pool_size` idle shims ready (0: none; each
+    /// create then starts its shim itself).
+    pub fn with_pool(state_dir: PathBuf, exe: PathBuf, pool_size: usize) -> ShimBackend {
+        let b = ShimBackend {
+            state_dir,
+            pool: Arc::new(Pool::new(exe.clone(), pool_size)),
+            exe,
+        };
+        Pool::refill_in_background(&b.pool);
+        b
+    }
+
+    /// Pids of the idle shims in the pool (for tests and diagnostics).
+    pub fn pooled_pids(&self) -> Vec<u32> {
+        self.pool.lock().idle.iter().map(Child::id).collect()
     }
 }
 
@@ -48,21 +74,41 @@ impl Backend for ShimBackend {
             policy: policy.clone(),
             ttl,
         };
-        let mut child = Command::new(&self.exe)
-            .arg("shim")
-            .arg("--id")
-            .arg(id)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                BackendError::Internal(format!("cannot start the shim {}: {e}", self.exe.display()))
-            })?;
         let json = serde_json::to_vec(&start).map_err(|e| BackendError::Internal(e.to_string()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(&json);
-        }
+        // A pooled shim shows this sandbox's id on its command line only
+        // if the id fits where the placeholder was (daemon ids always do).
+        let pooled = (id.len() == super::POOLED_ID.len())
+            .then(|| self.pool.take())
+            .flatten();
+        let fresh = || {
+            start_shim(&self.exe, id).map_err(|e| {
+                BackendError::Internal(format!("cannot start the shim {}: {e}", self.exe.display()))
+            })
+        };
+        let send = |child: &mut Child| {
+            child
+                .stdin
+                .take()
+                .is_some_and(|mut stdin| stdin.write_all(&json).is_ok())
+        };
+        let mut child = match pooled {
+            Some(mut c) => {
+                if send(&mut c) {
+                    c
+                } else {
+                    // A pooled shim that died before reading its request.
+                    kill_child(&mut c);
+                    let mut c = fresh()?;
+                    send(&mut c);
+                    c
+                }
+            }
+            None => {
+                let mut c = fresh()?;
+                send(&mut c);
+                c
+            }
+        };
         let stdout = child.stdout.take();
         // The first process forks the real shim and exits at once.
         let _ = child.wait();
@@ -71,6 +117,10 @@ impl Backend for ShimBackend {
         if let Some(r) = reader.as_mut() {
             let _ = r.read_line(&mut line);
         }
+        // Only now: starting a replacement competes for the CPU with the
+        // sandbox being built. (Also after a create that found the pool
+        // empty, in case an earlier refill could not start a shim.)
+        Pool::refill_in_background(&self.pool);
         match line.trim().split_once(' ') {
             Some(("ready", _)) => Ok(Box::new(ShimHandle::new(&self.state_dir, id))),
             Some((kind @ ("error" | "invalid"), msg)) => {
@@ -97,6 +147,10 @@ impl Backend for ShimBackend {
         Ok(Box::new(handle))
     }
 
+    fn shutdown(&self) {
+        self.pool.shutdown();
+    }
+
     fn reap(&self, id: &str) -> Option<Report> {
         // The shim is gone: collect what it or its death left.
         if let Ok(state) = crate::state::StateDir::open(&self.state_dir) {
@@ -111,12 +165,158 @@ impl Backend for ShimBackend {
     }
 }
 
+/// Starts `<exe> shim --id ID`, which waits for its start request on
+/// stdin.
+fn start_shim(exe: &Path, id: &str) -> std::io::Result<Child> {
+    Command::new(exe)
+        .arg("shim")
+        .arg("--id")
+        .arg(id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
+/// Idle shims, started ahead of need so that a create does not wait for
+/// the binary to be exec'd and linked (about a millisecond and a half).
+///
+/// A pooled shim is a freshly exec'd `stockade shim` blocked reading its
+/// start request, and each one serves exactly one sandbox: it holds no
+/// state of any earlier sandbox because it never had one. Its command line
+/// says `--id` [`super::POOLED_ID`] until it gets its sandbox's id. It is
+/// our child, and its stdin is a pipe only we hold: if the daemon dies,
+/// even by `kill -9`, it reads end-of-file and exits. [`Pool::shutdown`]
+/// (and dropping the pool) kills and reaps the idle ones.
+#[derive(Debug)]
+struct Pool {
+    exe: PathBuf,
+    size: usize,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    idle: Vec<Child>,
+    /// A refill thread is running.
+    refilling: bool,
+    closed: bool,
+}
+
+impl Pool {
+    fn new(exe: PathBuf, size: usize) -> Pool {
+        Pool {
+            exe,
+            size,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle shim that is still alive, if there is one.
+    fn take(&self) -> Option<Child> {
+        let mut st = self.lock();
+        while let Some(mut c) = st.idle.pop() {
+            // One that died (killed by someone) is useless; it is reaped.
+            if let Ok(None) = c.try_wait() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Tops the pool up on a thread of its own, unless one already does.
+    fn refill_in_background(pool: &Arc<Pool>) {
+        {
+            let mut st = pool.lock();
+            if pool.size == 0 || st.closed || st.refilling || st.idle.len() >= pool.size {
+                return;
+            }
+            st.refilling = true;
+        }
+        let p = pool.clone();
+        let spawned = std::thread::Builder::new()
+            .name("stockade-shim-pool".into())
+            .spawn(move || p.refill());
+        if spawned.is_err() {
+            // Creates start their own shims meanwhile; retried next time.
+            pool.lock().refilling = false;
+        }
+    }
+
+    fn refill(&self) {
+        // Starting a shim (exec'ing and linking the binary) is work for
+        // later: at low priority it yields the CPU to the requests in
+        // flight. The nice value is this thread's own (Linux), inherited
+        // by the shims it starts; each resets it once it gets a sandbox.
+        // SAFETY: setpriority and gettid only read their integer
+        // arguments; no memory is involved.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, POOL_NICE);
+        }
+        loop {
+            if self.lock().idle.len() >= self.size {
+                break;
+            }
+            let Ok(mut child) = start_shim(&self.exe, super::POOLED_ID) else {
+                break;
+            };
+            let mut st = self.lock();
+            if st.closed {
+                drop(st);
+                kill_child(&mut child);
+                break;
+            }
+            st.idle.push(child);
+        }
+        self.lock().refilling = false;
+    }
+
+    /// Kills and reaps every idle shim; no more are started.
+    fn shutdown(&self) {
+        let idle = {
+            let mut st = self.lock();
+            st.closed = true;
+            std::mem::take(&mut st.idle)
+        };
+        for mut c in idle {
+            kill_child(&mut c);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn kill_child(c: &mut Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
 /// One sandbox's shim, reached by path.
 #[derive(Debug)]
 pub struct ShimHandle {
     id: String,
     socket: PathBuf,
-    events: Mutex<Option<OwnedFd>>,
+    /// Where the shim leaves its final report.
+    report: PathBuf,
+    events: Mutex<Events>,
+}
+
+/// Where `next_event` stands.
+#[derive(Debug)]
+enum Events {
+    NotSubscribed,
+    Subscribed(OwnedFd),
+    /// The shim was gone before we subscribed: the end it recorded.
+    Replay(std::collections::VecDeque<SandboxEvent>),
+    Ended,
 }
 
 impl ShimHandle {
@@ -124,8 +324,25 @@ impl ShimHandle {
         ShimHandle {
             id: id.to_string(),
             socket: socket_path(state_dir, id),
-            events: Mutex::new(None),
+            report: report_path(state_dir, id),
+            events: Mutex::new(Events::NotSubscribed),
         }
+    }
+
+    /// The end of a sandbox whose shim is already gone, from the report it
+    /// left: `expired` if it expired, then `destroyed`.
+    fn recorded_end(&self) -> std::collections::VecDeque<SandboxEvent> {
+        let report: Option<Report> = std::fs::read(&self.report)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let mut out = std::collections::VecDeque::new();
+        if let Some(r) = report {
+            if r.outcome == crate::report::Outcome::Timeout {
+                out.push_back(SandboxEvent::Expired);
+            }
+            out.push_back(SandboxEvent::Destroyed(Box::new(r)));
+        }
+        out
     }
 
     fn connect(&self) -> Result<OwnedFd, BackendError> {
@@ -194,6 +411,34 @@ impl SandboxHandle for ShimHandle {
         }
     }
 
+    fn exec_waiting(
+        self: Arc<Self>,
+        req: &ExecRequest,
+        stdio: [OwnedFd; 3],
+    ) -> Result<(i32, ExitWaiter), BackendError> {
+        let raw: Vec<RawFd> = stdio.iter().map(|f| f.as_raw_fd()).collect();
+        let (fd, reply) = self.call(&ShimRequest::Exec { req: req.clone() }, &raw)?;
+        // Our copies of the process's stdio must close now: its readers
+        // see end-of-file only once every writer is gone.
+        drop(stdio);
+        let pid = match reply {
+            ShimReply::Started { pid } => pid,
+            r => return Err(unexpected(r)),
+        };
+        // The shim answers `Ended` on the connection that started the
+        // process. One that hangs up instead (a shim from an older
+        // daemon) is asked again with a `Wait` of its own.
+        let waiter = move || match recv(&fd, &self.id) {
+            Ok(ShimReply::Ended {
+                exit_code, signal, ..
+            }) => Ok((exit_code, signal)),
+            Ok(r) => Err(unexpected(r)),
+            Err(BackendError::NotRunning(_)) => self.wait(pid, None),
+            Err(e) => Err(e),
+        };
+        Ok((pid, Box::new(waiter)))
+    }
+
     fn wait(
         &self,
         pid: i32,
@@ -239,25 +484,51 @@ impl SandboxHandle for ShimHandle {
 
     fn next_event(&self) -> Option<SandboxEvent> {
         let mut guard = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            let fd = self.connect().ok()?;
-            iproto::send_msg(fd.as_fd(), &ShimRequest::Subscribe, &[]).ok()?;
-            *guard = Some(fd);
+        if matches!(*guard, Events::NotSubscribed) {
+            let subscribed = self
+                .connect()
+                .ok()
+                .filter(|fd| iproto::send_msg(fd.as_fd(), &ShimRequest::Subscribe, &[]).is_ok());
+            *guard = match subscribed {
+                Some(fd) => Events::Subscribed(fd),
+                // A sandbox can end before anyone subscribes (a ttl
+                // shorter than a slow create): tell its recorded end.
+                None => Events::Replay(self.recorded_end()),
+            };
         }
-        let fd = guard.as_ref()?;
-        match recv(fd, &self.id) {
-            Ok(ShimReply::Event { event }) => Some(event),
-            _ => {
-                *guard = None;
-                None
-            }
+        let next = match &mut *guard {
+            Events::Subscribed(fd) => match recv(fd, &self.id) {
+                Ok(ShimReply::Event { event }) => Some(event),
+                _ => None,
+            },
+            Events::Replay(queue) => queue.pop_front(),
+            Events::NotSubscribed | Events::Ended => None,
+        };
+        if next.is_none() {
+            *guard = Events::Ended;
         }
+        next
     }
 
     fn destroy(&self) -> Result<Report, BackendError> {
-        match self.call(&ShimRequest::Destroy, &[])?.1 {
-            ShimReply::Destroyed { report } => Ok(*report),
-            r => Err(unexpected(r)),
+        let (report, teardown) = self.destroy_deferred()?;
+        teardown();
+        Ok(report)
+    }
+
+    fn destroy_deferred(&self) -> Result<(Report, Teardown), BackendError> {
+        match self.call(&ShimRequest::Destroy, &[])? {
+            // The shim answers once the sandbox is dead, removes its
+            // cgroup and directory, and hangs up when done.
+            (fd, ShimReply::Destroyed { report }) => Ok((
+                *report,
+                Box::new(
+                    move || {
+                        while let Ok(Some(_)) = iproto::recv_msg::<ShimReply>(fd.as_fd()) {}
+                    },
+                ),
+            )),
+            (_, r) => Err(unexpected(r)),
         }
     }
 }

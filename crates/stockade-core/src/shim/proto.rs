@@ -1,7 +1,9 @@
 //! What the daemon and a shim say to each other over the shim's socket
 //! (`<state>/sandboxes/<id>/shim.sock`, `SOCK_SEQPACKET`). Each request
 //! opens its own connection; `Exec` carries the process's stdin, stdout
-//! and stderr as descriptors; `Subscribe` keeps its connection for events.
+//! and stderr as descriptors and is answered `Started`, then `Ended` on the
+//! same connection when the process ends (a client that only wants the
+//! pid hangs up); `Subscribe` keeps its connection for events.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

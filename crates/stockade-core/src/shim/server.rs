@@ -19,7 +19,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits};
-use stockade_isolate::launch::{launch, Launched};
+use stockade_isolate::launch::{launch_joining, Launched};
 use stockade_isolate::proto::{self as iproto, FromInit, ToInit};
 use stockade_isolate::sys::pidfd_send_signal;
 
@@ -102,8 +102,8 @@ pub fn main(start: ShimStart, ready: std::fs::File) -> i32 {
             Ok(c) => c,
             Err(e) => return fail(&mut ready, &RunError::Cgroup(e.to_string())),
         };
-        // Cleanup runs inside `serve`, before the final answers go out, so
-        // a client told "destroyed" finds nothing left.
+        // Cleanup runs inside `serve`, right after the final answers go
+        // out (see the end of `serve`).
         let code = serve(
             &start,
             &state,
@@ -145,9 +145,11 @@ fn serve(
     else {
         return 1;
     };
+    // On cgroup v1 init joins its group itself (see `launch_joining`).
+    let self_join = cgroup.self_join_files();
     // SAFETY: the shim is a freshly exec'd, single-threaded process.
     let launched = match unsafe {
-        launch(&prepared.spec, cgroup.dir_fd_v2(), |pid| {
+        launch_joining(&prepared.spec, cgroup.dir_fd_v2(), &self_join, |pid| {
             cgroup.add_pid(pid).map_err(|e| e.to_string())
         })
     } {
@@ -159,6 +161,7 @@ fn serve(
             return 1;
         }
     };
+    drop(self_join);
     let started_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -277,8 +280,12 @@ fn serve(
         let sig_ready = ready_at(2);
         let accept_ready = ready_at(3);
         let oom_ready = oom_fd.is_some() && ready_at(4);
-        let client_ready: Vec<usize> = (0..shim.clients.len())
+        // Clients by descriptor, not index: answering init's messages
+        // below drops clients (waiters answered, subscribers gone), which
+        // moves the others.
+        let client_ready: Vec<RawFd> = (0..shim.clients.len())
             .filter(|i| ready_at(base + i))
+            .map(|i| shim.clients[i].0.as_raw_fd())
             .collect();
         drop(fds);
 
@@ -297,10 +304,17 @@ fn serve(
                 shim.end(&launched, Outcome::MemoryLimit);
             }
         }
-        // Requests from clients that were already connected; new ones
-        // are accepted after, so indices stay valid.
-        for i in client_ready.into_iter().rev() {
-            shim.serve_client(i, &launched, prepared, cgroup, &mut monitor);
+        // Requests from clients that were already connected (and still
+        // are); new ones are accepted after, so no descriptor is reused
+        // meanwhile.
+        for raw in client_ready {
+            if let Some(i) = shim
+                .clients
+                .iter()
+                .position(|(fd, _)| fd.as_raw_fd() == raw)
+            {
+                shim.serve_client(i, &launched, prepared, cgroup, &mut monitor);
+            }
         }
         if accept_ready {
             if let Ok(fd) =
@@ -348,7 +362,13 @@ fn serve(
         }
     }
     let _ = std::fs::remove_file(&sock);
-    cleanup();
+    // The sandbox is irrevocably gone: init was reaped, and the kernel
+    // reaps every other process of a pid namespace before its init.
+    // Answer now; the filesystem and cgroup teardown below is invisible
+    // to the sandbox's processes (there are none) and to later sandboxes
+    // (they have other ids), so nobody waits for it. This process keeps
+    // the directory's lock until it is done, so `gc` never races it, and
+    // if it dies half-way `gc` finishes the job.
     // Whatever still ran died with the sandbox.
     for pid in shim.waiting_pids() {
         shim.reply_waiters(pid, None, Some(libc::SIGKILL));
@@ -364,6 +384,12 @@ fn serve(
             );
         }
     }
+    // Hang up on everyone but the destroyers (subscribers see the end of
+    // their stream); a destroyer sees the end once the teardown is done.
+    shim.clients
+        .retain(|(_, c)| matches!(c, Some(Client::AwaitDestroy)));
+    drop(listener);
+    cleanup();
     0
 }
 
@@ -439,21 +465,25 @@ impl Shim {
                         },
                     );
                     self.order.push(pid);
-                    self.answer_spawn(tag, &ShimReply::Started { pid });
+                    self.answer_spawn(tag, pid);
                     self.broadcast(&SandboxEvent::ExecStarted { pid, cmd });
                 }
                 FromInit::SpawnFailed { tag, step, errno } => {
                     self.tags.remove(&tag);
                     let message = nix::errno::Errno::from_raw(errno).desc().to_string();
-                    self.answer_spawn(
-                        tag,
-                        &ShimReply::Failed {
-                            kind: FailKind::Spawn,
-                            message,
-                            step: Some(step),
-                            errno: Some(errno),
-                        },
-                    );
+                    let msg = ShimReply::Failed {
+                        kind: FailKind::Spawn,
+                        message,
+                        step: Some(step),
+                        errno: Some(errno),
+                    };
+                    self.clients.retain(|(fd, c)| match c {
+                        Some(Client::AwaitSpawn { tag: t }) if *t == tag => {
+                            reply(fd, &msg);
+                            false
+                        }
+                        _ => true,
+                    });
                 }
                 FromInit::Exited { pid, code } => self.finished(pid, Some(code), None),
                 FromInit::Signaled { pid, sig } => self.finished(pid, None, Some(sig)),
@@ -462,14 +492,16 @@ impl Shim {
         }
     }
 
-    fn answer_spawn(&mut self, tag: u64, msg: &ShimReply) {
-        self.clients.retain(|(fd, c)| match c {
-            Some(Client::AwaitSpawn { tag: t }) if *t == tag => {
-                reply(fd, msg);
-                false
+    /// Tells the client that asked for spawn `tag` its pid; the client
+    /// then waits on the same connection for the process's end (one that
+    /// only wanted the pid hangs up, which drops it).
+    fn answer_spawn(&mut self, tag: u64, pid: i32) {
+        for (fd, c) in &mut self.clients {
+            if matches!(c, Some(Client::AwaitSpawn { tag: t }) if *t == tag) {
+                reply(fd, &ShimReply::Started { pid });
+                *c = Some(Client::Waiting { pid });
             }
-            _ => true,
-        });
+        }
     }
 
     fn finished(&mut self, pid: i32, exit_code: Option<i32>, signal: Option<i32>) {
@@ -630,7 +662,20 @@ impl Shim {
                 reply(fd, &ShimReply::Status { status });
                 None
             }
-            ShimRequest::Subscribe => Some(Client::Subscriber),
+            ShimRequest::Subscribe => {
+                // One who subscribes after the sandbox began to expire
+                // (a create slow enough to outlast a short ttl) still
+                // hears that it did; the end follows as for everyone.
+                if self.ending == Some(Outcome::Timeout) {
+                    reply(
+                        fd,
+                        &ShimReply::Event {
+                            event: SandboxEvent::Expired,
+                        },
+                    );
+                }
+                Some(Client::Subscriber)
+            }
             ShimRequest::Destroy => {
                 self.end(launched, Outcome::Destroyed);
                 Some(Client::AwaitDestroy)

@@ -88,7 +88,7 @@ pub async fn exec(
     JsonBody(body): JsonBody<ExecBody>,
 ) -> ApiResult<Response> {
     check(&body)?;
-    let (_, live) = state.running(&id).await?;
+    let live = state.running_handle(&id).await?;
     let spec = StartSpec {
         req: ExecRequest {
             cmd: body.cmd,

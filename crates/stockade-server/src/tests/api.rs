@@ -397,3 +397,32 @@ fn socket_has_mode_0660_and_a_second_daemon_is_refused() {
     d.stop();
     assert!(!sock.exists(), "the socket is removed on shutdown");
 }
+
+#[test]
+fn destroy_answers_before_the_teardown_and_shutdown_waits_for_it() {
+    let _g = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(dir.path());
+    let c = d.client();
+    let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
+    d.fake.hold_teardowns();
+    // Answered while the teardown is held: destroy does not wait for it.
+    let gone = c.destroy(&sb.id).unwrap();
+    assert_eq!(gone.state, "destroyed");
+    assert_eq!(d.fake.teardowns_done(), 0);
+    assert!(d.fake.alive().is_empty());
+    let fake = d.fake.clone();
+    let releaser = {
+        let fake = fake.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            fake.release_teardowns();
+        })
+    };
+    // Shutdown waits for the teardown under way, then releases the
+    // backend's spare resources.
+    d.stop();
+    assert_eq!(fake.teardowns_done(), 1);
+    assert_eq!(fake.shutdowns(), 1);
+    releaser.join().unwrap();
+}
