@@ -266,6 +266,59 @@ fn destroy_answers_once_the_sandbox_is_dead_and_leaves_nothing_shortly_after() {
     ));
 }
 
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn destroy_of_an_idle_sandbox_answers_with_at_most_its_killed_init_left() {
+    // Nothing but init runs when the destroy comes, so the shim answers
+    // without waiting for init's namespaces to be torn down: whatever the
+    // group still holds at the answer must be init, already killed.
+    let env = Env::new();
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let state = env.state.path().join("state");
+    for _ in 0..20 {
+        let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
+        let done = c
+            .exec(
+                &sb.id,
+                &ExecOptions {
+                    cmd: vec!["true".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(done.exit_code, Some(0));
+        c.destroy(&sb.id).unwrap();
+        for cg in cgroup_dirs(&sb.id) {
+            let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in procs.split_whitespace() {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let sigkill_pending = status.lines().any(|l| {
+                    (l.starts_with("ShdPnd:") || l.starts_with("SigPnd:"))
+                        && l.split_whitespace()
+                            .nth(1)
+                            .and_then(|m| u64::from_str_radix(m, 16).ok())
+                            .is_some_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+                });
+                let dying = status.is_empty()
+                    || sigkill_pending
+                    || status.contains("State:\tZ")
+                    || status.contains("State:\tX");
+                assert!(dying, "{} holds a live {pid}: {status}", cg.display());
+            }
+        }
+        let ids = [sb.id.clone()];
+        assert!(
+            eventually(|| leftovers(&state, &ids).is_empty()),
+            "{:?}",
+            leftovers(&state, &ids)
+        );
+    }
+}
+
 /// Idle pooled shims of the daemon `daemon` (`stockade shim --id
 /// pool-waiting`, children of that daemon).
 fn pooled_shims_of(daemon: u32) -> Vec<i32> {

@@ -233,6 +233,7 @@ fn serve(
         ending: None,
     };
 
+    let mut early = false;
     loop {
         if shim.ending.is_none() {
             if let Some(kind) = monitor.tick(cgroup) {
@@ -326,10 +327,23 @@ fn serve(
         if init_done {
             break;
         }
+        // Destroyed with nothing but init (killed above) left, and no
+        // spawn in flight (init cannot fork once the kill is pending):
+        // nothing of the sandbox can act any more, so the answer need not
+        // wait for the kernel to tear init's namespaces down.
+        if shim.ending == Some(Outcome::Destroyed)
+            && shim.tags.is_empty()
+            && cgroup.holds_only(launched.pid)
+        {
+            early = true;
+            break;
+        }
     }
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+    if !early {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+    }
     let network = net.finish(&mut |v, _| shim.broadcast(&SandboxEvent::Violation(v.clone())));
-    monitor.check_oom(cgroup);
+    let usage = monitor.final_usage(cgroup);
     let outcome = match (shim.ending, monitor.killed_for) {
         (_, Some(kind)) => ending_for(kind),
         (Some(o), None) => o,
@@ -345,7 +359,7 @@ fn serve(
         signal: (outcome != Outcome::Destroyed).then_some(libc::SIGKILL),
         error: (outcome == Outcome::Signaled).then(|| "the sandbox's init died".to_string()),
         violations,
-        usage: monitor.usage(cgroup),
+        usage,
         command: Vec::new(),
         started_at,
         network,
@@ -389,6 +403,12 @@ fn serve(
     shim.clients
         .retain(|(_, c)| matches!(c, Some(Client::AwaitDestroy)));
     drop(listener);
+    if early {
+        // Init was killed; it is gone once its pidfd polls readable.
+        let mut pfd = [PollFd::new(launched.pidfd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut pfd, PollTimeout::from(10_000u16));
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+    }
     cleanup();
     0
 }
