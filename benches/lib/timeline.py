@@ -177,7 +177,10 @@ def run_markers(ev):
             and e["ev"] == "syscalls:sys_enter_seccomp"))
         put("workload_exit", first(lambda e: e["pid"] == wexec["pid"]
                                    and e["ev"] == "sched:sched_process_exit"))
-    rms = [e for e in ev if e["ev"] == "cgroup:cgroup_rmdir"]
+    # The supervisor's own removals only: with the teardown deferred, the
+    # detached cleaner removes the groups, possibly before the supervisor
+    # has exited, and that is no longer on the caller's path.
+    rms = [e for e in ev if e["ev"] == "cgroup:cgroup_rmdir" and e["pid"] == sup]
     put("cgroups_removed", rms[-1] if rms else None)
     put("end", ev[-1])
     return m
