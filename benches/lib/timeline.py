@@ -76,6 +76,11 @@ MARKERS = [
 ]
 
 
+# Teardown steps the supervisor takes only when it waits for the teardown
+# itself; otherwise a detached cleaner does them after the run.
+SUPERVISOR_TEARDOWN = {"reaped", "cgroups_removed"}
+
+
 def parse_events(path):
     """perf script lines (-F pid,time,event,trace) -> list of events."""
     out = []
@@ -193,6 +198,9 @@ def run_phases(marks):
     prev_t, labels, whats = None, [], []
     for name, label, what in MARKERS:
         t = marks.get(name)
+        if t is None and name in SUPERVISOR_TEARDOWN:
+            # Left to the detached cleaner: not part of this start.
+            continue
         if t is not None and (prev_t is None or t >= prev_t):
             if prev_t is not None:
                 out.append((" + ".join(labels), "; ".join(whats),
