@@ -26,7 +26,7 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Clone a repository into a sandbox, run an agent on it, and collect its changes.
     Task(Box<TaskArgs>),
-    /// Remove what dead supervisors left behind (also done before every run).
+    /// Remove what dead supervisors left behind (also done after every run).
     Gc(GcArgs),
     /// Check what this host supports and what stockade does without it.
     Doctor,

@@ -71,6 +71,16 @@ fn run(c: &Client, id: &str, cmd: &[&str]) -> (Option<i32>, String) {
     (r.exit_code, r.stdout)
 }
 
+/// Waits (bounded) until nothing of the sandboxes `ids` is left: destroy
+/// answers once a sandbox is dead, its teardown follows just after.
+fn assert_torn_down(state: &Path, ids: &[String]) {
+    assert!(
+        eventually(|| leftovers(state, ids).is_empty()),
+        "{:?}",
+        leftovers(state, ids)
+    );
+}
+
 fn leftovers(state: &Path, ids: &[String]) -> Vec<String> {
     let mut left = Vec::new();
     for id in ids {
@@ -158,11 +168,7 @@ fn api_runs_real_sandboxes_end_to_end() {
     assert_eq!(gone.report.unwrap()["outcome"], "destroyed");
     // The teardown finishes just after the answer.
     let ids = [sb.id];
-    assert!(
-        eventually(|| leftovers(&env.state.path().join("state"), &ids).is_empty()),
-        "{:?}",
-        leftovers(&env.state.path().join("state"), &ids)
-    );
+    assert_torn_down(&env.state.path().join("state"), &ids);
 }
 
 #[test]
@@ -215,11 +221,7 @@ fn sandboxes_survive_kill_9_of_the_daemon() {
     for sb in all.iter().filter(|s| s.state == "running") {
         c.destroy(&sb.id).unwrap();
     }
-    assert!(
-        eventually(|| leftovers(&env.state.path().join("state"), &ids).is_empty()),
-        "{:?}",
-        leftovers(&env.state.path().join("state"), &ids)
-    );
+    assert_torn_down(&env.state.path().join("state"), &ids);
 }
 
 #[test]
@@ -256,11 +258,7 @@ fn destroy_answers_once_the_sandbox_is_dead_and_leaves_nothing_shortly_after() {
     }
     // The rest follows without anyone asking.
     let ids = [sb.id.clone()];
-    assert!(
-        eventually(|| leftovers(&state, &ids).is_empty()),
-        "{:?}",
-        leftovers(&state, &ids)
-    );
+    assert_torn_down(&state, &ids);
     assert!(eventually(
         || !Path::new(&format!("/proc/{shim}")).exists() || shim_of(&sb.id).is_none()
     ));
@@ -311,11 +309,7 @@ fn destroy_of_an_idle_sandbox_answers_with_at_most_its_killed_init_left() {
             }
         }
         let ids = [sb.id.clone()];
-        assert!(
-            eventually(|| leftovers(&state, &ids).is_empty()),
-            "{:?}",
-            leftovers(&state, &ids)
-        );
+        assert_torn_down(&state, &ids);
     }
 }
 
@@ -574,11 +568,7 @@ fn fifty_concurrent_clients_for_a_minute_leave_nothing_behind() {
     assert!(ids.len() >= 50, "only {} cycles", ids.len());
     let state = env.state.path().join("state");
     // Destroy answers once a sandbox is dead; its teardown follows at once.
-    assert!(
-        eventually(|| leftovers(&state, &ids).is_empty()),
-        "{:?}",
-        leftovers(&state, &ids)
-    );
+    assert_torn_down(&state, &ids);
     assert!(
         eventually(|| std::fs::read_dir(state.join("sandboxes")).unwrap().count() == 0),
         "sandbox dirs (and so shims) left"

@@ -70,32 +70,9 @@ pub struct Usage {
     pub pids_peak: u64,
 }
 
-/// Network use of a sandbox with egress (`allowlist` or `open`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkUsage {
-    pub connections_allowed: u64,
-    pub connections_denied: u64,
-    /// Bytes from the sandbox to the outside.
-    pub bytes_up: u64,
-    /// Bytes from the outside to the sandbox.
-    pub bytes_down: u64,
-    /// Names refused by DNS or by SNI/Host, each once, sorted.
-    pub denied_names: Vec<String>,
-    pub rate_limit_hits: u64,
-}
-
-impl From<stockade_net::NetSummary> for NetworkUsage {
-    fn from(s: stockade_net::NetSummary) -> Self {
-        NetworkUsage {
-            connections_allowed: s.connections_allowed,
-            connections_denied: s.connections_denied,
-            bytes_up: s.bytes_up,
-            bytes_down: s.bytes_down,
-            denied_names: s.denied_names,
-            rate_limit_hits: s.rate_limit_hits,
-        }
-    }
-}
+/// Network use of a sandbox with egress (`allowlist` or `open`): the
+/// egress stack's own summary, as the report carries it.
+pub type NetworkUsage = stockade_net::NetSummary;
 
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -162,30 +162,24 @@ fn run_inner(
         ),
         source: e,
     })?;
-    let prepared = match prepare(policy, &state, &dir) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = dir.remove();
-            return Err(e);
-        }
-    };
-    let request = match prepared.request(1, &opts.command, &Default::default(), None, opts.tty) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = dir.remove();
-            return Err(e);
-        }
-    };
     let limits = CgLimits {
         cpus: Some(policy.limits.cpus.0),
         memory_bytes: Some(policy.limits.memory.bytes()),
         pids: Some(policy.limits.pids),
     };
-    let cgroup = match driver.create(id, &limits) {
-        Ok(c) => c,
+    let setup = (|| {
+        let prepared = prepare(policy, &state, &dir)?;
+        let request = prepared.request(1, &opts.command, &Default::default(), None, opts.tty)?;
+        let cgroup = driver
+            .create(id, &limits)
+            .map_err(|e| RunError::Cgroup(e.to_string()))?;
+        Ok::<_, RunError>((prepared, request, cgroup))
+    })();
+    let (prepared, request, cgroup) = match setup {
+        Ok(s) => s,
         Err(e) => {
             let _ = dir.remove();
-            return Err(RunError::Cgroup(e.to_string()));
+            return Err(e);
         }
     };
     let mut net = NetWatch::new(&policy.network, id, report.started_at, net_log);
@@ -195,26 +189,25 @@ fn run_inner(
         Err(e) => (Err(e), None),
     };
     let device = net.take_device();
-    if let Some(init) = dying {
+    match dying {
         // The command is done and only init is left, already killed:
         // nothing of the sandbox runs any more. The rest of the teardown
         // (init's exit, the cgroup, the network device, the directory)
         // costs milliseconds the caller need not wait for.
-        match teardown::in_background(init, device, cgroup, dir, &state, &driver) {
+        Some(init) => match teardown::in_background(init, device, cgroup, dir, &state, &driver) {
             Ok(()) => return r,
-            Err(left) => {
-                left.finish();
-                crate::gc::collect(&state, Some(&driver));
-                return r;
-            }
+            Err(left) => left.finish(),
+        },
+        None => {
+            // Whatever happened, nothing may outlive the run (destroy
+            // kills whatever is still in the group first).
+            drop(device);
+            let _ = cgroup.destroy();
+            let _ = dir.remove();
         }
     }
-    // Whatever happened, nothing may outlive the run.
-    drop(device);
-    cgroup.kill_all();
-    let _ = cgroup.destroy();
-    let _ = dir.remove();
     if opts.defer_teardown {
+        // Not done before the start (see above): older leftovers now.
         crate::gc::collect(&state, Some(&driver));
     }
     r
@@ -630,8 +623,12 @@ impl NetWatch {
             }
         };
         let cfg = EgressConfig::new(self.policy.clone(), self.sandbox_id.clone());
-        let egress = Egress::start(tun, cfg, callback)
-            .map_err(|e| format!("cannot start the network egress filter: {}", chain(&e)))?;
+        let egress = Egress::start(tun, cfg, callback).map_err(|e| {
+            format!(
+                "cannot start the network egress filter: {}",
+                stockade_isolate::error_chain(&e)
+            )
+        })?;
         self.egress = Some(egress);
         self.device = Some(device);
         self.events = Some(rx);
@@ -748,18 +745,6 @@ impl NetWatch {
                 v.observed = format!("{} new connections refused", summary.rate_limit_hits);
             }
         }
-        Some(summary.into())
+        Some(summary)
     }
-}
-
-/// An error and its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -104,7 +104,7 @@ pub(crate) fn in_background(
 /// Waits until the process behind `pidfd` has exited (it was killed), for
 /// at most [`INIT_EXIT_WAIT`]. A pidfd polls readable on exit whether or
 /// not the process is our child.
-fn wait_gone(pidfd: &OwnedFd) {
+pub(crate) fn wait_gone(pidfd: &OwnedFd) {
     let deadline = std::time::Instant::now() + INIT_EXIT_WAIT;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

@@ -135,8 +135,12 @@ fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers) -> Result<Option<OwnedFd>, 
     // device needs CAP_NET_ADMIN in our network namespace, which the clone
     // into a new user namespace gave us; /dev is still the host's.
     let tun = if spec.net {
-        let tun = stockade_net::configure_tun_inside(TUN_NAME)
-            .map_err(|e| format!("cannot create the network device: {}", chain(&e)))?;
+        let tun = stockade_net::configure_tun_inside(TUN_NAME).map_err(|e| {
+            format!(
+                "cannot create the network device: {}",
+                crate::error_chain(&e)
+            )
+        })?;
         Some(tun)
     } else {
         None
@@ -166,18 +170,6 @@ fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers) -> Result<Option<OwnedFd>, 
     nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     let _ = sys::set_undumpable();
     Ok(tun)
-}
-
-/// An error and its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {

@@ -15,3 +15,16 @@ pub mod seccomp;
 pub mod spec;
 pub mod sys;
 pub mod workload;
+
+/// An error and its causes, on one line (`a: b: c`), for messages that
+/// cross a process boundary or end up in a report as text.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One decision about one connection, query or datagram. Allowed TCP
 /// connections are reported when they end, with their byte counts.
@@ -54,7 +54,7 @@ impl NetEvent {
 
 /// Totals for one sandbox. An allowed connection is counted when it ends
 /// (its event carries its byte counts); bytes are counted as they move.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetSummary {
     pub connections_allowed: u64,
     pub connections_denied: u64,

@@ -316,6 +316,24 @@ fn udp_other_than_dns_is_dropped_and_reported() {
 
 #[test]
 #[ignore = "needs root: network namespaces and TUN"]
+fn open_connections_are_capped_and_one_more_is_reset() {
+    let r = rig(policy(|_| {}));
+    let server = Server::start(&format!("{CIDR}:8080"), 5);
+    let held: Vec<_> = (0..stockade_net::MAX_CONNECTIONS)
+        .map(|i| {
+            r.sandbox
+                .connect(server.addr)
+                .unwrap_or_else(|e| panic!("connection {i} of the allowed ones: {e}"))
+        })
+        .collect();
+    assert_refused_fast(&r, server.addr);
+    let ev = r.events.wait_for(|e| e.reason == "too-many-connections");
+    assert_eq!(ev.verdict, "deny");
+    drop(held);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and TUN"]
 fn connection_rate_limit_holds_as_a_count() {
     let r = rig(policy(|p| p.rate_per_minute = Some(5)));
     let server = Server::start(&format!("{GOOD}:0"), 1);

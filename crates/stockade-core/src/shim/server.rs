@@ -404,9 +404,8 @@ fn serve(
         .retain(|(_, c)| matches!(c, Some(Client::AwaitDestroy)));
     drop(listener);
     if early {
-        // Init was killed; it is gone once its pidfd polls readable.
-        let mut pfd = [PollFd::new(launched.pidfd.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut pfd, PollTimeout::from(10_000u16));
+        // Init was killed; reap it before its cgroup goes.
+        crate::teardown::wait_gone(&launched.pidfd);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
     }
     cleanup();
