@@ -38,14 +38,11 @@ import sys
 import threading
 import time
 
+from stats import loadavg, percentile
+
 
 def log(msg):
     print(f"  daemon: {msg}", file=sys.stderr, flush=True)
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 # --- the API client -----------------------------------------------------------
@@ -180,15 +177,6 @@ class Daemon:
 
 
 # --- statistics -------------------------------------------------------------------
-
-def percentile(sorted_xs, p):
-    """Linear interpolation between order statistics (as report.py)."""
-    if not sorted_xs:
-        return None
-    k = (len(sorted_xs) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (k - lo)
 
 
 def summary_ms(samples_ns):

@@ -45,6 +45,8 @@ import sys
 import threading
 import time
 
+from stats import loadavg, percentile
+
 ADDR = "203.0.113.10"   # TEST-NET-3 (RFC 5737), on lo of our own namespace
 PORT = 8080
 NAME = "bench.test"
@@ -53,21 +55,6 @@ PING_PATH = "/ping"
 
 def log(msg):
     print(f"  egress: {msg}", file=sys.stderr, flush=True)
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def percentile(sorted_xs, p):
-    """Linear interpolation between order statistics (as report.py)."""
-    if not sorted_xs:
-        return None
-    k = (len(sorted_xs) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (k - lo)
 
 
 def summary(xs):

@@ -15,6 +15,8 @@ import argparse
 import json
 import statistics
 
+from stats import percentile
+
 # Targets from the issue "Benchmarks against peers".
 TARGET_VS_BWRAP = 1.5      # stockade cold start <= 1.5 x bwrap
 TARGET_VS_RUNC = 0.3       # stockade cold start <= 0.3 x runc
@@ -38,15 +40,6 @@ TARGET_EGRESS_COLD_VS_BWRAP = 2.0  # ... and <= 2x bwrap --unshare-all
 SYNC = "stockade, teardown waited for"
 COLD_ORDER = ["host", "stockade", SYNC, "bwrap", "runc", "podman"]
 WORK_ORDER = ["host", "stockade", "bwrap"]
-
-
-def percentile(sorted_xs, p):
-    if not sorted_xs:
-        return float("nan")
-    k = (len(sorted_xs) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (k - lo)
 
 
 def summarize(variant):
