@@ -49,7 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => {
             let opts = args.into_options()?;
             let report_path = opts.1.clone();
-            let report = stockade_core::run(&opts.0);
+            let (report, pending) = stockade_core::run_deferred(&opts.0);
             if let Some(err) = &report.error {
                 if report.outcome == stockade_core::Outcome::Error {
                     eprintln!("stockade: {err}");
@@ -65,7 +65,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     return Ok(125);
                 }
             }
-            Ok(report.exit_status().clamp(0, 255) as u8)
+            let code = report.exit_status().clamp(0, 255) as u8;
+            if let Some(pending) = pending {
+                // Everything is said: exit now and leave the rest of the
+                // teardown to a detached cleaner.
+                pending.exit(code.into());
+            }
+            Ok(code)
         }
         Command::Task(args) => {
             let opts = args.into_options()?;

@@ -15,7 +15,8 @@ mod teardown;
 pub mod tty;
 
 pub use report::{Outcome, Report, Usage, Violation, ViolationKind};
-pub use run::{run, RunOptions};
+pub use run::{run, run_deferred, RunOptions};
+pub use teardown::PendingTeardown;
 
 /// Why a sandbox could not be run. Every message says what failed; the
 /// ones a user can cause also say what to do.

@@ -34,7 +34,7 @@ use crate::monitor::Monitor;
 use crate::prepare::{new_id, prepare};
 use crate::report::{NetworkUsage, Outcome, Report, Usage, Violation, ViolationKind};
 use crate::state::StateDir;
-use crate::teardown;
+use crate::teardown::{Leftovers, PendingTeardown};
 use crate::tty::TtyRelay;
 use crate::RunError;
 
@@ -94,8 +94,19 @@ const HANDLED: &[Signal] = &[
 ];
 
 /// Runs the command to its end. Failures before the workload could start
-/// come back as a report with `outcome: error` and a message.
+/// come back as a report with `outcome: error` and a message. Nothing of
+/// the sandbox is left when it returns.
 pub fn run(opts: &RunOptions) -> Report {
+    // Dropping the pending teardown does it here.
+    run_deferred(opts).0
+}
+
+/// Like [`run`], but with `opts.defer_teardown` the sandbox's teardown may
+/// come back undone, once the command has ended normally and nothing of
+/// the sandbox runs any more: [`PendingTeardown::exit`] leaves it to a
+/// detached cleaner as the process exits. (A limit breach, a process left
+/// running or a failed setup are always torn down before the return.)
+pub fn run_deferred(opts: &RunOptions) -> (Report, Option<PendingTeardown>) {
     let started = Instant::now();
     let started_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -126,13 +137,14 @@ pub fn run(opts: &RunOptions) -> Report {
         .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
         .ok();
     let _restore = RestoreMask(old_mask);
-    if let Err(e) = run_inner(opts, &id, started, &mut report) {
+    let mut pending = None;
+    if let Err(e) = run_inner(opts, &id, started, &mut report, &mut pending) {
         report.outcome = Outcome::Error;
         report.exit_code = Some(e.exit_code());
         report.error = Some(e.to_string());
     }
     report.usage.wall_seconds = started.elapsed().as_secs_f64();
-    report
+    (report, pending)
 }
 
 fn run_inner(
@@ -140,6 +152,7 @@ fn run_inner(
     id: &str,
     started: Instant,
     report: &mut Report,
+    pending: &mut Option<PendingTeardown>,
 ) -> Result<(), RunError> {
     let policy = &opts.policy;
     policy
@@ -194,10 +207,16 @@ fn run_inner(
         // nothing of the sandbox runs any more. The rest of the teardown
         // (init's exit, the cgroup, the network device, the directory)
         // costs milliseconds the caller need not wait for.
-        Some(init) => match teardown::in_background(init, device, cgroup, dir, &state, &driver) {
-            Ok(()) => return r,
-            Err(left) => left.finish(),
-        },
+        Some(init) => {
+            let left = Leftovers {
+                init,
+                device,
+                cgroup,
+                dir,
+            };
+            *pending = Some(PendingTeardown::new(left, state, driver));
+            return r;
+        }
         None => {
             // Whatever happened, nothing may outlive the run (destroy
             // kills whatever is still in the group first).

@@ -7,14 +7,25 @@
 //! init's exit (its mount namespace is torn down), the cgroup's removal,
 //! the last close of a TUN device (unregistering a network device waits
 //! for RCU grace periods: 10–15 ms) and the sandbox directory's removal.
-//! [`in_background`] hands all of that to a forked, detached process, so
-//! `stockade run` returns (and its caller sees the exit status) first.
+//! `run::run_deferred` returns that remainder as a [`PendingTeardown`];
+//! [`PendingTeardown::exit`] hands it to a detached cleaner and ends the
+//! process at once, so `stockade run`'s caller sees the exit status first.
+//! Dropped instead, it tears down in place.
 //!
-//! The cleaner keeps the sandbox directory's lock (a `flock` is shared by
-//! both processes after the fork), so garbage collection elsewhere leaves
-//! the sandbox alone until the cleaner is done; a cleaner that is killed
-//! leaves a stale sandbox that the next `gc` removes.
+//! The cleaner is started with `clone(CLONE_VM)`: it shares the exiting
+//! process's memory instead of copying its page tables, and the exit no
+//! longer unmaps anything (the cleaner still holds the memory). Both are
+//! costs of a `fork` on this path (about 0.3 ms each). Sharing memory is
+//! sound only because the parent does nothing after the clone but
+//! `_exit`, and no other thread exists (checked first).
+//!
+//! The cleaner keeps the sandbox directory's lock (a `flock` belongs to the
+//! open file, which both processes share after the clone), so garbage
+//! collection elsewhere leaves the sandbox alone until the cleaner is done;
+//! a cleaner that is killed leaves a stale sandbox that the next `gc`
+//! removes.
 
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -28,6 +39,10 @@ use crate::state::{SandboxDir, StateDir};
 /// on regardless (the cgroup removal then kills whatever is left).
 const INIT_EXIT_WAIT: Duration = Duration::from_secs(10);
 
+/// The cleaner's stack. Only the pages it touches cost memory; removing a
+/// deep workspace tree recurses, so it is as large as a main thread's.
+const CLEANER_STACK: usize = 8 << 20;
+
 /// What is left of a sandbox whose command has ended.
 #[derive(Debug)]
 pub(crate) struct Leftovers {
@@ -38,14 +53,6 @@ pub(crate) struct Leftovers {
 }
 
 impl Leftovers {
-    /// Tears everything down here and now. Init must have been killed and
-    /// must be our child.
-    pub(crate) fn finish(self) {
-        wait_gone(&self.init.pidfd);
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.init.pid), None);
-        self.remove_rest();
-    }
-
     fn remove_rest(self) {
         drop(self.init);
         let _ = self.cgroup.destroy();
@@ -54,51 +61,158 @@ impl Leftovers {
     }
 }
 
-/// Forks a detached cleaner that waits for init to be gone, removes the
-/// cgroup, closes the network device, removes the sandbox directory and
-/// then collects older leftovers in `state`. Returns at once in the
-/// caller. Where forking is unsafe (another thread runs) or fails, the
-/// leftovers come back for [`Leftovers::finish`].
-pub(crate) fn in_background(
-    init: Launched,
-    device: Option<OwnedFd>,
-    cgroup: Cgroup,
-    dir: SandboxDir,
-    state: &StateDir,
-    driver: &Driver,
-) -> Result<(), Leftovers> {
-    let left = Leftovers {
-        init,
-        device,
-        cgroup,
-        dir,
-    };
-    // fork copies only the calling thread: with another thread alive (a
-    // lock it holds would stay held forever in the child) run it here.
+/// The end of a finished one-shot sandbox, not yet done: init's exit, the
+/// cgroup, the network device and the sandbox directory, then garbage
+/// collection of older leftovers in the state directory.
+///
+/// [`exit`](PendingTeardown::exit) leaves all of it to a detached cleaner
+/// and ends the process; dropping it does it here, before returning.
+#[derive(Debug)]
+#[must_use = "dropping it tears the sandbox down in place; `exit` defers that"]
+pub struct PendingTeardown {
+    job: Option<Box<Job>>,
+}
+
+#[derive(Debug)]
+struct Job {
+    left: Leftovers,
+    state: StateDir,
+    driver: Driver,
+}
+
+impl Job {
+    /// The whole teardown, in the calling process. Init may have been
+    /// reparented (in the cleaner), so it is waited for through its pidfd.
+    fn run(self) {
+        wait_gone(&self.left.init.pidfd);
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(self.left.init.pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        self.left.remove_rest();
+        crate::gc::collect(&self.state, Some(&self.driver));
+    }
+}
+
+impl PendingTeardown {
+    pub(crate) fn new(left: Leftovers, state: StateDir, driver: Driver) -> PendingTeardown {
+        PendingTeardown {
+            job: Some(Box::new(Job {
+                left,
+                state,
+                driver,
+            })),
+        }
+    }
+
+    /// Ends the process with `code` and leaves the teardown to a detached
+    /// cleaner: its own session, stdio on /dev/null, none of the caller's
+    /// inherited descriptors, so whoever waits for our exit or for the end
+    /// of our output is not held up by it.
+    ///
+    /// Standard output and error are flushed first. Call it last: nothing
+    /// after it runs, not even destructors or exit handlers. Where the
+    /// cleaner cannot be started (another thread runs, `clone` fails) the
+    /// teardown runs here first and the process then exits all the same.
+    pub fn exit(mut self, code: i32) -> ! {
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        let job = self.job.take().expect("a pending teardown holds its job");
+        if let Err(job) = spawn_cleaner(job) {
+            job.run();
+        }
+        // SAFETY: ends the process without returning into code that
+        // could touch memory the cleaner now shares with us (see
+        // `spawn_cleaner`): no exit handlers, no destructors.
+        unsafe { libc::_exit(code) }
+    }
+}
+
+impl Drop for PendingTeardown {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            job.run();
+        }
+    }
+}
+
+/// Starts the cleaner with `clone(CLONE_VM)` on a stack of its own. The
+/// caller must `_exit` right after a success: the cleaner runs ordinary
+/// code (it allocates, for one) in memory it shares with the caller, and
+/// glibc's malloc takes no locks in a process it believes single-threaded,
+/// so nothing may run beside it. Gives the job back where that cannot be
+/// guaranteed or the clone fails.
+fn spawn_cleaner(job: Box<Job>) -> Result<(), Box<Job>> {
+    // With another thread alive (the clone would run beside it in the
+    // same memory, and our `_exit` would kill it mid-way) stay here.
     if thread_count() != Some(1) {
-        return Err(left);
+        return Err(job);
     }
-    // SAFETY: the process has a single thread (checked just above), so the
-    // child starts with every lock free and may run ordinary code; it
-    // leaves with `_exit`, never returning into the caller's code.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { .. }) => {
-            // Our copies go; the child's keep everything (the directory's
-            // lock included) alive.
-            drop(left);
-            Ok(())
-        }
-        Ok(nix::unistd::ForkResult::Child) => {
-            detach();
-            wait_gone(&left.init.pidfd);
-            left.remove_rest();
-            crate::gc::collect(state, Some(driver));
-            // SAFETY: ends the cleaner without running the parent's exit
-            // handlers or flushing its buffered output a second time.
-            unsafe { libc::_exit(0) }
-        }
-        Err(_) => Err(left),
+    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            CLEANER_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(job);
     }
+    // A guard page below the stack: an overflow faults instead of writing
+    // into whatever lies beneath. (Failure leaves the page usable, which
+    // only loses the guard.)
+    // SAFETY: the lowest page of the mapping made just above.
+    unsafe {
+        libc::mprotect(stack, page_size(), libc::PROT_NONE);
+    }
+    // SAFETY: `stack` spans CLEANER_STACK bytes, so its end is one past
+    // the mapping: the initial stack pointer of a downward-growing stack.
+    let top = unsafe { stack.cast::<u8>().add(CLEANER_STACK) };
+    let arg = Box::into_raw(job);
+    // SAFETY: `cleaner_main` takes ownership of `arg` in the child and
+    // never returns; the child runs on `stack`, which nothing else uses.
+    // CLONE_VM shares our memory: we only `_exit` after this (see above).
+    // SIGCHLD as the exit signal lets whichever process reaps orphans
+    // (pid 1, a subreaper) collect the cleaner with a plain `wait`.
+    let pid = unsafe {
+        libc::clone(
+            cleaner_main,
+            top.cast(),
+            libc::CLONE_VM | libc::SIGCHLD,
+            arg.cast(),
+        )
+    };
+    if pid < 0 {
+        // SAFETY: the clone failed, so no child took `arg`; it is ours
+        // again. The stack mapping is left (8 MiB of address space).
+        return Err(unsafe { Box::from_raw(arg) });
+    }
+    Ok(())
+}
+
+/// The cleaner: detach from the caller, wait for init to be gone, remove
+/// the rest, collect older leftovers, `_exit`.
+extern "C" fn cleaner_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Box<Job>` that `spawn_cleaner` leaked for us;
+    // the parent no longer touches it (it only `_exit`s).
+    let job = unsafe { Box::from_raw(arg.cast::<Job>()) };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        detach();
+        job.run();
+    }));
+    // SAFETY: ends the cleaner without running exit handlers or flushing
+    // buffers that belong to the process it was cloned from.
+    unsafe { libc::_exit(0) }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096)
 }
 
 /// Waits until the process behind `pidfd` has exited (it was killed), for
@@ -171,11 +285,11 @@ fn inherited_fds() -> Vec<RawFd> {
         .collect()
 }
 
-/// Threads of this process, from /proc/self/status.
+/// Threads of this process: procfs gives `/proc/self/task` two links
+/// plus one per thread (one `stat`, where `/proc/self/status` took a
+/// dozen reads).
 fn thread_count() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
+    use std::os::unix::fs::MetadataExt;
+    let links = std::fs::metadata("/proc/self/task").ok()?.nlink();
+    usize::try_from(links).ok()?.checked_sub(2)
 }

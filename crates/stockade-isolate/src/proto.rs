@@ -107,7 +107,40 @@ pub fn send_msg<T: Serialize>(
 pub fn recv_msg<T: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
 ) -> Result<Option<(T, Vec<OwnedFd>)>, ProtoError> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    // The packet's size first (MSG_TRUNC makes a peek report the whole
+    // length), so the buffer is as large as the message and no larger: a
+    // zeroed MAX_MESSAGE buffer per message cost 64 page faults each time.
+    let size = peek_size(sock)?;
+    if size == 0 {
+        // An empty packet is never sent; this is the peer's end.
+        return Ok(None);
+    }
+    if size > MAX_MESSAGE {
+        // Take the packet off the queue (its descriptors, if any, are
+        // closed with it) and refuse it.
+        let mut scrap = [0u8; 1];
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut iov = [IoSliceMut::new(&mut scrap)];
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for f in raw {
+                    // SAFETY: SCM_RIGHTS just installed this descriptor in
+                    // our table; it is closed here, unused.
+                    drop(unsafe { OwnedFd::from_raw_fd(f) });
+                }
+            }
+        }
+        return Err(ProtoError::Malformed(format!(
+            "message of {size} bytes, more than {MAX_MESSAGE}"
+        )));
+    }
+    let mut buf = vec![0u8; size];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -135,6 +168,30 @@ pub fn recv_msg<T: for<'de> Deserialize<'de>>(
     let msg =
         serde_json::from_slice(&buf[..n]).map_err(|e| ProtoError::Malformed(e.to_string()))?;
     Ok(Some((msg, fds)))
+}
+
+/// Length of the next packet, waiting for one like `recvmsg` would;
+/// 0 when the peer has gone.
+fn peek_size(sock: BorrowedFd<'_>) -> Result<usize, ProtoError> {
+    loop {
+        // SAFETY: a zero-length read into no buffer; with MSG_TRUNC the
+        // kernel returns the packet's real length and copies nothing.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_PEEK | libc::MSG_TRUNC,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::EINTR => continue,
+            e => return Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +260,51 @@ mod tests {
                 Err(ProtoError::Malformed(_))
             ));
         }
+    }
+
+    #[test]
+    fn oversized_packets_are_refused_and_their_descriptors_closed() {
+        let (a, b) = pair();
+        let big = vec![b' '; MAX_MESSAGE + 1];
+        // The default send buffer (about 208 KiB) could not even queue it.
+        nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBufForce, &(4 << 20))
+            .expect("SO_SNDBUFFORCE (tests run as root)");
+        let (keep, other) = pair();
+        let iov = [std::io::IoSlice::new(&big)];
+        let fds = [keep.as_raw_fd()];
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        drop(keep);
+        match recv_msg::<ToInit>(b.as_fd()) {
+            Err(ProtoError::Malformed(m)) => assert!(m.contains("bytes"), "{m}"),
+            other => panic!("oversized packet accepted: {other:?}"),
+        }
+        // The refused packet's descriptor did not stay in our table: it
+        // was the last copy of `keep`, so its peer now reads end-of-file.
+        let mut byte = [0u8; 1];
+        let n = nix::sys::socket::recv(other.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT);
+        assert_eq!(n, Ok(0), "the refused packet's descriptor leaked");
+        // The packet is gone and the next one reads whole, however small
+        // or large (the buffer follows each packet's size).
+        for n in [1usize, 4096, MAX_MESSAGE - 64] {
+            let req = ToInit::Signal {
+                pid: n as i32,
+                sig: 9,
+            };
+            let mut text = serde_json::to_vec(&req).unwrap();
+            text.resize(n.max(text.len()), b' ');
+            nix::sys::socket::send(a.as_raw_fd(), &text, MsgFlags::empty()).unwrap();
+            let (got, fds) = recv_msg::<ToInit>(b.as_fd()).unwrap().unwrap();
+            assert_eq!(got, req);
+            assert!(fds.is_empty());
+        }
+        drop(a);
+        assert!(recv_msg::<ToInit>(b.as_fd()).unwrap().is_none());
     }
 }
