@@ -86,8 +86,32 @@ pub(crate) fn set_if_present(dir: &Path, file: &str, value: &str) -> Result<bool
 
 /// Reads a control file; `None` when it is missing or unreadable, which the
 /// stats treat as "not supported here".
+///
+/// Read with plain `read` calls into a buffer that starts at a page:
+/// `fs::read_to_string` first asks the file for its size (`statx`, and
+/// control files all claim 4096 or 0 bytes anyway), which is two more
+/// system calls on every sample of every control file.
 pub(crate) fn read_opt(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok()
+    use std::io::Read;
+    let mut file = fs::File::open(path).ok()?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity());
+        }
+        let len = buf.len();
+        buf.resize(buf.capacity(), 0);
+        match file.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                break;
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(buf).ok()
 }
 
 /// Parses a file holding a single number, such as `memory.current`.
@@ -238,6 +262,29 @@ pub(crate) fn drain(fd: BorrowedFd<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_opt_reads_files_of_any_size_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0usize, 1, 4095, 4096, 4097, 50_000] {
+            let text: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            let path = dir.path().join(format!("f{len}"));
+            fs::write(&path, &text).unwrap();
+            assert_eq!(
+                read_opt(&path).as_deref(),
+                Some(text.as_str()),
+                "{len} bytes"
+            );
+        }
+        // A generated file whose size says 0 (procfs, like cgroupfs).
+        let status = read_opt(Path::new("/proc/self/status")).unwrap();
+        assert!(status.contains("\nPid:"), "{status}");
+        assert_eq!(read_opt(&dir.path().join("absent")), None);
+        fs::write(dir.path().join("binary"), [0xff, 0xfe]).unwrap();
+        assert_eq!(read_opt(&dir.path().join("binary")), None);
+    }
 
     #[test]
     fn keyed_u64_finds_a_key_among_others() {

@@ -1,18 +1,35 @@
 //! The workload's seccomp filter: a deny list over a default of ALLOW.
 //!
-//! The rules are data (the tables below), compiled to BPF by `seccompiler` in
-//! [`build`], long before the workload child exists. [`install`] only hands the
-//! finished programs to the kernel, so it allocates nothing and is safe to call
-//! between `fork` and `execve`. See `docs/seccomp.md` for what this stops and
-//! what it does not.
+//! The rules are data (the tables below), compiled to BPF in [`build`], long
+//! before the workload child exists. [`install`] only hands the finished
+//! programs to the kernel, so it allocates nothing and is safe to call between
+//! `fork` and `execve`. See `docs/seccomp.md` for what this stops and what it
+//! does not.
 //!
-//! `seccompiler` gives each filter a single "on match" action, so the rules are
-//! split by the errno they return: one EPERM filter, one EAFNOSUPPORT filter
-//! (socket families) and one ENOSYS filter (`clone3`). A hand-written guard
-//! filter (see [`guard_program`]) comes first. The kernel runs every stacked
-//! filter and keeps the most severe verdict, and the filters match disjoint
-//! calls, so their order does not change any result.
-
+//! Four filters are stacked, in this install order:
+//!
+//! 1. the *architecture guard* (hand-written, [`guard_program`]): kills a
+//!    foreign ABI, EPERM for every x32 number;
+//! 2. the *deny list* (hand-written, `deny_list_program`): every syscall that
+//!    is refused whatever its arguments, i.e. [`DENIED_SYSCALLS`] (EPERM) and
+//!    `clone3` (ENOSYS);
+//! 3. the *argument rules* (`seccompiler`, EPERM): `clone` with a namespace
+//!    flag, raw `socket` types, the `TIOCSTI`/`TIOCLINUX` ioctls;
+//! 4. the *socket family* filter (`seccompiler`, EAFNOSUPPORT).
+//!
+//! The deny list is written by hand because `seccompiler` compiles a rule map
+//! to a linear chain of `nr == X` tests, hundreds of instructions for ~50
+//! syscalls, and the kernel pays for that chain on install: it emulates every
+//! new filter once per syscall number of the architecture to find the calls it
+//! always allows (its per-filter action cache), and a call outside the cache
+//! walks the chain again. The hand-written program is a binary search over the
+//! sorted numbers instead, a dozen instructions or so on any path. The argument
+//! rules stay with `seccompiler`: their chain tests only three syscall numbers
+//! before it reads arguments, which the cache cannot evaluate anyway.
+//!
+//! The kernel runs every stacked filter and keeps the most severe verdict, and
+//! the filters match disjoint calls (bar x32 numbers, which only the guard
+//! denies), so their order does not change any result.
 use std::collections::BTreeMap;
 use std::io;
 
@@ -39,6 +56,10 @@ pub enum SeccompError {
         #[source]
         source: BackendError,
     },
+    /// A hand-written filter would need a jump longer than classic BPF's
+    /// 8-bit offsets allow.
+    #[error("the seccomp {filter} filter needs a jump over {offset} instructions, more than the 255 classic BPF allows; this is a bug in stockade's rule table, please report it")]
+    JumpTooFar { filter: &'static str, offset: usize },
     /// The CPU architecture has no filter table.
     #[error("stockade has no seccomp filter for the {0} architecture; only x86_64 and aarch64 are supported")]
     UnsupportedArch(&'static str),
@@ -252,9 +273,10 @@ fn rule(
     SeccompRule::new(conditions).map_err(|source| SeccompError::Rule { syscall, source })
 }
 
-/// Rules whose match returns EPERM.
-fn eperm_rules() -> Result<RuleMap, SeccompError> {
-    let mut rules: RuleMap = DENIED_NUMBERS.iter().map(|&nr| (nr, Vec::new())).collect();
+/// Argument rules whose match returns EPERM. The syscalls refused whatever
+/// their arguments are in [`deny_list_program`] instead.
+fn argument_rules() -> Result<RuleMap, SeccompError> {
+    let mut rules = RuleMap::new();
 
     // One rule per flag: rules for one syscall are OR'ed.
     let clone = CLONE_NAMESPACE_FLAGS
@@ -323,36 +345,141 @@ const fn insn(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
-/// Hand-written guard, installed before the compiled filters.
+/// The opcodes of the hand-written programs. All are ones the kernel's
+/// action-cache emulator understands, so on install it can mark every native
+/// syscall number these programs allow as "always allowed".
+const LD_ABS: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+const JEQ: u32 = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+const JGE: u32 = libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K;
+const RET: u32 = libc::BPF_RET | libc::BPF_K;
+/// `offsetof(struct seccomp_data, nr)` and `offsetof(struct seccomp_data, arch)`.
+const NR_OFFSET: u32 = 0;
+const ARCH_OFFSET: u32 = 4;
+
+const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+const RET_ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+
+/// Hand-written guard, installed before the other filters.
 ///
 /// Why: a seccomp filter sees `(arch, nr)`, and the same arch can carry more
 /// than one syscall table. On x86_64 the x32 ABI reports AUDIT_ARCH_X86_64 too,
-/// with `nr | 0x40000000`; `seccompiler` compares `nr` exactly, so `mount` made
-/// through x32 would match no deny rule and be allowed. This guard returns
+/// with `nr | 0x40000000`; the other filters compare `nr` exactly, so `mount`
+/// made through x32 would match no deny rule and be allowed. This guard returns
 /// EPERM for every x32 number instead. It also kills the process if the arch is
 /// not the native one (i386 via `int 0x80`, AArch32 compat), whose numbers mean
-/// different syscalls; `seccompiler` checks the arch too, but the guard does not
-/// rely on that.
+/// different syscalls; the other filters check the arch too, but the guard
+/// does not rely on that.
 fn guard_program(audit_arch: u32, x32_bit: Option<u32>) -> BpfProgram {
-    const ARCH_OFFSET: u32 = 4; // offsetof(struct seccomp_data, arch)
-    const NR_OFFSET: u32 = 0; // offsetof(struct seccomp_data, nr)
-    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
-    let [jeq, jge] = [libc::BPF_JEQ, libc::BPF_JGE].map(|op| libc::BPF_JMP | op | libc::BPF_K);
-    let ret = libc::BPF_RET | libc::BPF_K;
     let mut prog = vec![
-        insn(load, ARCH_OFFSET, 0, 0),
-        insn(jeq, audit_arch, 1, 0),
-        insn(ret, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
+        insn(LD_ABS, ARCH_OFFSET, 0, 0),
+        insn(JEQ, audit_arch, 1, 0),
+        insn(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
     ];
     if let Some(bit) = x32_bit {
         prog.extend([
-            insn(load, NR_OFFSET, 0, 0),
-            insn(jge, bit, 0, 1),
-            insn(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32, 0, 0),
+            insn(LD_ABS, NR_OFFSET, 0, 0),
+            insn(JGE, bit, 0, 1),
+            insn(RET, RET_EPERM, 0, 0),
         ]);
     }
-    prog.push(insn(ret, libc::SECCOMP_RET_ALLOW, 0, 0));
+    prog.push(insn(RET, libc::SECCOMP_RET_ALLOW, 0, 0));
     prog
+}
+
+/// Name of the hand-written deny list, in errors.
+const DENY_LIST: &str = "deny list";
+
+/// A search-tree leaf compares at most this many numbers one by one.
+const LEAF_SIZE: usize = 4;
+
+/// The syscalls refused whatever their arguments: `(nr, seccomp return value)`,
+/// sorted by number, each number once.
+fn deny_list_entries() -> Vec<(u32, u32)> {
+    // Syscall numbers are small and positive, so `as u32` is exact.
+    let mut entries = vec![(libc::SYS_clone3 as u32, RET_ENOSYS)];
+    entries.extend(DENIED_NUMBERS.iter().map(|&nr| (nr as u32, RET_EPERM)));
+    // A stable sort keeps `clone3` first among equal numbers, should the table
+    // ever list it too, so it keeps its ENOSYS as when it had its own filter.
+    entries.sort_by_key(|&(nr, _)| nr);
+    entries.dedup_by_key(|&mut (nr, _)| nr);
+    entries
+}
+
+/// Hand-written deny list: checks the arch like [`guard_program`], then looks
+/// the syscall number up in `entries` (sorted, no repeats) by binary search and
+/// returns its action, or ALLOW if it is not there.
+///
+/// Any path through it is short: 3 instructions to check the arch and load
+/// `nr`, one `>=` per halving of the list down to [`LEAF_SIZE`] entries, at
+/// most that many `==` tests and a return; 12 for today's ~50 entries, where
+/// `seccompiler`'s linear chain tested every listed number in turn. That
+/// matters because the kernel runs each new filter once per syscall number
+/// when it is installed (see the module documentation).
+fn deny_list_program(audit_arch: u32, entries: &[(u32, u32)]) -> Result<BpfProgram, SeccompError> {
+    let mut prog = vec![
+        insn(LD_ABS, ARCH_OFFSET, 0, 0),
+        insn(JEQ, audit_arch, 1, 0),
+        insn(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
+        insn(LD_ABS, NR_OFFSET, 0, 0),
+    ];
+    emit_search(entries, &mut prog)?;
+    if prog.len() >= libc::BPF_MAXINSNS as usize {
+        return Err(SeccompError::Compile {
+            filter: DENY_LIST,
+            source: BackendError::FilterTooLarge(prog.len()),
+        });
+    }
+    Ok(prog)
+}
+
+/// Appends code that, with the syscall number in the accumulator, returns the
+/// action of the entry with that number, or ALLOW. `entries` is sorted.
+///
+/// A node tests `nr >= first number of the upper half`: if so it jumps over the
+/// lower half's code to the upper half's, else it falls through to the lower
+/// half's. Jumps only go forward, as classic BPF requires.
+fn emit_search(entries: &[(u32, u32)], prog: &mut BpfProgram) -> Result<(), SeccompError> {
+    if entries.len() <= LEAF_SIZE {
+        return emit_leaf(entries, prog);
+    }
+    let (lower, upper) = entries.split_at(entries.len() / 2);
+    let node = prog.len();
+    prog.push(insn(JGE, upper[0].0, 0, 0));
+    emit_search(lower, prog)?;
+    prog[node].jt = jump_offset(node, prog.len())?;
+    emit_search(upper, prog)
+}
+
+/// A leaf: one `nr == X` test per entry, each jumping to the return of its
+/// action; no match falls through to `return ALLOW`. The returns follow, one
+/// per distinct action.
+fn emit_leaf(entries: &[(u32, u32)], prog: &mut BpfProgram) -> Result<(), SeccompError> {
+    let mut actions: Vec<u32> = Vec::new();
+    for &(_, action) in entries {
+        if !actions.contains(&action) {
+            actions.push(action);
+        }
+    }
+    let first_test = prog.len();
+    let first_return = first_test + entries.len() + 1;
+    for (i, &(nr, action)) in entries.iter().enumerate() {
+        let slot = actions.iter().position(|&a| a == action).unwrap_or(0);
+        let jt = jump_offset(first_test + i, first_return + slot)?;
+        prog.push(insn(JEQ, nr, jt, 0));
+    }
+    prog.push(insn(RET, libc::SECCOMP_RET_ALLOW, 0, 0));
+    prog.extend(actions.iter().map(|&action| insn(RET, action, 0, 0)));
+    Ok(())
+}
+
+/// The `jt`/`jf` value that takes the jump at index `from` to index `to`
+/// (`to > from`). Refuses, rather than truncates, what does not fit in a u8.
+fn jump_offset(from: usize, to: usize) -> Result<u8, SeccompError> {
+    let offset = to - from - 1;
+    u8::try_from(offset).map_err(|_| SeccompError::JumpTooFar {
+        filter: DENY_LIST,
+        offset,
+    })
 }
 
 /// Compiles the workload's filters for the running architecture.
@@ -364,14 +491,12 @@ pub fn build() -> Result<SeccompFilters, SeccompError> {
                 "architecture guard",
                 guard_program(arch::AUDIT_ARCH, arch::X32_SYSCALL_BIT),
             ),
-            compile("EPERM deny list", eperm_rules()?, libc::EPERM, target)?,
+            (
+                DENY_LIST,
+                deny_list_program(arch::AUDIT_ARCH, &deny_list_entries())?,
+            ),
+            compile("argument rules", argument_rules()?, libc::EPERM, target)?,
             compile("socket family", family_rules()?, libc::EAFNOSUPPORT, target)?,
-            compile(
-                "clone3",
-                BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-                libc::ENOSYS,
-                target,
-            )?,
         ],
     })
 }
@@ -404,8 +529,9 @@ pub fn install(f: &SeccompFilters) -> Result<(), SeccompError> {
     }
     for (filter, program) in &f.programs {
         let prog = SockFprog {
-            // `seccompiler` rejects programs of BPF_MAXINSNS (4096) or more and
-            // the guard is tiny, so this never truncates.
+            // `seccompiler` and `deny_list_program` reject programs of
+            // BPF_MAXINSNS (4096) or more and the guard is tiny, so this never
+            // truncates.
             len: program.len() as libc::c_ushort,
             filter: program.as_ptr(),
         };
@@ -442,19 +568,25 @@ mod tests {
     const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
 
     /// Runs one program as the kernel would, on a hand-made `seccomp_data`.
-    /// Covers the instructions `seccompiler` and the guard emit.
+    /// Covers the instructions `seccompiler` and the hand-written filters emit.
     fn run_bpf(prog: &[sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+        run_bpf_counted(prog, nr, arch, args).0
+    }
+
+    /// [`run_bpf`], also returning how many instructions ran.
+    fn run_bpf_counted(prog: &[sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> (u32, usize) {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_ne_bytes());
         data[4..8].copy_from_slice(&arch.to_ne_bytes());
         for (i, arg) in args.iter().enumerate() {
             data[16 + 8 * i..24 + 8 * i].copy_from_slice(&arg.to_ne_bytes());
         }
-        let (mut acc, mut pc) = (0u32, 0usize);
+        let (mut acc, mut pc, mut steps) = (0u32, 0usize, 0usize);
         let (jmp, k_) = (libc::BPF_JMP, libc::BPF_K);
         loop {
             let ins = &prog[pc];
             pc += 1;
+            steps += 1;
             let k = ins.k as usize;
             let branch = |taken: bool| usize::from(if taken { ins.jt } else { ins.jf });
             match u32::from(ins.code) {
@@ -466,7 +598,7 @@ mod tests {
                 c if c == jmp | libc::BPF_JEQ | k_ => pc += branch(acc == ins.k),
                 c if c == jmp | libc::BPF_JGE | k_ => pc += branch(acc >= ins.k),
                 c if c == jmp | libc::BPF_JGT | k_ => pc += branch(acc > ins.k),
-                c if c == libc::BPF_RET | k_ => return ins.k,
+                c if c == libc::BPF_RET | k_ => return (ins.k, steps),
                 c => panic!("unexpected BPF opcode {c:#x}"),
             }
         }
@@ -475,8 +607,12 @@ mod tests {
     /// The kernel's verdict over stacked filters: the most severe action wins
     /// (compared as signed), ties going to the most recently installed one.
     fn verdict_arch(nr: u32, arch: u32, args: [u64; 6]) -> u32 {
-        let filters = build().unwrap();
-        let mut results = filters.programs.iter().rev();
+        stack_verdict(&build().unwrap().programs, nr, arch, args)
+    }
+
+    /// [`verdict_arch`] over any stack of programs, in install order.
+    fn stack_verdict(programs: &[(&str, BpfProgram)], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+        let mut results = programs.iter().rev();
         let results = results.by_ref().map(|(_, p)| run_bpf(p, nr, arch, args));
         results
             .min_by_key(|r| (r & libc::SECCOMP_RET_ACTION_FULL) as i32)
@@ -489,6 +625,250 @@ mod tests {
             arch::AUDIT_ARCH,
             [a0 as u64, a1 as u64, 0, 0, 0, 0],
         )
+    }
+
+    const ENOSYS: u32 = RET_ENOSYS;
+    const KILL: u32 = libc::SECCOMP_RET_KILL_PROCESS;
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+    /// The exhaustive tests cover every syscall number below this; the highest
+    /// number on x86_64 and aarch64 is under 500.
+    const NR_LIMIT: u32 = 1024;
+
+    fn deny_list(filters: &SeccompFilters) -> &[sock_filter] {
+        let found = filters.programs.iter().find(|(name, _)| *name == DENY_LIST);
+        &found.expect("the deny list is one of the filters").1
+    }
+
+    /// Arguments for the exhaustive tests: all zeros, all ones, and a match and
+    /// a near miss of every argument rule, also with junk in the upper halves.
+    fn argument_sets() -> Vec<[u64; 6]> {
+        let (sigchld, high) = (i64::from(libc::SIGCHLD), 1i64 << 32);
+        let clone = |flag: i32| i64::from(flag) | sigchld;
+        let pairs: Vec<(i64, i64)> = vec![
+            (0, 0),
+            (-1, -1),
+            (sigchld, 0),
+            (clone(libc::CLONE_NEWUSER), 0),
+            (clone(libc::CLONE_NEWTIME), 0),
+            (clone(libc::CLONE_NEWNS) | high, 0),
+            (clone(libc::CLONE_VM | libc::CLONE_THREAD), 0),
+            (AF_INET.into(), SOCK_RAW.into()),
+            (AF_INET6.into(), (SOCK_PACKET | libc::SOCK_CLOEXEC).into()),
+            (i64::from(AF_INET) | high, i64::from(SOCK_RAW) | high),
+            (AF_INET.into(), libc::SOCK_DGRAM.into()),
+            (AF_NETLINK.into(), SOCK_RAW.into()),
+            (AF_UNIX.into(), libc::SOCK_STREAM.into()),
+            (AF_PACKET.into(), SOCK_RAW.into()),
+            (AF_VSOCK.into(), libc::SOCK_STREAM.into()),
+            (0, TIOCSTI as i64),
+            (1, TIOCLINUX as i64 | high),
+            (2, 0x5413), // TIOCGWINSZ
+        ];
+        pairs
+            .into_iter()
+            .map(|(a0, a1)| [a0 as u64, a1 as u64, 7, u64::MAX, 0, 1])
+            .collect()
+    }
+
+    /// What the filters must answer on the native arch, written from the
+    /// design (`docs/seccomp.md`) rather than from the filter-building code.
+    fn reference_verdict(nr: u32, args: [u64; 6]) -> u32 {
+        // The kernel reads every inspected argument as 32 bits.
+        let (a0, a1) = (args[0] as u32, args[1] as u32);
+        let namespaces = libc::CLONE_NEWNS
+            | libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP
+            | libc::CLONE_NEWTIME;
+        let family = a0 as i32;
+        let allowed_family = [AF_UNIX, AF_INET, AF_INET6, AF_NETLINK].contains(&family);
+        let raw = [AF_INET, AF_INET6].contains(&family) && [3, 10].contains(&(a1 & 0xf));
+        let nr = libc::c_long::from(nr);
+        match nr {
+            _ if DENIED_NUMBERS.contains(&nr) => EPERM,
+            libc::SYS_clone3 => ENOSYS,
+            libc::SYS_clone if a0 & namespaces as u32 != 0 => EPERM,
+            libc::SYS_socket if !allowed_family => EAFNOSUPPORT,
+            libc::SYS_socket if raw => EPERM,
+            libc::SYS_socketpair if family != AF_UNIX => EAFNOSUPPORT,
+            libc::SYS_ioctl if a1 == 0x5412 || a1 == 0x541C => EPERM,
+            _ => ALLOW,
+        }
+    }
+
+    /// The filters as they were before the deny list was written by hand:
+    /// every rule compiled by `seccompiler`, whose linear chains are easy to
+    /// trust. A second reference for the exhaustive test and a foil for the
+    /// step bound.
+    fn seccompiler_only_filters() -> Vec<(&'static str, BpfProgram)> {
+        let target = arch::TARGET.unwrap();
+        let mut eperm = argument_rules().unwrap();
+        eperm.extend(DENIED_NUMBERS.iter().map(|&nr| (nr, Vec::new())));
+        let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+        vec![
+            (
+                "architecture guard",
+                guard_program(arch::AUDIT_ARCH, arch::X32_SYSCALL_BIT),
+            ),
+            compile("EPERM deny list", eperm, libc::EPERM, target).unwrap(),
+            compile(
+                "socket family",
+                family_rules().unwrap(),
+                libc::EAFNOSUPPORT,
+                target,
+            )
+            .unwrap(),
+            compile("clone3", clone3, libc::ENOSYS, target).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn every_number_and_argument_set_gets_the_reference_verdict() {
+        let filters = build().unwrap();
+        let args = argument_sets();
+        for nr in 0..NR_LIMIT {
+            for &a in &args {
+                let got = stack_verdict(&filters.programs, nr, arch::AUDIT_ARCH, a);
+                assert_eq!(got, reference_verdict(nr, a), "nr {nr}, args {a:#x?}");
+            }
+        }
+        for foreign in [AUDIT_ARCH_I386, AUDIT_ARCH_ARM] {
+            for nr in 0..NR_LIMIT {
+                assert_eq!(stack_verdict(&filters.programs, nr, foreign, [0; 6]), KILL);
+            }
+        }
+        if let Some(bit) = arch::X32_SYSCALL_BIT {
+            for nr in 0..NR_LIMIT {
+                let got = stack_verdict(&filters.programs, bit | nr, arch::AUDIT_ARCH, [0; 6]);
+                assert_eq!(got, EPERM, "x32 nr {nr}");
+            }
+        }
+    }
+
+    #[test]
+    fn verdicts_are_those_of_the_seccompiler_only_filters() {
+        let (new, old) = (build().unwrap(), seccompiler_only_filters());
+        let x32 = arch::X32_SYSCALL_BIT.unwrap_or(0);
+        let numbers = (0..NR_LIMIT).chain((0..NR_LIMIT).map(|nr| x32 | nr));
+        let numbers: Vec<u32> = numbers
+            .chain([0x3fff_ffff, 0x7fff_ffff, u32::MAX])
+            .collect();
+        let arches = [
+            arch::AUDIT_ARCH,
+            AUDIT_ARCH_I386,
+            AUDIT_ARCH_ARM,
+            0,
+            u32::MAX,
+        ];
+        for &nr in &numbers {
+            for arch in arches {
+                for a in argument_sets() {
+                    assert_eq!(
+                        stack_verdict(&new.programs, nr, arch, a),
+                        stack_verdict(&old, nr, arch, a),
+                        "nr {nr:#x}, arch {arch:#x}, args {a:#x?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The kernel runs each new filter once per syscall number of the arch
+    /// when it is installed, so the longest path is what install costs.
+    #[test]
+    fn deny_list_looks_a_number_up_in_a_few_steps() {
+        const MAX_STEPS: usize = 16;
+        let longest = |prog: &[sock_filter]| {
+            let x32 = arch::X32_SYSCALL_BIT.unwrap_or(0);
+            (0..NR_LIMIT)
+                .chain([x32, u32::MAX])
+                .map(|nr| run_bpf_counted(prog, nr, arch::AUDIT_ARCH, [0; 6]).1)
+                .max()
+                .unwrap()
+        };
+        let filters = build().unwrap();
+        let steps = longest(deny_list(&filters));
+        assert!(steps <= MAX_STEPS, "{steps} steps");
+        // The bound is one a linear chain cannot meet: the `seccompiler`
+        // program for the same list takes far longer.
+        let rules = DENIED_NUMBERS.iter().map(|&nr| (nr, Vec::new())).collect();
+        let target = arch::TARGET.unwrap();
+        let (_, chain) = compile("linear", rules, libc::EPERM, target).unwrap();
+        assert!(longest(&chain) > 4 * MAX_STEPS, "{} steps", longest(&chain));
+    }
+
+    #[test]
+    fn search_tree_finds_every_entry_for_every_list_size() {
+        for len in 0..=100u32 {
+            let action = |i: u32| {
+                if i.is_multiple_of(3) {
+                    RET_ENOSYS
+                } else {
+                    RET_EPERM
+                }
+            };
+            // Gaps and a contiguous run, so the tree splits inside both.
+            let nr = |i: u32| if i < len / 2 { 5 * i + 2 } else { 5 * len + i };
+            let entries: Vec<(u32, u32)> = (0..len).map(|i| (nr(i), action(i))).collect();
+            let prog = deny_list_program(arch::AUDIT_ARCH, &entries).unwrap();
+            let last = entries.last().map_or(0, |&(nr, _)| nr);
+            for nr in 0..last + 3 {
+                let want = entries.iter().find(|e| e.0 == nr).map_or(ALLOW, |e| e.1);
+                let (got, steps) = run_bpf_counted(&prog, nr, arch::AUDIT_ARCH, [0; 6]);
+                assert_eq!(got, want, "{len} entries, nr {nr}");
+                // 3 to check the arch and load nr, one split per halving,
+                // then a leaf of at most LEAF_SIZE tests and a return.
+                let depth = (len as usize)
+                    .div_ceil(LEAF_SIZE)
+                    .next_power_of_two()
+                    .ilog2();
+                assert!(
+                    steps <= 3 + depth as usize + LEAF_SIZE + 1,
+                    "{len}: {steps}"
+                );
+            }
+            let foreign = run_bpf(&prog, 0, AUDIT_ARCH_I386, [0; 6]);
+            assert_eq!(foreign, KILL);
+        }
+    }
+
+    #[test]
+    fn search_tree_refuses_jumps_beyond_255() {
+        let entries: Vec<(u32, u32)> = (0..1000).map(|nr| (nr, RET_EPERM)).collect();
+        let err = deny_list_program(arch::AUDIT_ARCH, &entries).unwrap_err();
+        assert!(
+            matches!(err, SeccompError::JumpTooFar { offset, .. } if offset > 255),
+            "{err}"
+        );
+        // The real table is nowhere near that.
+        assert!(deny_list_program(arch::AUDIT_ARCH, &deny_list_entries()).is_ok());
+    }
+
+    #[test]
+    fn deny_list_numbers_are_distinct_and_argument_free() {
+        let mut sorted = DENIED_NUMBERS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            DENIED_NUMBERS.len(),
+            "a number is listed twice"
+        );
+        let filtered = [
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_socket,
+            libc::SYS_socketpair,
+            libc::SYS_ioctl,
+        ];
+        for nr in filtered {
+            assert!(!DENIED_NUMBERS.contains(&nr), "{nr} has argument rules");
+        }
+        assert_eq!(deny_list_entries().len(), DENIED_NUMBERS.len() + 1);
     }
 
     #[test]
@@ -742,6 +1122,31 @@ mod tests {
         }
         // What a normal workload needs still works.
         assert!(sys(libc::SYS_getpid, [0; 6]).unwrap() > 0);
+        // Calls spread over the number range, between the deny list's
+        // numbers, get the kernel's own answer (all-ones arguments make each
+        // fail harmlessly with EBADF or EFAULT, or succeed without effect).
+        let harmless = [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_close,
+            libc::SYS_lseek,
+            libc::SYS_dup,
+            libc::SYS_getppid,
+            libc::SYS_getuid,
+            libc::SYS_getgid,
+            libc::SYS_geteuid,
+            libc::SYS_getegid,
+            libc::SYS_uname,
+            libc::SYS_getcwd,
+            libc::SYS_fsync,
+            libc::SYS_getrusage,
+            libc::SYS_sysinfo,
+            libc::SYS_sched_yield,
+            libc::SYS_gettid,
+        ];
+        for nr in harmless {
+            assert_ne!(sys(nr, [u64::MAX; 6]), eperm, "syscall {nr}");
+        }
         socket(AF_INET, libc::SOCK_STREAM, 0).unwrap();
         socket(AF_INET6, libc::SOCK_DGRAM, 0).unwrap();
         socket(AF_UNIX, libc::SOCK_STREAM, 0).unwrap();

@@ -110,13 +110,16 @@ impl Backend for ShimBackend {
             }
         };
         let stdout = child.stdout.take();
-        // The first process forks the real shim and exits at once.
-        let _ = child.wait();
         let mut line = String::new();
         let mut reader = stdout.map(BufReader::new);
         if let Some(r) = reader.as_mut() {
             let _ = r.read_line(&mut line);
         }
+        // The first process forks the real shim and exits at once; it is
+        // reaped only now, so that its exit (unmapping a copy of the
+        // binary's memory) overlaps the sandbox's creation instead of
+        // coming before it.
+        let _ = child.wait();
         // Only now: starting a replacement competes for the CPU with the
         // sandbox being built. (Also after a create that found the pool
         // empty, in case an earlier refill could not start a shim.)
