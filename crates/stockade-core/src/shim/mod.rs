@@ -21,12 +21,6 @@ pub const POOLED_ID: &str = "pool-waiting";
 ///
 /// Must be called while the process is single-threaded.
 pub fn entry() -> i32 {
-    // A pooled shim has time while it waits: the host's cgroup layout is
-    // found now rather than on the create's clock. (A fresh shim finds it
-    // in `server::main`, as does a pooled one if this fails.)
-    let driver = started_pooled()
-        .then(stockade_cgroup::Driver::detect)
-        .and_then(Result::ok);
     let mut input = Vec::new();
     if std::io::stdin().read_to_end(&mut input).is_err() {
         println!("error cannot read the shim's start request");
@@ -78,18 +72,9 @@ pub fn entry() -> i32 {
             }
             // SAFETY: `ready` is the descriptor dup'ed above, owned here.
             let ready = unsafe { std::fs::File::from_raw_fd(ready) };
-            server::main(start, ready, driver)
+            server::main(start, ready)
         }
     }
-}
-
-/// Whether this process was started as a pooled shim (`stockade shim
-/// --id pool-waiting`).
-fn started_pooled() -> bool {
-    let mut args = std::env::args_os().skip(1);
-    args.next().is_some_and(|a| a == "shim")
-        && args.next().is_some_and(|a| a == "--id")
-        && args.next().is_some_and(|a| a == POOLED_ID)
 }
 
 /// A pooled shim (started as `stockade shim --id pool-waiting`) that got

@@ -49,9 +49,8 @@ enum Client {
     AwaitDestroy,
 }
 
-/// Runs a shim to the end. `ready` is where the readiness line goes;
-/// `driver` is the cgroup layout if the caller found it already.
-pub fn main(start: ShimStart, ready: std::fs::File, driver: Option<Driver>) -> i32 {
+/// Runs a shim to the end. `ready` is where the readiness line goes.
+pub fn main(start: ShimStart, ready: std::fs::File) -> i32 {
     let mut ready = Some(ready);
     let started = Instant::now();
     // Errors are written but the pipe stays open until this process ends,
@@ -67,7 +66,7 @@ pub fn main(start: ShimStart, ready: std::fs::File, driver: Option<Driver>) -> i
         Ok(s) => s,
         Err(e) => return fail(&mut ready, &e),
     };
-    let driver = match driver.map_or_else(Driver::detect, Ok) {
+    let driver = match Driver::detect() {
         Ok(d) => d,
         Err(e) => return fail(&mut ready, &RunError::Cgroup(e.to_string())),
     };
