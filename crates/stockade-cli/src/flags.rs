@@ -50,6 +50,9 @@ pub enum Command {
         /// The sandbox's id, for `ps` (the start request on stdin carries it too).
         #[arg(long)]
         id: Option<String>,
+        /// Fork idle shims on the daemon's request instead of serving one.
+        #[arg(long)]
+        zygote: bool,
     },
 }
 

@@ -110,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rm(a) => daemon::rm(a),
         Command::Events(a) => daemon::events(a),
         Command::Cp(a) => daemon::cp(a),
+        Command::Shim { zygote: true, .. } => Ok(stockade_core::shim::zygote().clamp(0, 255) as u8),
         Command::Shim { .. } => Ok(stockade_core::shim::entry().clamp(0, 255) as u8),
     }
 }

@@ -314,8 +314,44 @@ fn destroy_of_an_idle_sandbox_answers_with_at_most_its_killed_init_left() {
 }
 
 /// Idle pooled shims of the daemon `daemon` (`stockade shim --id
-/// pool-waiting`, children of that daemon).
+/// pool-waiting`, forked by that daemon's zygote, which is the daemon's
+/// child and says `--zygote` on its command line).
 fn pooled_shims_of(daemon: u32) -> Vec<i32> {
+    let procs = shim_processes();
+    let zygotes: Vec<u32> = procs
+        .iter()
+        .filter(|p| p.zygote && p.ppid == Some(daemon))
+        .map(|p| p.pid as u32)
+        .collect();
+    procs
+        .iter()
+        .filter(|p| {
+            !p.zygote
+                && p.args.len() >= 4
+                && p.args[3] == stockade_core::shim::POOLED_ID.as_bytes()
+                && p.ppid.is_some_and(|pp| zygotes.contains(&pp))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// The zygote of the daemon `daemon`, if it runs.
+fn zygote_of(daemon: u32) -> Option<i32> {
+    shim_processes()
+        .iter()
+        .find(|p| p.zygote && p.ppid == Some(daemon))
+        .map(|p| p.pid)
+}
+
+struct ShimProcess {
+    pid: i32,
+    ppid: Option<u32>,
+    args: Vec<Vec<u8>>,
+    zygote: bool,
+}
+
+/// Every `stockade shim` process, with its parent and arguments.
+fn shim_processes() -> Vec<ShimProcess> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -327,18 +363,23 @@ fn pooled_shims_of(daemon: u32) -> Vec<i32> {
         ) else {
             continue;
         };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let args: Vec<Vec<u8>> = cmd.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+        if args.len() < 2 || args[1] != b"shim" {
+            continue;
+        }
         let ppid = stat
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
-        if args.len() >= 4
-            && args[1] == b"shim"
-            && args[3] == stockade_core::shim::POOLED_ID.as_bytes()
-            && ppid == Some(daemon)
-        {
-            out.push(pid);
-        }
+        let zygote = args
+            .iter()
+            .any(|a| a == stockade_core::shim::ZYGOTE_FLAG.as_bytes());
+        out.push(ShimProcess {
+            pid,
+            ppid,
+            args,
+            zygote,
+        });
     }
     out
 }
@@ -416,16 +457,33 @@ fn pooled_shims_carry_nothing_between_sandboxes_and_die_with_the_daemon() {
         seen_pooled.len() > pool,
         "the pool was not refilled: {seen_pooled:?}"
     );
+    // A zygote that dies (killed here) is replaced; creates go on.
+    let zygote = zygote_of(d.child.id()).expect("the daemon runs a zygote");
+    // SAFETY: kill only sends a signal.
+    unsafe { libc::kill(zygote, libc::SIGKILL) };
+    for _ in 0..pool + 1 {
+        let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
+        let (code, out) = run(&c, &sb.id, &["echo", "ok"]);
+        assert_eq!((code, out.as_str()), (Some(0), "ok\n"));
+        c.destroy(&sb.id).unwrap();
+    }
+    assert!(eventually(|| {
+        zygote_of(d.child.id()).is_some_and(|z| z != zygote)
+            && pooled_shims_of(d.child.id()).len() == pool
+    }));
     // A stopped daemon leaves no idle shim behind.
     assert!(eventually(|| pooled_shims_of(d.child.id()).len() == pool));
-    let idle = pooled_shims_of(d.child.id());
+    let mut idle = pooled_shims_of(d.child.id());
+    idle.extend(zygote_of(d.child.id()));
     drop(c);
     drop(d);
     assert!(eventually(|| idle.iter().all(|p| !alive(*p))), "{idle:?}");
     // Nor does one killed with SIGKILL: idle shims read end-of-file.
     let d = Daemon::start(&env, &[]);
     assert!(eventually(|| pooled_shims_of(d.child.id()).len() == pool));
-    let idle = pooled_shims_of(d.child.id());
+    let mut idle = pooled_shims_of(d.child.id());
+    let zygote = zygote_of(d.child.id()).expect("the daemon runs a zygote");
+    idle.push(zygote);
     d.kill9();
     assert!(eventually(|| idle.iter().all(|p| !alive(*p))), "{idle:?}");
 }

@@ -274,11 +274,22 @@ fn pooled_shims_serve_one_sandbox_each_and_stop_with_the_backend() {
     c.destroy().unwrap();
     assert!(eventually(|| b.pooled_pids().len() == 1));
     let idle = b.pooled_pids();
+    // The idle shims were forked by the backend's zygote, our child.
+    let zygote = our_zygote().expect("the backend runs a zygote");
+    for pid in &idle {
+        assert_eq!(parent_of(*pid as i32), Some(zygote), "pooled shim {pid}");
+    }
     b.shutdown();
+    assert!(
+        eventually(|| our_zygote().is_none() && parent_of(zygote).is_none()),
+        "the zygote outlived the backend"
+    );
     assert!(b.pooled_pids().is_empty());
     for pid in idle {
+        // Killed and waited for through its pidfd; the zygote (the
+        // parent of most) lets the kernel reap it a moment later.
         assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            eventually(|| !std::path::Path::new(&format!("/proc/{pid}")).exists()),
             "pooled shim {pid} outlived the backend"
         );
     }
@@ -320,4 +331,27 @@ fn a_subscriber_that_comes_after_the_end_hears_the_recorded_end() {
         other => panic!("{other:?}"),
     }
     assert!(h.next_event().is_none());
+}
+
+/// The parent of `pid`, while it exists and is not a zombie.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    if rest.next()? == "Z" {
+        return None;
+    }
+    rest.next()?.parse().ok()
+}
+
+/// The zygote (`stockade shim ... --zygote`) that this test process started.
+fn our_zygote() -> Option<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let zygote = cmd
+            .split(|&b| b == 0)
+            .any(|a| a == stockade_core::shim::ZYGOTE_FLAG.as_bytes());
+        (zygote && parent_of(pid) == Some(me)).then_some(pid)
+    })
 }
