@@ -144,9 +144,20 @@ fn content_key(host_etc: &Path, hostname: &str, net: bool) -> u64 {
     PASSWD.hash(&mut h);
     hostname.hash(&mut h);
     resolv_conf(net).hash(&mut h);
+    // Looked up relative to an open /etc: every run checks all of these,
+    // and a full path walk from / for each cost twice as much.
+    let dir = fs::File::open(host_etc).ok();
     for name in ALLOWLIST.iter().chain(&["passwd", "group"]) {
-        if let Ok(m) = fs::symlink_metadata(host_etc.join(name)) {
-            (name, m.mtime(), m.mtime_nsec(), m.size(), m.ino()).hash(&mut h);
+        let found = match &dir {
+            Some(d) => nix::sys::stat::fstatat(d, *name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .ok()
+                .map(|st| (st.st_mtime, st.st_mtime_nsec, st.st_size as u64, st.st_ino)),
+            None => fs::symlink_metadata(host_etc.join(name))
+                .ok()
+                .map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino())),
+        };
+        if let Some((mtime, nsec, size, ino)) = found {
+            (name, mtime, nsec, size, ino).hash(&mut h);
         }
     }
     h.finish()
@@ -301,6 +312,33 @@ mod tests {
         );
         assert!(g.contains("ssl-cert:x:108:\n") && g.contains("users:x:100:\n"));
         assert!(!g.contains("alice") && !g.contains("bob"));
+    }
+
+    #[test]
+    fn the_cache_key_follows_every_listed_host_file() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("issue"), "one\n").unwrap();
+        let first = content_key(host.path(), "sandbox", false);
+        assert_eq!(content_key(host.path(), "sandbox", false), first);
+        // Rewritten in place, same size: the modification time tells.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(host.path().join("issue"), "two\n").unwrap();
+        let rewritten = content_key(host.path(), "sandbox", false);
+        assert_ne!(rewritten, first);
+        // A listed entry that appears, and one inside a listed directory
+        // tree's top (a symlink, not followed).
+        std::os::unix::fs::symlink("nowhere", host.path().join("localtime")).unwrap();
+        let linked = content_key(host.path(), "sandbox", false);
+        assert_ne!(linked, rewritten);
+        // Entries outside the list do not matter.
+        std::fs::write(host.path().join("shadow"), "secret\n").unwrap();
+        assert_eq!(content_key(host.path(), "sandbox", false), linked);
+        // No such directory: still a key (nothing of the host in it).
+        let missing = host.path().join("absent");
+        assert_eq!(
+            content_key(&missing, "sandbox", false),
+            content_key(&missing, "sandbox", false)
+        );
     }
 
     #[test]
