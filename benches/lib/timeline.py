@@ -64,8 +64,9 @@ MARKERS = [
     ("workload_exec", "workload (/bin/true)", "the command itself: exec, "
      "dynamic linking, exit"),
     ("workload_exit", "status, usage, hand-off, exit", "init reports the "
-     "status; the supervisor kills init, reads the final usage, forks the "
-     "detached cleaner that tears the sandbox down, and exits (when it "
+     "status; the supervisor kills init, reads the final usage, writes "
+     "the report, starts the detached cleaner that tears the sandbox down "
+     "(clone with CLONE_VM: no page-table copy) and exits (when it "
      "waits for the teardown instead: init's exit and reap, then the "
      "phases below)"),
     ("reaped", "stats + cgroup removal", "usage read from the cgroups, "
