@@ -21,6 +21,14 @@ pub const POOLED_ID: &str = "pool-waiting";
 ///
 /// Must be called while the process is single-threaded.
 pub fn entry() -> i32 {
+    serve_request(true)
+}
+
+/// Reads the start request and serves it, in a detached process: forked
+/// off when `fork` (the process was exec'd by the daemon, whose child it
+/// is), or this very process (a zygote's child, which is no child of the
+/// daemon's already and only needs a session of its own).
+fn serve_request(fork: bool) -> i32 {
     let mut input = Vec::new();
     if std::io::stdin().read_to_end(&mut input).is_err() {
         println!("error cannot read the shim's start request");
@@ -44,37 +52,38 @@ pub fn entry() -> i32 {
         // SAFETY: setpriority only reads its integer arguments.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
     }
-    // SAFETY: the caller guarantees a single thread, so the child may run
-    // arbitrary code; the parent only exits.
-    match unsafe { nix::unistd::fork() } {
-        Err(e) => {
-            println!("error cannot fork the shim: {e}");
-            1
-        }
-        Ok(nix::unistd::ForkResult::Parent { .. }) => 0,
-        Ok(nix::unistd::ForkResult::Child) => {
-            let _ = nix::unistd::setsid();
-            let _ = std::env::set_current_dir("/");
-            // stdout (the readiness pipe) moves off fd 1; 0-2 become
-            // /dev/null so nothing holds the daemon's terminal or pipes.
-            // SAFETY: dup returns a new descriptor we own from here on.
-            let ready = unsafe { libc::dup(1) };
-            if let Ok(null) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-            {
-                let n = null.into_raw_fd();
-                for target in 0..3 {
-                    // SAFETY: replaces our own stdio with /dev/null.
-                    unsafe { libc::dup2(n, target) };
-                }
+    if fork {
+        // SAFETY: the caller guarantees a single thread, so the child may
+        // run arbitrary code; the parent only exits.
+        match unsafe { nix::unistd::fork() } {
+            Err(e) => {
+                println!("error cannot fork the shim: {e}");
+                return 1;
             }
-            // SAFETY: `ready` is the descriptor dup'ed above, owned here.
-            let ready = unsafe { std::fs::File::from_raw_fd(ready) };
-            server::main(start, ready)
+            Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
+            Ok(nix::unistd::ForkResult::Child) => {}
         }
     }
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
+    // stdout (the readiness pipe) moves off fd 1; 0-2 become /dev/null so
+    // nothing holds the daemon's terminal or pipes.
+    // SAFETY: dup returns a new descriptor we own from here on.
+    let ready = unsafe { libc::dup(1) };
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let n = null.into_raw_fd();
+        for target in 0..3 {
+            // SAFETY: replaces our own stdio with /dev/null.
+            unsafe { libc::dup2(n, target) };
+        }
+    }
+    // SAFETY: `ready` is the descriptor dup'ed above, owned here.
+    let ready = unsafe { std::fs::File::from_raw_fd(ready) };
+    server::main(start, ready)
 }
 
 /// The argument that makes `stockade shim --id pool-waiting` a zygote.
@@ -175,7 +184,9 @@ fn idle_child(stdin: std::os::fd::RawFd, stdout: std::os::fd::RawFd) -> ! {
         libc::close(stdout);
     }
     hide_zygote_flag();
-    let code = entry();
+    // No second fork: the zygote, not the daemon, is our parent (and
+    // lets the kernel reap us), so a session of our own is all we need.
+    let code = serve_request(false);
     std::process::exit(code)
 }
 
