@@ -395,3 +395,49 @@ fn when_run_returns_no_process_of_the_sandbox_is_left() {
         "a process of the sandbox outlived `stockade run`"
     );
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn a_pending_teardown_that_is_dropped_tears_down_in_place() {
+    use stockade_core::{Outcome, RunOptions};
+    let env = Env::new();
+    let mut opts = RunOptions::new(
+        stockade_policy::Policy::default(),
+        vec!["true".into()],
+        env.state.path().to_path_buf(),
+    );
+    opts.defer_teardown = true;
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+    opts.stdio = Some([fd, fd, fd]);
+    let gone = |id: &str| !env.sandboxes_dir().join(id).exists() && cgroup_dirs(id).is_empty();
+
+    // A normal end leaves the teardown pending: the sandbox is still there.
+    let (report, pending) = stockade_core::run_deferred(&opts);
+    assert_eq!(report.outcome, Outcome::Exited, "{:?}", report.error);
+    let pending = pending.expect("a normal end defers the teardown");
+    assert!(env.sandboxes_dir().join(&report.id).exists());
+    // Dropping it (a caller that does not exit through it) tears down here.
+    drop(pending);
+    assert!(
+        gone(&report.id),
+        "dropping the pending teardown left {}",
+        report.id
+    );
+
+    // `run` does the same before it returns.
+    let report = stockade_core::run(&opts);
+    assert_eq!(report.outcome, Outcome::Exited, "{:?}", report.error);
+    assert!(
+        gone(&report.id),
+        "`run` returned with {} still there",
+        report.id
+    );
+
+    // A command that leaves a process behind is never deferred.
+    opts.command = vec!["sh".into(), "-c".into(), "sleep 600 & exit 0".into()];
+    let (report, pending) = stockade_core::run_deferred(&opts);
+    assert_eq!(report.outcome, Outcome::Exited, "{:?}", report.error);
+    assert!(pending.is_none(), "deferred with a process still running");
+    assert!(gone(&report.id));
+}
