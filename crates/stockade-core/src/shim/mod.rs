@@ -21,14 +21,15 @@ pub const POOLED_ID: &str = "pool-waiting";
 ///
 /// Must be called while the process is single-threaded.
 pub fn entry() -> i32 {
-    serve_request(true)
+    serve_request(true, None)
 }
 
 /// Reads the start request and serves it, in a detached process: forked
 /// off when `fork` (the process was exec'd by the daemon, whose child it
 /// is), or this very process (a zygote's child, which is no child of the
-/// daemon's already and only needs a session of its own).
-fn serve_request(fork: bool) -> i32 {
+/// daemon's already and only needs a session of its own). `driver` is
+/// the host's cgroup layout if it was found already (by the zygote).
+fn serve_request(fork: bool, driver: Option<stockade_cgroup::Driver>) -> i32 {
     let mut input = Vec::new();
     if std::io::stdin().read_to_end(&mut input).is_err() {
         println!("error cannot read the shim's start request");
@@ -83,7 +84,7 @@ fn serve_request(fork: bool) -> i32 {
     }
     // SAFETY: `ready` is the descriptor dup'ed above, owned here.
     let ready = unsafe { std::fs::File::from_raw_fd(ready) };
-    server::main(start, ready)
+    server::main(start, ready, driver)
 }
 
 /// The argument that makes `stockade shim --id pool-waiting` a zygote.
@@ -127,6 +128,10 @@ pub fn zygote() -> i32 {
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     // SAFETY: fd 0 is the daemon's socket for this process's whole life.
     let sock = unsafe { BorrowedFd::borrow_raw(0) };
+    // Found once here, inherited by every child: a create need not read
+    // the mount table again. (A shim whose create fails with it looks
+    // again, in case the host's cgroups changed meanwhile.)
+    let driver = stockade_cgroup::Driver::detect().ok();
     loop {
         let fds = match recv_msg::<ZygoteRequest>(sock) {
             Ok(None) => return 0,
@@ -145,7 +150,7 @@ pub fn zygote() -> i32 {
         // code; it never returns into this loop (`idle_child` exits).
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
-                idle_child(stdin.as_raw_fd(), stdout.as_raw_fd());
+                idle_child(stdin.as_raw_fd(), stdout.as_raw_fd(), driver.clone());
             }
             Ok(nix::unistd::ForkResult::Parent { child }) => {
                 let reply = ZygoteReply {
@@ -173,7 +178,11 @@ pub fn zygote() -> i32 {
 
 /// The zygote's child: takes `stdin`/`stdout` as its standard descriptors,
 /// drops the zygote's settings, and becomes an idle pooled shim.
-fn idle_child(stdin: std::os::fd::RawFd, stdout: std::os::fd::RawFd) -> ! {
+fn idle_child(
+    stdin: std::os::fd::RawFd,
+    stdout: std::os::fd::RawFd,
+    driver: Option<stockade_cgroup::Driver>,
+) -> ! {
     // SAFETY: signal resets a disposition; dup2 makes 0 and 1 copies of
     // descriptors we own (the zygote's socket on 0 is closed by it).
     unsafe {
@@ -186,7 +195,7 @@ fn idle_child(stdin: std::os::fd::RawFd, stdout: std::os::fd::RawFd) -> ! {
     hide_zygote_flag();
     // No second fork: the zygote, not the daemon, is our parent (and
     // lets the kernel reap us), so a session of our own is all we need.
-    let code = serve_request(false);
+    let code = serve_request(false, driver);
     std::process::exit(code)
 }
 

@@ -49,8 +49,9 @@ enum Client {
     AwaitDestroy,
 }
 
-/// Runs a shim to the end. `ready` is where the readiness line goes.
-pub fn main(start: ShimStart, ready: std::fs::File) -> i32 {
+/// Runs a shim to the end. `ready` is where the readiness line goes;
+/// `known` is the host's cgroup layout if the caller found it already.
+pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i32 {
     let mut ready = Some(ready);
     let started = Instant::now();
     // Errors are written but the pipe stays open until this process ends,
@@ -66,7 +67,8 @@ pub fn main(start: ShimStart, ready: std::fs::File) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&mut ready, &e),
     };
-    let driver = match Driver::detect() {
+    let was_known = known.is_some();
+    let driver = match known.map_or_else(Driver::detect, Ok) {
         Ok(d) => d,
         Err(e) => return fail(&mut ready, &RunError::Cgroup(e.to_string())),
     };
@@ -98,7 +100,14 @@ pub fn main(start: ShimStart, ready: std::fs::File) -> i32 {
             memory_bytes: Some(start.policy.limits.memory.bytes()),
             pids: Some(start.policy.limits.pids),
         };
-        let cgroup = match driver.create(&start.id, &limits) {
+        let created = driver.create(&start.id, &limits).or_else(|e| {
+            // A layout found earlier may have changed since: look again.
+            match Driver::detect() {
+                Ok(fresh) if was_known => fresh.create(&start.id, &limits),
+                _ => Err(e),
+            }
+        });
+        let cgroup = match created {
             Ok(c) => c,
             Err(e) => return fail(&mut ready, &RunError::Cgroup(e.to_string())),
         };
