@@ -42,6 +42,12 @@ COLD_ORDER = ["host", "stockade", SYNC, "bwrap", "runc", "podman"]
 WORK_ORDER = ["host", "stockade", "bwrap"]
 
 
+
+def first_errors(variants):
+    """A line for each variant that failed somewhere, with its first error."""
+    return [f"\nfirst error ({name}): {r['first_error']}\n"
+            for name, r in variants.items() if r.get("first_error")]
+
 def summarize(variant):
     xs = sorted(variant["samples_ns"])
     return {
@@ -546,9 +552,7 @@ def egress_section(eg, work_dir):
                      f"| {m['median']:.0f} | {m['median'] * 8 / 1000:.2f} "
                      f"| {slow * 8 / 1000:.2f} | {m['min']:.0f} "
                      f"| {m['max']:.0f} | {f2(cpu)} |")
-        for name, r in v.items():
-            if r.get("first_error"):
-                L.append(f"\nfirst error ({name}): {r['first_error']}\n")
+        L += first_errors(v)
         rr = ratio(ss.get("median"), ds.get("median"))
         L += ["", f"stockade / direct (medians): **{fmt_ratio(rr)}**. "
               f"Load average after: {tp.get('load', '?')}.", ""]
@@ -593,9 +597,7 @@ def egress_section(eg, work_dir):
                      f"| {m['median'] / ms:.3f} | {m['p90'] / ms:.3f} "
                      f"| {m['p99'] / ms:.3f} | {m['min'] / ms:.3f} "
                      f"| {c['median'] / ms:.3f} |")
-        for name, r in v.items():
-            if r.get("first_error"):
-                L.append(f"\nfirst error ({name}): {r['first_error']}\n")
+        L += first_errors(v)
         dm_ = v.get("direct", {}).get("summary_total_ns", {}).get("median")
         sm_ = v.get("stockade", {}).get("summary_total_ns", {}).get("median")
         dp = v.get("direct", {}).get("summary_total_ns", {}).get("p90")

@@ -87,31 +87,19 @@ pub(crate) fn set_if_present(dir: &Path, file: &str, value: &str) -> Result<bool
 /// Reads a control file; `None` when it is missing or unreadable, which the
 /// stats treat as "not supported here".
 ///
-/// Read with plain `read` calls into a buffer that starts at a page:
-/// `fs::read_to_string` first asks the file for its size (`statx`, and
-/// control files all claim 4096 or 0 bytes anyway), which is two more
-/// system calls on every sample of every control file.
+/// Read through `Take`, whose `read_to_string` asks the file nothing but
+/// `read`: `fs::read_to_string` first asks for the size (`statx` and
+/// `lseek`, while control files all claim 4096 or 0 bytes anyway), two
+/// more system calls on every sample of every control file.
 pub(crate) fn read_opt(path: &Path) -> Option<String> {
     use std::io::Read;
-    let mut file = fs::File::open(path).ok()?;
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity());
-        }
-        let len = buf.len();
-        buf.resize(buf.capacity(), 0);
-        match file.read(&mut buf[len..]) {
-            Ok(0) => {
-                buf.truncate(len);
-                break;
-            }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
-            Err(_) => return None,
-        }
-    }
-    String::from_utf8(buf).ok()
+    let mut text = String::with_capacity(4096);
+    fs::File::open(path)
+        .ok()?
+        .take(u64::MAX)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
 
 /// Parses a file holding a single number, such as `memory.current`.

@@ -276,16 +276,7 @@ fn destroy_of_an_idle_sandbox_answers_with_at_most_its_killed_init_left() {
     let state = env.state.path().join("state");
     for _ in 0..20 {
         let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
-        let done = c
-            .exec(
-                &sb.id,
-                &ExecOptions {
-                    cmd: vec!["true".into()],
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(done.exit_code, Some(0));
+        assert_eq!(run(&c, &sb.id, &["true"]).0, Some(0));
         c.destroy(&sb.id).unwrap();
         for cg in cgroup_dirs(&sb.id) {
             let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) else {
@@ -317,19 +308,15 @@ fn destroy_of_an_idle_sandbox_answers_with_at_most_its_killed_init_left() {
 /// pool-waiting`, forked by that daemon's zygote, which is the daemon's
 /// child and says `--zygote` on its command line).
 fn pooled_shims_of(daemon: u32) -> Vec<i32> {
-    let procs = shim_processes();
-    let zygotes: Vec<u32> = procs
-        .iter()
-        .filter(|p| p.zygote && p.ppid == Some(daemon))
-        .map(|p| p.pid as u32)
-        .collect();
-    procs
+    let Some(zygote) = zygote_of(daemon) else {
+        return Vec::new();
+    };
+    shim_processes()
         .iter()
         .filter(|p| {
             !p.zygote
-                && p.args.len() >= 4
-                && p.args[3] == stockade_core::shim::POOLED_ID.as_bytes()
-                && p.ppid.is_some_and(|pp| zygotes.contains(&pp))
+                && p.id_arg() == Some(stockade_core::shim::POOLED_ID.as_bytes())
+                && p.ppid == Some(zygote)
         })
         .map(|p| p.pid)
         .collect()
@@ -339,49 +326,8 @@ fn pooled_shims_of(daemon: u32) -> Vec<i32> {
 fn zygote_of(daemon: u32) -> Option<i32> {
     shim_processes()
         .iter()
-        .find(|p| p.zygote && p.ppid == Some(daemon))
+        .find(|p| p.zygote && p.ppid == Some(daemon as i32))
         .map(|p| p.pid)
-}
-
-struct ShimProcess {
-    pid: i32,
-    ppid: Option<u32>,
-    args: Vec<Vec<u8>>,
-    zygote: bool,
-}
-
-/// Every `stockade shim` process, with its parent and arguments.
-fn shim_processes() -> Vec<ShimProcess> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let (Ok(cmd), Ok(stat)) = (
-            std::fs::read(e.path().join("cmdline")),
-            std::fs::read_to_string(e.path().join("stat")),
-        ) else {
-            continue;
-        };
-        let args: Vec<Vec<u8>> = cmd.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
-        if args.len() < 2 || args[1] != b"shim" {
-            continue;
-        }
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let zygote = args
-            .iter()
-            .any(|a| a == stockade_core::shim::ZYGOTE_FLAG.as_bytes());
-        out.push(ShimProcess {
-            pid,
-            ppid,
-            args,
-            zygote,
-        });
-    }
-    out
 }
 
 /// The nice value of `pid` (field 19 of its stat).
@@ -491,18 +437,10 @@ fn pooled_shims_carry_nothing_between_sandboxes_and_die_with_the_daemon() {
 /// The pid of the shim serving sandbox `id` (its command line is
 /// `stockade shim --id ID`).
 fn shim_of(id: &str) -> Option<i32> {
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-            if args.len() >= 4 && args[1] == b"shim" && args[3] == id.as_bytes() {
-                return Some(pid);
-            }
-        }
-    }
-    None
+    shim_processes()
+        .iter()
+        .find(|p| p.id_arg() == Some(id.as_bytes()))
+        .map(|p| p.pid)
 }
 
 #[test]

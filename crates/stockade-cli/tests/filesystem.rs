@@ -434,10 +434,20 @@ fn a_pending_teardown_that_is_dropped_tears_down_in_place() {
         report.id
     );
 
-    // A command that leaves a process behind is never deferred.
-    opts.command = vec!["sh".into(), "-c".into(), "sleep 600 & exit 0".into()];
+    // Whatever is deferred, nothing of the sandbox runs any more when
+    // `run_deferred` returns: a process left behind is dead by then.
+    let marker = format!("sbx-pending-{}", rand_suffix());
+    opts.command = vec![
+        "bash".into(),
+        "-c".into(),
+        format!("(exec -a {marker} sleep 600) & until pgrep -xf '{marker} 600' >/dev/null; do sleep 0.01; done"),
+    ];
     let (report, pending) = stockade_core::run_deferred(&opts);
     assert_eq!(report.outcome, Outcome::Exited, "{:?}", report.error);
-    assert!(pending.is_none(), "deferred with a process still running");
+    assert!(
+        processes_with(&marker).is_empty(),
+        "a process outlived the run"
+    );
+    drop(pending);
     assert!(gone(&report.id));
 }

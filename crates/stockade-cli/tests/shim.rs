@@ -333,25 +333,11 @@ fn a_subscriber_that_comes_after_the_end_hears_the_recorded_end() {
     assert!(h.next_event().is_none());
 }
 
-/// The parent of `pid`, while it exists and is not a zombie.
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
-    if rest.next()? == "Z" {
-        return None;
-    }
-    rest.next()?.parse().ok()
-}
-
 /// The zygote (`stockade shim ... --zygote`) that this test process started.
 fn our_zygote() -> Option<i32> {
     let me = std::process::id() as i32;
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-        let zygote = cmd
-            .split(|&b| b == 0)
-            .any(|a| a == stockade_core::shim::ZYGOTE_FLAG.as_bytes());
-        (zygote && parent_of(pid) == Some(me)).then_some(pid)
-    })
+    shim_processes()
+        .iter()
+        .find(|p| p.zygote && p.ppid == Some(me))
+        .map(|p| p.pid)
 }

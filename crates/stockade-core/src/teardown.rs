@@ -187,9 +187,12 @@ fn spawn_cleaner(job: Box<Job>) -> Result<(), Box<Job>> {
         )
     };
     if pid < 0 {
-        // SAFETY: the clone failed, so no child took `arg`; it is ours
-        // again. The stack mapping is left (8 MiB of address space).
-        return Err(unsafe { Box::from_raw(arg) });
+        // SAFETY: the clone failed, so no child took `arg` or runs on
+        // `stack`: both are ours again.
+        unsafe {
+            libc::munmap(stack, CLEANER_STACK);
+            return Err(Box::from_raw(arg));
+        }
     }
     Ok(())
 }
@@ -286,8 +289,8 @@ fn inherited_fds() -> Vec<RawFd> {
 }
 
 /// Threads of this process: procfs gives `/proc/self/task` two links
-/// plus one per thread (one `stat`, where `/proc/self/status` took a
-/// dozen reads).
+/// plus one per thread (one `stat`, where `/proc/self/status` took
+/// eight growing reads).
 fn thread_count() -> Option<usize> {
     use std::os::unix::fs::MetadataExt;
     let links = std::fs::metadata("/proc/self/task").ok()?.nlink();

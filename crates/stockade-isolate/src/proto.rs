@@ -111,63 +111,47 @@ pub fn recv_msg<T: for<'de> Deserialize<'de>>(
     // length), so the buffer is as large as the message and no larger: a
     // zeroed MAX_MESSAGE buffer per message cost 64 page faults each time.
     let size = peek_size(sock)?;
-    if size == 0 {
-        // An empty packet is never sent; this is the peer's end.
-        return Ok(None);
-    }
     if size > MAX_MESSAGE {
-        // Take the packet off the queue (its descriptors, if any, are
-        // closed with it) and refuse it.
-        let mut scrap = [0u8; 1];
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let mut iov = [IoSliceMut::new(&mut scrap)];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for f in raw {
-                    // SAFETY: SCM_RIGHTS just installed this descriptor in
-                    // our table; it is closed here, unused.
-                    drop(unsafe { OwnedFd::from_raw_fd(f) });
-                }
-            }
-        }
+        // Take the packet off the queue (its descriptors are closed with
+        // it) and refuse it.
+        drop(recv_packet(sock, &mut [0u8; 1])?);
         return Err(ProtoError::Malformed(format!(
             "message of {size} bytes, more than {MAX_MESSAGE}"
         )));
     }
     let mut buf = vec![0u8; size];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let (n, fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for f in raw {
-                    // SAFETY: SCM_RIGHTS just installed this descriptor in
-                    // our table; nobody else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(f) });
-                }
-            }
-        }
-        (msg.bytes, fds)
-    };
+    let (n, fds) = recv_packet(sock, &mut buf)?;
     if n == 0 {
+        // The peer's end (or an empty packet, which we never send).
         return Ok(None);
     }
     let msg =
         serde_json::from_slice(&buf[..n]).map_err(|e| ProtoError::Malformed(e.to_string()))?;
     Ok(Some((msg, fds)))
+}
+
+/// Takes the next packet off the queue into `buf` (truncating it if
+/// `buf` is shorter) with the descriptors it carries.
+fn recv_packet(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), ProtoError> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for f in raw {
+                // SAFETY: SCM_RIGHTS just installed this descriptor in our
+                // table; nobody else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(f) });
+            }
+        }
+    }
+    Ok((msg.bytes, fds))
 }
 
 /// Length of the next packet, waiting for one like `recvmsg` would;

@@ -157,3 +157,60 @@ pub fn mounts_under(dir: &Path) -> usize {
         .filter(|l| l.contains(&dir))
         .count()
 }
+
+/// A running `stockade shim` process.
+pub struct ShimProcess {
+    pub pid: i32,
+    /// `None` once it is a zombie.
+    pub ppid: Option<i32>,
+    pub args: Vec<Vec<u8>>,
+    /// Started with `--zygote` (blanked in the idle shims it forks).
+    pub zygote: bool,
+}
+
+impl ShimProcess {
+    /// The `--id` value on its command line.
+    pub fn id_arg(&self) -> Option<&[u8]> {
+        match self.args.get(2) {
+            Some(flag) if flag == b"--id" => self.args.get(3).map(Vec::as_slice),
+            _ => None,
+        }
+    }
+}
+
+/// Every `stockade shim` process that is not a zombie.
+pub fn shim_processes() -> Vec<ShimProcess> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<Vec<u8>> = cmd.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+        if args.len() < 2 || args[1] != b"shim" {
+            continue;
+        }
+        let zygote = args
+            .iter()
+            .any(|a| a == stockade_core::shim::ZYGOTE_FLAG.as_bytes());
+        out.push(ShimProcess {
+            pid,
+            ppid: parent_of(pid),
+            args,
+            zygote,
+        });
+    }
+    out
+}
+
+/// The parent of `pid`, while it exists and is not a zombie.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    if rest.next()? == "Z" {
+        return None;
+    }
+    rest.next()?.parse().ok()
+}

@@ -82,7 +82,7 @@ impl Backend for ShimBackend {
             .flatten();
         let fresh = || {
             start_shim(&self.exe, id)
-                .and_then(IdleShim::exec_child)
+                .map(IdleShim::exec_child)
                 .map_err(|e| {
                     BackendError::Internal(format!(
                         "cannot start the shim {}: {e}",
@@ -230,11 +230,11 @@ struct IdleShim {
 
 impl IdleShim {
     /// A shim we exec'd ourselves (`start_shim`).
-    fn exec_child(mut child: Child) -> std::io::Result<IdleShim> {
+    fn exec_child(mut child: Child) -> IdleShim {
         let pid = child.id();
         // Our unreaped child: its pid cannot have been reused.
         let pidfd = stockade_isolate::sys::pidfd_open(pid as i32).ok();
-        Ok(IdleShim {
+        IdleShim {
             pid,
             stdin: child
                 .stdin
@@ -246,7 +246,7 @@ impl IdleShim {
                 .map(|s| std::fs::File::from(OwnedFd::from(s))),
             pidfd,
             child: Some(child),
-        })
+        }
     }
 
     fn alive(&mut self) -> bool {
@@ -457,7 +457,7 @@ impl Pool {
             *z = None;
         }
         start_shim(&self.exe, super::POOLED_ID)
-            .and_then(IdleShim::exec_child)
+            .map(IdleShim::exec_child)
             .ok()
     }
 

@@ -203,34 +203,14 @@ fn idle_child(
 /// in empty arguments), so that an idle shim forked from the zygote reads
 /// `stockade shim --id pool-waiting`, like one that was exec'd.
 fn hide_zygote_flag() {
-    let Some(cmdline) = read_proc("/proc/self/cmdline") else {
-        return;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    if args.len() < 5 || args[4] != ZYGOTE_FLAG.as_bytes() {
-        return;
-    }
-    let offset: usize = args[..4].iter().map(|a| a.len() + 1).sum();
-    if let (Some(arg_start), Ok(mem)) = (
-        arg_start(),
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/proc/self/mem"),
-    ) {
-        use std::os::unix::fs::FileExt;
-        let blank = [0u8; ZYGOTE_FLAG.len()];
-        let _ = mem.write_all_at(&blank, arg_start + offset as u64);
-    }
+    overwrite_arg(4, ZYGOTE_FLAG.as_bytes(), &[0; ZYGOTE_FLAG.len()]);
 }
 
 /// A pooled shim (started as `stockade shim --id pool-waiting`) that got
 /// its sandbox rewrites its command line to `stockade shim --id ID`, so
 /// that `ps` and the tools that find a sandbox's shim by its command line
-/// see the right id. The argument strings live in this process's memory
-/// from `arg_start` (`/proc/self/stat`); they are overwritten through
-/// `/proc/self/mem`, byte for byte, which needs no pointer of ours. Best
-/// effort: on any surprise the line stays as it is. Returns whether this
-/// shim was started as a pooled one.
+/// see the right id. Returns whether this shim was started as a pooled
+/// one.
 fn name_pooled(id: &str) -> bool {
     let Some(cmdline) = read_proc("/proc/self/cmdline") else {
         return false;
@@ -240,19 +220,36 @@ fn name_pooled(id: &str) -> bool {
     {
         return false;
     }
-    if id.len() == POOLED_ID.len() {
-        let offset = args[0].len() + 1 + args[1].len() + 1 + args[2].len() + 1;
-        if let Some(arg_start) = arg_start() {
-            if let Ok(mem) = std::fs::OpenOptions::new()
-                .write(true)
-                .open("/proc/self/mem")
-            {
-                use std::os::unix::fs::FileExt;
-                let _ = mem.write_all_at(id.as_bytes(), arg_start + offset as u64);
-            }
-        }
-    }
+    overwrite_arg(3, POOLED_ID.as_bytes(), id.as_bytes());
     true
+}
+
+/// Overwrites argument `index` of our command line, if it reads `old`,
+/// with `new` of the same length. The argument strings live in this
+/// process's memory from `arg_start` (`/proc/self/stat`); they are
+/// overwritten through `/proc/self/mem`, byte for byte, which needs no
+/// pointer of ours. Best effort: on any surprise the line stays as it is.
+fn overwrite_arg(index: usize, old: &[u8], new: &[u8]) {
+    if old.len() != new.len() {
+        return;
+    }
+    let Some(cmdline) = read_proc("/proc/self/cmdline") else {
+        return;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if args.get(index) != Some(&old) {
+        return;
+    }
+    let offset: usize = args[..index].iter().map(|a| a.len() + 1).sum();
+    if let (Some(arg_start), Ok(mem)) = (
+        arg_start(),
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/self/mem"),
+    ) {
+        use std::os::unix::fs::FileExt;
+        let _ = mem.write_all_at(new, arg_start + offset as u64);
+    }
 }
 
 /// Where this process's argument strings start (`/proc/self/stat` field

@@ -67,11 +67,6 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
         Ok(s) => s,
         Err(e) => return fail(&mut ready, &e),
     };
-    let was_known = known.is_some();
-    let driver = match known.map_or_else(Driver::detect, Ok) {
-        Ok(d) => d,
-        Err(e) => return fail(&mut ready, &RunError::Cgroup(e.to_string())),
-    };
     let dir = match state.create_sandbox(&start.id) {
         Ok(d) => d,
         Err(e) => {
@@ -100,15 +95,8 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
             memory_bytes: Some(start.policy.limits.memory.bytes()),
             pids: Some(start.policy.limits.pids),
         };
-        let created = driver.create(&start.id, &limits).or_else(|e| {
-            // A layout found earlier may have changed since: look again.
-            match Driver::detect() {
-                Ok(fresh) if was_known => fresh.create(&start.id, &limits),
-                _ => Err(e),
-            }
-        });
-        let cgroup = match created {
-            Ok(c) => c,
+        let (driver, cgroup) = match create_cgroup(known, &start.id, &limits) {
+            Ok(made) => made,
             Err(e) => return fail(&mut ready, &RunError::Cgroup(e.to_string())),
         };
         // Cleanup runs inside `serve`, right after the final answers go
@@ -134,6 +122,24 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
     })();
     let _ = dir.remove();
     code
+}
+
+/// The sandbox's cgroup and the layout it was made with: `known` (found
+/// earlier, by the zygote) while it works, else a fresh look at the host,
+/// whose cgroups may have changed since.
+fn create_cgroup(
+    known: Option<Driver>,
+    id: &str,
+    limits: &CgLimits,
+) -> Result<(Driver, Cgroup), stockade_cgroup::CgroupError> {
+    if let Some(driver) = known {
+        if let Ok(cgroup) = driver.create(id, limits) {
+            return Ok((driver, cgroup));
+        }
+    }
+    let driver = Driver::detect()?;
+    let cgroup = driver.create(id, limits)?;
+    Ok((driver, cgroup))
 }
 
 fn serve(
@@ -762,4 +768,33 @@ fn bind_seqpacket(path: &std::path::Path) -> nix::Result<OwnedFd> {
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     listen(&fd, Backlog::new(64)?)?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs root: creates cgroups"]
+    fn a_stale_known_cgroup_layout_gives_way_to_a_fresh_look() {
+        let limits = CgLimits {
+            cpus: Some(1.0),
+            memory_bytes: Some(64 << 20),
+            pids: Some(64),
+        };
+        let host = Driver::detect().expect("this host has cgroups");
+        // As if the host's cgroups had moved since the zygote looked.
+        let stale = Driver::with_v2_root("/nonexistent/stockade-stale-layout");
+        assert!(stale.create("shim-unit-c1", &limits).is_err());
+        let (driver, cgroup) = create_cgroup(Some(stale), "shim-unit-c1", &limits)
+            .expect("created after a fresh look");
+        assert_eq!(driver.version(), host.version());
+        assert!(driver.open_existing("shim-unit-c1").is_some());
+        cgroup.destroy().unwrap();
+        // A layout that still works is used as it is.
+        let (_, cgroup) = create_cgroup(Some(host.clone()), "shim-unit-c2", &limits).unwrap();
+        assert!(host.open_existing("shim-unit-c2").is_some());
+        cgroup.destroy().unwrap();
+        assert!(host.open_existing("shim-unit-c2").is_none());
+    }
 }
