@@ -19,7 +19,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
-bin=${1:-$repo/target/release/stockade}
+bin=${1:-$repo/target/$(rustc -vV | sed -n 's/^host: //p')/release/stockade}
 rounds=${2:-20}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

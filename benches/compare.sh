@@ -174,20 +174,23 @@ install_peers() {
 # --- 2. stockade -----------------------------------------------------------
 
 build_stockade() {
-  local src
+  local src built
+  # .cargo/config.toml builds for an explicit target (a static binary), so
+  # cargo puts it under target/<host triple>/release.
+  built=$(ls -t "$REPO"/target/*-linux-*/release/stockade 2>/dev/null | head -1 || true)
   if [ -n "${STOCKADE:-}" ]; then
     src=$STOCKADE
     log "using STOCKADE=$src (not building)"
   elif command -v cargo >/dev/null; then
     log "cargo build --release -p stockade"
     (cd "$REPO" && cargo build --release -p stockade --quiet)
-    src="$REPO/target/release/stockade"
-  elif [ -x "$REPO/target/release/stockade" ]; then
+    src="${CARGO_TARGET_DIR:-$REPO/target}/$(rustc -vV | sed -n 's/^host: //p')/release/stockade"
+  elif [ -n "$built" ]; then
     # sudo resets PATH, so ~/.cargo/bin is usually missing here.
-    src="$REPO/target/release/stockade"
-    note "cargo is not on PATH (sudo resets it): benchmarked the existing target/release/stockade without rebuilding it"
+    src=$built
+    note "cargo is not on PATH (sudo resets it): benchmarked the existing ${built#"$REPO"/} without rebuilding it"
   else
-    echo "compare.sh: cargo is not on PATH and target/release/stockade does not exist;" \
+    echo "compare.sh: cargo is not on PATH and no target/<triple>/release/stockade exists;" \
       "build it first (cargo build --release -p stockade) or pass STOCKADE=/path/to/stockade" >&2
     exit 1
   fi

@@ -21,7 +21,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-bin=${1:-$repo/target/debug/stockade}
+bin=${1:-$repo/target/$(rustc -vV | sed -n 's/^host: //p')/debug/stockade}
 cache=${STOCKADE_QEMU_CACHE:-/var/cache/stockade-qemu}
 checks="doctor hello memory pids cpu timeout cleanup version"
 cgroup_mode=${STOCKADE_QEMU_CGROUP:-v2}
@@ -93,7 +93,8 @@ for applet in $("$busybox" --list); do
     [ "$applet" = busybox ] || ln -sf busybox "$root/usr/bin/$applet"
 done
 
-# stockade and the shared objects it loads, at the same paths as here.
+# stockade and the shared objects it loads, at the same paths as here (none
+# for the usual static build: ldd then prints no path).
 cp "$bin" "$root/usr/bin/stockade"
 if command -v strip >/dev/null; then
     strip --strip-debug "$root/usr/bin/stockade" 2>/dev/null || true

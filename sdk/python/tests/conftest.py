@@ -1,7 +1,8 @@
 """Fixtures: a real ``stockade serve`` for the session, and a fake daemon.
 
-The real daemon is the binary at ``$STOCKADE_BIN`` (default
-``<repo>/target/debug/stockade``); nothing is built here. Its tests need
+The real daemon is the binary at ``$STOCKADE_BIN`` (default: the newest
+``<repo>/target/<host triple>/debug/stockade``, where the repository's cargo
+configuration puts it); nothing is built here. Its tests need
 root (sandboxes need it), as CI has.
 """
 
@@ -57,9 +58,14 @@ def _stop(proc: "subprocess.Popen[bytes]") -> None:
         proc.wait(timeout=15)
 
 
+def _default_binary() -> Path:
+    built = sorted(REPO.glob("target/*-linux-*/debug/stockade"), key=lambda p: p.stat().st_mtime)
+    return built[-1] if built else REPO / "target" / "<host triple>" / "debug" / "stockade"
+
+
 @pytest.fixture(scope="session")
 def daemon() -> Iterator[Daemon]:
-    binary = Path(os.environ.get("STOCKADE_BIN") or REPO / "target" / "debug" / "stockade")
+    binary = Path(os.environ.get("STOCKADE_BIN") or _default_binary())
     if not binary.is_file():
         pytest.fail(f"no stockade binary at {binary}; build it (cargo build -p stockade) or set STOCKADE_BIN")
     if os.geteuid() != 0:
