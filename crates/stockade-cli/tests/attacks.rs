@@ -234,3 +234,48 @@ fn host_environment_does_not_leak() {
         "{text}"
     );
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn every_namespace_is_the_sandboxs_own_and_the_host_name_stays() {
+    // Init is cloned into new user and pid namespaces and unshares the
+    // others itself: if it ever failed to, the workload would share the
+    // host's network, mounts, host name or IPC objects.
+    let kinds = ["user", "pid", "mnt", "net", "uts", "ipc", "cgroup"];
+    let host: Vec<String> = kinds
+        .iter()
+        .map(|k| {
+            std::fs::read_link(format!("/proc/self/ns/{k}"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let env = Env::new();
+    let script = format!(
+        "for k in {}; do readlink /proc/self/ns/$k; done; hostname renamed-inside 2>/dev/null; hostname",
+        kinds.join(" ")
+    );
+    let out = env.run(&["--root", "--", "sh", "-c", &script]);
+    let text = stdout(&out);
+    let inside: Vec<&str> = text.lines().collect();
+    assert_eq!(inside.len(), kinds.len() + 1, "{text}{}", stderr(&out));
+    for ((kind, host), inside) in kinds.iter().zip(&host).zip(&inside) {
+        assert!(inside.starts_with(&format!("{kind}:[")), "{inside}");
+        assert_ne!(
+            host, inside,
+            "the sandbox shares the host's {kind} namespace"
+        );
+    }
+    // Without capabilities even root inside cannot rename its own UTS
+    // namespace; whatever it managed, the host's name stays.
+    assert!(
+        ["sandbox", "renamed-inside"].contains(&inside[kinds.len()]),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host_name
+    );
+}
