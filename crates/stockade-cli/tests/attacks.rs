@@ -279,3 +279,48 @@ fn every_namespace_is_the_sandboxs_own_and_the_host_name_stays() {
         host_name
     );
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn every_mount_carries_its_restrictions() {
+    // Per-mount flags as the kernel reports them (mountinfo's sixth
+    // field): read-only system directories, no set-uid anywhere, device
+    // nodes only where they belong, nothing executable from /dev or /proc.
+    let env = Env::new();
+    let out = env.run(&["--", "cat", "/proc/self/mountinfo"]);
+    let text = stdout(&out);
+    let flags: std::collections::HashMap<&str, Vec<&str>> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some((*f.get(4)?, f.get(5)?.split(',').collect()))
+        })
+        .collect();
+    let want: &[(&str, &[&str])] = &[
+        ("/", &["ro", "nosuid", "nodev"]),
+        ("/usr", &["ro", "nosuid", "nodev"]),
+        ("/etc", &["ro", "nosuid", "nodev"]),
+        ("/workspace", &["rw", "nosuid", "nodev"]),
+        ("/home/agent", &["rw", "nosuid", "nodev"]),
+        ("/tmp", &["rw", "nosuid", "nodev"]),
+        ("/proc", &["nosuid", "nodev", "noexec"]),
+        ("/sys", &["ro", "nosuid", "nodev", "noexec"]),
+        ("/dev", &["ro", "nosuid", "noexec"]),
+        ("/dev/null", &["nosuid", "noexec"]),
+        ("/dev/zero", &["nosuid", "noexec"]),
+        ("/dev/full", &["nosuid", "noexec"]),
+        ("/dev/random", &["nosuid", "noexec"]),
+        ("/dev/urandom", &["nosuid", "noexec"]),
+        ("/dev/tty", &["nosuid", "noexec"]),
+        ("/dev/pts", &["nosuid", "noexec"]),
+        ("/dev/shm", &["nosuid", "nodev"]),
+    ];
+    for (mount, need) in want {
+        let Some(have) = flags.get(mount) else {
+            panic!("{mount} is not mounted:\n{text}{}", stderr(&out));
+        };
+        for flag in *need {
+            assert!(have.contains(flag), "{mount} lacks {flag}: {have:?}");
+        }
+    }
+}

@@ -114,16 +114,14 @@ fn mkdir(p: &Path, mode: u32) -> Result<()> {
     }
 }
 
+/// An empty regular file to bind a file onto: one `mknod`, where opening
+/// with `O_CREAT` would take an open and a close. One that exists is fine.
 fn touch(p: &Path) -> Result<()> {
-    io_ctx(
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map(drop),
-        "cannot create mount point",
-        p,
-    )
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    match mknod(p, SFlag::S_IFREG, Mode::from_bits_truncate(0o644), 0) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => ctx(Err(e), "cannot create mount point", p),
+    }
 }
 
 fn bind(src: &Path, dst: &Path, attrs: u64) -> Result<()> {
@@ -444,8 +442,16 @@ fn dev(spec: &SandboxSpec, r: &Path) -> Result<()> {
         let host = Path::new("/dev").join(name);
         let dst = d.join(name);
         touch(&dst)?;
-        bind(&host, &dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)?;
+        bind(&host, &dst, 0)?;
     }
+    // One call for all the nodes (and the tmpfs, which has these already):
+    // devpts and shm, mounted next with flags of their own, are not there
+    // yet.
+    ctx(
+        sys::mount_setattr(&cstr(&d), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, true),
+        "cannot set mount attributes on",
+        &d,
+    )?;
     let pts = d.join("pts");
     mkdir(&pts, 0o755)?;
     mount_fs(
