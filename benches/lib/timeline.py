@@ -41,16 +41,14 @@ MARKERS = [
      "compiled"),
     ("cgroup_mkdir", "cgroup create + limits", "mkdir in each v1 hierarchy, "
      "limit files written"),
-    ("clone", "clone into namespaces", "clone(NEWUSER|NEWPID): the kernel "
-     "copies the supervisor and builds the user and pid namespaces"),
+    ("clone", "clone into namespaces", "clone(NEWUSER|NEWNS|NEWPID|NEWIPC|"
+     "NEWUTS|NEWNET): the kernel builds the namespaces"),
     ("clone_done", "id maps", "uid_map and gid_map of init written (init "
-     "meanwhile joins its cgroup and unshares its mount, ipc, uts and "
-     "network namespaces)"),
+     "joins its cgroup meanwhile)"),
     ("attach", "cgroup join", "v1: init writes 0 to each hierarchy's tasks "
      "file, moving itself without the global threadgroup lock"),
-    ("attach_done", "go-ahead to init", "go-ahead sent; init finishes "
-     "building its namespaces (the network namespace is most of it), "
-     "reads it and becomes root in its namespace"),
+    ("attach_done", "go-ahead to init", "go-ahead sent, init wakes up, "
+     "becomes root in its namespace"),
     ("mount", "rootfs build", "init: tmpfs root, binds of /usr, /etc, "
      "workspace, home; /tmp, /proc, /dev nodes, devpts, sysfs"),
     ("pivot", "pivot_root + detach old root", "pivot_root, then "

@@ -1,8 +1,6 @@
-//! The supervisor's side of starting a sandbox: a `clone` into new user
-//! and pid namespaces, after which init unshares its mount, ipc, uts and
-//! network namespaces while the supervisor writes its id maps (and, on
-//! cgroup v1 without self-joining, its cgroup membership) from outside;
-//! then the go-ahead.
+//! The supervisor's side of starting a sandbox: one `clone` into new
+//! user, mount, pid, ipc, uts and network namespaces; id maps and cgroup
+//! membership written from outside; then the go-ahead.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -98,24 +96,14 @@ fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) {
     }
 }
 
-/// Namespaces every sandbox gets at clone time: the user namespace (which
-/// gives init every capability over the namespaces it creates next) and the
-/// pid namespace (which only a clone can make init pid 1 of).
-pub const CLONE_NAMESPACES: libc::c_int = libc::CLONE_NEWUSER | libc::CLONE_NEWPID;
-
-/// Namespaces init creates itself, with `unshare`, right after the clone
-/// and after joining its cgroup on v1 (on v2 it is born there), so that
-/// their memory is charged to the sandbox. Building them is most of the
-/// cost of a sandbox's namespaces (the network namespace alone is about
-/// 0.5 ms of CPU; the mount namespace copies the host's mount table). Done
-/// by init, that no longer stalls the supervisor inside `clone`: it writes
-/// the id maps and opens the bind sources meanwhile. The cgroup namespace
-/// is entered later, in `init`.
-pub const UNSHARED_NAMESPACES: libc::c_int =
-    libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
-
-/// Every namespace a sandbox has from the start.
-pub const NAMESPACES: libc::c_int = CLONE_NAMESPACES | UNSHARED_NAMESPACES;
+/// Namespaces every sandbox gets at clone time. The cgroup namespace is
+/// entered by init once it is inside its cgroup.
+pub const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWNET;
 
 /// Clones the sandbox's init and lets it build the sandbox.
 /// With `into_cgroup` (a cgroup v2 directory) init is cloned straight into
@@ -163,21 +151,21 @@ pub unsafe fn launch_joining(
     let mut joined = false;
     let cloned = match into_cgroup {
         // SAFETY: forwarded from the caller's guarantee of a single thread.
-        Some(cg) => match unsafe { sys::clone_into_cgroup(CLONE_NAMESPACES, cg) } {
+        Some(cg) => match unsafe { sys::clone_into_cgroup(NAMESPACES, cg) } {
             Ok(r) => {
                 joined = true;
                 Ok(r)
             }
             Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG) => {
                 // SAFETY: as above.
-                unsafe { sys::clone_fork(CLONE_NAMESPACES) }
+                unsafe { sys::clone_fork(NAMESPACES) }
             }
             Err(e) => Err(e),
         },
         None => {
             joined = !self_join.is_empty();
             // SAFETY: forwarded from the caller's guarantee of a single thread.
-            unsafe { sys::clone_fork(CLONE_NAMESPACES) }
+            unsafe { sys::clone_fork(NAMESPACES) }
         }
     };
     match cloned.map_err(LaunchError::Clone)? {
@@ -185,17 +173,6 @@ pub unsafe fn launch_joining(
             drop(ours);
             if let Err(message) = join_self(self_join) {
                 crate::init::fail_early(&theirs, message);
-            }
-            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(
-                UNSHARED_NAMESPACES,
-            )) {
-                crate::init::fail_early(
-                    &theirs,
-                    format!(
-                        "cannot create the sandbox's mount, ipc, uts and network namespaces: \
-                         {e} (check `stockade doctor`)"
-                    ),
-                );
             }
             crate::init::main(spec, theirs)
         }
