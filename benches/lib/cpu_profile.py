@@ -36,8 +36,10 @@ KERNEL_RULES = [
     ("process exit (memory, files, namespaces)", ("do_exit",)),
     # glibc's start-up CPU detection (cpuid) shows up by itself because
     # cpuid traps to the hypervisor on a virtual machine.
-    ("exec + dynamic loading (incl. glibc cpuid probing)",
+    ("exec + libc start-up (incl. glibc cpuid probing, relocation)",
      ("do_execveat_common", "load_elf_binary", "_dl_start",
+      "_dl_relocate_static_pie", "__libc_setup_tls", "__tunables_init",
+      "_dl_non_dynamic_init", "_dl_aux_init", "__libc_init_secure",
       "_dl_sysdep_start", "_dl_relocate_object", "_dl_map_object",
       "do_lookup_x", "_dl_lookup_symbol_x", "_dl_new_hash", "handle_amd",
       "handle_intel", "get_common_indices", "get_extended_indices",
@@ -87,7 +89,7 @@ def stockade_function(frames):
     if root == "syscall":
         return "(init or workload after clone: stack ends at clone)"
     if root in ("_start", "_dl_start_user") or root.startswith("_dl_"):
-        return "(process start-up: ld.so, libc init)"
+        return "(process start-up: loader or libc init)"
     return "(stack not unwound past libc or kernel)"
 
 

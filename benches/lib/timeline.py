@@ -31,7 +31,8 @@ TIMELINE_EVENTS = [
 # Phase boundaries, in the order they happen, and the phase that starts at
 # each one: (marker, label, what happens until the next marker).
 MARKERS = [
-    ("start", "exec + start-up", "exec of the binary, dynamic linking, "
+    ("start", "exec + start-up", "exec of the (static) binary, libc "
+     "start-up (CPU feature probing, relocation), "
      "Rust runtime, argument parsing, opening the state directory"),
     ("detect", "cgroup detection", "statfs and /proc/self/mountinfo to "
      "find the hierarchies (gc of older leftovers runs in the detached "
