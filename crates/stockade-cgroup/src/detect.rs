@@ -160,7 +160,7 @@ pub(crate) fn detect_plan() -> Result<Plan, CgroupError> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
     plan(env_root, is_cgroup2, || {
-        std::fs::read_to_string("/proc/self/mountinfo")
+        crate::fsio::read_sized(Path::new("/proc/self/mountinfo"), 16 << 10)
     })
 }
 

@@ -86,20 +86,25 @@ pub(crate) fn set_if_present(dir: &Path, file: &str, value: &str) -> Result<bool
 
 /// Reads a control file; `None` when it is missing or unreadable, which the
 /// stats treat as "not supported here".
-///
-/// Read through `Take`, whose `read_to_string` asks the file nothing but
-/// `read`: `fs::read_to_string` first asks for the size (`statx` and
-/// `lseek`, while control files all claim 4096 or 0 bytes anyway), two
-/// more system calls on every sample of every control file.
 pub(crate) fn read_opt(path: &Path) -> Option<String> {
+    read_sized(path, 4096).ok()
+}
+
+/// Reads a whole file whose size the kernel does not report (procfs,
+/// cgroupfs), with nothing but `read` calls:
+/// - through `Take`, because `fs::read_to_string` first asks for the size
+///   (`statx` and `lseek`, while control files all claim 4096 or 0 bytes);
+/// - into a buffer of `guess` bytes, because without spare room
+///   `read_to_string` starts with a 32-byte probe and doubles its way up
+///   (eight reads for a 2.5 KB `/proc/self/mountinfo`, where this takes
+///   two: the data and the end).
+pub(crate) fn read_sized(path: &Path, guess: usize) -> io::Result<String> {
     use std::io::Read;
-    let mut text = String::with_capacity(4096);
-    fs::File::open(path)
-        .ok()?
+    let mut text = String::with_capacity(guess);
+    fs::File::open(path)?
         .take(u64::MAX)
-        .read_to_string(&mut text)
-        .ok()?;
-    Some(text)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Parses a file holding a single number, such as `memory.current`.
