@@ -421,6 +421,6 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        assert!(last >= CAP_SETPCAP && last < 64, "{last}");
+        assert!((CAP_SETPCAP..64).contains(&last), "{last}");
     }
 }
