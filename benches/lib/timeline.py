@@ -55,11 +55,12 @@ MARKERS = [
     ("pivot", "pivot_root + detach old root", "pivot_root, then "
      "umount2(MNT_DETACH) of the old root: the copy of every host mount "
      "that the new mount namespace started with"),
-    ("old_root_detached", "host name, loopback, fork", "sethostname, "
-     "loopback up, new session, fork of the workload"),
+    ("old_root_detached", "host name, loopback, spawn", "sethostname, "
+     "loopback up, new session; the workload's exec arguments and Landlock "
+     "ruleset built; clone(CLONE_VM|CLONE_VFORK) of the workload"),
     ("workload_fork", "workload: ids, Landlock, capabilities", "in the "
-     "workload: signals reset, fds closed, uid/gid set, Landlock ruleset, "
-     "capabilities dropped, no_new_privs"),
+     "workload: signals reset, fds closed, uid/gid set, Landlock ruleset "
+     "applied, capabilities dropped, no_new_privs"),
     ("workload_seccomp", "seccomp + execve", "seccomp filters loaded, "
      "execve of the command"),
     ("workload_exec", "workload (/bin/true)", "the command itself: exec, "

@@ -708,3 +708,55 @@ fn tasks_run_through_the_daemon_with_phase_events() {
     assert_eq!(status, 400, "{err}");
     assert_eq!(raw_json(&c, "GET", "/v1/tasks/000000000000", None).0, 404);
 }
+
+/// Anonymous memory of a process, in KiB.
+fn rss_anon_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn thousands_of_execs_do_not_grow_init() {
+    // Init starts every process in its own memory (`CLONE_VM|CLONE_VFORK`,
+    // see workload::spawn): whatever the child allocated and left live at
+    // execve, or freed of init's, would show here once per exec. Long
+    // argument lists and failing commands make any such leak large.
+    let env = Env::new();
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let sb = c
+        .create(None, Some("leak"), &BTreeMap::new(), Some("10m"))
+        .unwrap();
+    let shim = shim_of(&sb.id).expect("the sandbox's shim");
+    let children = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).unwrap();
+    let init: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let long: Vec<String> = (0..200).map(|i| format!("argument-{i:0>90}")).collect();
+    let mut argv: Vec<&str> = vec!["true"];
+    argv.extend(long.iter().map(String::as_str));
+    let round = |n: usize| {
+        for _ in 0..n {
+            assert_eq!(run(&c, &sb.id, &argv).0, Some(0));
+            let missing = ExecOptions {
+                cmd: vec!["no-such-command".into()],
+                ..Default::default()
+            };
+            let e = c.exec(&sb.id, &missing).unwrap_err().to_string();
+            assert!(e.contains("No such file"), "{e}");
+        }
+    };
+    round(50);
+    let before = rss_anon_kib(init);
+    round(500);
+    let after = rss_anon_kib(init);
+    // 1000 execs: a leak of even the argument pointers (1.6 KiB each)
+    // would add over 1.5 MiB.
+    assert!(
+        after < before + 512,
+        "init grew from {before} to {after} KiB over 1000 execs"
+    );
+}

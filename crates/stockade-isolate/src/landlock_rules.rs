@@ -15,6 +15,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -141,8 +142,50 @@ fn add(
 /// Returns `Ok(Unsupported)`, having restricted nothing, on a kernel without
 /// Landlock.
 pub fn apply(writable: &[PathBuf], scope_signals: bool) -> Result<LandlockStatus, LandlockError> {
-    let Some(abi) = abi_version() else {
+    let Some((ruleset, abi)) = ruleset(writable, scope_signals)? else {
         return Ok(LandlockStatus::Unsupported);
+    };
+    let RestrictionStatus {
+        ruleset: status, ..
+    } = ruleset
+        .restrict_self()
+        .map_err(LandlockError::RestrictSelf)?;
+    Ok(match status {
+        RulesetStatus::FullyEnforced => LandlockStatus::Enforced { abi },
+        RulesetStatus::PartiallyEnforced => LandlockStatus::Partial { abi },
+        RulesetStatus::NotEnforced => LandlockStatus::Unsupported,
+    })
+}
+
+/// The ruleset [`apply`] would enforce, built but not enforced: its
+/// descriptor, for another process to restrict itself with
+/// ([`restrict_self_with`]), or `None` on a kernel without Landlock. Paths
+/// are resolved in the caller's mount namespace.
+pub fn build(writable: &[PathBuf], scope_signals: bool) -> Result<Option<OwnedFd>, LandlockError> {
+    Ok(ruleset(writable, scope_signals)?.and_then(|(r, _)| r.into()))
+}
+
+/// Sets `no_new_privs` and restricts the calling thread with a ruleset
+/// from [`build`]. Allocates nothing, so it may run in a child that shares
+/// its parent's memory.
+pub fn restrict_self_with(ruleset: RawFd) -> Result<(), nix::errno::Errno> {
+    let zero: libc::c_ulong = 0;
+    let one: libc::c_ulong = 1;
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) };
+    nix::errno::Errno::result(rc)?;
+    // SAFETY: landlock_restrict_self takes a descriptor and flags only.
+    let rc = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0) };
+    nix::errno::Errno::result(rc).map(drop)
+}
+
+/// The ruleset and the kernel's ABI, or `None` without Landlock.
+fn ruleset(
+    writable: &[PathBuf],
+    scope_signals: bool,
+) -> Result<Option<(RulesetCreated, u32)>, LandlockError> {
+    let Some(abi) = abi_version() else {
+        return Ok(None);
     };
     let all = AccessFs::from_all(ABI_PINNED);
     let mut scopes: BitFlags<Scope> = Scope::AbstractUnixSocket.into();
@@ -158,16 +201,7 @@ pub fn apply(writable: &[PathBuf], scope_signals: bool) -> Result<LandlockStatus
     for path in writable {
         ruleset = add(ruleset, path, all)?;
     }
-    let RestrictionStatus {
-        ruleset: status, ..
-    } = ruleset
-        .restrict_self()
-        .map_err(LandlockError::RestrictSelf)?;
-    Ok(match status {
-        RulesetStatus::FullyEnforced => LandlockStatus::Enforced { abi },
-        RulesetStatus::PartiallyEnforced => LandlockStatus::Partial { abi },
-        RulesetStatus::NotEnforced => LandlockStatus::Unsupported,
-    })
+    Ok(Some((ruleset, abi)))
 }
 
 #[cfg(test)]
