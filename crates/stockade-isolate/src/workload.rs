@@ -175,14 +175,18 @@ pub fn spawn(
     ctl: RawFd,
 ) -> Result<Pid, (String, Errno)> {
     let exec = exec_of(req)?;
-    let terminal = match &stdio {
-        Stdio::Terminal(path) => Some(CString::new(path.as_str()).map_err(|_| {
-            (
-                format!("open terminal {path:?} (it contains a NUL byte)"),
-                Errno::EINVAL,
-            )
-        })?),
-        Stdio::Fds(_) => None,
+    let terminal: CString;
+    let child_stdio = match &stdio {
+        Stdio::Fds(fds) => ChildStdio::Fds(fds.each_ref().map(|f| f.as_raw_fd())),
+        Stdio::Terminal(path) => {
+            terminal = CString::new(path.as_str()).map_err(|_| {
+                (
+                    format!("open terminal {path:?} (it contains a NUL byte)"),
+                    Errno::EINVAL,
+                )
+            })?;
+            ChildStdio::Terminal(&terminal)
+        }
     };
     let landlock = landlock_rules::build(&spec.writable_paths(), true)
         .map_err(|e| (format!("apply Landlock rules ({e})"), Errno::EPERM))?;
@@ -191,11 +195,7 @@ pub fn spawn(
     let child = Child {
         spec,
         exec: &exec,
-        stdio: match (&stdio, &terminal) {
-            (Stdio::Fds(fds), _) => ChildStdio::Fds(fds.each_ref().map(|f| f.as_raw_fd())),
-            (Stdio::Terminal(_), Some(path)) => ChildStdio::Terminal(path),
-            (Stdio::Terminal(_), None) => unreachable!("built above"),
-        },
+        stdio: child_stdio,
         ctl,
         report: wr.as_raw_fd(),
         landlock: landlock.as_ref().map(|f| f.as_raw_fd()),
