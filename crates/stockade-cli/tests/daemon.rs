@@ -760,3 +760,38 @@ fn thousands_of_execs_do_not_grow_init() {
         "init grew from {before} to {after} KiB over 1000 execs"
     );
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn every_exec_is_confined_by_landlock_not_only_the_first() {
+    // Init builds the Landlock ruleset once and reuses it for every
+    // process it starts. Root inside the sandbox has the same uid as init,
+    // so only Landlock's signal scope keeps it from signalling init: each
+    // exec must be in a domain of its own.
+    let env = Env::new();
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let mut policy = Policy::default();
+    policy.process.root = true;
+    let sb = c
+        .create(
+            Some(&policy),
+            Some("confined"),
+            &BTreeMap::new(),
+            Some("10m"),
+        )
+        .unwrap();
+    for i in 0..3 {
+        let (code, out) = run(
+            &c,
+            &sb.id,
+            &[
+                "sh",
+                "-c",
+                "id -u; kill -0 1 2>/dev/null && echo SIGNALLED; echo end",
+            ],
+        );
+        assert_eq!(code, Some(0), "exec {i}: {out}");
+        assert_eq!(out, "0\nend\n", "exec {i} could signal init");
+    }
+}

@@ -193,6 +193,7 @@ fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
     send(ctl, &FromInit::Ready, &[]);
     // Processes we started, whose exits the supervisor wants to hear of.
     let mut spawned: HashSet<i32> = HashSet::new();
+    let mut rules = workload::Rules::default();
     loop {
         let mut fds = [
             PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
@@ -223,7 +224,7 @@ fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
                 // everything in the pid namespace.
                 Ok(None) | Ok(Some((ToInit::Shutdown, _))) => return 0,
                 Ok(Some((ToInit::Spawn(req), fds))) => {
-                    if let Some(pid) = spawn(spec, ctl, req, fds) {
+                    if let Some(pid) = spawn(spec, ctl, req, fds, &mut rules) {
                         spawned.insert(pid);
                     }
                 }
@@ -243,7 +244,13 @@ fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
 }
 
 /// Starts one process and answers the supervisor.
-fn spawn(spec: &SandboxSpec, ctl: &OwnedFd, req: SpawnRequest, fds: Vec<OwnedFd>) -> Option<i32> {
+fn spawn(
+    spec: &SandboxSpec,
+    ctl: &OwnedFd,
+    req: SpawnRequest,
+    fds: Vec<OwnedFd>,
+    rules: &mut workload::Rules,
+) -> Option<i32> {
     let tag = req.tag;
     let fail = |step: String, errno: Errno| {
         send(
@@ -268,7 +275,7 @@ fn spawn(spec: &SandboxSpec, ctl: &OwnedFd, req: SpawnRequest, fds: Vec<OwnedFd>
             Err(_) => return fail("receive stdin, stdout and stderr".into(), Errno::EINVAL),
         }
     };
-    match workload::spawn(spec, &req, stdio, ctl.as_raw_fd()) {
+    match workload::spawn(spec, &req, stdio, ctl.as_raw_fd(), rules) {
         Ok(pid) => {
             let pty_fd: Vec<RawFd> = pty.as_ref().map(|m| m.as_raw_fd()).into_iter().collect();
             send(

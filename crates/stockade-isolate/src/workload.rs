@@ -143,6 +143,29 @@ enum ChildStdio<'a> {
     Terminal(&'a std::ffi::CStr),
 }
 
+/// The sandbox's Landlock ruleset, built by init on its first spawn and
+/// kept for the next ones: its paths (the sandbox's root and its writable
+/// mount points) stay the same for the sandbox's life, and each process
+/// restricts itself with it anew.
+#[derive(Debug, Default)]
+pub struct Rules(Option<Option<OwnedFd>>);
+
+impl Rules {
+    /// The ruleset's descriptor, or `None` on a kernel without Landlock.
+    fn get(&mut self, spec: &SandboxSpec) -> Result<Option<RawFd>, (String, Errno)> {
+        if self.0.is_none() {
+            let built = landlock_rules::build(&spec.writable_paths(), true)
+                .map_err(|e| (format!("apply Landlock rules ({e})"), Errno::EPERM))?;
+            self.0 = Some(built);
+        }
+        Ok(self
+            .0
+            .as_ref()
+            .and_then(|r| r.as_ref())
+            .map(|f| f.as_raw_fd()))
+    }
+}
+
 /// Size of the stack the child runs on until it execs.
 const CHILD_STACK: usize = 256 << 10;
 /// Size of the inaccessible page below it: an overflow faults in the child
@@ -173,6 +196,7 @@ pub fn spawn(
     req: &SpawnRequest,
     stdio: Stdio,
     ctl: RawFd,
+    rules: &mut Rules,
 ) -> Result<Pid, (String, Errno)> {
     let exec = exec_of(req)?;
     let terminal: CString;
@@ -188,8 +212,7 @@ pub fn spawn(
             ChildStdio::Terminal(&terminal)
         }
     };
-    let landlock = landlock_rules::build(&spec.writable_paths(), true)
-        .map_err(|e| (format!("apply Landlock rules ({e})"), Errno::EPERM))?;
+    let landlock = rules.get(spec)?;
     let (rd, wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ("create a pipe".to_string(), e))?;
     let child = Child {
@@ -198,11 +221,11 @@ pub fn spawn(
         stdio: child_stdio,
         ctl,
         report: wr.as_raw_fd(),
-        landlock: landlock.as_ref().map(|f| f.as_raw_fd()),
+        landlock,
     };
     let pid = clone_vfork(&child).map_err(|e| ("start the workload".to_string(), e))?;
     // The child has exec'd or exited: our copies go now.
-    drop((wr, landlock, stdio));
+    drop((wr, stdio));
     let mut buf = [0u8; 512];
     let n = loop {
         match nix::unistd::read(&rd, &mut buf) {
