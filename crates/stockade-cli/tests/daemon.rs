@@ -759,6 +759,9 @@ fn thousands_of_execs_do_not_grow_init() {
         after < before + 512,
         "init grew from {before} to {after} KiB over 1000 execs"
     );
+    // Sandboxes outlive their daemon: end it here.
+    c.destroy(&sb.id).unwrap();
+    assert_torn_down(&env.state.path().join("state"), &[sb.id]);
 }
 
 #[test]
@@ -794,4 +797,6 @@ fn every_exec_is_confined_by_landlock_not_only_the_first() {
         assert_eq!(code, Some(0), "exec {i}: {out}");
         assert_eq!(out, "0\nend\n", "exec {i} could signal init");
     }
+    c.destroy(&sb.id).unwrap();
+    assert_torn_down(&env.state.path().join("state"), &[sb.id]);
 }
