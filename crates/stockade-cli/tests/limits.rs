@@ -259,9 +259,11 @@ fn report_has_usage_and_outcome() {
 #[ignore = "needs root: creates namespaces and cgroups; uses script(1) for a terminal"]
 fn tty_gives_the_workload_its_own_terminal() {
     let env = Env::new();
+    let report = env.state.path().join("tty-report.json");
     let inner = format!(
-        "STOCKADE_STATE_DIR={} {BIN} run -t -- sh -c 'tty; test -t 0 && test -t 1 && echo interactive; stty size'",
-        env.state.path().display()
+        "STOCKADE_STATE_DIR={} {BIN} run -t --report {} -- sh -c 'tty; test -t 0 && test -t 1 && echo interactive; stty size'",
+        env.state.path().display(),
+        report.display()
     );
     let out = std::process::Command::new("script")
         .args(["-qec", &inner, "/dev/null"])
@@ -275,6 +277,18 @@ fn tty_gives_the_workload_its_own_terminal() {
     assert!(text.contains("/dev/pts/0"), "{text:?}");
     assert!(text.contains("interactive"), "{text:?}");
     assert_eq!(code(&out), 0, "{text:?} {}", stderr(&out));
+    // The terminal is gone when `script` ends, hanging up its session; the
+    // detached cleaner must survive that and remove everything.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let id = report["id"].as_str().unwrap().to_string();
+    let dir = env.state.path().join("sandboxes").join(&id);
+    assert!(
+        eventually(|| cgroup_dirs(&id).is_empty() && !dir.exists()),
+        "left behind: {:?}, directory there: {}",
+        cgroup_dirs(&id),
+        dir.exists()
+    );
 }
 
 #[test]

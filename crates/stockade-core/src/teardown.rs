@@ -169,6 +169,28 @@ fn spawn_cleaner(job: Box<Job>) -> Result<(), Box<Job>> {
     unsafe {
         libc::mprotect(stack, page_size(), libc::PROT_NONE);
     }
+    // The cleaner inherits these dispositions at the clone. Until it has
+    // its own session (`detach`), it is in our process group: a terminal
+    // closing as we exit (`stockade run -t` under `script`, an ssh session
+    // ending) would hang it up, and Ctrl-C or a stop key would reach it.
+    // Killed there, it would leave the cgroup and the directory behind.
+    // Nothing it does needs these signals, so it ignores them for good;
+    // SIGKILL still ends it. We `_exit` right after, so ours do not matter.
+    for sig in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGPIPE,
+    ] {
+        // SAFETY: installing SIG_IGN runs no handler code.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
     // SAFETY: `stack` spans CLEANER_STACK bytes, so its end is one past
     // the mapping: the initial stack pointer of a downward-growing stack.
     let top = unsafe { stack.cast::<u8>().add(CLEANER_STACK) };
