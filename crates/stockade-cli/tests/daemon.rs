@@ -746,7 +746,7 @@ fn thousands_of_execs_do_not_grow_init() {
                 ..Default::default()
             };
             let e = c.exec(&sb.id, &missing).unwrap_err().to_string();
-            assert!(e.contains("No such file"), "{e}");
+            assert!(e.contains("no-such-command: No such file"), "{e}");
         }
     };
     round(50);

@@ -13,8 +13,27 @@ fn exit_statuses_follow_the_documented_mapping() {
     assert_eq!(code(&env.sh("kill -TERM $$")), 128 + 15);
     let nf = env.run(&["--", "no-such-command-here"]);
     assert_eq!(code(&nf), 127);
-    assert!(stderr(&nf).contains("not found"), "{}", stderr(&nf));
-    assert_eq!(code(&env.run(&["--", "/etc/passwd"])), 126);
+    // The child composes its error report without allocating; the
+    // command's name must come through it.
+    assert!(
+        stderr(&nf).contains("no-such-command-here: command not found"),
+        "{}",
+        stderr(&nf)
+    );
+    let na = env.run(&["--", "/etc/passwd"]);
+    assert_eq!(code(&na), 126);
+    assert!(
+        stderr(&na).contains("/etc/passwd: cannot execute"),
+        "{}",
+        stderr(&na)
+    );
+    let cwd = env.run(&["--cwd", "/no/such/dir", "--", "true"]);
+    assert_eq!(code(&cwd), 125);
+    assert!(
+        stderr(&cwd).contains("cannot enter the working directory /no/such/dir"),
+        "{}",
+        stderr(&cwd)
+    );
     let bad = env.run(&["--memory", "lots", "--", "true"]);
     assert_eq!(code(&bad), 125);
     assert_eq!(stderr(&bad).lines().count(), 1, "{}", stderr(&bad));

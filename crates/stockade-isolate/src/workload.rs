@@ -289,25 +289,22 @@ fn clone_vfork(child: &Child<'_>) -> nix::Result<Pid> {
 
 /// The child's entry point. Never returns: execs, or reports and exits.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    use std::io::Write;
     // SAFETY: `clone_vfork` passes a `Child` that outlives the child's use
     // of it; the child only reads it.
     let child = unsafe { &*(arg as *const Child<'_>) };
     let (step, detail, errno) = exec_workload(child);
-    // "errno:step detail", assembled on the stack: nothing allocated.
+    // "errno:step detail", written into a stack buffer: formatting an
+    // integer and copying bytes allocate nothing. What does not fit is cut.
     let mut msg = [0u8; 512];
-    let mut len = 0;
-    let mut put = |bytes: &[u8]| {
-        let n = bytes.len().min(msg.len() - len);
-        msg[len..len + n].copy_from_slice(&bytes[..n]);
-        len += n;
-    };
-    put(itoa_buf(errno as i32).as_bytes());
-    put(b":");
-    put(step.as_bytes());
+    let cap = msg.len();
+    let mut rest = &mut msg[..];
+    let _ = write!(rest, "{}:{step}", errno as i32);
     if !detail.is_empty() {
-        put(b" ");
-        put(detail);
+        let _ = rest.write_all(b" ");
+        let _ = rest.write_all(detail);
     }
+    let len = cap - rest.len();
     // SAFETY: writes `len` initialised bytes to the pipe; `_exit` leaves
     // without running any of init's destructors or exit handlers.
     unsafe {
@@ -316,43 +313,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-/// A small number as decimal text, without allocating.
-fn itoa_buf(n: i32) -> SmallText {
-    let mut t = SmallText::default();
-    let mut digits = [0u8; 12];
-    let mut i = digits.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        i -= 1;
-        digits[i] = b'-';
-    }
-    t.buf[..digits.len() - i].copy_from_slice(&digits[i..]);
-    t.len = digits.len() - i;
-    t
-}
-
-#[derive(Default)]
-struct SmallText {
-    buf: [u8; 12],
-    len: usize,
-}
-
-impl SmallText {
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
 /// Runs in the child. Returns only on failure: the step, a detail (a path,
-/// or empty) and the errno. Allocates nothing (see [`spawn`]).
+/// or empty) and the errno. Leaves nothing allocated (see [`spawn`]): the
+/// one allocation on its way, in `close_fds_from`, is freed before it
+/// returns.
 fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
     macro_rules! step {
         ($what:expr, $e:expr) => {
