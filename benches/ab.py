@@ -9,8 +9,8 @@ Cold start (default): `stockade run -- /bin/true` for each binary and the
 brief's `bwrap --unshare-all` command, all in the same rounds. Two things
 make the comparison honest on a small, shared machine:
 
-- the order of the variants rotates every round, as compare.sh's timer
-  does. With a fixed order, the variant that ran right after bwrap came out
+- the runs go through compare.sh's own timer (lib/timer.py), which
+  rotates the order of the variants every round. With a fixed order, the variant that ran right after bwrap came out
   0.1-0.35 ms slower than an identical binary later in the round;
 - every binary is run from a fresh copy made just before the rounds. Two
   copies of one binary made at different times differed by up to 0.36 ms.
@@ -24,6 +24,7 @@ round). Every sample counts; the medians of each round are printed too.
 """
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -34,6 +35,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
+
+from stats import loadavg, percentile  # noqa: E402
 
 # The brief's bubblewrap command line (compare.sh's bwrap_base), for /bin/true.
 BWRAP = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr",
@@ -69,32 +72,35 @@ def fresh_copies(variants, work):
 
 def summary(samples):
     s = sorted(samples)
-    return statistics.median(s), s[min(len(s) - 1, int(len(s) * 0.9))]
+    return statistics.median(s), percentile(s, 90)
 
 
-def timed(argv):
-    t = time.perf_counter_ns()
-    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, check=True)
-    return (time.perf_counter_ns() - t) / 1e6
-
-
-def cold_start(variants, rounds, warmup, pause):
-    runs = [("bwrap", BWRAP)] if shutil.which("bwrap") else []
-    runs += [(name, [path, "run", "--", "/bin/true"]) for name, path in variants]
-    samples = {name: [] for name, _ in runs}
-    for i in range(warmup + rounds):
-        k = i % len(runs)
-        for name, argv in runs[k:] + runs[:k]:
-            ms = timed(argv)
-            if i >= warmup:
-                samples[name].append(ms)
-            time.sleep(pause)
-    base = statistics.median(samples["bwrap"]) if "bwrap" in samples else None
+def cold_start(variants, rounds, warmup, work):
+    """Through compare.sh's own interleaved timer (lib/timer.py), which
+    rotates the starting variant every round."""
+    runs = [{"name": "bwrap", "argv": BWRAP}] if shutil.which("bwrap") else []
+    runs += [{"name": name, "argv": [path, "run", "--", "/bin/true"]}
+             for name, path in variants]
+    plan = os.path.join(work, "plan.json")
+    out = os.path.join(work, "samples.json")
+    with open(plan, "w") as f:
+        json.dump({"warmup": warmup, "rounds": rounds, "variants": runs}, f)
+    subprocess.run([sys.executable, os.path.join(HERE, "lib", "timer.py"),
+                    plan, "--out", out, "--label", "ab"], check=True)
+    with open(out) as f:
+        results = json.load(f)["variants"]
+    ms = {}
+    for name, r in results.items():
+        if r["skipped"] or r["failures"]:
+            print(f"{name}: {r['skipped'] or ''} {r['failures']} failed runs "
+                  f"({r['first_error']})")
+        if r["samples_ns"]:
+            ms[name] = [ns / 1e6 for ns in r["samples_ns"]]
+    base = statistics.median(ms["bwrap"]) if "bwrap" in ms else None
     print(f"cold start, {rounds} rounds, order rotated each round")
     print("| variant | median ms | p90 ms | vs bwrap |")
     print("|---|---|---|---|")
-    for name, xs in samples.items():
+    for name, xs in ms.items():
         med, p90 = summary(xs)
         ratio = f"{med / base:.2f}x" if base else "-"
         print(f"| {name} | {med:.2f} | {p90:.2f} | {ratio} |")
@@ -140,8 +146,6 @@ def main():
     ap.add_argument("--rounds", type=int, default=None,
                     help="cold start: rounds (default 200); warm exec: rounds (default 4)")
     ap.add_argument("--warmup", type=int, default=5, help="cold start: unmeasured rounds")
-    ap.add_argument("--pause", type=float, default=0.01,
-                    help="cold start: seconds between runs (default 0.01)")
     ap.add_argument("--per-round", type=int, default=300,
                     help="warm exec: measured execs per round (default 300)")
     args = ap.parse_args()
@@ -153,12 +157,12 @@ def main():
         # directories (mkdtemp makes it 0700).
         os.chmod(work, 0o711)
         copies = fresh_copies(variants, work)
-        print(f"load average: {open('/proc/loadavg').read().strip()}")
+        print(f"load average: {loadavg()}")
         if args.warm_exec:
             warm_exec(copies, args.rounds or 4, args.per_round, work)
         else:
-            cold_start(copies, args.rounds or 200, args.warmup, args.pause)
-        print(f"load average: {open('/proc/loadavg').read().strip()}")
+            cold_start(copies, args.rounds or 200, args.warmup, work)
+        print(f"load average: {loadavg()}")
 
 
 if __name__ == "__main__":
