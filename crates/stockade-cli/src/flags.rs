@@ -61,6 +61,10 @@ pub struct GcArgs {
     /// Stockade's state directory.
     #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
     pub state_dir: PathBuf,
+    /// Also empty the pool of ready user and network namespaces
+    /// (`STOCKADE_NS_POOL_DIR`, default /run/stockade/nspool).
+    #[arg(long)]
+    pub drain_pool: bool,
 }
 
 /// Flags that set the sandbox's policy; shared by `run` and `task`.

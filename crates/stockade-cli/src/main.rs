@@ -100,6 +100,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 summary.sandboxes.len(),
                 summary.cgroups.len()
             );
+            if args.drain_pool {
+                let n = stockade_isolate::nspool::drain(&stockade_isolate::nspool::dir());
+                println!("released {n} pooled namespace pair(s)");
+            }
             Ok(0)
         }
         Command::Doctor => Ok(doctor::run()),

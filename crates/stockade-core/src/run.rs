@@ -214,7 +214,8 @@ fn run_inner(
                 cgroup,
                 dir,
             };
-            *pending = Some(PendingTeardown::new(left, state, driver));
+            let refill = crate::teardown::Refill::for_spec(&prepared.spec);
+            *pending = Some(PendingTeardown::new(left, state, driver, refill));
             return r;
         }
         None => {
@@ -257,15 +258,32 @@ fn supervise(
         Some(v) if v == "move" => Vec::new(),
         _ => cgroup.self_join_files(),
     };
+    // A ready user + network namespace pair, if the pool has one.
+    let pair = stockade_isolate::nspool::configured().and_then(|(pool, _)| {
+        let key = stockade_isolate::nspool::key(&prepared.spec.uid_map, &prepared.spec.gid_map);
+        stockade_isolate::nspool::claim(&pool, &key)
+    });
     // SAFETY: `stockade run` is single-threaded; nothing else runs while
     // the sandbox's init is cloned.
-    let launched: Launched = unsafe {
-        launch_joining(&prepared.spec, cgroup.dir_fd_v2(), &self_join, |pid| {
-            cgroup.add_pid(pid).map_err(|e| e.to_string())
-        })
-    }
-    .map_err(|e| RunError::Launch(e.to_string()))?;
+    let launched = unsafe {
+        launch_joining(
+            &prepared.spec,
+            cgroup.dir_fd_v2(),
+            &self_join,
+            pair.as_ref(),
+            |pid| cgroup.add_pid(pid).map_err(|e| e.to_string()),
+        )
+    };
     drop(self_join);
+    let launched: Launched = match launched {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(p) = &pair {
+                p.release();
+            }
+            return Err(RunError::Launch(e.to_string()));
+        }
+    };
     // The command goes right behind the go-ahead; init serves it once the
     // sandbox is built. Without a terminal it gets our own stdio.
     let own = opts.stdio.unwrap_or([0, 1, 2]);
@@ -273,6 +291,11 @@ fn supervise(
     let spawn = ToInit::Spawn(request);
     if proto::send_msg(launched.ctl.as_fd(), &spawn, stdio).is_err() {
         kill_init(&launched);
+    }
+    // Init holds the pair now (or new namespaces, if it could not be
+    // entered): its files leave the pool while init builds the sandbox.
+    if let Some(p) = pair {
+        p.release();
     }
     let oom_fd = cgroup.oom_notifier().ok();
     let print = opts.print_violations;

@@ -31,7 +31,10 @@ use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use stockade_cgroup::{Cgroup, Driver};
+use stockade_isolate::idmap::IdMap;
 use stockade_isolate::launch::Launched;
+use stockade_isolate::nspool;
+use stockade_isolate::spec::SandboxSpec;
 
 use crate::state::{SandboxDir, StateDir};
 
@@ -78,6 +81,40 @@ struct Job {
     left: Leftovers,
     state: StateDir,
     driver: Driver,
+    refill: Option<Refill>,
+}
+
+/// Tops the namespace pool up for the id maps of the sandbox just ended
+/// (see [`stockade_isolate::nspool`]): the next start with these maps
+/// finds its user and network namespaces ready.
+#[derive(Debug)]
+pub(crate) struct Refill {
+    pool: std::path::PathBuf,
+    per_key: usize,
+    key: String,
+    uids: IdMap,
+    gids: IdMap,
+}
+
+impl Refill {
+    /// `None` when the pool is turned off.
+    pub(crate) fn for_spec(spec: &SandboxSpec) -> Option<Refill> {
+        let (pool, per_key) = nspool::configured()?;
+        Some(Refill {
+            pool,
+            per_key,
+            key: nspool::key(&spec.uid_map, &spec.gid_map),
+            uids: spec.uid_map.clone(),
+            gids: spec.gid_map.clone(),
+        })
+    }
+
+    /// Makes the missing entries. A pool that cannot be filled (no
+    /// `/run`, a kernel refusing the namespaces) only costs the next
+    /// start its own namespaces, so failures are not reported.
+    pub(crate) fn run(&self) {
+        let _ = nspool::refill(&self.pool, &self.key, &self.uids, &self.gids, self.per_key);
+    }
 }
 
 impl Job {
@@ -91,16 +128,25 @@ impl Job {
         );
         self.left.remove_rest();
         crate::gc::collect(&self.state, Some(&self.driver));
+        if let Some(r) = &self.refill {
+            r.run();
+        }
     }
 }
 
 impl PendingTeardown {
-    pub(crate) fn new(left: Leftovers, state: StateDir, driver: Driver) -> PendingTeardown {
+    pub(crate) fn new(
+        left: Leftovers,
+        state: StateDir,
+        driver: Driver,
+        refill: Option<Refill>,
+    ) -> PendingTeardown {
         PendingTeardown {
             job: Some(Box::new(Job {
                 left,
                 state,
                 driver,
+                refill,
             })),
         }
     }

@@ -50,21 +50,25 @@ fn send(ctl: &OwnedFd, msg: &FromInit, fds: &[RawFd]) {
     let _ = proto::send_msg(ctl.as_fd(), msg, fds);
 }
 
-/// Entry point of the cloned child. Never returns.
-pub fn main(spec: &SandboxSpec, ctl: OwnedFd) -> ! {
-    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, &ctl))) {
-        Ok(code) => code,
-        Err(_) => {
-            send(
-                &ctl,
-                &FromInit::SetupFailed {
-                    message: "the sandbox's init panicked".into(),
-                },
-                &[],
-            );
-            125
-        }
-    };
+/// Entry point of the cloned child. Never returns. With `net_ready` the
+/// network namespace came from the pool (see [`crate::nspool`]) with its
+/// loopback already up.
+pub fn main(spec: &SandboxSpec, ctl: OwnedFd, net_ready: bool) -> ! {
+    let code =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, &ctl, net_ready)))
+        {
+            Ok(code) => code,
+            Err(_) => {
+                send(
+                    &ctl,
+                    &FromInit::SetupFailed {
+                        message: "the sandbox's init panicked".into(),
+                    },
+                    &[],
+                );
+                125
+            }
+        };
     // SAFETY: _exit ends the process without running the supervisor's
     // atexit handlers or destructors, which belong to the parent's copy.
     unsafe { libc::_exit(code) }
@@ -79,7 +83,7 @@ pub(crate) fn fail_early(ctl: &OwnedFd, message: String) -> ! {
     unsafe { libc::_exit(125) }
 }
 
-fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
+fn run(spec: &SandboxSpec, ctl: &OwnedFd, net_ready: bool) -> i32 {
     // Die with the supervisor. Checked against the go-ahead below: if the
     // supervisor died before we set this, the read sees end-of-file.
     let _ = sys::set_parent_death_signal(libc::SIGKILL);
@@ -94,7 +98,7 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
             _ => return 1,
         }
     }
-    let tun = match setup(spec, lowers) {
+    let tun = match setup(spec, lowers, net_ready) {
         Ok(tun) => tun,
         Err(message) => {
             send(ctl, &FromInit::SetupFailed { message }, &[]);
@@ -127,7 +131,11 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
 }
 
 /// Builds the sandbox; returns its TUN device when it has network egress.
-fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers) -> Result<Option<OwnedFd>, String> {
+fn setup(
+    spec: &SandboxSpec,
+    lowers: rootfs::Lowers,
+    net_ready: bool,
+) -> Result<Option<OwnedFd>, String> {
     // The TUN device first, while we still carry the supervisor's host
     // credentials: /dev/net/tun is usually 0600 root:root on the host, and
     // host root is not mapped into the sandbox's user namespace, so the
@@ -162,7 +170,9 @@ fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers) -> Result<Option<OwnedFd>, 
     rootfs::build(spec, lowers).map_err(|e| e.to_string())?;
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| format!("cannot set the host name: {e}"))?;
-    sys::loopback_up().map_err(|e| format!("cannot bring up loopback: {e}"))?;
+    if !net_ready {
+        sys::loopback_up().map_err(|e| format!("cannot bring up loopback: {e}"))?;
+    }
     // Our own session: the sandbox has no controlling terminal from the
     // host, so TIOCSTI-style input injection into the host's terminal is
     // impossible, and job-control signals from the host's terminal do not

@@ -2,11 +2,12 @@
 //! user, mount, pid, ipc, uts and network namespaces; id maps and cgroup
 //! membership written from outside; then the go-ahead.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::idmap;
+use crate::nspool::Pooled;
 use crate::proto;
 use crate::spec::SandboxSpec;
 use crate::sys;
@@ -35,6 +36,8 @@ pub struct Launched {
     pub pidfd: OwnedFd,
     /// The control socket to init (see [`crate::proto`]).
     pub ctl: OwnedFd,
+    /// Init's user and network namespaces came from the pool.
+    pub pooled: bool,
 }
 
 /// For a copy-on-write root: clones each lower layer, idmaps it through
@@ -105,6 +108,16 @@ pub const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWNET;
 
+/// The namespaces made at clone time when the user and network
+/// namespaces come from the pool ([`crate::nspool`]).
+const NAMESPACES_POOLED: libc::c_int =
+    libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+
+/// Stack of the short-lived process that enters a pooled pair and clones
+/// init from there; init goes on running on (its copy of) it. As large as
+/// a main thread's: only the pages touched cost memory.
+const POOLED_STACK: usize = 8 << 20;
+
 /// Clones the sandbox's init and lets it build the sandbox.
 /// With `into_cgroup` (a cgroup v2 directory) init is cloned straight into
 /// it; otherwise `join_cgroup` is called with init's host pid before init
@@ -119,7 +132,7 @@ pub unsafe fn launch(
     join_cgroup: impl FnOnce(i32) -> Result<(), String>,
 ) -> Result<Launched, LaunchError> {
     // SAFETY: forwarded from the caller's guarantee of a single thread.
-    unsafe { launch_joining(spec, into_cgroup, &[], join_cgroup) }
+    unsafe { launch_joining(spec, into_cgroup, &[], None, join_cgroup) }
 }
 
 /// [`launch`], where on cgroup v1 init joins its cgroup itself: right
@@ -130,12 +143,18 @@ pub unsafe fn launch(
 /// on cgroup v1). With `self_join` empty, `join_cgroup` moves init as in
 /// [`launch`].
 ///
+/// With `pooled`, init's user and network namespaces are that ready pair
+/// instead of new ones: its id maps are written and its loopback is up
+/// already. Where the pair cannot be entered, new namespaces are made as
+/// without it. [`Launched::pooled`] tells which happened.
+///
 /// # Safety
 /// As [`launch`].
 pub unsafe fn launch_joining(
     spec: &SandboxSpec,
     into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     self_join: &[OwnedFd],
+    pooled: Option<&Pooled>,
     join_cgroup: impl FnOnce(i32) -> Result<(), String>,
 ) -> Result<Launched, LaunchError> {
     let (ours, theirs) = socketpair(
@@ -145,63 +164,252 @@ pub unsafe fn launch_joining(
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(LaunchError::Socket)?;
-    // SAFETY: forwarded from the caller's guarantee of a single thread.
-    // On cgroup v2 the child is born in its cgroup; elsewhere (v1, or a
-    // kernel without clone3) it is moved there right after.
-    let mut joined = false;
-    let cloned = match into_cgroup {
+    let from_pool = match pooled {
         // SAFETY: forwarded from the caller's guarantee of a single thread.
-        Some(cg) => match unsafe { sys::clone_into_cgroup(NAMESPACES, cg) } {
-            Ok(r) => {
-                joined = true;
-                Ok(r)
-            }
+        Some(pair) => unsafe {
+            clone_from_pool(pair, spec, into_cgroup, self_join, &ours, &theirs)
+        },
+        None => None,
+    };
+    let (pid, pidfd, joined, pooled) = match from_pool {
+        Some(r) => {
+            let (pid, pidfd, joined) = r.map_err(LaunchError::Clone)?;
+            (pid, pidfd, joined, true)
+        }
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        None => match unsafe { clone_init(NAMESPACES, into_cgroup, self_join) }
+            .map_err(LaunchError::Clone)?
+        {
+            Cloned::Init => init_child(spec, ours, theirs, self_join, false),
+            Cloned::Parent { pid, pidfd, joined } => (pid, pidfd, joined, false),
+        },
+    };
+    drop(theirs);
+    let launched = Launched {
+        pid,
+        pidfd,
+        ctl: ours,
+        pooled,
+    };
+    let abort = |l: &Launched| {
+        let _ = sys::pidfd_send_signal(&l.pidfd, libc::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.pid), None);
+    };
+    if !pooled {
+        if let Err(e) = idmap::write_maps(pid, &spec.uid_map, &spec.gid_map, false) {
+            abort(&launched);
+            return Err(LaunchError::IdMap(e));
+        }
+    }
+    if let Err(e) = if joined { Ok(()) } else { join_cgroup(pid) } {
+        abort(&launched);
+        return Err(LaunchError::Cgroup(e));
+    }
+    send_idmapped_lowers(spec, pid, &launched.ctl);
+    send_bind_sources(spec, &launched.ctl);
+    if proto::send_msg(launched.ctl.as_fd(), &proto::ToInit::Go, &[]).is_err() {
+        abort(&launched);
+        return Err(LaunchError::InitGone);
+    }
+    Ok(launched)
+}
+
+/// Which side of [`clone_init`] this is.
+enum Cloned {
+    Init,
+    Parent {
+        pid: i32,
+        pidfd: OwnedFd,
+        /// Born in its cgroup, or about to join it itself.
+        joined: bool,
+    },
+}
+
+/// Clones init with `flags`: into the cgroup v2 directory `into_cgroup`
+/// where given and the kernel can (clone3), otherwise fork-style.
+///
+/// # Safety
+/// The caller must be single-threaded.
+unsafe fn clone_init(
+    flags: libc::c_int,
+    into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+    self_join: &[OwnedFd],
+) -> nix::Result<Cloned> {
+    let r = match into_cgroup {
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        // On cgroup v2 the child is born in its cgroup; elsewhere (v1, or
+        // a kernel without clone3) it is moved there right after.
+        Some(cg) => match unsafe { sys::clone_into_cgroup(flags, cg) } {
+            Ok(r) => r.map(|(pid, pidfd)| (pid, pidfd, true)),
             Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG) => {
                 // SAFETY: as above.
-                unsafe { sys::clone_fork(NAMESPACES) }
+                unsafe { sys::clone_fork(flags) }?
+                    .map(|(pid, pidfd)| (pid, pidfd, !self_join.is_empty()))
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         },
-        None => {
-            joined = !self_join.is_empty();
-            // SAFETY: forwarded from the caller's guarantee of a single thread.
-            unsafe { sys::clone_fork(NAMESPACES) }
-        }
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        None => unsafe { sys::clone_fork(flags) }?
+            .map(|(pid, pidfd)| (pid, pidfd, !self_join.is_empty())),
     };
-    match cloned.map_err(LaunchError::Clone)? {
-        None => {
-            drop(ours);
-            if let Err(message) = join_self(self_join) {
-                crate::init::fail_early(&theirs, message);
-            }
-            crate::init::main(spec, theirs)
+    Ok(match r {
+        None => Cloned::Init,
+        Some((pid, pidfd, joined)) => Cloned::Parent { pid, pidfd, joined },
+    })
+}
+
+/// Init's side of the clone: joins its cgroup where it does so itself,
+/// then runs [`crate::init::main`].
+fn init_child(
+    spec: &SandboxSpec,
+    ours: OwnedFd,
+    theirs: OwnedFd,
+    self_join: &[OwnedFd],
+    net_ready: bool,
+) -> ! {
+    drop(ours);
+    if let Err(message) = join_self(self_join) {
+        crate::init::fail_early(&theirs, message);
+    }
+    crate::init::main(spec, theirs, net_ready)
+}
+
+/// What the supervisor and the process entering a pooled pair share
+/// (through `CLONE_VM`).
+struct Entering<'a> {
+    pair: &'a Pooled,
+    spec: &'a SandboxSpec,
+    into_cgroup: Option<std::os::fd::BorrowedFd<'a>>,
+    self_join: &'a [OwnedFd],
+    ours: RawFd,
+    theirs: RawFd,
+    /// Set by the entering process: `None` if it could not enter the
+    /// pair, else what cloning init gave.
+    result: Option<nix::Result<(i32, RawFd, bool)>>,
+}
+
+/// Clones init into the pooled pair: a process sharing our memory and
+/// descriptor table (`CLONE_VM|CLONE_FILES|CLONE_VFORK`: we sleep until it
+/// is gone) enters the pair with `setns` and clones init from there with
+/// `CLONE_PARENT`, so init is still our child. The user namespace cannot
+/// be entered by us (it would be for good) nor by init after its clone
+/// (its other namespaces must belong to the user namespace, so they are
+/// made after entering it).
+///
+/// Returns `None` where the pair could not be entered (nothing was
+/// cloned: the caller makes new namespaces), else the clone's outcome.
+///
+/// # Safety
+/// The caller must be single-threaded.
+unsafe fn clone_from_pool(
+    pair: &Pooled,
+    spec: &SandboxSpec,
+    into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+    self_join: &[OwnedFd],
+    ours: &OwnedFd,
+    theirs: &OwnedFd,
+) -> Option<nix::Result<(i32, OwnedFd, bool)>> {
+    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            POOLED_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: the lowest page of the mapping just made becomes a guard:
+    // an overflow faults instead of writing below the stack.
+    unsafe {
+        libc::mprotect(stack, 4096, libc::PROT_NONE);
+    }
+    let mut shared = Entering {
+        pair,
+        spec,
+        into_cgroup,
+        self_join,
+        ours: ours.as_raw_fd(),
+        theirs: theirs.as_raw_fd(),
+        result: None,
+    };
+    // SAFETY: `stack` spans POOLED_STACK bytes, so its end is the initial
+    // stack pointer of a downward-growing stack.
+    let top = unsafe { stack.cast::<u8>().add(POOLED_STACK) };
+    // SAFETY: `enter_pool` runs on `stack` in our memory while we sleep
+    // (CLONE_VFORK), so `shared` outlives every use it makes of it; it
+    // frees nothing of ours and closes none of our descriptors. SIGCHLD
+    // is its exit signal, which init (cloned with CLONE_PARENT) inherits.
+    let pid = unsafe {
+        libc::clone(
+            enter_pool,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
+            (&mut shared as *mut Entering<'_>).cast(),
+        )
+    };
+    if pid > 0 {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::__WALL),
+        );
+    }
+    // SAFETY: the process that ran on the stack is gone; init has a copy
+    // of its own. Nothing of ours refers to the mapping.
+    unsafe {
+        libc::munmap(stack, POOLED_STACK);
+    }
+    if pid <= 0 {
+        return None;
+    }
+    let r = shared.result.take()?;
+    Some(r.map(|(pid, pidfd, joined)| {
+        // SAFETY: the pidfd was created by the clone in the process that
+        // shared our descriptor table: it is ours and nothing owns it yet.
+        (pid, unsafe { OwnedFd::from_raw_fd(pidfd) }, joined)
+    }))
+}
+
+/// The process entering a pooled pair (see [`clone_from_pool`]), and then
+/// init's first steps.
+extern "C" fn enter_pool(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at the `Entering` on the sleeping supervisor's
+    // stack (CLONE_VFORK keeps it there until we exit).
+    let e = unsafe { &mut *arg.cast::<Entering<'_>>() };
+    let entered = nix::sched::setns(&e.pair.user, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .and_then(|_| nix::sched::setns(&e.pair.net, nix::sched::CloneFlags::CLONE_NEWNET));
+    if entered.is_err() {
+        return 1;
+    }
+    // SAFETY: this process has a single thread (no CLONE_THREAD).
+    let cloned = unsafe {
+        clone_init(
+            NAMESPACES_POOLED | libc::CLONE_PARENT,
+            e.into_cgroup,
+            e.self_join,
+        )
+    };
+    match cloned {
+        Ok(Cloned::Init) => {
+            // SAFETY: init's own copies of the two socket ends (its
+            // descriptor table was copied from the shared one); nothing
+            // else in init owns them.
+            let (ours, theirs) =
+                unsafe { (OwnedFd::from_raw_fd(e.ours), OwnedFd::from_raw_fd(e.theirs)) };
+            init_child(e.spec, ours, theirs, e.self_join, true)
         }
-        Some((pid, pidfd)) => {
-            drop(theirs);
-            let launched = Launched {
-                pid,
-                pidfd,
-                ctl: ours,
-            };
-            let abort = |l: &Launched| {
-                let _ = sys::pidfd_send_signal(&l.pidfd, libc::SIGKILL);
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.pid), None);
-            };
-            if let Err(e) = idmap::write_maps(pid, &spec.uid_map, &spec.gid_map, false) {
-                abort(&launched);
-                return Err(LaunchError::IdMap(e));
-            }
-            if let Err(e) = if joined { Ok(()) } else { join_cgroup(pid) } {
-                abort(&launched);
-                return Err(LaunchError::Cgroup(e));
-            }
-            send_idmapped_lowers(spec, pid, &launched.ctl);
-            send_bind_sources(spec, &launched.ctl);
-            if proto::send_msg(launched.ctl.as_fd(), &proto::ToInit::Go, &[]).is_err() {
-                abort(&launched);
-                return Err(LaunchError::InitGone);
-            }
-            Ok(launched)
+        Ok(Cloned::Parent { pid, pidfd, joined }) => {
+            // The descriptor stays open for the supervisor (shared table).
+            e.result = Some(Ok((pid, pidfd.into_raw_fd(), joined)));
+            0
+        }
+        Err(err) => {
+            e.result = Some(Err(err));
+            1
         }
     }
 }

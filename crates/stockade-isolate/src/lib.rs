@@ -9,6 +9,7 @@ pub mod idmap;
 pub mod init;
 pub mod landlock_rules;
 pub mod launch;
+pub mod nspool;
 pub mod proto;
 pub mod rootfs;
 pub mod seccomp;

@@ -55,7 +55,7 @@ pub fn mount_setattr(path: &CStr, set: u64, recursive: bool) -> nix::Result<()> 
 /// continues with a copy of only the calling thread.
 pub unsafe fn clone_fork(ns_flags: libc::c_int) -> nix::Result<Option<(i32, OwnedFd)>> {
     let mut pidfd: RawFd = -1;
-    let flags = (ns_flags | libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong;
+    let flags = (ns_flags | libc::CLONE_PIDFD | exit_signal(ns_flags)) as libc::c_ulong;
     // SAFETY: with a NULL stack, clone behaves like fork: the child runs on
     // a copy of the parent's stack. CLONE_PIDFD writes the pidfd through the
     // `parent_tid` argument, which points at a live `RawFd`. The caller
@@ -76,6 +76,16 @@ pub unsafe fn clone_fork(ns_flags: libc::c_int) -> nix::Result<Option<(i32, Owne
     } else {
         // SAFETY: the kernel just created this descriptor for us.
         Ok(Some((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) })))
+    }
+}
+
+/// The child's exit signal: SIGCHLD, except with `CLONE_PARENT`, where the
+/// kernel takes the caller's own (and clone3 refuses any other).
+fn exit_signal(flags: libc::c_int) -> libc::c_int {
+    if flags & libc::CLONE_PARENT != 0 {
+        0
+    } else {
+        libc::SIGCHLD
     }
 }
 
@@ -284,7 +294,7 @@ pub unsafe fn clone_into_cgroup(
     let args = CloneArgs {
         flags: (ns_flags as u64) | (libc::CLONE_PIDFD as u64) | CLONE_INTO_CGROUP,
         pidfd: &mut pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal: exit_signal(ns_flags) as u64,
         cgroup: cgroup.as_raw_fd() as u64,
         ..CloneArgs::default()
     };

@@ -164,9 +164,13 @@ fn serve(
     let self_join = cgroup.self_join_files();
     // SAFETY: the shim is a freshly exec'd, single-threaded process.
     let launched = match unsafe {
-        launch_joining(&prepared.spec, cgroup.dir_fd_v2(), &self_join, |pid| {
-            cgroup.add_pid(pid).map_err(|e| e.to_string())
-        })
+        launch_joining(
+            &prepared.spec,
+            cgroup.dir_fd_v2(),
+            &self_join,
+            None,
+            |pid| cgroup.add_pid(pid).map_err(|e| e.to_string()),
+        )
     } {
         Ok(l) => l,
         Err(e) => {

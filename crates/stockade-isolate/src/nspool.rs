@@ -1,0 +1,546 @@
+//! A small pool of ready user + network namespace pairs.
+//!
+//! Creating a network namespace is the most expensive step of a sandbox's
+//! start that has nothing to do with the sandbox itself: the kernel runs
+//! every protocol's per-namespace set-up (sysctl tables, loopback, routing
+//! and netfilter state) before the first instruction of init. The user
+//! namespace that owns it needs its id maps written, and the loopback
+//! device must be brought up. None of that depends on the sandbox, so a
+//! cleaner does it *after* a run, off anyone's critical path, and leaves the
+//! pair here for the next start.
+//!
+//! ```text
+//! <pool>/                       default /run/stockade/nspool (0700)
+//!   <key>/                      one per id map (see [`key`])
+//!     <entry>/user  <entry>/net nsfs bind mounts keeping the pair alive
+//!     .new-<entry>/             an entry being made (published by rename)
+//!   claimed/<entry>/            taken by a starting sandbox, released
+//!                               right after its init is cloned
+//! ```
+//!
+//! The pool is in `/run` (a tmpfs) so a reboot empties it, and outside any
+//! state directory, so it serves every state directory on the host.
+//!
+//! **Isolation.** An entry is used by exactly one sandbox: the claim is
+//! an atomic `rename` out of the key's directory, and the claimer unmounts
+//! both files once its init holds the namespaces. What a sandbox does to
+//! its network namespace therefore dies with it. A fresh entry holds
+//! nothing but what a fresh namespace holds (a loopback device that is up):
+//! the process that made it only wrote its id maps and brought `lo` up.
+//! Claims check what they opened: both files must be namespaces of the
+//! right type, the network namespace must be owned by the user namespace,
+//! and the user namespace must have been made by our own effective uid.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+
+use crate::idmap::{self, IdMap};
+use crate::sys;
+
+/// `STOCKADE_NS_POOL_DIR`, else this.
+pub const DEFAULT_DIR: &str = "/run/stockade/nspool";
+/// Entries kept ready for each id map, unless `STOCKADE_NS_POOL` says
+/// otherwise (`0` turns the pool off).
+pub const DEFAULT_PER_KEY: usize = 2;
+/// Entries kept for all id maps together: a host whose sandboxes map many
+/// different workspace owners keeps a bounded number of namespaces idle.
+pub const MAX_TOTAL: usize = 8;
+/// A claimed entry is released within milliseconds; one older than this
+/// belongs to a supervisor that died in between, and so does a half-made
+/// entry.
+const ORPHAN_AGE: Duration = Duration::from_secs(60);
+
+const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
+const NSIO: u64 = 0xb7;
+const NS_GET_USERNS: u64 = NSIO << 8 | 0x1;
+const NS_GET_NSTYPE: u64 = NSIO << 8 | 0x3;
+const NS_GET_OWNER_UID: u64 = NSIO << 8 | 0x4;
+
+/// Making a pool entry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot create the namespaces: {0}")]
+    Clone(#[source] nix::Error),
+    #[error("cannot write the id maps: {0}")]
+    IdMap(#[source] io::Error),
+    #[error("cannot bring up loopback in the new namespace")]
+    Loopback,
+    #[error("{0}: {1}")]
+    Io(String, #[source] io::Error),
+    #[error("cannot bind the namespace at {0}: {1}")]
+    Mount(String, #[source] nix::Error),
+}
+
+/// A claimed pair, open: enough for a start (see `launch`).
+#[derive(Debug)]
+pub struct Pooled {
+    pub user: OwnedFd,
+    pub net: OwnedFd,
+    /// Where the pair's files are until [`Pooled::release`].
+    pub entry: PathBuf,
+}
+
+impl Pooled {
+    /// Unmounts and removes the claimed entry's files. The namespaces live
+    /// on for as long as a process (or our descriptors) holds them.
+    pub fn release(&self) {
+        release(&self.entry);
+    }
+}
+
+/// The pool's directory and its target per key; `None` when the pool is
+/// turned off (`STOCKADE_NS_POOL=0`).
+pub fn configured() -> Option<(PathBuf, usize)> {
+    let per_key = match std::env::var("STOCKADE_NS_POOL") {
+        Ok(v) => v.trim().parse().unwrap_or(DEFAULT_PER_KEY),
+        Err(_) => DEFAULT_PER_KEY,
+    };
+    if per_key == 0 {
+        return None;
+    }
+    Some((dir(), per_key.min(MAX_TOTAL)))
+}
+
+/// The pool's directory: `STOCKADE_NS_POOL_DIR`, else [`DEFAULT_DIR`].
+pub fn dir() -> PathBuf {
+    std::env::var_os("STOCKADE_NS_POOL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+}
+
+/// The name of the key directory for sandboxes with these id maps: a hash
+/// of both maps in the kernel's text form (FNV-1a, 64 bits).
+pub fn key(uids: &IdMap, gids: &IdMap) -> String {
+    let text = format!("{}\0{}", uids.to_proc_format(), gids.to_proc_format());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Takes one entry for `key`, or `None` when there is none that passes
+/// the checks (entries that fail them are released on the way).
+pub fn claim(pool: &Path, key: &str) -> Option<Pooled> {
+    let dir = pool.join(key);
+    let entries = fs::read_dir(&dir).ok()?;
+    let claimed = pool.join("claimed");
+    let mut tries = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.as_encoded_bytes().first() == Some(&b'.') {
+            continue;
+        }
+        if tries == 4 {
+            break;
+        }
+        tries += 1;
+        let to = claimed.join(&name);
+        // Not found: taken by someone else a moment ago (`refill` makes
+        // the `claimed` directory before any entry).
+        if fs::rename(e.path(), &to).is_err() {
+            continue;
+        }
+        match open_checked(&to) {
+            Some((user, net)) => {
+                return Some(Pooled {
+                    user,
+                    net,
+                    entry: to,
+                })
+            }
+            None => release(&to),
+        }
+    }
+    None
+}
+
+/// Opens a claimed entry's namespaces and checks they are what an entry
+/// must hold.
+fn open_checked(entry: &Path) -> Option<(OwnedFd, OwnedFd)> {
+    let open = |name: &str| {
+        nix::fcntl::open(
+            &entry.join(name),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    };
+    let user = open("user")?;
+    let net = open("net")?;
+    let is_ns = |fd: &OwnedFd, kind: libc::c_int| {
+        nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
+            && ns_ioctl(fd, NS_GET_NSTYPE) == Ok(kind)
+    };
+    if !is_ns(&user, libc::CLONE_NEWUSER) || !is_ns(&net, libc::CLONE_NEWNET) {
+        return None;
+    }
+    let mut owner: libc::uid_t = libc::uid_t::MAX;
+    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which
+    // targets a live local.
+    let r = unsafe { libc::ioctl(user.as_raw_fd(), NS_GET_OWNER_UID, &mut owner) };
+    if r != 0 || owner != nix::unistd::geteuid().as_raw() {
+        return None;
+    }
+    let net_owner = ns_ioctl(&net, NS_GET_USERNS).ok()?;
+    // SAFETY: NS_GET_USERNS returned a new descriptor that nothing else owns.
+    let net_owner = unsafe { OwnedFd::from_raw_fd(net_owner) };
+    let same = |a: &OwnedFd, b: &OwnedFd| match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b))
+    {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    };
+    same(&net_owner, &user).then_some((user, net))
+}
+
+fn ns_ioctl(fd: &OwnedFd, request: u64) -> nix::Result<RawFd> {
+    // SAFETY: the nsfs ioctls used here take no argument and return an
+    // integer (a type, or a new descriptor).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request) };
+    Errno::result(r)
+}
+
+/// Unmounts an entry's two files (lazily: a namespace in use stays alive)
+/// and removes the entry. Harmless on an entry that is gone or was never
+/// mounted.
+pub fn release(entry: &Path) {
+    for name in ["user", "net"] {
+        let p = entry.join(name);
+        let _ = nix::mount::umount2(
+            &p,
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        );
+        let _ = fs::remove_file(&p);
+    }
+    let _ = fs::remove_dir(entry);
+}
+
+/// Number of ready entries for `key`.
+pub fn ready(pool: &Path, key: &str) -> usize {
+    entries(&pool.join(key)).len()
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().as_encoded_bytes().first() != Some(&b'.'))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn key_dirs(pool: &Path) -> Vec<PathBuf> {
+    fs::read_dir(pool)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name() != "claimed")
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Brings `key` up to `per_key` ready entries, within [`MAX_TOTAL`] for
+/// the whole pool, and releases orphans (claims and half-made entries of
+/// processes that died). Returns how many entries it made.
+///
+/// Forks a short-lived helper per entry; the helper only makes system
+/// calls, so this is sound in a multi-threaded process too.
+pub fn refill(
+    pool: &Path,
+    key: &str,
+    uids: &IdMap,
+    gids: &IdMap,
+    per_key: usize,
+) -> Result<usize, PoolError> {
+    let dir = pool.join(key);
+    for d in [pool.to_path_buf(), pool.join("claimed"), dir.clone()] {
+        if !d.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .map_err(|e| PoolError::Io(format!("cannot create {}", d.display()), e))?;
+        }
+    }
+    // One refill per key at a time; whoever finds it busy leaves it.
+    let lock = fs::File::create(dir.join(".lock"))
+        .map_err(|e| PoolError::Io(format!("cannot lock {}", dir.display()), e))?;
+    // SAFETY: flock on a descriptor owned by `lock`, which outlives the call.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(0);
+    }
+    release_orphans(pool);
+    let total: usize = key_dirs(pool).iter().map(|d| entries(d).len()).sum();
+    let have = entries(&dir).len();
+    let want = per_key
+        .saturating_sub(have)
+        .min(MAX_TOTAL.saturating_sub(total));
+    for made in 0..want {
+        if let Err(e) = make(&dir, uids, gids) {
+            return if made == 0 { Err(e) } else { Ok(made) };
+        }
+    }
+    Ok(want)
+}
+
+fn release_orphans(pool: &Path) {
+    let old = |p: &Path| {
+        fs::symlink_metadata(p)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default() > ORPHAN_AGE)
+            .unwrap_or(false)
+    };
+    for e in entries(&pool.join("claimed")) {
+        if old(&e) {
+            release(&e);
+        }
+    }
+    for d in key_dirs(pool) {
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_name().as_encoded_bytes().starts_with(b".new-") && old(&e.path()) {
+                    release(&e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Empties the pool: every ready, half-made and claimed entry is released.
+/// Returns how many entries there were.
+pub fn drain(pool: &Path) -> usize {
+    let mut n = 0;
+    for d in key_dirs(pool)
+        .into_iter()
+        .chain(std::iter::once(pool.join("claimed")))
+    {
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    release(&e.path());
+                    n += 1;
+                }
+            }
+        }
+        let _ = fs::remove_file(d.join(".lock"));
+        let _ = fs::remove_dir(&d);
+    }
+    n
+}
+
+/// Makes one entry in the key directory `dir`.
+fn make(dir: &Path, uids: &IdMap, gids: &IdMap) -> Result<(), PoolError> {
+    let (user, net) = new_pair(uids, gids)?;
+    let name = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let tmp = dir.join(format!(".new-{name}"));
+    let io = |what: &str, e| PoolError::Io(format!("{what} {}", tmp.display()), e);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .map_err(|e| io("cannot create", e))?;
+    let bind = |fd: &OwnedFd, file: &str| -> Result<(), PoolError> {
+        let target = tmp.join(file);
+        fs::File::create(&target).map_err(|e| io("cannot create a file in", e))?;
+        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        nix::mount::mount(
+            Some(source.as_str()),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| PoolError::Mount(target.display().to_string(), e))
+    };
+    let published = bind(&user, "user")
+        .and_then(|_| bind(&net, "net"))
+        .and_then(|_| fs::rename(&tmp, dir.join(&name)).map_err(|e| io("cannot publish", e)));
+    if published.is_err() {
+        release(&tmp);
+    }
+    published
+}
+
+/// A new user namespace with `uids`/`gids` mapped, owning a new network
+/// namespace whose loopback is up. A helper process is cloned into both,
+/// held until the maps are written and the descriptors opened, then told
+/// to bring `lo` up and exit.
+fn new_pair(uids: &IdMap, gids: &IdMap) -> Result<(OwnedFd, OwnedFd), PoolError> {
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| PoolError::Io("cannot create a pipe".into(), e.into()))?;
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::SIGCHLD;
+    // SAFETY: fork-style clone (NULL stack). The child only makes system
+    // calls (close, read, socket, ioctl, _exit), allocates nothing and
+    // never returns, so it is sound even if other threads exist here.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0usize,
+        )
+    };
+    if pid == 0 {
+        helper(go_r.as_raw_fd(), go_w.as_raw_fd());
+    }
+    let pid = Errno::result(pid).map_err(PoolError::Clone)? as i32;
+    drop(go_r);
+    let reap = |code_ok: bool| -> bool {
+        let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        code_ok && matches!(st, Ok(nix::sys::wait::WaitStatus::Exited(_, 0)))
+    };
+    let opened = idmap::write_maps(pid, uids, gids, false)
+        .map_err(PoolError::IdMap)
+        .and_then(|_| {
+            let open = |ns: &str| {
+                let p = CString::new(format!("/proc/{pid}/ns/{ns}")).expect("no NUL in a path");
+                nix::fcntl::open(
+                    p.as_c_str(),
+                    nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|e| {
+                    PoolError::Io(format!("cannot open {}", p.to_string_lossy()), e.into())
+                })
+            };
+            Ok((open("user")?, open("net")?))
+        });
+    match opened {
+        Ok(pair) => {
+            let told = nix::unistd::write(&go_w, b"g").is_ok();
+            drop(go_w);
+            if reap(told) {
+                Ok(pair)
+            } else {
+                Err(PoolError::Loopback)
+            }
+        }
+        Err(e) => {
+            // Closing our end makes the helper's read return 0: it exits.
+            drop(go_w);
+            reap(false);
+            Err(e)
+        }
+    }
+}
+
+/// The pool helper, in its new namespaces: waits for the go-ahead, brings
+/// loopback up, exits 0 (1 on any failure).
+fn helper(go_r: RawFd, go_w: RawFd) -> ! {
+    // SAFETY: raw system calls on descriptors of this process's own copy
+    // of the table; `_exit` ends the process without running any handler.
+    unsafe {
+        libc::close(go_w);
+        let mut b = 0u8;
+        let n = libc::read(go_r, (&mut b as *mut u8).cast(), 1);
+        let ok = n == 1 && sys::loopback_up().is_ok();
+        libc::_exit(if ok { 0 } else { 1 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+
+    fn mounts_under(dir: &Path) -> usize {
+        let dir = dir.to_string_lossy().into_owned();
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&dir))
+            .count()
+    }
+
+    #[test]
+    fn keys_differ_with_either_map() {
+        let a = IdMap::for_sandbox(None);
+        let b = IdMap::for_sandbox(Some(4242));
+        assert_eq!(key(&a, &a), key(&a, &a.clone()));
+        assert_ne!(key(&a, &a), key(&b, &a));
+        assert_ne!(key(&a, &a), key(&a, &b));
+        assert_eq!(key(&a, &a).len(), 16);
+    }
+
+    #[test]
+    fn concurrent_claims_never_share_an_entry() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (namespaces, mounts)");
+            return;
+        }
+        let pool = tempfile::tempdir().unwrap();
+        let maps = IdMap::for_sandbox(None);
+        let k = key(&maps, &maps);
+        // Capped per key by MAX_TOTAL, made one after another.
+        assert_eq!(refill(pool.path(), &k, &maps, &maps, 6).unwrap(), 6);
+        assert_eq!(ready(pool.path(), &k), 6);
+        // A full pool makes nothing more.
+        assert_eq!(refill(pool.path(), &k, &maps, &maps, 6).unwrap(), 0);
+        let claims = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    while let Some(p) = claim(pool.path(), &k) {
+                        claims.lock().unwrap().push(p);
+                    }
+                });
+            }
+        });
+        let claims = claims.into_inner().unwrap();
+        assert_eq!(claims.len(), 6);
+        let nets: HashSet<u64> = claims
+            .iter()
+            .map(|p| nix::sys::stat::fstat(&p.net).unwrap().st_ino)
+            .collect();
+        assert_eq!(nets.len(), 6, "an entry was claimed twice");
+        let host = fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert!(!nets.contains(&host));
+        for p in &claims {
+            p.release();
+        }
+        assert_eq!(mounts_under(pool.path()), 0);
+        assert_eq!(
+            fs::read_dir(pool.path().join("claimed")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn the_pool_stays_within_its_total() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (namespaces, mounts)");
+            return;
+        }
+        let pool = tempfile::tempdir().unwrap();
+        let a = IdMap::for_sandbox(None);
+        let b = IdMap::for_sandbox(Some(4242));
+        assert_eq!(refill(pool.path(), &key(&a, &a), &a, &a, 6).unwrap(), 6);
+        // Only MAX_TOTAL - 6 fit for a second key.
+        assert_eq!(
+            refill(pool.path(), &key(&b, &b), &b, &b, 6).unwrap(),
+            MAX_TOTAL - 6
+        );
+        assert_eq!(drain(pool.path()), MAX_TOTAL);
+        assert_eq!(mounts_under(pool.path()), 0);
+    }
+}
