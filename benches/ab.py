@@ -13,7 +13,10 @@ make the comparison honest on a small, shared machine:
   rotates the order of the variants every round. With a fixed order, the variant that ran right after bwrap came out
   0.1-0.35 ms slower than an identical binary later in the round;
 - every binary is run from a fresh copy made just before the rounds. Two
-  copies of one binary made at different times differed by up to 0.36 ms.
+  copies of one binary made at different times differed by up to 0.36 ms;
+- after every run the timer waits, untimed, until what the run left
+  running (stockade's detached cleaner) has exited, so its work (teardown, namespace pool refill) never
+  runs beside the next variant; "after exit" is that wait.
 
 Give the same binary twice under two names to see how far apart equal
 things come out on the machine that day.
@@ -84,13 +87,17 @@ def cold_start(variants, rounds, warmup, work):
     plan = os.path.join(work, "plan.json")
     out = os.path.join(work, "samples.json")
     with open(plan, "w") as f:
-        json.dump({"warmup": warmup, "rounds": rounds, "variants": runs}, f)
+        # Untimed wait for each run's detached cleaner (teardown, pool
+        # refill) before the next run, as compare.sh does.
+        json.dump({"warmup": warmup, "rounds": rounds, "variants": runs,
+                   "settle": True}, f)
     subprocess.run([sys.executable, os.path.join(HERE, "lib", "timer.py"),
                     plan, "--out", out, "--label", "ab"], check=True)
     with open(out) as f:
         results = json.load(f)["variants"]
-    ms = {}
+    ms, after = {}, {}
     for name, r in results.items():
+        after[name] = statistics.median(r["settle_ns"]) / 1e6 if r.get("settle_ns") else 0.0
         if r["skipped"] or r["failures"]:
             print(f"{name}: {r['skipped'] or ''} {r['failures']} failed runs "
                   f"({r['first_error']})")
@@ -98,12 +105,12 @@ def cold_start(variants, rounds, warmup, work):
             ms[name] = [ns / 1e6 for ns in r["samples_ns"]]
     base = statistics.median(ms["bwrap"]) if "bwrap" in ms else None
     print(f"cold start, {rounds} rounds, order rotated each round")
-    print("| variant | median ms | p90 ms | vs bwrap |")
-    print("|---|---|---|---|")
+    print("| variant | median ms | p90 ms | vs bwrap | after exit ms |")
+    print("|---|---|---|---|---|")
     for name, xs in ms.items():
         med, p90 = summary(xs)
         ratio = f"{med / base:.2f}x" if base else "-"
-        print(f"| {name} | {med:.2f} | {p90:.2f} | {ratio} |")
+        print(f"| {name} | {med:.2f} | {p90:.2f} | {ratio} | {after[name]:.2f} |")
 
 
 def warm_exec(variants, rounds, per_round, work):

@@ -31,11 +31,14 @@
 # DAEMON_PODMAN_EVERY (2: `podman exec` in every 2nd round of the warm-exec
 # benchmark, still interleaved; it takes ~30x as long as the others),
 # EGRESS_MIB (256 per transfer), EGRESS_REPS (5), EGRESS_CONNECTS (200),
-# EGRESS_LAT_REPS (3), EGRESS_COLD_ROUNDS (60), EGRESS_WARMUP (5).
+# EGRESS_LAT_REPS (3), EGRESS_COLD_ROUNDS (60), EGRESS_WARMUP (5),
+# SETTLE (1: after each cold-start run, wait untimed until everything it
+# left running has exited, so work deferred past one variant's exit never
+# slows the next variant's run; 0: no wait).
 set -euo pipefail
 
 usage() {
-  sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
   echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --no-v1-attach  --out-dir DIR  -h|--help"
 }
 
@@ -64,6 +67,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+SETTLE=${SETTLE:-1}
 if [ "$QUICK" = 1 ]; then
   COLD_ROUNDS=${COLD_ROUNDS:-20} WORK_ROUNDS=${WORK_ROUNDS:-3} WARMUP=${WARMUP:-2}
   PROFILE_RUNS=8 CPU_PROFILE_RUNS=10
@@ -277,12 +281,13 @@ prepare_c_project() {
 # Plans for timer.py are built from records on stdin, one per variant:
 # name, every, cwd, setup command, argv..., fields separated by \x1f and
 # records by \x1e, so arguments may contain spaces.
-write_plan() { # out warmup rounds < records
+write_plan() { # out warmup rounds [settle: 1] < records
   # The program comes from -c, not a here-document, because stdin carries
   # the records.
   "$PY" -c '
 import json, sys
 out, warmup, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+settle = len(sys.argv) > 4 and sys.argv[4] == "1"
 variants = []
 for rec in sys.stdin.read().split("\x1e"):
     if not rec.strip("\n"):
@@ -304,8 +309,8 @@ for rec in sys.stdin.read().split("\x1e"):
     if setup:
         v["setup"] = ["sh", "-c", setup]
     variants.append(v)
-json.dump({"warmup": warmup, "rounds": rounds, "variants": variants},
-          open(out, "w"), indent=1)
+json.dump({"warmup": warmup, "rounds": rounds, "variants": variants,
+           "settle": settle}, open(out, "w"), indent=1)
 ' "$@"
 }
 
@@ -324,6 +329,10 @@ cold_start_bench() {
     # detached cleaner: what deferring the teardown buys.
     record "stockade, teardown waited for" 1 "" "" \
       env STOCKADE_BENCH_SYNC_TEARDOWN=1 "$SK" run -- /bin/true
+    # The same, making its user and network namespaces as it starts
+    # instead of taking a ready pair from the pool: what the pool buys.
+    record "stockade, no namespace pool" 1 "" "" \
+      env STOCKADE_NS_POOL=0 "$SK" run -- /bin/true
     if [ "$HAVE_BWRAP" = 1 ]; then record bwrap 1 "" "" "${bw[@]}" /bin/true; fi
     if [ "$HAVE_RUNC" = 1 ]; then
       record runc 1 "" "" runc run --bundle "$BUNDLE" "stockade-bench-{run}"
@@ -339,7 +348,7 @@ cold_start_bench() {
         --cpus "$LIMIT_CPUS" --pids-limit "$LIMIT_PIDS" \
         -v /usr:/usr:ro --rootfs "$ROOTFS" /bin/true
     fi
-  } | write_plan "$WORK/cold-plan.json" "$WARMUP" "$COLD_ROUNDS"
+  } | write_plan "$WORK/cold-plan.json" "$WARMUP" "$COLD_ROUNDS" "$SETTLE"
   log "cold start: $COLD_ROUNDS interleaved rounds (+$WARMUP warm-up)"
   "$PY" "$LIB/timer.py" "$WORK/cold-plan.json" --out "$OUT/raw/cold-start.json" --label "cold start"
 }

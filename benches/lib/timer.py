@@ -15,7 +15,9 @@ Plan:
                    "every": 1}]}
 
 `"env": {"NAME": "value"}` in a variant adds to the environment its command
-runs with. `{run}` in an argument becomes a number unique to the run (runc needs a
+runs with. `"settle": true` at the top of the plan makes every run wait,
+untimed, until all that it left running has exited (see `settle`); the
+wait after each run is kept as "settle_ns". `{run}` in an argument becomes a number unique to the run (runc needs a
 fresh container id each time). `setup`, when given, runs untimed right
 before each timed run (e.g. `make clean`). `every: k` runs the variant only
 in every k-th round, for a peer too slow to run in all of them.
@@ -29,6 +31,7 @@ Usage: timer.py PLAN.json --out SAMPLES.json [--label TEXT]
 """
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -71,6 +74,37 @@ def env_of(variant):
     return {**os.environ, **extra} if extra else None
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper():
+    """Makes this process the reaper of its orphaned descendants: what a
+    variant leaves running after its exit (stockade's detached cleaner,
+    podman's cleanup) becomes our child, so `settle` can wait for it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        sys.exit(f"timer.py: prctl(PR_SET_CHILD_SUBREAPER): "
+                 f"{os.strerror(ctypes.get_errno())}")
+
+
+def settle(limit_s=5.0):
+    """Waits, untimed, until every descendant the last run left behind has
+    exited (we are their subreaper), so work deferred past one variant's
+    exit never runs beside the next variant's timed run, where it would
+    slow that one down instead of itself. Returns the seconds waited."""
+    start = time.monotonic()
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break  # no descendant left
+        if pid == 0:
+            if time.monotonic() - start > limit_s:
+                break
+            time.sleep(0.0002)
+    return time.monotonic() - start
+
+
 def run_setup(variant, run_id):
     """Runs the untimed setup step; a failure here aborts the benchmark,
     because it means the plan itself is broken, not the sandbox."""
@@ -95,7 +129,7 @@ def main():
     results = {
         v["name"]: {"argv": v["argv"], "env": v.get("env", {}),
                     "every": v.get("every", 1),
-                    "samples_ns": [], "failures": 0, "first_error": None,
+                    "samples_ns": [], "settle_ns": [], "failures": 0, "first_error": None,
                     "skipped": None}
         for v in variants
     }
@@ -119,6 +153,8 @@ def main():
                       file=sys.stderr)
 
     rounds = plan["rounds"]
+    if plan.get("settle"):
+        become_subreaper()
     started = time.monotonic()
     for r in range(rounds):
         # Rotate the starting variant each round: still strictly
@@ -132,9 +168,11 @@ def main():
             run_setup(v, run_id)
             elapsed, code, tail = run_once(expand(v["argv"], run_id),
                                            v.get("cwd"), env_of(v))
+            waited = settle() if plan.get("settle") else 0.0
             res = results[v["name"]]
             if code == 0:
                 res["samples_ns"].append(elapsed)
+                res["settle_ns"].append(int(waited * 1e9))
             else:
                 res["failures"] += 1
                 res["first_error"] = res["first_error"] or (
@@ -145,6 +183,7 @@ def main():
 
     with open(args.out, "w") as f:
         json.dump({"label": args.label, "rounds": rounds,
+                   "settle": bool(plan.get("settle")),
                    "warmup": plan.get("warmup", 3), "variants": results},
                   f, indent=1)
 

@@ -128,9 +128,6 @@ impl Job {
         );
         self.left.remove_rest();
         crate::gc::collect(&self.state, Some(&self.driver));
-        if let Some(r) = &self.refill {
-            r.run();
-        }
     }
 }
 
@@ -270,10 +267,17 @@ fn spawn_cleaner(job: Box<Job>) -> Result<(), Box<Job>> {
 extern "C" fn cleaner_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `Box<Job>` that `spawn_cleaner` leaked for us;
     // the parent no longer touches it (it only `_exit`s).
-    let job = unsafe { Box::from_raw(arg.cast::<Job>()) };
+    let mut job = unsafe { Box::from_raw(arg.cast::<Job>()) };
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         detach();
+        // Only here, where nobody waits: a teardown done in place (a
+        // library caller, STOCKADE_BENCH_SYNC_TEARDOWN) leaves the pool
+        // as it is.
+        let refill = job.refill.take();
         job.run();
+        if let Some(r) = refill {
+            r.run();
+        }
     }));
     // SAFETY: ends the cleaner without running exit handlers or flushing
     // buffers that belong to the process it was cloned from.
