@@ -322,3 +322,65 @@ fn orphaned_claims_are_released_and_the_pool_can_be_turned_off_and_drained() {
     assert_eq!(mounts_under(pool.dir.path()), 0);
     assert!(pool.ready().is_empty());
 }
+
+#[test]
+fn daemon_sandboxes_take_ready_pairs_too() {
+    use stockade_server::client::{Client, ExecOptions};
+    let pool = Pool::new();
+    let socket = pool.env.state.path().join("api.sock");
+    // Stopped however the test ends (before the pool is drained).
+    struct Serving(std::process::Child);
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Serving(
+        pool.cmd("2")
+            .args(["serve", "--socket", socket.to_str().unwrap(), "--state-dir"])
+            .arg(pool.env.state.path().join("state"))
+            .spawn()
+            .unwrap(),
+    );
+    let c = Client::unix(&socket);
+    assert!(eventually(|| c.health().is_ok()), "daemon did not come up");
+    let net_of = |id: &str| {
+        let r = c
+            .exec(
+                id,
+                &ExecOptions {
+                    cmd: vec!["readlink".into(), "/proc/self/ns/net".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.exit_code, Some(0));
+        ns_inode(&r.stdout, "net")
+    };
+    let mut seen = HashSet::new();
+    // The first sandbox finds the pool empty; its shim fills it once the
+    // sandbox is destroyed.
+    let first = c.create(None, None, &Default::default(), None).unwrap();
+    seen.insert(net_of(&first.id));
+    c.destroy(&first.id).unwrap();
+    for round in 0..2 {
+        let ready: HashSet<u64> = pool.wait_ready(2).into_iter().map(|(_, i)| i).collect();
+        let sb = c.create(None, None, &Default::default(), None).unwrap();
+        let net = net_of(&sb.id);
+        assert!(
+            ready.contains(&net),
+            "round {round}: {net} not from {ready:?}"
+        );
+        assert!(
+            seen.insert(net),
+            "round {round}: namespace {net} served twice"
+        );
+        assert_ne!(net, host_ns("net"));
+        c.destroy(&sb.id).unwrap();
+    }
+    assert_eq!(mounts_under(&pool.dir.path().join("claimed")), 0);
+}
