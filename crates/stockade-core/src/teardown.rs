@@ -84,6 +84,9 @@ struct Job {
     refill: Option<Refill>,
 }
 
+/// Nice value of a pool refill (see [`Refill::run`]).
+const REFILL_NICE: libc::c_int = 10;
+
 /// Tops the namespace pool up for the id maps of the sandbox just ended
 /// (see [`stockade_isolate::nspool`]): the next start with these maps
 /// finds its user and network namespaces ready.
@@ -109,10 +112,18 @@ impl Refill {
         })
     }
 
-    /// Makes the missing entries. A pool that cannot be filled (no
-    /// `/run`, a kernel refusing the namespaces) only costs the next
-    /// start its own namespaces, so failures are not reported.
+    /// Makes the missing entries, at low priority: the caller is a
+    /// process whose work is otherwise done (a cleaner, an exiting shim),
+    /// and the sandboxes starting meanwhile come first. A pool that
+    /// cannot be filled (no `/run`, a kernel refusing the namespaces) only
+    /// costs the next start its own namespaces, so failures are not
+    /// reported.
     pub(crate) fn run(&self) {
+        // SAFETY: setpriority only reads its integer arguments; `who` 0
+        // is the calling thread, the only one of this process by now.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, REFILL_NICE);
+        }
         let _ = nspool::refill(&self.pool, &self.key, &self.uids, &self.gids, self.per_key);
     }
 }

@@ -76,7 +76,6 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
             )
         }
     };
-    let mut refill = None;
     let code = (|| {
         let prepared = match prepare(&start.policy, &state, &dir) {
             Ok(p) => p,
@@ -119,15 +118,9 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
         // Idempotent: the cleanup above normally did this already.
         cgroup.kill_all();
         let _ = cgroup.destroy();
-        refill = crate::teardown::Refill::for_spec(&prepared.spec);
         code
     })();
     let _ = dir.remove();
-    // Last, once every client has had its answer and hang-up: the next
-    // sandbox with these id maps finds its namespaces ready.
-    if let Some(r) = refill {
-        r.run();
-    }
     code
 }
 
@@ -169,26 +162,16 @@ fn serve(
     };
     // On cgroup v1 init joins its group itself (see `launch_joining`).
     let self_join = cgroup.self_join_files();
-    // A ready user + network namespace pair, if the pool has one.
-    let pair = stockade_isolate::nspool::configured().and_then(|(pool, _)| {
-        let key = stockade_isolate::nspool::key(&prepared.spec.uid_map, &prepared.spec.gid_map);
-        stockade_isolate::nspool::claim(&pool, &key)
-    });
     // SAFETY: the shim is a freshly exec'd, single-threaded process.
-    let launched = unsafe {
+    let launched = match unsafe {
         launch_joining(
             &prepared.spec,
             cgroup.dir_fd_v2(),
             &self_join,
-            pair.as_ref(),
+            None,
             |pid| cgroup.add_pid(pid).map_err(|e| e.to_string()),
         )
-    };
-    // Init holds the pair now (or namespaces of its own).
-    if let Some(p) = pair {
-        p.release();
-    }
-    let launched = match launched {
+    } {
         Ok(l) => l,
         Err(e) => {
             if let Some(r) = ready.as_mut() {
