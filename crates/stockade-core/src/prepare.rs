@@ -25,6 +25,10 @@ pub struct Prepared {
     pub cwd: String,
     /// Host uid and gid of the sandbox's user (for files written in).
     pub owner: (u32, u32),
+    /// A ready user + network namespace pair claimed for this sandbox
+    /// (`stockade run` claims one after preparing; see
+    /// `stockade_isolate::nspool`).
+    pub pool_pair: Option<stockade_isolate::nspool::Pooled>,
 }
 
 impl Prepared {
@@ -230,5 +234,6 @@ pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Pr
         env,
         cwd: p.cwd.clone(),
         owner,
+        pool_pair: None,
     })
 }

@@ -188,7 +188,7 @@ fn run_inner(
             .map_err(|e| RunError::Cgroup(e.to_string()))?;
         Ok::<_, RunError>((prepared, request, cgroup))
     })();
-    let (prepared, request, cgroup) = match setup {
+    let (mut prepared, request, cgroup) = match setup {
         Ok(s) => s,
         Err(e) => {
             let _ = dir.remove();
@@ -196,7 +196,17 @@ fn run_inner(
         }
     };
     let mut net = NetWatch::new(&policy.network, id, report.started_at, net_log);
+    // A ready user + network namespace pair, if the pool has one.
+    prepared.pool_pair = stockade_isolate::nspool::configured().and_then(|(pool, _)| {
+        let key = stockade_isolate::nspool::key(&prepared.spec.uid_map, &prepared.spec.gid_map);
+        stockade_isolate::nspool::claim(&pool, &key)
+    });
     let r = supervise(opts, &prepared, request, &cgroup, started, report, &mut net);
+    // Init holds the pair now (or new namespaces, if it could not be
+    // entered). Its files leave the pool with the teardown: unmounting
+    // them while init builds the sandbox would make the kernel wait for
+    // RCU grace periods (expedited: an interrupt on every CPU).
+    let claimed = prepared.pool_pair.take().map(|p| p.entry);
     let (r, dying) = match r {
         Ok(dying) => (Ok(()), dying),
         Err(e) => (Err(e), None),
@@ -213,6 +223,7 @@ fn run_inner(
                 device,
                 cgroup,
                 dir,
+                claimed,
             };
             let refill = crate::teardown::Refill::for_spec(&prepared.spec);
             *pending = Some(PendingTeardown::new(left, state, driver, refill));
@@ -224,6 +235,9 @@ fn run_inner(
             drop(device);
             let _ = cgroup.destroy();
             let _ = dir.remove();
+            if let Some(entry) = &claimed {
+                stockade_isolate::nspool::release(entry);
+            }
         }
     }
     if opts.defer_teardown {
@@ -258,11 +272,7 @@ fn supervise(
         Some(v) if v == "move" => Vec::new(),
         _ => cgroup.self_join_files(),
     };
-    // A ready user + network namespace pair, if the pool has one.
-    let pair = stockade_isolate::nspool::configured().and_then(|(pool, _)| {
-        let key = stockade_isolate::nspool::key(&prepared.spec.uid_map, &prepared.spec.gid_map);
-        stockade_isolate::nspool::claim(&pool, &key)
-    });
+    let pair = prepared.pool_pair.as_ref();
     // SAFETY: `stockade run` is single-threaded; nothing else runs while
     // the sandbox's init is cloned.
     let launched = unsafe {
@@ -270,7 +280,7 @@ fn supervise(
             &prepared.spec,
             cgroup.dir_fd_v2(),
             &self_join,
-            pair.as_ref(),
+            pair,
             |pid| cgroup.add_pid(pid).map_err(|e| e.to_string()),
         )
     };
@@ -278,7 +288,7 @@ fn supervise(
     let launched: Launched = match launched {
         Ok(l) => l,
         Err(e) => {
-            if let Some(p) = &pair {
+            if let Some(p) = pair {
                 p.release();
             }
             return Err(RunError::Launch(e.to_string()));
@@ -291,11 +301,6 @@ fn supervise(
     let spawn = ToInit::Spawn(request);
     if proto::send_msg(launched.ctl.as_fd(), &spawn, stdio).is_err() {
         kill_init(&launched);
-    }
-    // Init holds the pair now (or new namespaces, if it could not be
-    // entered): its files leave the pool while init builds the sandbox.
-    if let Some(p) = pair {
-        p.release();
     }
     let oom_fd = cgroup.oom_notifier().ok();
     let print = opts.print_violations;

@@ -53,6 +53,8 @@ pub(crate) struct Leftovers {
     pub device: Option<OwnedFd>,
     pub cgroup: Cgroup,
     pub dir: SandboxDir,
+    /// The namespace pool entry the sandbox started from, still mounted.
+    pub claimed: Option<std::path::PathBuf>,
 }
 
 impl Leftovers {
@@ -61,6 +63,9 @@ impl Leftovers {
         let _ = self.cgroup.destroy();
         drop(self.device);
         let _ = self.dir.remove();
+        if let Some(entry) = &self.claimed {
+            nspool::release(entry);
+        }
     }
 }
 
