@@ -117,7 +117,14 @@ fn each_start_takes_a_ready_pair_that_no_other_sandbox_used() {
     pool.sh("true");
     let mut ready = pool.wait_ready(2);
     let mut seen: HashSet<u64> = HashSet::new();
+    // Every namespace that was ever ready stays open here until the end:
+    // the kernel reuses a freed namespace's inode number, so only a live
+    // namespace's number names it alone.
+    let mut held = Vec::new();
     for round in 0..4 {
+        for (entry, _) in &ready {
+            held.push(std::fs::File::open(entry.join("net")).unwrap());
+        }
         let before: HashSet<u64> = ready.iter().map(|(_, i)| *i).collect();
         let out = pool.sh(
             "readlink /proc/self/ns/net /proc/self/ns/user; cat /proc/self/uid_map /proc/self/gid_map; \
