@@ -208,10 +208,21 @@ fn a_workspace_owner_gets_pairs_with_its_own_id_map() {
     assert!(eventually(
         || pool.key_dirs().len() == 2 && pool.ready().len() == 4
     ));
+    // Held open: a live namespace's inode number is its own (see above).
+    let held: Vec<(u64, std::fs::File)> = pool
+        .ready()
+        .into_iter()
+        .map(|(e, i)| (i, std::fs::File::open(e.join("net")).unwrap()))
+        .collect();
     let text = run(Some(ws.path()));
     let net = ns_inode(&text, "net");
-    assert!(pool.ready().iter().all(|(_, i)| *i != net));
+    assert!(
+        held.iter().any(|(i, _)| *i == net),
+        "not from the pool: {text}"
+    );
     assert!(text.contains("1000       4242          1"), "{text}");
+    assert!(eventually(|| pool.ready().len() == 4));
+    assert!(pool.ready().iter().all(|(_, i)| *i != net));
 }
 
 #[test]
@@ -254,6 +265,8 @@ fn pool_entries_that_are_not_our_pairs_are_refused() {
                 .is_ok_and(|m| m.ino() != host_ns("net"))
     }));
     let foreign_net = std::fs::metadata(ns_of(foreign.id(), "net")).unwrap().ino();
+    // Kept alive, so its inode number cannot go to another namespace.
+    let _foreign_held = std::fs::File::open(ns_of(foreign.id(), "net")).unwrap();
     let plant = |name: &str, user: &str, net: &str| {
         let dir = key.join(name);
         std::fs::create_dir(&dir).unwrap();
@@ -288,7 +301,9 @@ fn pool_entries_that_are_not_our_pairs_are_refused() {
     // in namespaces of its own, and the pool was refilled with real pairs.
     assert!(!stale.exists() && !host.exists() && !theirs.exists());
     let ready = pool.wait_ready(2);
-    assert!(ready.iter().all(|(_, i)| *i != host_ns("net") && *i != net));
+    assert!(ready
+        .iter()
+        .all(|(_, i)| *i != host_ns("net") && *i != foreign_net));
     assert_eq!(mounts_under(&pool.dir.path().join("claimed")), 0);
 }
 
