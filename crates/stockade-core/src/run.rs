@@ -198,7 +198,7 @@ fn run_inner(
     let mut net = NetWatch::new(&policy.network, id, report.started_at, net_log);
     // A ready user + network namespace pair, if the pool has one.
     prepared.pool_pair = stockade_isolate::nspool::configured().and_then(|(pool, _)| {
-        let key = stockade_isolate::nspool::key(&prepared.spec.uid_map, &prepared.spec.gid_map);
+        let key = stockade_isolate::nspool::key(&prepared.spec.uid_map, &prepared.spec.gid_map)?;
         stockade_isolate::nspool::claim(&pool, &key)
     });
     let r = supervise(opts, &prepared, request, &cgroup, started, report, &mut net);

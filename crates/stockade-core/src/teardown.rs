@@ -111,7 +111,7 @@ impl Refill {
         Some(Refill {
             pool,
             per_key,
-            key: nspool::key(&spec.uid_map, &spec.gid_map),
+            key: nspool::key(&spec.uid_map, &spec.gid_map)?,
             uids: spec.uid_map.clone(),
             gids: spec.gid_map.clone(),
         })

@@ -115,16 +115,20 @@ pub fn dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
 }
 
-/// The name of the key directory for sandboxes with these id maps: a hash
-/// of both maps in the kernel's text form (FNV-1a, 64 bits).
-pub fn key(uids: &IdMap, gids: &IdMap) -> String {
-    let text = format!("{}\0{}", uids.to_proc_format(), gids.to_proc_format());
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+/// The name of the key directory for sandboxes with these id maps: both
+/// maps spelled out (`inside-outside-count` extents joined by `.`, uid and
+/// gid maps by `_`), so two different maps can never share entries.
+/// `None` for a map too long to name a directory (no pooling then).
+pub fn key(uids: &IdMap, gids: &IdMap) -> Option<String> {
+    let spell = |m: &IdMap| {
+        m.extents
+            .iter()
+            .map(|e| format!("{}-{}-{}", e.inside, e.outside, e.count))
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let k = format!("{}_{}", spell(uids), spell(gids));
+    (!k.is_empty() && k.len() <= 200).then_some(k)
 }
 
 /// Takes one entry for `key`, or `None` when there is none that passes
@@ -479,7 +483,20 @@ mod tests {
         assert_eq!(key(&a, &a), key(&a, &a.clone()));
         assert_ne!(key(&a, &a), key(&b, &a));
         assert_ne!(key(&a, &a), key(&a, &b));
-        assert_eq!(key(&a, &a).len(), 16);
+        assert_eq!(
+            key(&a, &b).unwrap(),
+            "0-2000000000-65536_0-2000000000-1000.1000-4242-1.1001-2000001001-64535"
+        );
+        let long = IdMap {
+            extents: (0..40)
+                .map(|i| idmap::Extent {
+                    inside: i,
+                    outside: 2_000_000_000 + i,
+                    count: 1,
+                })
+                .collect(),
+        };
+        assert_eq!(key(&long, &long), None);
     }
 
     #[test]
@@ -490,7 +507,7 @@ mod tests {
         }
         let pool = tempfile::tempdir().unwrap();
         let maps = IdMap::for_sandbox(None);
-        let k = key(&maps, &maps);
+        let k = key(&maps, &maps).unwrap();
         // Capped per key by MAX_TOTAL, made one after another.
         assert_eq!(refill(pool.path(), &k, &maps, &maps, 6).unwrap(), 6);
         assert_eq!(ready(pool.path(), &k), 6);
@@ -534,10 +551,13 @@ mod tests {
         let pool = tempfile::tempdir().unwrap();
         let a = IdMap::for_sandbox(None);
         let b = IdMap::for_sandbox(Some(4242));
-        assert_eq!(refill(pool.path(), &key(&a, &a), &a, &a, 6).unwrap(), 6);
+        assert_eq!(
+            refill(pool.path(), &key(&a, &a).unwrap(), &a, &a, 6).unwrap(),
+            6
+        );
         // Only MAX_TOTAL - 6 fit for a second key.
         assert_eq!(
-            refill(pool.path(), &key(&b, &b), &b, &b, 6).unwrap(),
+            refill(pool.path(), &key(&b, &b).unwrap(), &b, &b, 6).unwrap(),
             MAX_TOTAL - 6
         );
         assert_eq!(drain(pool.path()), MAX_TOTAL);
