@@ -317,23 +317,41 @@ fn orphaned_claims_are_released_and_the_pool_can_be_turned_off_and_drained() {
     assert_eq!(std::fs::read_dir(pool.dir.path()).unwrap().count(), 0);
     pool.sh("true");
     let ready = pool.wait_ready(2);
-    // A supervisor that died between its claim and the release leaves
-    // its claim mounted; the next refill releases it once it is old.
-    let (entry, _) = &ready[0];
-    let orphan = pool.dir.path().join("claimed").join("orphan");
-    std::fs::rename(entry, &orphan).unwrap();
+    // A supervisor killed before its teardown leaves its claim mounted,
+    // named after its pid. The next refill releases it; a claim whose
+    // claimer lives stays until it is a minute old, then `gc` takes it.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let claimed = pool.dir.path().join("claimed");
+    let dead = claimed.join(format!("{dead_pid}-dead"));
+    let alive = claimed.join(format!("{}-alive", std::process::id()));
+    std::fs::rename(&ready[0].0, &dead).unwrap();
+    std::fs::rename(&ready[1].0, &alive).unwrap();
+    pool.sh("true");
+    assert!(
+        eventually(|| !dead.exists()),
+        "the dead supervisor's claim is still there"
+    );
+    pool.wait_ready(2);
+    assert!(alive.exists(), "a live claimer's claim was released");
+    assert_eq!(mounts_under(&claimed), 2);
+    let out = pool.cmd("2").arg("gc").output().unwrap();
+    assert!(!stdout(&out).contains("left claimed"), "{}", stdout(&out));
+    assert!(alive.exists());
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
-    std::fs::File::open(&orphan)
+    std::fs::File::open(&alive)
         .unwrap()
         .set_modified(old)
         .unwrap();
-    pool.sh("true");
+    let out = pool.cmd("2").arg("gc").output().unwrap();
     assert!(
-        eventually(|| !orphan.exists()),
-        "the orphaned claim is still there"
+        stdout(&out).contains("released 1 namespace pair(s) left claimed"),
+        "{}",
+        stdout(&out)
     );
-    assert_eq!(mounts_under(&pool.dir.path().join("claimed")), 0);
-    pool.wait_ready(2);
+    assert!(!alive.exists());
+    assert_eq!(mounts_under(&claimed), 0);
     // Drained: no entry and no mount is left.
     let out = pool.cmd("2").args(["gc", "--drain-pool"]).output().unwrap();
     assert!(

@@ -14,8 +14,9 @@
 //!   <key>/                      one per id map (see [`key`])
 //!     <entry>/user  <entry>/net nsfs bind mounts keeping the pair alive
 //!     .new-<entry>/             an entry being made (published by rename)
-//!   claimed/<entry>/            taken by a starting sandbox, released
-//!                               right after its init is cloned
+//!   claimed/<pid>-<entry>/      taken by a starting sandbox, released
+//!                               with its teardown (or, if the claimer
+//!                               died, by the next refill or `gc`)
 //! ```
 //!
 //! The pool is in `/run` (a tmpfs) so a reboot empties it, and outside any
@@ -52,9 +53,8 @@ pub const DEFAULT_PER_KEY: usize = 2;
 /// Entries kept for all id maps together: a host whose sandboxes map many
 /// different workspace owners keeps a bounded number of namespaces idle.
 pub const MAX_TOTAL: usize = 8;
-/// A claimed entry is released within milliseconds; one older than this
-/// belongs to a supervisor that died in between, and so does a half-made
-/// entry.
+/// A half-made entry older than this belongs to a process that died, and
+/// a claim this old is released whoever holds it (see [`release_orphans`]).
 const ORPHAN_AGE: Duration = Duration::from_secs(60);
 
 const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
@@ -147,7 +147,10 @@ pub fn claim(pool: &Path, key: &str) -> Option<Pooled> {
             break;
         }
         tries += 1;
-        let to = claimed.join(&name);
+        // Named after us, so that a claim whose claimer died is found.
+        let mut owned = std::ffi::OsString::from(format!("{}-", std::process::id()));
+        owned.push(&name);
+        let to = claimed.join(owned);
         // Not found: taken by someone else a moment ago (`refill` makes
         // the `claimed` directory before any entry).
         if fs::rename(e.path(), &to).is_err() {
@@ -284,7 +287,7 @@ pub fn refill(
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Ok(0);
     }
-    release_orphans(pool);
+    let _ = release_orphans(pool);
     let total: usize = key_dirs(pool).iter().map(|d| entries(d).len()).sum();
     let have = entries(&dir).len();
     let want = per_key
@@ -298,16 +301,35 @@ pub fn refill(
     Ok(want)
 }
 
-fn release_orphans(pool: &Path) {
+/// Releases what processes that died left in the pool: claims (named
+/// `<pid>-<entry>`) whose claimer is gone, and half-made entries. A claim
+/// older than a minute is released even if its pid lives on (it may have
+/// been reused): releasing only unmounts the pool's view, and a sandbox
+/// keeps its namespaces through its own processes. Returns how many.
+pub fn release_orphans(pool: &Path) -> usize {
     let old = |p: &Path| {
         fs::symlink_metadata(p)
             .and_then(|m| m.modified())
             .map(|t| t.elapsed().unwrap_or_default() > ORPHAN_AGE)
             .unwrap_or(false)
     };
+    let claimer_gone = |p: &Path| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let pid = name
+            .as_deref()
+            .and_then(|n| n.split('-').next()?.parse::<i32>().ok());
+        match pid {
+            Some(pid) if pid > 0 => {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH)
+            }
+            _ => true,
+        }
+    };
+    let mut n = 0;
     for e in entries(&pool.join("claimed")) {
-        if old(&e) {
+        if claimer_gone(&e) || old(&e) {
             release(&e);
+            n += 1;
         }
     }
     for d in key_dirs(pool) {
@@ -315,10 +337,12 @@ fn release_orphans(pool: &Path) {
             for e in rd.flatten() {
                 if e.file_name().as_encoded_bytes().starts_with(b".new-") && old(&e.path()) {
                     release(&e.path());
+                    n += 1;
                 }
             }
         }
     }
+    n
 }
 
 /// Empties the pool: every ready, half-made and claimed entry is released.
