@@ -685,33 +685,34 @@ def optimisations_section(cold_stats, v1_attach_md):
          "Measured in this run, each against the same binary with the "
          "optimisation switched off. Earlier steps, measured when they were "
          "made, are listed in `benches/OPTIMISATIONS.md`.", ""]
-    st, sy = cold_stats.get("stockade"), cold_stats.get(SYNC)
-    if st and sy:
-        d = (sy["median"] - st["median"]) / 1e6
-        L.append(f"- **Teardown off the critical path** (a detached cleaner "
-                 f"removes init, cgroup, network device and directory after "
-                 f"`stockade run` has returned): median {sy['median'] / 1e6:.2f}"
-                 f" -> {st['median'] / 1e6:.2f} ms, **{d:.2f} ms** less per "
-                 f"`--net none` start (cold-start table above). With "
-                 f"`--net allowlist` it also takes the TUN device's last "
-                 f"close (10-15 ms of RCU waits) off the path: see the egress "
-                 f"cold start below.")
-    else:
-        L.append("- Teardown off the critical path: not measured (a variant "
-                 "was skipped).")
-    np_ = cold_stats.get(NOPOOL)
-    if st and np_:
-        d = (np_["median"] - st["median"]) / 1e6
-        L.append(f"- **Namespace pool** (a ready user + network namespace "
-                 f"pair, made by the cleaner of an earlier run, with its id "
-                 f"maps written and loopback up; used by one sandbox only): "
-                 f"median {np_['median'] / 1e6:.2f} -> "
-                 f"{st['median'] / 1e6:.2f} ms, **{d:.2f} ms** less per "
-                 f"start. The work moves after the run, into the cleaner "
-                 f"(the \"after exit\" column: the timer waits for it, "
-                 f"untimed, before the next run of any variant).")
-    else:
-        L.append("- Namespace pool: not measured (a variant was skipped).")
+    st = cold_stats.get("stockade")
+
+    def gain(title, what, off_variant, after):
+        """One bullet: stockade against `off_variant`, the same binary with
+        the optimisation switched off, in the same rounds."""
+        off = cold_stats.get(off_variant)
+        if not (st and off):
+            return f"- {title}: not measured (a variant was skipped)."
+        d = (off["median"] - st["median"]) / 1e6
+        return (f"- **{title}** ({what}): median {off['median'] / 1e6:.2f} "
+                f"-> {st['median'] / 1e6:.2f} ms, **{d:.2f} ms** less per "
+                f"`--net none` start (cold-start table above). {after}")
+
+    L.append(gain(
+        "Teardown off the critical path",
+        "a detached cleaner removes init, cgroup, network device and "
+        "directory after `stockade run` has returned", SYNC,
+        "With `--net allowlist` it also takes the TUN device's last close "
+        "(10-15 ms of RCU waits) off the path: see the egress cold start "
+        "below."))
+    L.append(gain(
+        "Namespace pool",
+        "a ready user + network namespace pair, made by the cleaner of an "
+        "earlier run, with its id maps written and loopback up; used by one "
+        "sandbox only", NOPOOL,
+        "The work moves after the run, into the cleaner (the \"after exit\" "
+        "column: the timer waits for it, untimed, before the next run of any "
+        "variant)."))
     if v1_attach_md:
         L += ["- **init joins its cgroup itself on cgroup v1** (no global "
               "threadgroup lock, so no RCU grace period): this host's cgroups "

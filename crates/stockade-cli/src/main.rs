@@ -45,6 +45,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Read by every run's cleaner, where a mistake would go unseen.
+    stockade_isolate::nspool::per_key_from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Run(args) => {
             let opts = args.into_options()?;

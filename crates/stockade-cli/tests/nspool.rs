@@ -318,6 +318,23 @@ fn pool_entries_that_are_not_our_pairs_are_refused() {
 #[test]
 fn orphaned_claims_are_released_and_the_pool_can_be_turned_off_and_drained() {
     let pool = Pool::new();
+    // A setting that is not a number of pairs is refused before anything
+    // starts, rather than read as the default by an unseen cleaner.
+    for bad in ["two", "-1", "9"] {
+        let out = pool.cmd(bad).args(["run", "--", "true"]).output().unwrap();
+        assert_eq!(code(&out), 125, "STOCKADE_NS_POOL={bad}");
+        assert!(
+            stderr(&out).contains("STOCKADE_NS_POOL must be a number of namespace pairs"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(pool.env.sandboxes_dir())
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
     // Turned off: nothing is made.
     let out = pool.cmd("0").args(["run", "--", "true"]).output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));

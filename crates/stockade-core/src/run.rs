@@ -272,7 +272,6 @@ fn supervise(
         Some(v) if v == "move" => Vec::new(),
         _ => cgroup.self_join_files(),
     };
-    let pair = prepared.pool_pair.as_ref();
     // SAFETY: `stockade run` is single-threaded; nothing else runs while
     // the sandbox's init is cloned.
     let launched = unsafe {
@@ -280,20 +279,13 @@ fn supervise(
             &prepared.spec,
             cgroup.dir_fd_v2(),
             &self_join,
-            pair,
+            prepared.pool_pair.as_ref(),
             |pid| cgroup.add_pid(pid).map_err(|e| e.to_string()),
         )
     };
     drop(self_join);
-    let launched: Launched = match launched {
-        Ok(l) => l,
-        Err(e) => {
-            if let Some(p) = pair {
-                p.release();
-            }
-            return Err(RunError::Launch(e.to_string()));
-        }
-    };
+    // (A claimed pair goes back with the teardown, on failure too.)
+    let launched: Launched = launched.map_err(|e| RunError::Launch(e.to_string()))?;
     // The command goes right behind the go-ahead; init serves it once the
     // sandbox is built. Without a terminal it gets our own stdio.
     let own = opts.stdio.unwrap_or([0, 1, 2]);

@@ -207,27 +207,9 @@ fn spawn_cleaner(job: Box<Job>) -> Result<(), Box<Job>> {
     if thread_count() != Some(1) {
         return Err(job);
     }
-    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-    let stack = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            CLEANER_STACK,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
+    let Ok(stack) = stockade_isolate::sys::Stack::new(CLEANER_STACK) else {
         return Err(job);
-    }
-    // A guard page below the stack: an overflow faults instead of writing
-    // into whatever lies beneath. (Failure leaves the page usable, which
-    // only loses the guard.)
-    // SAFETY: the lowest page of the mapping made just above.
-    unsafe {
-        libc::mprotect(stack, page_size(), libc::PROT_NONE);
-    }
+    };
     // The cleaner inherits these dispositions at the clone. Until it has
     // its own session (`detach`), it is in our process group: a terminal
     // closing as we exit (`stockade run -t` under `script`, an ssh session
@@ -250,9 +232,6 @@ fn spawn_cleaner(job: Box<Job>) -> Result<(), Box<Job>> {
             libc::signal(sig, libc::SIG_IGN);
         }
     }
-    // SAFETY: `stack` spans CLEANER_STACK bytes, so its end is one past
-    // the mapping: the initial stack pointer of a downward-growing stack.
-    let top = unsafe { stack.cast::<u8>().add(CLEANER_STACK) };
     let arg = Box::into_raw(job);
     // SAFETY: `cleaner_main` takes ownership of `arg` in the child and
     // never returns; the child runs on `stack`, which nothing else uses.
@@ -262,19 +241,18 @@ fn spawn_cleaner(job: Box<Job>) -> Result<(), Box<Job>> {
     let pid = unsafe {
         libc::clone(
             cleaner_main,
-            top.cast(),
+            stack.top(),
             libc::CLONE_VM | libc::SIGCHLD,
             arg.cast(),
         )
     };
     if pid < 0 {
-        // SAFETY: the clone failed, so no child took `arg` or runs on
-        // `stack`: both are ours again.
-        unsafe {
-            libc::munmap(stack, CLEANER_STACK);
-            return Err(Box::from_raw(arg));
-        }
+        // SAFETY: the clone failed, so no child took `arg`: it is ours
+        // again (and `stack`, unmapped as it drops).
+        return Err(unsafe { Box::from_raw(arg) });
     }
+    // The cleaner runs on it in our shared memory: never unmapped.
+    stack.leak();
     Ok(())
 }
 
@@ -298,12 +276,6 @@ extern "C" fn cleaner_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: ends the cleaner without running exit handlers or flushing
     // buffers that belong to the process it was cloned from.
     unsafe { libc::_exit(0) }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf only reads a system constant.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(n).unwrap_or(4096)
 }
 
 /// Waits until the process behind `pidfd` has exited (it was killed), for

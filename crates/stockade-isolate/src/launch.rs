@@ -36,8 +36,6 @@ pub struct Launched {
     pub pidfd: OwnedFd,
     /// The control socket to init (see [`crate::proto`]).
     pub ctl: OwnedFd,
-    /// Init's user and network namespaces came from the pool.
-    pub pooled: bool,
 }
 
 /// For a copy-on-write root: clones each lower layer, idmaps it through
@@ -146,7 +144,7 @@ pub unsafe fn launch(
 /// With `pooled`, init's user and network namespaces are that ready pair
 /// instead of new ones: its id maps are written and its loopback is up
 /// already. Where the pair cannot be entered, new namespaces are made as
-/// without it. [`Launched::pooled`] tells which happened.
+/// without it.
 ///
 /// # Safety
 /// As [`launch`].
@@ -189,7 +187,6 @@ pub unsafe fn launch_joining(
         pid,
         pidfd,
         ctl: ours,
-        pooled,
     };
     let abort = |l: &Launched| {
         let _ = sys::pidfd_send_signal(&l.pidfd, libc::SIGKILL);
@@ -309,25 +306,9 @@ unsafe fn clone_from_pool(
     ours: &OwnedFd,
     theirs: &OwnedFd,
 ) -> Option<nix::Result<(i32, OwnedFd, bool)>> {
-    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-    let stack = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            POOLED_STACK,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
+    let Ok(stack) = sys::Stack::new(POOLED_STACK) else {
         return None;
-    }
-    // SAFETY: the lowest page of the mapping just made becomes a guard:
-    // an overflow faults instead of writing below the stack.
-    unsafe {
-        libc::mprotect(stack, 4096, libc::PROT_NONE);
-    }
+    };
     let mut shared = Entering {
         pair,
         spec,
@@ -337,9 +318,6 @@ unsafe fn clone_from_pool(
         theirs: theirs.as_raw_fd(),
         result: None,
     };
-    // SAFETY: `stack` spans POOLED_STACK bytes, so its end is the initial
-    // stack pointer of a downward-growing stack.
-    let top = unsafe { stack.cast::<u8>().add(POOLED_STACK) };
     // SAFETY: `enter_pool` runs on `stack` in our memory while we sleep
     // (CLONE_VFORK), so `shared` outlives every use it makes of it; it
     // frees nothing of ours and closes none of our descriptors. SIGCHLD
@@ -347,7 +325,7 @@ unsafe fn clone_from_pool(
     let pid = unsafe {
         libc::clone(
             enter_pool,
-            top.cast(),
+            stack.top(),
             libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
             (&mut shared as *mut Entering<'_>).cast(),
         )
@@ -358,11 +336,9 @@ unsafe fn clone_from_pool(
             Some(nix::sys::wait::WaitPidFlag::__WALL),
         );
     }
-    // SAFETY: the process that ran on the stack is gone; init has a copy
-    // of its own. Nothing of ours refers to the mapping.
-    unsafe {
-        libc::munmap(stack, POOLED_STACK);
-    }
+    // The process that ran on the stack is gone; init has a copy of its
+    // own.
+    drop(stack);
     if pid <= 0 {
         return None;
     }

@@ -23,9 +23,9 @@
 //! state directory, so it serves every state directory on the host.
 //!
 //! **Isolation.** An entry is used by exactly one sandbox: the claim is
-//! an atomic `rename` out of the key's directory, and the claimer unmounts
-//! both files once its init holds the namespaces. What a sandbox does to
-//! its network namespace therefore dies with it. A fresh entry holds
+//! an atomic `rename` out of the key's directory, and the claimed files
+//! are unmounted with the sandbox's teardown, never put back. What a
+//! sandbox does to its network namespace therefore dies with it. A fresh entry holds
 //! nothing but what a fresh namespace holds (a loopback device that is up):
 //! the process that made it only wrote its id maps and brought `lo` up.
 //! Claims check what they opened: both files must be namespaces of the
@@ -83,29 +83,32 @@ pub enum PoolError {
 pub struct Pooled {
     pub user: OwnedFd,
     pub net: OwnedFd,
-    /// Where the pair's files are until [`Pooled::release`].
+    /// Where the pair's files are until [`release`]d.
     pub entry: PathBuf,
-}
-
-impl Pooled {
-    /// Unmounts and removes the claimed entry's files. The namespaces live
-    /// on for as long as a process (or our descriptors) holds them.
-    pub fn release(&self) {
-        release(&self.entry);
-    }
 }
 
 /// The pool's directory and its target per key; `None` when the pool is
 /// turned off (`STOCKADE_NS_POOL=0`).
+/// A value the CLI refuses up front ([`per_key_from_env`]) counts as the
+/// default here.
 pub fn configured() -> Option<(PathBuf, usize)> {
-    let per_key = match std::env::var("STOCKADE_NS_POOL") {
-        Ok(v) => v.trim().parse().unwrap_or(DEFAULT_PER_KEY),
-        Err(_) => DEFAULT_PER_KEY,
+    let per_key = per_key_from_env().unwrap_or(DEFAULT_PER_KEY);
+    (per_key > 0).then(|| (dir(), per_key))
+}
+
+/// `STOCKADE_NS_POOL`: pairs kept ready per id map, 0 to [`MAX_TOTAL`]
+/// (0 turns the pool off); [`DEFAULT_PER_KEY`] when unset.
+pub fn per_key_from_env() -> Result<usize, String> {
+    let Some(v) = std::env::var_os("STOCKADE_NS_POOL") else {
+        return Ok(DEFAULT_PER_KEY);
     };
-    if per_key == 0 {
-        return None;
+    match v.to_str().and_then(|t| t.trim().parse::<usize>().ok()) {
+        Some(n) if n <= MAX_TOTAL => Ok(n),
+        _ => Err(format!(
+            "STOCKADE_NS_POOL must be a number of namespace pairs kept ready, \
+             0 to {MAX_TOTAL} (0 turns the pool off); got {v:?}"
+        )),
     }
-    Some((dir(), per_key.min(MAX_TOTAL)))
 }
 
 /// The pool's directory: `STOCKADE_NS_POOL_DIR`, else [`DEFAULT_DIR`].
@@ -413,24 +416,16 @@ fn make(dir: &Path, uids: &IdMap, gids: &IdMap) -> Result<(), PoolError> {
 fn new_pair(uids: &IdMap, gids: &IdMap) -> Result<(OwnedFd, OwnedFd), PoolError> {
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| PoolError::Io("cannot create a pipe".into(), e.into()))?;
-    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::SIGCHLD;
-    // SAFETY: fork-style clone (NULL stack). The child only makes system
-    // calls (close, read, socket, ioctl, _exit), allocates nothing and
-    // never returns, so it is sound even if other threads exist here.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags as libc::c_ulong,
-            std::ptr::null_mut::<libc::c_void>(),
-            std::ptr::null_mut::<libc::c_int>(),
-            std::ptr::null_mut::<libc::c_int>(),
-            0usize,
-        )
+    // SAFETY: `clone_fork` asks for a single thread because the child
+    // goes on with a copy of one; this child only makes system calls
+    // (close, read, socket, ioctl, _exit) in `helper`, allocates nothing
+    // and never returns, so it is sound even if other threads exist here.
+    let cloned = unsafe { sys::clone_fork(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) };
+    let pid = match cloned.map_err(PoolError::Clone)? {
+        None => helper(go_r.as_raw_fd(), go_w.as_raw_fd()),
+        // Waited for with waitpid below; the pidfd is not needed.
+        Some((pid, _pidfd)) => pid,
     };
-    if pid == 0 {
-        helper(go_r.as_raw_fd(), go_w.as_raw_fd());
-    }
-    let pid = Errno::result(pid).map_err(PoolError::Clone)? as i32;
     drop(go_r);
     let reap = |code_ok: bool| -> bool {
         let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
@@ -524,11 +519,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: makes namespaces and mounts"]
     fn concurrent_claims_never_share_an_entry() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (namespaces, mounts)");
-            return;
-        }
         let pool = tempfile::tempdir().unwrap();
         let maps = IdMap::for_sandbox(None);
         let k = key(&maps, &maps).unwrap();
@@ -557,7 +549,7 @@ mod tests {
         let host = fs::metadata("/proc/self/ns/net").unwrap().ino();
         assert!(!nets.contains(&host));
         for p in &claims {
-            p.release();
+            release(&p.entry);
         }
         assert_eq!(mounts_under(pool.path()), 0);
         assert_eq!(
@@ -567,11 +559,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: makes namespaces and mounts"]
     fn the_pool_stays_within_its_total() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (namespaces, mounts)");
-            return;
-        }
         let pool = tempfile::tempdir().unwrap();
         let a = IdMap::for_sandbox(None);
         let b = IdMap::for_sandbox(Some(4242));

@@ -316,3 +316,64 @@ pub unsafe fn clone_into_cgroup(
         Ok(Some((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) })))
     }
 }
+
+/// A stack for a child started with `clone` and a stack of its own: an
+/// anonymous mapping (pages cost memory only once touched) with a guard
+/// page at its low end, so an overflow faults instead of writing into
+/// whatever lies beneath. Unmapped when dropped.
+#[derive(Debug)]
+pub struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    /// A stack of `size` usable bytes plus the guard page.
+    pub fn new(size: usize) -> nix::Result<Stack> {
+        // SAFETY: sysconf only reads a system constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = size.next_multiple_of(page) + page;
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let stack = Stack { base, len };
+        // SAFETY: the lowest page of the mapping just made.
+        Errno::result(unsafe { libc::mprotect(base, page, libc::PROT_NONE) })?;
+        Ok(stack)
+    }
+
+    /// The initial stack pointer of a downward-growing stack: one past the
+    /// mapping's end (page-aligned, so 16-byte aligned too).
+    pub fn top(&self) -> *mut libc::c_void {
+        // SAFETY: `len` is the mapping's length, so this is one past its
+        // end, which `add` allows.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+
+    /// Leaves the mapping in place for good: for a child that goes on
+    /// running on it after we are gone.
+    pub fn leak(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; whoever ran on it is gone (the caller
+        // drops a stack only after its child has exec'd or exited).
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}

@@ -166,11 +166,10 @@ impl Rules {
     }
 }
 
-/// Size of the stack the child runs on until it execs.
+/// Size of the stack the child runs on until it execs (a guard page
+/// below it makes an overflow fault in the child instead of writing into
+/// init's memory).
 const CHILD_STACK: usize = 256 << 10;
-/// Size of the inaccessible page below it: an overflow faults in the child
-/// instead of writing into init's memory.
-const GUARD: usize = 4096;
 
 /// Starts a process and execs the command. Returns its pid, or the step
 /// that failed and its errno (the child reports failures through a
@@ -247,44 +246,21 @@ pub fn spawn(
 /// Clones the child on a fresh stack with `CLONE_VM | CLONE_VFORK` and
 /// returns once it has exec'd or exited.
 fn clone_vfork(child: &Child<'_>) -> nix::Result<Pid> {
-    // SAFETY: a fresh anonymous private mapping; checked below.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            CHILD_STACK + GUARD,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
+    let stack = sys::Stack::new(CHILD_STACK)?;
+    // SAFETY: `child_main` gets a pointer to `child`, which outlives the
+    // call: with CLONE_VFORK, clone returns only after the child has
+    // exec'd or exited, and so stopped using it and the stack (which is
+    // unmapped only after that, when dropped). The caller (init) is
+    // single-threaded.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (child as *const Child<'_>).cast_mut().cast(),
         )
     };
-    if base == libc::MAP_FAILED {
-        return Err(Errno::last());
-    }
-    // SAFETY: the lowest page of the mapping just made; the stack grows
-    // down towards it.
-    let guarded = unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) };
-    let result = if guarded != 0 {
-        Err(Errno::last())
-    } else {
-        // SAFETY: `child_main` gets a pointer to `child`, which outlives
-        // the call: with CLONE_VFORK, clone returns only after the child
-        // has exec'd or exited, and so stopped using it and the stack. The
-        // stack pointer is the top of the mapping (16-byte aligned, as the
-        // page size is). The caller (init) is single-threaded.
-        let pid = unsafe {
-            libc::clone(
-                child_main,
-                base.cast::<u8>().add(CHILD_STACK + GUARD).cast(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                (child as *const Child<'_>).cast_mut().cast(),
-            )
-        };
-        Errno::result(pid).map(Pid::from_raw)
-    };
-    // SAFETY: the mapping made above; nothing runs on it any more.
-    unsafe { libc::munmap(base, CHILD_STACK + GUARD) };
-    result
+    Errno::result(pid).map(Pid::from_raw)
 }
 
 /// The child's entry point. Never returns: execs, or reports and exits.
