@@ -291,17 +291,45 @@ pub fn refill(
         return Ok(0);
     }
     let _ = release_orphans(pool);
+    let want = per_key.min(MAX_TOTAL).saturating_sub(entries(&dir).len());
+    evict_for(pool, &dir, want);
     let total: usize = key_dirs(pool).iter().map(|d| entries(d).len()).sum();
-    let have = entries(&dir).len();
-    let want = per_key
-        .saturating_sub(have)
-        .min(MAX_TOTAL.saturating_sub(total));
+    let want = want.min(MAX_TOTAL.saturating_sub(total));
     for made in 0..want {
         if let Err(e) = make(&dir, uids, gids) {
             return if made == 0 { Err(e) } else { Ok(made) };
         }
     }
     Ok(want)
+}
+
+/// Makes room within [`MAX_TOTAL`] for `want` more entries in the key
+/// directory `dir` by releasing the oldest entries of other keys: the id
+/// maps in use now win over ones that may never come back (a workspace
+/// owner gone, a key format of an older stockade). Each is taken out by
+/// the same `rename` as a claim, so no start can be handed one half gone.
+fn evict_for(pool: &Path, dir: &Path, want: usize) {
+    let mut others: Vec<(std::time::SystemTime, PathBuf)> = key_dirs(pool)
+        .iter()
+        .filter(|d| d.as_path() != dir)
+        .flat_map(|d| entries(d))
+        .map(|e| {
+            let t = fs::symlink_metadata(&e).and_then(|m| m.modified());
+            (t.unwrap_or(std::time::UNIX_EPOCH), e)
+        })
+        .collect();
+    let total = others.len() + entries(dir).len();
+    let excess = (total + want).saturating_sub(MAX_TOTAL);
+    others.sort();
+    for (_, e) in others.into_iter().take(excess) {
+        let Some(name) = e.file_name() else { continue };
+        let mut owned = std::ffi::OsString::from(format!("{}-", std::process::id()));
+        owned.push(name);
+        let to = pool.join("claimed").join(owned);
+        if fs::rename(&e, &to).is_ok() {
+            release(&to);
+        }
+    }
 }
 
 /// Releases what processes that died left in the pool: claims (named
@@ -564,14 +592,20 @@ mod tests {
         let pool = tempfile::tempdir().unwrap();
         let a = IdMap::for_sandbox(None);
         let b = IdMap::for_sandbox(Some(4242));
+        let (ka, kb) = (key(&a, &a).unwrap(), key(&b, &b).unwrap());
         assert_eq!(
-            refill(pool.path(), &key(&a, &a).unwrap(), &a, &a, 6).unwrap(),
-            6
+            refill(pool.path(), &ka, &a, &a, MAX_TOTAL).unwrap(),
+            MAX_TOTAL
         );
-        // Only MAX_TOTAL - 6 fit for a second key.
+        // A full pool makes room for the key being refilled: the other
+        // key's oldest entries go.
+        assert_eq!(refill(pool.path(), &kb, &b, &b, 2).unwrap(), 2);
+        assert_eq!(ready(pool.path(), &ka), MAX_TOTAL - 2);
+        assert_eq!(ready(pool.path(), &kb), 2);
+        assert_eq!(mounts_under(pool.path()), 2 * MAX_TOTAL);
         assert_eq!(
-            refill(pool.path(), &key(&b, &b).unwrap(), &b, &b, 6).unwrap(),
-            MAX_TOTAL - 6
+            fs::read_dir(pool.path().join("claimed")).unwrap().count(),
+            0
         );
         assert_eq!(drain(pool.path()), MAX_TOTAL);
         assert_eq!(mounts_under(pool.path()), 0);
