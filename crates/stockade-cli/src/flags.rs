@@ -85,7 +85,8 @@ pub struct PolicyArgs {
     /// Extra read-only bind mount.
     #[arg(long = "ro-bind", value_name = "SRC:DST")]
     pub ro_bind: Vec<BindMount>,
-    /// Extra read-write bind mount.
+    /// Extra read-write bind mount; what the sandbox writes there belongs
+    /// to SRC's owner, as in --workspace (SRC must not be owned by root).
     #[arg(long = "bind", value_name = "SRC:DST")]
     pub bind: Vec<BindMount>,
     /// CPU allowance in cores, fractional allowed (e.g. 0.5).

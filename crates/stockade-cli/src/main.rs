@@ -103,13 +103,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 summary.cgroups.len()
             );
             // Claims of supervisors that were killed before their teardown.
-            let orphans =
-                stockade_isolate::nspool::release_orphans(&stockade_isolate::nspool::dir());
+            let orphans = stockade_isolate::nspool::release_orphans(
+                &stockade_isolate::nspool::dir(),
+                &stockade_isolate::slots::dir(),
+            );
             if orphans > 0 {
                 println!("released {orphans} namespace pair(s) left claimed by dead supervisors");
             }
             if args.drain_pool {
-                let n = stockade_isolate::nspool::drain(&stockade_isolate::nspool::dir());
+                let n = stockade_isolate::nspool::drain(
+                    &stockade_isolate::nspool::dir(),
+                    &stockade_isolate::slots::dir(),
+                );
                 println!("released {n} pooled namespace pair(s)");
             }
             Ok(0)

@@ -62,11 +62,9 @@ fn extra_binds_env_and_cwd() {
     let env = Env::new();
     let ro = tempfile::tempdir().unwrap();
     std::fs::write(ro.path().join("input"), "readonly-data").unwrap();
-    // Without a bound workspace the agent has a block id on the host, so
-    // a read-write bind must be writable to others.
-    let rw = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(rw.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A writable bind follows the workspace's rule: the agent writes as
+    // the source's owner (an unprivileged user; host root is refused).
+    let rw = user_dir(4242);
     let out = env.run(&[
         "--ro-bind",
         &format!("{}:/data", ro.path().display()),
@@ -86,8 +84,25 @@ fn extra_binds_env_and_cwd() {
         std::fs::read_to_string(rw.path().join("result")).unwrap(),
         "hello\n"
     );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(rw.path().join("result")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4242, 4242));
     let bad = env.run(&["--bind", "/etc:/proc/x", "--", "true"]);
     assert_eq!(code(&bad), 125);
+    // A root-owned writable bind would have the sandbox write as root.
+    let root_owned = tempfile::tempdir().unwrap();
+    let bad = env.run(&[
+        "--bind",
+        &format!("{}:/out", root_owned.path().display()),
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&bad), 125);
+    assert!(
+        stderr(&bad).contains("is owned by root"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 #[test]

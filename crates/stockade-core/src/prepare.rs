@@ -5,9 +5,10 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use stockade_isolate::idmap::{IdMap, AGENT_ID};
+use stockade_isolate::idmap::{disk_map, AGENT_ID};
 use stockade_isolate::proto::SpawnRequest;
-use stockade_isolate::spec::SandboxSpec;
+use stockade_isolate::slots::Slot;
+use stockade_isolate::spec::{MountIdmap, SandboxSpec};
 use stockade_policy::Policy;
 
 use crate::state::{SandboxDir, StateDir};
@@ -25,6 +26,8 @@ pub struct Prepared {
     pub cwd: String,
     /// Host uid and gid of the sandbox's user (for files written in).
     pub owner: (u32, u32),
+    /// The host id range the sandbox runs in; held until its teardown.
+    pub slot: Slot,
     /// A ready user + network namespace pair claimed for this sandbox
     /// (`stockade run` claims one after preparing; see
     /// `stockade_isolate::nspool`).
@@ -97,8 +100,49 @@ fn cstring(what: &str, s: &str) -> Result<CString, RunError> {
     CString::new(s).map_err(|_| RunError::Invalid(format!("{what} contains a NUL byte: {s:?}")))
 }
 
-/// Builds the spec of a sandbox for `policy` in `dir`.
-pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Prepared, RunError> {
+/// The agent writes to a workspace or writable bind as its owner (an
+/// idmapped mount): an owner that is host root would let untrusted code
+/// create files (setuid ones included) as root on the host, and a group
+/// root would leave the directory unwritable through the mount (the
+/// kernel refuses writes where an owner has no mapping). Both refused.
+fn check_writable_owner(
+    what: &str,
+    path: &std::path::Path,
+    meta: &std::fs::Metadata,
+) -> Result<(), RunError> {
+    if meta.uid() == 0 || meta.gid() == 0 {
+        let owner = if meta.uid() == 0 {
+            "owned by root"
+        } else {
+            "in group root"
+        };
+        return Err(RunError::Invalid(format!(
+            "{what} {p} is {owner}, and a sandbox never writes as host root; give it to an \
+             unprivileged user and group (e.g. `chown -R 1000:1000 {p}`) or copy it",
+            p = path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The idmapped mount of a host directory owned by `owner` (uid, gid)
+/// for a sandbox in `slot`: what the agent writes belongs to the owner,
+/// unless that is host root (see `idmap::disk_map`).
+fn mount_idmap(slot: &Slot, owner: (u32, u32)) -> MountIdmap {
+    let (uid, gid) = owner;
+    MountIdmap {
+        uids: disk_map(slot.base(), Some(uid)),
+        gids: disk_map(slot.base(), Some(gid)),
+    }
+}
+
+/// Builds the spec of a sandbox for `policy` in `dir`, running in `slot`.
+pub fn prepare(
+    policy: &Policy,
+    state: &StateDir,
+    dir: &SandboxDir,
+    slot: Slot,
+) -> Result<Prepared, RunError> {
     let fs_policy = &policy.filesystem;
     let p = &policy.process;
     let mut metered = Vec::new();
@@ -117,17 +161,7 @@ pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Pr
                     ws.display()
                 )));
             }
-            if meta.uid() == 0 {
-                // The agent writes to the workspace as its owner; the owner
-                // being host root would let untrusted code create files
-                // (setuid ones included) as root on the host.
-                return Err(RunError::Invalid(format!(
-                    "workspace {} is owned by root, and a sandbox never writes as host root; \
-                     give it to an unprivileged user (e.g. `chown -R 1000:1000 {}`) or copy it",
-                    ws.display(),
-                    ws.display()
-                )));
-            }
+            check_writable_owner("workspace", ws, &meta)?;
             let canonical = ws.canonicalize().map_err(|e| RunError::Io {
                 what: format!("resolve workspace {}", ws.display()),
                 source: e,
@@ -136,8 +170,9 @@ pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Pr
         }
         None => (PathBuf::new(), None),
     };
-    let uid_map = IdMap::for_sandbox(agent_owner.map(|o| o.0));
-    let gid_map = IdMap::for_sandbox(agent_owner.map(|o| o.1));
+    let uid_map = slot.id_map();
+    let gid_map = slot.id_map();
+    let workspace_idmap = agent_owner.map(|o| mount_idmap(&slot, o));
     let inside = if p.root { 0 } else { AGENT_ID };
     let owner = uid_map.to_host(inside).zip(gid_map.to_host(inside));
     let io = |what: &str| {
@@ -176,6 +211,22 @@ pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Pr
             )));
         }
     }
+    // Writable binds follow the workspace's rule: the agent writes as the
+    // source's owner (never as host root).
+    let bind_idmaps = fs_policy
+        .bind
+        .iter()
+        .map(|b| {
+            let meta = std::fs::metadata(&b.src).map_err(|e| {
+                RunError::Invalid(format!(
+                    "bind source {} cannot be used: {e}",
+                    b.src.display()
+                ))
+            })?;
+            check_writable_owner("writable bind source", &b.src, &meta)?;
+            Ok(mount_idmap(&slot, (meta.uid(), meta.gid())))
+        })
+        .collect::<Result<Vec<_>, RunError>>()?;
     let net = policy.network.mode != stockade_policy::NetMode::None;
     let etc_dir = stockade_isolate::etc::prepare(&state.root, &p.hostname, net)
         .map_err(io("prepare the sandbox's /etc"))?;
@@ -226,6 +277,9 @@ pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Pr
         net,
         uid_map,
         gid_map,
+        userns_owner: Some(slot.base()),
+        workspace_idmap,
+        bind_idmaps,
         seccomp,
     };
     Ok(Prepared {
@@ -234,6 +288,7 @@ pub fn prepare(policy: &Policy, state: &StateDir, dir: &SandboxDir) -> Result<Pr
         env,
         cwd: p.cwd.clone(),
         owner,
+        slot,
         pool_pair: None,
     })
 }

@@ -180,8 +180,24 @@ fn run_inner(
         memory_bytes: Some(policy.limits.memory.bytes()),
         pids: Some(policy.limits.pids),
     };
+    // A ready user + network namespace pair, if the pool has one: it was
+    // made for a host id slot, which the sandbox then runs in. Otherwise
+    // a free slot of its own.
+    let slot_dir = stockade_isolate::slots::dir();
+    let pooled = stockade_isolate::nspool::configured()
+        .and_then(|(pool, _)| stockade_isolate::nspool::claim(&pool, &slot_dir));
+    let (pool_pair, slot) = match pooled {
+        Some((pair, slot)) => (Some(pair), slot),
+        None => match stockade_isolate::slots::Slot::acquire(&slot_dir) {
+            Ok(slot) => (None, slot),
+            Err(e) => {
+                let _ = dir.remove();
+                return Err(RunError::Invalid(stockade_isolate::error_chain(&e)));
+            }
+        },
+    };
     let setup = (|| {
-        let prepared = prepare(policy, &state, &dir)?;
+        let prepared = prepare(policy, &state, &dir, slot)?;
         let request = prepared.request(1, &opts.command, &Default::default(), None, opts.tty)?;
         let cgroup = driver
             .create(id, &limits)
@@ -192,15 +208,14 @@ fn run_inner(
         Ok(s) => s,
         Err(e) => {
             let _ = dir.remove();
+            if let Some(pair) = &pool_pair {
+                stockade_isolate::nspool::release(&pair.entry);
+            }
             return Err(e);
         }
     };
     let mut net = NetWatch::new(&policy.network, id, report.started_at, net_log);
-    // A ready user + network namespace pair, if the pool has one.
-    prepared.pool_pair = stockade_isolate::nspool::configured().and_then(|(pool, _)| {
-        let key = stockade_isolate::nspool::key(&prepared.spec.uid_map, &prepared.spec.gid_map)?;
-        stockade_isolate::nspool::claim(&pool, &key)
-    });
+    prepared.pool_pair = pool_pair;
     let r = supervise(opts, &prepared, request, &cgroup, started, report, &mut net);
     // Init holds the pair now (or new namespaces, if it could not be
     // entered). Its files leave the pool with the teardown: unmounting
@@ -224,8 +239,9 @@ fn run_inner(
                 cgroup,
                 dir,
                 claimed,
+                slot: prepared.slot,
             };
-            let refill = crate::teardown::Refill::for_spec(&prepared.spec);
+            let refill = crate::teardown::Refill::configured();
             *pending = Some(PendingTeardown::new(left, state, driver, refill));
             return r;
         }
@@ -238,6 +254,8 @@ fn run_inner(
             if let Some(entry) = &claimed {
                 stockade_isolate::nspool::release(entry);
             }
+            // Nothing runs under the slot's ids any more.
+            drop(prepared.slot);
         }
     }
     if opts.defer_teardown {
@@ -285,7 +303,16 @@ fn supervise(
     };
     drop(self_join);
     // (A claimed pair goes back with the teardown, on failure too.)
-    let launched: Launched = launched.map_err(|e| RunError::Launch(e.to_string()))?;
+    let mut launched: Launched = launched.map_err(|e| RunError::Launch(e.to_string()))?;
+    // The egress stack serves the TUN device made at launch; started now,
+    // after the clone: from here on the supervisor has a second thread.
+    if let Some(tun) = launched.tun.take() {
+        if let Err(e) = net.start(Some(tun)) {
+            kill_init(&launched);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+            return Err(RunError::Setup(e));
+        }
+    }
     // The command goes right behind the go-ahead; init serves it once the
     // sandbox is built. Without a terminal it gets our own stdio.
     let own = opts.stdio.unwrap_or([0, 1, 2]);
@@ -371,14 +398,6 @@ fn supervise(
                 }
                 match proto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
                     Ok(Some((msg, mut fds))) => match msg {
-                        FromInit::Tun => {
-                            // Started now, after the clone: from here on
-                            // the supervisor has a second thread.
-                            if let Err(e) = net.start(fds.pop()) {
-                                setup_error = Some(e);
-                                kill_init(&launched);
-                            }
-                        }
                         FromInit::Ready => {}
                         FromInit::Spawned { pid, .. } => {
                             main_pid = Some(pid);

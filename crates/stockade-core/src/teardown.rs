@@ -31,10 +31,8 @@ use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use stockade_cgroup::{Cgroup, Driver};
-use stockade_isolate::idmap::IdMap;
 use stockade_isolate::launch::Launched;
 use stockade_isolate::nspool;
-use stockade_isolate::spec::SandboxSpec;
 
 use crate::state::{SandboxDir, StateDir};
 
@@ -55,6 +53,8 @@ pub(crate) struct Leftovers {
     pub dir: SandboxDir,
     /// The namespace pool entry the sandbox started from, still mounted.
     pub claimed: Option<std::path::PathBuf>,
+    /// The sandbox's host id range, free again once everything is gone.
+    pub slot: stockade_isolate::slots::Slot,
 }
 
 impl Leftovers {
@@ -66,6 +66,7 @@ impl Leftovers {
         if let Some(entry) = &self.claimed {
             nspool::release(entry);
         }
+        drop(self.slot);
     }
 }
 
@@ -92,29 +93,19 @@ struct Job {
 /// Nice value of a pool refill (see [`Refill::run`]).
 const REFILL_NICE: libc::c_int = 10;
 
-/// Tops the namespace pool up for the id maps of the sandbox just ended
-/// (see [`stockade_isolate::nspool`]): the next start with these maps
-/// finds its user and network namespaces ready.
+/// Tops the namespace pool up (see [`stockade_isolate::nspool`]): the
+/// next start finds its user and network namespaces ready.
 #[derive(Debug)]
 pub(crate) struct Refill {
     pool: std::path::PathBuf,
     per_key: usize,
-    key: String,
-    uids: IdMap,
-    gids: IdMap,
 }
 
 impl Refill {
     /// `None` when the pool is turned off.
-    pub(crate) fn for_spec(spec: &SandboxSpec) -> Option<Refill> {
+    pub(crate) fn configured() -> Option<Refill> {
         let (pool, per_key) = nspool::configured()?;
-        Some(Refill {
-            pool,
-            per_key,
-            key: nspool::key(&spec.uid_map, &spec.gid_map)?,
-            uids: spec.uid_map.clone(),
-            gids: spec.gid_map.clone(),
-        })
+        Some(Refill { pool, per_key })
     }
 
     /// Makes the missing entries, at low priority: the caller is a
@@ -129,7 +120,7 @@ impl Refill {
         unsafe {
             libc::setpriority(libc::PRIO_PROCESS, 0, REFILL_NICE);
         }
-        let _ = nspool::refill(&self.pool, &self.key, &self.uids, &self.gids, self.per_key);
+        let _ = nspool::refill(&self.pool, &stockade_isolate::slots::dir(), self.per_key);
     }
 }
 

@@ -1,17 +1,20 @@
-//! User and group id maps of a sandbox's user namespace.
+//! User and group id maps: of a sandbox's user namespace, and of the host
+//! directories bound writable into it.
 //!
-//! Root inside the sandbox is never root outside: ids 0..65536 inside map
-//! to a block of otherwise unused host ids starting at [`HOST_ID_BASE`].
-//! The one exception is the `agent` user (uid 1000 inside), which maps to
-//! the owner of the bound workspace so the files the agent creates there
-//! belong to that person on the host — unless the owner is host root, in
-//! which case the agent keeps its id from the block, since nothing in a
-//! sandbox may ever own files as host root.
+//! Root inside a sandbox is never root outside: ids 0..65536 inside map to
+//! the block of host ids of the sandbox's slot (see [`crate::slots`]), a
+//! block no other live sandbox has. Host directories the sandbox writes
+//! into (`--workspace DIR`, writable binds) are mounted *idmapped* with a
+//! [`disk_map`]: on disk, the agent's files belong to the directory's owner
+//! and everything else the sandbox creates to the fixed block starting at
+//! [`HOST_ID_BASE`] (slot 0, never a live sandbox), whatever slot the
+//! sandbox ran in. So a workspace used by many sandboxes in turn keeps
+//! stable owners, and nothing on disk is ever owned by host root.
 
 use std::fmt::Write as _;
 
-/// First host id of stockade's block. High enough to stay clear of system
-/// users, regular users and the usual /etc/subuid ranges.
+/// First host id of stockade's ids: the disk identity block (slot 0), and
+/// the base the slots count from.
 pub const HOST_ID_BASE: u32 = 2_000_000_000;
 /// Number of ids mapped into each sandbox.
 pub const MAPPED_IDS: u32 = 65536;
@@ -33,37 +36,14 @@ pub struct IdMap {
 }
 
 impl IdMap {
-    /// The standard map: the block, with the agent's id pointed at
-    /// `agent_host_id` when that is a real, non-root host id.
-    pub fn for_sandbox(agent_host_id: Option<u32>) -> IdMap {
-        let base = HOST_ID_BASE;
-        match agent_host_id {
-            Some(id) if id != 0 && !(base..base + MAPPED_IDS).contains(&id) => IdMap {
-                extents: vec![
-                    Extent {
-                        inside: 0,
-                        outside: base,
-                        count: AGENT_ID,
-                    },
-                    Extent {
-                        inside: AGENT_ID,
-                        outside: id,
-                        count: 1,
-                    },
-                    Extent {
-                        inside: AGENT_ID + 1,
-                        outside: base + AGENT_ID + 1,
-                        count: MAPPED_IDS - AGENT_ID - 1,
-                    },
-                ],
-            },
-            _ => IdMap {
-                extents: vec![Extent {
-                    inside: 0,
-                    outside: base,
-                    count: MAPPED_IDS,
-                }],
-            },
+    /// Ids 0..[`MAPPED_IDS`] inside mapped to the block starting at `base`.
+    pub fn block(base: u32) -> IdMap {
+        IdMap {
+            extents: vec![Extent {
+                inside: 0,
+                outside: base,
+                count: MAPPED_IDS,
+            }],
         }
     }
 
@@ -97,6 +77,53 @@ impl IdMap {
     }
 }
 
+/// The map of an idmapped mount of a host directory the sandbox of slot
+/// base `live_base` writes into. Read the extents as `disk-id live-id
+/// count`: the agent (inside id [`AGENT_ID`]) stores its files as `owner`,
+/// every other id `i` inside as `HOST_ID_BASE + i`. With no owner (a
+/// directory owned by host root, which a sandbox must never write as) the
+/// agent keeps `HOST_ID_BASE + AGENT_ID` too. Host ids outside the map
+/// (host root's files, other users') appear as the overflow id inside and
+/// cannot be chowned to.
+///
+/// An owner that is itself in the disk block (a task workspace owned by
+/// `HOST_ID_BASE + AGENT_ID`, say) changes places with the agent's id, so
+/// the map stays one-to-one.
+pub fn disk_map(live_base: u32, owner: Option<u32>) -> IdMap {
+    let disk = |inside: u32| HOST_ID_BASE + inside;
+    // Inside ids whose disk id is not the block's own, in order.
+    let mut special: Vec<(u32, u32)> = Vec::new();
+    if let Some(o) = owner.filter(|&o| o != 0 && o != disk(AGENT_ID)) {
+        special.push((AGENT_ID, o));
+        if (HOST_ID_BASE..HOST_ID_BASE + MAPPED_IDS).contains(&o) {
+            special.push((o - HOST_ID_BASE, disk(AGENT_ID)));
+        }
+    }
+    special.sort_unstable();
+    let mut extents = Vec::new();
+    let mut next = 0;
+    let run = |from: u32, to: u32, extents: &mut Vec<Extent>| {
+        if to > from {
+            extents.push(Extent {
+                inside: disk(from),
+                outside: live_base + from,
+                count: to - from,
+            });
+        }
+    };
+    for (inside, on_disk) in special {
+        run(next, inside, &mut extents);
+        extents.push(Extent {
+            inside: on_disk,
+            outside: live_base + inside,
+            count: 1,
+        });
+        next = inside + 1;
+    }
+    run(next, MAPPED_IDS, &mut extents);
+    IdMap { extents }
+}
+
 /// Writes both maps for `pid`. `setgroups` is left allowed: the writer is
 /// privileged over the parent namespace, so the kernel does not require it
 /// to be denied, and the workload needs `setgroups(0)` to shed host groups.
@@ -115,47 +142,115 @@ pub fn write_maps(
     Ok(())
 }
 
+/// A new user namespace with these maps, for an idmapped mount (see
+/// [`disk_map`]): a helper process is cloned into it, held until its maps
+/// are written and the namespace opened, then let go.
+///
+/// The helper only makes system calls (`read`, `_exit`), so this is sound
+/// in a multi-threaded process too.
+pub fn new_userns(uids: &IdMap, gids: &IdMap) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let (hold_r, hold_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the child runs only raw system calls on its own copy of the
+    // descriptor table and leaves with _exit, so a copy of one thread is
+    // enough (see `clone_fork`).
+    let cloned = unsafe { crate::sys::clone_fork(libc::CLONE_NEWUSER) }?;
+    let pid = match cloned {
+        None => {
+            // SAFETY: raw calls on this child's own descriptors; `_exit`
+            // runs none of the parent's handlers or destructors.
+            unsafe {
+                libc::close(hold_w.as_raw_fd());
+                let mut b = 0u8;
+                libc::read(hold_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+                libc::_exit(0)
+            }
+        }
+        Some((pid, _pidfd)) => pid,
+    };
+    drop(hold_r);
+    let opened = write_maps(pid, uids, gids, true).and_then(|_| {
+        Ok(nix::fcntl::open(
+            format!("/proc/{pid}/ns/user").as_str(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?)
+    });
+    drop(hold_w);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    opened
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const LIVE: u32 = HOST_ID_BASE + 7 * MAPPED_IDS;
+
+    /// (disk id, live id) pairs of a map, checked one-to-one both ways.
+    fn pairs(m: &IdMap) -> Vec<(u32, u32)> {
+        let mut v: Vec<(u32, u32)> = m
+            .extents
+            .iter()
+            .flat_map(|e| (0..e.count).map(move |i| (e.inside + i, e.outside + i)))
+            .collect();
+        let mut disk: Vec<u32> = v.iter().map(|p| p.0).collect();
+        let mut live: Vec<u32> = v.iter().map(|p| p.1).collect();
+        disk.sort_unstable();
+        disk.dedup();
+        live.sort_unstable();
+        live.dedup();
+        assert_eq!(disk.len(), v.len(), "two live ids share a disk id: {m:?}");
+        assert_eq!(live.len(), v.len(), "two disk ids share a live id: {m:?}");
+        v.sort_unstable();
+        v
+    }
+
+    fn disk_of(m: &IdMap, live: u32) -> Option<u32> {
+        pairs(m).into_iter().find(|p| p.1 == live).map(|p| p.0)
+    }
+
     #[test]
-    fn sandbox_root_is_never_host_root() {
-        for agent in [None, Some(0), Some(1000), Some(4242)] {
-            let m = IdMap::for_sandbox(agent);
-            assert_eq!(m.to_host(0), Some(HOST_ID_BASE), "{agent:?}");
-            assert!(m.extents.iter().all(|e| e.outside != 0), "{agent:?}");
+    fn a_slot_block_never_maps_host_root() {
+        let m = IdMap::block(LIVE);
+        assert_eq!(m.to_host(0), Some(LIVE));
+        assert_eq!(m.to_host(AGENT_ID), Some(LIVE + AGENT_ID));
+        assert_eq!(m.to_host(MAPPED_IDS), None);
+        assert_eq!(m.to_proc_format(), format!("0 {LIVE} 65536\n"));
+    }
+
+    #[test]
+    fn the_agent_writes_as_the_directory_owner_and_root_as_the_disk_block() {
+        let m = disk_map(LIVE, Some(4242));
+        assert_eq!(disk_of(&m, LIVE + AGENT_ID), Some(4242));
+        assert_eq!(disk_of(&m, LIVE), Some(HOST_ID_BASE));
+        assert_eq!(disk_of(&m, LIVE + 999), Some(HOST_ID_BASE + 999));
+        assert_eq!(disk_of(&m, LIVE + 1001), Some(HOST_ID_BASE + 1001));
+        assert_eq!(pairs(&m).len(), MAPPED_IDS as usize);
+        assert!(pairs(&m).iter().all(|p| p.0 != 0), "host root is mapped");
+    }
+
+    #[test]
+    fn a_root_owned_directory_never_gets_files_as_host_root() {
+        for owner in [None, Some(0)] {
+            let m = disk_map(LIVE, owner);
+            assert_eq!(disk_of(&m, LIVE + AGENT_ID), Some(HOST_ID_BASE + AGENT_ID));
+            assert!(pairs(&m).iter().all(|p| p.0 != 0), "{owner:?}");
+            assert_eq!(m.extents.len(), 1);
         }
     }
 
     #[test]
-    fn agent_maps_to_workspace_owner_unless_root() {
-        assert_eq!(IdMap::for_sandbox(Some(4242)).to_host(AGENT_ID), Some(4242));
+    fn an_owner_inside_the_disk_block_swaps_with_the_agent() {
+        let task = disk_map(LIVE, Some(HOST_ID_BASE + AGENT_ID));
+        assert_eq!(task.extents.len(), 1);
         assert_eq!(
-            IdMap::for_sandbox(Some(0)).to_host(AGENT_ID),
+            disk_of(&task, LIVE + AGENT_ID),
             Some(HOST_ID_BASE + AGENT_ID)
         );
-        assert_eq!(
-            IdMap::for_sandbox(None).to_host(AGENT_ID),
-            Some(HOST_ID_BASE + AGENT_ID)
-        );
-    }
-
-    #[test]
-    fn split_map_covers_the_whole_block_without_overlap() {
-        let m = IdMap::for_sandbox(Some(4242));
-        let total: u32 = m.extents.iter().map(|e| e.count).sum();
-        assert_eq!(total, MAPPED_IDS);
-        assert_eq!(m.to_host(999), Some(HOST_ID_BASE + 999));
-        assert_eq!(m.to_host(1001), Some(HOST_ID_BASE + 1001));
-        assert_eq!(m.to_host(MAPPED_IDS), None);
-        assert_eq!(
-            m.to_proc_format(),
-            format!(
-                "0 {b} 1000\n1000 4242 1\n1001 {c} 64535\n",
-                b = HOST_ID_BASE,
-                c = HOST_ID_BASE + 1001
-            )
-        );
+        let odd = disk_map(LIVE, Some(HOST_ID_BASE + 5));
+        assert_eq!(disk_of(&odd, LIVE + AGENT_ID), Some(HOST_ID_BASE + 5));
+        assert_eq!(disk_of(&odd, LIVE + 5), Some(HOST_ID_BASE + AGENT_ID));
+        assert_eq!(pairs(&odd).len(), MAPPED_IDS as usize);
     }
 }

@@ -98,13 +98,10 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd, net_ready: bool) -> i32 {
             _ => return 1,
         }
     }
-    let tun = match setup(spec, lowers, net_ready) {
-        Ok(tun) => tun,
-        Err(message) => {
-            send(ctl, &FromInit::SetupFailed { message }, &[]);
-            return 1;
-        }
-    };
+    if let Err(message) = setup(spec, lowers, net_ready) {
+        send(ctl, &FromInit::SetupFailed { message }, &[]);
+        return 1;
+    }
     // The supervisor may have died before the parent-death signal was set
     // again in `setup`; its end of the socket is then closed.
     let mut pfd = [nix::poll::PollFd::new(
@@ -118,41 +115,11 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd, net_ready: bool) -> i32 {
     {
         return 1;
     }
-    // The TUN goes to the supervisor before `Ready`, so its egress stack
-    // runs before any process exists. Our copy is closed at once: the
-    // device must vanish when the supervisor closes its end.
-    if let Some(tun) = tun {
-        if proto::send_msg(ctl.as_fd(), &FromInit::Tun, &[tun.as_raw_fd()]).is_err() {
-            return 1;
-        }
-        drop(tun);
-    }
     serve(spec, ctl)
 }
 
-/// Builds the sandbox; returns its TUN device when it has network egress.
-fn setup(
-    spec: &SandboxSpec,
-    lowers: rootfs::Lowers,
-    net_ready: bool,
-) -> Result<Option<OwnedFd>, String> {
-    // The TUN device first, while we still carry the supervisor's host
-    // credentials: /dev/net/tun is usually 0600 root:root on the host, and
-    // host root is not mapped into the sandbox's user namespace, so the
-    // namespace's root could not open it. Creating and configuring the
-    // device needs CAP_NET_ADMIN in our network namespace, which the clone
-    // into a new user namespace gave us; /dev is still the host's.
-    let tun = if spec.net {
-        let tun = stockade_net::configure_tun_inside(TUN_NAME).map_err(|e| {
-            format!(
-                "cannot create the network device: {}",
-                crate::error_chain(&e)
-            )
-        })?;
-        Some(tun)
-    } else {
-        None
-    };
+/// Builds the sandbox.
+fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers, net_ready: bool) -> Result<(), String> {
     // We still carry the supervisor's host ids, which the namespace does
     // not map; become the namespace's root (a block id on the host) so
     // files we create have an owner the sandbox can see.
@@ -179,7 +146,7 @@ fn setup(
     // reach the workload behind the supervisor's back.
     nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     let _ = sys::set_undumpable();
-    Ok(tun)
+    Ok(())
 }
 
 fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {

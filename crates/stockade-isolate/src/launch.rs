@@ -25,6 +25,18 @@ pub enum LaunchError {
     Cgroup(String),
     #[error("the sandbox's init exited before it started")]
     InitGone,
+    #[error("cannot create the sandbox's network device: {0}")]
+    Tun(String),
+    #[error(
+        "cannot mount {path} into the sandbox with its owner's ids (an idmapped mount): {source}; \
+         its filesystem may not support idmapped mounts (ext4, xfs, btrfs and, from Linux 6.3, \
+         tmpfs do): copy it to one that does"
+    )]
+    Idmap {
+        path: String,
+        #[source]
+        source: nix::Error,
+    },
 }
 
 /// A running sandbox, seen from the supervisor.
@@ -36,6 +48,9 @@ pub struct Launched {
     pub pidfd: OwnedFd,
     /// The control socket to init (see [`crate::proto`]).
     pub ctl: OwnedFd,
+    /// The sandbox's TUN device, when it has network egress: made in its
+    /// network namespace by the supervisor, before init may go on.
+    pub tun: Option<OwnedFd>,
 }
 
 /// For a copy-on-write root: clones each lower layer, idmaps it through
@@ -75,25 +90,91 @@ fn send_idmapped_lowers(spec: &SandboxSpec, pid: i32, ctl: &OwnedFd) {
 /// the supervisor, and hands them to init as detached mount trees: the
 /// sandbox's root (an unprivileged id on the host) could not walk to a
 /// path under a directory only host root may enter, such as a 0700
-/// temporary directory. Whatever cannot be opened here, init tries itself
-/// and reports.
-fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) {
-    let sources = std::iter::once((crate::rootfs::WORKSPACE_TREE.to_string(), &spec.workspace))
-        .chain(
-            spec.ro_binds
-                .iter()
-                .chain(&spec.binds)
-                .enumerate()
-                .map(|(i, b)| (crate::rootfs::bind_tree_name(i), &b.src)),
-        );
-    for (name, src) in sources {
+/// temporary directory. The workspace and writable binds are idmapped
+/// ([`crate::idmap::disk_map`]): what the agent writes there belongs to
+/// the directory's owner. Whatever cannot be opened here, init tries
+/// itself and reports.
+fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) -> Result<(), LaunchError> {
+    let ro = spec.ro_binds.len();
+    let sources = std::iter::once((
+        crate::rootfs::WORKSPACE_TREE.to_string(),
+        &spec.workspace,
+        spec.workspace_idmap.as_ref(),
+    ))
+    .chain(
+        spec.ro_binds
+            .iter()
+            .chain(&spec.binds)
+            .enumerate()
+            .map(|(i, b)| {
+                let idmap = i.checked_sub(ro).and_then(|w| spec.bind_idmaps.get(w));
+                (crate::rootfs::bind_tree_name(i), &b.src, idmap)
+            }),
+    );
+    // Namespaces made for the maps so far: binds of one owner share one.
+    let mut made: Vec<(&crate::spec::MountIdmap, OwnedFd)> = Vec::new();
+    for (name, src, idmap) in sources {
+        if src.as_os_str().is_empty() {
+            continue;
+        }
         let Ok(path) = std::ffi::CString::new(src.as_os_str().as_encoded_bytes()) else {
             continue;
         };
-        if let Ok(tree) = sys::open_tree_clone(&path) {
-            let msg = proto::ToInit::Lower { name };
-            let _ = proto::send_msg(ctl.as_fd(), &msg, &[std::os::fd::AsRawFd::as_raw_fd(&tree)]);
+        let Ok(tree) = sys::open_tree_clone(&path) else {
+            continue;
+        };
+        if let Some(map) = idmap {
+            let idmap_err = |source| LaunchError::Idmap {
+                path: src.display().to_string(),
+                source,
+            };
+            let pos = match made.iter().position(|(m, _)| *m == map) {
+                Some(p) => p,
+                None => {
+                    let ns = idmap::new_userns(&map.uids, &map.gids).map_err(|e| {
+                        idmap_err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+                    })?;
+                    made.push((map, ns));
+                    made.len() - 1
+                }
+            };
+            sys::idmap_tree(&tree, &made[pos].1).map_err(idmap_err)?;
         }
+        let msg = proto::ToInit::Lower { name };
+        let _ = proto::send_msg(ctl.as_fd(), &msg, &[std::os::fd::AsRawFd::as_raw_fd(&tree)]);
+    }
+    Ok(())
+}
+
+/// Creates the sandbox's TUN device inside its network namespace, with
+/// host root's credentials (`/dev/net/tun` is usually 0600 root, and host
+/// root is not mapped into the sandbox), without the supervisor leaving
+/// its own namespace: a short-lived child enters it (see
+/// [`sys::in_namespace`]).
+///
+/// # Safety
+/// The caller must be single-threaded.
+unsafe fn make_tun(pid: i32) -> Result<OwnedFd, LaunchError> {
+    let net = nix::fcntl::open(
+        format!("/proc/{pid}/ns/net").as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| LaunchError::Tun(format!("cannot open its network namespace: {e}")))?;
+    // SAFETY: forwarded from the caller's guarantee of a single thread;
+    // the closure returns its error as a value and does not unwind.
+    let made = unsafe {
+        sys::in_namespace(net.as_fd(), libc::CLONE_NEWNET, || {
+            stockade_net::configure_tun_inside(crate::init::TUN_NAME)
+                .map_err(|e| crate::error_chain(&e))
+        })
+    };
+    match made {
+        Ok(Ok(tun)) => Ok(tun),
+        Ok(Err(e)) => Err(LaunchError::Tun(e)),
+        Err(e) => Err(LaunchError::Tun(format!(
+            "cannot enter its network namespace: {e}"
+        ))),
     }
 }
 
@@ -175,7 +256,7 @@ pub unsafe fn launch_joining(
             (pid, pidfd, joined, true)
         }
         // SAFETY: forwarded from the caller's guarantee of a single thread.
-        None => match unsafe { clone_init(NAMESPACES, into_cgroup, self_join) }
+        None => match unsafe { clone_owned(spec.userns_owner, into_cgroup, self_join) }
             .map_err(LaunchError::Clone)?
         {
             Cloned::Init => init_child(spec, ours, theirs, self_join, false),
@@ -183,10 +264,11 @@ pub unsafe fn launch_joining(
         },
     };
     drop(theirs);
-    let launched = Launched {
+    let mut launched = Launched {
         pid,
         pidfd,
         ctl: ours,
+        tun: None,
     };
     let abort = |l: &Launched| {
         let _ = sys::pidfd_send_signal(&l.pidfd, libc::SIGKILL);
@@ -202,13 +284,61 @@ pub unsafe fn launch_joining(
         abort(&launched);
         return Err(LaunchError::Cgroup(e));
     }
+    if spec.net {
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        match unsafe { make_tun(pid) } {
+            Ok(tun) => launched.tun = Some(tun),
+            Err(e) => {
+                abort(&launched);
+                return Err(e);
+            }
+        }
+    }
     send_idmapped_lowers(spec, pid, &launched.ctl);
-    send_bind_sources(spec, &launched.ctl);
+    if let Err(e) = send_bind_sources(spec, &launched.ctl) {
+        abort(&launched);
+        return Err(e);
+    }
     if proto::send_msg(launched.ctl.as_fd(), &proto::ToInit::Go, &[]).is_err() {
         abort(&launched);
         return Err(LaunchError::InitGone);
     }
     Ok(launched)
+}
+
+/// [`clone_init`] with new namespaces of every kind, the user namespace
+/// owned by host uid `owner` where given (and we are root): the clone is
+/// made with that effective uid ([`sys::EuidSwitch`]).
+///
+/// # Safety
+/// The caller must be single-threaded.
+unsafe fn clone_owned(
+    owner: Option<u32>,
+    into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+    self_join: &[OwnedFd],
+) -> nix::Result<Cloned> {
+    match owner {
+        Some(uid) if nix::unistd::geteuid().is_root() && uid != 0 => {
+            let switch = sys::EuidSwitch::enter(uid)?;
+            // SAFETY: forwarded from the caller's guarantee of a single
+            // thread.
+            let r = unsafe { clone_init(NAMESPACES, into_cgroup, self_join) };
+            match r {
+                // The child: its ids belong to the new namespace now, and
+                // init resets the secure bits it inherited.
+                Ok(Cloned::Init) => {
+                    switch.abandon();
+                    Ok(Cloned::Init)
+                }
+                r => {
+                    switch.leave();
+                    r
+                }
+            }
+        }
+        // SAFETY: as above.
+        _ => unsafe { clone_init(NAMESPACES, into_cgroup, self_join) },
+    }
 }
 
 /// Which side of [`clone_init`] this is.
@@ -265,6 +395,13 @@ fn init_child(
     net_ready: bool,
 ) -> ! {
     drop(ours);
+    // A clone made under a `sys::EuidSwitch` inherited its secure bit; uid
+    // changes must drop capabilities again from here on.
+    if sys::securebits_set() {
+        if let Err(e) = sys::reset_securebits() {
+            crate::init::fail_early(&theirs, format!("cannot reset the secure bits: {e}"));
+        }
+    }
     if let Err(message) = join_self(self_join) {
         crate::init::fail_early(&theirs, message);
     }

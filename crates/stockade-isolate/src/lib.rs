@@ -13,6 +13,7 @@ pub mod nspool;
 pub mod proto;
 pub mod rootfs;
 pub mod seccomp;
+pub mod slots;
 pub mod spec;
 pub mod sys;
 pub mod workload;

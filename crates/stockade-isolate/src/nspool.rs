@@ -11,13 +11,19 @@
 //!
 //! ```text
 //! <pool>/                       default /run/stockade/nspool (0700)
-//!   <key>/                      one per id map (see [`key`])
-//!     <entry>/user  <entry>/net nsfs bind mounts keeping the pair alive
-//!     .new-<entry>/             an entry being made (published by rename)
-//!   claimed/<pid>-<entry>/      taken by a starting sandbox, released
+//!   <key>/                      one per kind of id map ([`KEY`])
+//!     <slot>-<n>/user  …/net    nsfs bind mounts keeping the pair alive
+//!     .new-<slot>-<n>/          an entry being made (published by rename)
+//!   claimed/<pid>-<slot>-<n>/   taken by a starting sandbox, released
 //!                               with its teardown (or, if the claimer
 //!                               died, by the next refill or `gc`)
 //! ```
+//!
+//! Each entry is made for a host id slot (see [`crate::slots`]): its user
+//! namespace maps the slot's block and is owned by the slot's base id.
+//! The slot is reserved while the entry waits; the start that claims the
+//! entry takes the slot's lock (refusing the entry if anyone holds it) and
+//! runs in that slot.
 //!
 //! The pool is in `/run` (a tmpfs) so a reboot empties it, and outside any
 //! state directory, so it serves every state directory on the host.
@@ -30,7 +36,8 @@
 //! the process that made it only wrote its id maps and brought `lo` up.
 //! Claims check what they opened: both files must be namespaces of the
 //! right type, the network namespace must be owned by the user namespace,
-//! and the user namespace must have been made by our own effective uid.
+//! and the user namespace must be owned by the base id of the entry's
+//! slot, which only host root could have made it with.
 
 use std::ffi::CString;
 use std::fs;
@@ -43,6 +50,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 
 use crate::idmap::{self, IdMap};
+use crate::slots::{self, Slot};
 use crate::sys;
 
 /// `STOCKADE_NS_POOL_DIR`, else this.
@@ -77,6 +85,10 @@ pub enum PoolError {
     #[error("cannot bind the namespace at {0}: {1}")]
     Mount(String, #[source] nix::Error),
 }
+
+/// The one kind of entry so far: namespaces of a slot's block, mapped
+/// as every sandbox started by host root is.
+pub const KEY: &str = "slot";
 
 /// A claimed pair, open: enough for a start (see `launch`).
 #[derive(Debug)]
@@ -118,26 +130,23 @@ pub fn dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
 }
 
-/// The name of the key directory for sandboxes with these id maps: both
-/// maps spelled out (`inside-outside-count` extents joined by `.`, uid and
-/// gid maps by `_`), so two different maps can never share entries.
-/// `None` for a map too long to name a directory (no pooling then).
-pub fn key(uids: &IdMap, gids: &IdMap) -> Option<String> {
-    let spell = |m: &IdMap| {
-        m.extents
-            .iter()
-            .map(|e| format!("{}-{}-{}", e.inside, e.outside, e.count))
-            .collect::<Vec<_>>()
-            .join(".")
-    };
-    let k = format!("{}_{}", spell(uids), spell(gids));
-    (!k.is_empty() && k.len() <= 200).then_some(k)
+/// The slot an entry's name (`<slot>-<n>`, `.new-<slot>-<n>` or
+/// `<pid>-<slot>-<n>` once claimed) says it was made for.
+fn slot_of(name: &std::ffi::OsStr, claimed: bool) -> Option<u32> {
+    let name = name.to_str()?;
+    let name = name.strip_prefix(".new-").unwrap_or(name);
+    let mut parts = name.split('-');
+    if claimed {
+        parts.next()?;
+    }
+    parts.next()?.parse().ok()
 }
 
-/// Takes one entry for `key`, or `None` when there is none that passes
-/// the checks (entries that fail them are released on the way).
-pub fn claim(pool: &Path, key: &str) -> Option<Pooled> {
-    let dir = pool.join(key);
+/// Takes one entry, or `None` when there is none that passes the checks
+/// (entries that fail them are released on the way), with the slot the
+/// pair was made for, now held by the claimer.
+pub fn claim(pool: &Path, slot_dir: &Path) -> Option<(Pooled, Slot)> {
+    let dir = pool.join(KEY);
     let entries = fs::read_dir(&dir).ok()?;
     let claimed = pool.join("claimed");
     let mut tries = 0;
@@ -159,15 +168,30 @@ pub fn claim(pool: &Path, key: &str) -> Option<Pooled> {
         if fs::rename(e.path(), &to).is_err() {
             continue;
         }
-        match open_checked(&to) {
-            Some((user, net)) => {
-                return Some(Pooled {
-                    user,
-                    net,
-                    entry: to,
-                })
+        let Some(k) = slot_of(&name, false) else {
+            release(&to);
+            continue;
+        };
+        let opened = open_checked(&to, slots::base_of(k));
+        // The slot's lock decides: nobody may be running under its ids.
+        match (opened, Slot::take(slot_dir, k)) {
+            (Some((user, net)), Ok(Some(slot))) => {
+                slots::unreserve(slot_dir, k);
+                return Some((
+                    Pooled {
+                        user,
+                        net,
+                        entry: to,
+                    },
+                    slot,
+                ));
             }
-            None => release(&to),
+            (_, Ok(Some(slot))) => {
+                release(&to);
+                slots::unreserve(slot_dir, k);
+                drop(slot);
+            }
+            _ => release(&to),
         }
     }
     None
@@ -175,7 +199,7 @@ pub fn claim(pool: &Path, key: &str) -> Option<Pooled> {
 
 /// Opens a claimed entry's namespaces and checks they are what an entry
 /// must hold.
-fn open_checked(entry: &Path) -> Option<(OwnedFd, OwnedFd)> {
+fn open_checked(entry: &Path, owner_uid: u32) -> Option<(OwnedFd, OwnedFd)> {
     let open = |name: &str| {
         nix::fcntl::open(
             &entry.join(name),
@@ -197,7 +221,7 @@ fn open_checked(entry: &Path) -> Option<(OwnedFd, OwnedFd)> {
     // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which
     // targets a live local.
     let r = unsafe { libc::ioctl(user.as_raw_fd(), NS_GET_OWNER_UID, &mut owner) };
-    if r != 0 || owner != nix::unistd::geteuid().as_raw() {
+    if r != 0 || owner != owner_uid {
         return None;
     }
     let net_owner = ns_ioctl(&net, NS_GET_USERNS).ok()?;
@@ -233,9 +257,20 @@ pub fn release(entry: &Path) {
     let _ = fs::remove_dir(entry);
 }
 
-/// Number of ready entries for `key`.
-pub fn ready(pool: &Path, key: &str) -> usize {
-    entries(&pool.join(key)).len()
+/// Number of ready entries.
+pub fn ready(pool: &Path) -> usize {
+    entries(&pool.join(KEY)).len()
+}
+
+/// Releases an entry that was never claimed and drops its slot's
+/// reservation (unless a start holds the slot by now).
+fn discard(entry: &Path, slot_dir: &Path, claimed: bool) {
+    release(entry);
+    if let Some(k) = entry.file_name().and_then(|n| slot_of(n, claimed)) {
+        if !slots::in_use(slot_dir, k) {
+            slots::unreserve(slot_dir, k);
+        }
+    }
 }
 
 fn entries(dir: &Path) -> Vec<PathBuf> {
@@ -260,20 +295,15 @@ fn key_dirs(pool: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Brings `key` up to `per_key` ready entries, within [`MAX_TOTAL`] for
-/// the whole pool, and releases orphans (claims and half-made entries of
-/// processes that died). Returns how many entries it made.
+/// Brings the pool up to `per_key` ready entries (at most
+/// [`MAX_TOTAL`]), each for a slot reserved in `slot_dir`, and releases
+/// orphans (claims and half-made entries of processes that died). Returns
+/// how many entries it made.
 ///
 /// Forks a short-lived helper per entry; the helper only makes system
 /// calls, so this is sound in a multi-threaded process too.
-pub fn refill(
-    pool: &Path,
-    key: &str,
-    uids: &IdMap,
-    gids: &IdMap,
-    per_key: usize,
-) -> Result<usize, PoolError> {
-    let dir = pool.join(key);
+pub fn refill(pool: &Path, slot_dir: &Path, per_key: usize) -> Result<usize, PoolError> {
+    let dir = pool.join(KEY);
     for d in [pool.to_path_buf(), pool.join("claimed"), dir.clone()] {
         if !d.is_dir() {
             fs::DirBuilder::new()
@@ -290,13 +320,13 @@ pub fn refill(
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Ok(0);
     }
-    let _ = release_orphans(pool);
+    let _ = release_orphans(pool, slot_dir);
     let want = per_key.min(MAX_TOTAL).saturating_sub(entries(&dir).len());
-    evict_for(pool, &dir, want);
+    evict_for(pool, slot_dir, &dir, want);
     let total: usize = key_dirs(pool).iter().map(|d| entries(d).len()).sum();
     let want = want.min(MAX_TOTAL.saturating_sub(total));
     for made in 0..want {
-        if let Err(e) = make(&dir, uids, gids) {
+        if let Err(e) = make(&dir, slot_dir) {
             return if made == 0 { Err(e) } else { Ok(made) };
         }
     }
@@ -308,7 +338,7 @@ pub fn refill(
 /// maps in use now win over ones that may never come back (a workspace
 /// owner gone, a key format of an older stockade). Each is taken out by
 /// the same `rename` as a claim, so no start can be handed one half gone.
-fn evict_for(pool: &Path, dir: &Path, want: usize) {
+fn evict_for(pool: &Path, slot_dir: &Path, dir: &Path, want: usize) {
     let mut others: Vec<(std::time::SystemTime, PathBuf)> = key_dirs(pool)
         .iter()
         .filter(|d| d.as_path() != dir)
@@ -327,7 +357,7 @@ fn evict_for(pool: &Path, dir: &Path, want: usize) {
         owned.push(name);
         let to = pool.join("claimed").join(owned);
         if fs::rename(&e, &to).is_ok() {
-            release(&to);
+            discard(&to, slot_dir, true);
         }
     }
 }
@@ -336,8 +366,10 @@ fn evict_for(pool: &Path, dir: &Path, want: usize) {
 /// `<pid>-<entry>`) whose claimer is gone, and half-made entries. A claim
 /// older than a minute is released even if its pid lives on (it may have
 /// been reused): releasing only unmounts the pool's view, and a sandbox
-/// keeps its namespaces through its own processes. Returns how many.
-pub fn release_orphans(pool: &Path) -> usize {
+/// keeps its namespaces through its own processes. Reservations of slots
+/// that no entry of this pool names, that nobody holds and that are older
+/// than a minute are dropped too. Returns how many entries it released.
+pub fn release_orphans(pool: &Path, slot_dir: &Path) -> usize {
     let old = |p: &Path| {
         fs::symlink_metadata(p)
             .and_then(|m| m.modified())
@@ -357,20 +389,32 @@ pub fn release_orphans(pool: &Path) -> usize {
         }
     };
     let mut n = 0;
+    let mut named = std::collections::HashSet::new();
     for e in entries(&pool.join("claimed")) {
         if claimer_gone(&e) || old(&e) {
-            release(&e);
+            discard(&e, slot_dir, true);
             n += 1;
+        } else if let Some(k) = e.file_name().and_then(|n| slot_of(n, true)) {
+            named.insert(k);
         }
     }
     for d in key_dirs(pool) {
         if let Ok(rd) = fs::read_dir(&d) {
             for e in rd.flatten() {
-                if e.file_name().as_encoded_bytes().starts_with(b".new-") && old(&e.path()) {
-                    release(&e.path());
+                let name = e.file_name();
+                if name.as_encoded_bytes().starts_with(b".new-") && old(&e.path()) {
+                    discard(&e.path(), slot_dir, false);
                     n += 1;
+                } else if let Some(k) = slot_of(&name, false) {
+                    named.insert(k);
                 }
             }
+        }
+    }
+    for k in slots::reservations(slot_dir) {
+        let marker = slot_dir.join(format!("{k}.pool"));
+        if !named.contains(&k) && old(&marker) && !slots::in_use(slot_dir, k) {
+            slots::unreserve(slot_dir, k);
         }
     }
     n
@@ -378,16 +422,17 @@ pub fn release_orphans(pool: &Path) -> usize {
 
 /// Empties the pool: every ready, half-made and claimed entry is released.
 /// Returns how many entries there were.
-pub fn drain(pool: &Path) -> usize {
+pub fn drain(pool: &Path, slot_dir: &Path) -> usize {
     let mut n = 0;
     for d in key_dirs(pool)
         .into_iter()
         .chain(std::iter::once(pool.join("claimed")))
     {
+        let claimed = d.ends_with("claimed");
         if let Ok(rd) = fs::read_dir(&d) {
             for e in rd.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    release(&e.path());
+                    discard(&e.path(), slot_dir, claimed);
                     n += 1;
                 }
             }
@@ -398,11 +443,27 @@ pub fn drain(pool: &Path) -> usize {
     n
 }
 
-/// Makes one entry in the key directory `dir`.
-fn make(dir: &Path, uids: &IdMap, gids: &IdMap) -> Result<(), PoolError> {
-    let (user, net) = new_pair(uids, gids)?;
+/// Makes one entry in the key directory `dir`, for a slot it reserves.
+fn make(dir: &Path, slot_dir: &Path) -> Result<(), PoolError> {
+    let slot = slots::reserve(slot_dir).map_err(|e| {
+        PoolError::Io(
+            format!("cannot reserve an id slot: {e}"),
+            io::Error::other(e),
+        )
+    })?;
+    let made = make_for(dir, &slot);
+    if made.is_err() {
+        slots::unreserve(slot_dir, slot.index());
+    }
+    made
+}
+
+fn make_for(dir: &Path, slot: &Slot) -> Result<(), PoolError> {
+    let map = slot.id_map();
+    let (user, net) = new_pair(&map, &map, slot.base())?;
     let name = format!(
-        "{:x}{:x}",
+        "{}-{:x}{:x}",
+        slot.index(),
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -437,20 +498,39 @@ fn make(dir: &Path, uids: &IdMap, gids: &IdMap) -> Result<(), PoolError> {
     published
 }
 
-/// A new user namespace with `uids`/`gids` mapped, owning a new network
-/// namespace whose loopback is up. A helper process is cloned into both,
-/// held until the maps are written and the descriptors opened, then told
-/// to bring `lo` up and exit.
-fn new_pair(uids: &IdMap, gids: &IdMap) -> Result<(OwnedFd, OwnedFd), PoolError> {
+/// A new user namespace with `uids`/`gids` mapped and owned by host uid
+/// `owner` (when we are root), owning a new network namespace whose
+/// loopback is up. A helper process is cloned into both, held until the
+/// maps are written and the descriptors opened, then told to bring `lo`
+/// up and exit.
+fn new_pair(uids: &IdMap, gids: &IdMap, owner: u32) -> Result<(OwnedFd, OwnedFd), PoolError> {
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| PoolError::Io("cannot create a pipe".into(), e.into()))?;
+    // Made under the slot's base id, which then owns the user namespace
+    // (the switch is this thread's alone: a raw system call).
+    let switch = if nix::unistd::geteuid().is_root() {
+        Some(sys::EuidSwitch::enter(owner).map_err(PoolError::Clone)?)
+    } else {
+        None
+    };
     // SAFETY: `clone_fork` asks for a single thread because the child
     // goes on with a copy of one; this child only makes system calls
     // (close, read, socket, ioctl, _exit) in `helper`, allocates nothing
     // and never returns, so it is sound even if other threads exist here.
     let cloned = unsafe { sys::clone_fork(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) };
+    if let Ok(None) = cloned {
+        // The helper never returns (and must not switch back).
+        if let Some(s) = switch {
+            s.abandon();
+        }
+        let (r, w) = (go_r.as_raw_fd(), go_w.as_raw_fd());
+        helper(r, w);
+    }
+    if let Some(switch) = switch {
+        switch.leave();
+    }
     let pid = match cloned.map_err(PoolError::Clone)? {
-        None => helper(go_r.as_raw_fd(), go_w.as_raw_fd()),
+        None => unreachable!("the helper never returns"),
         // Waited for with waitpid below; the pidfd is not needed.
         Some((pid, _pidfd)) => pid,
     };
@@ -524,44 +604,38 @@ mod tests {
     }
 
     #[test]
-    fn keys_differ_with_either_map() {
-        let a = IdMap::for_sandbox(None);
-        let b = IdMap::for_sandbox(Some(4242));
-        assert_eq!(key(&a, &a), key(&a, &a.clone()));
-        assert_ne!(key(&a, &a), key(&b, &a));
-        assert_ne!(key(&a, &a), key(&a, &b));
-        assert_eq!(
-            key(&a, &b).unwrap(),
-            "0-2000000000-65536_0-2000000000-1000.1000-4242-1.1001-2000001001-64535"
-        );
-        let long = IdMap {
-            extents: (0..40)
-                .map(|i| idmap::Extent {
-                    inside: i,
-                    outside: 2_000_000_000 + i,
-                    count: 1,
-                })
-                .collect(),
-        };
-        assert_eq!(key(&long, &long), None);
+    fn entry_names_carry_their_slot() {
+        use std::ffi::OsStr;
+        assert_eq!(slot_of(OsStr::new("17-abc"), false), Some(17));
+        assert_eq!(slot_of(OsStr::new(".new-17-abc"), false), Some(17));
+        assert_eq!(slot_of(OsStr::new("4242-17-abc"), true), Some(17));
+        assert_eq!(slot_of(OsStr::new("stale"), false), None);
+    }
+
+    fn user_owner(fd: &OwnedFd) -> u32 {
+        let mut owner: libc::uid_t = 0;
+        // SAFETY: NS_GET_OWNER_UID writes one uid_t to a live local.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_OWNER_UID, &mut owner) };
+        assert_eq!(r, 0);
+        owner
     }
 
     #[test]
     #[ignore = "needs root: makes namespaces and mounts"]
-    fn concurrent_claims_never_share_an_entry() {
+    fn concurrent_claims_never_share_an_entry_or_a_slot() {
         let pool = tempfile::tempdir().unwrap();
-        let maps = IdMap::for_sandbox(None);
-        let k = key(&maps, &maps).unwrap();
-        // Capped per key by MAX_TOTAL, made one after another.
-        assert_eq!(refill(pool.path(), &k, &maps, &maps, 6).unwrap(), 6);
-        assert_eq!(ready(pool.path(), &k), 6);
+        let slot_dir = tempfile::tempdir().unwrap();
+        // Capped by MAX_TOTAL, made one after another.
+        assert_eq!(refill(pool.path(), slot_dir.path(), 6).unwrap(), 6);
+        assert_eq!(ready(pool.path()), 6);
+        assert_eq!(slots::reservations(slot_dir.path()).len(), 6);
         // A full pool makes nothing more.
-        assert_eq!(refill(pool.path(), &k, &maps, &maps, 6).unwrap(), 0);
+        assert_eq!(refill(pool.path(), slot_dir.path(), 6).unwrap(), 0);
         let claims = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
-                    while let Some(p) = claim(pool.path(), &k) {
+                    while let Some(p) = claim(pool.path(), slot_dir.path()) {
                         claims.lock().unwrap().push(p);
                     }
                 });
@@ -571,12 +645,20 @@ mod tests {
         assert_eq!(claims.len(), 6);
         let nets: HashSet<u64> = claims
             .iter()
-            .map(|p| nix::sys::stat::fstat(&p.net).unwrap().st_ino)
+            .map(|(p, _)| nix::sys::stat::fstat(&p.net).unwrap().st_ino)
             .collect();
         assert_eq!(nets.len(), 6, "an entry was claimed twice");
+        let slots_held: HashSet<u32> = claims.iter().map(|(_, s)| s.index()).collect();
+        assert_eq!(slots_held.len(), 6, "a slot was handed out twice");
+        for (p, s) in &claims {
+            // Owned by the slot's base id, not by host root.
+            assert_eq!(user_owner(&p.user), s.base());
+            assert!(slots::in_use(slot_dir.path(), s.index()));
+        }
+        assert!(slots::reservations(slot_dir.path()).is_empty());
         let host = fs::metadata("/proc/self/ns/net").unwrap().ino();
         assert!(!nets.contains(&host));
-        for p in &claims {
+        for (p, _) in &claims {
             release(&p.entry);
         }
         assert_eq!(mounts_under(pool.path()), 0);
@@ -588,26 +670,31 @@ mod tests {
 
     #[test]
     #[ignore = "needs root: makes namespaces and mounts"]
-    fn the_pool_stays_within_its_total() {
+    fn an_entry_whose_slot_is_taken_is_refused() {
         let pool = tempfile::tempdir().unwrap();
-        let a = IdMap::for_sandbox(None);
-        let b = IdMap::for_sandbox(Some(4242));
-        let (ka, kb) = (key(&a, &a).unwrap(), key(&b, &b).unwrap());
+        let slot_dir = tempfile::tempdir().unwrap();
+        assert_eq!(refill(pool.path(), slot_dir.path(), 1).unwrap(), 1);
+        let k = slots::reservations(slot_dir.path())[0];
+        // A sandbox runs under the slot (a stale reservation, say).
+        let holder = Slot::take(slot_dir.path(), k).unwrap().unwrap();
+        assert!(claim(pool.path(), slot_dir.path()).is_none());
+        assert_eq!(ready(pool.path()), 0);
+        assert_eq!(mounts_under(pool.path()), 0);
+        drop(holder);
+    }
+
+    #[test]
+    #[ignore = "needs root: makes namespaces and mounts"]
+    fn draining_drops_entries_and_their_reservations() {
+        let pool = tempfile::tempdir().unwrap();
+        let slot_dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            refill(pool.path(), &ka, &a, &a, MAX_TOTAL).unwrap(),
+            refill(pool.path(), slot_dir.path(), MAX_TOTAL).unwrap(),
             MAX_TOTAL
         );
-        // A full pool makes room for the key being refilled: the other
-        // key's oldest entries go.
-        assert_eq!(refill(pool.path(), &kb, &b, &b, 2).unwrap(), 2);
-        assert_eq!(ready(pool.path(), &ka), MAX_TOTAL - 2);
-        assert_eq!(ready(pool.path(), &kb), 2);
         assert_eq!(mounts_under(pool.path()), 2 * MAX_TOTAL);
-        assert_eq!(
-            fs::read_dir(pool.path().join("claimed")).unwrap().count(),
-            0
-        );
-        assert_eq!(drain(pool.path()), MAX_TOTAL);
+        assert_eq!(drain(pool.path(), slot_dir.path()), MAX_TOTAL);
         assert_eq!(mounts_under(pool.path()), 0);
+        assert!(slots::reservations(slot_dir.path()).is_empty());
     }
 }

@@ -59,10 +59,6 @@ pub enum ToInit {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum FromInit {
-    /// The sandbox's TUN device (descriptor attached), for a sandbox with
-    /// network egress. Sent once, before `Ready`: the supervisor starts
-    /// serving it before any process can send a packet.
-    Tun,
     /// The sandbox is built; spawn requests are served from now on.
     Ready,
     /// Building the sandbox failed; the text says what and where.
@@ -211,7 +207,6 @@ mod tests {
         assert_eq!(got, req);
         assert_eq!(fds.len(), 3);
         for m in [
-            FromInit::Tun,
             FromInit::Ready,
             FromInit::Spawned { tag: 7, pid: 2 },
             FromInit::SpawnFailed {

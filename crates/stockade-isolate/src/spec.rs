@@ -32,14 +32,31 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// Run workloads as root inside the sandbox instead of `agent`.
     pub as_root: bool,
-    /// Give the sandbox network egress: init creates the TUN device
-    /// [`crate::init::TUN_NAME`] in the sandbox's network namespace and
-    /// hands its descriptor to the supervisor (`FromInit::Tun`), which
-    /// serves it with `stockade_net::Egress`. Without it: loopback only.
+    /// Give the sandbox network egress: the supervisor creates the TUN
+    /// device [`crate::init::TUN_NAME`] in the sandbox's network namespace
+    /// at launch (`Launched::tun`) and serves it with
+    /// `stockade_net::Egress`. Without it: loopback only.
     pub net: bool,
+    /// The sandbox's own id maps (its slot's block, see [`crate::slots`]).
     pub uid_map: IdMap,
     pub gid_map: IdMap,
+    /// Host uid that creates, and so owns, the sandbox's user namespace
+    /// (the slot's base id): the kernel charges per-user counters of
+    /// everything inside to the owner too. `None`: the caller's own.
+    pub userns_owner: Option<u32>,
+    /// Id maps of the workspace's idmapped mount, when it is a host
+    /// directory ([`crate::idmap::disk_map`]).
+    pub workspace_idmap: Option<MountIdmap>,
+    /// Id maps of each writable bind's mount, in the order of `binds`.
+    pub bind_idmaps: Vec<MountIdmap>,
     pub seccomp: SeccompFilters,
+}
+
+/// The uid and gid maps of an idmapped mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountIdmap {
+    pub uids: IdMap,
+    pub gids: IdMap,
 }
 
 impl SandboxSpec {

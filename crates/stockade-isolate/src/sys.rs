@@ -377,3 +377,161 @@ impl Drop for Stack {
         }
     }
 }
+
+/// `SECBIT_NO_SETUID_FIXUP`: uid changes leave the capability sets alone.
+const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+
+fn securebits() -> nix::Result<libc::c_ulong> {
+    // SAFETY: PR_GET_SECUREBITS takes no pointer and returns the bits.
+    let r = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+    Errno::result(r).map(|b| b as libc::c_ulong)
+}
+
+fn set_securebits(bits: libc::c_ulong) -> nix::Result<()> {
+    // SAFETY: PR_SET_SECUREBITS takes a plain integer.
+    let r = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// `setresuid(-1, euid, -1)` as a raw system call: this thread only,
+/// without glibc's broadcast of id changes to other threads.
+fn set_euid_raw(euid: u32) -> nix::Result<()> {
+    // SAFETY: setresuid takes three integers; -1 leaves an id unchanged.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_setresuid,
+            libc::uid_t::MAX,
+            euid as libc::uid_t,
+            libc::uid_t::MAX,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// The calling thread running with another effective uid, every
+/// capability kept (`SECBIT_NO_SETUID_FIXUP`), until [`EuidSwitch::leave`]:
+/// a user namespace made by a clone meanwhile is owned by that uid, so the
+/// kernel charges what the namespace's processes use (inotify instances,
+/// user namespaces, …) to that host id instead of to host root.
+#[derive(Debug)]
+#[must_use = "leave() restores the caller's own uid"]
+pub struct EuidSwitch {
+    old_euid: u32,
+    old_bits: libc::c_ulong,
+}
+
+impl EuidSwitch {
+    /// Switches to `euid`. Needs CAP_SETUID and CAP_SETPCAP. Only the
+    /// calling thread changes (a raw system call, not glibc's broadcast
+    /// to every thread). A child cloned meanwhile inherits the secure bit and must drop it
+    /// with [`reset_securebits`] first thing (and never call `leave`).
+    pub fn enter(euid: u32) -> nix::Result<EuidSwitch> {
+        let old_bits = securebits()?;
+        let old_euid = nix::unistd::geteuid().as_raw();
+        set_securebits(old_bits | SECBIT_NO_SETUID_FIXUP)?;
+        if let Err(e) = set_euid_raw(euid) {
+            let _ = set_securebits(old_bits);
+            return Err(e);
+        }
+        Ok(EuidSwitch { old_euid, old_bits })
+    }
+
+    /// In a child cloned meanwhile: nothing to restore (its ids belong to
+    /// its new user namespace, and it resets the secure bits itself).
+    pub fn abandon(self) {}
+
+    /// Back to the caller's own uid and secure bits.
+    pub fn leave(self) {
+        // Failing to switch back would leave the supervisor running under
+        // the sandbox's id: stop here rather than go on wrong.
+        if set_euid_raw(self.old_euid).is_err() || set_securebits(self.old_bits).is_err() {
+            std::process::abort();
+        }
+    }
+}
+
+/// Clears the secure bits a clone inside an [`EuidSwitch`] inherited, so that
+/// later uid changes drop capabilities as usual. In a new user namespace
+/// the child holds CAP_SETPCAP there, which this needs.
+pub fn reset_securebits() -> nix::Result<()> {
+    set_securebits(0)
+}
+
+/// What [`in_namespace`] shares with its short-lived child.
+struct InNamespace<'a, T> {
+    ns: RawFd,
+    nstype: libc::c_int,
+    f: Option<&'a mut dyn FnMut() -> T>,
+    out: Option<T>,
+    entered: Option<nix::Result<()>>,
+}
+
+/// Runs `f` in another namespace (`nstype`, e.g. `CLONE_NEWNET`, the one
+/// `ns` refers to) without the caller entering it: a child sharing our
+/// memory and descriptor table (`CLONE_VM | CLONE_FILES | CLONE_VFORK`,
+/// we sleep until it is gone) enters it with `setns` and runs `f`, whose
+/// result and any descriptors it opens are ours afterwards. For work that
+/// must happen in a sandbox's namespace with host root's credentials, such
+/// as creating its network device.
+///
+/// # Safety
+/// The caller must be single-threaded (as with `vfork`, the child runs in
+/// our memory; no other thread may hold a lock `f` needs), and `f` must
+/// not unwind (it runs on a stack with no one to catch a panic).
+pub unsafe fn in_namespace<T>(
+    ns: std::os::fd::BorrowedFd<'_>,
+    nstype: libc::c_int,
+    mut f: impl FnMut() -> T,
+) -> nix::Result<T> {
+    const STACK: usize = 256 << 10;
+    extern "C" fn child<T>(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `InNamespace` on the sleeping caller's
+        // stack (CLONE_VFORK keeps it there until we exit).
+        let shared = unsafe { &mut *arg.cast::<InNamespace<'_, T>>() };
+        // SAFETY: setns on a descriptor of the shared table, which the
+        // caller keeps open; it changes only this process's namespaces.
+        let r = unsafe { libc::setns(shared.ns, shared.nstype) };
+        shared.entered = Some(Errno::result(r).map(drop));
+        if r == 0 {
+            if let Some(f) = shared.f.take() {
+                shared.out = Some(f());
+            }
+        }
+        0
+    }
+    let stack = Stack::new(STACK)?;
+    let mut shared = InNamespace {
+        ns: ns.as_raw_fd(),
+        nstype,
+        f: Some(&mut f),
+        out: None,
+        entered: None,
+    };
+    // SAFETY: `child` runs on `stack` in our memory while we sleep
+    // (CLONE_VFORK), so `shared` and `f` outlive every use of them; it
+    // returns normally (its exit status is its return value), freeing
+    // nothing of ours. The caller guarantees a single thread.
+    let pid = unsafe {
+        libc::clone(
+            child::<T>,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
+            (&mut shared as *mut InNamespace<'_, T>).cast(),
+        )
+    };
+    if pid < 0 {
+        return Err(Errno::last());
+    }
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::__WALL),
+    );
+    drop(stack);
+    shared.entered.unwrap_or(Err(Errno::ECHILD))?;
+    shared.out.ok_or(Errno::ECHILD)
+}
+
+/// Whether any secure bit is set for the calling thread.
+pub fn securebits_set() -> bool {
+    securebits().is_ok_and(|b| b != 0)
+}

@@ -77,7 +77,11 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
         }
     };
     let code = (|| {
-        let prepared = match prepare(&start.policy, &state, &dir) {
+        let slot = match stockade_isolate::slots::Slot::acquire(&stockade_isolate::slots::dir()) {
+            Ok(s) => s,
+            Err(e) => return fail(&mut ready, &stockade_isolate::error_chain(&e)),
+        };
+        let prepared = match prepare(&start.policy, &state, &dir, slot) {
             Ok(p) => p,
             // The request named something unusable (a missing workspace,
             // a bind source that does not exist): the caller's mistake,
@@ -187,22 +191,28 @@ fn serve(
         .as_secs_f64()
         - started.elapsed().as_secs_f64();
     let mut net = NetWatch::new(&start.policy.network, &start.id, started_at, None);
-    // Creation is synchronous for the daemon: wait for init to finish
-    // building the sandbox (or to say why it could not). With network
-    // egress its TUN device comes first; the egress thread starts now,
-    // after the clone.
-    loop {
-        let why = match iproto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
-            Ok(Some((FromInit::Ready, _))) => break,
-            Ok(Some((FromInit::Tun, mut fds))) => match net.start(fds.pop()) {
-                Ok(()) => continue,
-                Err(e) => format!("cannot set up the sandbox: {e}"),
-            },
-            Ok(Some((FromInit::SetupFailed { message }, _))) => {
-                format!("cannot set up the sandbox: {message}")
+    let mut launched = launched;
+    // The egress stack serves the TUN device made at launch (a second
+    // thread from now on: the clone is done).
+    if let Some(tun) = launched.tun.take() {
+        if let Err(e) = net.start(Some(tun)) {
+            if let Some(r) = ready.as_mut() {
+                let _ = writeln!(r, "error cannot set up the sandbox: {e}");
             }
-            _ => "the sandbox's init exited while starting".to_string(),
-        };
+            kill_init(&launched);
+            return 1;
+        }
+    }
+    // Creation is synchronous for the daemon: wait for init to finish
+    // building the sandbox (or to say why it could not).
+    let why = match iproto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
+        Ok(Some((FromInit::Ready, _))) => None,
+        Ok(Some((FromInit::SetupFailed { message }, _))) => {
+            Some(format!("cannot set up the sandbox: {message}"))
+        }
+        _ => Some("the sandbox's init exited while starting".to_string()),
+    };
+    if let Some(why) = why {
         if let Some(r) = ready.as_mut() {
             let _ = writeln!(r, "error {why}");
         }
@@ -525,7 +535,7 @@ impl Shim {
                 }
                 FromInit::Exited { pid, code } => self.finished(pid, Some(code), None),
                 FromInit::Signaled { pid, sig } => self.finished(pid, None, Some(sig)),
-                FromInit::Tun | FromInit::Ready | FromInit::SetupFailed { .. } => {}
+                FromInit::Ready | FromInit::SetupFailed { .. } => {}
             }
         }
     }
