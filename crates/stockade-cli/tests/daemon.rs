@@ -630,7 +630,22 @@ fn tasks_run_through_the_daemon_with_phase_events() {
     std::fs::write(repo.path().join("a.txt"), "one\n").unwrap();
     git(&["add", "."]);
     git(&["commit", "-qm", "init"]);
+    // A local repository is a host path: refused unless the daemon allows
+    // its directory.
     let d = Daemon::start(&env, &[]);
+    let (status, refused) = raw_json(
+        &d.client(),
+        "POST",
+        "/v1/tasks",
+        Some(serde_json::json!({ "repo": repo.path(), "cmd": ["true"] })),
+    );
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused.to_string().contains("--allow-bind-root"),
+        "{refused}"
+    );
+    drop(d);
+    let d = Daemon::start(&env, &["--allow-bind-root", repo.path().to_str().unwrap()]);
     let c = d.client();
     let events = c.events(None).unwrap();
     let (status, task) = raw_json(

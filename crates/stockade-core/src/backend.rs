@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use stockade_policy::Policy;
 
 use crate::report::{Report, Usage, Violation};
+pub use stockade_isolate::files;
+pub use stockade_isolate::files::{Entry, EntryKind, FileClient, FileError, CHUNK as FILE_CHUNK};
 
 /// Why a backend call failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,11 @@ pub trait SandboxHandle: Send + Sync {
         timeout: Option<Duration>,
     ) -> Result<(Option<i32>, Option<i32>), BackendError>;
     fn signal(&self, pid: i32, sig: i32) -> Result<(), BackendError>;
+    /// A connection to a file helper inside the sandbox, which does what
+    /// it is asked with the sandbox's own identity and view of its files
+    /// (see `stockade_isolate::files`): as root inside (`Some(true)`), as
+    /// the agent (`Some(false)`) or as the policy's user (`None`).
+    fn files(&self, root: Option<bool>) -> Result<FileClient, BackendError>;
     fn status(&self) -> Result<SandboxStatus, BackendError>;
     /// Blocks until the next event; `None` once the sandbox is gone.
     fn next_event(&self) -> Option<SandboxEvent>;

@@ -203,18 +203,33 @@ pub fn prepare(
     } else {
         None
     };
-    for b in fs_policy.ro_bind.iter().chain(&fs_policy.bind) {
-        if std::fs::symlink_metadata(&b.src).is_err() {
-            return Err(RunError::Invalid(format!(
-                "bind source {} does not exist on the host",
+    // Sources are resolved here (symlinks, `..`); the launch opens them
+    // refusing any symlink, so what was checked is what gets bound.
+    let resolve = |b: &stockade_policy::BindMount| {
+        let src = b.src.canonicalize().map_err(|e| {
+            RunError::Invalid(format!(
+                "bind source {} cannot be used: {e}; give an existing path on the host",
                 b.src.display()
-            )));
-        }
-    }
+            ))
+        })?;
+        Ok::<_, RunError>(stockade_policy::BindMount {
+            src,
+            dst: b.dst.clone(),
+        })
+    };
+    let ro_binds = fs_policy
+        .ro_bind
+        .iter()
+        .map(resolve)
+        .collect::<Result<Vec<_>, _>>()?;
+    let binds = fs_policy
+        .bind
+        .iter()
+        .map(resolve)
+        .collect::<Result<Vec<_>, _>>()?;
     // Writable binds follow the workspace's rule: the agent writes as the
     // source's owner (never as host root).
-    let bind_idmaps = fs_policy
-        .bind
+    let bind_idmaps = binds
         .iter()
         .map(|b| {
             let meta = std::fs::metadata(&b.src).map_err(|e| {
@@ -270,8 +285,8 @@ pub fn prepare(
         home,
         overlay,
         tmp_size: fs_policy.tmp_size.bytes(),
-        ro_binds: fs_policy.ro_bind.clone(),
-        binds: fs_policy.bind.clone(),
+        ro_binds,
+        binds,
         hostname: p.hostname.clone(),
         as_root: p.root,
         net,

@@ -398,7 +398,7 @@ fn supervise(
                 }
                 match proto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
                     Ok(Some((msg, mut fds))) => match msg {
-                        FromInit::Ready => {}
+                        FromInit::Ready | FromInit::FilesStarted { .. } => {}
                         FromInit::Spawned { pid, .. } => {
                             main_pid = Some(pid);
                             // Signals that came while it was starting.

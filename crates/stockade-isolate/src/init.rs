@@ -12,9 +12,11 @@ use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -205,6 +207,9 @@ fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
                         spawned.insert(pid);
                     }
                 }
+                Ok(Some((ToInit::Files { tag, root }, fds))) => {
+                    start_file_helper(spec, ctl, tag, root, fds, &mut rules);
+                }
                 Ok(Some((ToInit::Signal { pid, sig }, _))) => {
                     if spawned.contains(&pid) {
                         if let Ok(sig) = Signal::try_from(sig) {
@@ -267,6 +272,103 @@ fn spawn(
         }
         Err((step, errno)) => fail(step, errno),
     }
+}
+
+/// Forks a file helper (see [`crate::files`]) serving the socket that
+/// came with the request, and tells the supervisor its pid. The helper
+/// takes the sandbox's identity as a workload does (user, Landlock, no
+/// capabilities, `no_new_privs`, seccomp) and is never reported as a
+/// process: init reaps it like any orphan.
+fn start_file_helper(
+    spec: &SandboxSpec,
+    ctl: &OwnedFd,
+    tag: u64,
+    root: bool,
+    mut fds: Vec<OwnedFd>,
+    rules: &mut workload::Rules,
+) {
+    let fail = |step: &str, errno: Errno| {
+        send(
+            ctl,
+            &FromInit::SpawnFailed {
+                tag,
+                step: step.to_string(),
+                errno: errno as i32,
+            },
+            &[],
+        )
+    };
+    let (Some(sock), true) = (fds.pop(), fds.is_empty()) else {
+        return fail("receive the file helper's socket", Errno::EINVAL);
+    };
+    let landlock = match rules.get(spec) {
+        Ok(l) => l,
+        Err((step, e)) => return fail(&step, e),
+    };
+    // SAFETY: init is single-threaded, so the child is a complete copy;
+    // it only runs `file_helper`, which never returns.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => file_helper(spec, ctl, sock, root, landlock),
+        Ok(nix::unistd::ForkResult::Parent { child }) => send(
+            ctl,
+            &FromInit::FilesStarted {
+                tag,
+                pid: child.as_raw(),
+            },
+            &[],
+        ),
+        Err(e) => fail("start the file helper", e),
+    }
+}
+
+/// The file helper's process: sheds everything of init's, becomes the
+/// sandbox's user and serves its socket until the client hangs up.
+fn file_helper(
+    spec: &SandboxSpec,
+    ctl: &OwnedFd,
+    sock: OwnedFd,
+    root: bool,
+    landlock: Option<RawFd>,
+) -> ! {
+    let sock_fd = sock.as_raw_fd();
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Signals init forwards to workloads' process groups are not for
+        // us; default dispositions, nothing blocked.
+        let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+        let _ = SigSet::all().thread_unblock();
+        // SAFETY: closing init's end of the control socket in this
+        // process only; the OwnedFd in init's memory is never dropped
+        // here (we leave with _exit).
+        unsafe { libc::close(ctl.as_raw_fd()) };
+        // Nothing of init's stays open: stdio on /dev/null (the
+        // supervisor's terminal or pipes must not reach the sandbox).
+        if let Ok(null) = nix::fcntl::open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
+            for n in 0..3 {
+                // SAFETY: dup2 onto 0-2 replaces whatever init had there,
+                // in this process's table only.
+                unsafe { libc::dup2(null.as_raw_fd(), n) };
+            }
+        }
+        sys::close_fds_from(3, &[sock_fd, landlock.unwrap_or(-1)]);
+        let taken = workload::take_identity(root, landlock)
+            .and_then(|()| nix::unistd::chdir("/").map_err(|e| ("enter /", e)))
+            .and_then(|()| {
+                crate::seccomp::install(&spec.seccomp)
+                    .map_err(|_| ("install the seccomp filter", Errno::EPERM))
+            });
+        if let Err((step, e)) = taken {
+            let mut w = std::os::unix::net::UnixStream::from(sock);
+            let _ =
+                crate::files::greet_failed(&mut w, e, &format!("the file helper cannot {step}"));
+            return 1;
+        }
+        let _ = sys::set_undumpable();
+        crate::files::serve(sock, &crate::files::Root::Here);
+        0
+    }))
+    .unwrap_or(1);
+    // SAFETY: leave without running init's destructors or exit handlers.
+    unsafe { libc::_exit(code) }
 }
 
 /// Collects every exited child; reports those the supervisor started.

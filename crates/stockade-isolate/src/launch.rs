@@ -28,6 +28,15 @@ pub enum LaunchError {
     #[error("cannot create the sandbox's network device: {0}")]
     Tun(String),
     #[error(
+        "cannot open {path} to bind it into the sandbox: {source} (a symlink on the way is \
+         refused: give the resolved path)"
+    )]
+    Source {
+        path: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error(
         "cannot mount {path} into the sandbox with its owner's ids (an idmapped mount): {source}; \
          its filesystem may not support idmapped mounts (ext4, xfs, btrfs and, from Linux 6.3, \
          tmpfs do): copy it to one that does"
@@ -92,8 +101,8 @@ fn send_idmapped_lowers(spec: &SandboxSpec, pid: i32, ctl: &OwnedFd) {
 /// path under a directory only host root may enter, such as a 0700
 /// temporary directory. The workspace and writable binds are idmapped
 /// ([`crate::idmap::disk_map`]): what the agent writes there belongs to
-/// the directory's owner. Whatever cannot be opened here, init tries
-/// itself and reports.
+/// the directory's owner. Each source must be a resolved path (no
+/// symlink in it); one that cannot be opened so fails the launch.
 fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) -> Result<(), LaunchError> {
     let ro = spec.ro_binds.len();
     let sources = std::iter::once((
@@ -117,12 +126,19 @@ fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) -> Result<(), LaunchErro
         if src.as_os_str().is_empty() {
             continue;
         }
-        let Ok(path) = std::ffi::CString::new(src.as_os_str().as_encoded_bytes()) else {
-            continue;
-        };
-        let Ok(tree) = sys::open_tree_clone(&path) else {
-            continue;
-        };
+        let path = std::ffi::CString::new(src.as_os_str().as_encoded_bytes()).map_err(|_| {
+            LaunchError::Source {
+                path: src.display().to_string(),
+                source: nix::Error::EINVAL,
+            }
+        })?;
+        // The caller resolved every source (no symlink left in it): one
+        // that has a symlink now was swapped after the check, and is
+        // refused rather than followed.
+        let tree = sys::open_tree_resolved(&path).map_err(|source| LaunchError::Source {
+            path: src.display().to_string(),
+            source,
+        })?;
         if let Some(map) = idmap {
             let idmap_err = |source| LaunchError::Idmap {
                 path: src.display().to_string(),

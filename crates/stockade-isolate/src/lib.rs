@@ -5,6 +5,7 @@
 
 pub mod caps;
 pub mod etc;
+pub mod files;
 pub mod idmap;
 pub mod init;
 pub mod landlock_rules;

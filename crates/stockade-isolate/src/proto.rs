@@ -46,6 +46,12 @@ pub enum ToInit {
     /// Id maps and cgroup are in place: build the sandbox.
     Go,
     Spawn(SpawnRequest),
+    /// Start a file helper (see [`crate::files`]) on the attached socket,
+    /// as root inside the sandbox or as its agent.
+    Files {
+        tag: u64,
+        root: bool,
+    },
     /// Send `sig` to the process group of a process init spawned.
     Signal {
         pid: i32,
@@ -65,6 +71,9 @@ pub enum FromInit {
     SetupFailed { message: String },
     /// A process started (pid as seen inside the sandbox).
     Spawned { tag: u64, pid: i32 },
+    /// A file helper started (its pid inside the sandbox); it greets on
+    /// its socket once it has taken the sandbox's identity.
+    FilesStarted { tag: u64, pid: i32 },
     /// A process could not be started: the step that failed and errno.
     SpawnFailed { tag: u64, step: String, errno: i32 },
     /// A spawned process exited with `code`.
@@ -215,6 +224,7 @@ mod tests {
                 errno: 2,
             },
             FromInit::Exited { pid: 2, code: 255 },
+            FromInit::FilesStarted { tag: 8, pid: 3 },
             FromInit::Signaled { pid: 2, sig: 9 },
             FromInit::SetupFailed {
                 message: "no".into(),

@@ -215,6 +215,51 @@ pub fn open_tree_clone(path: &CStr) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// [`open_tree_clone`] of `path`, which must contain no symlink at all
+/// (`openat2` with `RESOLVE_NO_SYMLINKS`): a caller that resolved a path
+/// earlier and checked it (a bind source an API client named) gets
+/// exactly that directory, not what a symlink swapped in meanwhile
+/// points at.
+pub fn open_tree_resolved(path: &CStr) -> nix::Result<OwnedFd> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: `path` is NUL-terminated and `how` a fully initialised
+    // `open_how` whose size we pass; both outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = Errno::result(r)?;
+    // SAFETY: the kernel just created this descriptor for us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: "" with AT_EMPTY_PATH names `fd` itself; returns a new fd or -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE | AT_EMPTY_PATH,
+        )
+    };
+    let tree = Errno::result(r)?;
+    // SAFETY: the kernel just created this descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) })
+}
+
 /// Attaches a detached mount tree at `target`.
 pub fn move_mount_to(tree: &OwnedFd, target: &CStr) -> nix::Result<()> {
     // SAFETY: both strings are valid C strings ("" with F_EMPTY_PATH means

@@ -152,7 +152,7 @@ pub struct Rules(Option<Option<OwnedFd>>);
 
 impl Rules {
     /// The ruleset's descriptor, or `None` on a kernel without Landlock.
-    fn get(&mut self, spec: &SandboxSpec) -> Result<Option<RawFd>, (String, Errno)> {
+    pub(crate) fn get(&mut self, spec: &SandboxSpec) -> Result<Option<RawFd>, (String, Errno)> {
         if self.0.is_none() {
             let built = landlock_rules::build(&spec.writable_paths(), true)
                 .map_err(|e| (format!("apply Landlock rules ({e})"), Errno::EPERM))?;
@@ -359,32 +359,8 @@ fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
     // child's table only).
     sys::close_fds_from(3, &[c.report, c.landlock.unwrap_or(-1)]);
 
-    let id = if c.spec.as_root { 0 } else { AGENT_ID };
-    step!("clear supplementary groups", nix::unistd::setgroups(&[]));
-    step!(
-        "set the group id",
-        nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id))
-    );
-    if let Some(ruleset) = c.landlock {
-        step!(
-            "apply Landlock rules",
-            landlock_rules::restrict_self_with(ruleset)
-        );
-        // SAFETY: this child's copy of the ruleset; init keeps its own.
-        unsafe { libc::close(ruleset) };
-    }
-    if caps::drop_all(c.spec.as_root).is_err() {
-        return ("drop capabilities", b"", Errno::EPERM);
-    }
-    step!(
-        "set the user id",
-        nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id))
-    );
-    if caps::ensure_no_capabilities().is_err() {
-        return ("drop capabilities (some are still held)", b"", Errno::EPERM);
-    }
-    if caps::set_no_new_privs().is_err() {
-        return ("set no_new_privs", b"", Errno::EPERM);
+    if let Err((step, e)) = take_identity(c.spec.as_root, c.landlock) {
+        return (step, b"", e);
     }
     if let Err(e) = nix::unistd::chdir(c.exec.cwd.as_c_str()) {
         return ("enter the working directory", c.exec.cwd.to_bytes(), e);
@@ -394,6 +370,35 @@ fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
     }
     let e = exec_in_path(c.exec);
     ("run", c.exec.argv[0].to_bytes(), e)
+}
+
+/// The sandbox user's identity, in the order the kernel needs: no
+/// supplementary groups, the gid, the Landlock ruleset (closed after),
+/// the capability bounding set dropped, the uid (which clears the
+/// remaining capabilities for the agent), capabilities cleared for root,
+/// `no_new_privs`. Seccomp is the caller's last step. Allocates nothing
+/// (it runs in the workload's `CLONE_VM` child too). Returns the step
+/// that failed.
+pub(crate) fn take_identity(
+    as_root: bool,
+    landlock: Option<RawFd>,
+) -> Result<(), (&'static str, Errno)> {
+    let id = if as_root { 0 } else { AGENT_ID };
+    nix::unistd::setgroups(&[]).map_err(|e| ("clear supplementary groups", e))?;
+    nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id))
+        .map_err(|e| ("set the group id", e))?;
+    if let Some(ruleset) = landlock {
+        landlock_rules::restrict_self_with(ruleset).map_err(|e| ("apply Landlock rules", e))?;
+        // SAFETY: this process's copy of the ruleset; init keeps its own.
+        unsafe { libc::close(ruleset) };
+    }
+    caps::drop_all(as_root).map_err(|_| ("drop capabilities", Errno::EPERM))?;
+    nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id))
+        .map_err(|e| ("set the user id", e))?;
+    caps::ensure_no_capabilities()
+        .map_err(|_| ("drop capabilities (some are still held)", Errno::EPERM))?;
+    caps::set_no_new_privs().map_err(|_| ("set no_new_privs", Errno::EPERM))?;
+    Ok(())
 }
 
 /// Tries each candidate path in turn, as a shell's `execvp` does. Returns

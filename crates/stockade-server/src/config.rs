@@ -45,6 +45,10 @@ pub struct ServeConfig {
     /// The `stockade` binary that runs `POST /v1/tasks` (as `stockade
     /// task`); without it the tasks API answers 500.
     pub task_exe: Option<PathBuf>,
+    /// Host directories whose contents API clients may bind into
+    /// sandboxes (workspace, binds) or name as a task's repository;
+    /// none by default (see `hostpaths.rs`).
+    pub bind_roots: Vec<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -57,6 +61,7 @@ impl Default for ServeConfig {
             webhook: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             task_exe: None,
+            bind_roots: Vec::new(),
         }
     }
 }

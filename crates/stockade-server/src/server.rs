@@ -19,7 +19,7 @@ use crate::error::ServeError;
 use crate::events::Hub;
 use crate::lifecycle;
 use crate::metrics::Metrics;
-use crate::state::{AppState, Live, RootOpener};
+use crate::state::{AppState, Live};
 use crate::store::Store;
 use crate::webhook::WebhookUrl;
 
@@ -36,7 +36,6 @@ pub struct Server {
     unix: UnixListener,
     tcp: Option<(TcpListener, Token)>,
     webhook: Option<WebhookUrl>,
-    root_opener: RootOpener,
 }
 
 impl std::fmt::Debug for Server {
@@ -100,6 +99,7 @@ impl Server {
             ));
         }
         let webhook = cfg.webhook.as_deref().map(WebhookUrl::parse).transpose()?;
+        crate::hostpaths::BindRoots::new(&cfg.bind_roots).map_err(ServeError::Config)?;
         let token = match (&cfg.listen, &cfg.token_file) {
             (Some(_), Some(f)) => Some(Token::load(f)?),
             (Some(a), None) => {
@@ -141,21 +141,12 @@ impl Server {
             unix,
             tcp,
             webhook,
-            root_opener: Arc::new(crate::fsops::proc_root),
         })
     }
 
     /// The TCP address actually bound (useful with port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
-    }
-
-    /// Replaces how a sandbox's root directory is opened for the file
-    /// routes (default: `/proc/<init_pid>/root`). For tests and backends
-    /// whose sandboxes are not reachable through `/proc`.
-    pub fn with_root_opener(mut self, opener: RootOpener) -> Self {
-        self.root_opener = opener;
-        self
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends open
@@ -179,9 +170,9 @@ impl Server {
             process_permits: Arc::new(Semaphore::new(MAX_RUNNING_PROCESSES)),
             shutdown: stop_rx.clone(),
             max_body_bytes: self.cfg.max_body_bytes,
-            root_opener: self.root_opener,
             state_dir: self.cfg.state_dir.clone(),
             task_exe: self.cfg.task_exe.clone(),
+            bind_roots: crate::hostpaths::BindRoots::new(&self.cfg.bind_roots).unwrap_or_default(),
             teardowns: Arc::default(),
         });
         let teardowns = state.teardowns.clone();

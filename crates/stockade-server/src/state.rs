@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::OwnedFd;
+
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use stockade_core::backend::{Backend, SandboxHandle, SandboxStatus};
+use stockade_core::backend::{Backend, SandboxHandle};
 use tokio::sync::{watch, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
@@ -15,11 +15,6 @@ use crate::events::Hub;
 use crate::metrics::Metrics;
 use crate::process::ProcTable;
 use crate::store::{SandboxRow, Store};
-
-/// Opens the root directory of a sandbox, as the sandbox sees it, as a
-/// directory descriptor. The default opens `/proc/<init_pid>/root`; tests
-/// and other backends may substitute their own.
-pub type RootOpener = Arc<dyn Fn(&SandboxStatus) -> io::Result<OwnedFd> + Send + Sync>;
 
 /// Why a live sandbox is being ended (`Live::ending`).
 pub const ENDING_NONE: u8 = 0;
@@ -137,11 +132,12 @@ pub struct AppState {
     pub process_permits: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub max_body_bytes: usize,
-    pub root_opener: RootOpener,
     /// The daemon's state directory (task runs live under it).
     pub state_dir: std::path::PathBuf,
     /// Binary started as `stockade task` for `POST /v1/tasks`.
     pub task_exe: Option<std::path::PathBuf>,
+    /// Host paths API clients may put into sandboxes.
+    pub bind_roots: crate::hostpaths::BindRoots,
     pub teardowns: Arc<Teardowns>,
 }
 

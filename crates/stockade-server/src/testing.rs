@@ -18,13 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stockade_core::backend::{
-    Backend, BackendError, ExecRequest, ProcessInfo, SandboxEvent, SandboxHandle, SandboxStatus,
-    Teardown,
+    files, Backend, BackendError, ExecRequest, FileClient, ProcessInfo, SandboxEvent,
+    SandboxHandle, SandboxStatus, Teardown,
 };
 use stockade_core::{Outcome, Report, Usage, Violation};
 use stockade_policy::Policy;
-
-use crate::state::RootOpener;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -145,21 +143,6 @@ impl FakeBackend {
     /// How many times the daemon called `Backend::shutdown`.
     pub fn shutdowns(&self) -> usize {
         self.inner.shutdowns.load(Ordering::SeqCst)
-    }
-
-    /// Opens the fake root of the sandbox a status belongs to.
-    pub fn root_opener(&self) -> RootOpener {
-        let base = self.base.clone();
-        Arc::new(move |st: &SandboxStatus| {
-            let fd = nix::fcntl::open(
-                &base.join(&st.id),
-                nix::fcntl::OFlag::O_PATH
-                    | nix::fcntl::OFlag::O_DIRECTORY
-                    | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )?;
-            Ok(fd)
-        })
     }
 
     /// Pushes an event to everyone following sandbox `id`.
@@ -359,6 +342,21 @@ impl SandboxHandle for FakeHandle {
         // process that has not been reaped (its exit is not recorded).
         unsafe { libc::kill(pid, sig) };
         Ok(())
+    }
+
+    fn files(&self, _root: Option<bool>) -> Result<FileClient, BackendError> {
+        if !self.sb.alive.load(Ordering::SeqCst) {
+            return Err(self.gone());
+        }
+        // The real helper's loop, on a thread, over the fake's directory
+        // as its root.
+        let dir = std::fs::File::open(&self.sb.root)
+            .map_err(|e| BackendError::Internal(format!("cannot open the fake root: {e}")))?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
+        let root = files::Root::Dir(OwnedFd::from(dir));
+        std::thread::spawn(move || files::serve(OwnedFd::from(theirs), &root));
+        FileClient::new(OwnedFd::from(ours)).map_err(|e| BackendError::Internal(e.to_string()))
     }
 
     fn status(&self) -> Result<SandboxStatus, BackendError> {

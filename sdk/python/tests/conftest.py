@@ -64,7 +64,7 @@ def _default_binary() -> Path:
 
 
 @pytest.fixture(scope="session")
-def daemon() -> Iterator[Daemon]:
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     binary = Path(os.environ.get("STOCKADE_BIN") or _default_binary())
     if not binary.is_file():
         pytest.fail(f"no stockade binary at {binary}; build it (cargo build -p stockade) or set STOCKADE_BIN")
@@ -80,7 +80,18 @@ def daemon() -> Iterator[Daemon]:
     env = {k: v for k, v in os.environ.items() if k not in ("STOCKADE_SOCKET", "STOCKADE_STATE_DIR")}
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--socket", sock, "--state-dir", str(tmp / "state")],
+            [
+                str(binary),
+                "serve",
+                "--socket",
+                sock,
+                "--state-dir",
+                str(tmp / "state"),
+                # Tests' repositories live under pytest's temporary directory:
+                # the one host directory this daemon lets clients name.
+                "--allow-bind-root",
+                str(tmp_path_factory.getbasetemp()),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=subprocess.STDOUT,

@@ -14,8 +14,8 @@ use stockade_policy::Policy;
 
 use super::proto::{report_path, socket_path, FailKind, ShimReply, ShimRequest, ShimStart};
 use crate::backend::{
-    Backend, BackendError, ExecRequest, ExitWaiter, SandboxEvent, SandboxHandle, SandboxStatus,
-    Teardown,
+    Backend, BackendError, ExecRequest, ExitWaiter, FileClient, FileError, SandboxEvent,
+    SandboxHandle, SandboxStatus, Teardown,
 };
 use crate::report::Report;
 
@@ -658,6 +658,23 @@ impl SandboxHandle for ShimHandle {
             ShimReply::Done => Ok(()),
             r => Err(unexpected(r)),
         }
+    }
+
+    fn files(&self, root: Option<bool>) -> Result<FileClient, BackendError> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| BackendError::Internal(format!("cannot create a socket pair: {e}")))?;
+        match self
+            .call(&ShimRequest::Files { root }, &[theirs.as_raw_fd()])?
+            .1
+        {
+            ShimReply::Done => {}
+            r => return Err(unexpected(r)),
+        }
+        drop(theirs);
+        FileClient::new(OwnedFd::from(ours)).map_err(|e| match e {
+            FileError::Failed { message, .. } => BackendError::Internal(message),
+            e => BackendError::Internal(stockade_isolate::error_chain(&e)),
+        })
     }
 
     fn status(&self) -> Result<SandboxStatus, BackendError> {

@@ -24,9 +24,22 @@ pub struct ShimStart {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ShimRequest {
-    Exec { req: ExecRequest },
-    Wait { pid: i32 },
-    Signal { pid: i32, sig: i32 },
+    Exec {
+        req: ExecRequest,
+    },
+    Wait {
+        pid: i32,
+    },
+    Signal {
+        pid: i32,
+        sig: i32,
+    },
+    /// Start a file helper inside the sandbox on the attached socket (as
+    /// root inside, as the agent, or as the policy says when `None`);
+    /// answered `Done` once it runs (it greets on the socket itself).
+    Files {
+        root: Option<bool>,
+    },
     Status,
     Subscribe,
     Destroy,

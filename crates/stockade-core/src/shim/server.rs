@@ -47,6 +47,10 @@ enum Client {
     },
     Subscriber,
     AwaitDestroy,
+    /// Sent `Files`; waits for init to start file helper `tag`.
+    AwaitFiles {
+        tag: u64,
+    },
 }
 
 /// Runs a shim to the end. `ready` is where the readiness line goes;
@@ -526,8 +530,19 @@ impl Shim {
                         errno: Some(errno),
                     };
                     self.clients.retain(|(fd, c)| match c {
-                        Some(Client::AwaitSpawn { tag: t }) if *t == tag => {
+                        Some(Client::AwaitSpawn { tag: t } | Client::AwaitFiles { tag: t })
+                            if *t == tag =>
+                        {
                             reply(fd, &msg);
+                            false
+                        }
+                        _ => true,
+                    });
+                }
+                FromInit::FilesStarted { tag, .. } => {
+                    self.clients.retain(|(fd, c)| match c {
+                        Some(Client::AwaitFiles { tag: t }) if *t == tag => {
+                            reply(fd, &ShimReply::Done);
                             false
                         }
                         _ => true,
@@ -695,6 +710,41 @@ impl Shim {
                     );
                 }
                 None
+            }
+            ShimRequest::Files { root } => {
+                if self.ending.is_some() {
+                    reply(
+                        fd,
+                        &failed(FailKind::NotFound, "the sandbox is shutting down".into()),
+                    );
+                    None
+                } else if fds.len() != 1 {
+                    reply(
+                        fd,
+                        &failed(
+                            FailKind::Invalid,
+                            "a file helper needs exactly one socket".into(),
+                        ),
+                    );
+                    None
+                } else {
+                    let tag = self.next_tag;
+                    self.next_tag += 1;
+                    let msg = ToInit::Files {
+                        tag,
+                        root: root.unwrap_or(prepared.spec.as_root),
+                    };
+                    if iproto::send_msg(launched.ctl.as_fd(), &msg, &[fds[0].as_raw_fd()]).is_err()
+                    {
+                        reply(
+                            fd,
+                            &failed(FailKind::Internal, "the sandbox's init is gone".into()),
+                        );
+                        None
+                    } else {
+                        Some(Client::AwaitFiles { tag })
+                    }
+                }
             }
             ShimRequest::Status => {
                 let mut processes: Vec<ProcessInfo> = self.processes.values().cloned().collect();

@@ -160,6 +160,11 @@ impl Client {
         body: Option<(&str, &[u8])>,
     ) -> Result<Response, ClientError> {
         let resp = self.raw(method, target, headers, body)?;
+        self.check(resp)
+    }
+
+    /// An error status as `ClientError::Api`, else the answer.
+    fn check(&self, resp: Response) -> Result<Response, ClientError> {
         if resp.status >= 400 {
             let status = resp.status;
             let bytes = resp.bytes(1024 * 1024).unwrap_or_default();
@@ -406,6 +411,32 @@ impl Client {
             Some(("application/octet-stream", data)),
         )?
         .bytes(1024 * 1024)?;
+        Ok(())
+    }
+
+    /// Writes a file in the sandbox from `data` (`len` bytes), streaming
+    /// it: memory stays constant whatever the size.
+    pub fn write_file_from(
+        &self,
+        id: &str,
+        path: &str,
+        data: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<(), ClientError> {
+        let target = format!(
+            "/v1/sandboxes/{}/files?path={}",
+            wire::encode(id),
+            wire::encode(path)
+        );
+        let resp = wire::send_from(
+            &self.endpoint,
+            self.timeout,
+            "PUT",
+            &target,
+            &[],
+            Some(("application/octet-stream", data, len)),
+        )?;
+        self.check(resp)?.bytes(1024 * 1024)?;
         Ok(())
     }
 

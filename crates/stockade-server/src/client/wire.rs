@@ -151,6 +151,32 @@ pub fn send(
     extra_headers: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
 ) -> Result<Response, ClientError> {
+    match body {
+        Some((ctype, mut b)) => {
+            let len = b.len() as u64;
+            send_from(
+                ep,
+                timeout,
+                method,
+                target,
+                extra_headers,
+                Some((ctype, &mut b, len)),
+            )
+        }
+        None => send_from(ep, timeout, method, target, extra_headers, None),
+    }
+}
+
+/// [`send`] with a body read from `reader` as it goes out (`len` bytes,
+/// its `Content-Length`): a large upload is never held in memory.
+pub fn send_from(
+    ep: &Endpoint,
+    timeout: Option<Duration>,
+    method: &str,
+    target: &str,
+    extra_headers: &[(&str, &str)],
+    body: Option<(&str, &mut dyn Read, u64)>,
+) -> Result<Response, ClientError> {
     let connect_err = |source| ClientError::Connect {
         endpoint: ep.to_string(),
         source,
@@ -178,21 +204,28 @@ pub fn send(
     for (k, v) in extra_headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    match body {
-        Some((ctype, b)) => head.push_str(&format!(
-            "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-            b.len()
+    match &body {
+        Some((ctype, _, len)) => head.push_str(&format!(
+            "Content-Type: {ctype}\r\nContent-Length: {len}\r\n\r\n"
         )),
         None => head.push_str("Content-Length: 0\r\n\r\n"),
     }
     conn.write_all(head.as_bytes())?;
-    if let Some((_, b)) = body {
-        // The daemon may answer (413) and close before reading it all;
-        // its answer is still there to read.
-        if let Err(e) = conn.write_all(b) {
-            if e.kind() != io::ErrorKind::BrokenPipe && e.kind() != io::ErrorKind::ConnectionReset {
-                return Err(e.into());
+    if let Some((_, reader, len)) = body {
+        // The daemon may answer (413, 507) and close before reading it
+        // all; its answer is still there to read.
+        let mut limited = reader.take(len);
+        match io::copy(&mut limited, &mut conn) {
+            Ok(n) if n < len => {
+                return Err(ClientError::Protocol(format!(
+                    "the request body ended after {n} of {len} bytes"
+                )))
             }
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::BrokenPipe
+                    || e.kind() == io::ErrorKind::ConnectionReset => {}
+            Err(e) => return Err(e.into()),
         }
     }
     conn.flush()?;

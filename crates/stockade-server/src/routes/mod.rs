@@ -3,7 +3,7 @@
 //! the router itself.
 
 mod exec;
-mod files;
+pub(crate) mod files;
 mod sandboxes;
 mod system;
 mod tasks;

@@ -93,6 +93,7 @@ pub async fn create(
     policy
         .validate()
         .map_err(|e| ApiError::invalid(format!("the policy is not valid: {e}")))?;
+    let policy = state.bind_roots.check_policy(policy)?;
     if let Some(n) = &body.name {
         check_name(n)?;
     }

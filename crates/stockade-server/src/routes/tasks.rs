@@ -147,6 +147,8 @@ pub async fn create(
     policy
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let policy = state.bind_roots.check_policy(policy)?;
+    let repo = state.bind_roots.check_repo(&body.repo)?;
     let id = stockade_core::prepare::new_id();
     let dir = runs_dir(&state).join(&id);
     std::fs::create_dir_all(dir.join("out"))
@@ -164,7 +166,7 @@ pub async fn create(
     let mut cmd = Command::new(exe);
     cmd.arg("task")
         .arg("--repo")
-        .arg(&body.repo)
+        .arg(&repo)
         .arg("--out")
         .arg(dir.join("out"))
         .arg("--policy")

@@ -183,11 +183,17 @@ fn paths_and_symlinks_cannot_leave_the_sandbox_root() {
 #[test]
 fn read_only_and_permission_errors_are_clear_4xx() {
     let _g = shared();
-    let e = crate::fsops::errno_error("/usr/x", nix::errno::Errno::EROFS);
+    let failed = |errno: nix::errno::Errno| stockade_core::backend::FileError::Failed {
+        errno: errno as i32,
+        message: "write x".into(),
+    };
+    let e = crate::routes::files::file_error("/usr/x", failed(nix::errno::Errno::EROFS));
     assert_eq!((e.status.as_u16(), e.code), (403, "read_only"));
     assert!(e.message.contains("/workspace"), "{}", e.message);
-    let e = crate::fsops::errno_error("/root/x", nix::errno::Errno::EACCES);
+    let e = crate::routes::files::file_error("/root/x", failed(nix::errno::Errno::EACCES));
     assert_eq!(e.status.as_u16(), 403);
-    let e = crate::fsops::errno_error("/w/x", nix::errno::Errno::ENOSPC);
+    let e = crate::routes::files::file_error("/w/x", failed(nix::errno::Errno::ENOSPC));
+    assert_eq!(e.status.as_u16(), 507);
+    let e = crate::routes::files::file_error("/w/x", failed(nix::errno::Errno::EDQUOT));
     assert_eq!(e.status.as_u16(), 507);
 }

@@ -48,7 +48,6 @@ impl TestDaemon {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let backend: Arc<dyn stockade_core::backend::Backend> = Arc::new(fake.clone());
-        let opener = fake.root_opener();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -57,7 +56,7 @@ impl TestDaemon {
                 .expect("runtime");
             rt.block_on(async move {
                 let server = match Server::bind(cfg, backend).await {
-                    Ok(s) => s.with_root_opener(opener),
+                    Ok(s) => s,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));
                         return Err(e);
