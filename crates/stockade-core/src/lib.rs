@@ -6,6 +6,7 @@ pub mod disk;
 pub mod gc;
 pub mod monitor;
 pub mod prepare;
+pub mod relay;
 pub mod report;
 pub mod run;
 pub mod shim;

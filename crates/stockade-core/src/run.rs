@@ -304,6 +304,7 @@ fn supervise(
     drop(self_join);
     // (A claimed pair goes back with the teardown, on failure too.)
     let mut launched: Launched = launched.map_err(|e| RunError::Launch(e.to_string()))?;
+    let mut pipes_for_init: Vec<OwnedFd> = Vec::new();
     // The egress stack serves the TUN device made at launch; started now,
     // after the clone: from here on the supervisor has a second thread.
     if let Some(tun) = launched.tun.take() {
@@ -314,13 +315,39 @@ fn supervise(
         }
     }
     // The command goes right behind the go-ahead; init serves it once the
-    // sandbox is built. Without a terminal it gets our own stdio.
+    // sandbox is built. Without a terminal of its own it gets our stdio,
+    // except that a terminal among it is relayed through a pipe (made only
+    // now, after the clone, so that init holds no copy of its other end):
+    // the caller's terminal never enters the sandbox.
     let own = opts.stdio.unwrap_or([0, 1, 2]);
-    let stdio: &[i32] = if request.tty { &[] } else { &own };
+    let mut stdio_relay = None;
+    let stdio: Vec<i32> = if request.tty {
+        Vec::new()
+    } else {
+        match crate::relay::StdioRelay::wrap(own) {
+            Ok(w) => {
+                stdio_relay = w.relay;
+                // `keep` stays open until the message is sent below.
+                let fds = w.fds.to_vec();
+                pipes_for_init = w.keep;
+                fds
+            }
+            Err(e) => {
+                kill_init(&launched);
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
+                return Err(RunError::Sys(
+                    "create the pipes for the command's stdio".into(),
+                    e,
+                ));
+            }
+        }
+    };
     let spawn = ToInit::Spawn(request);
-    if proto::send_msg(launched.ctl.as_fd(), &spawn, stdio).is_err() {
+    if proto::send_msg(launched.ctl.as_fd(), &spawn, &stdio).is_err() {
         kill_init(&launched);
     }
+    // Init has its copies now; ours must go, or the pipes never end.
+    drop(std::mem::take(&mut pipes_for_init));
     let oom_fd = cgroup.oom_notifier().ok();
     let print = opts.print_violations;
     let mut metered = prepared.metered.clone();
@@ -372,6 +399,10 @@ fn supervise(
         if let Some(r) = &relay {
             r.poll_fds(&mut fds);
         }
+        let stdio_base = fds.len();
+        if let Some(r) = &stdio_relay {
+            r.poll_fds(&mut fds);
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(RunError::Sys("poll".into(), e)),
@@ -385,7 +416,8 @@ fn supervise(
         let sig_ready = ready(&fds, 1);
         let ctl_ready = ctl_idx.is_some_and(|i| ready(&fds, i));
         let oom_ready = oom_idx.is_some_and(|i| ready(&fds, i));
-        let relay_events: Vec<bool> = (relay_base..fds.len()).map(|i| ready(&fds, i)).collect();
+        let relay_events: Vec<bool> = (relay_base..stdio_base).map(|i| ready(&fds, i)).collect();
+        let stdio_events: Vec<bool> = (stdio_base..fds.len()).map(|i| ready(&fds, i)).collect();
         drop(fds);
 
         if ctl_ready || (init_done && ctl_open) {
@@ -437,6 +469,9 @@ fn supervise(
         }
         if let Some(r) = relay.as_mut() {
             r.handle(&relay_events);
+        }
+        if let Some(r) = stdio_relay.as_mut() {
+            r.handle(&stdio_events);
         }
         if sig_ready {
             while let Ok(Some(info)) = sigfd.read_signal() {
@@ -498,6 +533,9 @@ fn supervise(
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
     }
     if let Some(mut r) = relay.take() {
+        r.finish();
+    }
+    if let Some(mut r) = stdio_relay.take() {
         r.finish();
     }
     report.network = net.finish(&mut |_, detail| {

@@ -89,6 +89,9 @@ fn run(spec: &SandboxSpec, ctl: &OwnedFd, net_ready: bool) -> i32 {
     // Die with the supervisor. Checked against the go-ahead below: if the
     // supervisor died before we set this, the read sees end-of-file.
     let _ = sys::set_parent_death_signal(libc::SIGKILL);
+    // We are a copy of the supervisor: its command line and environment
+    // would show in the sandbox's /proc/1.
+    sys::blank_command_line("stockade-init");
     // Idmapped lower layers (copy-on-write root only), then the go-ahead.
     let mut lowers = Vec::new();
     loop {

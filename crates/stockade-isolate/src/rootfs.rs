@@ -74,6 +74,9 @@ fn take_tree(trees: &mut Lowers, name: &str) -> Option<OwnedFd> {
 /// detached again before the workload starts (overlayfs keeps private
 /// clones of its layers).
 const LOWER_DIR: &str = ".stockade-lower";
+/// Where the sandbox's overlay directory is seen while its overlays are
+/// mounted.
+const OV_DIR: &str = ".stockade-ov";
 
 /// A failed step, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
@@ -208,8 +211,24 @@ pub fn build(spec: &SandboxSpec, mut lowers: Lowers) -> Result<()> {
     }
     let lower_root = r.join(LOWER_DIR);
     let attached = attach_lowers(&lower_root, lowers)?;
+    // The overlays' upper layers, reachable from the root under a short
+    // name while they are mounted (see `overlay`).
+    let ov_view = r.join(OV_DIR);
+    if let Some(ov) = &spec.overlay {
+        mkdir(&ov_view, 0o700)?;
+        bind(ov, &ov_view, RW)?;
+        ctx(nix::unistd::chdir(r), "cannot enter", r)?;
+    }
     system_dirs(spec, r, &attached)?;
     etc(spec, r, &attached)?;
+    if spec.overlay.is_some() {
+        ctx(
+            nix::mount::umount2(&ov_view, nix::mount::MntFlags::MNT_DETACH),
+            "cannot unmount",
+            &ov_view,
+        )?;
+        let _ = fs::remove_dir(&ov_view);
+    }
     if !attached.is_empty() {
         ctx(
             nix::mount::umount2(&lower_root, nix::mount::MntFlags::MNT_DETACH),
@@ -380,18 +399,18 @@ fn system_dirs(spec: &SandboxSpec, r: &Path, attached: &[(String, PathBuf)]) -> 
             mkdir(&dst, 0o755)?;
             match &spec.overlay {
                 None => bind(&host, &dst, RO)?,
-                Some(ov) => overlay(lower_for(attached, name, &host), &dst, ov, name)?,
+                Some(_) => overlay(r, lower_for(attached, name, &host), &dst, name)?,
             }
         }
     }
-    if let Some(ov) = &spec.overlay {
+    if spec.overlay.is_some() {
         for name in OVERLAY_VAR_DIRS {
             let host = Path::new("/").join(name);
             if host.is_dir() {
                 let dst = r.join(name);
                 mkdir(&dst, 0o755)?;
                 let flat = name.replace('/', "_");
-                overlay(lower_for(attached, &flat, &host), &dst, ov, name)?;
+                overlay(r, lower_for(attached, &flat, &host), &dst, name)?;
             }
         }
     }
@@ -403,18 +422,23 @@ fn etc(spec: &SandboxSpec, r: &Path, attached: &[(String, PathBuf)]) -> Result<(
     mkdir(&dst, 0o755)?;
     match &spec.overlay {
         None => bind(&spec.etc_dir, &dst, RO),
-        Some(ov) => overlay(lower_for(attached, "etc", &spec.etc_dir), &dst, ov, "etc"),
+        Some(_) => overlay(r, lower_for(attached, "etc", &spec.etc_dir), &dst, "etc"),
     }
 }
 
 /// A copy-on-write view of `lower` at `dst`; changes land in the
 /// sandbox's own upper directory and vanish with it.
-fn overlay(lower: &Path, dst: &Path, ov: &Path, name: &str) -> Result<()> {
+/// Mounts an overlay of `lower` at `dst`, its upper and work directories
+/// in the sandbox's overlay directory (seen at `r/OV_DIR`). The layers
+/// are named relative to `r`, the working directory meanwhile: the mount
+/// options, which `/proc/self/mountinfo` shows, hold no host path.
+fn overlay(r: &Path, lower: &Path, dst: &Path, name: &str) -> Result<()> {
     let flat = name.replace('/', "_");
-    let upper = ov.join("upper").join(&flat);
-    let work = ov.join("work").join(&flat);
-    mkdir(&upper, 0o755)?;
-    mkdir(&work, 0o755)?;
+    let upper = Path::new(OV_DIR).join("upper").join(&flat);
+    let work = Path::new(OV_DIR).join("work").join(&flat);
+    mkdir(&r.join(&upper), 0o755)?;
+    mkdir(&r.join(&work), 0o755)?;
+    let lower = lower.strip_prefix(r).unwrap_or(lower);
     let data = format!(
         "lowerdir={},upperdir={},workdir={},userxattr",
         lower.display(),

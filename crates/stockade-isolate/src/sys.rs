@@ -580,3 +580,55 @@ pub unsafe fn in_namespace<T>(
 pub fn securebits_set() -> bool {
     securebits().is_ok_and(|b| b != 0)
 }
+
+/// Replaces the process's command line (what `/proc/PID/cmdline` shows)
+/// with `name` and blanks its environment block: a sandbox's init is a
+/// copy of its supervisor, whose arguments and environment are not the
+/// sandbox's business. Also sets the thread name. Only this process's
+/// own copy of the memory changes; the environment is empty afterwards.
+pub fn blank_command_line(name: &str) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name, which may hold spaces or ')': the
+    // 48th to 51st fields are arg_start, arg_end, env_start, env_end.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return;
+    };
+    let f: Vec<usize> = rest
+        .split_whitespace()
+        .skip(45)
+        .take(4)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let [arg_start, arg_end, env_start, env_end] = f[..] else {
+        return;
+    };
+    for (start, end, text) in [
+        (arg_start, arg_end, name.as_bytes()),
+        (env_start, env_end, &b""[..]),
+    ] {
+        if end <= start || end - start > 1 << 20 {
+            continue;
+        }
+        let len = end - start;
+        let n = text.len().min(len - 1);
+        // SAFETY: the kernel reports [start, end) as this process's
+        // argument (environment) area: mapped, writable (the initial
+        // stack) and ours alone after the clone. Nothing here holds a
+        // Rust reference into it (the arguments were parsed into owned
+        // strings long ago); glibc's `environ` points at the environment
+        // strings, which become empty ones, so lookups find nothing. The
+        // last byte stays 0, so the kernel reports exactly the area.
+        unsafe {
+            let p = start as *mut u8;
+            std::ptr::write_bytes(p, 0, len);
+            std::ptr::copy_nonoverlapping(text.as_ptr(), p, n);
+        }
+    }
+    if let Ok(c) = std::ffi::CString::new(name) {
+        // SAFETY: PR_SET_NAME reads at most 16 bytes of a NUL-terminated
+        // string that outlives the call (longer names are cut).
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr(), 0, 0, 0) };
+    }
+}
