@@ -412,7 +412,7 @@ pub fn release_orphans(pool: &Path, slot_dir: &Path) -> usize {
         }
     }
     for k in slots::reservations(slot_dir) {
-        let marker = slot_dir.join(format!("{k}.pool"));
+        let marker = slots::marker(slot_dir, k);
         if !named.contains(&k) && old(&marker) && !slots::in_use(slot_dir, k) {
             slots::unreserve(slot_dir, k);
         }

@@ -20,9 +20,13 @@
 //!
 //! The namespace pool (`crate::nspool`) prepares namespaces for slots
 //! before any sandbox exists. Such a slot is *reserved* by a marker file
-//! `<dir>/<k>.pool` while its namespaces wait in the pool; [`Slot::acquire`]
+//! `<dir>/pool/<k>` while its namespaces wait in the pool; [`Slot::acquire`]
 //! passes reserved slots over, and the start that claims the pool entry
 //! takes the slot with [`Slot::take`] and drops the marker.
+//!
+//! Lock files stay (removing one safely would need every holder gone);
+//! slots are drawn from the first [`COMMON`] first, so a host keeps a few
+//! thousand small files in `/run`, not tens of thousands.
 //!
 //! Slot 0 ([`crate::idmap::HOST_ID_BASE`] itself) is never handed out: it
 //! is the *disk identity* of files a sandbox writes into host directories
@@ -42,7 +46,10 @@ pub const DEFAULT_DIR: &str = "/run/stockade/ids";
 /// Slots are numbered `1..=SLOTS`. The last block ends below 2^32 - 65536,
 /// clear of `(uid_t)-1` and of the overflow ids.
 pub const SLOTS: u32 = 32_768;
-/// How many slots [`Slot::acquire`] tries before it gives up.
+/// Slots tried first, at random, before the whole range.
+pub const COMMON: u32 = 4096;
+/// How many slots [`Slot::acquire`] tries in each of the two ranges
+/// before it gives up.
 const PROBES: u32 = 256;
 
 /// The slot lock directory: [`DEFAULT_DIR`].
@@ -84,9 +91,12 @@ impl Slot {
     /// Takes a free slot that the pool has not reserved.
     pub fn acquire(dir: &Path) -> Result<Slot, SlotError> {
         ensure_dir(dir)?;
-        let start = random_u32() % SLOTS;
-        for i in 0..PROBES {
-            let k = 1 + (start + i.wrapping_mul(7919)) % SLOTS;
+        let probes = (0..2).flat_map(|range| {
+            let size = if range == 0 { COMMON } else { SLOTS };
+            let start = random_u32() % size;
+            (0..PROBES).map(move |i| 1 + (start + i.wrapping_mul(7919)) % size)
+        });
+        for k in probes {
             if reserved(dir, k) {
                 continue;
             }
@@ -158,7 +168,7 @@ fn lock_path(dir: &Path, k: u32) -> PathBuf {
 }
 
 fn marker_path(dir: &Path, k: u32) -> PathBuf {
-    dir.join(format!("{k}.pool"))
+    dir.join("pool").join(k.to_string())
 }
 
 /// Locks slot `k`; `Ok(None)` if another holds it.
@@ -197,10 +207,10 @@ pub fn in_use(dir: &Path, k: u32) -> bool {
 /// them, and drops the returned slot; the marker stays until
 /// [`unreserve`].
 pub fn reserve(dir: &Path) -> Result<Slot, SlotError> {
-    ensure_dir(dir)?;
-    let start = random_u32() % SLOTS;
+    ensure_dir(&dir.join("pool"))?;
+    let start = random_u32() % COMMON;
     for i in 0..PROBES {
-        let k = 1 + (start + i.wrapping_mul(7919)) % SLOTS;
+        let k = 1 + (start + i.wrapping_mul(7919)) % COMMON;
         let marker = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -231,16 +241,20 @@ pub fn unreserve(dir: &Path, k: u32) {
 /// Reservations whose slot is not locked, for the pool's clean-up: the
 /// pool removes those that no entry of its own refers to any more.
 pub fn reservations(dir: &Path) -> Vec<u32> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
+    let Ok(rd) = std::fs::read_dir(dir.join("pool")) else {
         return Vec::new();
     };
     rd.flatten()
         .filter_map(|e| {
-            let name = e.file_name();
-            let k: u32 = name.to_str()?.strip_suffix(".pool")?.parse().ok()?;
+            let k: u32 = e.file_name().to_str()?.parse().ok()?;
             (1..=SLOTS).contains(&k).then_some(k)
         })
         .collect()
+}
+
+/// The path of slot `k`'s reservation marker.
+pub fn marker(dir: &Path, k: u32) -> PathBuf {
+    marker_path(dir, k)
 }
 
 fn random_u32() -> u32 {
@@ -258,6 +272,13 @@ fn random_u32() -> u32 {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn most_slots_come_from_the_common_range() {
+        let d = tempfile::tempdir().unwrap();
+        let held: Vec<Slot> = (0..100).map(|_| Slot::acquire(d.path()).unwrap()).collect();
+        assert!(held.iter().all(|s| s.index() <= COMMON));
+    }
 
     #[test]
     fn slots_never_overlap_the_disk_block_or_each_other() {
