@@ -121,6 +121,8 @@ fn populate_v1(dir: &Path, controller: &str, no_swap: bool) -> io::Result<()> {
                     ("memory.limit_in_bytes", "9223372036854771712\n"),
                     ("memory.usage_in_bytes", "0\n"),
                     ("memory.max_usage_in_bytes", "0\n"),
+                    ("memory.kmem.tcp.limit_in_bytes", "9223372036854771712\n"),
+                    ("memory.kmem.tcp.max_usage_in_bytes", "0\n"),
                     (
                         "memory.oom_control",
                         "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",

@@ -60,6 +60,19 @@ pub struct Stats {
     pub oom_kills: u64,
     /// Forks refused because the process limit was reached.
     pub pids_limit_hits: u64,
+    /// Memory held in the group's socket buffers: v1 charges it to a
+    /// counter of its own (`memory.kmem.tcp.*`, its peak here), v2 to
+    /// `memory.current` (the `sock` figure of `memory.stat` now).
+    pub socket_memory: u64,
+}
+
+/// The v1 cap on a group's TCP socket buffers, which v1 charges apart
+/// from its memory limit: a quarter of that limit, and at least 4 MiB so
+/// that a small sandbox's connections still work. A sandbox can then hold
+/// at most 1.25 times `--memory` on v1; on v2 socket memory is part of
+/// the memory limit.
+pub fn v1_tcp_limit(memory_bytes: u64) -> u64 {
+    (memory_bytes / 4).max(4 << 20)
 }
 
 /// The detected cgroup layout of the host. Detection runs once; clones

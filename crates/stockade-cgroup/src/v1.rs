@@ -182,6 +182,14 @@ impl V1Group {
                 // memsw exists only with swap accounting; without it swap is
                 // not charged to the group and there is nothing more to cap.
                 set_if_present(dir, "memory.memsw.limit_in_bytes", &bytes.to_string())?;
+                // Socket buffers are charged apart on v1, and not at all
+                // until a TCP limit is set: without it a sandbox could hold
+                // gigabytes of host memory in unread loopback sockets.
+                set_if_present(
+                    dir,
+                    "memory.kmem.tcp.limit_in_bytes",
+                    &crate::v1_tcp_limit(bytes).to_string(),
+                )?;
             }
             // A new memcg inherits oom_kill_disable from its parent; with it
             // set, an OOM would freeze the sandbox instead of killing in it.
@@ -239,6 +247,7 @@ impl V1Group {
             stats.memory_current = fsio::read_u64(dir, "memory.usage_in_bytes");
             stats.memory_peak = fsio::read_u64(dir, "memory.max_usage_in_bytes");
             stats.oom_kills = fsio::read_keyed(dir, "memory.oom_control", "oom_kill");
+            stats.socket_memory = fsio::read_u64(dir, "memory.kmem.tcp.max_usage_in_bytes");
         }
         if let Some(dir) = self.dir_of("pids") {
             stats.pids_current = fsio::read_u64(dir, "pids.current");

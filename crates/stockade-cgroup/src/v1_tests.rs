@@ -34,6 +34,11 @@ fn create_makes_one_directory_per_hierarchy_and_writes_limits() {
         read(at("memory").join("memory.memsw.limit_in_bytes")),
         bytes
     );
+    // TCP buffers: charged apart on v1, capped at a quarter of the limit.
+    assert_eq!(
+        read(at("memory").join("memory.kmem.tcp.limit_in_bytes")),
+        (16u64 << 20).to_string()
+    );
     assert_eq!(read(at("pids").join("pids.max")), "16");
     assert_eq!(read(at("cpu").join("cpu.cfs_period_us")), "100000");
     assert_eq!(read(at("cpu").join("cpu.cfs_quota_us")), "50000");
@@ -123,6 +128,11 @@ fn stats_read_every_counter() {
         "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
     )
     .unwrap();
+    fs::write(
+        at("memory").join("memory.kmem.tcp.max_usage_in_bytes"),
+        "4194304\n",
+    )
+    .unwrap();
     fs::write(at("pids").join("pids.current"), "2\n").unwrap();
     fs::write(at("pids").join("pids.peak"), "9\n").unwrap();
     fs::write(at("pids").join("pids.events"), "max 4\n").unwrap();
@@ -134,6 +144,7 @@ fn stats_read_every_counter() {
         pids_peak: Some(9),
         oom_kills: 3,
         pids_limit_hits: 4,
+        socket_memory: 4 << 20,
     };
     assert_eq!(cg.stats(), expected);
 }

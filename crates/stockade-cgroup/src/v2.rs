@@ -252,6 +252,7 @@ impl V2Group {
             pids_peak: fsio::read_opt(&dir.join("pids.peak")).and_then(|t| fsio::parse_u64(&t)),
             oom_kills: fsio::read_keyed(dir, "memory.events", "oom_kill"),
             pids_limit_hits: fsio::read_keyed(dir, "pids.events", "max"),
+            socket_memory: fsio::read_keyed(dir, "memory.stat", "sock"),
         }
     }
 

@@ -150,6 +150,7 @@ fn stats_read_every_counter() {
     )
     .unwrap();
     fs::write(dir.join("pids.events"), "max 5\n").unwrap();
+    fs::write(dir.join("memory.stat"), "anon 4096\nsock 8192\nfile 0\n").unwrap();
     let expected = Stats {
         cpu_seconds: 2.5,
         memory_current: 1 << 20,
@@ -158,6 +159,7 @@ fn stats_read_every_counter() {
         pids_peak: Some(8),
         oom_kills: 1,
         pids_limit_hits: 5,
+        socket_memory: 8192,
     };
     assert_eq!(cg.stats(), expected);
 }

@@ -20,6 +20,7 @@ pub fn run() -> u8 {
         seccomp(),
         overlayfs(),
         tun(),
+        disk_cap(),
     ];
     let mut essential_missing = false;
     for c in &checks {
@@ -120,6 +121,20 @@ fn overlayfs() -> Check {
             "not loaded (modprobe overlay)".into()
         },
         without: "--overlay-root is refused; everything else works",
+    }
+}
+
+fn disk_cap() -> Check {
+    let (ok, detail) = match stockade_core::scratch::status() {
+        Ok(d) => (true, d),
+        Err(d) => (false, d),
+    };
+    Check {
+        name: "disk cap",
+        ok,
+        detail,
+        without: "--disk is measured every 200 ms or more and the sandbox killed once over it: \
+                  a workload can write past it between two measurements",
     }
 }
 

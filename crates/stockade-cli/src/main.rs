@@ -102,6 +102,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 summary.sandboxes.len(),
                 summary.cgroups.len()
             );
+            if !summary.scratch.is_empty() {
+                println!(
+                    "deleted {} scratch subvolume(s) of sandboxes that are gone",
+                    summary.scratch.len()
+                );
+            }
             // Claims of supervisors that were killed before their teardown.
             let orphans = stockade_isolate::nspool::release_orphans(
                 &stockade_isolate::nspool::dir(),

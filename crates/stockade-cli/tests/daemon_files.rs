@@ -387,3 +387,30 @@ fn copying_a_large_sparse_file_uses_constant_memory_both_ways() {
     let _ = std::fs::remove_file(&back);
     let _: &Path = env.state.path();
 }
+
+#[test]
+#[ignore = "needs root and btrfs: runs the daemon with real sandboxes"]
+fn an_upload_past_the_disk_limit_is_507_and_the_daemon_sandbox_is_capped() {
+    let env = Env::new();
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let mut p = Policy::default();
+    p.limits.disk = "20M".parse().unwrap();
+    let sb = c.create(Some(&p), None, &Default::default(), None).unwrap();
+    let big = vec![7u8; 40 << 20];
+    assert_eq!(
+        api_status(c.write_file(&sb.id, "/workspace/big", &big)),
+        507
+    );
+    let (code, out) = sh(
+        &c,
+        &sb.id,
+        "dd if=/dev/zero of=/workspace/more bs=1M count=100 2>&1; echo dd=$?",
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("dd=1") && out.contains("quota exceeded"),
+        "{out}"
+    );
+    c.destroy(&sb.id).unwrap();
+}

@@ -109,8 +109,11 @@ fn fork_bomb_hits_the_pids_limit() {
 
 #[test]
 #[ignore = "needs root: creates namespaces and cgroups"]
-fn filling_the_disk_is_stopped() {
-    let env = Env::new();
+fn without_the_scratch_filesystem_filling_the_disk_is_measured_and_killed() {
+    // The fallback where the host has no scratch filesystem: the limit is
+    // measured by polling and a breach kills (tests/disk.rs covers the
+    // kernel-enforced cap).
+    let env = Env::new().with_env("STOCKADE_SCRATCH", "off");
     let (out, report) = env.run_report(&[
         "--disk",
         "20M",
@@ -122,6 +125,7 @@ fn filling_the_disk_is_stopped() {
     assert_eq!(code(&out), 137, "{}", stderr(&out));
     assert!(!stdout(&out).contains("SURVIVED"));
     assert_eq!(report["outcome"], "disk-limit");
+    assert_eq!(report["usage"]["disk_enforced"], "polling");
     assert!(stderr(&out).contains("stockade: disk-limit:"));
     // Home counts too.
     let (_, report) = env.run_report(&[

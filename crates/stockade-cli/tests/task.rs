@@ -122,11 +122,12 @@ fn patch_reproduces_the_agents_tree_including_its_commits() {
         "deep\n"
     );
     assert_eq!(std::fs::read(t.join("blob.bin")).unwrap(), [1u8, 2, 3]);
-    // Nothing of the task is left in the state directory.
+    // Nothing of the task is left in the state directory (its scratch
+    // lives there only where the host has no scratch filesystem).
     assert_eq!(
         std::fs::read_dir(env.state.path().join("tasks"))
-            .unwrap()
-            .count(),
+            .map(|d| d.count())
+            .unwrap_or(0),
         0
     );
 }

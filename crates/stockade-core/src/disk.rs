@@ -46,18 +46,86 @@ impl DiskMeter {
     }
 }
 
+/// Bytes allocated under `path`, walked through directory descriptors
+/// (one per level, never a full path: trees deeper than PATH_MAX count
+/// too) and without recursion.
 fn walk(path: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fstatat, Mode};
+    use std::os::fd::AsFd;
     let Ok(meta) = fs::symlink_metadata(path) else {
         return 0;
     };
-    let mut total = 0;
-    if meta.nlink() <= 1 || meta.is_dir() || seen.insert((meta.dev(), meta.ino())) {
-        total += meta.blocks() * 512;
+    let count = |st_nlink: u64,
+                 is_dir: bool,
+                 dev: u64,
+                 ino: u64,
+                 blocks: i64,
+                 seen: &mut HashSet<(u64, u64)>| {
+        if st_nlink <= 1 || is_dir || seen.insert((dev, ino)) {
+            blocks.max(0) as u64 * 512
+        } else {
+            0
+        }
+    };
+    let mut total = count(
+        meta.nlink(),
+        meta.is_dir(),
+        meta.dev(),
+        meta.ino(),
+        meta.blocks() as i64,
+        seen,
+    );
+    if !meta.is_dir() {
+        return total;
     }
-    if meta.is_dir() {
-        if let Ok(entries) = fs::read_dir(path) {
-            for e in entries.flatten() {
-                total += walk(&e.path(), seen);
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    // The names of a directory, read at once (nix's directory iterator
+    // rewinds when dropped, so a stream cannot be kept per level).
+    let names = |fd: &std::os::fd::OwnedFd| -> Vec<std::ffi::CString> {
+        let Ok(copy) = fd.try_clone() else {
+            return Vec::new();
+        };
+        let Ok(mut d) = nix::dir::Dir::from_fd(copy) else {
+            return Vec::new();
+        };
+        d.iter()
+            .flatten()
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .collect()
+    };
+    let Ok(top) = nix::fcntl::open(path, flags, Mode::empty()) else {
+        return total;
+    };
+    // Each level: its descriptor and the names still to look at.
+    let first = names(&top);
+    let mut stack = vec![(top, first)];
+    while let Some((fd, pending)) = stack.last_mut() {
+        let Some(name) = pending.pop() else {
+            stack.pop();
+            continue;
+        };
+        let Ok(st) = fstatat(
+            fd.as_fd(),
+            name.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
+            continue;
+        };
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        total += count(
+            st.st_nlink,
+            is_dir,
+            st.st_dev,
+            st.st_ino,
+            st.st_blocks,
+            seen,
+        );
+        if is_dir {
+            if let Ok(sub) = openat(fd.as_fd(), name.as_c_str(), flags, Mode::empty()) {
+                let list = names(&sub);
+                stack.push((sub, list));
             }
         }
     }
@@ -84,6 +152,44 @@ mod tests {
         );
         std::os::unix::fs::symlink("/usr", d.path().join("escape")).unwrap();
         assert!(m.measure() < one + (1 << 19), "followed a symlink");
+    }
+
+    #[test]
+    fn trees_deeper_than_path_max_are_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let mut dir = fs::File::open(d.path()).unwrap();
+        for _ in 0..400 {
+            use std::os::fd::AsFd;
+            let name = "x".repeat(40);
+            nix::sys::stat::mkdirat(
+                dir.as_fd(),
+                name.as_str(),
+                nix::sys::stat::Mode::from_bits_truncate(0o755),
+            )
+            .unwrap();
+            let sub = nix::fcntl::openat(
+                dir.as_fd(),
+                name.as_str(),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap();
+            dir = fs::File::from(sub);
+        }
+        use std::os::fd::AsFd;
+        let f = nix::fcntl::openat(
+            dir.as_fd(),
+            "big",
+            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut fs::File::from(f), &vec![1u8; 4 << 20]).unwrap();
+        let mut m = DiskMeter::new(vec![d.path().to_path_buf()]);
+        assert!(
+            m.measure() >= 4 << 20,
+            "a file 16,000 bytes deep was not counted"
+        );
     }
 
     #[test]

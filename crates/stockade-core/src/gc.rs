@@ -20,6 +20,8 @@ use crate::state::{flock, remove_tree, StateDir};
 pub struct GcSummary {
     pub sandboxes: Vec<String>,
     pub cgroups: Vec<String>,
+    /// Scratch subvolumes whose owner is gone (see `scratch.rs`).
+    pub scratch: Vec<String>,
 }
 
 /// Directories younger than this without a lock file are being created
@@ -82,6 +84,11 @@ pub fn collect(state: &StateDir, cgroups: Option<&Driver>) -> GcSummary {
                 }
             }
         }
+    }
+    // Capped scratch subvolumes of sandboxes (and tasks) that are gone,
+    // whatever state directory they used.
+    if let Some(fs) = crate::scratch::ScratchFs::existing() {
+        summary.scratch = fs.collect(&stockade_isolate::slots::dir(), false);
     }
     summary
 }

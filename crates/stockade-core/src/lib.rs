@@ -9,6 +9,7 @@ pub mod prepare;
 pub mod relay;
 pub mod report;
 pub mod run;
+pub mod scratch;
 pub mod shim;
 pub mod state;
 pub mod task;

@@ -11,6 +11,7 @@ use stockade_policy::Limits;
 
 use crate::disk::DiskMeter;
 use crate::report::{Usage, Violation, ViolationKind};
+use crate::scratch::Subvol;
 
 /// Shortest spacing of disk walks and process-count samples.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -18,14 +19,47 @@ pub const TICK: Duration = Duration::from_millis(200);
 /// Receives each breach with its one-line description.
 pub type ViolationSink = Box<dyn FnMut(&Violation, &str) + Send>;
 
+/// Where a sandbox's disk use is read.
+#[derive(Debug)]
+pub enum DiskSource {
+    /// The qgroup of its capped subvolume: the kernel refuses writes past
+    /// the limit; reaching it is reported, the sandbox goes on.
+    Quota(Subvol),
+    /// A walk of these directories: over the limit, the sandbox is killed.
+    Walk(Vec<PathBuf>),
+}
+
+#[derive(Debug)]
+enum Disk {
+    Quota(Subvol),
+    Walk(DiskMeter),
+}
+
+impl Disk {
+    fn used(&mut self) -> u64 {
+        match self {
+            Disk::Quota(s) => s.usage().unwrap_or(0),
+            Disk::Walk(m) => m.measure(),
+        }
+    }
+
+    fn enforced(&self) -> &'static str {
+        match self {
+            Disk::Quota(_) => "kernel",
+            Disk::Walk(_) => "polling",
+        }
+    }
+}
+
 /// Watches one sandbox's limits.
 pub struct Monitor {
     limits: Limits,
     started: Instant,
     deadline: Instant,
-    meter: DiskMeter,
+    disk: Disk,
     next_sample: Instant,
     pids_peak: u64,
+    socket_peak: u64,
     /// Every breach so far, in order.
     pub violations: Vec<Violation>,
     /// The hard breach the sandbox was killed for, if any.
@@ -48,16 +82,34 @@ impl Monitor {
         limits: Limits,
         started: Instant,
         deadline: Instant,
-        metered: Vec<PathBuf>,
+        disk: DiskSource,
         on_violation: ViolationSink,
     ) -> Monitor {
         Monitor {
             limits,
             started,
             deadline,
-            meter: DiskMeter::new(metered),
+            disk: match disk {
+                DiskSource::Quota(s) => Disk::Quota(s),
+                DiskSource::Walk(dirs) => {
+                    // The walk holds a descriptor per level of the tree: let
+                    // the supervisor (the sandbox is started already and
+                    // keeps its own limits) go as deep as the hard limit.
+                    if let Ok((_, hard)) =
+                        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    {
+                        let _ = nix::sys::resource::setrlimit(
+                            nix::sys::resource::Resource::RLIMIT_NOFILE,
+                            hard,
+                            hard,
+                        );
+                    }
+                    Disk::Walk(DiskMeter::new(dirs))
+                }
+            },
             next_sample: Instant::now() + TICK,
             pids_peak: 0,
+            socket_peak: 0,
             violations: Vec::new(),
             killed_for: None,
             on_violation,
@@ -114,24 +166,58 @@ impl Monitor {
         if stats.oom_kills > 0 {
             return self.check_oom(cgroup);
         }
-        let used = self.meter.measure();
-        self.next_sample = Instant::now() + self.meter.next_interval(TICK);
-        if used > self.limits.disk.bytes() {
-            let d = self.limits.disk;
-            self.breach(
-                ViolationKind::DiskLimit,
-                d.to_string(),
-                used.to_string(),
-                format!("killed after writing {used} bytes, over the disk limit of {d}"),
-            );
-            self.killed_for = Some(ViolationKind::DiskLimit);
-            return self.killed_for;
+        let used = self.disk.used();
+        self.next_sample = Instant::now()
+            + match &self.disk {
+                Disk::Walk(m) => m.next_interval(TICK),
+                Disk::Quota(_) => TICK,
+            };
+        self.check_disk(used, true)
+    }
+
+    /// Records a disk breach: with a quota, the limit reached (the kernel
+    /// refuses further writes; nothing is killed); with polling, the
+    /// limit passed, which kills the sandbox if `kill` (not at the end).
+    fn check_disk(&mut self, used: u64, kill: bool) -> Option<ViolationKind> {
+        let d = self.limits.disk;
+        match &self.disk {
+            Disk::Quota(s) if s.reached(used) => {
+                self.breach(
+                    ViolationKind::DiskLimit,
+                    d.to_string(),
+                    used.to_string(),
+                    format!(
+                        "disk limit of {d} reached ({used} bytes used); writes past it fail with \
+                         \"Disk quota exceeded\" inside the sandbox"
+                    ),
+                );
+                None
+            }
+            Disk::Walk(_) if used > d.bytes() => {
+                let detail = if kill {
+                    format!("killed after writing {used} bytes, over the disk limit of {d}")
+                } else {
+                    format!("ended with {used} bytes written, over the disk limit of {d}")
+                };
+                self.breach(
+                    ViolationKind::DiskLimit,
+                    d.to_string(),
+                    used.to_string(),
+                    detail,
+                );
+                if kill && self.killed_for.is_none() {
+                    self.killed_for = Some(ViolationKind::DiskLimit);
+                    return self.killed_for;
+                }
+                None
+            }
+            _ => None,
         }
-        None
     }
 
     fn note_pids(&mut self, stats: &Stats) {
         self.pids_peak = self.pids_peak.max(stats.pids_current);
+        self.socket_peak = self.socket_peak.max(stats.socket_memory);
         if stats.pids_limit_hits > 0 {
             let p = self.limits.pids;
             self.breach(
@@ -154,7 +240,10 @@ impl Monitor {
     pub fn final_usage(&mut self, cgroup: &Cgroup) -> Usage {
         let stats = cgroup.stats();
         self.oom_in(&stats);
-        self.usage_from(stats)
+        let usage = self.usage_from(stats);
+        // A run may end over (or at) the limit between two samples.
+        self.check_disk(usage.disk_bytes, false);
+        usage
     }
 
     fn oom_in(&mut self, stats: &stockade_cgroup::Stats) -> Option<ViolationKind> {
@@ -186,7 +275,9 @@ impl Monitor {
             wall_seconds: self.started.elapsed().as_secs_f64(),
             cpu_seconds: stats.cpu_seconds,
             peak_memory_bytes: stats.memory_peak,
-            disk_bytes: self.meter.measure(),
+            disk_bytes: self.disk.used(),
+            disk_enforced: self.disk.enforced().to_string(),
+            socket_memory_peak_bytes: self.socket_peak,
             pids_peak: stats
                 .pids_peak
                 .unwrap_or(0)

@@ -11,15 +11,69 @@ use stockade_isolate::slots::Slot;
 use stockade_isolate::spec::{MountIdmap, SandboxSpec};
 use stockade_policy::Policy;
 
-use crate::state::{SandboxDir, StateDir};
+use crate::scratch::{ScratchFs, Subvol};
+use crate::state::{private_dir, SandboxDir, StateDir};
 use crate::RunError;
+
+/// Where a sandbox's scratch directories (workspace, home, overlay) go.
+#[derive(Debug, Clone)]
+pub enum ScratchPlace {
+    /// A capped subvolume of its own on the scratch filesystem.
+    Own(ScratchFs),
+    /// A directory of its own inside an existing capped subvolume (a
+    /// task's, shared by the task's sandboxes and its workspace).
+    Within(Subvol),
+    /// The sandbox's state directory; the disk limit is then measured by
+    /// polling.
+    StateDir,
+}
+
+impl ScratchPlace {
+    /// The scratch filesystem if the host has it, else the state
+    /// directory.
+    pub fn for_host() -> ScratchPlace {
+        match ScratchFs::get() {
+            Ok(fs) => ScratchPlace::Own(fs),
+            Err(_) => ScratchPlace::StateDir,
+        }
+    }
+}
+
+/// A sandbox's capped scratch space.
+#[derive(Debug)]
+pub struct Scratch {
+    pub subvol: Subvol,
+    /// The directory holding the sandbox's scratch directories.
+    pub dir: PathBuf,
+    /// Set when the subvolume is the sandbox's own, deleted with it;
+    /// otherwise `dir` is removed.
+    pub fs: Option<ScratchFs>,
+}
+
+impl Scratch {
+    /// Removes the sandbox's scratch space (its subvolume, or its
+    /// directory in a shared one).
+    pub fn remove(&self) {
+        match &self.fs {
+            Some(fs) => {
+                let _ = fs.delete(&self.subvol.name);
+            }
+            None => {
+                let _ = crate::state::remove_tree(&self.dir);
+            }
+        }
+    }
+}
 
 /// A prepared sandbox: the spec plus the host directories whose disk use
 /// counts against the limit.
 #[derive(Debug)]
 pub struct Prepared {
     pub spec: SandboxSpec,
+    /// Directories measured by polling when there is no capped scratch.
     pub metered: Vec<PathBuf>,
+    /// The capped scratch space, when the disk limit is the kernel's.
+    pub scratch: Option<Scratch>,
     /// The environment every process in the sandbox starts with.
     pub env: Vec<(String, String)>,
     /// Default working directory.
@@ -136,12 +190,14 @@ fn mount_idmap(slot: &Slot, owner: (u32, u32)) -> MountIdmap {
     }
 }
 
-/// Builds the spec of a sandbox for `policy` in `dir`, running in `slot`.
+/// Builds the spec of a sandbox for `policy` in `dir`, running in `slot`,
+/// its scratch directories at `place`.
 pub fn prepare(
     policy: &Policy,
     state: &StateDir,
     dir: &SandboxDir,
     slot: Slot,
+    place: &ScratchPlace,
 ) -> Result<Prepared, RunError> {
     let fs_policy = &policy.filesystem;
     let p = &policy.process;
@@ -180,28 +236,67 @@ pub fn prepare(
         move |e| RunError::Io { what, source: e }
     };
 
-    let workspace = if fs_policy.workspace.is_some() {
-        workspace
-    } else {
-        let w = dir
-            .subdir("workspace", owner)
-            .map_err(io("create the scratch workspace"))?;
-        metered.push(w.clone());
-        w
+    // The scratch directories' parent: a capped subvolume, or the
+    // sandbox's own directory.
+    let scratch = match place {
+        ScratchPlace::Own(fs) => {
+            let subvol = fs
+                .create(&format!("s{}", slot.index()), policy.limits.disk.bytes())
+                .map_err(|e| RunError::Invalid(stockade_isolate::error_chain(&e)))?;
+            Some(Scratch {
+                dir: subvol.path.clone(),
+                subvol,
+                fs: Some(fs.clone()),
+            })
+        }
+        ScratchPlace::Within(subvol) => {
+            let d = subvol.path.join(format!("sandbox-{}", slot.index()));
+            let _ = crate::state::remove_tree(&d);
+            std::fs::create_dir(&d).map_err(io("create the sandbox's scratch directory"))?;
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                .map_err(io("create the sandbox's scratch directory"))?;
+            Some(Scratch {
+                subvol: subvol.clone(),
+                dir: d,
+                fs: None,
+            })
+        }
+        ScratchPlace::StateDir => None,
     };
-    let home = dir
-        .subdir("home", owner)
-        .map_err(io("create the home directory"))?;
-    metered.push(home.clone());
-    let overlay = if fs_policy.overlay_root {
-        let root_owner = uid_map.to_host(0).zip(gid_map.to_host(0));
-        let o = dir
-            .subdir("overlay", root_owner)
-            .map_err(io("create the overlay directory"))?;
-        metered.push(o.clone());
-        Some(o)
-    } else {
-        None
+    let base = scratch
+        .as_ref()
+        .map_or(dir.path.as_path(), |s| s.dir.as_path());
+    let made = (|| {
+        let workspace = if fs_policy.workspace.is_some() {
+            workspace
+        } else {
+            let w = private_dir(&base.join("workspace"), owner)
+                .map_err(io("create the scratch workspace"))?;
+            metered.push(w.clone());
+            w
+        };
+        let home =
+            private_dir(&base.join("home"), owner).map_err(io("create the home directory"))?;
+        metered.push(home.clone());
+        let overlay = if fs_policy.overlay_root {
+            let root_owner = uid_map.to_host(0).zip(gid_map.to_host(0));
+            let o = private_dir(&base.join("overlay"), root_owner)
+                .map_err(io("create the overlay directory"))?;
+            metered.push(o.clone());
+            Some(o)
+        } else {
+            None
+        };
+        Ok::<_, RunError>((workspace, home, overlay))
+    })();
+    let (workspace, home, overlay) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(s) = &scratch {
+                s.remove();
+            }
+            return Err(e);
+        }
     };
     // Sources are resolved here (symlinks, `..`); the launch opens them
     // refusing any symlink, so what was checked is what gets bound.
@@ -300,6 +395,7 @@ pub fn prepare(
     Ok(Prepared {
         spec,
         metered,
+        scratch,
         env,
         cwd: p.cwd.clone(),
         owner,

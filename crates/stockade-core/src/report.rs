@@ -68,6 +68,15 @@ pub struct Usage {
     pub peak_memory_bytes: u64,
     pub disk_bytes: u64,
     pub pids_peak: u64,
+    /// Peak memory held in socket buffers (part of `peak_memory_bytes` on
+    /// cgroup v2; charged apart, capped at a quarter of the memory limit,
+    /// on v1).
+    #[serde(default)]
+    pub socket_memory_peak_bytes: u64,
+    /// How the disk limit held: `kernel` (a quota: writes past it fail)
+    /// or `polling` (measured, and the sandbox killed once over it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub disk_enforced: String,
 }
 
 /// Network use of a sandbox with egress (`allowlist` or `open`): the

@@ -55,6 +55,9 @@ pub struct RunOptions {
     /// sandbox's own scratch space (e.g. a bound workspace that is
     /// scratch to the caller).
     pub extra_metered: Vec<PathBuf>,
+    /// A capped subvolume to put the sandbox's scratch directories in
+    /// (a task's, which its workspace shares) instead of one of its own.
+    pub scratch_within: Option<crate::scratch::Subvol>,
     /// Write every network decision to this file, one JSON object per
     /// line (`stockade_net::NetEvent`). Only with network egress.
     pub net_log: Option<PathBuf>,
@@ -78,6 +81,7 @@ impl RunOptions {
             print_violations: true,
             stdio: None,
             extra_metered: Vec::new(),
+            scratch_within: None,
             net_log: None,
             defer_teardown: false,
         }
@@ -196,8 +200,12 @@ fn run_inner(
             }
         },
     };
+    let place = match &opts.scratch_within {
+        Some(s) => crate::prepare::ScratchPlace::Within(s.clone()),
+        None => crate::prepare::ScratchPlace::for_host(),
+    };
     let setup = (|| {
-        let prepared = prepare(policy, &state, &dir, slot)?;
+        let prepared = prepare(policy, &state, &dir, slot, &place)?;
         let request = prepared.request(1, &opts.command, &Default::default(), None, opts.tty)?;
         let cgroup = driver
             .create(id, &limits)
@@ -239,6 +247,7 @@ fn run_inner(
                 cgroup,
                 dir,
                 claimed,
+                scratch: prepared.scratch,
                 slot: prepared.slot,
             };
             let refill = crate::teardown::Refill::configured();
@@ -253,6 +262,9 @@ fn run_inner(
             let _ = dir.remove();
             if let Some(entry) = &claimed {
                 stockade_isolate::nspool::release(entry);
+            }
+            if let Some(s) = &prepared.scratch {
+                s.remove();
             }
             // Nothing runs under the slot's ids any more.
             drop(prepared.slot);
@@ -350,13 +362,19 @@ fn supervise(
     drop(std::mem::take(&mut pipes_for_init));
     let oom_fd = cgroup.oom_notifier().ok();
     let print = opts.print_violations;
-    let mut metered = prepared.metered.clone();
-    metered.extend(opts.extra_metered.iter().cloned());
+    let disk = match &prepared.scratch {
+        Some(s) => crate::monitor::DiskSource::Quota(s.subvol.clone()),
+        None => {
+            let mut metered = prepared.metered.clone();
+            metered.extend(opts.extra_metered.iter().cloned());
+            crate::monitor::DiskSource::Walk(metered)
+        }
+    };
     let mut monitor = Monitor::new(
         limits.clone(),
         started,
         started + limits.timeout.duration(),
-        metered,
+        disk,
         Box::new(move |v, detail| {
             if print {
                 eprintln!("stockade: {}: {detail}", v.kind.as_str());

@@ -93,19 +93,24 @@ impl SandboxDir {
     /// A subdirectory, created empty with the given owner and mode 0700:
     /// private to the sandbox user who owns it.
     pub fn subdir(&self, name: &str, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
-        let p = self.path.join(name);
-        fs::create_dir(&p)?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
-        }
-        Ok(p)
+        private_dir(&self.path.join(name), owner)
     }
 
     /// Removes the directory and everything the sandbox wrote into it.
     pub fn remove(self) -> io::Result<()> {
         remove_tree(&self.path)
     }
+}
+
+/// Creates directory `p` empty, mode 0700, owned by `owner`: private to
+/// the sandbox user who owns it.
+pub fn private_dir(p: &Path, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
+    fs::create_dir(p)?;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+    }
+    Ok(p.to_path_buf())
 }
 
 pub(crate) fn flock(f: &File, op: libc::c_int) -> io::Result<()> {

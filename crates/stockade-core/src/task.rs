@@ -114,8 +114,24 @@ pub fn run_task(opts: &TaskOptions) -> Result<TaskReport, TaskError> {
         opts.out.display()
     )))?;
     let id = crate::prepare::new_id();
-    let scratch = opts.state_dir.join("tasks").join(&id);
-    let mut result = run_phases(opts, &source, &scratch);
+    // The task's workspace and its sandboxes' scratch directories share one
+    // capped subvolume where the host has the scratch filesystem: the
+    // agent's writes, wherever they go, count against one `--disk`.
+    let task_scratch = match crate::scratch::ScratchFs::get() {
+        Ok(fs) => {
+            let t = fs
+                .create_task(&id, opts.policy.limits.disk.bytes())
+                .map_err(|e| TaskError::Invalid(stockade_isolate::error_chain(&e)))?;
+            Some((fs, t))
+        }
+        Err(_) => None,
+    };
+    let within = task_scratch.as_ref().map(|(_, t)| t.subvol.clone());
+    let scratch = match &within {
+        Some(s) => s.path.clone(),
+        None => opts.state_dir.join("tasks").join(&id),
+    };
+    let mut result = run_phases(opts, &source, &scratch, within.as_ref());
     if opts.keep {
         if let Ok(report) = result.as_mut() {
             let ws = scratch.join("workspace");
@@ -132,7 +148,12 @@ pub fn run_task(opts: &TaskOptions) -> Result<TaskReport, TaskError> {
                 );
             }
             let _ = crate::state::remove_tree(&scratch.join("task"));
+            if let Some((fs, _)) = &task_scratch {
+                fs.keep_task(&id);
+            }
         }
+    } else if let Some((fs, t)) = &task_scratch {
+        let _ = fs.delete(&t.subvol.name);
     } else {
         let _ = crate::state::remove_tree(&scratch);
     }
@@ -241,6 +262,7 @@ fn run_phases(
     opts: &TaskOptions,
     source: &Source,
     scratch: &Path,
+    within: Option<&crate::scratch::Subvol>,
 ) -> Result<TaskReport, TaskError> {
     // The shared workspace belongs to the sandbox block's agent id, so
     // every phase's agent can write it and no host user owns it.
@@ -291,7 +313,7 @@ fn run_phases(
     let script = "set -e; git clone -q --no-local \"$FROM\" /workspace; cd /workspace; \
          if [ -n \"$REF\" ]; then git checkout -q \"$REF\" --; fi; git rev-parse HEAD";
     let t = Instant::now();
-    let (clone, out, err) = capture(opts, clone_policy, &["sh", "-c", script], vec![])?;
+    let (clone, out, err) = capture(opts, within, clone_policy, &["sh", "-c", script], vec![])?;
     phases.push(Phase {
         name: "clone",
         seconds: t.elapsed().as_secs_f64(),
@@ -358,6 +380,7 @@ fn run_phases(
     let t = Instant::now();
     let (agent, out, err) = capture(
         opts,
+        within,
         agent_policy,
         &opts.agent.iter().map(String::as_str).collect::<Vec<_>>(),
         vec![workspace.clone()],
@@ -380,8 +403,13 @@ fn run_phases(
         .insert("BASE".into(), base.unwrap_or_default());
     let script = "set -e; cd /workspace; export GIT_INDEX_FILE=/tmp/stockade-index; \
                   git read-tree \"$BASE\"; git add -A; git diff --cached --binary --no-color \"$BASE\"";
-    let (collect, patch, perr) =
-        capture(opts, collect_policy.clone(), &["sh", "-c", script], vec![])?;
+    let (collect, patch, perr) = capture(
+        opts,
+        within,
+        collect_policy.clone(),
+        &["sh", "-c", script],
+        vec![],
+    )?;
     phases.push(Phase {
         name: "collect",
         seconds: t.elapsed().as_secs_f64(),
@@ -399,7 +427,7 @@ fn run_phases(
     report.files_changed = files;
     report.lines_added = added;
     report.lines_removed = removed;
-    report.artifacts = collect_artifacts(opts, &collect_policy)?;
+    report.artifacts = collect_artifacts(opts, within, &collect_policy)?;
     report.phases = phases;
     write_outputs(opts, &report, &patch, &out, &err)?;
     progress(&format!(
@@ -451,6 +479,7 @@ fn git_identity(env: &mut std::collections::BTreeMap<String, String>) {
 /// copied live to ours).
 fn capture(
     opts: &TaskOptions,
+    within: Option<&crate::scratch::Subvol>,
     policy: Policy,
     cmd: &[&str],
     extra_metered: Vec<PathBuf>,
@@ -467,6 +496,7 @@ fn capture(
     );
     ro.print_violations = opts.live;
     ro.extra_metered = extra_metered;
+    ro.scratch_within = within.cloned();
     let report = if live {
         // Copiers are processes, not threads: `run` clones the sandbox's
         // init and must be the only thread when it does.
@@ -572,7 +602,11 @@ pub fn diff_stats(patch: &[u8]) -> (usize, usize, usize) {
 
 /// Copies files matching the `--collect` globs out of the workspace, one
 /// sandboxed `cat` each; names are checked to stay inside `artifacts/`.
-fn collect_artifacts(opts: &TaskOptions, policy: &Policy) -> Result<Vec<String>, TaskError> {
+fn collect_artifacts(
+    opts: &TaskOptions,
+    within: Option<&crate::scratch::Subvol>,
+    policy: &Policy,
+) -> Result<Vec<String>, TaskError> {
     if opts.collect.is_empty() {
         return Ok(Vec::new());
     }
@@ -585,7 +619,7 @@ fn collect_artifacts(opts: &TaskOptions, policy: &Policy) -> Result<Vec<String>,
     let list = format!(
         "cd /workspace; for p in {globs}; do [ -f \"$p\" ] && printf '%s\\0' \"$p\"; done; true"
     );
-    let (_, names, _) = capture(opts, policy.clone(), &["sh", "-c", &list], vec![])?;
+    let (_, names, _) = capture(opts, within, policy.clone(), &["sh", "-c", &list], vec![])?;
     let dir = opts.out.join("artifacts");
     let mut got = Vec::new();
     for name in names
@@ -604,6 +638,7 @@ fn collect_artifacts(opts: &TaskOptions, policy: &Policy) -> Result<Vec<String>,
         }
         let (r, bytes, _) = capture(
             opts,
+            within,
             policy.clone(),
             &["cat", "--", &format!("/workspace/{name}")],
             vec![],

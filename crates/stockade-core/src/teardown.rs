@@ -53,6 +53,8 @@ pub(crate) struct Leftovers {
     pub dir: SandboxDir,
     /// The namespace pool entry the sandbox started from, still mounted.
     pub claimed: Option<std::path::PathBuf>,
+    /// The sandbox's capped scratch space.
+    pub scratch: Option<crate::prepare::Scratch>,
     /// The sandbox's host id range, free again once everything is gone.
     pub slot: stockade_isolate::slots::Slot,
 }
@@ -63,6 +65,9 @@ impl Leftovers {
         let _ = self.cgroup.destroy();
         drop(self.device);
         let _ = self.dir.remove();
+        if let Some(s) = &self.scratch {
+            s.remove();
+        }
         if let Some(entry) = &self.claimed {
             nspool::release(entry);
         }

@@ -187,7 +187,23 @@ deny_table! {}
 /// Syscalls allowed only for some arguments (see `build`), plus `clone3`, which
 /// always fails with ENOSYS so that libc falls back to `clone`, whose flags a
 /// filter can read (`clone3` passes them behind a pointer).
-pub const ARGUMENT_FILTERED: &[&str] = &["clone", "clone3", "socket", "socketpair", "ioctl"];
+pub const ARGUMENT_FILTERED: &[&str] = &[
+    "clone",
+    "clone3",
+    "socket",
+    "socketpair",
+    "ioctl",
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "mknod",
+    "mknodat",
+    "creat",
+    "open",
+    "openat",
+    "openat2",
+];
 
 /// Namespace flags that `clone` may not carry. `CLONE_NEWTIME` (0x80) shares
 /// bits with the exit signal in `clone`'s flags; no valid signal sets it, so
@@ -299,13 +315,84 @@ fn argument_rules() -> Result<RuleMap, SeccompError> {
         .collect::<Result<_, _>>()?;
     rules.insert(libc::SYS_socket, raw);
 
-    let ioctl = [TIOCSTI, TIOCLINUX]
+    let mut ioctl: Vec<SeccompRule> = [TIOCSTI, TIOCLINUX]
         .iter()
         .map(|&cmd| rule("ioctl", vec![cond("ioctl", 1, Op::Eq, cmd)?]))
         .collect::<Result<_, _>>()?;
+    // btrfs's own ioctls (type 0x94): a new subvolume or snapshot is not
+    // counted in the qgroup that caps the sandbox's disk, so creating one
+    // would escape the cap. The generic clone/dedupe calls sharing the
+    // type stay allowed (`cp --reflink`).
+    let mut btrfs = vec![cond("ioctl", 1, Op::MaskedEq(0xff00), 0x9400)?];
+    for allowed in BTRFS_GENERIC_IOCTLS {
+        btrfs.push(cond("ioctl", 1, Op::Ne, allowed)?);
+    }
+    ioctl.push(rule("ioctl", btrfs)?);
     rules.insert(libc::SYS_ioctl, ioctl);
+
+    // Setuid and setgid bits: a file a sandbox makes in a bound host
+    // directory would keep them on the host, runnable there by anyone as
+    // the directory's owner. Every call that sets a mode is refused when
+    // the mode has either bit (openat2, whose mode is behind a pointer,
+    // is ENOSYS: see `deny_list_entries`).
+    for &(nr, name, arg) in MODE_SETTERS {
+        let rules_for = SETID_BITS
+            .iter()
+            .map(|&bit| rule(name, vec![cond(name, arg, Op::MaskedEq(bit), bit)?]))
+            .collect::<Result<_, _>>()?;
+        rules.insert(nr, rules_for);
+    }
+    for &(nr, name, flags, mode) in CREATING_OPENS {
+        let mut r = Vec::new();
+        for creating in [libc::O_CREAT as u64, O_TMPFILE_BIT] {
+            for &bit in SETID_BITS {
+                r.push(rule(
+                    name,
+                    vec![
+                        cond(name, flags, Op::MaskedEq(creating), creating)?,
+                        cond(name, mode, Op::MaskedEq(bit), bit)?,
+                    ],
+                )?);
+            }
+        }
+        rules.insert(nr, r);
+    }
     Ok(rules)
 }
+
+/// The generic ioctls of type 0x94: FICLONE, FICLONERANGE, FIDEDUPERANGE.
+const BTRFS_GENERIC_IOCTLS: [u64; 3] = [0x4004_9409, 0x4020_940d, 0xc018_9436];
+
+/// `S_ISUID` and `S_ISGID`.
+const SETID_BITS: &[u64] = &[0o4000, 0o2000];
+
+/// `__O_TMPFILE` (O_TMPFILE without O_DIRECTORY), the same on x86_64 and
+/// aarch64.
+const O_TMPFILE_BIT: u64 = 0o2000_0000;
+
+/// `fchmodat2`, new in Linux 6.6 (the same number everywhere).
+const SYS_FCHMODAT2: libc::c_long = 452;
+
+/// Calls that set a file's mode, and which argument holds it.
+const MODE_SETTERS: &[(libc::c_long, &str, u8)] = &[
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_chmod, "chmod", 1),
+    (libc::SYS_fchmod, "fchmod", 1),
+    (libc::SYS_fchmodat, "fchmodat", 2),
+    (SYS_FCHMODAT2, "fchmodat2", 2),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_mknod, "mknod", 1),
+    (libc::SYS_mknodat, "mknodat", 2),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_creat, "creat", 1),
+];
+
+/// Opens that may create a file: the flags' and the mode's argument.
+const CREATING_OPENS: &[(libc::c_long, &str, u8, u8)] = &[
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_open, "open", 1, 2),
+    (libc::SYS_openat, "openat", 2, 3),
+];
 
 /// Rules whose match returns EAFNOSUPPORT: a family outside the allow list.
 fn family_rules() -> Result<RuleMap, SeccompError> {
@@ -396,7 +483,10 @@ const LEAF_SIZE: usize = 4;
 /// sorted by number, each number once.
 fn deny_list_entries() -> Vec<(u32, u32)> {
     // Syscall numbers are small and positive, so `as u32` is exact.
-    let mut entries = vec![(libc::SYS_clone3 as u32, RET_ENOSYS)];
+    let mut entries = vec![
+        (libc::SYS_clone3 as u32, RET_ENOSYS),
+        (libc::SYS_openat2 as u32, RET_ENOSYS),
+    ];
     entries.extend(DENIED_NUMBERS.iter().map(|&nr| (nr as u32, RET_EPERM)));
     // A stable sort keeps `clone3` first among equal numbers, should the table
     // ever list it too, so it keeps its ENOSYS as when it had its own filter.
@@ -663,12 +753,37 @@ mod tests {
             (AF_VSOCK.into(), libc::SOCK_STREAM.into()),
             (0, TIOCSTI as i64),
             (1, TIOCLINUX as i64 | high),
-            (2, 0x5413), // TIOCGWINSZ
+            (2, 0x5413),      // TIOCGWINSZ
+            (3, 0x5000_940e), // BTRFS_IOC_SUBVOL_CREATE
+            (3, 0x4004_9409), // FICLONE
+            (3, 0xc018_9436), // FIDEDUPERANGE
+            (3, 0x9400),
+            (0, 0o4755),
+            (0, 0o2755),
+            (0, 0o755 | high),
         ];
-        pairs
+        let mut sets: Vec<[u64; 6]> = pairs
             .into_iter()
             .map(|(a0, a1)| [a0 as u64, a1 as u64, 7, u64::MAX, 0, 1])
-            .collect()
+            .collect();
+        // Modes and open flags in the third and fourth arguments.
+        let creat = libc::O_CREAT as u64;
+        let tmpfile = libc::O_TMPFILE as u64;
+        for (a1, a2, a3) in [
+            (0, 0o4755, 0),
+            (0, 0o755, 0o6755),
+            (creat, 0o4755, 0),
+            (creat | libc::O_WRONLY as u64, 0o2644, 0o644),
+            (tmpfile, 0o6000, 0),
+            (0, creat, 0o4755),
+            (0, creat | 1, 0o2000),
+            (0, creat, 0o755),
+            (0, tmpfile, 0o4700),
+            (0, libc::O_RDONLY as u64, 0o4755),
+        ] {
+            sets.push([u64::MAX, a1, a2, a3, 0, 0]);
+        }
+        sets
     }
 
     /// What the filters must answer on the native arch, written from the
@@ -688,9 +803,23 @@ mod tests {
         let allowed_family = [AF_UNIX, AF_INET, AF_INET6, AF_NETLINK].contains(&family);
         let raw = [AF_INET, AF_INET6].contains(&family) && [3, 10].contains(&(a1 & 0xf));
         let nr = libc::c_long::from(nr);
+        let (a2, a3) = (args[2] as u32, args[3] as u32);
+        let setid = |mode: u32| mode & 0o6000 != 0;
+        let creating = |flags: u32| flags & 0o100 != 0 || flags & 0o2000_0000 != 0;
+        let btrfs = a1 & 0xff00 == 0x9400 && ![0x4004_9409, 0x4020_940d, 0xc018_9436].contains(&a1);
+        #[cfg(target_arch = "x86_64")]
+        match nr {
+            libc::SYS_chmod | libc::SYS_mknod | libc::SYS_creat if setid(a1) => return EPERM,
+            libc::SYS_open if creating(a1) && setid(a2) => return EPERM,
+            _ => {}
+        }
         match nr {
             _ if DENIED_NUMBERS.contains(&nr) => EPERM,
-            libc::SYS_clone3 => ENOSYS,
+            libc::SYS_clone3 | libc::SYS_openat2 => ENOSYS,
+            libc::SYS_fchmod if setid(a1) => EPERM,
+            libc::SYS_fchmodat | libc::SYS_mknodat | 452 if setid(a2) => EPERM,
+            libc::SYS_openat if creating(a2) && setid(a3) => EPERM,
+            libc::SYS_ioctl if btrfs => EPERM,
             libc::SYS_clone if a0 & namespaces as u32 != 0 => EPERM,
             libc::SYS_socket if !allowed_family => EAFNOSUPPORT,
             libc::SYS_socket if raw => EPERM,
@@ -708,7 +837,10 @@ mod tests {
         let target = arch::TARGET.unwrap();
         let mut eperm = argument_rules().unwrap();
         eperm.extend(DENIED_NUMBERS.iter().map(|&nr| (nr, Vec::new())));
-        let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+        let clone3 = BTreeMap::from([
+            (libc::SYS_clone3, Vec::new()),
+            (libc::SYS_openat2, Vec::new()),
+        ]);
         vec![
             (
                 "architecture guard",
@@ -864,11 +996,17 @@ mod tests {
             libc::SYS_socket,
             libc::SYS_socketpair,
             libc::SYS_ioctl,
+            libc::SYS_openat,
+            libc::SYS_openat2,
+            libc::SYS_fchmod,
+            libc::SYS_fchmodat,
+            libc::SYS_mknodat,
         ];
         for nr in filtered {
             assert!(!DENIED_NUMBERS.contains(&nr), "{nr} has argument rules");
         }
-        assert_eq!(deny_list_entries().len(), DENIED_NUMBERS.len() + 1);
+        // clone3 and openat2 are ENOSYS in the same table.
+        assert_eq!(deny_list_entries().len(), DENIED_NUMBERS.len() + 2);
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_stockade");
 /// A state directory private to one test, removed at the end.
 pub struct Env {
     pub state: tempfile::TempDir,
+    /// Extra environment every command of this test gets.
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -24,12 +26,20 @@ impl Env {
                 .prefix("stockade-test-state")
                 .tempdir()
                 .unwrap(),
+            vars: Vec::new(),
         }
+    }
+
+    /// The same, with `key=value` in every command's environment.
+    pub fn with_env(mut self, key: &str, value: &str) -> Env {
+        self.vars.push((key.into(), value.into()));
+        self
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(BIN);
         c.env("STOCKADE_STATE_DIR", self.state.path());
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         c.stdin(Stdio::null());
         c
     }

@@ -85,7 +85,8 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
             Ok(s) => s,
             Err(e) => return fail(&mut ready, &stockade_isolate::error_chain(&e)),
         };
-        let prepared = match prepare(&start.policy, &state, &dir, slot) {
+        let place = crate::prepare::ScratchPlace::for_host();
+        let prepared = match prepare(&start.policy, &state, &dir, slot, &place) {
             Ok(p) => p,
             // The request named something unusable (a missing workspace,
             // a bind source that does not exist): the caller's mistake,
@@ -105,8 +106,14 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
         };
         let (driver, cgroup) = match create_cgroup(known, &start.id, &limits) {
             Ok(made) => made,
-            Err(e) => return fail(&mut ready, &RunError::Cgroup(e.to_string())),
+            Err(e) => {
+                if let Some(s) = &prepared.scratch {
+                    s.remove();
+                }
+                return fail(&mut ready, &RunError::Cgroup(e.to_string()));
+            }
         };
+        let scratch = &prepared.scratch;
         // Cleanup runs inside `serve`, right after the final answers go
         // out (see the end of `serve`).
         let code = serve(
@@ -121,11 +128,17 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
                     let _ = cg.destroy();
                 }
                 let _ = crate::state::remove_tree(&dir.path);
+                if let Some(s) = scratch {
+                    s.remove();
+                }
             },
         );
         // Idempotent: the cleanup above normally did this already.
         cgroup.kill_all();
         let _ = cgroup.destroy();
+        if let Some(s) = scratch {
+            s.remove();
+        }
         code
     })();
     let _ = dir.remove();
@@ -249,7 +262,10 @@ fn serve(
         start.policy.limits.clone(),
         started,
         deadline,
-        prepared.metered.clone(),
+        match &prepared.scratch {
+            Some(s) => crate::monitor::DiskSource::Quota(s.subvol.clone()),
+            None => crate::monitor::DiskSource::Walk(prepared.metered.clone()),
+        },
         Box::new(move |v, _| {
             sink.lock()
                 .unwrap_or_else(|e| e.into_inner())
