@@ -24,6 +24,7 @@ impl Daemon {
     fn start(env: &Env, extra: &[&str]) -> Daemon {
         let socket = env.state.path().join("api.sock");
         let child = Command::new(BIN)
+            .envs(env.vars.iter().map(|(k, v)| (k, v)))
             .args(["serve", "--socket", socket.to_str().unwrap(), "--state-dir"])
             .arg(env.state.path().join("state"))
             .args(extra)
@@ -814,4 +815,44 @@ fn every_exec_is_confined_by_landlock_not_only_the_first() {
     }
     c.destroy(&sb.id).unwrap();
     assert_torn_down(&env.state.path().join("state"), &[sb.id]);
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn a_deep_tree_left_by_a_dead_shim_does_not_crash_the_daemon() {
+    // Scratch in the state directory (no btrfs subvolume to delete): the
+    // daemon removes the tree itself when it reaps the dead sandbox.
+    let env = Env::new().with_env("STOCKADE_SCRATCH", "off");
+    let d = Daemon::start(&env, &[]);
+    let c = d.client();
+    let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
+    let script = "python3 -c \"import os\nos.chdir('/workspace')\nfor i in range(30000):\n os.mkdir('d'*20); os.chdir('d'*20)\nprint('made')\"";
+    assert_eq!(
+        run(&c, &sb.id, &["sh", "-c", script]),
+        (Some(0), "made\n".into())
+    );
+    let shim = shim_of(&sb.id).expect("the sandbox's shim");
+    d.kill9();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Twice: a daemon that crashed on the tree would not come up again.
+    for _ in 0..2 {
+        let d = Daemon::start(&env, &[]);
+        let all = d.client().list(&[], None).unwrap();
+        assert_eq!(
+            all.iter().filter(|s| s.state == "dead").count(),
+            1,
+            "{all:?}"
+        );
+        assert!(d.client().health().is_ok());
+        drop(d);
+    }
+    assert_torn_down(
+        &env.state.path().join("state"),
+        std::slice::from_ref(&sb.id),
+    );
 }

@@ -123,33 +123,8 @@ pub(crate) fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// `rm -rf`, tolerant of a tree that is already gone. Files the workload
-/// made read-only (or directories without write permission) do not stop
-/// host root; for other callers directories are made writable first.
+/// `rm -rf`, tolerant of a tree that is already gone, of any depth and
+/// width a workload can make (see `stockade_isolate::fsutil`).
 pub fn remove_tree(p: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(_) => {
-            make_writable(p);
-            match fs::remove_dir_all(p) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                r => r,
-            }
-        }
-    }
-}
-
-fn make_writable(p: &Path) {
-    let Ok(meta) = fs::symlink_metadata(p) else {
-        return;
-    };
-    if meta.is_dir() {
-        let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
-        if let Ok(entries) = fs::read_dir(p) {
-            for e in entries.flatten() {
-                make_writable(&e.path());
-            }
-        }
-    }
+    stockade_isolate::fsutil::remove_tree(p)
 }

@@ -555,77 +555,14 @@ fn remove(root: &Root, path: &str, recursive: bool) -> Res<()> {
         nix::unistd::UnlinkatFlags::NoRemoveDir,
     ) {
         Ok(()) => Ok(()),
-        Err(Errno::EISDIR) if recursive => remove_tree(dir.as_fd(), &name).map_err(f()),
+        Err(Errno::EISDIR) if recursive => {
+            crate::fsutil::remove_tree_at(dir.as_fd(), &name).map_err(f())
+        }
         Err(Errno::EISDIR) => {
             nix::unistd::unlinkat(&dir, name.as_c_str(), nix::unistd::UnlinkatFlags::RemoveDir)
                 .map_err(f())
         }
         Err(e) => Err(f()(e)),
-    }
-}
-
-/// Removes directory `name` in `parent` and everything below it, without
-/// recursion: it descends one directory at a time and climbs back through
-/// `..`, holding one descriptor and the names on the way down, so a tree
-/// of any depth takes bounded stack and two descriptors.
-fn remove_tree(parent: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
-    let open_dir = |at: BorrowedFd<'_>, n: &CStr| {
-        nix::fcntl::openat(
-            at,
-            n,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-    };
-    // Names from `parent` down to the directory `cur` is.
-    let mut names: Vec<CString> = vec![name.to_owned()];
-    let mut cur = open_dir(parent, name)?;
-    loop {
-        let mut sub: Option<CString> = None;
-        {
-            let copy = cur
-                .try_clone()
-                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-            let mut d = nix::dir::Dir::from_fd(copy)?;
-            for ent in d.iter() {
-                let ent = ent?;
-                let n = ent.file_name();
-                if n.to_bytes() == b"." || n.to_bytes() == b".." {
-                    continue;
-                }
-                match nix::unistd::unlinkat(&cur, n, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-                    Ok(()) | Err(Errno::ENOENT) => {}
-                    Err(Errno::EISDIR) => {
-                        sub = Some(n.to_owned());
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        if let Some(n) = sub {
-            cur = open_dir(cur.as_fd(), &n)?;
-            names.push(n);
-            continue;
-        }
-        // `cur` is empty: remove it from the level above and go there.
-        let n = names.pop().expect("the names hold the current directory");
-        if names.is_empty() {
-            return match nix::unistd::unlinkat(
-                parent,
-                n.as_c_str(),
-                nix::unistd::UnlinkatFlags::RemoveDir,
-            ) {
-                Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(e) => Err(e),
-            };
-        }
-        let up = open_dir(cur.as_fd(), c"..")?;
-        match nix::unistd::unlinkat(&up, n.as_c_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
-        cur = up;
     }
 }
 
