@@ -181,6 +181,18 @@ pub struct TaskArgs {
     /// Where to put changes.patch, stdout.log, stderr.log, report.json (default ./stockade-task-<id>/).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Bytes kept of each of the agent's stdout and stderr logs (the rest is counted, not kept).
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub log_limit: ByteSize,
+    /// Largest changes.patch; a larger diff is cut and the report says so.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub patch_limit: ByteSize,
+    /// Largest single artifact copied out (larger ones are skipped, and listed in the report).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub artifact_limit: ByteSize,
+    /// All artifacts together.
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    pub artifacts_total: ByteSize,
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// The agent command and its arguments.
@@ -219,6 +231,12 @@ impl TaskArgs {
             state_dir,
             live: true,
             keep: self.keep,
+            limits: stockade_core::task::OutputLimits {
+                log: self.log_limit.bytes(),
+                patch: self.patch_limit.bytes(),
+                artifact: self.artifact_limit.bytes(),
+                artifacts_total: self.artifacts_total.bytes(),
+            },
         })
     }
 }

@@ -335,3 +335,146 @@ exit $rc"#,
     let denied = report["network"]["denied_names"].as_array().unwrap();
     assert!(denied.iter().any(|n| n == "elsewhere.test"), "{report}");
 }
+
+/// Runs a task to its end, sampling the task process's peak memory
+/// (VmHWM) as it goes; returns the report and that peak.
+fn task_peak(
+    env: &Env,
+    repo: &Path,
+    out: &Path,
+    extra: &[&str],
+    agent: &str,
+) -> (serde_json::Value, u64) {
+    let mut args = vec![
+        "task",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["--", "sh", "-c", agent]);
+    let mut child = env
+        .cmd()
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0u64;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = s
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak = peak.max(kb * 1024);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let report = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    (report, peak)
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn an_agent_printing_gigabytes_leaves_capped_logs_and_constant_memory() {
+    let env = Env::new();
+    let repo = make_repo();
+    let out = tempfile::tempdir().unwrap();
+    let (report, peak) = task_peak(
+        &env,
+        repo.path(),
+        out.path(),
+        &["--log-limit", "1M", "--memory", "128M"],
+        "head -c 1000000000 /dev/zero; head -c 3000000 /dev/zero >&2; echo done > a.txt",
+    );
+    assert_eq!(report["stdout_bytes"], 1_000_000_000u64, "{report}");
+    assert_eq!(report["stdout_truncated"], true);
+    assert_eq!(report["stderr_bytes"], 3_000_000u64);
+    assert_eq!(report["stderr_truncated"], true);
+    for log in ["stdout.log", "stderr.log"] {
+        let len = std::fs::metadata(out.path().join(log)).unwrap().len();
+        assert_eq!(len, 1 << 20, "{log}");
+    }
+    assert!(peak < 64 << 20, "the task process peaked at {peak} bytes");
+    // The task itself still completes: the patch is there.
+    assert_eq!(report["files_changed"], 1, "{report}");
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn large_and_sparse_artifacts_are_bounded_and_a_large_patch_is_cut() {
+    let env = Env::new();
+    let repo = make_repo();
+    let out = tempfile::tempdir().unwrap();
+    // (The binary files stay out of the patch: git would spend long on a
+    // 4 GiB file.)
+    let agent = "printf 'huge.sparse\\nsmall.sparse\\nbig.bin\\n' >> .git/info/exclude; \
+                 truncate -s 4G huge.sparse; truncate -s 32M small.sparse; \
+                 printf x | dd of=small.sparse bs=1 seek=1000000 conv=notrunc 2>/dev/null; \
+                 head -c 20000000 /dev/urandom > big.bin; echo ok > fine.txt; \
+                 head -c 3000000 /dev/urandom | base64 > big.txt";
+    let (report, peak) = task_peak(
+        &env,
+        repo.path(),
+        out.path(),
+        &[
+            "--artifact-limit",
+            "64M",
+            "--artifacts-total",
+            "40M",
+            "--patch-limit",
+            "1M",
+            "--collect",
+            "*.sparse",
+            "--collect",
+            "big.bin",
+            "--collect",
+            "fine.txt",
+        ],
+        agent,
+    );
+    let skipped: Vec<String> = report["artifacts_skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    // Too large by its size, holes included; then the total is used up.
+    assert!(skipped.contains(&"huge.sparse".to_string()), "{report}");
+    assert!(skipped.contains(&"big.bin".to_string()), "{report}");
+    let artifacts = out.path().join("artifacts");
+    assert!(!artifacts.join("huge.sparse").exists());
+    // A sparse artifact within the limits stays sparse on the host.
+    use std::os::unix::fs::MetadataExt;
+    let small = std::fs::metadata(artifacts.join("small.sparse")).unwrap();
+    assert_eq!(small.len(), 32 << 20);
+    assert!(
+        small.blocks() * 512 < 1 << 20,
+        "{} bytes allocated",
+        small.blocks() * 512
+    );
+    assert_eq!(
+        std::fs::read_to_string(artifacts.join("fine.txt")).unwrap(),
+        "ok\n"
+    );
+    // The patch (4 MB of text and more) is cut at its limit.
+    assert_eq!(report["patch_truncated"], true, "{report}");
+    let patch = std::fs::metadata(out.path().join("changes.patch"))
+        .unwrap()
+        .len();
+    assert!(patch <= 1 << 20, "{patch}");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--patch-limit"),
+        "{report}"
+    );
+    assert!(peak < 64 << 20, "the task process peaked at {peak} bytes");
+}

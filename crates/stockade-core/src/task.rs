@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
@@ -41,6 +41,44 @@ pub struct TaskOptions {
     /// Keep the workspace (the clone with the agent's changes) on the host
     /// after the task, for inspection; its path is in the report.
     pub keep: bool,
+    /// How much of the agent's output, patch and artifacts lands on the
+    /// host.
+    pub limits: OutputLimits,
+}
+
+/// Bounds on what a task writes on the host: the agent's sandbox is
+/// capped, but its output is copied out, and must be too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// Bytes kept of each of the agent's stdout and stderr (the first
+    /// ones; the rest is counted and dropped).
+    pub log: u64,
+    /// Largest `changes.patch`; a larger diff is cut there and the task
+    /// says so.
+    pub patch: u64,
+    /// Largest single artifact (by size, holes included); larger ones
+    /// are not copied, and the report says why.
+    pub artifact: u64,
+    /// All artifacts together.
+    pub artifacts_total: u64,
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        OutputLimits {
+            log: 64 << 20,
+            patch: 256 << 20,
+            artifact: 256 << 20,
+            artifacts_total: 1 << 30,
+        }
+    }
+}
+
+/// An artifact that was not copied out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
 }
 
 /// A phase and how long it took.
@@ -65,6 +103,17 @@ pub struct TaskReport {
     pub lines_removed: usize,
     pub phases: Vec<Phase>,
     pub artifacts: Vec<String>,
+    /// Artifacts matched but not copied (too large for the limits).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub artifacts_skipped: Vec<Skipped>,
+    /// Bytes the agent wrote to stdout and stderr; the logs keep at most
+    /// `OutputLimits::log` of each (`*_truncated` then).
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// `changes.patch` was cut at `OutputLimits::patch`.
+    pub patch_truncated: bool,
     /// With `keep`: the host directory holding the agent's working tree
     /// (owned by the sandbox block's agent id; bind it as a workspace).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,7 +362,7 @@ fn run_phases(
     let script = "set -e; git clone -q --no-local \"$FROM\" /workspace; cd /workspace; \
          if [ -n \"$REF\" ]; then git checkout -q \"$REF\" --; fi; git rev-parse HEAD";
     let t = Instant::now();
-    let (clone, out, err) = capture(opts, within, clone_policy, &["sh", "-c", script], vec![])?;
+    let (clone, out, err) = capture_small(opts, within, clone_policy, &["sh", "-c", script])?;
     phases.push(Phase {
         name: "clone",
         seconds: t.elapsed().as_secs_f64(),
@@ -334,6 +383,12 @@ fn run_phases(
         lines_removed: 0,
         phases: Vec::new(),
         artifacts: Vec::new(),
+        artifacts_skipped: Vec::new(),
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        stdout_truncated: false,
+        stderr_truncated: false,
+        patch_truncated: false,
         kept_workspace: None,
     };
     if clone.outcome != Outcome::Exited || clone.exit_code != Some(0) || base.is_none() {
@@ -356,7 +411,10 @@ fn run_phases(
             _ => format!("cannot clone {}: {why}", opts.repo),
         });
         report.phases = phases;
-        write_outputs(opts, &report, &[], &[], &[])?;
+        for name in ["changes.patch", "stdout.log", "stderr.log"] {
+            fs::write(opts.out.join(name), b"").map_err(io(format!("write {name}")))?;
+        }
+        write_report(opts, &report)?;
         return Ok(report);
     }
     report.base_commit = base.clone();
@@ -378,12 +436,28 @@ fn run_phases(
     env.insert("STOCKADE_TASK_FILE".into(), TASK_FILE.into());
     git_identity(env);
     let t = Instant::now();
-    let (agent, out, err) = capture(
+    let to = |name: &str| -> Result<Sink, TaskError> {
+        Ok(Sink {
+            file: fs::File::create(opts.out.join(name)).map_err(io(format!("create {name}")))?,
+            cap: opts.limits.log,
+            echo: None,
+            stop_at_cap: false,
+            sparse: false,
+        })
+    };
+    let (mut out, mut err) = (to("stdout.log")?, to("stderr.log")?);
+    if opts.live {
+        out.echo = Some(1);
+        err.echo = Some(2);
+    }
+    let (agent, out_total, err_total) = capture(
         opts,
         within,
         agent_policy,
         &opts.agent.iter().map(String::as_str).collect::<Vec<_>>(),
         vec![workspace.clone()],
+        out,
+        err,
     )?;
     phases.push(Phase {
         name: "run",
@@ -391,6 +465,10 @@ fn run_phases(
         outcome: agent.outcome,
     });
     report.run = agent;
+    report.stdout_bytes = out_total;
+    report.stderr_bytes = err_total;
+    report.stdout_truncated = out_total > opts.limits.log;
+    report.stderr_truncated = err_total > opts.limits.log;
 
     // 3. Collect the patch (and artifacts) in a fresh sandbox: the agent's
     //    may be dead, and its .git is not to be trusted on the host.
@@ -403,19 +481,49 @@ fn run_phases(
         .insert("BASE".into(), base.unwrap_or_default());
     let script = "set -e; cd /workspace; export GIT_INDEX_FILE=/tmp/stockade-index; \
                   git read-tree \"$BASE\"; git add -A; git diff --cached --binary --no-color \"$BASE\"";
-    let (collect, patch, perr) = capture(
+    let patch_path = opts.out.join("changes.patch");
+    let patch_sink = Sink {
+        file: fs::File::create(&patch_path).map_err(io("create changes.patch"))?,
+        cap: opts.limits.patch,
+        echo: None,
+        stop_at_cap: true,
+        sparse: false,
+    };
+    let perr_file = tmpfile()?;
+    let perr_sink = Sink {
+        file: perr_file.try_clone().map_err(io("dup a log"))?,
+        cap: SMALL,
+        echo: None,
+        stop_at_cap: false,
+        sparse: false,
+    };
+    let (collect, patch_total, _) = capture(
         opts,
         within,
         collect_policy.clone(),
         &["sh", "-c", script],
         vec![],
+        patch_sink,
+        perr_sink,
     )?;
+    let perr = read_back(&perr_file)?;
+    report.patch_truncated = patch_total > opts.limits.patch;
     phases.push(Phase {
         name: "collect",
         seconds: t.elapsed().as_secs_f64(),
         outcome: collect.outcome,
     });
-    if collect.exit_code != Some(0) {
+    if report.patch_truncated {
+        let msg = format!(
+            "the agent's changes make a patch of more than {} bytes (the patch limit); \
+             changes.patch holds its beginning only: raise --patch-limit to get it whole",
+            opts.limits.patch
+        );
+        report.run.error = Some(match report.run.error.take() {
+            Some(e) => format!("{e}; {msg}"),
+            None => msg,
+        });
+    } else if collect.exit_code != Some(0) {
         let why = String::from_utf8_lossy(&perr).trim().to_string();
         let msg = format!("cannot collect the changes (did the agent break .git?): {why}");
         report.run.error = Some(match report.run.error.take() {
@@ -423,13 +531,15 @@ fn run_phases(
             None => msg,
         });
     }
-    let (files, added, removed) = diff_stats(&patch);
+    let (files, added, removed) = diff_stats_of(&patch_path)?;
     report.files_changed = files;
     report.lines_added = added;
     report.lines_removed = removed;
-    report.artifacts = collect_artifacts(opts, within, &collect_policy)?;
+    let (artifacts, skipped) = collect_artifacts(opts, within, &collect_policy)?;
+    report.artifacts = artifacts;
+    report.artifacts_skipped = skipped;
     report.phases = phases;
-    write_outputs(opts, &report, &patch, &out, &err)?;
+    write_report(opts, &report)?;
     progress(&format!(
         "done: {} ({} files changed, +{} -{}), results in {}",
         outcome_word(&report.run),
@@ -475,17 +585,34 @@ fn git_identity(env: &mut std::collections::BTreeMap<String, String>) {
     }
 }
 
-/// Runs one phase with stdout and stderr captured (and, for the agent,
-/// copied live to ours).
+/// Most bytes kept of a helper phase's own output (a commit id, a list
+/// of names, an error message).
+const SMALL: u64 = 1 << 20;
+
+/// Where a phase's stdout or stderr goes: up to `cap` bytes into `file`
+/// (the rest counted and dropped, or with `stop_at_cap` the stream closed
+/// there), each piece also copied to our descriptor `echo`.
+struct Sink {
+    file: fs::File,
+    cap: u64,
+    echo: Option<RawFd>,
+    stop_at_cap: bool,
+    /// Runs of zeros become holes (a sparse artifact stays sparse).
+    sparse: bool,
+}
+
+/// Runs one phase, its stdout and stderr copied into `out` and `err` by
+/// copier processes (constant memory, whatever the phase prints). Returns
+/// its report and the bytes it wrote to each stream.
 fn capture(
     opts: &TaskOptions,
     within: Option<&crate::scratch::Subvol>,
     policy: Policy,
     cmd: &[&str],
     extra_metered: Vec<PathBuf>,
-) -> Result<(Report, Vec<u8>, Vec<u8>), TaskError> {
-    let live = opts.live && !extra_metered.is_empty();
-    let logs = tempfile_pair()?;
+    out: Sink,
+    err: Sink,
+) -> Result<(Report, u64, u64), TaskError> {
     let null: OwnedFd = fs::File::open("/dev/null")
         .map_err(io("open /dev/null"))?
         .into();
@@ -497,32 +624,48 @@ fn capture(
     ro.print_violations = opts.live;
     ro.extra_metered = extra_metered;
     ro.scratch_within = within.cloned();
-    let report = if live {
-        // Copiers are processes, not threads: `run` clones the sandbox's
-        // init and must be the only thread when it does.
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let tee_out = tee(out_r, logs.0.try_clone().map_err(io("dup a log"))?, 1)?;
-        let tee_err = tee(err_r, logs.1.try_clone().map_err(io("dup a log"))?, 2)?;
-        ro.stdio = Some([null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]);
-        let report = run(&ro);
-        drop((out_w, err_w));
-        let _ = nix::sys::wait::waitpid(tee_out, None);
-        let _ = nix::sys::wait::waitpid(tee_err, None);
-        report
-    } else {
-        ro.stdio = Some([null.as_raw_fd(), logs.0.as_raw_fd(), logs.1.as_raw_fd()]);
-        run(&ro)
+    // Copiers are processes, not threads: `run` clones the sandbox's init
+    // and must be the only thread when it does.
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let out_copier = copier(out_r, out)?;
+    let err_copier = copier(err_r, err)?;
+    ro.stdio = Some([null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]);
+    let report = run(&ro);
+    drop((out_w, err_w));
+    Ok((report, out_copier.wait(), err_copier.wait()))
+}
+
+/// [`capture`] for a helper phase whose small output the task reads.
+fn capture_small(
+    opts: &TaskOptions,
+    within: Option<&crate::scratch::Subvol>,
+    policy: Policy,
+    cmd: &[&str],
+) -> Result<(Report, Vec<u8>, Vec<u8>), TaskError> {
+    let (out, err) = (tmpfile()?, tmpfile()?);
+    let sink = |f: &fs::File| -> Result<Sink, TaskError> {
+        Ok(Sink {
+            file: f.try_clone().map_err(io("dup a log"))?,
+            cap: SMALL,
+            echo: None,
+            stop_at_cap: false,
+            sparse: false,
+        })
     };
-    let read = |mut f: &fs::File| -> Result<Vec<u8>, TaskError> {
-        use std::io::Seek;
-        let mut v = Vec::new();
-        f.seek(std::io::SeekFrom::Start(0))
-            .map_err(io("rewind a log"))?;
-        f.read_to_end(&mut v).map_err(io("read a log"))?;
-        Ok(v)
-    };
-    Ok((report, read(&logs.0)?, read(&logs.1)?))
+    let (report, _, _) = capture(opts, within, policy, cmd, vec![], sink(&out)?, sink(&err)?)?;
+    Ok((report, read_back(&out)?, read_back(&err)?))
+}
+
+fn read_back(mut f: &fs::File) -> Result<Vec<u8>, TaskError> {
+    use std::io::Seek;
+    let mut v = Vec::new();
+    f.seek(std::io::SeekFrom::Start(0))
+        .map_err(io("rewind a log"))?;
+    f.take(SMALL)
+        .read_to_end(&mut v)
+        .map_err(io("read a log"))?;
+    Ok(v)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), TaskError> {
@@ -532,25 +675,41 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), TaskError> {
     })
 }
 
-/// Two anonymous files (already unlinked) for a phase's stdout and stderr.
-fn tempfile_pair() -> Result<(fs::File, fs::File), TaskError> {
-    let make = || {
-        let f = nix::fcntl::open(
-            "/tmp",
-            nix::fcntl::OFlag::O_TMPFILE | nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| TaskError::Io {
-            what: "create a log file".into(),
-            source: e.into(),
-        })?;
-        Ok::<_, TaskError>(fs::File::from(f))
-    };
-    Ok((make()?, make()?))
+/// An anonymous file (already unlinked) for a phase's small output.
+fn tmpfile() -> Result<fs::File, TaskError> {
+    let f = nix::fcntl::open(
+        "/tmp",
+        nix::fcntl::OFlag::O_TMPFILE | nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| TaskError::Io {
+        what: "create a log file".into(),
+        source: e.into(),
+    })?;
+    Ok(fs::File::from(f))
 }
 
-/// A child process copying `from` to `log` and to our descriptor `echo`.
-fn tee(from: OwnedFd, mut log: fs::File, echo: i32) -> Result<nix::unistd::Pid, TaskError> {
+/// A copier process and the pipe on which it reports its total.
+struct Copier {
+    pid: nix::unistd::Pid,
+    total: OwnedFd,
+}
+
+impl Copier {
+    /// Waits for the copier; returns how many bytes it saw.
+    fn wait(self) -> u64 {
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+        let mut b = [0u8; 8];
+        match nix::unistd::read(&self.total, &mut b) {
+            Ok(8) => u64::from_le_bytes(b),
+            _ => 0,
+        }
+    }
+}
+
+/// Starts a child process copying `from` into `sink`.
+fn copier(from: OwnedFd, sink: Sink) -> Result<Copier, TaskError> {
+    let (total_r, total_w) = pipe()?;
     // SAFETY: the caller is single-threaded (the task runs its phases one
     // after another on one thread), and the child only reads, writes and
     // exits.
@@ -559,56 +718,138 @@ fn tee(from: OwnedFd, mut log: fs::File, echo: i32) -> Result<nix::unistd::Pid, 
             what: "fork an output copier".into(),
             source: e.into(),
         }),
-        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child),
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Copier {
+            pid: child,
+            total: total_r,
+        }),
         Ok(nix::unistd::ForkResult::Child) => {
-            // Hold nothing but our pipe and log: a copy of another pipe's
-            // write end would keep that pipe from ever reaching its end.
-            stockade_isolate::sys::close_fds_from(3, &[from.as_raw_fd(), log.as_raw_fd()]);
-            let mut f = fs::File::from(from);
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = f.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let _ = log.write_all(&buf[..n]);
-                // SAFETY: plain write to a descriptor the process has.
-                let _ = unsafe { libc::write(echo, buf.as_ptr().cast(), n) };
-            }
+            // Hold nothing but our pipe, file and report pipe: a copy of
+            // another pipe's write end would keep that pipe from ever
+            // reaching its end.
+            let keep = [
+                from.as_raw_fd(),
+                sink.file.as_raw_fd(),
+                total_w.as_raw_fd(),
+                sink.echo.unwrap_or(-1),
+            ];
+            stockade_isolate::sys::close_fds_from(3, &keep);
+            let total = copy_capped(fs::File::from(from), sink);
+            let _ = nix::unistd::write(&total_w, &total.to_le_bytes());
             // SAFETY: leave without running the parent's destructors.
             unsafe { libc::_exit(0) }
         }
     }
 }
 
-/// Files changed and lines added/removed, read from the patch text.
-pub fn diff_stats(patch: &[u8]) -> (usize, usize, usize) {
-    let (mut files, mut added, mut removed) = (0, 0, 0);
-    let mut in_binary = false;
-    for line in patch.split(|&b| b == b'\n') {
-        if line.starts_with(b"diff --git ") {
-            files += 1;
-            in_binary = false;
-        } else if line.starts_with(b"GIT binary patch") {
-            in_binary = true;
-        } else if in_binary || line.starts_with(b"+++") || line.starts_with(b"---") {
-        } else if line.starts_with(b"+") {
-            added += 1;
-        } else if line.starts_with(b"-") {
-            removed += 1;
+/// The copier's work; returns the bytes read from `from`.
+fn copy_capped(mut from: fs::File, mut sink: Sink) -> u64 {
+    use std::io::Seek;
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut total, mut kept) = (0u64, 0u64);
+    let mut hole_at_end = false;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        total += n as u64;
+        if let Some(fd) = sink.echo {
+            // SAFETY: plain write to a descriptor the process has.
+            let _ = unsafe { libc::write(fd, buf.as_ptr().cast(), n) };
+        }
+        let room = sink.cap.saturating_sub(kept) as usize;
+        let piece = &buf[..n.min(room)];
+        if !piece.is_empty() {
+            let zeros = sink.sparse && piece.iter().all(|&b| b == 0);
+            let done = if zeros {
+                sink.file
+                    .seek(std::io::SeekFrom::Current(piece.len() as i64))
+                    .map(drop)
+            } else {
+                sink.file.write_all(piece)
+            };
+            if done.is_err() {
+                break;
+            }
+            hole_at_end = zeros;
+            kept += piece.len() as u64;
+        }
+        if n > room && sink.stop_at_cap {
+            // Past the cap: closing the pipe stops the writer (SIGPIPE).
+            total += 1;
+            break;
         }
     }
-    (files, added, removed)
+    if hole_at_end {
+        let _ = sink.file.set_len(kept);
+    }
+    total
+}
+
+/// [`diff_stats`] of a patch file, read a line at a time.
+fn diff_stats_of(path: &Path) -> Result<(usize, usize, usize), TaskError> {
+    use std::io::BufRead;
+    let f = fs::File::open(path).map_err(io("read changes.patch"))?;
+    let mut r = std::io::BufReader::new(f);
+    let mut stats = DiffStats::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => stats.line(line.strip_suffix(b"\n").unwrap_or(&line)),
+            Err(e) => return Err(io("read changes.patch")(e)),
+        }
+    }
+    Ok((stats.files, stats.added, stats.removed))
+}
+
+#[derive(Default)]
+struct DiffStats {
+    files: usize,
+    added: usize,
+    removed: usize,
+    in_binary: bool,
+}
+
+impl DiffStats {
+    fn line(&mut self, line: &[u8]) {
+        if line.starts_with(b"diff --git ") {
+            self.files += 1;
+            self.in_binary = false;
+        } else if line.starts_with(b"GIT binary patch") {
+            self.in_binary = true;
+        } else if self.in_binary || line.starts_with(b"+++") || line.starts_with(b"---") {
+        } else if line.starts_with(b"+") {
+            self.added += 1;
+        } else if line.starts_with(b"-") {
+            self.removed += 1;
+        }
+    }
+}
+
+/// Files changed and lines added/removed, read from the patch text.
+pub fn diff_stats(patch: &[u8]) -> (usize, usize, usize) {
+    let mut stats = DiffStats::default();
+    for line in patch.split(|&b| b == b'\n') {
+        stats.line(line);
+    }
+    (stats.files, stats.added, stats.removed)
 }
 
 /// Copies files matching the `--collect` globs out of the workspace, one
-/// sandboxed `cat` each; names are checked to stay inside `artifacts/`.
+/// sandboxed `cat` each, streamed into place within the output limits
+/// (holes kept); names are checked to stay inside `artifacts/`. Returns
+/// the names copied and those skipped, with why.
 fn collect_artifacts(
     opts: &TaskOptions,
     within: Option<&crate::scratch::Subvol>,
     policy: &Policy,
-) -> Result<Vec<String>, TaskError> {
+) -> Result<(Vec<String>, Vec<Skipped>), TaskError> {
     if opts.collect.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let globs = opts
         .collect
@@ -616,18 +857,27 @@ fn collect_artifacts(
         .map(|g| shell_quote_glob(g))
         .collect::<Vec<_>>()
         .join(" ");
+    // Each match as NAME, NUL, its size, NUL.
     let list = format!(
-        "cd /workspace; for p in {globs}; do [ -f \"$p\" ] && printf '%s\\0' \"$p\"; done; true"
+        "cd /workspace; for p in {globs}; do [ -f \"$p\" ] && printf '%s\\0%s\\0' \"$p\" \"$(stat -c %s -- \"$p\")\"; done; true"
     );
-    let (_, names, _) = capture(opts, within, policy.clone(), &["sh", "-c", &list], vec![])?;
+    let (_, listed, _) = capture_small(opts, within, policy.clone(), &["sh", "-c", &list])?;
     let dir = opts.out.join("artifacts");
     let mut got = Vec::new();
-    for name in names
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
-        .take(1000)
-    {
+    let mut skipped = Vec::new();
+    let mut total = 0u64;
+    let mut fields = listed.split(|&b| b == 0);
+    let mut seen = 0;
+    while let (Some(name), Some(size)) = (fields.next(), fields.next()) {
+        if name.is_empty() || seen == 1000 {
+            break;
+        }
+        seen += 1;
         let name = String::from_utf8_lossy(name).into_owned();
+        let size: u64 = String::from_utf8_lossy(size)
+            .trim()
+            .parse()
+            .unwrap_or(u64::MAX);
         let rel = Path::new(&name);
         if rel.is_absolute()
             || rel
@@ -636,24 +886,67 @@ fn collect_artifacts(
         {
             continue;
         }
-        let (r, bytes, _) = capture(
-            opts,
-            within,
-            policy.clone(),
-            &["cat", "--", &format!("/workspace/{name}")],
-            vec![],
-        )?;
-        if r.exit_code != Some(0) {
+        let mut skip = |reason: String| {
+            skipped.push(Skipped {
+                name: name.clone(),
+                reason,
+            })
+        };
+        if size > opts.limits.artifact {
+            skip(format!(
+                "{size} bytes, more than the artifact limit of {} (--artifact-limit)",
+                opts.limits.artifact
+            ));
+            continue;
+        }
+        if total + size > opts.limits.artifacts_total {
+            skip(format!(
+                "the artifacts would pass their total limit of {} (--artifacts-total)",
+                opts.limits.artifacts_total
+            ));
             continue;
         }
         let dst = dir.join(rel);
         if let Some(parent) = dst.parent() {
             fs::create_dir_all(parent).map_err(io("create the artifacts directory"))?;
         }
-        fs::write(&dst, bytes).map_err(io(format!("write {}", dst.display())))?;
+        let sink = Sink {
+            file: fs::File::create(&dst).map_err(io(format!("write {}", dst.display())))?,
+            // Not more than it said it was: a file that grows is cut off.
+            cap: size,
+            echo: None,
+            stop_at_cap: true,
+            sparse: true,
+        };
+        let err = Sink {
+            file: tmpfile()?,
+            cap: SMALL,
+            echo: None,
+            stop_at_cap: false,
+            sparse: false,
+        };
+        let (r, copied, _) = capture(
+            opts,
+            within,
+            policy.clone(),
+            &["cat", "--", &format!("/workspace/{name}")],
+            vec![],
+            sink,
+            err,
+        )?;
+        if r.exit_code != Some(0) || copied > size {
+            let _ = fs::remove_file(&dst);
+            skip(if copied > size {
+                "it grew while it was being copied".into()
+            } else {
+                "it could not be read in the sandbox".into()
+            });
+            continue;
+        }
+        total += size;
         got.push(name);
     }
-    Ok(got)
+    Ok((got, skipped))
 }
 
 /// Quotes a glob for `sh` so only `*`, `?` and `[...]` stay special.
@@ -672,21 +965,9 @@ fn shell_quote_glob(g: &str) -> String {
     out
 }
 
-fn write_outputs(
-    opts: &TaskOptions,
-    report: &TaskReport,
-    patch: &[u8],
-    out: &[u8],
-    err: &[u8],
-) -> Result<(), TaskError> {
-    let w = |name: &str, data: &[u8]| {
-        fs::write(opts.out.join(name), data).map_err(io(format!("write {name}")))
-    };
-    w("changes.patch", patch)?;
-    w("stdout.log", out)?;
-    w("stderr.log", err)?;
+fn write_report(opts: &TaskOptions, report: &TaskReport) -> Result<(), TaskError> {
     let json = serde_json::to_vec_pretty(report).map_err(|e| TaskError::Invalid(e.to_string()))?;
-    w("report.json", &json)
+    fs::write(opts.out.join("report.json"), json).map_err(io("write report.json"))
 }
 
 #[cfg(test)]

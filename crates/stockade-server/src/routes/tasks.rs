@@ -43,6 +43,16 @@ pub struct TaskBody {
     /// inspection (its id appears as `sandbox_id`; destroy it when done).
     #[serde(default)]
     pub keep: bool,
+    /// Output limits (`stockade task --log-limit` and the like): sizes
+    /// such as "64M"; the defaults when absent.
+    #[serde(default)]
+    pub log_limit: Option<stockade_policy::ByteSize>,
+    #[serde(default)]
+    pub patch_limit: Option<stockade_policy::ByteSize>,
+    #[serde(default)]
+    pub artifact_limit: Option<stockade_policy::ByteSize>,
+    #[serde(default)]
+    pub artifacts_total: Option<stockade_policy::ByteSize>,
 }
 
 fn runs_dir(state: &AppState) -> PathBuf {
@@ -184,6 +194,16 @@ pub async fn create(
     }
     if body.keep {
         cmd.arg("--keep");
+    }
+    for (flag, size) in [
+        ("--log-limit", body.log_limit),
+        ("--patch-limit", body.patch_limit),
+        ("--artifact-limit", body.artifact_limit),
+        ("--artifacts-total", body.artifacts_total),
+    ] {
+        if let Some(size) = size {
+            cmd.arg(flag).arg(size.to_string());
+        }
     }
     cmd.arg("--").args(&body.cmd);
     let child = cmd
