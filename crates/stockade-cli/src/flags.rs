@@ -65,6 +65,13 @@ pub struct GcArgs {
     /// (`STOCKADE_NS_POOL_DIR`, default /run/stockade/nspool).
     #[arg(long)]
     pub drain_pool: bool,
+    /// Also unmount the scratch filesystem and remove its image (it is
+    /// made afresh on the next run); refused while sandboxes use it.
+    #[arg(long)]
+    pub reset_scratch: bool,
+    /// Also delete the workspaces `stockade task --keep` kept.
+    #[arg(long)]
+    pub drop_kept: bool,
 }
 
 /// Flags that set the sandbox's policy; shared by `run` and `task`.

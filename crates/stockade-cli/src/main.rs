@@ -116,6 +116,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if orphans > 0 {
                 println!("released {orphans} namespace pair(s) left claimed by dead supervisors");
             }
+            if args.drop_kept {
+                if let Some(fs) = stockade_core::scratch::ScratchFs::existing() {
+                    let gone = fs.collect(&stockade_isolate::slots::dir(), true);
+                    println!("deleted {} kept task workspace(s)", gone.len());
+                }
+            }
+            if args.reset_scratch {
+                if let Some(fs) = stockade_core::scratch::ScratchFs::existing() {
+                    fs.reset(&stockade_isolate::slots::dir())?;
+                    println!("unmounted the scratch filesystem; it is made afresh on the next run");
+                }
+            }
             if args.drain_pool {
                 let n = stockade_isolate::nspool::drain(
                     &stockade_isolate::nspool::dir(),

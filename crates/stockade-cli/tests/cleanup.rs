@@ -38,7 +38,7 @@ fn a_tree_deeper_than_path_max_goes_with_the_sandbox() {
         let out = env.sh(&DEEP.replace("- <<'PY'", &format!("- {levels} <<'PY'")));
         assert!(stdout(&out).contains("made"), "{}", stderr(&out));
         assert!(
-            eventually(|| left_in(&env).is_empty()),
+            eventually_for(120, || left_in(&env).is_empty()),
             "left behind with STOCKADE_SCRATCH={scratch}: {:?}",
             left_in(&env)
         );
@@ -65,7 +65,7 @@ fn gc_removes_a_deep_tree_left_by_a_killed_supervisor() {
     assert_eq!(line.trim(), "made");
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(eventually(|| {
+    assert!(eventually_for(120, || {
         let out = env.cmd().arg("gc").output().unwrap();
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         left_in(&env).is_empty()

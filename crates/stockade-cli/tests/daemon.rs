@@ -715,6 +715,16 @@ fn tasks_run_through_the_daemon_with_phase_events() {
         (Some(0), "one\nkept\n".into())
     );
     c.destroy(&sid).unwrap();
+    // Kept workspaces stay until dropped.
+    let out = Command::new(BIN)
+        .args(["gc", "--drop-kept"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("kept task workspace"),
+        "{}",
+        stdout(&out)
+    );
     let (status, err) = raw_json(
         &c,
         "POST",
@@ -851,6 +861,15 @@ fn a_deep_tree_left_by_a_dead_shim_does_not_crash_the_daemon() {
         assert!(d.client().health().is_ok());
         drop(d);
     }
+    // The daemon removes the tree in the background; `gc` finishes it
+    // whatever the daemon got to.
+    let out = Command::new(BIN)
+        .args(["gc"])
+        .env("STOCKADE_STATE_DIR", env.state.path().join("state"))
+        .env("STOCKADE_SCRATCH", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_torn_down(
         &env.state.path().join("state"),
         std::slice::from_ref(&sb.id),

@@ -2,13 +2,14 @@
 //! sandbox, its TUN device and the egress stack in the supervisor.
 //!
 //! Network safety: every test first moves its own thread into a fresh
-//! network namespace that has only `lo` ([`isolate`]), and puts its test
-//! hosts on that `lo` (203.0.113.x, a documentation range, stands for
-//! public servers; 10.99.0.x for private ones). The supervisor runs in that
-//! namespace (it is a child of this thread), so everything the sandbox is
-//! allowed to reach is a test host; nothing leaves for the machine's own
-//! network. The sandbox's 127.0.0.1 is its own loopback, which is why test
-//! hosts are not on 127/8.
+//! network namespace that has only `lo` ([`isolate`]); the supervisor runs
+//! there (it is a child of this thread). Test hosts (203.0.113.x, a
+//! documentation range, stands for public servers; 10.99.0.x for private
+//! ones) live in a second fresh namespace joined to it by a veth pair, not
+//! on the supervisor's own interfaces, which the egress filter refuses.
+//! Everything the sandbox is allowed to reach is a test host; nothing
+//! leaves for the machine's own network. The sandbox's 127.0.0.1 is its
+//! own loopback, which is why test hosts are not on 127/8.
 
 mod common;
 
@@ -28,9 +29,19 @@ const PRIVATE: &str = "10.99.0.1";
 /// `curl --max-time`: a refusal must come well before it.
 const MAX_TIME: u64 = 10;
 
+/// The test hosts' namespace (a thread stays parked in it): a descriptor
+/// of it, which threads join to bind sockets there.
+struct HostsNs {
+    fd: std::os::fd::OwnedFd,
+}
+
+static HOSTS: std::sync::OnceLock<HostsNs> = std::sync::OnceLock::new();
+
 /// Moves the calling thread into a new network namespace with only `lo`
-/// up and `hosts` on it. Servers and `stockade` started from this thread
-/// afterwards live there too.
+/// up, and puts `hosts` in a second one joined to it by a veth pair
+/// (192.0.2.1 here, 192.0.2.2 there), with a route to each. Servers are
+/// bound there with [`in_hosts`]; `stockade` started from this thread
+/// runs here.
 fn isolate(hosts: &[&str]) {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -40,9 +51,48 @@ fn isolate(hosts: &[&str]) {
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
     sh("ip link set lo up");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: unshare affects only this thread's namespaces.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let fd: std::os::fd::OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
+            .unwrap()
+            .into();
+        tx.send((tid, fd)).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    let (tid, fd) = rx.recv().unwrap();
+    let inside = |cmd: &str| sh(&format!("nsenter --net=/proc/{tid}/ns/net {cmd}"));
+    sh("ip link add stk-a type veth peer name stk-b");
+    sh(&format!("ip link set stk-b netns {tid}"));
+    sh("ip addr add 192.0.2.1/30 dev stk-a && ip link set stk-a up");
+    inside("ip link set lo up");
+    inside("ip addr add 192.0.2.2/30 dev stk-b");
+    inside("ip link set stk-b up");
     for h in hosts {
-        sh(&format!("ip addr add {h}/32 dev lo"));
+        inside(&format!("ip addr add {h}/32 dev lo"));
+        sh(&format!("ip route add {h}/32 via 192.0.2.2 dev stk-a"));
     }
+    assert!(HOSTS.set(HostsNs { fd }).is_ok(), "isolate() twice");
+}
+
+/// Runs `f` on a thread in the test hosts' namespace.
+fn in_hosts<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = HOSTS.get().expect("isolate() first");
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&ns.fd);
+    std::thread::spawn(move || {
+        // SAFETY: setns on a namespace descriptor that lives as long as
+        // the process; it changes only this new thread's namespace.
+        let rc = unsafe { libc::setns(raw, libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
 }
 
 fn sh(cmd: &str) -> String {
@@ -65,7 +115,8 @@ struct Server {
 
 impl Server {
     fn start(addr: &str, port: u16, body: &'static str) -> Server {
-        let listener = TcpListener::bind((addr, port)).unwrap();
+        let a = addr.to_string();
+        let listener = in_hosts(move || TcpListener::bind((a.as_str(), port)).unwrap());
         let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
         let seen = hosts.clone();
         // Lives until the test process ends, in the test's namespace.
@@ -323,7 +374,7 @@ fn open_mode_reaches_public_addresses_by_ip() {
 #[ignore = "needs root: network namespaces"]
 fn udp_to_a_test_host_is_dropped() {
     isolate(&[PUBLIC]);
-    let sock = UdpSocket::bind((PUBLIC, 5353)).unwrap();
+    let sock = in_hosts(|| UdpSocket::bind((PUBLIC, 5353)).unwrap());
     sock.set_read_timeout(Some(Duration::from_millis(1500)))
         .unwrap();
     let env = Env::new();
@@ -674,4 +725,90 @@ fn network_flags_are_checked_before_anything_runs() {
             stderr(&out)
         );
     }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn first_bytes_that_do_not_prove_an_allowed_name_reach_nothing() {
+    isolate(&[PUBLIC]);
+    let server = Server::start(PUBLIC, 8080, "secret");
+    let env = Env::new();
+    // Raw requests from inside a real sandbox, each built to pass an
+    // allowed address off as another site (or as no site at all).
+    let py = r#"
+import socket
+attacks = [
+    b"GET / HTTP/1.1\r\nX: a\nHost: other.test\r\n\r\n",
+    b"PROPFIND / HTTP/1.1\r\nHost: other.test\r\n\r\n",
+    b"get / HTTP/1.1\r\nHost: other.test\r\n\r\n",
+    b"GET http://other.test/ HTTP/1.1\r\nHost: good.test\r\n\r\n",
+    b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",
+]
+for a in attacks:
+    s = socket.create_connection(("good.test", 8080), timeout=5)
+    try:
+        s.sendall(a)
+        got = s.recv(64)
+    except OSError:
+        got = b""
+    print(("answered " + repr(got[:60])) if got else "refused", flush=True)
+"#;
+    let log = env.state.path().join("net.jsonl");
+    let mut args = GOOD.to_vec();
+    args.extend_from_slice(&["--net-log", log.to_str().unwrap()]);
+    let (out, _) = run_sh(&env, &args, &format!("/usr/bin/python3 -c '{py}'"));
+    let text = stdout(&out);
+    assert_eq!(text.matches("refused").count(), 7, "{text}{}", stderr(&out));
+    assert!(
+        server.requests().is_empty(),
+        "the server was reached: {:?}",
+        server.requests()
+    );
+    let events = read_log(&log);
+    for reason in ["malformed", "no-name", "sni-mismatch"] {
+        assert!(
+            has_event(&events, |e| e["verdict"] == "deny" && e["reason"] == reason),
+            "no {reason} denial: {events:?}"
+        );
+    }
+    // A proper request still works.
+    let (out, _) = run_sh(&env, GOOD, &curl("http://good.test:8080/"));
+    assert!(stdout(&out).contains("secret"), "{}", stderr(&out));
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn no_mode_reaches_the_supervisors_own_addresses() {
+    isolate(&[PUBLIC]);
+    // A host service bound to every address of the supervisor's namespace
+    // (its end of the veth pair is 192.0.2.1).
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reached = Arc::new(Mutex::new(0));
+    let r = reached.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            *r.lock().unwrap() += 1;
+            drop(c);
+        }
+    });
+    let env = Env::new();
+    let url = curl(&format!("http://192.0.2.1:{port}/"));
+    for mode in [&["--net", "open"][..], &["--net", "allowlist"][..]] {
+        let (out, _) = run_sh(&env, mode, &url);
+        assert_eq!(code(&out), 7, "{mode:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("own-address") || mode[1] == "allowlist",
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(*reached.lock().unwrap(), 0, "a host service was reached");
+    // Named by a CIDR rule, it is reachable.
+    let rule = format!("192.0.2.1/32:{port}");
+    let (out, _) = run_sh(&env, &["--net", "allowlist", "--allow-cidr", &rule], &url);
+    assert_ne!(code(&out), 7, "{}", stderr(&out));
+    assert!(eventually(|| *reached.lock().unwrap() == 1));
 }

@@ -147,7 +147,7 @@ fn policy_file_sets_everything_and_flags_override() {
     let policy = dir.path().join("p.toml");
     std::fs::write(
         &policy,
-        "[limits]\nmemory = \"256M\"\ntimeout = \"1s\"\n[process]\nhostname = \"from-file\"\nenv = { A = \"1\" }\n",
+        "[limits]\nmemory = \"256M\"\ntimeout = \"3s\"\n[process]\nhostname = \"from-file\"\nenv = { A = \"1\" }\n",
     )
     .unwrap();
     let p = policy.to_str().unwrap();
@@ -157,7 +157,7 @@ fn policy_file_sets_everything_and_flags_override() {
         "--",
         "sh",
         "-c",
-        "hostname; echo $A; sleep 5",
+        "hostname; echo $A; sleep 60",
     ]);
     assert_eq!(stdout(&out), "from-file\n1\n");
     assert_eq!(report["outcome"], "timeout");
@@ -331,9 +331,10 @@ fn run_returns_before_the_teardown_and_holds_nothing_of_the_caller() {
     use std::io::Read;
     use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::process::CommandExt;
-    let env = Env::new();
     // Many files in the scratch workspace make removing the sandbox
-    // directory take a good while after the command has ended.
+    // directory take a good while after the command has ended (with the
+    // scratch in the state directory: deleting a btrfs subvolume is fast).
+    let env = Env::new().with_env("STOCKADE_SCRATCH", "off");
     let script = "cd /workspace && seq 1 30000 | xargs touch && echo made";
     let (extra_r, extra_w) = nix::unistd::pipe().unwrap();
     let extra_w_raw = extra_w.as_raw_fd();

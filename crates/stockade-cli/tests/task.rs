@@ -280,7 +280,8 @@ fn hostile_repository_and_agent_cannot_touch_the_host() {
 fn remote_repository_is_cloned_through_the_egress_policy() {
     // Network safety: everything below runs in a fresh network namespace
     // (unshare --net); the git server listens on a documentation address
-    // added to that namespace's own loopback.
+    // in a second one (joined by a veth pair), not on the supervisor's own
+    // interfaces, which the egress filter refuses.
     let env = Env::new();
     let base = tempfile::tempdir().unwrap();
     let src = make_repo();
@@ -299,14 +300,21 @@ fn remote_repository_is_cloned_through_the_egress_policy() {
     let script = format!(
         r#"set -e
 ip link set lo up
-ip addr add 203.0.113.20/32 dev lo
-git daemon --reuseaddr --export-all --base-path={base} --listen=203.0.113.20 --port=9418 --detach --pid-file={base}/pid
+unshare --net sleep 600 &
+hosts=$!
+sleep 0.2
+ip link add stk-a type veth peer name stk-b
+ip link set stk-b netns $hosts
+ip addr add 192.0.2.1/30 dev stk-a && ip link set stk-a up
+nsenter --net=/proc/$hosts/ns/net sh -c 'ip link set lo up; ip addr add 192.0.2.2/30 dev stk-b; ip link set stk-b up; ip addr add 203.0.113.20/32 dev lo'
+ip route add 203.0.113.20/32 via 192.0.2.2 dev stk-a
+nsenter --net=/proc/$hosts/ns/net git daemon --reuseaddr --export-all --base-path={base} --listen=203.0.113.20 --port=9418 --detach --pid-file={base}/pid
 for i in $(seq 100); do (exec 3<>/dev/tcp/203.0.113.20/9418) 2>/dev/null && break; sleep 0.05; done
 set +e
 {bin} task --repo git://gitserver.test/repo.git --map-host gitserver.test=203.0.113.20 --out {out} \
   -- sh -c 'echo remote >> a.txt; getent hosts elsewhere.test && echo LEAK; true'
 rc=$?
-kill "$(cat {base}/pid)"
+kill "$(cat {base}/pid)" $hosts
 exit $rc"#,
         base = base.path().display(),
         bin = BIN,

@@ -170,6 +170,11 @@ pub trait Backend: Send + Sync {
     /// The final report a dead sandbox left, if any; also removes its
     /// leftovers (cgroup, directories).
     fn reap(&self, id: &str) -> Option<Report>;
+    /// The final report a dead sandbox left, without collecting anything
+    /// (fast; `reap` does the rest later). The default reaps.
+    fn leftover_report(&self, id: &str) -> Option<Report> {
+        self.reap(id)
+    }
     /// The daemon is stopping: release what the backend keeps for future
     /// sandboxes (the shim backend's pool of idle shims). Running
     /// sandboxes are left alone.

@@ -52,7 +52,7 @@ pub fn collect(state: &StateDir, cgroups: Option<&Driver>) -> GcSummary {
             if let Some(cg) = cgroups.and_then(|d| d.open_existing(&id)) {
                 let _ = cg.destroy();
             }
-            if remove_tree(&path).is_ok() {
+            if remove_keeping_lock_last(&path).is_ok() {
                 summary.sandboxes.push(id);
             }
         }
@@ -91,6 +91,26 @@ pub fn collect(state: &StateDir, cgroups: Option<&Driver>) -> GcSummary {
         summary.scratch = fs.collect(&stockade_isolate::slots::dir(), false);
     }
     summary
+}
+
+/// Removes a stale sandbox directory with its `lock` file last: a
+/// removal cut short (a killed cleaner, a daemon stopping) leaves a
+/// directory that still has its lock, which the next collection takes
+/// for stale again, rather than one without, which it would take for a
+/// sandbox being created and leave for a minute.
+fn remove_keeping_lock_last(dir: &std::path::Path) -> std::io::Result<()> {
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries.flatten() {
+                if e.file_name() != "lock" {
+                    remove_tree(&e.path())?;
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    remove_tree(dir)
 }
 
 #[cfg(test)]

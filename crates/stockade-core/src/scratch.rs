@@ -75,6 +75,11 @@ const BTRFS_IOC_QUOTA_CTL: u64 = ioc(IOW | IOR, 40, 16);
 const BTRFS_IOC_QGROUP_CREATE: u64 = ioc(IOW, 42, 16);
 const BTRFS_IOC_QGROUP_LIMIT: u64 = ioc(IOR, 43, 48);
 const BTRFS_QUOTA_CTL_ENABLE: u64 = 1;
+/// Simple quotas (Linux 6.7+): usage is charged to the subvolume that
+/// allocates an extent, with no back-reference walks, so deleting a large
+/// subvolume never leaves the accounting inconsistent (and the limits
+/// unenforced).
+const BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA: u64 = 4;
 const BTRFS_QGROUP_LIMIT_MAX_RFER: u64 = 1;
 const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
 
@@ -164,7 +169,7 @@ impl ScratchFs {
         }
         let root = PathBuf::from(MOUNT);
         if let Some(fs) = Self::mounted(&root) {
-            return Ok(fs);
+            return fs.usable();
         }
         if !nix::unistd::geteuid().is_root() {
             return Err(ScratchError::Unavailable(
@@ -181,7 +186,7 @@ impl ScratchFs {
             .map_err(io_err("create /run/stockade-scratch.lock"))?;
         crate::state::flock(&lock, libc::LOCK_EX).map_err(io_err("lock the scratch set-up"))?;
         if let Some(fs) = Self::mounted(&root) {
-            return Ok(fs);
+            return fs.usable();
         }
         make_and_mount(&root)?;
         Self::mounted(&root).ok_or_else(|| {
@@ -189,6 +194,18 @@ impl ScratchFs {
                 "{MOUNT} was set up but is not a btrfs mount with quotas; see `stockade doctor`"
             ))
         })
+    }
+
+    fn usable(self) -> Result<ScratchFs, ScratchError> {
+        if self.consistent() {
+            Ok(self)
+        } else {
+            Err(ScratchError::Unavailable(format!(
+                "the quota accounting of the scratch filesystem {MOUNT} is inconsistent, so it \
+                 would not enforce disk limits; run `stockade gc --reset-scratch` once no sandbox \
+                 runs"
+            )))
+        }
     }
 
     /// The scratch filesystem if it is mounted already (nothing is made).
@@ -218,7 +235,51 @@ impl ScratchFs {
             root: root.to_path_buf(),
             fsid,
         };
-        fs.qgroups_dir().is_dir().then_some(fs)
+        let q = fs.qgroups_dir();
+        if !q.is_dir() {
+            return None;
+        }
+        // Full qgroups (kernels without simple quotas): account the drop
+        // of every deleted subvolume, however deep its tree, rather than
+        // mark the accounting inconsistent, which would leave the limits
+        // unenforced until a rescan.
+        if fs::read_to_string(q.join("mode")).is_ok_and(|m| m.trim() == "qgroup") {
+            let _ = fs::write(q.join("drop_subtree_threshold"), "8");
+        }
+        Some(fs)
+    }
+
+    /// Whether the kernel's accounting holds (an inconsistent one does not
+    /// enforce limits, until a rescan).
+    fn consistent(&self) -> bool {
+        fs::read_to_string(self.qgroups_dir().join("inconsistent"))
+            .map_or(true, |v| v.trim() == "0")
+    }
+
+    /// Unmounts the scratch filesystem and removes its image, if no
+    /// sandbox or task uses it (gc of the dead ones first); it is made
+    /// afresh on the next use. For a filesystem whose accounting broke.
+    pub fn reset(&self, slot_dir: &Path) -> Result<(), ScratchError> {
+        self.collect(slot_dir, false);
+        let left: Vec<String> = fs::read_dir(&self.root)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.ends_with(".lock") && !n.ends_with(".keep"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !left.is_empty() {
+            return Err(ScratchError::Unavailable(format!(
+                "the scratch filesystem still holds {} (live sandboxes or kept task workspaces); \
+                 remove them first",
+                left.join(", ")
+            )));
+        }
+        nix::mount::umount2(&self.root, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| io_err(format!("unmount {MOUNT}"))(e.into()))?;
+        let _ = fs::remove_file(IMAGE);
+        Ok(())
     }
 
     fn qgroups_dir(&self) -> PathBuf {
@@ -531,8 +592,11 @@ fn make_and_mount(root: &Path) -> Result<(), ScratchError> {
         &format!("mount {IMAGE} on {}", root.display()),
     )?;
     let dir = open_dir(root).map_err(io_err(format!("open {}", root.display())))?;
-    let mut ctl = [BTRFS_QUOTA_CTL_ENABLE, 0u64];
-    if let Err(e) = ioctl(&dir, BTRFS_IOC_QUOTA_CTL, &mut ctl) {
+    let mut simple = [BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA, 0u64];
+    let mut full = [BTRFS_QUOTA_CTL_ENABLE, 0u64];
+    let enabled = ioctl(&dir, BTRFS_IOC_QUOTA_CTL, &mut simple)
+        .or_else(|_| ioctl(&dir, BTRFS_IOC_QUOTA_CTL, &mut full));
+    if let Err(e) = enabled {
         let _ = nix::mount::umount2(root, nix::mount::MntFlags::MNT_DETACH);
         return Err(unavailable(format!(
             "cannot turn on btrfs quotas on the scratch filesystem: {e}"

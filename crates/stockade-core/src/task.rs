@@ -203,6 +203,7 @@ pub fn run_task(opts: &TaskOptions) -> Result<TaskReport, TaskError> {
         }
     } else if let Some((fs, t)) = &task_scratch {
         let _ = fs.delete(&t.subvol.name);
+        let _ = fs::remove_file(fs.root().join(format!("{}.lock", t.subvol.name)));
     } else {
         let _ = crate::state::remove_tree(&scratch);
     }

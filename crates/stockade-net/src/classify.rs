@@ -121,6 +121,46 @@ fn special_v6(a: Ipv6Addr) -> Option<Special> {
     None
 }
 
+/// Every address on an interface of the calling thread's network
+/// namespace (the supervisor's own addresses). Empty if they cannot be
+/// read, which leaves the other checks in place.
+pub fn local_addresses() -> std::collections::HashSet<IpAddr> {
+    let mut out = std::collections::HashSet::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return out;
+    }
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, alive
+        // until freeifaddrs; `ifa_addr` is null or a sockaddr of the family
+        // it says, as the sockaddr_in/sockaddr_in6 read here.
+        unsafe {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.insert(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        out.insert(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

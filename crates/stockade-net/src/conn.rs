@@ -1,6 +1,9 @@
-//! One allowed TCP connection: wait for the sandbox's handshake, connect
-//! upstream from the supervisor's namespace, check the name the first bytes
-//! carry, then copy both ways under the bandwidth limit, counting bytes.
+//! One allowed TCP connection: wait for the sandbox's handshake; for a
+//! connection allowed by name, check the name its first bytes carry before
+//! anything reaches upstream (fail-closed: they must parse strictly as one
+//! HTTP/1 request with a single allowed Host, or a TLS ClientHello with one
+//! allowed SNI); connect upstream from the supervisor's namespace, then
+//! copy both ways under the bandwidth limit, counting bytes.
 
 use std::future::poll_fn;
 use std::io;
@@ -27,8 +30,9 @@ const CHUNK: usize = 64 * 1024;
 
 /// Why a connection ended before or instead of being proxied.
 enum End {
-    /// The first bytes named a host the policy does not allow.
-    Refused(Option<String>),
+    /// The first bytes did not prove an allowed name: why, and the name
+    /// they carried, if any.
+    Refused(&'static str, Option<String>),
     /// Upstream could not be reached.
     Unreachable,
     /// The sandbox went away (no handshake, reset).
@@ -50,7 +54,7 @@ pub(crate) async fn serve(sh: Rc<Shared>, h: SocketHandle, key: FlowKey, allowed
     let mut ev = match &result {
         Ok(()) | Err(End::Gone) => NetEvent::new("tcp", "allow", allowed.reason()),
         Err(End::Unreachable) => NetEvent::new("tcp", "allow", "upstream-unreachable"),
-        Err(End::Refused(_)) => NetEvent::new("tcp", "deny", "sni-mismatch"),
+        Err(End::Refused(reason, _)) => NetEvent::new("tcp", "deny", reason),
     };
     {
         let mut st = sh.stack.borrow_mut();
@@ -64,7 +68,7 @@ pub(crate) async fn serve(sh: Rc<Shared>, h: SocketHandle, key: FlowKey, allowed
         }
     }
     ev.name = match result {
-        Err(End::Refused(name)) => name.or_else(|| allowed.name()),
+        Err(End::Refused(_, name)) => name.or_else(|| allowed.name()),
         _ => allowed.name(),
     };
     ev.address = Some(dst.ip());
@@ -87,6 +91,13 @@ async fn proxy(
         Ok(true) => {}
         _ => return Err(End::Gone),
     }
+    // Allowed by name: the first bytes must prove the name before the
+    // server sees so much as a connection.
+    let first = if allowed.by_name() {
+        first_bytes(sh, h, dst, allowed).await?
+    } else {
+        Vec::new()
+    };
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
         Ok(Ok(s)) => s,
         _ => return Err(End::Unreachable),
@@ -96,20 +107,6 @@ async fn proxy(
     let (mut up, mut down) = (0u64, 0u64);
     let client_to_upstream = async {
         let mut buf = vec![0u8; CHUNK];
-        // The first bytes wait until they name an allowed host (or none).
-        let mut first = Vec::new();
-        loop {
-            let n = recv(sh, h, &mut buf).await?;
-            first.extend_from_slice(&buf[..n]);
-            let seen = match sniff(&first) {
-                Sniffed::NeedMore if n > 0 && first.len() < SNIFF_LIMIT => continue,
-                Sniffed::NeedMore if first.is_empty() => Sniffed::NoName,
-                Sniffed::NeedMore => Sniffed::Malformed,
-                s => s,
-            };
-            decide::first_bytes(&sh.policy, allowed, dst.ip(), &seen).map_err(End::Refused)?;
-            break;
-        }
         let mut pending = first;
         loop {
             if pending.is_empty() {
@@ -154,6 +151,42 @@ async fn proxy(
     let result = tokio::try_join!(client_to_upstream, upstream_to_client).map(|_| ());
     *bytes = (up, down);
     result
+}
+
+/// Reads the sandbox's first bytes until they tell (at most
+/// [`SNIFF_LIMIT`]) and checks the name they carry; returns them.
+async fn first_bytes(
+    sh: &Shared,
+    h: SocketHandle,
+    dst: SocketAddr,
+    allowed: &Allowed,
+) -> Result<Vec<u8>, End> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut first = Vec::new();
+    loop {
+        let n = match tokio::time::timeout(HANDSHAKE_TIMEOUT, recv(sh, h, &mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(End::Refused("no-name", None)),
+        };
+        first.extend_from_slice(&buf[..n]);
+        let seen = match sniff(&first) {
+            Sniffed::NeedMore if n > 0 && first.len() < SNIFF_LIMIT => continue,
+            Sniffed::NeedMore if first.is_empty() => return Err(End::Gone),
+            Sniffed::NeedMore => Sniffed::Malformed,
+            s => s,
+        };
+        return match decide::first_bytes(&sh.policy, allowed, dst.ip(), &seen) {
+            Ok(()) => Ok(first),
+            Err(name) => Err(End::Refused(
+                match seen {
+                    Sniffed::Name(_) => "sni-mismatch",
+                    Sniffed::NoName => "no-name",
+                    _ => "malformed",
+                },
+                name,
+            )),
+        };
+    }
 }
 
 /// Waits for a whole number of tokens from `bucket`; `want` when unlimited.

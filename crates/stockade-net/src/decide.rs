@@ -17,7 +17,8 @@ pub enum Allowed {
     /// the client sends must name an allowed host too.
     ByName(Vec<String>),
     /// A `map_hosts` entry pins the address to this name: allowed even if
-    /// private, because the policy names it.
+    /// private, because the policy names it; like `ByName`, the first
+    /// bytes must name an allowed host.
     Mapped(String),
     /// An `allow_cidrs` rule admits it; no name is involved.
     Cidr,
@@ -33,6 +34,12 @@ impl Allowed {
             Allowed::Cidr => "cidr",
             Allowed::Open => "open",
         }
+    }
+
+    /// Whether a name made it allowed (an allowed DNS answer, or a
+    /// `map_hosts` entry): its first bytes must then prove that name.
+    pub fn by_name(&self) -> bool {
+        matches!(self, Allowed::ByName(_) | Allowed::Mapped(_))
     }
 
     pub fn name(&self) -> Option<String> {
@@ -53,9 +60,14 @@ pub struct Denied {
 }
 
 /// Decides a connection to `addr:port` before any byte is exchanged.
+/// `own` holds the supervisor's own addresses (every interface of its
+/// network namespace): a service the host binds to them (or to 0.0.0.0)
+/// is the host's, and is refused in every mode unless a CIDR rule names
+/// the address.
 pub fn destination(
     policy: &NetworkPolicy,
     pins: &Pins,
+    own: &std::collections::HashSet<IpAddr>,
     addr: IpAddr,
     port: u16,
 ) -> Result<Allowed, Denied> {
@@ -72,6 +84,12 @@ pub fn destination(
         .names(addr)
         .map(|n| n.iter().cloned().collect())
         .unwrap_or_default();
+    if own.contains(&addr) || addr.is_unspecified() {
+        return Err(Denied {
+            reason: "own-address",
+            name: names.first().cloned(),
+        });
+    }
     if let Some(name) = names.iter().find(|n| policy.mapped(n).contains(&addr)) {
         return Ok(Allowed::Mapped(name.clone()));
     }
@@ -104,24 +122,49 @@ pub fn first_bytes(
     dst: IpAddr,
     sniffed: &Sniffed,
 ) -> Result<(), Option<String>> {
-    let Allowed::ByName(_) = allowed else {
-        // CIDR and open connections are allowed by address; mapped ones by
-        // an explicit rule. The name they carry changes nothing.
+    if !allowed.by_name() {
+        // CIDR and open connections are allowed by address: the name they
+        // carry changes nothing.
         return Ok(());
-    };
+    }
     match sniffed {
-        Sniffed::NoName => Ok(()),
         Sniffed::Name(n) if policy.allows_name(n) => Ok(()),
         // "Host: 203.0.113.10" to 203.0.113.10 names no other site.
         Sniffed::Name(n) if n.parse::<IpAddr>().is_ok_and(|ip| ip == dst) => Ok(()),
         Sniffed::Name(n) => Err(Some(n.clone())),
-        Sniffed::Malformed | Sniffed::NeedMore => Err(None),
+        // Nothing names the site (TLS without SNI, HTTP without Host, any
+        // other protocol), or the bytes do not parse: the address was
+        // allowed for a name, and only a name can prove what it is for.
+        Sniffed::NoName | Sniffed::Malformed | Sniffed::NeedMore => Err(None),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn own() -> std::collections::HashSet<IpAddr> {
+        std::collections::HashSet::from([ip("198.51.100.1")])
+    }
+
+    #[test]
+    fn the_supervisors_own_addresses_are_refused_unless_a_cidr_names_them() {
+        let (p, pins) = setup();
+        let e = destination(&p, &pins, &own(), ip("198.51.100.1"), 8080).unwrap_err();
+        assert_eq!(e.reason, "own-address");
+        let mut open = p.clone();
+        open.mode = NetMode::Open;
+        let e = destination(&open, &pins, &own(), ip("198.51.100.1"), 8080).unwrap_err();
+        assert_eq!(e.reason, "own-address");
+        let e = destination(&open, &pins, &own(), ip("0.0.0.0"), 8080).unwrap_err();
+        assert_eq!(e.reason, "own-address");
+        let mut named = open.clone();
+        named.allow_cidrs = vec!["198.51.100.1/32:8080".parse().unwrap()];
+        assert_eq!(
+            destination(&named, &pins, &own(), ip("198.51.100.1"), 8080),
+            Ok(Allowed::Cidr)
+        );
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -145,35 +188,37 @@ mod tests {
     #[test]
     fn addresses_answered_for_allowed_names_are_allowed() {
         let (p, pins) = setup();
-        let v = destination(&p, &pins, ip("203.0.113.10"), 80).unwrap();
+        let v = destination(&p, &pins, &own(), ip("203.0.113.10"), 80).unwrap();
         assert_eq!(v, Allowed::ByName(vec!["good.test".into()]));
     }
 
     #[test]
     fn raw_addresses_need_a_cidr_rule_with_the_port() {
         let (p, pins) = setup();
-        let e = destination(&p, &pins, ip("203.0.113.20"), 80).unwrap_err();
+        let e = destination(&p, &pins, &own(), ip("203.0.113.20"), 80).unwrap_err();
         assert_eq!(e.reason, "not-allowlisted");
         assert_eq!(
-            destination(&p, &pins, ip("198.51.100.7"), 443),
+            destination(&p, &pins, &own(), ip("198.51.100.7"), 443),
             Ok(Allowed::Cidr)
         );
-        assert!(destination(&p, &pins, ip("198.51.100.7"), 80).is_err());
+        assert!(destination(&p, &pins, &own(), ip("198.51.100.7"), 80).is_err());
     }
 
     #[test]
     fn rebinding_to_a_private_address_is_refused_but_a_mapping_is_not() {
         let (p, pins) = setup();
-        let e = destination(&p, &pins, ip("10.99.0.1"), 80).unwrap_err();
+        let e = destination(&p, &pins, &own(), ip("10.99.0.1"), 80).unwrap_err();
         assert_eq!(e.reason, "private-address");
         assert_eq!(e.name.as_deref(), Some("rebind.test"));
         assert_eq!(
-            destination(&p, &pins, ip("10.99.0.2"), 5432),
+            destination(&p, &pins, &own(), ip("10.99.0.2"), 5432),
             Ok(Allowed::Mapped("db.test".into()))
         );
         for raw in ["169.254.169.254", "127.0.0.1", "198.18.0.1", "100.64.1.1"] {
             assert_eq!(
-                destination(&p, &pins, ip(raw), 80).unwrap_err().reason,
+                destination(&p, &pins, &own(), ip(raw), 80)
+                    .unwrap_err()
+                    .reason,
                 "private-address"
             );
         }
@@ -184,12 +229,12 @@ mod tests {
         let (mut p, pins) = setup();
         p.mode = NetMode::Open;
         assert_eq!(
-            destination(&p, &pins, ip("203.0.113.99"), 22),
+            destination(&p, &pins, &own(), ip("203.0.113.99"), 22),
             Ok(Allowed::Open)
         );
-        assert!(destination(&p, &pins, ip("192.168.1.1"), 22).is_err());
+        assert!(destination(&p, &pins, &own(), ip("192.168.1.1"), 22).is_err());
         p.mode = NetMode::None;
-        assert!(destination(&p, &pins, ip("203.0.113.10"), 80).is_err());
+        assert!(destination(&p, &pins, &own(), ip("203.0.113.10"), 80).is_err());
     }
 
     #[test]
@@ -200,7 +245,8 @@ mod tests {
         let ok = |s: Sniffed| first_bytes(&p, &by_name, dst, &s);
         assert_eq!(ok(Sniffed::Name("good.test".into())), Ok(()));
         assert_eq!(ok(Sniffed::Name("db.test".into())), Ok(()));
-        assert_eq!(ok(Sniffed::NoName), Ok(()));
+        // Fail-closed: a connection allowed by name must prove the name.
+        assert_eq!(ok(Sniffed::NoName), Err(None));
         assert_eq!(ok(Sniffed::Name("203.0.113.10".into())), Ok(()));
         assert_eq!(
             ok(Sniffed::Name("evil.test".into())),

@@ -14,7 +14,9 @@ pub enum Sniffed {
     NeedMore,
     /// The connection names this host (lower case, no trailing dot).
     Name(String),
-    /// TLS without SNI, HTTP without `Host`, or another protocol.
+    /// TLS without SNI, HTTP without `Host`, or another protocol. A
+    /// connection allowed by name is refused then: nothing proves which
+    /// site it is for.
     NoName,
     /// Looks like TLS or HTTP but does not parse: refused, since a server
     /// may read it differently from us.
@@ -29,7 +31,13 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
     if buf[0] == 0x16 {
         return sniff_tls(buf);
     }
+    if looks_like_git(buf) {
+        return sniff_git(buf);
+    }
     if looks_like_http(buf) {
+        if buf.len() <= MAX_METHOD && !buf.contains(&b' ') {
+            return Sniffed::NeedMore; // a method so far
+        }
         return sniff_http(buf);
     }
     Sniffed::NoName
@@ -157,64 +165,225 @@ fn host_name(raw: &[u8]) -> Option<String> {
     ok.then(|| s.to_ascii_lowercase())
 }
 
-const METHODS: &[&[u8]] = &[
-    b"GET ",
-    b"HEAD ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"TRACE ",
-    b"CONNECT ",
-];
-
-fn looks_like_http(buf: &[u8]) -> bool {
-    METHODS.iter().any(|m| {
-        let n = m.len().min(buf.len());
-        buf[..n] == m[..n]
-    })
+/// The git protocol's first packet (`git://`): four lower-case hex
+/// digits of length, then a service name.
+fn looks_like_git(buf: &[u8]) -> bool {
+    let n = buf.len().min(8);
+    buf[..n.min(4)]
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && (n <= 4 || b"git-".starts_with(&buf[4..n]))
 }
 
-fn sniff_http(buf: &[u8]) -> Sniffed {
-    if !METHODS.iter().any(|m| buf.starts_with(m)) {
-        return Sniffed::NeedMore; // a prefix of a method so far
-    }
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+/// `pkt-len git-<service> <path>\0host=<host>[:port]\0[extra\0...]`, the
+/// request a git daemon reads first; the host it names is what counts.
+fn sniff_git(buf: &[u8]) -> Sniffed {
+    if buf.len() < 8 {
         return Sniffed::NeedMore;
-    };
-    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+    }
+    let Some(len) = std::str::from_utf8(&buf[..4])
+        .ok()
+        .and_then(|h| usize::from_str_radix(h, 16).ok())
+    else {
         return Sniffed::Malformed;
     };
+    if !(8..=1000).contains(&len) {
+        return Sniffed::Malformed;
+    }
+    if buf.len() < len {
+        return Sniffed::NeedMore;
+    }
+    let pkt = &buf[4..len];
+    let mut fields = pkt.split(|&b| b == 0);
+    let Some(request) = fields.next() else {
+        return Sniffed::Malformed;
+    };
+    let service_ok = [
+        &b"git-upload-pack /"[..],
+        b"git-receive-pack /",
+        b"git-upload-archive /",
+    ]
+    .iter()
+    .any(|s| request.starts_with(s));
+    if !service_ok || request.iter().any(|&b| b < 0x20) {
+        return Sniffed::Malformed;
+    }
     let mut host = None;
-    for line in head.split("\r\n").skip(1) {
-        let Some((key, value)) = line.split_once(':') else {
+    for f in fields {
+        if let Some(h) = f.strip_prefix(b"host=") {
+            if host.is_some() {
+                return Sniffed::Malformed;
+            }
+            match authority_host(h) {
+                Some(h) => host = Some(h),
+                None => return Sniffed::Malformed,
+            }
+        }
+    }
+    match host {
+        Some(h) => Sniffed::Name(h),
+        None => Sniffed::NoName,
+    }
+}
+
+/// Longest method token accepted.
+const MAX_METHOD: usize = 24;
+
+/// Whether `buf` can be the start of an HTTP/1 request: an upper-case
+/// method token so far. (Methods are case-sensitive; a lower-case `get`
+/// is not one, and is refused like any other unknown protocol.)
+fn looks_like_http(buf: &[u8]) -> bool {
+    let method_len = buf.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    method_len > 0
+        && method_len <= MAX_METHOD
+        && (method_len == buf.len() || buf[method_len] == b' ')
+}
+
+/// One HTTP/1 request head, parsed strictly: anything a server might read
+/// differently from us is `Malformed`, and the caller refuses it.
+fn sniff_http(buf: &[u8]) -> Sniffed {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        // A bare line feed anywhere means servers split lines differently.
+        if has_bare_line_end(buf) {
+            return Sniffed::Malformed;
+        }
+        return Sniffed::NeedMore;
+    };
+    let head = &buf[..end + 2];
+    if has_bare_line_end(head) {
+        return Sniffed::Malformed;
+    }
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty());
+    let Some(request_line) = lines.next() else {
+        return Sniffed::Malformed;
+    };
+    let Some(target_host) = request_target(request_line) else {
+        return Sniffed::Malformed;
+    };
+    let mut host: Option<String> = None;
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
             return Sniffed::Malformed;
         };
-        if !key.eq_ignore_ascii_case("host") {
+        let (key, value) = (&line[..colon], &line[colon + 1..]);
+        // A token, nothing before the colon: no obs-fold, no "Host :".
+        if key.is_empty() || !key.iter().all(|&b| is_tchar(b)) {
+            return Sniffed::Malformed;
+        }
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Sniffed::Malformed;
+        }
+        if !key.eq_ignore_ascii_case(b"host") {
             continue;
         }
         if host.is_some() {
             return Sniffed::Malformed; // two Host headers: servers disagree on which wins
         }
-        host = Some(value.trim());
+        let value = value.trim_ascii();
+        match authority_host(value) {
+            Some(h) => host = Some(h),
+            None => return Sniffed::Malformed,
+        }
     }
-    let Some(host) = host else {
-        return Sniffed::NoName;
-    };
-    // Drop the port: "name:8080", "[::1]:8080".
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
+    match (host, target_host) {
+        // An absolute-form target or CONNECT's authority names a host
+        // itself: it must be the one Host names (servers may use either).
+        (Some(h), Some(t)) if h != t => Sniffed::Malformed,
+        (Some(h), _) => Sniffed::Name(h),
+        // HTTP/1.0 may omit Host; then only an absolute target names one.
+        (None, Some(t)) => Sniffed::Name(t),
+        (None, None) => Sniffed::NoName,
+    }
+}
+
+/// A CR or LF that is not part of a CRLF pair.
+fn has_bare_line_end(buf: &[u8]) -> bool {
+    buf.iter().enumerate().any(|(i, &b)| match b {
+        b'\n' => i == 0 || buf[i - 1] != b'\r',
+        b'\r' => buf.get(i + 1).is_some_and(|&n| n != b'\n'),
+        _ => false,
+    })
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Checks `METHOD SP target SP HTTP/1.x`; returns the host the target
+/// itself names (absolute form, or CONNECT's authority), `Some(None)` for
+/// an origin-form target, `None` if the line is malformed.
+fn request_target(line: &[u8]) -> Option<Option<String>> {
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || method.is_empty()
+        || method.len() > MAX_METHOD
+        || !method.iter().all(u8::is_ascii_uppercase)
+        || target.is_empty()
+        || target.iter().any(|&b| b <= 0x20 || b == 0x7f)
+        || (version != b"HTTP/1.1" && version != b"HTTP/1.0")
+    {
+        return None;
+    }
+    if method == b"CONNECT" {
+        return authority_host(target).map(Some);
+    }
+    if target == b"*" {
+        return (method == b"OPTIONS").then_some(None);
+    }
+    if target.starts_with(b"/") {
+        return Some(None);
+    }
+    // Absolute form: scheme "://" authority [path].
+    let text = std::str::from_utf8(target).ok()?;
+    let (scheme, rest) = text.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority_host(authority.as_bytes()).map(Some)
+}
+
+/// The host of `host[:port]` or `[v6]:port`, lower-cased; `None` if it
+/// is anything else (user info, bad characters, a bad port).
+fn authority_host(a: &[u8]) -> Option<String> {
+    let a = std::str::from_utf8(a).ok()?;
+    if a.contains('@') {
+        return None;
+    }
+    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+        // An IP literal: `[v6]` or `[v6]:port`, nothing else.
+        let (h, after) = rest.split_once(']')?;
+        let ip: std::net::Ipv6Addr = h.parse().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        if let Some(p) = port {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+        }
+        return Some(ip.to_string());
     } else {
-        host.rsplit_once(':').map_or(host, |(n, _)| n)
+        match a.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (a, None),
+        }
     };
-    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
-        return Sniffed::Name(ip.to_string());
+    if let Some(p) = port {
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
     }
-    match host_name(name.as_bytes()) {
-        Some(n) => Sniffed::Name(n),
-        None => Sniffed::Malformed,
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some(ip.to_string());
     }
+    host_name(host.as_bytes())
 }
 
 #[cfg(test)]

@@ -118,9 +118,25 @@ pub(crate) struct Shared {
     resolving: Cell<usize>,
     reported: RefCell<HashSet<(u8, IpAddr, u16)>>,
     epoch: Instant,
+    /// The supervisor's own addresses, and when they were last read.
+    own: RefCell<(HashSet<IpAddr>, Option<Instant>)>,
 }
 
 impl Shared {
+    /// Reads the supervisor's own addresses again if the last reading is
+    /// more than a second old (interfaces come and go).
+    fn refresh_own_addresses(&self) {
+        let mut own = self.own.borrow_mut();
+        if own
+            .1
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        own.0 = crate::classify::local_addresses();
+        own.1 = Some(Instant::now());
+    }
+
     pub fn now(&self) -> smoltcp::time::Instant {
         smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
     }
@@ -174,6 +190,7 @@ pub(crate) fn build(policy: NetworkPolicy, audit: Audit, resolver: Arc<dyn Resol
         resolver,
         resolving: Cell::new(0),
         reported: RefCell::new(HashSet::new()),
+        own: RefCell::new((HashSet::new(), None)),
         epoch,
     }
 }
@@ -317,7 +334,8 @@ fn on_syn(sh: &Rc<Shared>, key: FlowKey) {
         ev.port = Some(port);
         sh.audit.emit(ev);
     };
-    let verdict = decide::destination(&sh.policy, &sh.pins.borrow(), dst, port);
+    sh.refresh_own_addresses();
+    let verdict = decide::destination(&sh.policy, &sh.pins.borrow(), &sh.own.borrow().0, dst, port);
     let allowed = match verdict {
         Ok(a) => a,
         Err(d) => return deny(d.reason, d.name),

@@ -289,7 +289,7 @@ fn sni_or_host_naming_another_site_is_reset_before_any_byte_leaves() {
 #[ignore = "needs root: network namespaces and TUN"]
 fn udp_other_than_dns_is_dropped_and_reported() {
     let r = rig(policy(|_| {}));
-    let sink = std::net::UdpSocket::bind(format!("{GOOD}:0")).unwrap();
+    let sink = in_hosts(|| std::net::UdpSocket::bind(format!("{GOOD}:0")).unwrap());
     sink.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let to = sink.local_addr().unwrap();
@@ -463,4 +463,87 @@ fn proxied_download_throughput_is_reported() {
     let mib_s = len as f64 / secs / (1024.0 * 1024.0);
     println!("proxied download: {mib_s:.0} MiB/s ({len} bytes in {secs:.2}s)");
     assert!(mib_s > 5.0, "{mib_s:.1} MiB/s");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and TUN"]
+fn first_bytes_that_do_not_prove_an_allowed_name_reach_nothing() {
+    let r = rig(policy(|_| {}));
+    let server = Server::start(&format!("{GOOD}:0"), 5);
+    r.resolve("good.test");
+    // Each of these was forwarded to an allowed address before.
+    let attempts: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nX: a\nHost: other.test\r\n\r\n",
+        b"PROPFIND / HTTP/1.1\r\nHost: other.test\r\n\r\n",
+        b"get / HTTP/1.1\r\nHost: other.test\r\n\r\n",
+        b"GET http://other.test/ HTTP/1.1\r\nHost: good.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+    ];
+    for (i, bytes) in attempts.iter().enumerate() {
+        let mut s = r.sandbox.connect(server.addr).unwrap();
+        let _ = s.write_all(bytes);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut buf = [0u8; 64];
+        let got = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(got, 0, "attempt {i} got an answer");
+    }
+    // TLS without SNI.
+    let mut hello = client_hello("x.test");
+    // Drop the server_name extension by renaming its type (0 → 0xfafa).
+    let pos = hello
+        .windows(4)
+        .position(|w| w == [0, 0, 0, 11])
+        .unwrap_or(0);
+    if pos > 0 {
+        hello[pos] = 0xfa;
+        hello[pos + 1] = 0xfa;
+    }
+    let mut s = r.sandbox.connect(server.addr).unwrap();
+    let _ = s.write_all(&hello);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    assert_eq!(s.read(&mut [0u8; 16]).unwrap_or(0), 0);
+    // Not a byte, not even a connection, reached the server.
+    assert_eq!(server.bytes_received.load(Ordering::SeqCst), 0);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 0);
+    let events = r.events.all();
+    for reason in ["malformed", "no-name"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.verdict == "deny" && e.reason == reason),
+            "no {reason} denial in {events:?}"
+        );
+    }
+    // A strict, proper request still goes through.
+    let s = r.sandbox.connect(server.addr).unwrap();
+    assert_eq!(http_get(s, "good.test").unwrap(), 5);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and TUN"]
+fn the_supervisors_own_addresses_are_refused_even_in_open_mode() {
+    let r = rig(policy(|p| p.mode = NetMode::Open));
+    // A host service bound to every address of the supervisor's namespace
+    // (its end of the veth is 192.0.2.1).
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert_refused_fast(&r, addr("192.0.2.1", port));
+    let ev = r.events.wait_for(|e| e.reason == "own-address");
+    assert_eq!(ev.address, Some("192.0.2.1".parse().unwrap()));
+    // A test host in its own namespace, with a public address, is fine.
+    let server = Server::start(&format!("{GOOD}:0"), 3);
+    let s = r.sandbox.connect(server.addr).unwrap();
+    assert_eq!(http_get(s, "good.test").unwrap(), 3);
+    // A CIDR rule naming the supervisor's address lets it through (a new
+    // rig: fresh namespaces, so the service is bound again).
+    drop((r, listener));
+    let r = rig(policy(|p| {
+        p.mode = NetMode::Open;
+        p.allow_cidrs = vec!["192.0.2.1/32".parse().unwrap()];
+    }));
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(r.sandbox.connect(addr("192.0.2.1", port)).is_ok());
 }

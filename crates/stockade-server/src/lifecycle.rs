@@ -256,16 +256,23 @@ pub async fn expiry_loop(state: Weak<AppState>) {
 /// report. Runs blocking, before the API is served.
 pub fn recover(
     store: &Store,
-    backend: &dyn stockade_core::backend::Backend,
+    backend: &Arc<dyn stockade_core::backend::Backend>,
 ) -> Result<Vec<Live>, crate::store::StoreError> {
     let mut out = Vec::new();
+    let mut dead = Vec::new();
     for row in store.list(Some(SandboxState::Running))? {
         match backend.attach(&row.id) {
             Ok(h) => out.push(Live::new(row.id.clone(), h, row.expires_at)),
             Err(e) => {
                 let (reason, report) = match e {
                     BackendError::NotRunning(_) => {
-                        (DIED_WHILE_DOWN.to_string(), backend.reap(&row.id))
+                        // Its report now; its leftovers (which a workload
+                        // can make slow to remove) after the API is up.
+                        dead.push(row.id.clone());
+                        (
+                            DIED_WHILE_DOWN.to_string(),
+                            backend.leftover_report(&row.id),
+                        )
                     }
                     other => (
                         format!("cannot reattach after a daemon restart: {other}"),
@@ -282,6 +289,14 @@ pub fn recover(
                 )?;
             }
         }
+    }
+    if !dead.is_empty() {
+        let b = backend.clone();
+        std::thread::spawn(move || {
+            for id in dead {
+                b.reap(&id);
+            }
+        });
     }
     Ok(out)
 }

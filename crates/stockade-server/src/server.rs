@@ -118,7 +118,7 @@ impl Server {
         let b = backend.clone();
         let (store, recovered) = tokio::task::spawn_blocking(move || {
             let store = Store::open(&db)?;
-            let lives = lifecycle::recover(&store, b.as_ref())?;
+            let lives = lifecycle::recover(&store, &b)?;
             Ok::<_, ServeError>((store, lives))
         })
         .await

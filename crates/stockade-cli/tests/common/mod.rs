@@ -146,6 +146,19 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
 }
 
 /// Waits (bounded) until `f` holds; returns whether it did.
+/// [`eventually`], waiting up to `secs` seconds (for slow work such as
+/// removing a tree of tens of thousands of levels on a loaded machine).
+pub fn eventually_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    f()
+}
+
 pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..100 {
         if f() {

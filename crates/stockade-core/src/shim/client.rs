@@ -156,6 +156,12 @@ impl Backend for ShimBackend {
         self.pool.shutdown();
     }
 
+    fn leftover_report(&self, id: &str) -> Option<Report> {
+        std::fs::read(report_path(&self.state_dir, id))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
     fn reap(&self, id: &str) -> Option<Report> {
         // The shim is gone: collect what it or its death left.
         if let Ok(state) = crate::state::StateDir::open(&self.state_dir) {

@@ -1,8 +1,10 @@
 //! Test rig for the egress stack. Network-safety: every test first moves its
 //! own thread into a fresh network namespace with only `lo` ([`isolate`]);
-//! test hosts are addresses added to that `lo`; the "sandbox" is a second
-//! fresh namespace whose only way out is the TUN device served by the stack
-//! under test. Nothing can reach the machine's own network from either.
+//! test hosts live in a second fresh namespace joined to it by a veth pair
+//! ([`add_hosts`]), never on the stack's own interfaces (which it refuses);
+//! the "sandbox" is a third fresh namespace whose only way out is the TUN
+//! device served by the stack under test. Nothing can reach the machine's
+//! own network from any of them.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use stockade_net::{NetEvent, Resolve};
 /// Moves the calling thread into a new, empty network namespace and brings
 /// up its loopback. Threads and processes it starts afterwards inherit it.
 pub fn isolate() {
+    HOSTS.with(|h| *h.borrow_mut() = None);
     assert_eq!(
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
@@ -44,11 +47,74 @@ pub fn sh(cmd: &str) {
     assert!(st.success(), "{cmd}: {st}");
 }
 
-/// Adds test-host addresses to this namespace's loopback.
+/// The test hosts' own network namespace (see [`add_hosts`]): a thread
+/// parked in it (commands enter it through that thread's id) and a
+/// descriptor of it (threads join it to bind their sockets).
+struct HostsNs {
+    tid: i32,
+    fd: OwnedFd,
+}
+
+thread_local! {
+    static HOSTS: std::cell::RefCell<Option<Arc<HostsNs>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Puts test hosts at `addrs` in a second network namespace, joined to
+/// the calling thread's (made by [`isolate`]) by a veth pair, with routes
+/// to them: the egress stack reaches them as it reaches any remote host,
+/// never through its own interfaces (which it refuses). Sockets for them
+/// are made with [`in_hosts`].
 pub fn add_hosts(addrs: &[&str]) {
+    let ns = HOSTS.with(|h| h.borrow().clone()).unwrap_or_else(|| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: unshare affects only this thread's namespaces.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let fd: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
+                .unwrap()
+                .into();
+            tx.send((tid, fd)).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let (tid, fd) = rx.recv().unwrap();
+        let ns = Arc::new(HostsNs { tid, fd });
+        let inside = |cmd: &str| sh(&format!("nsenter --net=/proc/{tid}/ns/net {cmd}"));
+        sh("ip link add stk-a type veth peer name stk-b");
+        sh(&format!("ip link set stk-b netns {tid}"));
+        sh("ip addr add 192.0.2.1/30 dev stk-a && ip link set stk-a up");
+        inside("ip link set lo up");
+        inside("ip addr add 192.0.2.2/30 dev stk-b");
+        inside("ip link set stk-b up");
+        HOSTS.with(|h| *h.borrow_mut() = Some(ns.clone()));
+        ns
+    });
     for a in addrs {
-        sh(&format!("ip addr add {a}/32 dev lo"));
+        sh(&format!(
+            "nsenter --net=/proc/{}/ns/net ip addr add {a}/32 dev lo",
+            ns.tid
+        ));
+        sh(&format!("ip route add {a}/32 via 192.0.2.2 dev stk-a"));
     }
+}
+
+/// Runs `f` on a thread in the test hosts' namespace (for binding their
+/// sockets, which stay there).
+pub fn in_hosts<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = HOSTS.with(|h| h.borrow().clone()).expect("add_hosts first");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a namespace descriptor we hold; it changes only
+        // this (new) thread's network namespace.
+        let rc = unsafe { libc::setns(ns.fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -201,7 +267,8 @@ pub struct Server {
 
 impl Server {
     pub fn start(addr: &str, body_len: usize) -> Server {
-        let listener = TcpListener::bind(addr).unwrap();
+        let a = addr.to_string();
+        let listener = in_hosts(move || TcpListener::bind(a).unwrap());
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
