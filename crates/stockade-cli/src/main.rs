@@ -97,6 +97,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if idle {
                 stockade_isolate::etc::remove_stale(&state.root, "sandbox");
             }
+            // With a scratch filesystem the copies live there, shared by
+            // every state directory's sandboxes.
+            if let Some(fs) = stockade_core::scratch::ScratchFs::existing() {
+                if fs.idle() {
+                    stockade_isolate::etc::remove_stale(fs.root(), "sandbox");
+                }
+            }
             println!(
                 "removed {} sandbox(es) and {} cgroup(s) left by dead supervisors",
                 summary.sandboxes.len(),

@@ -467,3 +467,20 @@ fn a_pending_teardown_that_is_dropped_tears_down_in_place() {
     drop(pending);
     assert!(gone(&report.id));
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn programs_built_in_the_workspace_and_home_run() {
+    let env = Env::new();
+    for extra in [&[][..], &["--overlay-root"][..]] {
+        let mut args = extra.to_vec();
+        args.extend([
+            "--",
+            "sh",
+            "-c",
+            "cp /bin/echo /workspace/e && cp /bin/echo ~/e && /workspace/e ws && ~/e home",
+        ]);
+        let out = env.run(&args);
+        assert_eq!(stdout(&out), "ws\nhome\n", "{extra:?}: {}", stderr(&out));
+    }
+}

@@ -32,3 +32,30 @@ fn init_shows_nothing_of_the_supervisors_command_line_or_environment() {
     assert!(!text.contains("STOCKADE_LEAK_PROBE"), "{text}");
     assert!(!text.contains(BIN), "{text}");
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn mountinfo_names_no_host_path_of_stockades_own_mounts() {
+    let env = Env::new();
+    let state = env.state.path().to_str().unwrap().to_string();
+    for extra in [&[][..], &["--overlay-root"][..]] {
+        let mut args = extra.to_vec();
+        args.extend(["--", "cat", "/proc/self/mountinfo"]);
+        let out = env.run(&args);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let text = stdout(&out);
+        // The scratch filesystem is in use (CI installs btrfs-progs): its
+        // paths are relative to its own root.
+        assert!(
+            text.lines()
+                .any(|l| l.contains(" /workspace ") && l.contains(" - btrfs ")),
+            "the workspace is not on the scratch filesystem:\n{text}"
+        );
+        for host in [state.as_str(), "/var/lib/stockade", "/run/stockade"] {
+            assert!(
+                !text.contains(host),
+                "{extra:?}: mountinfo names the host path {host}:\n{text}"
+            );
+        }
+    }
+}

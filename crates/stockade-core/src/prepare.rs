@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use stockade_isolate::idmap::{disk_map, AGENT_ID};
 use stockade_isolate::proto::SpawnRequest;
@@ -338,7 +338,15 @@ pub fn prepare(
         })
         .collect::<Result<Vec<_>, RunError>>()?;
     let net = policy.network.mode != stockade_policy::NetMode::None;
-    let etc_dir = stockade_isolate::etc::prepare(&state.root, &p.hostname, net)
+    // The generated /etc lives on the scratch filesystem when there is
+    // one: the sandbox's mountinfo then names a path on that filesystem,
+    // not one of the host's.
+    // (A subvolume's parent is the scratch filesystem's root.)
+    let etc_base = scratch
+        .as_ref()
+        .and_then(|s| s.subvol.path.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| state.root.clone());
+    let etc_dir = stockade_isolate::etc::prepare(&etc_base, &p.hostname, net)
         .map_err(io("prepare the sandbox's /etc"))?;
     let seccomp = stockade_isolate::seccomp::build()
         .map_err(|e| RunError::Invalid(format!("cannot build the seccomp filter: {e}")))?;

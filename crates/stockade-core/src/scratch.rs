@@ -432,6 +432,21 @@ impl ScratchFs {
         gone
     }
 
+    /// Whether no sandbox or task has a subvolume here (then nothing sees
+    /// the generated `/etc` copies kept on this filesystem).
+    pub fn idle(&self) -> bool {
+        let Ok(rd) = fs::read_dir(&self.root) else {
+            return false;
+        };
+        !rd.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix('s')
+                .is_some_and(|k| k.parse::<u32>().is_ok())
+                || name.strip_prefix('t').is_some_and(|t| !t.contains('.'))
+        })
+    }
+
     /// The scratch subvolume of a task (see the module's documentation),
     /// with its lock held while the returned value lives.
     pub fn create_task(&self, task_id: &str, limit: u64) -> Result<TaskScratch, ScratchError> {
@@ -585,7 +600,9 @@ fn make_and_mount(root: &Path) -> Result<(), ScratchError> {
                 "-t",
                 "btrfs",
                 "-o",
-                "loop,discard=async,nosuid,nodev,noexec",
+                // Not noexec: workloads run what they build in their
+                // workspace (sandbox mounts keep this mount's flags).
+                "loop,discard=async,nosuid,nodev",
             ])
             .arg(image)
             .arg(root),
