@@ -2,8 +2,8 @@
 """A/B comparison of stockade binaries, the way benches/OPTIMISATIONS.md
 measures each change.
 
-    sudo benches/ab.py old=/path/to/stockade-before new=target/x86_64-unknown-linux-gnu/release/stockade
-    sudo benches/ab.py --warm-exec old=... new=...
+    benches/ab.py old=/path/to/stockade-before new=target/x86_64-unknown-linux-gnu/release/stockade
+    benches/ab.py --warm-exec old=... new=...
 
 Cold start (default): `stockade run -- /bin/true` for each binary and the
 brief's `bwrap --unshare-all` command, all in the same rounds. Two things

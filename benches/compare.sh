@@ -2,9 +2,9 @@
 # Benchmarks stockade against its peers (bubblewrap, runc, podman) on this
 # machine and writes benches/RESULTS.md and benches/PROFILE.md.
 #
-#   sudo benches/compare.sh            # full run, 2-4 minutes + first build
-#   sudo benches/compare.sh --quick    # smoke test, under a minute
-#   sudo benches/compare.sh --out-dir /tmp/bench   # leave benches/ alone
+#   benches/compare.sh            # full run, 2-4 minutes + first build
+#   benches/compare.sh --quick    # smoke test, under a minute
+#   benches/compare.sh --out-dir /tmp/bench   # leave benches/ alone
 #
 # Runs as root on Debian/Ubuntu: installs missing peers with apt-get, builds
 # stockade in release mode, prepares equivalent setups for every sandbox,
@@ -24,6 +24,11 @@
 # the supervisor's userspace stack against direct, and the cold start of
 # an allowlist sandbox against `--net none` and bwrap.
 #
+# Then the caps under attack (benches/lib/limits_bench.py, about half a
+# minute): disk overshoot against --disk 50M four ways, with the kernel cap
+# and with the polling fallback, and unread loopback socket buffers against
+# --memory 64M, beside the same script run with no sandbox.
+#
 # Environment overrides: COLD_ROUNDS (200), WORK_ROUNDS (15), WARMUP (5),
 # PODMAN_EVERY (1: podman runs in every round), STOCKADE (use this binary
 # instead of building one), DAEMON_CYCLES (200), DAEMON_EXECS (300),
@@ -38,8 +43,8 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
-  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --no-v1-attach  --out-dir DIR  -h|--help"
+  sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'
+  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --no-limits  --no-v1-attach  --out-dir DIR  -h|--help"
 }
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,7 +52,7 @@ BENCHES="$REPO/benches"
 LIB="$BENCHES/lib"
 PY=/usr/bin/python3 # Debian's; the helpers use the standard library only
 
-QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1 EGRESS=1 V1ATTACH=1
+QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1 EGRESS=1 LIMITS=1 V1ATTACH=1
 OUT="$BENCHES" # RESULTS.md, PROFILE.md and raw/ go here
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,6 +61,7 @@ while [ $# -gt 0 ]; do
     --no-profile) PROFILE=0 ;;
     --no-daemon) DAEMON=0 ;;
     --no-egress) EGRESS=0 ;;
+    --no-limits) LIMITS=0 ;;
     --no-v1-attach) V1ATTACH=0 ;;
     --out-dir)
       [ $# -ge 2 ] || { echo "compare.sh: --out-dir needs a directory" >&2; exit 2; }
@@ -402,6 +408,18 @@ egress_bench() {
   [ -f "$EGRESS_JSON" ] || EGRESS_JSON=
 }
 
+limits_bench() {
+  local args=(--stockade "$SK" --out "$OUT/raw/limits.json" --md "$WORK/limits.md")
+  [ "$QUICK" = 1 ] && args+=(--quick)
+  log "limits: disk overshoot and socket memory under attack"
+  rm -f "$WORK/limits.md"
+  if ! "$PY" "$LIB/limits_bench.py" "${args[@]}"; then
+    note "the limits benchmark failed (see its output above)"
+  fi
+  LIMITS_MD="$WORK/limits.md"
+  [ -f "$LIMITS_MD" ] || LIMITS_MD=
+}
+
 # --- 6. results ---------------------------------------------------------------
 
 version_of() { # cmd: its version line, or "not installed"
@@ -466,6 +484,7 @@ EOF
   "$PY" "$LIB/report.py" --meta "$WORK/meta.json" --cold "$OUT/raw/cold-start.json" \
     --workload "$OUT/raw/workload.json" ${DAEMON_JSON:+--daemon "$DAEMON_JSON"} \
     ${EGRESS_JSON:+--egress "$EGRESS_JSON"} ${V1_MD:+--v1-attach "$V1_MD"} \
+    ${LIMITS_MD:+--limits "$LIMITS_MD"} \
     --out "$OUT/RESULTS.md"
 }
 
@@ -559,6 +578,8 @@ main() {
   if [ "$DAEMON" = 1 ]; then daemon_bench; else note "daemon benchmark skipped (--no-daemon)"; fi
   EGRESS_JSON=
   if [ "$EGRESS" = 1 ]; then egress_bench; else note "egress benchmark skipped (--no-egress)"; fi
+  LIMITS_MD=
+  if [ "$LIMITS" = 1 ]; then limits_bench; else note "limits benchmark skipped (--no-limits)"; fi
   V1_MD=
   if [ "$V1ATTACH" = 1 ]; then v1_attach_bench; else note "cgroup v1 attach benchmark skipped (--no-v1-attach)"; fi
   write_results

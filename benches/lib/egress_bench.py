@@ -3,13 +3,14 @@
 
 Network safety: nothing here talks to any real address. The script re-runs
 itself under `unshare --net` and refuses to measure unless the namespace it
-finds itself in has only `lo`. There it brings `lo` up, puts the
-documentation address 203.0.113.10/32 on it, and starts its own upstream
-server bound to that address. Every client, direct or sandboxed, and the
-stockade supervisor (whose proxied upstream connections leave from its own
-namespace) therefore can reach only that server. The sandbox finds it as
-`bench.test` through `--map-host bench.test=203.0.113.10` (the sandbox's
-127/8 is its own loopback, so a loopback mapping could not reach it).
+finds itself in has only `lo`. Its upstream server runs in a second fresh
+network namespace (`unshare --net` again) joined to the first by a veth pair:
+203.0.113.1/24 on our side, the documentation address 203.0.113.10/24 on the
+server's. Every client, direct or sandboxed, and the stockade supervisor
+(whose proxied upstream connections leave from its own namespace) can
+therefore reach only that server; the server is not on the supervisor's own
+addresses, which stockade's policy refuses. The sandbox finds it as
+`bench.test` through `--map-host bench.test=203.0.113.10`.
 
 Measures, interleaved (direct and sandboxed alternate, starting side
 alternating per repetition):
@@ -47,7 +48,9 @@ import time
 
 from stats import loadavg, percentile
 
-ADDR = "203.0.113.10"   # TEST-NET-3 (RFC 5737), on lo of our own namespace
+ADDR = "203.0.113.10"   # TEST-NET-3 (RFC 5737), the server's end of the veth
+LOCAL = "203.0.113.1"   # our end
+VETH = ("skbench0", "skbench1")
 PORT = 8080
 NAME = "bench.test"
 PING_PATH = "/ping"
@@ -71,7 +74,15 @@ def serve(addr, port):
     chunk = memoryview(b"\0" * (4 << 20))
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((addr, port))
+    deadline = time.monotonic() + 10
+    while True:  # the address appears once the parent has set up the veth
+        try:
+            ls.bind((addr, port))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     ls.listen(512)
 
     def handle(c):
@@ -169,23 +180,46 @@ def check_fresh_netns():
 def setup_netns():
     check_fresh_netns()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(["ip", "addr", "add", f"{ADDR}/32", "dev", "lo"],
-                   check=True)
 
 
 def start_server():
+    """Starts the server in a namespace of its own and joins it to ours by
+    a veth pair."""
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve"],
-        stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((ADDR, PORT), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the test server did not start")
+        ["unshare", "--net", "--", sys.executable, os.path.abspath(__file__),
+         "--serve"], stdin=subprocess.DEVNULL)
+    try:
+        # unshare execs python in place, so proc.pid is in the new namespace
+        # once its net link differs from ours.
+        mine = os.readlink("/proc/self/ns/net")
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{proc.pid}/ns/net") == mine:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server's namespace did not appear")
+            time.sleep(0.01)
+        ours, theirs = VETH
+        subprocess.run(["ip", "link", "add", ours, "type", "veth", "peer",
+                        "name", theirs, "netns", str(proc.pid)], check=True)
+        subprocess.run(["ip", "addr", "add", f"{LOCAL}/24", "dev", ours],
+                       check=True)
+        subprocess.run(["ip", "link", "set", ours, "up"], check=True)
+        inner = ["nsenter", "--net", "--target", str(proc.pid), "--", "ip"]
+        subprocess.run(inner + ["link", "set", "lo", "up"], check=True)
+        subprocess.run(inner + ["addr", "add", f"{ADDR}/24", "dev", theirs],
+                       check=True)
+        subprocess.run(inner + ["link", "set", theirs, "up"], check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((ADDR, PORT), timeout=1).close()
+                return proc
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the test server did not start")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 # --- measurements -------------------------------------------------------------------

@@ -734,6 +734,8 @@ def main():
     ap.add_argument("--egress", help="egress_bench.py's JSON (optional)")
     ap.add_argument("--v1-attach",
                     help="cgroup-v1-attach.sh's Markdown output (optional)")
+    ap.add_argument("--limits",
+                    help="limits_bench.py's Markdown output (optional)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     meta = json.load(open(args.meta))
@@ -852,6 +854,13 @@ def main():
         lines += ["", daemon_md]
     if egress_md:
         lines += ["", egress_md]
+    limits_md = None
+    if args.limits:
+        try:
+            limits_md = open(args.limits).read().strip()
+            lines += ["", limits_md]
+        except OSError as e:
+            print(f"report.py: no limits section: {e}")
     missing = ("" if daemon_md else DAEMON_PLACEHOLDERS) + \
         ("" if egress_md else EGRESS_PLACEHOLDERS)
     if missing:
@@ -861,7 +870,8 @@ def main():
     lines += ["Raw samples (nanoseconds, in round order): "
               "`benches/raw/cold-start.json`, `benches/raw/workload.json`"
               + (", `benches/raw/daemon.json`" if daemon_md else "")
-              + (", `benches/raw/egress.json`" if egress_md else "") + ".",
+              + (", `benches/raw/egress.json`" if egress_md else "")
+              + (", `benches/raw/limits.json`" if limits_md else "") + ".",
               ""]
     with open(args.out, "w") as f:
         f.write("\n".join(lines))

@@ -49,19 +49,7 @@ fn a_tree_deeper_than_path_max_goes_with_the_sandbox() {
 #[ignore = "needs root: creates namespaces and cgroups"]
 fn gc_removes_a_deep_tree_left_by_a_killed_supervisor() {
     let env = Env::new().with_env("STOCKADE_SCRATCH", "off");
-    let mut child = env
-        .cmd()
-        .args(["run", "--", "sh", "-c"])
-        .arg(format!("{DEEP}\nsleep 60"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, line) = env.start_sh(&format!("{DEEP}\nsleep 60"));
     assert_eq!(line.trim(), "made");
     child.kill().unwrap();
     child.wait().unwrap();

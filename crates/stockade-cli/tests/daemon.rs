@@ -7,57 +7,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::*;
 use stockade_policy::{ByteSize, Policy};
 use stockade_server::client::{Client, ExecOptions};
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(env: &Env, extra: &[&str]) -> Daemon {
-        let socket = env.state.path().join("api.sock");
-        let child = Command::new(BIN)
-            .envs(env.vars.iter().map(|(k, v)| (k, v)))
-            .args(["serve", "--socket", socket.to_str().unwrap(), "--state-dir"])
-            .arg(env.state.path().join("state"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, socket };
-        assert!(
-            eventually(|| d.client().health().is_ok()),
-            "daemon did not come up"
-        );
-        d
-    }
-
-    fn client(&self) -> Client {
-        Client::unix(&self.socket)
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 fn run(c: &Client, id: &str, cmd: &[&str]) -> (Option<i32>, String) {
     let r = c

@@ -7,55 +7,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::daemon::Daemon;
 use common::*;
 use stockade_policy::{BindMount, Policy};
 use stockade_server::client::{Client, ClientError, ExecOptions};
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(env: &Env, extra: &[&str]) -> Daemon {
-        let socket = env.state.path().join(format!("api-{}.sock", rand_suffix()));
-        let child = Command::new(BIN)
-            .args(["serve", "--socket", socket.to_str().unwrap(), "--state-dir"])
-            .arg(env.state.path().join("state"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, socket };
-        assert!(
-            eventually(|| d.client().health().is_ok()),
-            "daemon did not come up"
-        );
-        d
-    }
-
-    fn client(&self) -> Client {
-        Client::unix(&self.socket)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let c = self.client();
-        if let Ok(list) = c.list(&[], None) {
-            for sb in list {
-                let _ = c.destroy(&sb.id);
-            }
-        }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 /// A host file's contents, restored when the test ends however it ends
 /// (an attack that works must not leave the host changed).
@@ -109,7 +66,7 @@ fn policy(root: bool) -> Policy {
 fn api_writes_to_proc_sys_never_reach_the_host() {
     let env = Env::new();
     let core = Restore::save("/proc/sys/kernel/core_pattern");
-    let d = Daemon::start(&env, &[]);
+    let d = Daemon::start_cleaning(&env, &[]);
     let c = d.client();
     for root in [false, true] {
         let sb = c
@@ -134,7 +91,7 @@ fn api_writes_to_proc_sys_never_reach_the_host() {
 fn a_planted_symlink_does_not_lead_api_writes_to_the_host() {
     let env = Env::new();
     let domain = Restore::save("/proc/sys/kernel/domainname");
-    let d = Daemon::start(&env, &[]);
+    let d = Daemon::start_cleaning(&env, &[]);
     let c = d.client();
     for root in [false, true] {
         let sb = c
@@ -177,7 +134,7 @@ fn code_of(o: &std::process::Output) -> i32 {
 fn host_paths_need_an_allowed_root_and_files_behind_binds_keep_their_rights() {
     let env = Env::new();
     // Nothing is allowed by default: not /etc, not anything.
-    let d = Daemon::start(&env, &[]);
+    let d = Daemon::start_cleaning(&env, &[]);
     let mut p = Policy::default();
     p.filesystem.ro_bind.push(BindMount {
         src: "/etc".into(),
@@ -199,7 +156,7 @@ fn host_paths_need_an_allowed_root_and_files_behind_binds_keep_their_rights() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(allowed.path().join("public"), b"for all").unwrap();
-    let d = Daemon::start(
+    let d = Daemon::start_cleaning(
         &env,
         &["--allow-bind-root", allowed.path().to_str().unwrap()],
     );
@@ -244,7 +201,7 @@ fn host_paths_need_an_allowed_root_and_files_behind_binds_keep_their_rights() {
 #[ignore = "needs root: runs the daemon with real sandboxes"]
 fn api_file_access_matches_what_the_workload_itself_can_do() {
     let env = Env::new();
-    let d = Daemon::start(&env, &[]);
+    let d = Daemon::start_cleaning(&env, &[]);
     let c = d.client();
     let sb = c
         .create(Some(&policy(false)), None, &Default::default(), None)
@@ -292,7 +249,7 @@ fn api_file_access_matches_what_the_workload_itself_can_do() {
 #[ignore = "needs root: runs the daemon with real sandboxes"]
 fn copying_a_large_sparse_file_uses_constant_memory_both_ways() {
     let env = Env::new();
-    let d = Daemon::start(&env, &[]);
+    let d = Daemon::start_cleaning(&env, &[]);
     let c = d.client();
     let sb = c
         .create(Some(&policy(false)), None, &Default::default(), None)
@@ -392,7 +349,7 @@ fn copying_a_large_sparse_file_uses_constant_memory_both_ways() {
 #[ignore = "needs root and btrfs: runs the daemon with real sandboxes"]
 fn an_upload_past_the_disk_limit_is_507_and_the_daemon_sandbox_is_capped() {
     let env = Env::new();
-    let d = Daemon::start(&env, &[]);
+    let d = Daemon::start_cleaning(&env, &[]);
     let c = d.client();
     let mut p = Policy::default();
     p.limits.disk = "20M".parse().unwrap();

@@ -199,19 +199,9 @@ fn without_the_scratch_filesystem_a_run_ending_over_the_limit_is_still_reported(
 #[ignore = "needs root and btrfs: creates namespaces, cgroups and scratch subvolumes"]
 fn gc_deletes_the_scratch_of_a_killed_supervisor() {
     let env = Env::new();
-    let mut child = env
-        .cmd()
-        .args(["run", "--", "sh", "-c"])
-        .arg("awk '{print $2}' /proc/self/uid_map; head -c 1000000 /dev/zero > /workspace/f; sleep 60")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, line) = env.start_sh(
+        "awk '{print $2}' /proc/self/uid_map; head -c 1000000 /dev/zero > /workspace/f; sleep 60",
+    );
     let sv = subvol_of(&line);
     assert!(sv.exists());
     // SIGKILL of the supervisor: no teardown runs; its sandbox dies with it.

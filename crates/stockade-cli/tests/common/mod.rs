@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod daemon;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_stockade");
 
 /// A state directory private to one test, removed at the end.
@@ -66,6 +68,24 @@ impl Env {
         let text = std::fs::read_to_string(&report)
             .unwrap_or_else(|e| panic!("no report written ({e}); stderr: {}", stderr(&out)));
         (out, serde_json::from_str(&text).unwrap())
+    }
+
+    /// Starts `stockade run -- sh -c SCRIPT` and returns it with the
+    /// first line it printed (the script says it is ready that way).
+    pub fn start_sh(&self, script: &str) -> (std::process::Child, String) {
+        let mut child = self
+            .cmd()
+            .args(["run", "--", "sh", "-c", script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        (child, line)
     }
 
     pub fn sandboxes_dir(&self) -> PathBuf {
