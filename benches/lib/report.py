@@ -210,7 +210,7 @@ SETUPS = {
     SYNC: "the same sandbox, but `stockade run` waits for its own teardown "
           "(init's exit, cgroup and directory removal, gc) before exiting, "
           "as it did before the detached cleaner "
-          "(`STOCKADE_BENCH_SYNC_TEARDOWN=1`)",
+          "(the hidden `--wait-for-teardown`)",
     NOPOOL: "the same sandbox, but its user and network namespaces are "
             "made as it starts instead of taken ready from the pool "
             "(`STOCKADE_NS_POOL=0`)",

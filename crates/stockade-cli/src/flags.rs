@@ -157,6 +157,11 @@ pub struct RunArgs {
     /// Allocate a terminal for interactive use.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Wait for the sandbox's teardown before exiting, instead of leaving
+    /// it to a detached cleaner (benchmarks use it to show what the
+    /// detached cleaner buys).
+    #[arg(long, hide = true)]
+    pub wait_for_teardown: bool,
     /// Write a JSON report of the run to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -286,11 +291,17 @@ impl RunArgs {
         let policy = self.policy.into_policy()?;
         let mut opts = RunOptions::new(policy, self.command, state_dir);
         opts.tty = self.tty;
+        if self.tty {
+            if let Some(term) = std::env::var_os("TERM").and_then(|t| t.into_string().ok()) {
+                opts.term = term;
+            }
+        }
         opts.net_log = net_log;
         // `stockade run` exits right after: the sandbox's teardown need
-        // not hold up whoever waits for it. (`STOCKADE_BENCH_SYNC_TEARDOWN`
-        // waits for it anyway, so benchmarks can show what this buys.)
-        opts.defer_teardown = std::env::var_os("STOCKADE_BENCH_SYNC_TEARDOWN").is_none();
+        // not hold up whoever waits for it (the hidden
+        // `--wait-for-teardown` waits anyway, so benchmarks can show what
+        // this buys).
+        opts.defer_teardown = !self.wait_for_teardown;
         Ok((opts, self.report))
     }
 }

@@ -44,9 +44,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Settings the libraries take from their caller, read here from the
+/// environment once, before anything else runs. The shim, the zygote and
+/// the detached cleaner are this binary again (or a fork of it) and pass
+/// through here too.
+fn configure_from_env() -> anyhow::Result<()> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let mut pool = stockade_isolate::nspool::Settings::default();
+    if let Some(v) = var("STOCKADE_NS_POOL") {
+        // Checked here: the pool is refilled by every run's cleaner, where
+        // a mistake would go unseen.
+        let text = v.to_str().unwrap_or("\u{fffd}");
+        pool.per_key = stockade_isolate::nspool::parse_per_key(text).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(v) = var("STOCKADE_NS_POOL_DIR") {
+        pool.dir = v.into();
+    }
+    stockade_isolate::nspool::configure(pool);
+    stockade_cgroup::set_root(var(stockade_cgroup::ROOT_ENV).map(Into::into));
+    stockade_core::scratch::set_disabled(
+        var("STOCKADE_SCRATCH").is_some_and(|v| v == "off" || v == "0"),
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    // Read by every run's cleaner, where a mistake would go unseen.
-    stockade_isolate::nspool::per_key_from_env().map_err(anyhow::Error::msg)?;
+    configure_from_env()?;
     match cli.command {
         Command::Run(args) => {
             let opts = args.into_options()?;

@@ -90,14 +90,15 @@ pub struct Prepared {
 
 impl Prepared {
     /// The request that starts `command` with the sandbox's environment
-    /// plus `extra_env`, in `cwd` (the policy's when `None`).
+    /// plus `extra_env`, in `cwd` (the policy's when `None`), on a terminal
+    /// with `TERM` set to `term` when that is given.
     pub fn request(
         &self,
         tag: u64,
         command: &[String],
         extra_env: &std::collections::BTreeMap<String, String>,
         cwd: Option<&str>,
-        tty: bool,
+        term: Option<&str>,
     ) -> Result<SpawnRequest, RunError> {
         if command.is_empty() {
             return Err(RunError::Invalid(
@@ -105,9 +106,8 @@ impl Prepared {
             ));
         }
         let mut env = self.env.clone();
-        if tty {
-            let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-            env.push(("TERM".into(), term));
+        if let Some(term) = term {
+            env.push(("TERM".into(), term.to_string()));
         }
         for (k, v) in extra_env {
             env.retain(|(ek, _)| ek != k);
@@ -128,7 +128,7 @@ impl Prepared {
             argv: command.to_vec(),
             env,
             cwd: cwd.to_string(),
-            tty,
+            tty: term.is_some(),
         })
     }
 }

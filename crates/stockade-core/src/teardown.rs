@@ -261,7 +261,7 @@ extern "C" fn cleaner_main(arg: *mut libc::c_void) -> libc::c_int {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         detach();
         // Only here, where nobody waits: a teardown done in place (a
-        // library caller, STOCKADE_BENCH_SYNC_TEARDOWN) leaves the pool
+        // library caller, `stockade run --wait-for-teardown`) leaves the pool
         // as it is.
         let refill = job.refill.take();
         job.run();
