@@ -15,7 +15,8 @@
 //! The cleaner is started with `clone(CLONE_VM)`: it shares the exiting
 //! process's memory instead of copying its page tables, and the exit no
 //! longer unmaps anything (the cleaner still holds the memory). Both are
-//! costs of a `fork` on this path (about 0.3 ms each). Sharing memory is
+//! costs of a `fork` on this path (measured in benches/OPTIMISATIONS.md).
+//! Sharing memory is
 //! sound only because the parent does nothing after the clone but
 //! `_exit`, and no other thread exists (checked first).
 //!

@@ -20,6 +20,9 @@ pub mod spec;
 pub mod sys;
 pub mod workload;
 
+#[cfg(test)]
+mod test_spec;
+
 /// An error and its causes, on one line (`a: b: c`), for messages that
 /// cross a process boundary or end up in a report as text.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

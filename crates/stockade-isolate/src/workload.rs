@@ -178,9 +178,8 @@ const CHILD_STACK: usize = 256 << 10;
 /// The child is cloned with `CLONE_VM | CLONE_VFORK`: it runs in init's
 /// memory, on a stack of its own, while init is suspended until it execs or
 /// exits. Init waited for the exec anyway (on the pipe); this way no page
-/// tables are copied and no copy-on-write faults follow: 0.25 ms off a
-/// cold start and 0.4 ms off an exec into a running sandbox here
-/// (benches/OPTIMISATIONS.md). What makes that sound:
+/// tables are copied and no copy-on-write faults follow (what that saves:
+/// benches/OPTIMISATIONS.md). What makes that sound:
 /// - init is single-threaded and suspended, so the child is the only one
 ///   touching that memory, and no lock (malloc's included) is held;
 /// - everything the child needs is built here first ([`Exec`], the

@@ -109,9 +109,9 @@ pub struct ZygoteReply {
 
 /// Entry point of `stockade shim --id pool-waiting --zygote`: the daemon's
 /// source of idle shims. Exec'ing and linking the binary for every idle
-/// shim cost the daemon about 1.5 ms of CPU per create, which on a busy
-/// host the requests in flight paid for; a fork of this small, already
-/// started process costs a tenth of that.
+/// shim costs CPU that, on a busy host, the requests in flight pay for; a
+/// fork of this small, already started process costs far less
+/// (benches/OPTIMISATIONS.md, "idle shims forked by a zygote").
 ///
 /// Stdin is a `SOCK_SEQPACKET` socket from the daemon. For each request
 /// the zygote forks a child that takes the two descriptors as its stdin
