@@ -315,7 +315,8 @@ fn supervise(
     };
     drop(self_join);
     // (A claimed pair goes back with the teardown, on failure too.)
-    let mut launched: Launched = launched.map_err(|e| RunError::Launch(e.to_string()))?;
+    let mut launched: Launched =
+        launched.map_err(|e| RunError::Launch(stockade_isolate::error_chain(&e)))?;
     let mut pipes_for_init: Vec<OwnedFd> = Vec::new();
     // The egress stack serves the TUN device made at launch; started now,
     // after the clone: from here on the supervisor has a second thread.

@@ -80,7 +80,7 @@ const OV_DIR: &str = ".stockade-ov";
 
 /// A failed step, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} {path}: {source}")]
+#[error("{what} {path}")]
 pub struct RootfsError {
     pub what: &'static str,
     pub path: String,

@@ -14,7 +14,7 @@ pub enum ServeError {
     #[error("{0}")]
     Config(String),
     /// A file or socket could not be set up.
-    #[error("cannot {what} {}: {source}", path.display())]
+    #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -95,7 +95,7 @@ impl ApiError {
     pub fn store(e: crate::store::StoreError) -> Self {
         match e {
             e @ crate::store::StoreError::NameTaken(_) => Self::conflict(e.to_string()),
-            e => Self::internal(e.to_string()),
+            e => Self::internal(chain(&e)),
         }
     }
 }
@@ -114,6 +114,19 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// An error and its causes on one line (`a: b: c`), for messages that
+/// leave the daemon as text (API answers, its log).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Shorthand for handler results.

@@ -196,7 +196,7 @@ fn serve(
         Ok(l) => l,
         Err(e) => {
             if let Some(r) = ready.as_mut() {
-                let _ = writeln!(r, "error {e}");
+                let _ = writeln!(r, "error {}", stockade_isolate::error_chain(&e));
             }
             return 1;
         }
