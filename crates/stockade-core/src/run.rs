@@ -27,7 +27,7 @@ use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits};
 use stockade_isolate::launch::{launch_joining, Launched};
 use stockade_isolate::proto::{self, FromInit, ToInit};
 use stockade_isolate::sys::pidfd_send_signal;
-use stockade_net::{Egress, EgressConfig, NetEvent};
+use stockade_net::{Egress, EgressConfig, NetEvent, Protocol, Reason, Verdict};
 use stockade_policy::{NetMode, NetworkPolicy, Policy};
 
 use crate::monitor::Monitor;
@@ -733,7 +733,7 @@ impl NetWatch {
                         .write_all(&line);
                 }
             }
-            if ev.verdict == "deny" {
+            if ev.verdict == Verdict::Deny {
                 let _ = tx.try_send(ev);
             }
         };
@@ -764,7 +764,7 @@ impl NetWatch {
 
     fn record(&mut self, ev: &NetEvent, sink: &mut NetSink<'_>) {
         let at = (ev.time - self.started_at).max(0.0);
-        if ev.reason == "rate-limit" {
+        if ev.reason == Reason::RateLimit {
             if self.rate_limit.is_some() {
                 return;
             }
@@ -804,7 +804,7 @@ impl NetWatch {
             return;
         }
         let what = match ev.protocol {
-            "dns" => format!("name {target}"),
+            Protocol::Dns => format!("name {target}"),
             p => format!("{p} to {target}"),
         };
         let v = Violation {
