@@ -131,3 +131,46 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 /// Shorthand for handler results.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_answers_with_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let Err(e) = crate::store::Store::open(&file.join("stockade.db")) else {
+            panic!("a database under a regular file opened");
+        };
+        let cause = std::error::Error::source(&e)
+            .expect("the database error is the cause")
+            .to_string();
+        let answer = ApiError::store(e);
+        assert_eq!(answer.code, "internal");
+        assert!(answer.message.contains("a-file"), "{}", answer.message);
+        assert_eq!(
+            answer.message.matches(&cause).count(),
+            1,
+            "{}",
+            answer.message
+        );
+    }
+
+    #[test]
+    fn chain_joins_each_cause_once() {
+        let e = ServeError::Io {
+            what: "listen on",
+            path: "/run/x.sock".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let text = chain(&e);
+        assert!(text.starts_with("cannot listen on /run/x.sock: "), "{text}");
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+    }
+}
