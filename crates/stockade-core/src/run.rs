@@ -167,7 +167,8 @@ fn run_inner(
         what: format!("open the state directory {}", opts.state_dir.display()),
         source: e,
     })?;
-    let driver = Driver::detect().map_err(|e| RunError::Cgroup(e.to_string()))?;
+    let driver =
+        Driver::detect().map_err(|e| RunError::Cgroup(stockade_isolate::error_chain(&e)))?;
     if !opts.defer_teardown {
         crate::gc::collect(&state, Some(&driver));
     }
@@ -209,7 +210,7 @@ fn run_inner(
         let request = prepared.request(1, &opts.command, &Default::default(), None, opts.tty)?;
         let cgroup = driver
             .create(id, &limits)
-            .map_err(|e| RunError::Cgroup(e.to_string()))?;
+            .map_err(|e| RunError::Cgroup(stockade_isolate::error_chain(&e)))?;
         Ok::<_, RunError>((prepared, request, cgroup))
     })();
     let (mut prepared, request, cgroup) = match setup {
@@ -310,7 +311,11 @@ fn supervise(
             cgroup.dir_fd_v2(),
             &self_join,
             prepared.pool_pair.as_ref(),
-            |pid| cgroup.add_pid(pid).map_err(|e| e.to_string()),
+            |pid| {
+                cgroup
+                    .add_pid(pid)
+                    .map_err(|e| stockade_isolate::error_chain(&e))
+            },
         )
     };
     drop(self_join);
