@@ -85,6 +85,23 @@ fn a_too_small_memory_flag_names_the_key_and_the_value() {
 }
 
 #[test]
+fn a_malformed_size_flag_names_the_flag_and_quotes_the_value_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stockade(dir.path(), &["run", "--memory=-5M", "--", "true"]);
+    let err = fails_saying_once(&o, "-5M");
+    assert!(err.contains("--memory"), "{err}");
+    assert!(err.contains("expected a size like"), "{err}");
+    let o = stockade(dir.path(), &["run", "--timeout", "5x", "--", "true"]);
+    let err = fails_saying_once(&o, "5x");
+    assert!(err.contains("--timeout"), "{err}");
+    // A parser whose message does not quote the value keeps clap's wording,
+    // which does.
+    let o = stockade(dir.path(), &["run", "--pids", "abc", "--", "true"]);
+    let err = fails_saying_once(&o, "abc");
+    assert!(err.contains("--pids"), "{err}");
+}
+
+#[test]
 fn client_commands_without_a_daemon_say_why_once() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("none.sock");
