@@ -105,7 +105,10 @@ fn allowed_name_is_answered_and_proxied() {
     let s = r.sandbox.connect(server.addr).unwrap();
     assert_eq!(http_get(s, "good.test").unwrap(), 1000);
     let ev = r.events.wait_for(|e| e.protocol == "tcp");
-    assert_eq!((ev.verdict.as_str(), ev.reason.as_str()), ("allow", "allowlisted"));
+    assert_eq!(
+        (ev.verdict.as_str(), ev.reason.as_str()),
+        ("allow", "allowlisted")
+    );
     assert_eq!(ev.name.as_deref(), Some("good.test"));
     assert!(ev.bytes_down >= 1000 && ev.bytes_up > 0, "{ev:?}");
     let sum = r.egress().summary();
