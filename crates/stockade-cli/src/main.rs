@@ -114,17 +114,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let summary = stockade_core::gc::collect(&state, driver.as_ref());
             // Generated /etc copies are seen through bind mounts by running
             // sandboxes, so old ones go only when none is running.
+            let dns = stockade_core::prepare::egress_tun().dns;
             let idle = std::fs::read_dir(state.sandboxes())
                 .map(|mut d| d.next().is_none())
                 .unwrap_or(true);
             if idle {
-                stockade_isolate::etc::remove_stale(&state.root, "sandbox");
+                stockade_isolate::etc::remove_stale(&state.root, "sandbox", dns);
             }
             // With a scratch filesystem the copies live there, shared by
             // every state directory's sandboxes.
             if let Some(fs) = stockade_core::scratch::ScratchFs::existing() {
                 if fs.idle() {
-                    stockade_isolate::etc::remove_stale(fs.root(), "sandbox");
+                    stockade_isolate::etc::remove_stale(fs.root(), "sandbox", dns);
                 }
             }
             println!(
