@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use stockade_core::shim::ShimBackend;
-use stockade_server::client::{Client, ExecOptions};
+use stockade_client::{Client, ExecOptions};
 use stockade_server::ServeConfig;
 
 use crate::flags::PolicyArgs;
