@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use stockade_client::{Client, ExecOptions};
 use stockade_core::shim::ShimBackend;
-use stockade_server::client::{Client, ExecOptions};
 use stockade_server::ServeConfig;
 
 use crate::flags::PolicyArgs;

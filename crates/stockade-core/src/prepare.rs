@@ -9,6 +9,7 @@ use stockade_isolate::idmap::{disk_map, AGENT_ID};
 use stockade_isolate::proto::SpawnRequest;
 use stockade_isolate::slots::Slot;
 use stockade_isolate::spec::{MountIdmap, SandboxSpec};
+use stockade_isolate::tun::TunConfig;
 use stockade_policy::Policy;
 
 use crate::scratch::{ScratchFs, Subvol};
@@ -182,6 +183,18 @@ fn check_writable_owner(
 /// The idmapped mount of a host directory owned by `owner` (uid, gid)
 /// for a sandbox in `slot`: what the agent writes belongs to the owner,
 /// unless that is host root (see `idmap::disk_map`).
+/// The sandbox's TUN device as stockade-net's egress stack serves it:
+/// both ends must agree on these addresses and the MTU.
+pub fn egress_tun() -> TunConfig {
+    TunConfig {
+        address: stockade_net::SANDBOX_ADDR,
+        prefix_len: stockade_net::PREFIX_LEN,
+        gateway: stockade_net::GATEWAY_ADDR,
+        dns: stockade_net::DNS_ADDR,
+        mtu: stockade_net::MTU,
+    }
+}
+
 fn mount_idmap(slot: &Slot, owner: (u32, u32)) -> MountIdmap {
     let (uid, gid) = owner;
     MountIdmap {
@@ -337,7 +350,7 @@ pub fn prepare(
             Ok(mount_idmap(&slot, (meta.uid(), meta.gid())))
         })
         .collect::<Result<Vec<_>, RunError>>()?;
-    let net = policy.network.mode != stockade_policy::NetMode::None;
+    let net = (policy.network.mode != stockade_policy::NetMode::None).then(egress_tun);
     // The generated /etc lives on the scratch filesystem when there is
     // one: the sandbox's mountinfo then names a path on that filesystem,
     // not one of the host's.
@@ -346,7 +359,7 @@ pub fn prepare(
         .as_ref()
         .and_then(|s| s.subvol.path.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| state.root.clone());
-    let etc_dir = stockade_isolate::etc::prepare(&etc_base, &p.hostname, net)
+    let etc_dir = stockade_isolate::etc::prepare(&etc_base, &p.hostname, net.map(|t| t.dns))
         .map_err(io("prepare the sandbox's /etc"))?;
     let seccomp = stockade_isolate::seccomp::build().map_err(|e| {
         RunError::Invalid(format!(

@@ -11,6 +11,7 @@ use crate::nspool::Pooled;
 use crate::proto;
 use crate::spec::SandboxSpec;
 use crate::sys;
+use crate::tun::TunConfig;
 
 /// Starting a sandbox failed before its init could report anything.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +70,9 @@ pub struct Launched {
 pub(crate) trait LaunchOps {
     /// Writes init's uid and gid maps.
     fn write_maps(&mut self, pid: i32, spec: &SandboxSpec) -> std::io::Result<()>;
-    /// Creates the TUN device in init's network namespace.
-    fn make_tun(&mut self, pid: i32) -> Result<OwnedFd, LaunchError>;
+    /// Creates the TUN device in init's network namespace, set up as `cfg`
+    /// says.
+    fn make_tun(&mut self, pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError>;
     /// A detached clone of the mount tree at `path`, following no symlink.
     fn open_tree_resolved(&mut self, path: &std::ffi::CStr) -> nix::Result<OwnedFd>;
     /// A detached clone of the mount tree at `path`.
@@ -96,10 +98,10 @@ impl LaunchOps for Kernel {
         idmap::write_maps(pid, &spec.uid_map, &spec.gid_map, false)
     }
 
-    fn make_tun(&mut self, pid: i32) -> Result<OwnedFd, LaunchError> {
+    fn make_tun(&mut self, pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError> {
         // SAFETY: `launch_joining`'s caller guarantees a single thread,
         // and launches run only through it.
-        unsafe { make_tun(pid) }
+        unsafe { make_tun(pid, cfg) }
     }
 
     fn open_tree_resolved(&mut self, path: &std::ffi::CStr) -> nix::Result<OwnedFd> {
@@ -247,7 +249,7 @@ fn send_bind_sources(
 ///
 /// # Safety
 /// The caller must be single-threaded.
-unsafe fn make_tun(pid: i32) -> Result<OwnedFd, LaunchError> {
+unsafe fn make_tun(pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError> {
     let net = nix::fcntl::open(
         format!("/proc/{pid}/ns/net").as_str(),
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -258,7 +260,7 @@ unsafe fn make_tun(pid: i32) -> Result<OwnedFd, LaunchError> {
     // the closure returns its error as a value and does not unwind.
     let made = unsafe {
         sys::in_namespace(net.as_fd(), libc::CLONE_NEWNET, || {
-            stockade_net::configure_tun_inside(crate::init::TUN_NAME)
+            crate::tun::configure_tun_inside(crate::init::TUN_NAME, cfg)
                 .map_err(|e| crate::error_chain(&e))
         })
     };
@@ -389,8 +391,8 @@ fn finish(
         k.abort(&launched);
         return Err(LaunchError::Cgroup(e));
     }
-    if spec.net {
-        match k.make_tun(pid) {
+    if let Some(tun) = &spec.net {
+        match k.make_tun(pid, tun) {
             Ok(tun) => launched.tun = Some(tun),
             Err(e) => {
                 k.abort(&launched);

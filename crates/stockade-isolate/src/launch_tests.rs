@@ -104,7 +104,10 @@ impl LaunchOps for Recorder {
         }
         Ok(())
     }
-    fn make_tun(&mut self, _pid: i32) -> Result<OwnedFd, LaunchError> {
+    fn make_tun(&mut self, pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError> {
+        assert_eq!(pid, 4242);
+        // The caller's set-up reaches the device unchanged.
+        assert_eq!(*cfg, crate::test_spec::TUN);
         self.push(Op::Tun);
         if self.fails("tun") {
             return Err(LaunchError::Tun("no /dev/net/tun".into()));
@@ -193,7 +196,7 @@ fn finish_with(
 #[test]
 fn steps_run_in_order_and_end_with_the_go_ahead() {
     let mut s = spec();
-    s.net = true;
+    s.net = Some(crate::test_spec::TUN);
     let mut k = Recorder::default();
     let (r, _) = finish_with(&mut k, &s, false, false, Ok(()));
     let l = r.unwrap();
@@ -229,7 +232,7 @@ fn a_pooled_pair_keeps_its_maps_and_a_self_joined_init_its_cgroup() {
 #[test]
 fn every_failed_step_kills_init_and_sends_no_go_ahead() {
     let mut s = spec();
-    s.net = true;
+    s.net = Some(crate::test_spec::TUN);
     s.ro_binds.push(BindMount {
         src: "/srv/data".into(),
         dst: "/data".into(),

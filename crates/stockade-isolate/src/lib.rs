@@ -18,6 +18,7 @@ pub mod seccomp;
 pub mod slots;
 pub mod spec;
 pub mod sys;
+pub mod tun;
 pub mod workload;
 
 #[cfg(test)]

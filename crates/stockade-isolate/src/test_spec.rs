@@ -4,6 +4,15 @@
 use crate::idmap::IdMap;
 use crate::spec::SandboxSpec;
 
+/// A TUN set-up as a caller would pass it (stockade-net's addresses).
+pub(crate) const TUN: crate::tun::TunConfig = crate::tun::TunConfig {
+    address: std::net::Ipv4Addr::new(198, 18, 0, 2),
+    prefix_len: 15,
+    gateway: std::net::Ipv4Addr::new(198, 18, 0, 1),
+    dns: std::net::Ipv4Addr::new(198, 18, 0, 1),
+    mtu: 65535,
+};
+
 /// A default sandbox (no overlay, no binds, no network) staged at `staging`.
 pub(crate) fn spec(staging: &str) -> SandboxSpec {
     SandboxSpec {
@@ -18,7 +27,7 @@ pub(crate) fn spec(staging: &str) -> SandboxSpec {
         binds: Vec::new(),
         hostname: "sandbox".into(),
         as_root: false,
-        net: false,
+        net: None,
         uid_map: IdMap::block(100_000),
         gid_map: IdMap::block(100_000),
         userns_owner: None,
