@@ -118,8 +118,9 @@ pub trait MountOps {
     /// Whether a mount tree's root is a directory.
     fn tree_is_dir(&mut self, tree: &OwnedFd) -> bool;
     fn chdir(&mut self, path: &Path) -> nix::Result<()>;
-    /// `pivot_root` into `new_root` and detach the old root.
-    fn pivot_into(&mut self, new_root: &CStr) -> nix::Result<()>;
+    /// `pivot_root(new_root, put_old)`; the builder detaches the old root
+    /// itself (see [`pivot`]).
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> nix::Result<()>;
 }
 
 /// [`MountOps`] done by the kernel.
@@ -198,8 +199,8 @@ impl MountOps for Kernel {
         nix::unistd::chdir(path)
     }
 
-    fn pivot_into(&mut self, new_root: &CStr) -> nix::Result<()> {
-        sys::pivot_into(new_root)
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old)
     }
 }
 
@@ -455,7 +456,7 @@ pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers)
         user.push((fd, b.dst.clone(), attrs, is_dir));
     }
 
-    ctx(k.pivot_into(&cstr(r)), "cannot pivot_root into", r)?;
+    pivot(k, r)?;
 
     for (fd, dst, attrs, is_dir) in user {
         if is_dir {
@@ -476,6 +477,19 @@ pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers)
         )?;
     }
     Ok(())
+}
+
+/// Makes `r` the root: `pivot_root(".", ".")` from inside it stacks the
+/// old root on top of the new one, and detaching `.` then removes the old
+/// root in one step (no directory is needed to hold it). Afterwards no
+/// path leads to the host's filesystem.
+fn pivot(k: &mut impl MountOps, r: &Path) -> Result<()> {
+    const WHAT: &str = "cannot pivot_root into";
+    let here = Path::new(".");
+    ctx(k.chdir(r), WHAT, r)?;
+    ctx(k.pivot_root(here, here), WHAT, r)?;
+    ctx(k.umount_detach(here), WHAT, r)?;
+    ctx(k.chdir(Path::new("/")), WHAT, r)
 }
 
 /// Attaches the idmapped lower layers under a private tmpfs; returns the

@@ -114,16 +114,6 @@ pub fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// `pivot_root(".", ".")` after `chdir(new_root)`: the old root ends up
-/// stacked on top of the new one and is then detached in one step, so no
-/// directory is needed to hold it.
-pub fn pivot_into(new_root: &CStr) -> nix::Result<()> {
-    nix::unistd::chdir(new_root)?;
-    nix::unistd::pivot_root(".", ".")?;
-    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)?;
-    nix::unistd::chdir("/")
-}
-
 /// Marks the calling process's death signal, so the sandbox dies with the
 /// process that created it.
 pub fn set_parent_death_signal(sig: libc::c_int) -> nix::Result<()> {
