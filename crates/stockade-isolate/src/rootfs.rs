@@ -37,14 +37,23 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// The supervisor idmaps each one (so host root's files appear owned by
 /// root inside and can be copied up) and hands it to init under `name`.
 pub fn overlay_lowers(spec: &SandboxSpec) -> Vec<(String, PathBuf)> {
+    overlay_lowers_with(&mut Kernel, spec)
+}
+
+/// [`overlay_lowers`], asking `k` what the host's paths are. Only real
+/// directories: a symlink (`/lib` -> `usr/lib`) is not followed, the
+/// builder recreates it as a symlink instead.
+pub(crate) fn overlay_lowers_with(
+    k: &mut impl MountOps,
+    spec: &SandboxSpec,
+) -> Vec<(String, PathBuf)> {
     let mut v = Vec::new();
     if spec.overlay.is_none() {
         return v;
     }
     for name in SYSTEM_DIRS.iter().chain(OVERLAY_VAR_DIRS) {
         let host = Path::new("/").join(name);
-        let is_real_dir = fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir());
-        if is_real_dir {
+        if k.is_real_dir(&host) {
             v.push((name.replace('/', "_"), host));
         }
     }
@@ -101,6 +110,10 @@ pub trait MountOps {
     /// What `path` is, without following a final symlink; `None` if it
     /// does not exist.
     fn host_kind(&mut self, path: &Path) -> Option<HostKind>;
+    /// Whether `path` is a directory, not a symlink to one.
+    fn is_real_dir(&mut self, path: &Path) -> bool {
+        self.host_kind(path) == Some(HostKind::Dir)
+    }
     fn mount(
         &mut self,
         source: Option<&Path>,
@@ -162,6 +175,11 @@ impl MountOps for Kernel {
         } else {
             HostKind::Other
         })
+    }
+
+    fn is_real_dir(&mut self, path: &Path) -> bool {
+        // One lstat; no readlink for the symlinks among the names.
+        fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
     }
 
     fn mount(
@@ -561,7 +579,7 @@ fn system_dirs(
     if spec.overlay.is_some() {
         for name in OVERLAY_VAR_DIRS {
             let host = Path::new("/").join(name);
-            if k.host_kind(&host) == Some(HostKind::Dir) {
+            if k.is_real_dir(&host) {
                 let dst = r.join(name);
                 mkdir(k, &dst, 0o755)?;
                 let flat = name.replace('/', "_");

@@ -652,3 +652,62 @@ fn a_refused_sysfs_leaves_sys_empty_and_the_build_goes_on() {
         Some(&Op::Setattr("/".into(), MOUNT_ATTR_RDONLY, false))
     );
 }
+
+#[test]
+fn the_supervisor_sends_a_lower_layer_for_each_directory_the_builder_overlays() {
+    let mut s = spec();
+    s.overlay = Some("/run/stockade-scratch/s1/overlay".into());
+    let lowers = overlay_lowers_with(&mut Recorder::debian(), &s);
+    let names: Vec<&str> = lowers.iter().map(|(n, _)| n.as_str()).collect();
+    // Real directories only: merged /usr's symlinks are not followed (the
+    // builder recreates them), and what the host lacks is left out.
+    assert_eq!(
+        names,
+        [
+            "usr",
+            "lib64",
+            "var_lib_dpkg",
+            "var_lib_apt",
+            "var_cache_apt",
+            "etc"
+        ]
+    );
+    assert_eq!(lowers[5].1, s.etc_dir);
+    let mut k = Recorder::debian();
+    let trees = lowers
+        .iter()
+        .map(|(n, host)| {
+            (
+                n.clone(),
+                k.tree(&format!("idmapped {}", host.display()), true),
+            )
+        })
+        .collect();
+    built(&s, &mut k, trees);
+    for (name, host) in &lowers {
+        assert!(
+            k.ops.contains(&Op::Move(
+                format!("idmapped {}", host.display()),
+                staged(LOWER_DIR).join(name)
+            )),
+            "{name} not attached"
+        );
+    }
+    // With every layer sent, no overlay has a host path as its lower layer.
+    let overlays: Vec<_> = k
+        .mounts()
+        .into_iter()
+        .filter(|m| m.2.as_deref() == Some("overlay"))
+        .collect();
+    assert_eq!(overlays.len(), lowers.len());
+    for m in &overlays {
+        let data = m.4.as_deref().unwrap();
+        assert!(
+            data.starts_with(&format!("lowerdir={LOWER_DIR}/")),
+            "{data}"
+        );
+    }
+    assert!(k
+        .ops
+        .contains(&Op::Symlink("usr/lib".into(), staged("lib"))));
+}
