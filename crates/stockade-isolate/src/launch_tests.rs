@@ -339,3 +339,64 @@ fn overlay_lowers_are_idmapped_through_inits_namespace_and_skipped_when_that_fai
         "init's userns".into()
     )));
 }
+
+#[test]
+fn bind_sources_are_opened_without_following_symlinks() {
+    let mut s = spec();
+    s.ro_binds.push(BindMount {
+        src: "/srv/ro".into(),
+        dst: "/ro".into(),
+    });
+    s.binds.push(BindMount {
+        src: "/srv/rw".into(),
+        dst: "/rw".into(),
+    });
+    let mut k = Recorder::default();
+    finish_with(&mut k, &s, false, false, Ok(())).0.unwrap();
+    let opened: Vec<Op> = k
+        .ops()
+        .into_iter()
+        .filter(|op| matches!(op, Op::OpenResolved(_) | Op::OpenClone(_)))
+        .collect();
+    assert_eq!(
+        opened,
+        [
+            Op::OpenResolved(s.workspace.display().to_string()),
+            Op::OpenResolved("/srv/ro".into()),
+            Op::OpenResolved("/srv/rw".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_writable_bind_that_cannot_be_idmapped_fails_the_launch() {
+    // Unlike a lower layer of the copy-on-write root (skipped, the host
+    // path serves instead), a bind without its owner's ids would let the
+    // agent write files owned by ids the directory's owner does not hold.
+    let mut s = spec();
+    s.binds.push(BindMount {
+        src: "/srv/rw".into(),
+        dst: "/rw".into(),
+    });
+    s.bind_idmaps.push(owner_map(1000));
+    let mut k = Recorder::default();
+    k.idmap_fails.push("/srv/rw".into());
+    let (r, _) = finish_with(&mut k, &s, false, false, Ok(()));
+    match r {
+        Err(LaunchError::Idmap { path, source }) => {
+            assert_eq!(path, "/srv/rw");
+            assert_eq!(source, nix::errno::Errno::EINVAL);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(k.ops().last(), Some(&Op::Abort));
+    // The workspace went before it; the bind and the go-ahead never did.
+    let sent: Vec<_> = k.sent().into_iter().map(|(op, n, _)| (op, n)).collect();
+    assert_eq!(
+        sent,
+        [(
+            "lower".to_string(),
+            Some(crate::rootfs::WORKSPACE_TREE.to_string())
+        )]
+    );
+}

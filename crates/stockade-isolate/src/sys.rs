@@ -694,4 +694,32 @@ mod tests {
             [&b"stockade"[..], b"shim", b"--id", b"0123abcd"].map(<[u8]>::to_vec)
         );
     }
+
+    fn c(p: &std::path::Path) -> std::ffi::CString {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+    }
+
+    /// The promise bind sources rely on: a symlink anywhere in the path,
+    /// last component or not, is refused, not followed. Holds without
+    /// root: `openat2` refuses before `open_tree` would need privilege.
+    #[test]
+    fn open_tree_resolved_refuses_a_symlink_anywhere_in_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        for through in ["link", "link/sub"] {
+            let e = open_tree_resolved(&c(&dir.path().join(through))).unwrap_err();
+            assert_eq!(e, Errno::ELOOP, "{through}");
+        }
+        // The same directories named without a symlink: opened where we
+        // may clone mount trees (root), else refused for want of privilege
+        // (and never for a symlink).
+        for plain in ["real", "real/sub"] {
+            match open_tree_resolved(&c(&dir.path().join(plain))) {
+                Ok(_) => assert!(nix::unistd::geteuid().is_root(), "{plain}"),
+                Err(e) => assert_eq!(e, Errno::EPERM, "{plain}"),
+            }
+        }
+    }
 }
