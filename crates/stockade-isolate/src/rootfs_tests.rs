@@ -710,4 +710,46 @@ fn the_supervisor_sends_a_lower_layer_for_each_directory_the_builder_overlays() 
     assert!(k
         .ops
         .contains(&Op::Symlink("usr/lib".into(), staged("lib"))));
+    // The layers are named relative to the new root, entered first.
+    let entered = k.position(|op| op == &Op::Chdir(STAGING.into()));
+    let first = k.position(|op| matches!(op, Op::Mount(_, _, Some(f), ..) if f == "overlay"));
+    assert!(entered < first);
+}
+
+/// The fakes answer as [`Kernel`] is taken to: checked here on a
+/// temporary directory, for the operations that need no privilege.
+#[test]
+fn the_kernel_ops_answer_as_the_builder_assumes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut k = Kernel;
+    // mkdir -p, with the mode asked for (the umask may only take bits).
+    let deep = d.join("a/b/c");
+    k.mkdir_all(&deep, 0o700).unwrap();
+    k.mkdir_all(&deep, 0o700).unwrap();
+    let mode = std::fs::metadata(&deep).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode & !0o700, 0, "{mode:o}");
+    // A mount point for a file: made once, and one that exists is fine.
+    let f = d.join("file");
+    k.make_file(&f).unwrap();
+    k.make_file(&f).unwrap();
+    assert!(std::fs::metadata(&f).unwrap().is_file());
+    // What a path is, without following a symlink.
+    k.symlink(Path::new("a"), &d.join("link")).unwrap();
+    assert_eq!(k.host_kind(&d.join("a")), Some(HostKind::Dir));
+    assert_eq!(
+        k.host_kind(&d.join("link")),
+        Some(HostKind::Symlink("a".into()))
+    );
+    assert_eq!(k.host_kind(&f), Some(HostKind::Other));
+    assert_eq!(k.host_kind(&d.join("missing")), None);
+    assert!(k.is_real_dir(&d.join("a")));
+    assert!(!k.is_real_dir(&d.join("link")), "a symlink to a directory");
+    assert!(!k.is_real_dir(&f));
+    // remove_dir removes an empty directory and leaves a full one.
+    k.remove_dir(&d.join("a/b/c"));
+    assert!(!d.join("a/b/c").exists());
+    k.remove_dir(&d.join("a"));
+    assert!(d.join("a/b").exists());
 }
