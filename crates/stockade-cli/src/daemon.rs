@@ -245,7 +245,7 @@ pub fn rm(args: RmArgs) -> anyhow::Result<u8> {
         match client.destroy(id) {
             Ok(sb) => println!("{}", sb.id),
             Err(e) => {
-                eprintln!("stockade: {id}: {e}");
+                eprintln!("stockade: {id}: {:#}", anyhow::Error::new(e));
                 failed = true;
             }
         }

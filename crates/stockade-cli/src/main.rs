@@ -25,13 +25,7 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("stockade: {first} (see `stockade --help`)");
+            eprintln!("stockade: {} (see `stockade --help`)", usage_error(&e));
             return ExitCode::from(125);
         }
     };
@@ -66,6 +60,32 @@ fn configure_from_env() -> anyhow::Result<()> {
         var("STOCKADE_SCRATCH").is_some_and(|v| v == "off" || v == "0"),
     );
     Ok(())
+}
+
+/// The first line of a flag error. When our parser's own message already
+/// quotes the bad value (`expected a size like "512M" …, got "-5M"`), clap's
+/// `invalid value '-5M' for '--memory <SIZE>'` would say it a second time:
+/// then only the flag is named.
+fn usage_error(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::ValueValidation {
+        if let (Some(ContextValue::String(arg)), Some(ContextValue::String(value)), Some(why)) = (
+            e.get(ContextKind::InvalidArg),
+            e.get(ContextKind::InvalidValue),
+            std::error::Error::source(e),
+        ) {
+            let why = why.to_string();
+            if why.contains(&format!("{value:?}")) {
+                return format!("invalid value for '{arg}': {why}");
+            }
+        }
+    }
+    let text = e.to_string();
+    text.lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {

@@ -348,8 +348,12 @@ pub fn prepare(
         .unwrap_or_else(|| state.root.clone());
     let etc_dir = stockade_isolate::etc::prepare(&etc_base, &p.hostname, net)
         .map_err(io("prepare the sandbox's /etc"))?;
-    let seccomp = stockade_isolate::seccomp::build()
-        .map_err(|e| RunError::Invalid(format!("cannot build the seccomp filter: {e}")))?;
+    let seccomp = stockade_isolate::seccomp::build().map_err(|e| {
+        RunError::Invalid(format!(
+            "cannot build the seccomp filter: {}",
+            stockade_isolate::error_chain(&e)
+        ))
+    })?;
 
     let home_path = if p.root { "/root" } else { "/home/agent" };
     let user = if p.root { "root" } else { "agent" };

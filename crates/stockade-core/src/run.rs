@@ -27,7 +27,7 @@ use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits};
 use stockade_isolate::launch::{launch_joining, Launched};
 use stockade_isolate::proto::{self, FromInit, ToInit};
 use stockade_isolate::sys::pidfd_send_signal;
-use stockade_net::{Egress, EgressConfig, NetEvent};
+use stockade_net::{Egress, EgressConfig, NetEvent, Protocol, Reason, Verdict};
 use stockade_policy::{NetMode, NetworkPolicy, Policy};
 
 use crate::monitor::Monitor;
@@ -170,7 +170,8 @@ fn run_inner(
         what: format!("open the state directory {}", opts.state_dir.display()),
         source: e,
     })?;
-    let driver = Driver::detect().map_err(|e| RunError::Cgroup(e.to_string()))?;
+    let driver =
+        Driver::detect().map_err(|e| RunError::Cgroup(stockade_isolate::error_chain(&e)))?;
     if !opts.defer_teardown {
         crate::gc::collect(&state, Some(&driver));
     }
@@ -218,7 +219,7 @@ fn run_inner(
         )?;
         let cgroup = driver
             .create(id, &limits)
-            .map_err(|e| RunError::Cgroup(e.to_string()))?;
+            .map_err(|e| RunError::Cgroup(stockade_isolate::error_chain(&e)))?;
         Ok::<_, RunError>((prepared, request, cgroup))
     })();
     let (mut prepared, request, cgroup) = match setup {
@@ -319,12 +320,17 @@ fn supervise(
             cgroup.dir_fd_v2(),
             &self_join,
             prepared.pool_pair.as_ref(),
-            |pid| cgroup.add_pid(pid).map_err(|e| e.to_string()),
+            |pid| {
+                cgroup
+                    .add_pid(pid)
+                    .map_err(|e| stockade_isolate::error_chain(&e))
+            },
         )
     };
     drop(self_join);
     // (A claimed pair goes back with the teardown, on failure too.)
-    let mut launched: Launched = launched.map_err(|e| RunError::Launch(e.to_string()))?;
+    let mut launched: Launched =
+        launched.map_err(|e| RunError::Launch(stockade_isolate::error_chain(&e)))?;
     let mut pipes_for_init: Vec<OwnedFd> = Vec::new();
     // The egress stack serves the TUN device made at launch; started now,
     // after the clone: from here on the supervisor has a second thread.
@@ -741,7 +747,7 @@ impl NetWatch {
                         .write_all(&line);
                 }
             }
-            if ev.verdict == "deny" {
+            if ev.verdict == Verdict::Deny {
                 let _ = tx.try_send(ev);
             }
         };
@@ -772,7 +778,7 @@ impl NetWatch {
 
     fn record(&mut self, ev: &NetEvent, sink: &mut NetSink<'_>) {
         let at = (ev.time - self.started_at).max(0.0);
-        if ev.reason == "rate-limit" {
+        if ev.reason == Reason::RateLimit {
             if self.rate_limit.is_some() {
                 return;
             }
@@ -812,7 +818,7 @@ impl NetWatch {
             return;
         }
         let what = match ev.protocol {
-            "dns" => format!("name {target}"),
+            Protocol::Dns => format!("name {target}"),
             p => format!("{p} to {target}"),
         };
         let v = Violation {

@@ -15,11 +15,11 @@ use crate::sys;
 /// Starting a sandbox failed before its init could report anything.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("cannot create the control socket: {0}")]
+    #[error("cannot create the control socket")]
     Socket(#[source] nix::Error),
-    #[error("cannot create the sandbox's namespaces: {0} (check `stockade doctor`: user namespaces may be disabled)")]
+    #[error("cannot create the sandbox's namespaces (check `stockade doctor`: user namespaces may be disabled)")]
     Clone(#[source] nix::Error),
-    #[error("cannot write the sandbox's id maps: {0}")]
+    #[error("cannot write the sandbox's id maps")]
     IdMap(#[source] std::io::Error),
     #[error("cannot place the sandbox in its cgroup: {0}")]
     Cgroup(String),
@@ -28,8 +28,8 @@ pub enum LaunchError {
     #[error("cannot create the sandbox's network device: {0}")]
     Tun(String),
     #[error(
-        "cannot open {path} to bind it into the sandbox: {source} (a symlink on the way is \
-         refused: give the resolved path)"
+        "cannot open {path} to bind it into the sandbox (a symlink on the way is refused: \
+         give the resolved path)"
     )]
     Source {
         path: String,
@@ -37,9 +37,9 @@ pub enum LaunchError {
         source: nix::Error,
     },
     #[error(
-        "cannot mount {path} into the sandbox with its owner's ids (an idmapped mount): {source}; \
-         its filesystem may not support idmapped mounts (ext4, xfs, btrfs and, from Linux 6.3, \
-         tmpfs do): copy it to one that does"
+        "cannot mount {path} into the sandbox with its owner's ids (an idmapped mount; its \
+         filesystem may not support them: ext4, xfs, btrfs and, from Linux 6.3, tmpfs do, so \
+         copy it to one that does)"
     )]
     Idmap {
         path: String,

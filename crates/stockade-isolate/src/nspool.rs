@@ -74,15 +74,15 @@ const NS_GET_OWNER_UID: u64 = NSIO << 8 | 0x4;
 /// Making a pool entry failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("cannot create the namespaces: {0}")]
+    #[error("cannot create the namespaces")]
     Clone(#[source] nix::Error),
-    #[error("cannot write the id maps: {0}")]
+    #[error("cannot write the id maps")]
     IdMap(#[source] io::Error),
     #[error("cannot bring up loopback in the new namespace")]
     Loopback,
-    #[error("{0}: {1}")]
+    #[error("{0}")]
     Io(String, #[source] io::Error),
-    #[error("cannot bind the namespace at {0}: {1}")]
+    #[error("cannot bind the namespace at {0}")]
     Mount(String, #[source] nix::Error),
 }
 

@@ -224,7 +224,7 @@ impl MountOps for Kernel {
 
 /// A failed step, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} {path}: {source}")]
+#[error("{what} {path}")]
 pub struct RootfsError {
     pub what: &'static str,
     pub path: String,

@@ -154,8 +154,10 @@ impl Rules {
     /// The ruleset's descriptor, or `None` on a kernel without Landlock.
     pub(crate) fn get(&mut self, spec: &SandboxSpec) -> Result<Option<RawFd>, (String, Errno)> {
         if self.0.is_none() {
-            let built = landlock_rules::build(&spec.writable_paths(), true)
-                .map_err(|e| (format!("apply Landlock rules ({e})"), Errno::EPERM))?;
+            let built = landlock_rules::build(&spec.writable_paths(), true).map_err(|e| {
+                let why = crate::error_chain(&e);
+                (format!("apply Landlock rules ({why})"), Errno::EPERM)
+            })?;
             self.0 = Some(built);
         }
         Ok(self

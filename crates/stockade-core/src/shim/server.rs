@@ -110,7 +110,10 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
                 if let Some(s) = &prepared.scratch {
                     s.remove();
                 }
-                return fail(&mut ready, &RunError::Cgroup(e.to_string()));
+                return fail(
+                    &mut ready,
+                    &RunError::Cgroup(stockade_isolate::error_chain(&e)),
+                );
             }
         };
         let scratch = &prepared.scratch;
@@ -190,13 +193,17 @@ fn serve(
             cgroup.dir_fd_v2(),
             &self_join,
             None,
-            |pid| cgroup.add_pid(pid).map_err(|e| e.to_string()),
+            |pid| {
+                cgroup
+                    .add_pid(pid)
+                    .map_err(|e| stockade_isolate::error_chain(&e))
+            },
         )
     } {
         Ok(l) => l,
         Err(e) => {
             if let Some(r) = ready.as_mut() {
-                let _ = writeln!(r, "error {e}");
+                let _ = writeln!(r, "error {}", stockade_isolate::error_chain(&e));
             }
             return 1;
         }

@@ -23,13 +23,13 @@ const MAX_JSON_ANSWER: u64 = 64 * 1024 * 1024;
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the stockade daemon at {endpoint}: {source}; is `stockade serve` running, and may you use its socket?")]
+    #[error("cannot reach the stockade daemon at {endpoint} (is `stockade serve` running, and may you use its socket?)")]
     Connect {
         endpoint: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("the connection to the stockade daemon failed: {0}")]
+    #[error("the connection to the stockade daemon failed")]
     Io(#[from] std::io::Error),
     #[error("the stockade daemon sent an answer this client cannot read: {0}")]
     Protocol(String),
