@@ -87,6 +87,20 @@ pub(crate) trait LaunchOps {
     fn send(&mut self, ctl: &OwnedFd, msg: &proto::ToInit, fds: &[RawFd]) -> Result<(), ()>;
     /// Kills init and reaps it: a launch that fails leaves nothing.
     fn abort(&mut self, launched: &Launched);
+    /// [`sys::clone_into_cgroup`].
+    ///
+    /// # Safety
+    /// The caller must be single-threaded.
+    unsafe fn clone_into_cgroup(
+        &mut self,
+        flags: libc::c_int,
+        cgroup: std::os::fd::BorrowedFd<'_>,
+    ) -> nix::Result<Option<(i32, OwnedFd)>>;
+    /// [`sys::clone_fork`].
+    ///
+    /// # Safety
+    /// The caller must be single-threaded.
+    unsafe fn clone_fork(&mut self, flags: libc::c_int) -> nix::Result<Option<(i32, OwnedFd)>>;
 }
 
 /// [`LaunchOps`] done by the kernel.
@@ -136,6 +150,20 @@ impl LaunchOps for Kernel {
     fn abort(&mut self, l: &Launched) {
         let _ = sys::pidfd_send_signal(&l.pidfd, libc::SIGKILL);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.pid), None);
+    }
+
+    unsafe fn clone_into_cgroup(
+        &mut self,
+        flags: libc::c_int,
+        cgroup: std::os::fd::BorrowedFd<'_>,
+    ) -> nix::Result<Option<(i32, OwnedFd)>> {
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        unsafe { sys::clone_into_cgroup(flags, cgroup) }
+    }
+
+    unsafe fn clone_fork(&mut self, flags: libc::c_int) -> nix::Result<Option<(i32, OwnedFd)>> {
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        unsafe { sys::clone_fork(flags) }
     }
 }
 
@@ -428,7 +456,7 @@ unsafe fn clone_owned(
             let switch = sys::EuidSwitch::enter(uid)?;
             // SAFETY: forwarded from the caller's guarantee of a single
             // thread.
-            let r = unsafe { clone_init(NAMESPACES, into_cgroup, self_join) };
+            let r = unsafe { clone_init(&mut Kernel, NAMESPACES, into_cgroup, self_join) };
             match r {
                 // The child: its ids belong to the new namespace now, and
                 // init resets the secure bits it inherited.
@@ -443,7 +471,7 @@ unsafe fn clone_owned(
             }
         }
         // SAFETY: as above.
-        _ => unsafe { clone_init(NAMESPACES, into_cgroup, self_join) },
+        _ => unsafe { clone_init(&mut Kernel, NAMESPACES, into_cgroup, self_join) },
     }
 }
 
@@ -459,11 +487,14 @@ enum Cloned {
 }
 
 /// Clones init with `flags`: into the cgroup v2 directory `into_cgroup`
-/// where given and the kernel can (clone3), otherwise fork-style.
+/// where given and the kernel can (clone3), otherwise fork-style. Init is
+/// `joined` when it was born in its cgroup or will join it itself (it has
+/// `self_join` files); otherwise the caller must move it there.
 ///
 /// # Safety
 /// The caller must be single-threaded.
 unsafe fn clone_init(
+    k: &mut impl LaunchOps,
     flags: libc::c_int,
     into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     self_join: &[OwnedFd],
@@ -472,18 +503,21 @@ unsafe fn clone_init(
         // SAFETY: forwarded from the caller's guarantee of a single thread.
         // On cgroup v2 the child is born in its cgroup; elsewhere (v1, or
         // a kernel without clone3) it is moved there right after.
-        Some(cg) => match unsafe { sys::clone_into_cgroup(flags, cg) } {
+        Some(cg) => match unsafe { k.clone_into_cgroup(flags, cg) } {
             Ok(r) => r.map(|(pid, pidfd)| (pid, pidfd, true)),
             Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG) => {
                 // SAFETY: as above.
-                unsafe { sys::clone_fork(flags) }?
+                unsafe { k.clone_fork(flags) }?
                     .map(|(pid, pidfd)| (pid, pidfd, !self_join.is_empty()))
             }
             Err(e) => return Err(e),
         },
-        // SAFETY: forwarded from the caller's guarantee of a single thread.
-        None => unsafe { sys::clone_fork(flags) }?
-            .map(|(pid, pidfd)| (pid, pidfd, !self_join.is_empty())),
+        None => {
+            // SAFETY: forwarded from the caller's guarantee of a single
+            // thread.
+            let r = unsafe { k.clone_fork(flags) }?;
+            r.map(|(pid, pidfd)| (pid, pidfd, !self_join.is_empty()))
+        }
     };
     Ok(match r {
         None => Cloned::Init,
@@ -607,6 +641,7 @@ extern "C" fn enter_pool(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: this process has a single thread (no CLONE_THREAD).
     let cloned = unsafe {
         clone_init(
+            &mut Kernel,
             NAMESPACES_POOLED | libc::CLONE_PARENT,
             e.into_cgroup,
             e.self_join,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use stockade_policy::BindMount;
@@ -27,6 +27,10 @@ enum Op {
     /// `op` of the message, the name of a `lower`, the trees sent with it
     Send(String, Option<String>, Vec<String>),
     Abort,
+    /// clone3 into a cgroup, with these flags
+    Clone3(libc::c_int),
+    /// fork-style clone, with these flags
+    Fork(libc::c_int),
 }
 
 /// Records; fails the step named in `fail`.
@@ -39,6 +43,8 @@ struct Recorder {
     fail: Option<&'static str>,
     /// Paths whose idmapping fails.
     idmap_fails: Vec<String>,
+    /// What clone3 into a cgroup fails with.
+    clone3_fails: Option<nix::errno::Errno>,
 }
 
 impl Recorder {
@@ -159,6 +165,21 @@ impl LaunchOps for Recorder {
     fn abort(&mut self, launched: &Launched) {
         assert_eq!(launched.pid, 4242);
         self.push(Op::Abort);
+    }
+    unsafe fn clone_into_cgroup(
+        &mut self,
+        flags: libc::c_int,
+        _cgroup: std::os::fd::BorrowedFd<'_>,
+    ) -> nix::Result<Option<(i32, OwnedFd)>> {
+        self.push(Op::Clone3(flags));
+        match self.clone3_fails {
+            Some(e) => Err(e),
+            None => Ok(Some((4242, self.fd("pidfd")))),
+        }
+    }
+    unsafe fn clone_fork(&mut self, flags: libc::c_int) -> nix::Result<Option<(i32, OwnedFd)>> {
+        self.push(Op::Fork(flags));
+        Ok(Some((4242, self.fd("pidfd"))))
     }
 }
 
@@ -341,4 +362,129 @@ fn overlay_lowers_are_idmapped_through_inits_namespace_and_skipped_when_that_fai
         etc.display().to_string(),
         "init's userns".into()
     )));
+}
+
+#[test]
+fn bind_sources_are_opened_without_following_symlinks() {
+    let mut s = spec();
+    s.ro_binds.push(BindMount {
+        src: "/srv/ro".into(),
+        dst: "/ro".into(),
+    });
+    s.binds.push(BindMount {
+        src: "/srv/rw".into(),
+        dst: "/rw".into(),
+    });
+    let mut k = Recorder::default();
+    finish_with(&mut k, &s, false, false, Ok(())).0.unwrap();
+    let opened: Vec<Op> = k
+        .ops()
+        .into_iter()
+        .filter(|op| matches!(op, Op::OpenResolved(_) | Op::OpenClone(_)))
+        .collect();
+    assert_eq!(
+        opened,
+        [
+            Op::OpenResolved(s.workspace.display().to_string()),
+            Op::OpenResolved("/srv/ro".into()),
+            Op::OpenResolved("/srv/rw".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_writable_bind_that_cannot_be_idmapped_fails_the_launch() {
+    // Unlike a lower layer of the copy-on-write root (skipped, the host
+    // path serves instead), a bind without its owner's ids would let the
+    // agent write files owned by ids the directory's owner does not hold.
+    let mut s = spec();
+    s.binds.push(BindMount {
+        src: "/srv/rw".into(),
+        dst: "/rw".into(),
+    });
+    s.bind_idmaps.push(owner_map(1000));
+    let mut k = Recorder::default();
+    k.idmap_fails.push("/srv/rw".into());
+    let (r, _) = finish_with(&mut k, &s, false, false, Ok(()));
+    match r {
+        Err(LaunchError::Idmap { path, source }) => {
+            assert_eq!(path, "/srv/rw");
+            assert_eq!(source, nix::errno::Errno::EINVAL);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(k.ops().last(), Some(&Op::Abort));
+    // The workspace went before it; the bind and the go-ahead never did.
+    let sent: Vec<_> = k.sent().into_iter().map(|(op, n, _)| (op, n)).collect();
+    assert_eq!(
+        sent,
+        [(
+            "lower".to_string(),
+            Some(crate::rootfs::WORKSPACE_TREE.to_string())
+        )]
+    );
+}
+
+#[test]
+fn init_is_born_in_its_cgroup_where_clone3_can_else_forked_and_moved() {
+    use nix::errno::Errno;
+    let flags = NAMESPACES;
+    let cgroup = std::fs::File::open("/dev/null").unwrap();
+    let tasks: Vec<OwnedFd> = vec![std::fs::File::open("/dev/null").unwrap().into()];
+    // (cgroup v2 directory given, clone3's failure, init joins itself)
+    // -> the clones tried, and whether init is in its cgroup afterwards
+    //    (else the supervisor moves it).
+    type Case<'a> = (bool, Option<Errno>, bool, &'a [Op], bool);
+    let cases: [Case<'_>; 7] = [
+        (true, None, false, &[Op::Clone3(flags)], true),
+        (true, None, true, &[Op::Clone3(flags)], true),
+        // A kernel without clone3, or without CLONE_INTO_CGROUP: forked,
+        // then moved by the supervisor or by init itself.
+        (
+            true,
+            Some(Errno::ENOSYS),
+            false,
+            &[Op::Clone3(flags), Op::Fork(flags)],
+            false,
+        ),
+        (
+            true,
+            Some(Errno::E2BIG),
+            true,
+            &[Op::Clone3(flags), Op::Fork(flags)],
+            true,
+        ),
+        // cgroup v1: no directory to be born in.
+        (false, None, false, &[Op::Fork(flags)], false),
+        (false, None, true, &[Op::Fork(flags)], true),
+        // Any other refusal (limits, permissions) is the launch's failure,
+        // not a reason to start init outside its cgroup.
+        (
+            true,
+            Some(Errno::EAGAIN),
+            false,
+            &[Op::Clone3(flags)],
+            false,
+        ),
+    ];
+    for (i, (v2, fails, self_joins, tried, joined)) in cases.into_iter().enumerate() {
+        let mut k = Recorder {
+            clone3_fails: fails,
+            ..Recorder::default()
+        };
+        let into = v2.then(|| cgroup.as_fd());
+        let self_join = if self_joins { &tasks[..] } else { &[] };
+        // SAFETY: the recorder clones nothing.
+        let r = unsafe { clone_init(&mut k, flags, into, self_join) };
+        assert_eq!(k.ops(), tried, "case {i}");
+        match (r, fails) {
+            (Ok(Cloned::Parent { pid, joined: j, .. }), _) => {
+                assert_eq!(pid, 4242);
+                assert_eq!(j, joined, "case {i}");
+            }
+            (Err(e), Some(Errno::EAGAIN)) => assert_eq!(e, Errno::EAGAIN),
+            (Err(e), _) => panic!("case {i}: {e}"),
+            (Ok(Cloned::Init), _) => panic!("case {i}: the child's side"),
+        }
+    }
 }

@@ -37,14 +37,23 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// The supervisor idmaps each one (so host root's files appear owned by
 /// root inside and can be copied up) and hands it to init under `name`.
 pub fn overlay_lowers(spec: &SandboxSpec) -> Vec<(String, PathBuf)> {
+    overlay_lowers_with(&mut Kernel, spec)
+}
+
+/// [`overlay_lowers`], asking `k` what the host's paths are. Only real
+/// directories: a symlink (`/lib` -> `usr/lib`) is not followed, the
+/// builder recreates it as a symlink instead.
+pub(crate) fn overlay_lowers_with(
+    k: &mut impl MountOps,
+    spec: &SandboxSpec,
+) -> Vec<(String, PathBuf)> {
     let mut v = Vec::new();
     if spec.overlay.is_none() {
         return v;
     }
     for name in SYSTEM_DIRS.iter().chain(OVERLAY_VAR_DIRS) {
         let host = Path::new("/").join(name);
-        let is_real_dir = fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir());
-        if is_real_dir {
+        if k.is_real_dir(&host) {
             v.push((name.replace('/', "_"), host));
         }
     }
@@ -101,6 +110,10 @@ pub trait MountOps {
     /// What `path` is, without following a final symlink; `None` if it
     /// does not exist.
     fn host_kind(&mut self, path: &Path) -> Option<HostKind>;
+    /// Whether `path` is a directory, not a symlink to one.
+    fn is_real_dir(&mut self, path: &Path) -> bool {
+        self.host_kind(path) == Some(HostKind::Dir)
+    }
     fn mount(
         &mut self,
         source: Option<&Path>,
@@ -118,8 +131,9 @@ pub trait MountOps {
     /// Whether a mount tree's root is a directory.
     fn tree_is_dir(&mut self, tree: &OwnedFd) -> bool;
     fn chdir(&mut self, path: &Path) -> nix::Result<()>;
-    /// `pivot_root` into `new_root` and detach the old root.
-    fn pivot_into(&mut self, new_root: &CStr) -> nix::Result<()>;
+    /// `pivot_root(new_root, put_old)`; the builder detaches the old root
+    /// itself (see [`pivot`]).
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> nix::Result<()>;
 }
 
 /// [`MountOps`] done by the kernel.
@@ -163,6 +177,11 @@ impl MountOps for Kernel {
         })
     }
 
+    fn is_real_dir(&mut self, path: &Path) -> bool {
+        // One lstat; no readlink for the symlinks among the names.
+        fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+    }
+
     fn mount(
         &mut self,
         source: Option<&Path>,
@@ -198,8 +217,8 @@ impl MountOps for Kernel {
         nix::unistd::chdir(path)
     }
 
-    fn pivot_into(&mut self, new_root: &CStr) -> nix::Result<()> {
-        sys::pivot_into(new_root)
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old)
     }
 }
 
@@ -455,7 +474,7 @@ pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers)
         user.push((fd, b.dst.clone(), attrs, is_dir));
     }
 
-    ctx(k.pivot_into(&cstr(r)), "cannot pivot_root into", r)?;
+    pivot(k, r)?;
 
     for (fd, dst, attrs, is_dir) in user {
         if is_dir {
@@ -476,6 +495,19 @@ pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers)
         )?;
     }
     Ok(())
+}
+
+/// Makes `r` the root: `pivot_root(".", ".")` from inside it stacks the
+/// old root on top of the new one, and detaching `.` then removes the old
+/// root in one step (no directory is needed to hold it). Afterwards no
+/// path leads to the host's filesystem.
+fn pivot(k: &mut impl MountOps, r: &Path) -> Result<()> {
+    const WHAT: &str = "cannot pivot_root into";
+    let here = Path::new(".");
+    ctx(k.chdir(r), WHAT, r)?;
+    ctx(k.pivot_root(here, here), WHAT, r)?;
+    ctx(k.umount_detach(here), WHAT, r)?;
+    ctx(k.chdir(Path::new("/")), WHAT, r)
 }
 
 /// Attaches the idmapped lower layers under a private tmpfs; returns the
@@ -547,7 +579,7 @@ fn system_dirs(
     if spec.overlay.is_some() {
         for name in OVERLAY_VAR_DIRS {
             let host = Path::new("/").join(name);
-            if k.host_kind(&host) == Some(HostKind::Dir) {
+            if k.is_real_dir(&host) {
                 let dst = r.join(name);
                 mkdir(k, &dst, 0o755)?;
                 let flat = name.replace('/', "_");

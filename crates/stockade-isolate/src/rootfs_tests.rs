@@ -41,11 +41,13 @@ enum Op {
     Move(String, PathBuf),
     Clone(PathBuf),
     Chdir(PathBuf),
-    Pivot(PathBuf),
+    /// new root, where the old one goes
+    PivotRoot(PathBuf, PathBuf),
 }
 
 /// Records every operation; answers host lookups from `host`; fails a
-/// mount whose target is `fail_at`.
+/// mount whose target is `fail_at`, and the `fail_call`-th operation that
+/// can fail (counted from 0; host lookups and `remove_dir` cannot).
 #[derive(Default)]
 struct Recorder {
     ops: Vec<Op>,
@@ -53,6 +55,11 @@ struct Recorder {
     /// What each tree descriptor stands for (by raw fd).
     trees: HashMap<i32, (String, bool)>,
     fail_at: Option<PathBuf>,
+    fail_call: Option<usize>,
+    /// Operations that could have failed so far.
+    calls: usize,
+    /// The operation made to fail by `fail_call`.
+    failed: Option<Op>,
 }
 
 fn path_of(c: &CStr) -> PathBuf {
@@ -78,11 +85,21 @@ impl Recorder {
         r
     }
 
-    fn check(&self, target: &Path) -> nix::Result<()> {
-        if self.fail_at.as_deref() == Some(target) {
+    /// Records `op`, an operation that can fail, and says whether it does.
+    fn call(&mut self, op: Op) -> nix::Result<()> {
+        self.ops.push(op);
+        let n = self.calls;
+        self.calls += 1;
+        if self.fail_call == Some(n) {
+            self.failed = self.ops.last().cloned();
             return Err(nix::errno::Errno::EPERM);
         }
         Ok(())
+    }
+
+    fn io_call(&mut self, op: Op) -> std::io::Result<()> {
+        self.call(op)
+            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
     }
 
     /// A tree descriptor standing for `what` (a real fd, so it can be
@@ -124,16 +141,13 @@ impl Recorder {
 
 impl MountOps for Recorder {
     fn mkdir_all(&mut self, path: &Path, _mode: u32) -> std::io::Result<()> {
-        self.ops.push(Op::Mkdir(path.into()));
-        Ok(())
+        self.io_call(Op::Mkdir(path.into()))
     }
     fn make_file(&mut self, path: &Path) -> nix::Result<()> {
-        self.ops.push(Op::File(path.into()));
-        Ok(())
+        self.call(Op::File(path.into()))
     }
     fn symlink(&mut self, target: &Path, link: &Path) -> std::io::Result<()> {
-        self.ops.push(Op::Symlink(target.into(), link.into()));
-        Ok(())
+        self.io_call(Op::Symlink(target.into(), link.into()))
     }
     fn remove_dir(&mut self, _path: &Path) {}
     fn host_kind(&mut self, path: &Path) -> Option<HostKind> {
@@ -147,31 +161,29 @@ impl MountOps for Recorder {
         flags: MsFlags,
         data: Option<&str>,
     ) -> nix::Result<()> {
-        self.check(target)?;
-        self.ops.push(Op::Mount(
+        if self.fail_at.as_deref() == Some(target) {
+            return Err(nix::errno::Errno::EPERM);
+        }
+        self.call(Op::Mount(
             source.map(Into::into),
             target.into(),
             fstype.map(Into::into),
             flags,
             data.map(Into::into),
-        ));
-        Ok(())
+        ))
     }
     fn umount_detach(&mut self, path: &Path) -> nix::Result<()> {
-        self.ops.push(Op::Umount(path.into()));
-        Ok(())
+        self.call(Op::Umount(path.into()))
     }
     fn mount_setattr(&mut self, path: &CStr, attrs: u64, recursive: bool) -> nix::Result<()> {
-        self.ops.push(Op::Setattr(path_of(path), attrs, recursive));
-        Ok(())
+        self.call(Op::Setattr(path_of(path), attrs, recursive))
     }
     fn move_mount(&mut self, tree: &OwnedFd, target: &CStr) -> nix::Result<()> {
         let what = self.trees[&tree.as_raw_fd()].0.clone();
-        self.ops.push(Op::Move(what, path_of(target)));
-        Ok(())
+        self.call(Op::Move(what, path_of(target)))
     }
     fn open_tree_clone(&mut self, source: &CStr) -> nix::Result<OwnedFd> {
-        self.ops.push(Op::Clone(path_of(source)));
+        self.call(Op::Clone(path_of(source)))?;
         let is_dir = !path_of(source).to_string_lossy().ends_with(".txt");
         Ok(self.tree(source.to_str().unwrap(), is_dir))
     }
@@ -179,12 +191,10 @@ impl MountOps for Recorder {
         self.trees[&tree.as_raw_fd()].1
     }
     fn chdir(&mut self, path: &Path) -> nix::Result<()> {
-        self.ops.push(Op::Chdir(path.into()));
-        Ok(())
+        self.call(Op::Chdir(path.into()))
     }
-    fn pivot_into(&mut self, new_root: &CStr) -> nix::Result<()> {
-        self.ops.push(Op::Pivot(path_of(new_root)));
-        Ok(())
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+        self.call(Op::PivotRoot(new_root.into(), put_old.into()))
     }
 }
 
@@ -222,8 +232,7 @@ fn the_host_root_is_made_private_before_anything_is_mounted() {
 fn every_mount_before_the_pivot_lands_under_the_staging_root() {
     let mut k = Recorder::debian();
     built(&spec(), &mut k, Vec::new());
-    let pivot = k.position(|op| matches!(op, Op::Pivot(_)));
-    assert_eq!(k.ops[pivot], Op::Pivot(STAGING.into()));
+    let pivot = k.position(|op| matches!(op, Op::PivotRoot(..)));
     for op in &k.ops[1..pivot] {
         let target = match op {
             Op::Mount(_, t, ..) | Op::Setattr(t, ..) | Op::Move(_, t) | Op::Mkdir(t) => t,
@@ -231,6 +240,47 @@ fn every_mount_before_the_pivot_lands_under_the_staging_root() {
             _ => continue,
         };
         assert!(target.starts_with(STAGING), "{op:?} outside the new root");
+    }
+}
+
+#[test]
+fn the_pivot_enters_the_new_root_and_detaches_the_old_one() {
+    let mut s = spec();
+    s.ro_binds.push(BindMount {
+        src: "/srv/data".into(),
+        dst: "/mnt/data".into(),
+    });
+    let mut k = Recorder::debian();
+    built(&s, &mut k, Vec::new());
+    let pivots: Vec<usize> = (0..k.ops.len())
+        .filter(|&i| matches!(k.ops[i], Op::PivotRoot(..)))
+        .collect();
+    assert_eq!(pivots.len(), 1, "{:#?}", k.ops);
+    let p = pivots[0];
+    // From inside the new root: `pivot_root(".", ".")` stacks the old root
+    // on `.`, which is then detached, and `/` entered.
+    assert_eq!(
+        k.ops[p - 1..p + 3],
+        [
+            Op::Chdir(STAGING.into()),
+            Op::PivotRoot(".".into(), ".".into()),
+            Op::Umount(".".into()),
+            Op::Chdir("/".into()),
+        ]
+    );
+    // Every filesystem is mounted before it; what follows (the user's
+    // binds, the root made read-only) names paths as the sandbox sees
+    // them, never the staging directory.
+    for op in &k.ops[p + 3..] {
+        let target = match op {
+            Op::Mount(..) => panic!("{op:?} after the pivot"),
+            Op::Setattr(t, ..) | Op::Move(_, t) | Op::Mkdir(t) | Op::File(t) => t,
+            other => panic!("unexpected {other:?} after the pivot"),
+        };
+        assert!(
+            target.is_absolute() && !target.starts_with(STAGING),
+            "{op:?}"
+        );
     }
 }
 
@@ -342,7 +392,7 @@ fn user_binds_are_attached_after_the_pivot_at_paths_inside() {
     });
     let mut k = Recorder::debian();
     built(&s, &mut k, Vec::new());
-    let pivot = k.position(|op| matches!(op, Op::Pivot(_)));
+    let pivot = k.position(|op| matches!(op, Op::PivotRoot(..)));
     // Sources are cloned before the pivot, while host paths resolve...
     let clone = k.position(|op| op == &Op::Clone("/srv/data".into()));
     assert!(clone < pivot);
@@ -396,7 +446,7 @@ fn a_failed_step_names_itself_and_stops_the_build_before_the_pivot() {
     assert_eq!(err.what, "cannot mount filesystem on");
     assert_eq!(err.path, staged("proc").display().to_string());
     assert_eq!(err.source, nix::errno::Errno::EPERM);
-    assert!(!k.ops.iter().any(|op| matches!(op, Op::Pivot(_))));
+    assert!(!k.ops.iter().any(|op| matches!(op, Op::PivotRoot(..))));
     assert!(!k
         .ops
         .iter()
@@ -487,4 +537,219 @@ fn a_copy_on_write_root_overlays_without_naming_host_paths() {
     assert!(k.setattr_of("/").is_empty());
     // Overlay layers are named relative to the new root: init works there.
     assert!(k.ops.contains(&Op::Chdir(STAGING.into())));
+}
+
+/// Where a failure of `op` is reported: its own path, except for the
+/// steps of the pivot, which report the new root.
+fn reported_path(op: &Op) -> PathBuf {
+    let pivot_step = match op {
+        Op::PivotRoot(..) => true,
+        Op::Umount(p) => p == Path::new("."),
+        Op::Chdir(p) => p == Path::new("/"),
+        _ => false,
+    };
+    if pivot_step {
+        return STAGING.into();
+    }
+    match op {
+        Op::Mkdir(p) | Op::File(p) | Op::Umount(p) | Op::Chdir(p) | Op::Clone(p) => p.clone(),
+        Op::Symlink(_, p) | Op::Mount(_, p, ..) | Op::Setattr(p, ..) | Op::Move(_, p) => p.clone(),
+        Op::PivotRoot(..) => unreachable!(),
+    }
+}
+
+/// Builds the sandbox `setup` gives once for every operation that can
+/// fail, that one failing: the build must stop right there with an error
+/// naming the path, except where a failure is allowed (sysfs).
+fn each_failure_stops_the_build(setup: impl Fn() -> (Recorder, SandboxSpec, Lowers)) {
+    let (mut k, s, lowers) = setup();
+    built(&s, &mut k, lowers);
+    let steps = k.calls;
+    let mut tolerated = Vec::new();
+    for n in 0..steps {
+        let (mut k, s, lowers) = setup();
+        k.fail_call = Some(n);
+        let r = build_with(&mut k, &s, lowers);
+        let failed = k.failed.clone().expect("the step was reached");
+        if matches!(&failed, Op::Mount(_, _, Some(fs), ..) if fs == "sysfs") {
+            // Allowed to fail: the kernel refuses sysfs where the host's
+            // is not fully visible, and /sys then stays an empty directory.
+            r.unwrap_or_else(|e| panic!("a failed sysfs mount stopped the build: {e}"));
+            assert!(k.ops.iter().any(|op| matches!(op, Op::PivotRoot(..))));
+            tolerated.push(failed);
+            continue;
+        }
+        let err = r
+            .err()
+            .unwrap_or_else(|| panic!("{failed:?} failed, yet the build went on"));
+        assert_eq!(
+            k.calls,
+            n + 1,
+            "{failed:?} failed, yet the build went on: {:#?}",
+            &k.ops[k.ops.len().min(n + 1)..]
+        );
+        assert_eq!(k.ops.last(), Some(&failed));
+        assert_eq!(err.source, nix::errno::Errno::EPERM, "{failed:?}");
+        assert_eq!(
+            err.path,
+            reported_path(&failed).display().to_string(),
+            "{failed:?}: {err}"
+        );
+        assert!(err.to_string().starts_with(err.what), "{err}");
+    }
+    assert_eq!(tolerated.len(), 1, "{tolerated:?}");
+}
+
+#[test]
+fn every_failed_step_of_a_plain_root_stops_the_build_and_names_its_path() {
+    each_failure_stops_the_build(|| {
+        let mut s = spec();
+        s.as_root = true;
+        s.ro_binds.push(BindMount {
+            src: "/srv/data".into(),
+            dst: "/mnt/data".into(),
+        });
+        s.binds.push(BindMount {
+            src: "/srv/notes.txt".into(),
+            dst: "/mnt/out/notes.txt".into(),
+        });
+        (Recorder::debian(), s, Vec::new())
+    });
+}
+
+#[test]
+fn every_failed_step_of_a_copy_on_write_root_stops_the_build_and_names_its_path() {
+    each_failure_stops_the_build(|| {
+        let mut s = spec();
+        s.overlay = Some("/run/stockade-scratch/s1/overlay".into());
+        s.binds.push(BindMount {
+            src: "/srv/rw".into(),
+            dst: "/mnt/rw".into(),
+        });
+        let mut k = Recorder::debian();
+        let lowers = vec![
+            ("usr".to_string(), k.tree("idmapped /usr", true)),
+            ("etc".to_string(), k.tree("idmapped /etc", true)),
+            (WORKSPACE_TREE.to_string(), k.tree("workspace", true)),
+            (bind_tree_name(0), k.tree("bind", true)),
+        ];
+        (k, s, lowers)
+    });
+}
+
+#[test]
+fn a_refused_sysfs_leaves_sys_empty_and_the_build_goes_on() {
+    let mut k = Recorder::debian();
+    k.fail_at = Some(staged("sys"));
+    built(&spec(), &mut k, Vec::new());
+    assert!(k.ops.contains(&Op::Mkdir(staged("sys"))));
+    assert!(!k
+        .ops
+        .iter()
+        .any(|op| matches!(op, Op::Mount(_, t, ..) if t == &staged("sys"))));
+    assert_eq!(
+        k.ops.last(),
+        Some(&Op::Setattr("/".into(), MOUNT_ATTR_RDONLY, false))
+    );
+}
+
+#[test]
+fn the_supervisor_sends_a_lower_layer_for_each_directory_the_builder_overlays() {
+    let mut s = spec();
+    s.overlay = Some("/run/stockade-scratch/s1/overlay".into());
+    let lowers = overlay_lowers_with(&mut Recorder::debian(), &s);
+    let names: Vec<&str> = lowers.iter().map(|(n, _)| n.as_str()).collect();
+    // Real directories only: merged /usr's symlinks are not followed (the
+    // builder recreates them), and what the host lacks is left out.
+    assert_eq!(
+        names,
+        [
+            "usr",
+            "lib64",
+            "var_lib_dpkg",
+            "var_lib_apt",
+            "var_cache_apt",
+            "etc"
+        ]
+    );
+    assert_eq!(lowers[5].1, s.etc_dir);
+    let mut k = Recorder::debian();
+    let trees = lowers
+        .iter()
+        .map(|(n, host)| {
+            (
+                n.clone(),
+                k.tree(&format!("idmapped {}", host.display()), true),
+            )
+        })
+        .collect();
+    built(&s, &mut k, trees);
+    for (name, host) in &lowers {
+        assert!(
+            k.ops.contains(&Op::Move(
+                format!("idmapped {}", host.display()),
+                staged(LOWER_DIR).join(name)
+            )),
+            "{name} not attached"
+        );
+    }
+    // With every layer sent, no overlay has a host path as its lower layer.
+    let overlays: Vec<_> = k
+        .mounts()
+        .into_iter()
+        .filter(|m| m.2.as_deref() == Some("overlay"))
+        .collect();
+    assert_eq!(overlays.len(), lowers.len());
+    for m in &overlays {
+        let data = m.4.as_deref().unwrap();
+        assert!(
+            data.starts_with(&format!("lowerdir={LOWER_DIR}/")),
+            "{data}"
+        );
+    }
+    assert!(k
+        .ops
+        .contains(&Op::Symlink("usr/lib".into(), staged("lib"))));
+    // The layers are named relative to the new root, entered first.
+    let entered = k.position(|op| op == &Op::Chdir(STAGING.into()));
+    let first = k.position(|op| matches!(op, Op::Mount(_, _, Some(f), ..) if f == "overlay"));
+    assert!(entered < first);
+}
+
+/// The fakes answer as [`Kernel`] is taken to: checked here on a
+/// temporary directory, for the operations that need no privilege.
+#[test]
+fn the_kernel_ops_answer_as_the_builder_assumes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut k = Kernel;
+    // mkdir -p, with the mode asked for (the umask may only take bits).
+    let deep = d.join("a/b/c");
+    k.mkdir_all(&deep, 0o700).unwrap();
+    k.mkdir_all(&deep, 0o700).unwrap();
+    let mode = std::fs::metadata(&deep).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode & !0o700, 0, "{mode:o}");
+    // A mount point for a file: made once, and one that exists is fine.
+    let f = d.join("file");
+    k.make_file(&f).unwrap();
+    k.make_file(&f).unwrap();
+    assert!(std::fs::metadata(&f).unwrap().is_file());
+    // What a path is, without following a symlink.
+    k.symlink(Path::new("a"), &d.join("link")).unwrap();
+    assert_eq!(k.host_kind(&d.join("a")), Some(HostKind::Dir));
+    assert_eq!(
+        k.host_kind(&d.join("link")),
+        Some(HostKind::Symlink("a".into()))
+    );
+    assert_eq!(k.host_kind(&f), Some(HostKind::Other));
+    assert_eq!(k.host_kind(&d.join("missing")), None);
+    assert!(k.is_real_dir(&d.join("a")));
+    assert!(!k.is_real_dir(&d.join("link")), "a symlink to a directory");
+    assert!(!k.is_real_dir(&f));
+    // remove_dir removes an empty directory and leaves a full one.
+    k.remove_dir(&d.join("a/b/c"));
+    assert!(!d.join("a/b/c").exists());
+    k.remove_dir(&d.join("a"));
+    assert!(d.join("a/b").exists());
 }

@@ -114,16 +114,6 @@ pub fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// `pivot_root(".", ".")` after `chdir(new_root)`: the old root ends up
-/// stacked on top of the new one and is then detached in one step, so no
-/// directory is needed to hold it.
-pub fn pivot_into(new_root: &CStr) -> nix::Result<()> {
-    nix::unistd::chdir(new_root)?;
-    nix::unistd::pivot_root(".", ".")?;
-    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)?;
-    nix::unistd::chdir("/")
-}
-
 /// Marks the calling process's death signal, so the sandbox dies with the
 /// process that created it.
 pub fn set_parent_death_signal(sig: libc::c_int) -> nix::Result<()> {
@@ -703,5 +693,33 @@ mod tests {
             command_line().unwrap(),
             [&b"stockade"[..], b"shim", b"--id", b"0123abcd"].map(<[u8]>::to_vec)
         );
+    }
+
+    fn c(p: &std::path::Path) -> std::ffi::CString {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+    }
+
+    /// The promise bind sources rely on: a symlink anywhere in the path,
+    /// last component or not, is refused, not followed. Holds without
+    /// root: `openat2` refuses before `open_tree` would need privilege.
+    #[test]
+    fn open_tree_resolved_refuses_a_symlink_anywhere_in_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        for through in ["link", "link/sub"] {
+            let e = open_tree_resolved(&c(&dir.path().join(through))).unwrap_err();
+            assert_eq!(e, Errno::ELOOP, "{through}");
+        }
+        // The same directories named without a symlink: opened where we
+        // may clone mount trees (root), else refused for want of privilege
+        // (and never for a symlink).
+        for plain in ["real", "real/sub"] {
+            match open_tree_resolved(&c(&dir.path().join(plain))) {
+                Ok(_) => assert!(nix::unistd::geteuid().is_root(), "{plain}"),
+                Err(e) => assert_eq!(e, Errno::EPERM, "{plain}"),
+            }
+        }
     }
 }
