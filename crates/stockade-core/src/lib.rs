@@ -5,10 +5,12 @@ pub mod backend;
 pub mod disk;
 pub mod gc;
 pub mod monitor;
+pub mod netwatch;
 pub mod prepare;
 pub mod relay;
 pub mod report;
 pub mod run;
+pub mod sandbox;
 pub mod scratch;
 pub mod shim;
 pub mod state;
@@ -36,8 +38,8 @@ pub enum RunError {
     Cgroup(String),
     #[error("cannot {0}: {1}")]
     Sys(String, #[source] nix::Error),
-    #[error("{0}")]
-    Launch(String),
+    #[error(transparent)]
+    Launch(#[from] stockade_isolate::launch::LaunchError),
     #[error("cannot set up the sandbox: {0}")]
     Setup(String),
     #[error("{}", spawn_message(.step, *.errno))]
