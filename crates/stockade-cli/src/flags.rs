@@ -291,6 +291,12 @@ impl RunArgs {
         // not hold up whoever waits for it. (`STOCKADE_BENCH_SYNC_TEARDOWN`
         // waits for it anyway, so benchmarks can show what this buys.)
         opts.defer_teardown = std::env::var_os("STOCKADE_BENCH_SYNC_TEARDOWN").is_none();
+        // On cgroup v1 init joins its group itself; `STOCKADE_BENCH_V1_ATTACH=move`
+        // keeps the old way (moved by the supervisor), so benchmarks
+        // (benches/cgroup-v1-attach.sh) can show what this buys.
+        if std::env::var_os("STOCKADE_BENCH_V1_ATTACH").is_some_and(|v| v == "move") {
+            opts.v1_attach = stockade_core::sandbox::V1Attach::Move;
+        }
         Ok((opts, self.report))
     }
 }

@@ -22,7 +22,7 @@ use stockade_policy::{NetMode, Policy};
 use crate::netwatch::NetWatch;
 use crate::prepare::{new_id, prepare};
 use crate::report::{Outcome, Report, Usage, Violation, ViolationKind};
-use crate::sandbox::{command_ending, Owner, Sandbox, V1Attach};
+use crate::sandbox::{command_ending, Control, Owner, Sandbox, V1Attach};
 use crate::state::StateDir;
 use crate::teardown::{Leftovers, PendingTeardown};
 use crate::tty::TtyRelay;
@@ -339,19 +339,8 @@ fn supervise(
         }
     };
     sb.watch(limits, started, started + limits.timeout.duration(), disk);
-    let mut cmd = OneCommand {
-        print: opts.print_violations,
-        defer_teardown: opts.defer_teardown,
-        main_pid: None,
-        ended: None,
-        setup_error: None,
-        spawn_error: None,
-        relay: None,
-        relay_fds: Cell::new(0),
-        stdio_relay,
-        interrupts: 0,
-        early_signals: Vec::new(),
-    };
+    let mut cmd = OneCommand::new(opts.print_violations, opts.defer_teardown);
+    cmd.stdio_relay = stdio_relay;
     let early = sb.supervise(&mut cmd)?;
     if let Some(mut r) = cmd.relay.take() {
         r.finish();
@@ -381,7 +370,7 @@ fn supervise(
 
 /// `stockade run`'s side of the event loop: one command, with its
 /// terminal or stdio relayed and our signals forwarded to it.
-struct OneCommand {
+pub(crate) struct OneCommand {
     print: bool,
     defer_teardown: bool,
     main_pid: Option<i32>,
@@ -397,6 +386,24 @@ struct OneCommand {
     early_signals: Vec<i32>,
 }
 
+impl OneCommand {
+    pub(crate) fn new(print: bool, defer_teardown: bool) -> OneCommand {
+        OneCommand {
+            print,
+            defer_teardown,
+            main_pid: None,
+            ended: None,
+            setup_error: None,
+            spawn_error: None,
+            relay: None,
+            relay_fds: Cell::new(0),
+            stdio_relay: None,
+            interrupts: 0,
+            early_signals: Vec::new(),
+        }
+    }
+}
+
 impl Owner for OneCommand {
     fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) {
         let before = fds.len();
@@ -409,7 +416,7 @@ impl Owner for OneCommand {
         }
     }
 
-    fn on_ready(&mut self, _: &mut Sandbox<'_>, ready: &[bool]) {
+    fn on_ready(&mut self, _: &mut dyn Control, ready: &[bool]) {
         let (tty, stdio) = ready.split_at(self.relay_fds.get().min(ready.len()));
         if let Some(r) = self.relay.as_mut() {
             r.handle(tty);
@@ -419,7 +426,7 @@ impl Owner for OneCommand {
         }
     }
 
-    fn on_init(&mut self, sb: &mut Sandbox<'_>, msg: FromInit, mut fds: Vec<OwnedFd>) {
+    fn on_init(&mut self, sb: &mut dyn Control, msg: FromInit, mut fds: Vec<OwnedFd>) {
         match msg {
             FromInit::Ready | FromInit::FilesStarted { .. } => {}
             FromInit::Spawned { pid, .. } => {
@@ -452,7 +459,7 @@ impl Owner for OneCommand {
         }
     }
 
-    fn on_signal(&mut self, sb: &mut Sandbox<'_>, sig: i32) {
+    fn on_signal(&mut self, sb: &mut dyn Control, sig: i32) {
         if sig == libc::SIGWINCH {
             if let Some(r) = &self.relay {
                 r.copy_window_size();
@@ -470,7 +477,7 @@ impl Owner for OneCommand {
         }
     }
 
-    fn on_breach(&mut self, sb: &mut Sandbox<'_>, _: ViolationKind) {
+    fn on_breach(&mut self, sb: &mut dyn Control, _: ViolationKind) {
         sb.kill();
     }
 
@@ -491,7 +498,7 @@ impl Owner for OneCommand {
 
     /// With the teardown deferred, the run is over once the command has
     /// ended normally and nothing but init (killed) is left.
-    fn may_end_early(&self, sb: &Sandbox<'_>) -> bool {
+    fn may_end_early(&self, sb: &dyn Control) -> bool {
         self.defer_teardown
             && self.ended.is_some()
             && sb.killed_for().is_none()

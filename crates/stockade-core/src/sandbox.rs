@@ -61,19 +61,48 @@ pub enum V1Attach {
     Move,
 }
 
+/// What an owner may do with its sandbox from an event handler. A
+/// [`Sandbox`]; a recording fake in the tests.
+pub trait Control {
+    /// Host pid of the sandbox's init.
+    fn init_pid(&self) -> i32;
+    /// Sends init a message with descriptors.
+    fn send(&self, msg: &ToInit, fds: &[RawFd]) -> Result<(), proto::ProtoError>;
+    /// Ends the sandbox (kills init, and so everything).
+    fn kill(&self);
+    /// Usage so far.
+    fn usage(&mut self) -> Usage;
+    /// The limit violations so far (not the network's).
+    fn limit_violations(&self) -> &[Violation];
+    /// The hard breach the sandbox was killed for, if any.
+    fn killed_for(&self) -> Option<ViolationKind>;
+
+    /// Asks init to start a process with these stdio descriptors (none
+    /// with a terminal: init sends its master back).
+    fn exec(&self, request: SpawnRequest, stdio: &[RawFd]) -> Result<(), proto::ProtoError> {
+        self.send(&ToInit::Spawn(request), stdio)
+    }
+
+    /// Delivers `sig` to process `pid` of the sandbox (a host pid that
+    /// init reported).
+    fn signal(&self, pid: i32, sig: i32) {
+        let _ = self.send(&ToInit::Signal { pid, sig }, &[]);
+    }
+}
+
 /// What the owner of a sandbox makes of its events. Every handler gets
 /// the sandbox back to act on it (signal, kill, send to init).
 pub(crate) trait Owner {
     /// Descriptors of the owner's own to poll, after the sandbox's.
     fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>);
     /// Which of them were ready, in the order given.
-    fn on_ready(&mut self, sb: &mut Sandbox<'_>, ready: &[bool]);
+    fn on_ready(&mut self, sb: &mut dyn Control, ready: &[bool]);
     /// A message from init, with the descriptors that came with it.
-    fn on_init(&mut self, sb: &mut Sandbox<'_>, msg: FromInit, fds: Vec<OwnedFd>);
+    fn on_init(&mut self, sb: &mut dyn Control, msg: FromInit, fds: Vec<OwnedFd>);
     /// A signal read from the signalfd.
-    fn on_signal(&mut self, sb: &mut Sandbox<'_>, sig: i32);
+    fn on_signal(&mut self, sb: &mut dyn Control, sig: i32);
     /// A hard breach (time, memory, disk): the sandbox must end.
-    fn on_breach(&mut self, sb: &mut Sandbox<'_>, kind: ViolationKind);
+    fn on_breach(&mut self, sb: &mut dyn Control, kind: ViolationKind);
     /// A new violation, with its one-line description (`kind: detail`).
     fn on_violation(&mut self, v: &Violation, line: &str);
     /// A violation found by the final reading, after the loop.
@@ -88,7 +117,7 @@ pub(crate) trait Owner {
     }
     /// Whether the loop may end once nothing but init is left in the
     /// cgroup (init then being killed already).
-    fn may_end_early(&self, sb: &Sandbox<'_>) -> bool;
+    fn may_end_early(&self, sb: &dyn Control) -> bool;
 }
 
 /// Violations the monitor found, waiting for the owner's handler.
@@ -181,35 +210,6 @@ impl<'c> Sandbox<'c> {
         })
     }
 
-    /// Host pid of the sandbox's init.
-    pub fn init_pid(&self) -> i32 {
-        self.launched.pid
-    }
-
-    /// Sends init a message with descriptors.
-    pub fn send(&self, msg: &ToInit, fds: &[RawFd]) -> Result<(), proto::ProtoError> {
-        proto::send_msg(self.launched.ctl.as_fd(), msg, fds)
-    }
-
-    /// Asks init to start a process with these stdio descriptors (none
-    /// with a terminal: init sends its master back).
-    pub fn exec(&self, request: SpawnRequest, stdio: &[RawFd]) -> Result<(), proto::ProtoError> {
-        self.send(&ToInit::Spawn(request), stdio)
-    }
-
-    /// Delivers `sig` to process `pid` of the sandbox (a host pid that
-    /// init reported).
-    pub fn signal(&self, pid: i32, sig: i32) {
-        let _ = self.send(&ToInit::Signal { pid, sig }, &[]);
-    }
-
-    /// Ends the sandbox: killing init makes the kernel kill everything
-    /// else in its pid namespace, which is every process of the sandbox.
-    /// (The cgroup is emptied and removed afterwards, as a second net.)
-    pub fn kill(&self) {
-        let _ = pidfd_send_signal(&self.launched.pidfd, libc::SIGKILL);
-    }
-
     /// Kills init and reaps it: for a failure before the event loop runs.
     pub fn abort(&self) {
         self.kill();
@@ -251,25 +251,6 @@ impl<'c> Sandbox<'c> {
             }),
         ));
         self.oom_fd = self.cgroup.oom_notifier().ok();
-    }
-
-    /// Usage so far.
-    pub fn usage(&mut self) -> Usage {
-        let cgroup = self.cgroup;
-        self.monitor
-            .as_mut()
-            .map(|m| m.usage(cgroup))
-            .unwrap_or_default()
-    }
-
-    /// The limit violations so far (not the network's).
-    pub fn limit_violations(&self) -> &[Violation] {
-        self.monitor.as_ref().map_or(&[], |m| &m.violations)
-    }
-
-    /// The hard breach the sandbox was killed for, if any.
-    pub fn killed_for(&self) -> Option<ViolationKind> {
-        self.monitor.as_ref().and_then(|m| m.killed_for)
     }
 
     /// Runs the event loop until init has exited and been reaped, or
@@ -414,6 +395,39 @@ impl<'c> Sandbox<'c> {
     }
 }
 
+impl Control for Sandbox<'_> {
+    fn init_pid(&self) -> i32 {
+        self.launched.pid
+    }
+
+    fn send(&self, msg: &ToInit, fds: &[RawFd]) -> Result<(), proto::ProtoError> {
+        proto::send_msg(self.launched.ctl.as_fd(), msg, fds)
+    }
+
+    /// Killing init makes the kernel kill everything else in its pid
+    /// namespace, which is every process of the sandbox. (The cgroup is
+    /// emptied and removed afterwards, as a second net.)
+    fn kill(&self) {
+        let _ = pidfd_send_signal(&self.launched.pidfd, libc::SIGKILL);
+    }
+
+    fn usage(&mut self) -> Usage {
+        let cgroup = self.cgroup;
+        self.monitor
+            .as_mut()
+            .map(|m| m.usage(cgroup))
+            .unwrap_or_default()
+    }
+
+    fn limit_violations(&self) -> &[Violation] {
+        self.monitor.as_ref().map_or(&[], |m| &m.violations)
+    }
+
+    fn killed_for(&self) -> Option<ViolationKind> {
+        self.monitor.as_ref().and_then(|m| m.killed_for)
+    }
+}
+
 /// Whether the loop may end before init is reaped: the owner is done with
 /// the sandbox (init killed) and nothing but init is left in its cgroup.
 pub(crate) fn may_end_early(owner_done: bool, cgroup: &dyn StatsSource, init: i32) -> bool {
@@ -482,5 +496,382 @@ pub(crate) fn outcome_for(kind: ViolationKind) -> Outcome {
         ViolationKind::PidsLimit
         | ViolationKind::NetworkDenied
         | ViolationKind::NetworkRateLimit => Outcome::Signaled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor's decisions, driven with a fake cgroup, a fake disk
+    //! and a fake sandbox: no root, no processes.
+
+    use std::cell::{Cell, RefCell};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use stockade_cgroup::Stats;
+    use stockade_policy::{ByteSize, Span};
+
+    use super::*;
+    use crate::monitor::{DiskGauge, TICK};
+
+    /// A cgroup whose counters the test sets.
+    #[derive(Default)]
+    struct FakeGroup {
+        stats: RefCell<Stats>,
+        only_init: Cell<bool>,
+    }
+
+    impl StatsSource for FakeGroup {
+        fn stats(&self) -> Stats {
+            self.stats.borrow().clone()
+        }
+
+        fn holds_only(&self, _: i32) -> bool {
+            self.only_init.get()
+        }
+    }
+
+    /// A disk reading the test sets.
+    #[derive(Debug)]
+    struct FakeDisk {
+        used: Arc<AtomicU64>,
+        kernel: bool,
+    }
+
+    impl DiskGauge for FakeDisk {
+        fn used(&mut self) -> u64 {
+            self.used.load(Ordering::Relaxed)
+        }
+
+        fn enforced_elsewhere(&self) -> bool {
+            self.kernel
+        }
+    }
+
+    struct Watch {
+        monitor: Monitor,
+        group: FakeGroup,
+        disk: Arc<AtomicU64>,
+        started: Instant,
+        /// Lines the violation sink heard.
+        heard: Arc<Mutex<Vec<String>>>,
+    }
+
+    fn watch(timeout: Duration, kernel_disk: bool) -> Watch {
+        let limits = Limits {
+            memory: ByteSize::mib(64),
+            pids: 32,
+            disk: ByteSize::mib(1),
+            timeout: Span::secs(timeout.as_secs().max(1)),
+            ..Limits::default()
+        };
+        let started = Instant::now();
+        let disk = Arc::new(AtomicU64::new(0));
+        let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = heard.clone();
+        let monitor = Monitor::new(
+            limits,
+            started,
+            started + timeout,
+            DiskSource::Gauge(Box::new(FakeDisk {
+                used: disk.clone(),
+                kernel: kernel_disk,
+            })),
+            Box::new(move |v, detail| {
+                sink.lock()
+                    .unwrap()
+                    .push(format!("{}: {detail}", v.kind.as_str()))
+            }),
+        );
+        Watch {
+            monitor,
+            group: FakeGroup::default(),
+            disk,
+            started,
+            heard,
+        }
+    }
+
+    impl Watch {
+        /// A moment the `n`th sample is due by (the first is due a
+        /// [`TICK`] after the monitor was made, a little after `started`).
+        fn due(&self, n: u32) -> Instant {
+            self.started + n * TICK + Duration::from_millis(50)
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn the_deadline_kills_once_with_a_timeout_violation_and_outcome() {
+        let mut w = watch(Duration::from_secs(5), false);
+        let before = w.started + Duration::from_secs(4);
+        assert_eq!(w.monitor.tick_at(&w.group, before), None);
+        assert!(w.monitor.violations.is_empty());
+        let after = w.started + Duration::from_secs(5);
+        assert_eq!(
+            w.monitor.tick_at(&w.group, after),
+            Some(ViolationKind::Timeout)
+        );
+        // Acted on once: later ticks leave it to the kill.
+        assert_eq!(w.monitor.tick_at(&w.group, after + TICK), None);
+        assert_eq!(w.monitor.violations.len(), 1);
+        assert_eq!(w.monitor.violations[0].kind, ViolationKind::Timeout);
+        assert_eq!(w.heard.lock().unwrap().len(), 1);
+        assert!(w.heard.lock().unwrap()[0].starts_with("timeout: killed after"));
+        // The command's own end, reported after the kill, does not count.
+        let exited = FromInit::Exited { pid: 7, code: 0 };
+        let e = command_ending(w.monitor.killed_for, Some(&exited));
+        assert_eq!(e.outcome, Outcome::Timeout);
+        assert_eq!((e.exit_code, e.signal), (None, Some(libc::SIGKILL)));
+        assert_eq!(
+            sandbox_outcome(w.monitor.killed_for, Some(Outcome::Destroyed)),
+            Outcome::Timeout
+        );
+    }
+
+    #[test]
+    fn an_oom_kill_is_a_memory_breach_from_the_notifier_or_the_sample() {
+        // From the notifier.
+        let mut w = watch(HOUR, false);
+        assert_eq!(w.monitor.check_oom(&w.group), None);
+        w.group.stats.borrow_mut().oom_kills = 1;
+        w.group.stats.borrow_mut().memory_peak = 64 << 20;
+        assert_eq!(
+            w.monitor.check_oom(&w.group),
+            Some(ViolationKind::MemoryLimit)
+        );
+        assert_eq!(w.monitor.check_oom(&w.group), None);
+        assert_eq!(w.monitor.violations.len(), 1);
+        assert_eq!(w.monitor.violations[0].limit, ByteSize::mib(64).to_string());
+        assert_eq!(
+            command_ending(w.monitor.killed_for, None).outcome,
+            Outcome::MemoryLimit
+        );
+        // From the periodic sample, when the notification came too early.
+        let mut w = watch(HOUR, false);
+        w.group.stats.borrow_mut().oom_kills = 2;
+        assert_eq!(w.monitor.tick_at(&w.group, w.started), None, "not due yet");
+        assert_eq!(
+            w.monitor.tick_at(&w.group, w.due(1)),
+            Some(ViolationKind::MemoryLimit)
+        );
+        assert_eq!(w.monitor.killed_for, Some(ViolationKind::MemoryLimit));
+    }
+
+    #[test]
+    fn the_process_limit_is_recorded_once_and_kills_nothing() {
+        let mut w = watch(HOUR, false);
+        w.group.stats.borrow_mut().pids_limit_hits = 3;
+        w.group.stats.borrow_mut().pids_current = 32;
+        for n in 1..4 {
+            assert_eq!(w.monitor.tick_at(&w.group, w.due(n)), None);
+        }
+        assert_eq!(w.monitor.killed_for, None);
+        assert_eq!(w.monitor.violations.len(), 1);
+        assert_eq!(w.monitor.violations[0].kind, ViolationKind::PidsLimit);
+        assert_eq!(w.monitor.violations[0].observed, "3 forks refused");
+        // The command's own ending stands.
+        let exited = FromInit::Exited { pid: 7, code: 3 };
+        let e = command_ending(w.monitor.killed_for, Some(&exited));
+        assert_eq!(e.outcome, Outcome::Exited);
+        assert_eq!((e.exit_code, e.signal), (Some(3), None));
+    }
+
+    #[test]
+    fn polled_disk_over_the_limit_kills_and_at_the_end_only_records() {
+        let mut w = watch(HOUR, false);
+        w.disk.store(1 << 20, Ordering::Relaxed);
+        // At the limit is not over it.
+        assert_eq!(w.monitor.tick_at(&w.group, w.due(1)), None);
+        w.disk.store((1 << 20) + 1, Ordering::Relaxed);
+        assert_eq!(
+            w.monitor.tick_at(&w.group, w.due(2)),
+            Some(ViolationKind::DiskLimit)
+        );
+        assert_eq!(
+            command_ending(w.monitor.killed_for, None).outcome,
+            Outcome::DiskLimit
+        );
+        // Over the limit only in the final reading: recorded, not killed.
+        let mut w = watch(HOUR, false);
+        w.disk.store(2 << 20, Ordering::Relaxed);
+        let usage = w.monitor.final_usage(&w.group);
+        assert_eq!(usage.disk_bytes, 2 << 20);
+        assert_eq!(usage.disk_enforced, "polling");
+        assert_eq!(w.monitor.killed_for, None);
+        assert_eq!(w.monitor.violations[0].kind, ViolationKind::DiskLimit);
+        assert!(w.heard.lock().unwrap()[0].contains("ended with"));
+    }
+
+    #[test]
+    fn disk_enforced_elsewhere_is_reported_when_reached_and_not_killed_for() {
+        let mut w = watch(HOUR, true);
+        w.disk.store(1 << 20, Ordering::Relaxed);
+        assert_eq!(w.monitor.tick_at(&w.group, w.due(1)), None);
+        assert_eq!(w.monitor.killed_for, None);
+        assert_eq!(w.monitor.violations.len(), 1);
+        assert_eq!(w.monitor.violations[0].kind, ViolationKind::DiskLimit);
+        assert_eq!(w.monitor.final_usage(&w.group).disk_enforced, "kernel");
+    }
+
+    #[test]
+    fn usage_keeps_the_peaks_seen_between_samples() {
+        let mut w = watch(HOUR, false);
+        w.group.stats.borrow_mut().pids_current = 9;
+        w.group.stats.borrow_mut().socket_memory = 4096;
+        w.monitor.tick_at(&w.group, w.due(1));
+        *w.group.stats.borrow_mut() = Stats::default();
+        let usage = w.monitor.final_usage(&w.group);
+        assert_eq!(usage.pids_peak, 9);
+        assert_eq!(usage.socket_memory_peak_bytes, 4096);
+    }
+
+    #[test]
+    fn the_loop_ends_early_only_when_the_owner_is_done_and_init_is_alone() {
+        let group = FakeGroup::default();
+        assert!(!may_end_early(true, &group, 1));
+        group.only_init.set(true);
+        assert!(may_end_early(true, &group, 1));
+        assert!(!may_end_early(false, &group, 1));
+    }
+
+    #[test]
+    fn a_sandbox_without_a_breach_ends_as_its_owner_said_or_as_init_died() {
+        assert_eq!(
+            sandbox_outcome(None, Some(Outcome::Destroyed)),
+            Outcome::Destroyed
+        );
+        assert_eq!(sandbox_outcome(None, None), Outcome::Signaled);
+        let signaled = FromInit::Signaled { pid: 7, sig: 15 };
+        let e = command_ending(None, Some(&signaled));
+        assert_eq!((e.outcome, e.signal), (Outcome::Signaled, Some(15)));
+        let e = command_ending(None, None);
+        assert_eq!(e.outcome, Outcome::Signaled);
+        assert_eq!(e.error.as_deref(), Some("the sandbox's init was killed"));
+    }
+
+    #[test]
+    fn violations_come_out_in_time_order() {
+        let v = |kind, at| Violation {
+            kind,
+            limit: String::new(),
+            observed: String::new(),
+            at,
+        };
+        let mut all = vec![
+            v(ViolationKind::Timeout, 3.0),
+            v(ViolationKind::NetworkDenied, 1.0),
+            v(ViolationKind::PidsLimit, 2.0),
+        ];
+        sort_violations(&mut all);
+        let at: Vec<f64> = all.iter().map(|v| v.at).collect();
+        assert_eq!(at, [1.0, 2.0, 3.0]);
+    }
+
+    /// A sandbox that records what its owner did to it.
+    #[derive(Default)]
+    struct FakeSandbox {
+        sent: RefCell<Vec<ToInit>>,
+        kills: Cell<u32>,
+        killed_for: Option<ViolationKind>,
+    }
+
+    impl Control for FakeSandbox {
+        fn init_pid(&self) -> i32 {
+            1
+        }
+
+        fn send(&self, msg: &ToInit, _: &[RawFd]) -> Result<(), proto::ProtoError> {
+            self.sent.borrow_mut().push(msg.clone());
+            Ok(())
+        }
+
+        fn kill(&self) {
+            self.kills.set(self.kills.get() + 1);
+        }
+
+        fn usage(&mut self) -> Usage {
+            Usage::default()
+        }
+
+        fn limit_violations(&self) -> &[Violation] {
+            &[]
+        }
+
+        fn killed_for(&self) -> Option<ViolationKind> {
+            self.killed_for
+        }
+    }
+
+    fn signals_sent(sb: &FakeSandbox) -> Vec<(i32, i32)> {
+        sb.sent
+            .borrow()
+            .iter()
+            .filter_map(|m| match m {
+                ToInit::Signal { pid, sig } => Some((*pid, *sig)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn run_forwards_signals_kills_on_breach_and_ends_with_its_command() {
+        let mut cmd = crate::run::OneCommand::new(false, true);
+        let mut sb = FakeSandbox::default();
+        // A signal before init said the command's pid waits for it.
+        cmd.on_signal(&mut sb, libc::SIGTERM);
+        assert!(signals_sent(&sb).is_empty());
+        cmd.on_init(&mut sb, FromInit::Spawned { tag: 1, pid: 42 }, Vec::new());
+        assert_eq!(signals_sent(&sb), [(42, libc::SIGTERM)]);
+        assert!(cmd.watching());
+        // A process other than the command ends: nothing happens.
+        cmd.on_init(&mut sb, FromInit::Exited { pid: 43, code: 1 }, Vec::new());
+        assert_eq!(sb.kills.get(), 0);
+        assert!(!cmd.may_end_early(&sb));
+        // The command ends: the sandbox goes, limits are no longer
+        // watched (OOM still is), and the loop may end early.
+        cmd.on_init(&mut sb, FromInit::Exited { pid: 42, code: 0 }, Vec::new());
+        assert_eq!(sb.kills.get(), 1);
+        assert!(!cmd.watching());
+        assert!(cmd.watching_oom());
+        assert!(cmd.may_end_early(&sb));
+        // Not after a breach: that run is torn down before the report.
+        sb.killed_for = Some(ViolationKind::MemoryLimit);
+        assert!(!cmd.may_end_early(&sb));
+    }
+
+    #[test]
+    fn run_kills_on_a_breach_and_on_the_third_interrupt() {
+        let mut cmd = crate::run::OneCommand::new(false, false);
+        let mut sb = FakeSandbox::default();
+        cmd.on_breach(&mut sb, ViolationKind::Timeout);
+        assert_eq!(sb.kills.get(), 1);
+        let mut sb = FakeSandbox::default();
+        cmd.on_init(&mut sb, FromInit::Spawned { tag: 1, pid: 42 }, Vec::new());
+        cmd.on_signal(&mut sb, libc::SIGINT);
+        cmd.on_signal(&mut sb, libc::SIGWINCH);
+        cmd.on_signal(&mut sb, libc::SIGINT);
+        assert_eq!(sb.kills.get(), 0);
+        assert_eq!(signals_sent(&sb).len(), 2, "SIGWINCH is not forwarded");
+        cmd.on_signal(&mut sb, libc::SIGINT);
+        assert_eq!(sb.kills.get(), 1);
+        // Without deferred teardown the loop always waits for init.
+        cmd.on_init(&mut sb, FromInit::Exited { pid: 42, code: 0 }, Vec::new());
+        assert!(!cmd.may_end_early(&sb));
+    }
+
+    #[test]
+    fn a_failed_setup_or_spawn_kills_and_never_ends_early() {
+        let mut cmd = crate::run::OneCommand::new(false, true);
+        let mut sb = FakeSandbox::default();
+        let failed = FromInit::SpawnFailed {
+            tag: 1,
+            step: "run x".into(),
+            errno: libc::ENOENT,
+        };
+        cmd.on_init(&mut sb, failed, Vec::new());
+        assert_eq!(sb.kills.get(), 1);
+        assert!(!cmd.may_end_early(&sb));
     }
 }

@@ -24,7 +24,7 @@ use crate::backend::{ProcessInfo, SandboxEvent, SandboxStatus};
 use crate::netwatch::NetWatch;
 use crate::prepare::{prepare, Prepared};
 use crate::report::{Outcome, Report, Violation, ViolationKind};
-use crate::sandbox::{outcome_for, sandbox_outcome, Owner, Sandbox, V1Attach};
+use crate::sandbox::{outcome_for, sandbox_outcome, Control, Owner, Sandbox, V1Attach};
 use crate::state::StateDir;
 use crate::RunError;
 
@@ -333,7 +333,7 @@ impl Owner for Shim<'_> {
         }
     }
 
-    fn on_ready(&mut self, sb: &mut Sandbox<'_>, ready: &[bool]) {
+    fn on_ready(&mut self, sb: &mut dyn Control, ready: &[bool]) {
         let accept_ready = ready.first().copied().unwrap_or(false);
         // Clients by descriptor, not index: answering init's messages
         // (before this) and requests drops clients (waiters answered,
@@ -366,15 +366,15 @@ impl Owner for Shim<'_> {
         }
     }
 
-    fn on_init(&mut self, _: &mut Sandbox<'_>, msg: FromInit, _: Vec<OwnedFd>) {
+    fn on_init(&mut self, _: &mut dyn Control, msg: FromInit, _: Vec<OwnedFd>) {
         self.init_said(msg);
     }
 
-    fn on_signal(&mut self, sb: &mut Sandbox<'_>, _: i32) {
+    fn on_signal(&mut self, sb: &mut dyn Control, _: i32) {
         self.end(sb, Outcome::Destroyed);
     }
 
-    fn on_breach(&mut self, sb: &mut Sandbox<'_>, kind: ViolationKind) {
+    fn on_breach(&mut self, sb: &mut dyn Control, kind: ViolationKind) {
         self.end(sb, outcome_for(kind));
     }
 
@@ -396,13 +396,13 @@ impl Owner for Shim<'_> {
     /// flight (init cannot fork once the kill is pending): nothing of the
     /// sandbox can act any more, so the answer need not wait for the
     /// kernel to tear init's namespaces down.
-    fn may_end_early(&self, _: &Sandbox<'_>) -> bool {
+    fn may_end_early(&self, _: &dyn Control) -> bool {
         self.ending == Some(Outcome::Destroyed) && self.tags.is_empty()
     }
 }
 
 impl Shim<'_> {
-    fn end(&mut self, sb: &Sandbox<'_>, why: Outcome) {
+    fn end(&mut self, sb: &dyn Control, why: Outcome) {
         if self.ending.is_none() {
             self.ending = Some(why);
         }
@@ -530,7 +530,7 @@ impl Shim<'_> {
         }
     }
 
-    fn serve_client(&mut self, i: usize, sb: &mut Sandbox<'_>) {
+    fn serve_client(&mut self, i: usize, sb: &mut dyn Control) {
         let prepared = self.prepared;
         if self.clients[i].1.is_some() {
             // Only subscribers, waiters and the like remain; readable now
