@@ -138,7 +138,7 @@ pub fn run_deferred(opts: &RunOptions) -> (Report, Option<PendingTeardown>) {
     if let Err(e) = run_inner(opts, &id, started, &mut report, &mut pending) {
         report.outcome = Outcome::Error;
         report.exit_code = Some(e.exit_code());
-        report.error = Some(e.to_string());
+        report.error = Some(e.message());
     }
     report.usage.wall_seconds = started.elapsed().as_secs_f64();
     (report, pending)
@@ -152,15 +152,13 @@ fn run_inner(
     pending: &mut Option<PendingTeardown>,
 ) -> Result<(), RunError> {
     let policy = &opts.policy;
-    policy
-        .validate()
-        .map_err(|e| RunError::Invalid(e.to_string()))?;
+    policy.validate()?;
     let net_log = open_net_log(opts)?;
     let state = StateDir::open(&opts.state_dir).map_err(|e| RunError::Io {
         what: format!("open the state directory {}", opts.state_dir.display()),
         source: e,
     })?;
-    let driver = Driver::detect().map_err(|e| RunError::Cgroup(e.to_string()))?;
+    let driver = Driver::detect()?;
     if !opts.defer_teardown {
         crate::gc::collect(&state, Some(&driver));
     }
@@ -189,7 +187,7 @@ fn run_inner(
             Ok(slot) => (None, slot),
             Err(e) => {
                 let _ = dir.remove();
-                return Err(RunError::Invalid(stockade_isolate::error_chain(&e)));
+                return Err(RunError::Slot(e));
             }
         },
     };
@@ -200,9 +198,7 @@ fn run_inner(
     let setup = (|| {
         let prepared = prepare(policy, &state, &dir, slot, &place)?;
         let request = prepared.request(1, &opts.command, &Default::default(), None, opts.tty)?;
-        let cgroup = driver
-            .create(id, &limits)
-            .map_err(|e| RunError::Cgroup(e.to_string()))?;
+        let cgroup = driver.create(id, &limits)?;
         Ok::<_, RunError>((prepared, request, cgroup))
     })();
     let (mut prepared, request, cgroup) = match setup {

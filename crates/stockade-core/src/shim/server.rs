@@ -89,11 +89,11 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
             // told apart from the host failures reported as `error`.
             Err(e @ RunError::Invalid(_)) => {
                 if let Some(r) = ready.as_mut() {
-                    let _ = writeln!(r, "invalid {e}");
+                    let _ = writeln!(r, "invalid {}", e.message());
                 }
                 return 1;
             }
-            Err(e) => return fail(&mut ready, &e),
+            Err(e) => return fail(&mut ready, &e.message()),
         };
         let limits = CgLimits {
             cpus: Some(start.policy.limits.cpus.0),
@@ -106,7 +106,7 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
                 if let Some(s) = &prepared.scratch {
                     s.remove();
                 }
-                return fail(&mut ready, &RunError::Cgroup(e.to_string()));
+                return fail(&mut ready, &RunError::Cgroup(e).message());
             }
         };
         let scratch = &prepared.scratch;
@@ -198,7 +198,7 @@ fn serve(
     };
     let mut sb = match created {
         Ok(sb) => sb,
-        Err(e) => return say(ready, &e),
+        Err(e) => return say(ready, &e.message()),
     };
     // Creation is synchronous for the daemon: wait for init to finish
     // building the sandbox (or to say why it could not).
