@@ -9,6 +9,7 @@
 //! sandbox running; killing the shim kills the sandbox (parent-death
 //! signal), and the next daemon marks it dead.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -239,6 +240,7 @@ fn serve(
         prepared,
         listener,
         clients: Vec::new(),
+        polled: RefCell::default(),
         processes: HashMap::new(),
         order: Vec::new(),
         tags: HashMap::new(),
@@ -317,6 +319,8 @@ struct Shim<'p> {
     prepared: &'p Prepared,
     listener: OwnedFd,
     clients: Vec<(OwnedFd, Option<Client>)>,
+    /// The clients' descriptors as last polled, in order.
+    polled: RefCell<Vec<RawFd>>,
     processes: HashMap<i32, ProcessInfo>,
     /// Pids in start order, to forget the oldest finished ones.
     order: Vec<i32>,
@@ -328,8 +332,11 @@ struct Shim<'p> {
 impl Owner for Shim<'_> {
     fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) {
         fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        let mut polled = self.polled.borrow_mut();
+        polled.clear();
         for (fd, _) in &self.clients {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            polled.push(fd.as_raw_fd());
         }
     }
 
@@ -341,9 +348,9 @@ impl Owner for Shim<'_> {
         let client_ready: Vec<RawFd> = ready
             .iter()
             .skip(1)
-            .zip(&self.clients)
+            .zip(self.polled.borrow().iter())
             .filter(|(r, _)| **r)
-            .map(|(_, (fd, _))| fd.as_raw_fd())
+            .map(|(_, fd)| *fd)
             .collect();
         // Requests from clients that were already connected (and still
         // are); new ones are accepted after, so no descriptor is reused
