@@ -4,9 +4,9 @@
 //!
 //! The lifecycle: [`Sandbox::create`] launches init from a prepared spec
 //! into its cgroup (and starts the egress stack on the TUN init made);
-//! [`Sandbox::exec`] asks init to start a process (argv, env, cwd, user,
-//! terminal, stdio descriptors: a [`SpawnRequest`]); [`Sandbox::signal`]
-//! and [`Sandbox::kill`] reach into it; [`Sandbox::watch`] arms the limits
+//! [`Control::exec`] asks init to start a process (argv, env, cwd, user,
+//! terminal, stdio descriptors: a [`SpawnRequest`]); [`Control::signal`]
+//! and [`Control::kill`] reach into it; [`Sandbox::watch`] arms the limits
 //! watch ([`Monitor`]); [`Sandbox::supervise`] runs the event loop until
 //! init is gone (or, when the owner allows it, until only killed init is
 //! left); [`Sandbox::finish`] stops the egress stack and returns usage and
@@ -24,11 +24,13 @@
 //! the loop may end early, which outcome a run has) are plain functions
 //! and [`Monitor`] methods, tested below without root.
 //!
-//! Another backend (a microVM) would not implement this type: it plugs in
-//! behind [`crate::backend::Backend`] / [`crate::backend::SandboxHandle`]
-//! for the daemon, and behind `run`'s report for one-shot runs, reusing
-//! [`Monitor`] through [`crate::monitor::StatsSource`] and
-//! [`crate::monitor::DiskGauge`] for its limits.
+//! Another backend (a microVM) plugs in behind
+//! [`crate::backend::Backend`] / [`crate::backend::SandboxHandle`] for the
+//! daemon, and at [`Control`] for the event handlers: a guest agent that
+//! speaks init's protocol serves `run`'s and the shim's owners unchanged.
+//! Its own loop sources (the VMM's pidfd, a vsock) replace init's here,
+//! and its limits reach the same [`Monitor`] through
+//! [`crate::monitor::StatsSource`] and [`crate::monitor::DiskGauge`].
 
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
