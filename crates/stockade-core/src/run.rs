@@ -211,19 +211,18 @@ fn run_inner(
             return Err(e);
         }
     };
-    let mut net = NetWatch::new(&policy.network, id, report.started_at, net_log);
+    let net = NetWatch::new(&policy.network, id, report.started_at, net_log);
     prepared.pool_pair = pool_pair;
-    let r = supervise(opts, &prepared, request, &cgroup, started, report, &mut net);
+    let r = supervise(opts, &prepared, request, &cgroup, started, report, net);
     // Init holds the pair now (or new namespaces, if it could not be
     // entered). Its files leave the pool with the teardown: unmounting
     // them while init builds the sandbox would make the kernel wait for
     // RCU grace periods (expedited: an interrupt on every CPU).
     let claimed = prepared.pool_pair.take().map(|p| p.entry);
-    let (r, dying) = match r {
-        Ok(dying) => (Ok(()), dying),
-        Err(e) => (Err(e), None),
+    let (r, dying, device) = match r {
+        Ok((dying, device)) => (Ok(()), dying, device),
+        Err(e) => (Err(e), None, None),
     };
-    let device = net.take_device();
     match dying {
         // The command is done and only init is left, already killed:
         // nothing of the sandbox runs any more. The rest of the teardown
@@ -273,8 +272,8 @@ fn supervise(
     cgroup: &Cgroup,
     started: Instant,
     report: &mut Report,
-    net: &mut NetWatch,
-) -> Result<Option<Launched>, RunError> {
+    net: NetWatch,
+) -> Result<(Option<Launched>, Option<OwnedFd>), RunError> {
     let limits = &opts.policy.limits;
     let mut mask = SigSet::empty();
     for s in HANDLED {
@@ -361,7 +360,8 @@ fn supervise(
     report.signal = ending.signal;
     report.error = ending.error;
     // Init, killed but perhaps not gone yet, for the deferred teardown.
-    Ok(early.then(|| sb.into_launched()))
+    let (init, device) = sb.into_parts();
+    Ok((early.then_some(init), device))
 }
 
 /// `stockade run`'s side of the event loop: one command, with its

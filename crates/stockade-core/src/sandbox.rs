@@ -129,7 +129,7 @@ type Breaches = Arc<Mutex<Vec<(Violation, String)>>>;
 pub struct Sandbox<'c> {
     launched: Launched,
     cgroup: &'c Cgroup,
-    net: &'c mut NetWatch,
+    net: NetWatch,
     sigfd: SignalFd,
     oom_fd: Option<OwnedFd>,
     monitor: Option<Monitor>,
@@ -172,7 +172,7 @@ impl<'c> Sandbox<'c> {
         pooled: Option<&Pooled>,
         attach: V1Attach,
         signals: &SigSet,
-        net: &'c mut NetWatch,
+        mut net: NetWatch,
     ) -> Result<Sandbox<'c>, RunError> {
         let sigfd = SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| RunError::Sys("create a signalfd".into(), e))?;
@@ -391,9 +391,13 @@ impl<'c> Sandbox<'c> {
         }
     }
 
-    /// Init, for a teardown that waits for it (see `teardown.rs`).
-    pub fn into_launched(self) -> Launched {
-        self.launched
+    /// Init, for a teardown that waits for it (see `teardown.rs`), and the
+    /// sandbox's TUN device once the egress stack is done with it: its
+    /// last close takes the kernel milliseconds, so the caller decides
+    /// when that happens.
+    pub fn into_parts(mut self) -> (Launched, Option<OwnedFd>) {
+        let device = self.net.take_device();
+        (self.launched, device)
     }
 }
 

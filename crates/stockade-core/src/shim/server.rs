@@ -185,18 +185,10 @@ fn serve(
         .unwrap_or_default()
         .as_secs_f64()
         - started.elapsed().as_secs_f64();
-    let mut net = NetWatch::new(&start.policy.network, &start.id, started_at, None);
+    let net = NetWatch::new(&start.policy.network, &start.id, started_at, None);
     // SAFETY: the shim is a freshly exec'd, single-threaded process.
-    let created = unsafe {
-        Sandbox::create(
-            &prepared.spec,
-            cgroup,
-            None,
-            V1Attach::SelfJoin,
-            &mask,
-            &mut net,
-        )
-    };
+    let created =
+        unsafe { Sandbox::create(&prepared.spec, cgroup, None, V1Attach::SelfJoin, &mask, net) };
     let mut sb = match created {
         Ok(sb) => sb,
         Err(e) => return say(ready, &e.message()),
@@ -305,9 +297,10 @@ fn serve(
         .retain(|(_, c)| matches!(c, Some(Client::AwaitDestroy)));
     let Shim { listener, .. } = shim;
     drop(listener);
+    // (The network device's last close, slow, comes after the cleanup.)
+    let (launched, _device) = sb.into_parts();
     if early {
         // Init was killed; reap it before its cgroup goes.
-        let launched = sb.into_launched();
         crate::teardown::wait_gone(&launched.pidfd);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
     }
