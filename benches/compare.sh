@@ -334,7 +334,7 @@ cold_start_bench() {
     # The same, waiting for its own teardown as stockade did before the
     # detached cleaner: what deferring the teardown buys.
     record "stockade, teardown waited for" 1 "" "" \
-      env STOCKADE_BENCH_SYNC_TEARDOWN=1 "$SK" run -- /bin/true
+      "$SK" run --wait-for-teardown -- /bin/true
     # The same, making its user and network namespaces as it starts
     # instead of taking a ready pair from the pool: what the pool buys.
     record "stockade, no namespace pool" 1 "" "" \

@@ -210,7 +210,7 @@ SETUPS = {
     SYNC: "the same sandbox, but `stockade run` waits for its own teardown "
           "(init's exit, cgroup and directory removal, gc) before exiting, "
           "as it did before the detached cleaner "
-          "(`STOCKADE_BENCH_SYNC_TEARDOWN=1`)",
+          "(the hidden `--wait-for-teardown`)",
     NOPOOL: "the same sandbox, but its user and network namespaces are "
             "made as it starts instead of taken ready from the pool "
             "(`STOCKADE_NS_POOL=0`)",
@@ -518,11 +518,13 @@ def egress_section(eg, work_dir):
     L = ["## Egress (`--net allowlist`)", "",
          "`benches/lib/egress_bench.py` runs under `unshare --net`: a fresh "
          "network namespace with only `lo` (it refuses to run otherwise), "
-         f"where it puts {eg.get('address')}/32 (a documentation address) "
-         "on `lo` and serves minimal HTTP there from its own process. "
-         "Nothing leaves that namespace: the stockade supervisor, whose "
-         "proxied upstream connections start in its own namespace, can "
-         "reach only that server. Sandboxes use `--net allowlist "
+         "and serves minimal HTTP from a second fresh namespace joined to "
+         f"it by a veth pair, on {eg.get('address')} (a documentation "
+         "address; the stockade supervisor refuses its own addresses, so "
+         "the server is not on them). Nothing leaves those namespaces: the "
+         "stockade supervisor, whose proxied upstream connections start in "
+         "its own namespace, can reach only that server. Sandboxes use "
+         "`--net allowlist "
          f"--allow-host {eg.get('name')} --map-host "
          f"{eg.get('name')}={eg.get('address')}`; `direct` is the same "
          "client in the test namespace without a sandbox. Direct and "

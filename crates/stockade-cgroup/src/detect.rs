@@ -1,7 +1,7 @@
 //! Finding the cgroup layout of the host at run time.
 //!
-//! Pure v2 is recognised by the file-system magic of `/sys/fs/cgroup` (or of
-//! `STOCKADE_CGROUP_ROOT`). Anything else is treated as v1, and the
+//! Pure v2 is recognised by the file-system magic of `/sys/fs/cgroup` (or of the
+//! directory given to [`set_root`], `STOCKADE_CGROUP_ROOT` in the CLI). Anything else is treated as v1, and the
 //! controllers' mount points come from `/proc/self/mountinfo`, because
 //! distributions disagree on them: some co-mount `cpu,cpuacct` in one
 //! hierarchy, others (and this project's CI machine) mount each separately.
@@ -17,8 +17,18 @@ use crate::CgroupError;
 pub(crate) const DEFAULT_V2_ROOT: &str = "/sys/fs/cgroup";
 
 /// Environment variable that points stockade at another cgroup2 directory,
-/// for example a subtree delegated to an unprivileged user.
+/// for example a subtree delegated to an unprivileged user. Read by the
+/// program's entry point, which passes it to [`set_root`].
 pub const ROOT_ENV: &str = "STOCKADE_CGROUP_ROOT";
+
+static ROOT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Points detection at another cgroup2 directory (`None`: the host's).
+/// Set once, by the program's entry point, before the first detection;
+/// the first call wins.
+pub fn set_root(root: Option<PathBuf>) {
+    let _ = ROOT.set(root.filter(|r| !r.as_os_str().is_empty()));
+}
 
 /// The v1 controllers stockade uses, in the order `describe` lists them.
 /// `cpuset`, `devices`, `blkio` and named hierarchies are left alone.
@@ -156,10 +166,8 @@ pub(crate) fn plan(
 
 /// The layout of this host.
 pub(crate) fn detect_plan() -> Result<Plan, CgroupError> {
-    let env_root = std::env::var_os(ROOT_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
-    plan(env_root, is_cgroup2, || {
+    let root = ROOT.get().cloned().flatten();
+    plan(root, is_cgroup2, || {
         crate::fsio::read_sized(Path::new("/proc/self/mountinfo"), 16 << 10)
     })
 }

@@ -27,7 +27,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use detect::ROOT_ENV;
+pub use detect::{set_root, ROOT_ENV};
 pub use error::CgroupError;
 pub(crate) use limits::CPU_PERIOD_US;
 pub use limits::{validate_name, Limits, MIN_CPUS, MIN_MEMORY_BYTES};
@@ -89,8 +89,8 @@ enum Layout {
 }
 
 impl Driver {
-    /// Detects the host's layout: `STOCKADE_CGROUP_ROOT` if set (must be
-    /// cgroup2), else `/sys/fs/cgroup` if it is cgroup2, else the v1
+    /// Detects the host's layout: the root given to [`set_root`] if any
+    /// (must be cgroup2), else `/sys/fs/cgroup` if it is cgroup2, else the v1
     /// hierarchies from `/proc/self/mountinfo`.
     pub fn detect() -> Result<Driver, CgroupError> {
         Ok(Self::from_plan(detect::detect_plan()?, fsio::DirOps::REAL))

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use stockade_client::{Client, ExecOptions};
 use stockade_core::shim::ShimBackend;
-use stockade_server::client::{Client, ExecOptions};
 use stockade_server::ServeConfig;
 
 use crate::flags::PolicyArgs;
@@ -245,7 +245,7 @@ pub fn rm(args: RmArgs) -> anyhow::Result<u8> {
         match client.destroy(id) {
             Ok(sb) => println!("{}", sb.id),
             Err(e) => {
-                eprintln!("stockade: {id}: {e}");
+                eprintln!("stockade: {id}: {:#}", anyhow::Error::new(e));
                 failed = true;
             }
         }

@@ -67,7 +67,7 @@ fn cgroups() -> Check {
         Err(e) => Check {
             name: "cgroups",
             ok: false,
-            detail: e.to_string(),
+            detail: stockade_isolate::error_chain(&e),
             without: "no CPU, memory or process limits can be enforced, so `stockade run` refuses to start",
         },
     }

@@ -157,6 +157,16 @@ pub struct RunArgs {
     /// Allocate a terminal for interactive use.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Wait for the sandbox's teardown before exiting, instead of leaving
+    /// it to a detached cleaner (benchmarks use it to show what the
+    /// detached cleaner buys).
+    #[arg(long, hide = true)]
+    pub wait_for_teardown: bool,
+    /// On cgroup v1, move the sandbox's init into its cgroup from the
+    /// supervisor instead of letting it join by itself (benchmarks compare
+    /// the two).
+    #[arg(long, hide = true)]
+    pub v1_attach_by_move: bool,
     /// Write a JSON report of the run to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -286,15 +296,21 @@ impl RunArgs {
         let policy = self.policy.into_policy()?;
         let mut opts = RunOptions::new(policy, self.command, state_dir);
         opts.tty = self.tty;
+        if self.tty {
+            if let Some(term) = std::env::var_os("TERM").and_then(|t| t.into_string().ok()) {
+                opts.term = term;
+            }
+        }
         opts.net_log = net_log;
         // `stockade run` exits right after: the sandbox's teardown need
-        // not hold up whoever waits for it. (`STOCKADE_BENCH_SYNC_TEARDOWN`
-        // waits for it anyway, so benchmarks can show what this buys.)
-        opts.defer_teardown = std::env::var_os("STOCKADE_BENCH_SYNC_TEARDOWN").is_none();
-        // On cgroup v1 init joins its group itself; `STOCKADE_BENCH_V1_ATTACH=move`
-        // keeps the old way (moved by the supervisor), so benchmarks
-        // (benches/cgroup-v1-attach.sh) can show what this buys.
-        if std::env::var_os("STOCKADE_BENCH_V1_ATTACH").is_some_and(|v| v == "move") {
+        // not hold up whoever waits for it (the hidden
+        // `--wait-for-teardown` waits anyway, so benchmarks can show what
+        // this buys).
+        opts.defer_teardown = !self.wait_for_teardown;
+        // On cgroup v1 init joins its group itself; the hidden
+        // `--v1-attach-by-move` has the supervisor move it, the old way
+        // (benches/cgroup-v1-attach.sh shows what joining buys).
+        if self.v1_attach_by_move {
             opts.v1_attach = stockade_core::sandbox::V1Attach::Move;
         }
         Ok((opts, self.report))

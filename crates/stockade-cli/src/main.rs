@@ -25,13 +25,7 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("stockade: {first} (see `stockade --help`)");
+            eprintln!("stockade: {} (see `stockade --help`)", usage_error(&e));
             return ExitCode::from(125);
         }
     };
@@ -44,9 +38,58 @@ fn main() -> ExitCode {
     }
 }
 
+/// Settings the libraries take from their caller, read here from the
+/// environment once, before anything else runs. The shim, the zygote and
+/// the detached cleaner are this binary again (or a fork of it) and pass
+/// through here too.
+fn configure_from_env() -> anyhow::Result<()> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let mut pool = stockade_isolate::nspool::Settings::default();
+    if let Some(v) = var("STOCKADE_NS_POOL") {
+        // Checked here: the pool is refilled by every run's cleaner, where
+        // a mistake would go unseen.
+        let text = v.to_str().unwrap_or("\u{fffd}");
+        pool.per_key = stockade_isolate::nspool::parse_per_key(text).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(v) = var("STOCKADE_NS_POOL_DIR") {
+        pool.dir = v.into();
+    }
+    stockade_isolate::nspool::configure(pool);
+    stockade_cgroup::set_root(var(stockade_cgroup::ROOT_ENV).map(Into::into));
+    stockade_core::scratch::set_disabled(
+        var("STOCKADE_SCRATCH").is_some_and(|v| v == "off" || v == "0"),
+    );
+    Ok(())
+}
+
+/// The first line of a flag error. When our parser's own message already
+/// quotes the bad value (`expected a size like "512M" …, got "-5M"`), clap's
+/// `invalid value '-5M' for '--memory <SIZE>'` would say it a second time:
+/// then only the flag is named.
+fn usage_error(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::ValueValidation {
+        if let (Some(ContextValue::String(arg)), Some(ContextValue::String(value)), Some(why)) = (
+            e.get(ContextKind::InvalidArg),
+            e.get(ContextKind::InvalidValue),
+            std::error::Error::source(e),
+        ) {
+            let why = why.to_string();
+            if why.contains(&format!("{value:?}")) {
+                return format!("invalid value for '{arg}': {why}");
+            }
+        }
+    }
+    let text = e.to_string();
+    text.lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    // Read by every run's cleaner, where a mistake would go unseen.
-    stockade_isolate::nspool::per_key_from_env().map_err(anyhow::Error::msg)?;
+    configure_from_env()?;
     match cli.command {
         Command::Run(args) => {
             let opts = args.into_options()?;
@@ -88,60 +131,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Gc(args) => {
             let state = stockade_core::state::StateDir::open(&args.state_dir)?;
             let driver = stockade_cgroup::Driver::detect().ok();
-            let summary = stockade_core::gc::collect(&state, driver.as_ref());
-            // Generated /etc copies are seen through bind mounts by running
-            // sandboxes, so old ones go only when none is running.
-            let idle = std::fs::read_dir(state.sandboxes())
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(true);
-            if idle {
-                stockade_isolate::etc::remove_stale(&state.root, "sandbox");
-            }
-            // With a scratch filesystem the copies live there, shared by
-            // every state directory's sandboxes.
-            if let Some(fs) = stockade_core::scratch::ScratchFs::existing() {
-                if fs.idle() {
-                    stockade_isolate::etc::remove_stale(fs.root(), "sandbox");
-                }
-            }
-            println!(
-                "removed {} sandbox(es) and {} cgroup(s) left by dead supervisors",
-                summary.sandboxes.len(),
-                summary.cgroups.len()
-            );
-            if !summary.scratch.is_empty() {
-                println!(
-                    "deleted {} scratch subvolume(s) of sandboxes that are gone",
-                    summary.scratch.len()
-                );
-            }
-            // Claims of supervisors that were killed before their teardown.
-            let orphans = stockade_isolate::nspool::release_orphans(
-                &stockade_isolate::nspool::dir(),
-                &stockade_isolate::slots::dir(),
-            );
-            if orphans > 0 {
-                println!("released {orphans} namespace pair(s) left claimed by dead supervisors");
-            }
-            if args.drop_kept {
-                if let Some(fs) = stockade_core::scratch::ScratchFs::existing() {
-                    let gone = fs.collect(&stockade_isolate::slots::dir(), true);
-                    println!("deleted {} kept task workspace(s)", gone.len());
-                }
-            }
-            if args.reset_scratch {
-                if let Some(fs) = stockade_core::scratch::ScratchFs::existing() {
-                    fs.reset(&stockade_isolate::slots::dir())?;
-                    println!("unmounted the scratch filesystem; it is made afresh on the next run");
-                }
-            }
-            if args.drain_pool {
-                let n = stockade_isolate::nspool::drain(
-                    &stockade_isolate::nspool::dir(),
-                    &stockade_isolate::slots::dir(),
-                );
-                println!("released {n} pooled namespace pair(s)");
-            }
+            let opts = stockade_core::gc::GcOptions {
+                drop_kept: args.drop_kept,
+                reset_scratch: args.reset_scratch,
+                drain_pool: args.drain_pool,
+                ..stockade_core::gc::GcOptions::default()
+            };
+            let report = stockade_core::gc::gc(&state, driver.as_ref(), &opts);
+            print_gc(report)?;
             Ok(0)
         }
         Command::Doctor => Ok(doctor::run()),
@@ -155,4 +152,41 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Shim { zygote: true, .. } => Ok(stockade_core::shim::zygote().clamp(0, 255) as u8),
         Command::Shim { .. } => Ok(stockade_core::shim::entry().clamp(0, 255) as u8),
     }
+}
+
+/// What `stockade gc` did, one line a step; a failed scratch reset is the
+/// command's error (after what was done before it).
+fn print_gc(report: stockade_core::gc::GcReport) -> anyhow::Result<()> {
+    let collected = &report.collected;
+    println!(
+        "removed {} sandbox(es) and {} cgroup(s) left by dead supervisors",
+        collected.sandboxes.len(),
+        collected.cgroups.len()
+    );
+    if !collected.scratch.is_empty() {
+        println!(
+            "deleted {} scratch subvolume(s) of sandboxes that are gone",
+            collected.scratch.len()
+        );
+    }
+    if report.orphan_pairs > 0 {
+        println!(
+            "released {} namespace pair(s) left claimed by dead supervisors",
+            report.orphan_pairs
+        );
+    }
+    if let Some(gone) = report.kept_dropped {
+        println!("deleted {} kept task workspace(s)", gone.len());
+    }
+    match report.scratch_reset {
+        Some(Ok(())) => {
+            println!("unmounted the scratch filesystem; it is made afresh on the next run")
+        }
+        Some(Err(e)) => return Err(e.into()),
+        None => {}
+    }
+    if let Some(n) = report.drained {
+        println!("released {n} pooled namespace pair(s)");
+    }
+    Ok(())
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::*;
+use stockade_client::{Client, ExecOptions};
 use stockade_policy::{ByteSize, Policy};
-use stockade_server::client::{Client, ExecOptions};
 
 fn run(c: &Client, id: &str, cmd: &[&str]) -> (Option<i32>, String) {
     let r = c

@@ -11,8 +11,8 @@ use std::process::Command;
 
 use common::daemon::Daemon;
 use common::*;
+use stockade_client::{Client, ClientError, ExecOptions};
 use stockade_policy::{BindMount, Policy};
-use stockade_server::client::{Client, ClientError, ExecOptions};
 
 /// A host file's contents, restored when the test ends however it ends
 /// (an attack that works must not leave the host changed).

@@ -7,12 +7,19 @@
 //! deleted. Mounts and namespaces need no collecting: they live only in the
 //! sandbox's own mount namespace and die with its last process, which the
 //! parent-death signal and the cgroup kill guarantee.
+//!
+//! [`collect`] is what every supervisor and the daemon do after them;
+//! [`gc`] is all of `stockade gc`: the collection, old generated `/etc`
+//! copies, namespace pairs claimed by dead supervisors, and on request kept
+//! task workspaces, the scratch filesystem and the namespace pool.
 
 use std::fs::{self, File};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use stockade_cgroup::Driver;
 
+use crate::scratch::{ScratchError, ScratchFs};
 use crate::state::{flock, remove_tree, StateDir};
 
 /// What one collection removed.
@@ -93,6 +100,108 @@ pub fn collect(state: &StateDir, cgroups: Option<&Driver>) -> GcSummary {
     summary
 }
 
+/// What [`gc`] does beyond the collection.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Also delete the workspaces `stockade task --keep` kept.
+    pub drop_kept: bool,
+    /// Also unmount the scratch filesystem and remove its image (refused
+    /// while sandboxes use it).
+    pub reset_scratch: bool,
+    /// Also release every pooled namespace pair.
+    pub drain_pool: bool,
+    /// The hostname whose generated `/etc` copies stay (the policy's
+    /// default); copies for any other go once nothing can see them.
+    pub hostname: String,
+    /// The namespace pool's directory.
+    pub pool_dir: PathBuf,
+    /// The directory of id slot locks.
+    pub slot_dir: PathBuf,
+}
+
+impl Default for GcOptions {
+    /// Nothing optional; the default hostname, the configured pool and
+    /// slot directories.
+    fn default() -> GcOptions {
+        GcOptions {
+            drop_kept: false,
+            reset_scratch: false,
+            drain_pool: false,
+            hostname: stockade_policy::ProcessPolicy::default().hostname,
+            pool_dir: stockade_isolate::nspool::dir(),
+            slot_dir: stockade_isolate::slots::dir(),
+        }
+    }
+}
+
+/// What [`gc`] did. `None` for a step that was not asked for or had
+/// nothing to work on (no scratch filesystem).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// The collection of dead supervisors' sandboxes, cgroups and scratch
+    /// subvolumes.
+    pub collected: GcSummary,
+    /// Namespace pairs left claimed by dead supervisors, released.
+    pub orphan_pairs: usize,
+    /// Kept task workspaces deleted (`drop_kept`).
+    pub kept_dropped: Option<Vec<String>>,
+    /// The scratch filesystem's reset (`reset_scratch`). When it failed,
+    /// gc stopped there: no pool drain followed.
+    pub scratch_reset: Option<Result<(), ScratchError>>,
+    /// Pooled namespace pairs released (`drain_pool`).
+    pub drained: Option<usize>,
+}
+
+/// All of `stockade gc`, in order: [`collect`]; generated `/etc` copies
+/// but the current ones (for `opts.hostname`, with and without network)
+/// where nothing can see them any more; claims of dead supervisors in the
+/// namespace pool; then what `opts` asks for.
+pub fn gc(state: &StateDir, cgroups: Option<&Driver>, opts: &GcOptions) -> GcReport {
+    let mut report = GcReport {
+        collected: collect(state, cgroups),
+        ..GcReport::default()
+    };
+    // Generated /etc copies are seen through bind mounts by running
+    // sandboxes, so old ones go only when none is running.
+    let dns = crate::prepare::egress_tun().dns;
+    let idle = fs::read_dir(state.sandboxes())
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true);
+    if idle {
+        stockade_isolate::etc::remove_stale(&state.root, &opts.hostname, dns);
+    }
+    // With a scratch filesystem the copies live there, shared by every
+    // state directory's sandboxes.
+    let scratch = ScratchFs::existing();
+    if let Some(fs) = &scratch {
+        if fs.idle() {
+            stockade_isolate::etc::remove_stale(fs.root(), &opts.hostname, dns);
+        }
+    }
+    // Claims of supervisors that were killed before their teardown.
+    report.orphan_pairs = stockade_isolate::nspool::release_orphans(&opts.pool_dir, &opts.slot_dir);
+    if opts.drop_kept {
+        report.kept_dropped = scratch.as_ref().map(|fs| fs.collect(&opts.slot_dir, true));
+    }
+    if opts.reset_scratch {
+        if let Some(fs) = &scratch {
+            let reset = fs.reset(&opts.slot_dir);
+            let failed = reset.is_err();
+            report.scratch_reset = Some(reset);
+            if failed {
+                return report;
+            }
+        }
+    }
+    if opts.drain_pool {
+        report.drained = Some(stockade_isolate::nspool::drain(
+            &opts.pool_dir,
+            &opts.slot_dir,
+        ));
+    }
+    report
+}
+
 /// Removes a stale sandbox directory with its `lock` file last: a
 /// removal cut short (a killed cleaner, a daemon stopping) leaves a
 /// directory that still has its lock, which the next collection takes
@@ -130,6 +239,59 @@ mod tests {
         assert_eq!(summary.sandboxes, vec!["dead-1".to_string()]);
         assert!(!dead_path.exists());
         assert!(live.path.exists());
+    }
+
+    /// Options for a test: its own (empty) pool and slot directories.
+    fn test_options(dir: &std::path::Path) -> GcOptions {
+        GcOptions {
+            pool_dir: dir.join("nspool"),
+            slot_dir: dir.join("ids"),
+            ..GcOptions::default()
+        }
+    }
+
+    #[test]
+    fn gc_collects_and_removes_old_etc_copies_only_when_idle() {
+        let root = tempfile::tempdir().unwrap();
+        let places = tempfile::tempdir().unwrap();
+        let state = StateDir::open(root.path()).unwrap();
+        let opts = test_options(places.path());
+        let dns = crate::prepare::egress_tun().dns;
+        let current =
+            stockade_isolate::etc::prepare(&state.root, &opts.hostname, Some(dns)).unwrap();
+        let old = stockade_isolate::etc::prepare(&state.root, "old-name", None).unwrap();
+
+        // A live sandbox may see the old copy: it stays.
+        let live = state.create_sandbox("live-1").unwrap();
+        let dead = state.create_sandbox("dead-1").unwrap();
+        drop(dead);
+        let report = gc(&state, None, &opts);
+        assert_eq!(report.collected.sandboxes, vec!["dead-1".to_string()]);
+        assert!(old.exists() && current.exists());
+        assert_eq!(report.orphan_pairs, 0);
+        // Nothing optional was asked for.
+        assert!(report.kept_dropped.is_none());
+        assert!(report.scratch_reset.is_none());
+        assert!(report.drained.is_none());
+
+        // Once nothing runs, only the current copies stay.
+        live.remove().unwrap();
+        let report = gc(&state, None, &opts);
+        assert!(report.collected.sandboxes.is_empty());
+        assert!(!old.exists());
+        assert!(current.exists());
+    }
+
+    #[test]
+    fn gc_drains_the_pool_when_asked() {
+        let root = tempfile::tempdir().unwrap();
+        let places = tempfile::tempdir().unwrap();
+        let state = StateDir::open(root.path()).unwrap();
+        let opts = GcOptions {
+            drain_pool: true,
+            ..test_options(places.path())
+        };
+        assert_eq!(gc(&state, None, &opts).drained, Some(0));
     }
 
     #[test]

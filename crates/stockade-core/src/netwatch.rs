@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
-use stockade_net::{Egress, EgressConfig, NetEvent};
+use stockade_net::{Egress, EgressConfig, NetEvent, Protocol, Reason, Verdict};
 use stockade_policy::{NetMode, NetworkPolicy};
 
 use crate::report::{NetworkUsage, Violation, ViolationKind};
@@ -111,7 +111,7 @@ impl NetWatch {
                         .write_all(&line);
                 }
             }
-            if ev.verdict == "deny" {
+            if ev.verdict == Verdict::Deny {
                 let _ = tx.try_send(ev);
             }
         };
@@ -142,7 +142,7 @@ impl NetWatch {
 
     fn record(&mut self, ev: &NetEvent, sink: &mut NetSink<'_>) {
         let at = (ev.time - self.started_at).max(0.0);
-        if ev.reason == "rate-limit" {
+        if ev.reason == Reason::RateLimit {
             if self.rate_limit.is_some() {
                 return;
             }
@@ -182,7 +182,7 @@ impl NetWatch {
             return;
         }
         let what = match ev.protocol {
-            "dns" => format!("name {target}"),
+            Protocol::Dns => format!("name {target}"),
             p => format!("{p} to {target}"),
         };
         let v = Violation {

@@ -9,6 +9,7 @@ use stockade_isolate::idmap::{disk_map, AGENT_ID};
 use stockade_isolate::proto::SpawnRequest;
 use stockade_isolate::slots::Slot;
 use stockade_isolate::spec::{MountIdmap, SandboxSpec};
+use stockade_isolate::tun::TunConfig;
 use stockade_policy::Policy;
 
 use crate::scratch::{ScratchFs, Subvol};
@@ -90,14 +91,15 @@ pub struct Prepared {
 
 impl Prepared {
     /// The request that starts `command` with the sandbox's environment
-    /// plus `extra_env`, in `cwd` (the policy's when `None`).
+    /// plus `extra_env`, in `cwd` (the policy's when `None`), on a terminal
+    /// with `TERM` set to `term` when that is given.
     pub fn request(
         &self,
         tag: u64,
         command: &[String],
         extra_env: &std::collections::BTreeMap<String, String>,
         cwd: Option<&str>,
-        tty: bool,
+        term: Option<&str>,
     ) -> Result<SpawnRequest, RunError> {
         if command.is_empty() {
             return Err(RunError::Invalid(
@@ -105,9 +107,8 @@ impl Prepared {
             ));
         }
         let mut env = self.env.clone();
-        if tty {
-            let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-            env.push(("TERM".into(), term));
+        if let Some(term) = term {
+            env.push(("TERM".into(), term.to_string()));
         }
         for (k, v) in extra_env {
             env.retain(|(ek, _)| ek != k);
@@ -128,7 +129,7 @@ impl Prepared {
             argv: command.to_vec(),
             env,
             cwd: cwd.to_string(),
-            tty,
+            tty: term.is_some(),
         })
     }
 }
@@ -182,6 +183,18 @@ fn check_writable_owner(
 /// The idmapped mount of a host directory owned by `owner` (uid, gid)
 /// for a sandbox in `slot`: what the agent writes belongs to the owner,
 /// unless that is host root (see `idmap::disk_map`).
+/// The sandbox's TUN device as stockade-net's egress stack serves it:
+/// both ends must agree on these addresses and the MTU.
+pub fn egress_tun() -> TunConfig {
+    TunConfig {
+        address: stockade_net::SANDBOX_ADDR,
+        prefix_len: stockade_net::PREFIX_LEN,
+        gateway: stockade_net::GATEWAY_ADDR,
+        dns: stockade_net::DNS_ADDR,
+        mtu: stockade_net::MTU,
+    }
+}
+
 fn mount_idmap(slot: &Slot, owner: (u32, u32)) -> MountIdmap {
     let (uid, gid) = owner;
     MountIdmap {
@@ -337,7 +350,7 @@ pub fn prepare(
             Ok(mount_idmap(&slot, (meta.uid(), meta.gid())))
         })
         .collect::<Result<Vec<_>, RunError>>()?;
-    let net = policy.network.mode != stockade_policy::NetMode::None;
+    let net = (policy.network.mode != stockade_policy::NetMode::None).then(egress_tun);
     // The generated /etc lives on the scratch filesystem when there is
     // one: the sandbox's mountinfo then names a path on that filesystem,
     // not one of the host's.
@@ -346,10 +359,14 @@ pub fn prepare(
         .as_ref()
         .and_then(|s| s.subvol.path.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| state.root.clone());
-    let etc_dir = stockade_isolate::etc::prepare(&etc_base, &p.hostname, net)
+    let etc_dir = stockade_isolate::etc::prepare(&etc_base, &p.hostname, net.map(|t| t.dns))
         .map_err(io("prepare the sandbox's /etc"))?;
-    let seccomp = stockade_isolate::seccomp::build()
-        .map_err(|e| RunError::Invalid(format!("cannot build the seccomp filter: {e}")))?;
+    let seccomp = stockade_isolate::seccomp::build().map_err(|e| {
+        RunError::Invalid(format!(
+            "cannot build the seccomp filter: {}",
+            stockade_isolate::error_chain(&e)
+        ))
+    })?;
 
     let home_path = if p.root { "/root" } else { "/home/agent" };
     let user = if p.root { "root" } else { "agent" };

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub command: Vec<String>,
     /// Give the workload a terminal and relay it to ours.
     pub tty: bool,
+    /// `TERM` inside with `tty` (the caller's; `xterm` by default).
+    pub term: String,
     pub state_dir: PathBuf,
     /// Print one `stockade: <kind>: <detail>` line per breach on stderr.
     pub print_violations: bool,
@@ -69,6 +71,7 @@ impl RunOptions {
             policy,
             command,
             tty: false,
+            term: "xterm".into(),
             state_dir,
             print_violations: true,
             stdio: None,
@@ -197,7 +200,13 @@ fn run_inner(
     };
     let setup = (|| {
         let prepared = prepare(policy, &state, &dir, slot, &place)?;
-        let request = prepared.request(1, &opts.command, &Default::default(), None, opts.tty)?;
+        let request = prepared.request(
+            1,
+            &opts.command,
+            &Default::default(),
+            None,
+            opts.tty.then_some(opts.term.as_str()),
+        )?;
         let cgroup = driver.create(id, &limits)?;
         Ok::<_, RunError>((prepared, request, cgroup))
     })();

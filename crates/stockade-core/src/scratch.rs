@@ -152,9 +152,19 @@ pub struct ScratchFs {
     fsid: String,
 }
 
-/// Whether `STOCKADE_SCRATCH` turns the scratch filesystem off.
-pub fn disabled_by_env() -> bool {
-    std::env::var_os("STOCKADE_SCRATCH").is_some_and(|v| v == "off" || v == "0")
+static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Turns the scratch filesystem off for this process (the CLI does so for
+/// `STOCKADE_SCRATCH=off`): sandboxes then keep their workspace and home
+/// in the state directory, with disk use metered by polling. Set once, by
+/// the program's entry point; the first call wins.
+pub fn set_disabled(off: bool) {
+    let _ = DISABLED.set(off);
+}
+
+/// Whether the scratch filesystem is turned off ([`set_disabled`]).
+pub fn disabled() -> bool {
+    DISABLED.get().copied().unwrap_or(false)
 }
 
 impl ScratchFs {
@@ -162,7 +172,7 @@ impl ScratchFs {
     /// `Unavailable` says why it cannot be (the caller then falls back to
     /// polling).
     pub fn get() -> Result<ScratchFs, ScratchError> {
-        if disabled_by_env() {
+        if disabled() {
             return Err(ScratchError::Unavailable(
                 "the scratch filesystem is turned off (STOCKADE_SCRATCH=off)".into(),
             ));

@@ -25,13 +25,6 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// `STOCKADE_STATE_DIR`, else `/var/lib/stockade`.
-    pub fn default_path() -> PathBuf {
-        std::env::var_os("STOCKADE_STATE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/stockade"))
-    }
-
     /// Opens (creating if needed) the state directory. Mode 0711: others
     /// may not list the sandboxes, but a sandbox's init, which runs under
     /// an unprivileged mapped id, must be able to walk through to the

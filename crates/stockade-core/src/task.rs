@@ -125,7 +125,7 @@ pub struct TaskReport {
 pub enum TaskError {
     #[error("{0}")]
     Invalid(String),
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     Io {
         what: String,
         #[source]

@@ -15,7 +15,8 @@
 //! The cleaner is started with `clone(CLONE_VM)`: it shares the exiting
 //! process's memory instead of copying its page tables, and the exit no
 //! longer unmaps anything (the cleaner still holds the memory). Both are
-//! costs of a `fork` on this path (about 0.3 ms each). Sharing memory is
+//! costs of a `fork` on this path (measured in benches/OPTIMISATIONS.md).
+//! Sharing memory is
 //! sound only because the parent does nothing after the clone but
 //! `_exit`, and no other thread exists (checked first).
 //!
@@ -261,7 +262,7 @@ extern "C" fn cleaner_main(arg: *mut libc::c_void) -> libc::c_int {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         detach();
         // Only here, where nobody waits: a teardown done in place (a
-        // library caller, STOCKADE_BENCH_SYNC_TEARDOWN) leaves the pool
+        // library caller, `stockade run --wait-for-teardown`) leaves the pool
         // as it is.
         let refill = job.refill.take();
         job.run();

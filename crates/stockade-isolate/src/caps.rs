@@ -22,30 +22,32 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
     /// `capget(2)` failed.
-    #[error("cannot read the capability sets with capget(2): {0}")]
+    #[error("cannot read the capability sets with capget(2)")]
     CapGet(#[source] io::Error),
     /// `capset(2)` failed.
-    #[error("cannot change the capability sets with capset(2): {0}")]
+    #[error("cannot change the capability sets with capset(2)")]
     CapSet(#[source] io::Error),
     /// `PR_CAP_AMBIENT_CLEAR_ALL` failed.
-    #[error("cannot clear the ambient capability set: {0}")]
+    #[error("cannot clear the ambient capability set")]
     AmbientClear(#[source] io::Error),
     /// `PR_CAPBSET_DROP` failed.
-    #[error("cannot drop capability {cap} from the bounding set: {source}; call caps::drop_all while the process is still uid 0 (or has kept its capabilities with PR_SET_KEEPCAPS)")]
+    #[error("cannot drop capability {cap} from the bounding set (call caps::drop_all while the process is still uid 0, or has kept its capabilities with PR_SET_KEEPCAPS)")]
     BoundingDrop {
         cap: u32,
         #[source]
         source: io::Error,
     },
     /// `PR_SET_SECUREBITS` failed.
-    #[error("cannot set securebits {bits:#x}: {source}; call caps::drop_all once, while the process still holds CAP_SETPCAP")]
+    #[error("cannot set securebits {bits:#x} (call caps::drop_all once, while the process still holds CAP_SETPCAP)")]
     Securebits {
         bits: u32,
         #[source]
         source: io::Error,
     },
     /// `PR_SET_NO_NEW_PRIVS` failed.
-    #[error("cannot set no_new_privs with prctl(PR_SET_NO_NEW_PRIVS): {0}; Linux 3.5 or later is needed")]
+    #[error(
+        "cannot set no_new_privs with prctl(PR_SET_NO_NEW_PRIVS) (Linux 3.5 or later is needed)"
+    )]
     NoNewPrivs(#[source] io::Error),
     /// Capabilities are still present where none should be.
     #[error("capabilities are still held (effective {effective:#x}, permitted {permitted:#x}, inheritable {inheritable:#x}); after caps::drop_all(false) switch to a non-zero uid with setresuid, or use caps::drop_all(true) to keep uid 0")]

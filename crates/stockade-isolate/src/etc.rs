@@ -19,6 +19,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -97,26 +98,24 @@ const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\nhosts: files
 /// host workspace show up as `nobody`, so trust every directory here.
 const GITCONFIG: &str = "[safe]\n\tdirectory = *\n";
 
-/// The sandbox's `resolv.conf`. With network egress its name server is
-/// the egress filter's DNS address on the TUN network.
-fn resolv_conf(net: bool) -> String {
-    if net {
-        format!(
+/// The sandbox's `resolv.conf`. With network egress (`dns`: the name
+/// server the caller's egress filter answers on) it names that server.
+fn resolv_conf(dns: Option<Ipv4Addr>) -> String {
+    match dns {
+        Some(addr) => format!(
             "# stockade: names are answered by the sandbox's egress filter\n\
-             nameserver {}\n",
-            stockade_net::DNS_ADDR
-        )
-    } else {
-        "# stockade: this sandbox has no network beyond loopback\n".to_string()
+             nameserver {addr}\n"
+        ),
+        None => "# stockade: this sandbox has no network beyond loopback\n".to_string(),
     }
 }
 
 /// Returns the directory holding the generated `/etc` for `hostname`
-/// (with `net`: for a sandbox with network egress), building it if this
-/// content has not been built before.
-pub fn prepare(state_dir: &Path, hostname: &str, net: bool) -> io::Result<PathBuf> {
+/// (with `dns`: for a sandbox with network egress whose name server is at
+/// that address), building it if this content has not been built before.
+pub fn prepare(state_dir: &Path, hostname: &str, dns: Option<Ipv4Addr>) -> io::Result<PathBuf> {
     let host_etc = Path::new("/etc");
-    let key = content_key(host_etc, hostname, net);
+    let key = content_key(host_etc, hostname, dns);
     let root = state_dir.join("etc");
     let dir = root.join(format!("{key:016x}"));
     if dir.is_dir() {
@@ -125,7 +124,7 @@ pub fn prepare(state_dir: &Path, hostname: &str, net: bool) -> io::Result<PathBu
     fs::create_dir_all(&root)?;
     let tmp = root.join(format!(".build-{key:016x}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    build(host_etc, &tmp, hostname, net)?;
+    build(host_etc, &tmp, hostname, dns)?;
     match fs::rename(&tmp, &dir) {
         Ok(()) => {}
         // Another stockade built the same content concurrently; theirs is
@@ -138,12 +137,12 @@ pub fn prepare(state_dir: &Path, hostname: &str, net: bool) -> io::Result<PathBu
     Ok(dir)
 }
 
-fn content_key(host_etc: &Path, hostname: &str, net: bool) -> u64 {
+fn content_key(host_etc: &Path, hostname: &str, dns: Option<Ipv4Addr>) -> u64 {
     let mut h = DefaultHasher::new();
     env!("CARGO_PKG_VERSION").hash(&mut h);
     PASSWD.hash(&mut h);
     hostname.hash(&mut h);
-    resolv_conf(net).hash(&mut h);
+    resolv_conf(dns).hash(&mut h);
     // Looked up relative to an open /etc: every run checks all of these,
     // and a full path walk from / for each cost twice as much.
     // (No /etc at all: nothing of the host goes into the key.)
@@ -158,7 +157,7 @@ fn content_key(host_etc: &Path, hostname: &str, net: bool) -> u64 {
     h.finish()
 }
 
-fn build(host_etc: &Path, out: &Path, hostname: &str, net: bool) -> io::Result<()> {
+fn build(host_etc: &Path, out: &Path, hostname: &str, dns: Option<Ipv4Addr>) -> io::Result<()> {
     fs::create_dir_all(out)?;
     for name in ALLOWLIST {
         let src = host_etc.join(name);
@@ -187,7 +186,7 @@ fn build(host_etc: &Path, out: &Path, hostname: &str, net: bool) -> io::Result<(
             "hosts",
             format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
         ),
-        ("resolv.conf", resolv_conf(net)),
+        ("resolv.conf", resolv_conf(dns)),
     ];
     for (name, content) in files {
         fs::write(out.join(name), content)?;
@@ -230,18 +229,18 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes every generated `/etc` but the current ones (with and without
-/// network) for `hostname`. Only safe when no sandbox is running, since
-/// running sandboxes see these directories through bind mounts; `stockade
-/// gc` calls it then.
-pub fn remove_stale(state_dir: &Path, hostname: &str) {
+/// Removes every generated `/etc` but the current ones for `hostname`:
+/// without network, and with network egress whose name server is `dns`.
+/// Only safe when no sandbox is running, since running sandboxes see these
+/// directories through bind mounts; `stockade gc` calls it then.
+pub fn remove_stale(state_dir: &Path, hostname: &str, dns: Ipv4Addr) {
     let root = state_dir.join("etc");
-    let keep: Vec<PathBuf> = [false, true]
-        .iter()
-        .map(|&net| {
+    let keep: Vec<PathBuf> = [None, Some(dns)]
+        .into_iter()
+        .map(|dns| {
             root.join(format!(
                 "{:016x}",
-                content_key(Path::new("/etc"), hostname, net)
+                content_key(Path::new("/etc"), hostname, dns)
             ))
         })
         .collect();
@@ -268,10 +267,12 @@ pub fn remove_stale(state_dir: &Path, hostname: &str) {
 mod tests {
     use super::*;
 
+    const DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
     #[test]
     fn generated_etc_has_agent_and_no_secrets() {
         let state = tempfile::tempdir().unwrap();
-        let dir = prepare(state.path(), "box", false).unwrap();
+        let dir = prepare(state.path(), "box", None).unwrap();
         let passwd = fs::read_to_string(dir.join("passwd")).unwrap();
         assert!(
             passwd.contains("agent:x:1000:1000::/home/agent")
@@ -313,40 +314,40 @@ mod tests {
     fn the_cache_key_follows_every_listed_host_file() {
         let host = tempfile::tempdir().unwrap();
         std::fs::write(host.path().join("issue"), "one\n").unwrap();
-        let first = content_key(host.path(), "sandbox", false);
-        assert_eq!(content_key(host.path(), "sandbox", false), first);
+        let first = content_key(host.path(), "sandbox", None);
+        assert_eq!(content_key(host.path(), "sandbox", None), first);
         // Rewritten in place, same size: the modification time tells.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(host.path().join("issue"), "two\n").unwrap();
-        let rewritten = content_key(host.path(), "sandbox", false);
+        let rewritten = content_key(host.path(), "sandbox", None);
         assert_ne!(rewritten, first);
         // A listed entry that appears, and one inside a listed directory
         // tree's top (a symlink, not followed).
         std::os::unix::fs::symlink("nowhere", host.path().join("localtime")).unwrap();
-        let linked = content_key(host.path(), "sandbox", false);
+        let linked = content_key(host.path(), "sandbox", None);
         assert_ne!(linked, rewritten);
         // Entries outside the list do not matter.
         std::fs::write(host.path().join("shadow"), "secret\n").unwrap();
-        assert_eq!(content_key(host.path(), "sandbox", false), linked);
+        assert_eq!(content_key(host.path(), "sandbox", None), linked);
         // No such directory: still a key (nothing of the host in it).
         let missing = host.path().join("absent");
         assert_eq!(
-            content_key(&missing, "sandbox", false),
-            content_key(&missing, "sandbox", false)
+            content_key(&missing, "sandbox", None),
+            content_key(&missing, "sandbox", None)
         );
     }
 
     #[test]
     fn prepare_reuses_the_cache_and_rebuilds_per_hostname() {
         let state = tempfile::tempdir().unwrap();
-        let a = prepare(state.path(), "one", false).unwrap();
-        let again = prepare(state.path(), "one", false).unwrap();
+        let a = prepare(state.path(), "one", None).unwrap();
+        let again = prepare(state.path(), "one", None).unwrap();
         assert_eq!(a, again);
-        let b = prepare(state.path(), "two", false).unwrap();
+        let b = prepare(state.path(), "two", None).unwrap();
         assert_ne!(a, b);
         // Both stay until gc, which keeps only the one asked for.
         assert!(a.exists() && b.exists());
-        remove_stale(state.path(), "two");
+        remove_stale(state.path(), "two", DNS);
         assert!(!a.exists());
         assert!(b.exists());
     }
@@ -354,16 +355,22 @@ mod tests {
     #[test]
     fn resolv_conf_names_the_egress_dns_only_with_network() {
         let state = tempfile::tempdir().unwrap();
-        let none = prepare(state.path(), "box", false).unwrap();
-        let net = prepare(state.path(), "box", true).unwrap();
+        let none = prepare(state.path(), "box", None).unwrap();
+        let net = prepare(state.path(), "box", Some(DNS)).unwrap();
         assert_ne!(none, net, "the two variants must not share a cache entry");
         let r = fs::read_to_string(none.join("resolv.conf")).unwrap();
         assert!(r.starts_with('#') && !r.contains("nameserver"), "{r}");
         let r = fs::read_to_string(net.join("resolv.conf")).unwrap();
         assert!(r.contains("\nnameserver 198.18.0.1\n"), "{r}");
-        assert_eq!(prepare(state.path(), "box", true).unwrap(), net);
-        // gc keeps both variants of the current hostname.
-        remove_stale(state.path(), "box");
+        assert_eq!(prepare(state.path(), "box", Some(DNS)).unwrap(), net);
+        // Another name server is another variant.
+        let other = prepare(state.path(), "box", Some(Ipv4Addr::new(10, 0, 0, 53))).unwrap();
+        assert_ne!(other, net);
+        let r = fs::read_to_string(other.join("resolv.conf")).unwrap();
+        assert!(r.contains("\nnameserver 10.0.0.53\n"), "{r}");
+        // gc keeps both current variants of the current hostname.
+        remove_stale(state.path(), "box", DNS);
         assert!(none.exists() && net.exists());
+        assert!(!other.exists());
     }
 }

@@ -139,7 +139,7 @@ fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers, net_ready: bool) -> Result<
     // the sandbox's cgroup, makes that cgroup the root the workload sees.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| format!("cannot create the cgroup namespace: {e}"))?;
-    rootfs::build(spec, lowers).map_err(|e| e.to_string())?;
+    rootfs::build(spec, lowers).map_err(|e| crate::error_chain(&e))?;
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| format!("cannot set the host name: {e}"))?;
     if !net_ready {

@@ -35,24 +35,26 @@ const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum LandlockError {
     /// The ruleset could not be created.
-    #[error("cannot create the Landlock ruleset: {0}; the kernel may have disabled Landlock, try booting with lsm=...,landlock")]
+    #[error("cannot create the Landlock ruleset (the kernel may have disabled Landlock: try booting with lsm=...,landlock)")]
     Create(#[source] RulesetError),
     /// A path could not be opened to anchor a rule.
-    #[error("cannot open {path} to add a Landlock rule: {source}; make sure the path is readable by the sandbox")]
+    #[error(
+        "cannot open {path} to add a Landlock rule (make sure the path is readable by the sandbox)"
+    )]
     Open {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
     /// The kernel refused a rule.
-    #[error("cannot add the Landlock rule for {path}: {source}")]
+    #[error("cannot add the Landlock rule for {path}")]
     AddRule {
         path: PathBuf,
         #[source]
         source: RulesetError,
     },
     /// `landlock_restrict_self` failed.
-    #[error("cannot enforce the Landlock ruleset: {0}; the process must have no_new_privs set or hold CAP_SYS_ADMIN")]
+    #[error("cannot enforce the Landlock ruleset (the process must have no_new_privs set or hold CAP_SYS_ADMIN)")]
     RestrictSelf(#[source] RulesetError),
 }
 

@@ -11,15 +11,16 @@ use crate::nspool::Pooled;
 use crate::proto;
 use crate::spec::SandboxSpec;
 use crate::sys;
+use crate::tun::TunConfig;
 
 /// Starting a sandbox failed before its init could report anything.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("cannot create the control socket: {0}")]
+    #[error("cannot create the control socket")]
     Socket(#[source] nix::Error),
-    #[error("cannot create the sandbox's namespaces: {0} (check `stockade doctor`: user namespaces may be disabled)")]
+    #[error("cannot create the sandbox's namespaces (check `stockade doctor`: user namespaces may be disabled)")]
     Clone(#[source] nix::Error),
-    #[error("cannot write the sandbox's id maps: {0}")]
+    #[error("cannot write the sandbox's id maps")]
     IdMap(#[source] std::io::Error),
     #[error("cannot place the sandbox in its cgroup: {0}")]
     Cgroup(String),
@@ -28,8 +29,8 @@ pub enum LaunchError {
     #[error("cannot create the sandbox's network device: {0}")]
     Tun(String),
     #[error(
-        "cannot open {path} to bind it into the sandbox: {source} (a symlink on the way is \
-         refused: give the resolved path)"
+        "cannot open {path} to bind it into the sandbox (a symlink on the way is refused: \
+         give the resolved path)"
     )]
     Source {
         path: String,
@@ -37,9 +38,9 @@ pub enum LaunchError {
         source: nix::Error,
     },
     #[error(
-        "cannot mount {path} into the sandbox with its owner's ids (an idmapped mount): {source}; \
-         its filesystem may not support idmapped mounts (ext4, xfs, btrfs and, from Linux 6.3, \
-         tmpfs do): copy it to one that does"
+        "cannot mount {path} into the sandbox with its owner's ids (an idmapped mount; its \
+         filesystem may not support them: ext4, xfs, btrfs and, from Linux 6.3, tmpfs do, so \
+         copy it to one that does)"
     )]
     Idmap {
         path: String,
@@ -62,36 +63,136 @@ pub struct Launched {
     pub tun: Option<OwnedFd>,
 }
 
+/// What the supervisor does to a freshly cloned init, as operations: the
+/// seam between the launch's decisions (order, what is sent, what a
+/// failure undoes) and the system calls. [`Kernel`] makes the calls;
+/// tests give a recording fake.
+pub(crate) trait LaunchOps {
+    /// Writes init's uid and gid maps.
+    fn write_maps(&mut self, pid: i32, spec: &SandboxSpec) -> std::io::Result<()>;
+    /// Creates the TUN device in init's network namespace, set up as `cfg`
+    /// says.
+    fn make_tun(&mut self, pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError>;
+    /// A detached clone of the mount tree at `path`, following no symlink.
+    fn open_tree_resolved(&mut self, path: &std::ffi::CStr) -> nix::Result<OwnedFd>;
+    /// A detached clone of the mount tree at `path`.
+    fn open_tree_clone(&mut self, path: &std::ffi::CStr) -> nix::Result<OwnedFd>;
+    /// A user namespace with these maps, for idmapping trees through.
+    fn new_userns(&mut self, map: &crate::spec::MountIdmap) -> std::io::Result<OwnedFd>;
+    /// init's user namespace.
+    fn init_userns(&mut self, pid: i32) -> Option<OwnedFd>;
+    /// Idmaps `tree` through the user namespace `userns`.
+    fn idmap_tree(&mut self, tree: &OwnedFd, userns: &OwnedFd) -> nix::Result<()>;
+    /// Sends init a message with descriptors.
+    fn send(&mut self, ctl: &OwnedFd, msg: &proto::ToInit, fds: &[RawFd]) -> Result<(), ()>;
+    /// Kills init and reaps it: a launch that fails leaves nothing.
+    fn abort(&mut self, launched: &Launched);
+    /// [`sys::clone_into_cgroup`].
+    ///
+    /// # Safety
+    /// The caller must be single-threaded.
+    unsafe fn clone_into_cgroup(
+        &mut self,
+        flags: libc::c_int,
+        cgroup: std::os::fd::BorrowedFd<'_>,
+    ) -> nix::Result<Option<(i32, OwnedFd)>>;
+    /// [`sys::clone_fork`].
+    ///
+    /// # Safety
+    /// The caller must be single-threaded.
+    unsafe fn clone_fork(&mut self, flags: libc::c_int) -> nix::Result<Option<(i32, OwnedFd)>>;
+}
+
+/// [`LaunchOps`] done by the kernel.
+#[derive(Debug, Default, Clone, Copy)]
+struct Kernel;
+
+impl LaunchOps for Kernel {
+    fn write_maps(&mut self, pid: i32, spec: &SandboxSpec) -> std::io::Result<()> {
+        idmap::write_maps(pid, &spec.uid_map, &spec.gid_map, false)
+    }
+
+    fn make_tun(&mut self, pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError> {
+        // SAFETY: `launch_joining`'s caller guarantees a single thread,
+        // and launches run only through it.
+        unsafe { make_tun(pid, cfg) }
+    }
+
+    fn open_tree_resolved(&mut self, path: &std::ffi::CStr) -> nix::Result<OwnedFd> {
+        sys::open_tree_resolved(path)
+    }
+
+    fn open_tree_clone(&mut self, path: &std::ffi::CStr) -> nix::Result<OwnedFd> {
+        sys::open_tree_clone(path)
+    }
+
+    fn new_userns(&mut self, map: &crate::spec::MountIdmap) -> std::io::Result<OwnedFd> {
+        idmap::new_userns(&map.uids, &map.gids)
+    }
+
+    fn init_userns(&mut self, pid: i32) -> Option<OwnedFd> {
+        nix::fcntl::open(
+            format!("/proc/{pid}/ns/user").as_str(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    }
+
+    fn idmap_tree(&mut self, tree: &OwnedFd, userns: &OwnedFd) -> nix::Result<()> {
+        sys::idmap_tree(tree, userns)
+    }
+
+    fn send(&mut self, ctl: &OwnedFd, msg: &proto::ToInit, fds: &[RawFd]) -> Result<(), ()> {
+        proto::send_msg(ctl.as_fd(), msg, fds).map_err(|_| ())
+    }
+
+    fn abort(&mut self, l: &Launched) {
+        let _ = sys::pidfd_send_signal(&l.pidfd, libc::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.pid), None);
+    }
+
+    unsafe fn clone_into_cgroup(
+        &mut self,
+        flags: libc::c_int,
+        cgroup: std::os::fd::BorrowedFd<'_>,
+    ) -> nix::Result<Option<(i32, OwnedFd)>> {
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        unsafe { sys::clone_into_cgroup(flags, cgroup) }
+    }
+
+    unsafe fn clone_fork(&mut self, flags: libc::c_int) -> nix::Result<Option<(i32, OwnedFd)>> {
+        // SAFETY: forwarded from the caller's guarantee of a single thread.
+        unsafe { sys::clone_fork(flags) }
+    }
+}
+
 /// For a copy-on-write root: clones each lower layer, idmaps it through
 /// the sandbox's user namespace and passes it to init. Host root's files
 /// then appear owned by root inside, so the workload (as root inside) can
 /// modify them through the overlay — `apt-get install` works. Only the
 /// host's root may create idmapped mounts; where that fails, init falls
 /// back to the plain host paths (files then appear owned by `nobody`).
-fn send_idmapped_lowers(spec: &SandboxSpec, pid: i32, ctl: &OwnedFd) {
+fn send_idmapped_lowers(k: &mut impl LaunchOps, spec: &SandboxSpec, pid: i32, ctl: &OwnedFd) {
     let lowers = crate::rootfs::overlay_lowers(spec);
     if lowers.is_empty() {
         return;
     }
-    let Ok(userns) = nix::fcntl::open(
-        format!("/proc/{pid}/ns/user").as_str(),
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    ) else {
+    let Some(userns) = k.init_userns(pid) else {
         return;
     };
     for (name, host) in lowers {
         let Ok(path) = std::ffi::CString::new(host.as_os_str().as_encoded_bytes()) else {
             continue;
         };
-        let Ok(tree) = sys::open_tree_clone(&path) else {
+        let Ok(tree) = k.open_tree_clone(&path) else {
             continue;
         };
-        if sys::idmap_tree(&tree, &userns).is_err() {
+        if k.idmap_tree(&tree, &userns).is_err() {
             continue;
         }
         let msg = proto::ToInit::Lower { name };
-        let _ = proto::send_msg(ctl.as_fd(), &msg, &[std::os::fd::AsRawFd::as_raw_fd(&tree)]);
+        let _ = k.send(ctl, &msg, &[tree.as_raw_fd()]);
     }
 }
 
@@ -103,7 +204,11 @@ fn send_idmapped_lowers(spec: &SandboxSpec, pid: i32, ctl: &OwnedFd) {
 /// ([`crate::idmap::disk_map`]): what the agent writes there belongs to
 /// the directory's owner. Each source must be a resolved path (no
 /// symlink in it); one that cannot be opened so fails the launch.
-fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) -> Result<(), LaunchError> {
+fn send_bind_sources(
+    k: &mut impl LaunchOps,
+    spec: &SandboxSpec,
+    ctl: &OwnedFd,
+) -> Result<(), LaunchError> {
     let ro = spec.ro_binds.len();
     let sources = std::iter::once((
         crate::rootfs::WORKSPACE_TREE.to_string(),
@@ -135,10 +240,12 @@ fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) -> Result<(), LaunchErro
         // The caller resolved every source (no symlink left in it): one
         // that has a symlink now was swapped after the check, and is
         // refused rather than followed.
-        let tree = sys::open_tree_resolved(&path).map_err(|source| LaunchError::Source {
-            path: src.display().to_string(),
-            source,
-        })?;
+        let tree = k
+            .open_tree_resolved(&path)
+            .map_err(|source| LaunchError::Source {
+                path: src.display().to_string(),
+                source,
+            })?;
         if let Some(map) = idmap {
             let idmap_err = |source| LaunchError::Idmap {
                 path: src.display().to_string(),
@@ -147,17 +254,17 @@ fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) -> Result<(), LaunchErro
             let pos = match made.iter().position(|(m, _)| *m == map) {
                 Some(p) => p,
                 None => {
-                    let ns = idmap::new_userns(&map.uids, &map.gids).map_err(|e| {
+                    let ns = k.new_userns(map).map_err(|e| {
                         idmap_err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
                     })?;
                     made.push((map, ns));
                     made.len() - 1
                 }
             };
-            sys::idmap_tree(&tree, &made[pos].1).map_err(idmap_err)?;
+            k.idmap_tree(&tree, &made[pos].1).map_err(idmap_err)?;
         }
         let msg = proto::ToInit::Lower { name };
-        let _ = proto::send_msg(ctl.as_fd(), &msg, &[std::os::fd::AsRawFd::as_raw_fd(&tree)]);
+        let _ = k.send(ctl, &msg, &[tree.as_raw_fd()]);
     }
     Ok(())
 }
@@ -170,7 +277,7 @@ fn send_bind_sources(spec: &SandboxSpec, ctl: &OwnedFd) -> Result<(), LaunchErro
 ///
 /// # Safety
 /// The caller must be single-threaded.
-unsafe fn make_tun(pid: i32) -> Result<OwnedFd, LaunchError> {
+unsafe fn make_tun(pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError> {
     let net = nix::fcntl::open(
         format!("/proc/{pid}/ns/net").as_str(),
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -181,7 +288,7 @@ unsafe fn make_tun(pid: i32) -> Result<OwnedFd, LaunchError> {
     // the closure returns its error as a value and does not unwind.
     let made = unsafe {
         sys::in_namespace(net.as_fd(), libc::CLONE_NEWNET, || {
-            stockade_net::configure_tun_inside(crate::init::TUN_NAME)
+            crate::tun::configure_tun_inside(crate::init::TUN_NAME, cfg)
                 .map_err(|e| crate::error_chain(&e))
         })
     };
@@ -280,43 +387,54 @@ pub unsafe fn launch_joining(
         },
     };
     drop(theirs);
-    let mut launched = Launched {
+    let launched = Launched {
         pid,
         pidfd,
         ctl: ours,
         tun: None,
     };
-    let abort = |l: &Launched| {
-        let _ = sys::pidfd_send_signal(&l.pidfd, libc::SIGKILL);
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.pid), None);
-    };
+    finish(&mut Kernel, spec, launched, pooled, joined, join_cgroup)
+}
+
+/// What follows the clone: id maps (unless init came with a pooled pair
+/// that has them), the cgroup (unless init joined it itself), the TUN
+/// device, the mount trees init needs, then the go-ahead. A failure at
+/// any step kills and reaps init before it is returned.
+fn finish(
+    k: &mut impl LaunchOps,
+    spec: &SandboxSpec,
+    mut launched: Launched,
+    pooled: bool,
+    joined: bool,
+    join_cgroup: impl FnOnce(i32) -> Result<(), String>,
+) -> Result<Launched, LaunchError> {
+    let pid = launched.pid;
     if !pooled {
-        if let Err(e) = idmap::write_maps(pid, &spec.uid_map, &spec.gid_map, false) {
-            abort(&launched);
+        if let Err(e) = k.write_maps(pid, spec) {
+            k.abort(&launched);
             return Err(LaunchError::IdMap(e));
         }
     }
     if let Err(e) = if joined { Ok(()) } else { join_cgroup(pid) } {
-        abort(&launched);
+        k.abort(&launched);
         return Err(LaunchError::Cgroup(e));
     }
-    if spec.net {
-        // SAFETY: forwarded from the caller's guarantee of a single thread.
-        match unsafe { make_tun(pid) } {
+    if let Some(tun) = &spec.net {
+        match k.make_tun(pid, tun) {
             Ok(tun) => launched.tun = Some(tun),
             Err(e) => {
-                abort(&launched);
+                k.abort(&launched);
                 return Err(e);
             }
         }
     }
-    send_idmapped_lowers(spec, pid, &launched.ctl);
-    if let Err(e) = send_bind_sources(spec, &launched.ctl) {
-        abort(&launched);
+    send_idmapped_lowers(k, spec, pid, &launched.ctl);
+    if let Err(e) = send_bind_sources(k, spec, &launched.ctl) {
+        k.abort(&launched);
         return Err(e);
     }
-    if proto::send_msg(launched.ctl.as_fd(), &proto::ToInit::Go, &[]).is_err() {
-        abort(&launched);
+    if k.send(&launched.ctl, &proto::ToInit::Go, &[]).is_err() {
+        k.abort(&launched);
         return Err(LaunchError::InitGone);
     }
     Ok(launched)
@@ -338,7 +456,7 @@ unsafe fn clone_owned(
             let switch = sys::EuidSwitch::enter(uid)?;
             // SAFETY: forwarded from the caller's guarantee of a single
             // thread.
-            let r = unsafe { clone_init(NAMESPACES, into_cgroup, self_join) };
+            let r = unsafe { clone_init(&mut Kernel, NAMESPACES, into_cgroup, self_join) };
             match r {
                 // The child: its ids belong to the new namespace now, and
                 // init resets the secure bits it inherited.
@@ -353,7 +471,7 @@ unsafe fn clone_owned(
             }
         }
         // SAFETY: as above.
-        _ => unsafe { clone_init(NAMESPACES, into_cgroup, self_join) },
+        _ => unsafe { clone_init(&mut Kernel, NAMESPACES, into_cgroup, self_join) },
     }
 }
 
@@ -369,11 +487,14 @@ enum Cloned {
 }
 
 /// Clones init with `flags`: into the cgroup v2 directory `into_cgroup`
-/// where given and the kernel can (clone3), otherwise fork-style.
+/// where given and the kernel can (clone3), otherwise fork-style. Init is
+/// `joined` when it was born in its cgroup or will join it itself (it has
+/// `self_join` files); otherwise the caller must move it there.
 ///
 /// # Safety
 /// The caller must be single-threaded.
 unsafe fn clone_init(
+    k: &mut impl LaunchOps,
     flags: libc::c_int,
     into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     self_join: &[OwnedFd],
@@ -382,18 +503,21 @@ unsafe fn clone_init(
         // SAFETY: forwarded from the caller's guarantee of a single thread.
         // On cgroup v2 the child is born in its cgroup; elsewhere (v1, or
         // a kernel without clone3) it is moved there right after.
-        Some(cg) => match unsafe { sys::clone_into_cgroup(flags, cg) } {
+        Some(cg) => match unsafe { k.clone_into_cgroup(flags, cg) } {
             Ok(r) => r.map(|(pid, pidfd)| (pid, pidfd, true)),
             Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG) => {
                 // SAFETY: as above.
-                unsafe { sys::clone_fork(flags) }?
+                unsafe { k.clone_fork(flags) }?
                     .map(|(pid, pidfd)| (pid, pidfd, !self_join.is_empty()))
             }
             Err(e) => return Err(e),
         },
-        // SAFETY: forwarded from the caller's guarantee of a single thread.
-        None => unsafe { sys::clone_fork(flags) }?
-            .map(|(pid, pidfd)| (pid, pidfd, !self_join.is_empty())),
+        None => {
+            // SAFETY: forwarded from the caller's guarantee of a single
+            // thread.
+            let r = unsafe { k.clone_fork(flags) }?;
+            r.map(|(pid, pidfd)| (pid, pidfd, !self_join.is_empty()))
+        }
     };
     Ok(match r {
         None => Cloned::Init,
@@ -517,6 +641,7 @@ extern "C" fn enter_pool(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: this process has a single thread (no CLONE_THREAD).
     let cloned = unsafe {
         clone_init(
+            &mut Kernel,
             NAMESPACES_POOLED | libc::CLONE_PARENT,
             e.into_cgroup,
             e.self_join,
@@ -563,3 +688,7 @@ fn join_self(files: &[OwnedFd]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "launch_tests.rs"]
+mod tests;

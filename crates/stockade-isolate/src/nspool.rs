@@ -74,15 +74,15 @@ const NS_GET_OWNER_UID: u64 = NSIO << 8 | 0x4;
 /// Making a pool entry failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("cannot create the namespaces: {0}")]
+    #[error("cannot create the namespaces")]
     Clone(#[source] nix::Error),
-    #[error("cannot write the id maps: {0}")]
+    #[error("cannot write the id maps")]
     IdMap(#[source] io::Error),
     #[error("cannot bring up loopback in the new namespace")]
     Loopback,
-    #[error("{0}: {1}")]
+    #[error("{0}")]
     Io(String, #[source] io::Error),
-    #[error("cannot bind the namespace at {0}: {1}")]
+    #[error("cannot bind the namespace at {0}")]
     Mount(String, #[source] nix::Error),
 }
 
@@ -99,23 +99,53 @@ pub struct Pooled {
     pub entry: PathBuf,
 }
 
-/// The pool's directory and its target per key; `None` when the pool is
-/// turned off (`STOCKADE_NS_POOL=0`).
-/// A value the CLI refuses up front ([`per_key_from_env`]) counts as the
-/// default here.
-pub fn configured() -> Option<(PathBuf, usize)> {
-    let per_key = per_key_from_env().unwrap_or(DEFAULT_PER_KEY);
-    (per_key > 0).then(|| (dir(), per_key))
+/// Where the pool lives and how many pairs it keeps ready per id map: set
+/// once by the program's entry point ([`configure`]), from its flags or
+/// environment; the library itself reads no environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The pool's directory ([`DEFAULT_DIR`] by default).
+    pub dir: PathBuf,
+    /// Pairs kept ready per id map, 0 to [`MAX_TOTAL`]; 0 turns the pool
+    /// off ([`DEFAULT_PER_KEY`] by default).
+    pub per_key: usize,
 }
 
-/// `STOCKADE_NS_POOL`: pairs kept ready per id map, 0 to [`MAX_TOTAL`]
-/// (0 turns the pool off); [`DEFAULT_PER_KEY`] when unset.
-pub fn per_key_from_env() -> Result<usize, String> {
-    let Some(v) = std::env::var_os("STOCKADE_NS_POOL") else {
-        return Ok(DEFAULT_PER_KEY);
-    };
-    match v.to_str().and_then(|t| t.trim().parse::<usize>().ok()) {
-        Some(n) if n <= MAX_TOTAL => Ok(n),
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            dir: PathBuf::from(DEFAULT_DIR),
+            per_key: DEFAULT_PER_KEY,
+        }
+    }
+}
+
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+/// Sets the pool's settings for this process. The first call wins (the
+/// program's entry point makes it before any sandbox exists); later calls
+/// return the settings in force.
+pub fn configure(settings: Settings) -> &'static Settings {
+    SETTINGS.get_or_init(|| settings)
+}
+
+/// The settings in force: what [`configure`] set, else the defaults.
+pub fn settings() -> &'static Settings {
+    SETTINGS.get_or_init(Settings::default)
+}
+
+/// The pool's directory and its target per key; `None` when the pool is
+/// turned off (a target of 0).
+pub fn configured() -> Option<(PathBuf, usize)> {
+    let s = settings();
+    (s.per_key > 0).then(|| (s.dir.clone(), s.per_key))
+}
+
+/// Parses a pool target (`STOCKADE_NS_POOL` in the CLI): pairs kept ready
+/// per id map, 0 to [`MAX_TOTAL`] (0 turns the pool off).
+pub fn parse_per_key(v: &str) -> Result<usize, String> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_TOTAL => Ok(n),
         _ => Err(format!(
             "STOCKADE_NS_POOL must be a number of namespace pairs kept ready, \
              0 to {MAX_TOTAL} (0 turns the pool off); got {v:?}"
@@ -123,11 +153,9 @@ pub fn per_key_from_env() -> Result<usize, String> {
     }
 }
 
-/// The pool's directory: `STOCKADE_NS_POOL_DIR`, else [`DEFAULT_DIR`].
+/// The pool's directory in force.
 pub fn dir() -> PathBuf {
-    std::env::var_os("STOCKADE_NS_POOL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+    settings().dir.clone()
 }
 
 /// The slot an entry's name (`<slot>-<n>`, `.new-<slot>-<n>` or

@@ -85,7 +85,7 @@ pub enum FromInit {
 /// Why a message could not be sent or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
-    #[error("control socket: {0}")]
+    #[error("the control socket failed")]
     Io(#[from] nix::Error),
     #[error("malformed control message: {0}")]
     Malformed(String),

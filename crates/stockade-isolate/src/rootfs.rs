@@ -7,7 +7,7 @@
 //! `/dev` and `/sys` are mounted. After `pivot_root` the old root is
 //! detached, so nothing of the host is reachable by path any more.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -37,14 +37,23 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// The supervisor idmaps each one (so host root's files appear owned by
 /// root inside and can be copied up) and hands it to init under `name`.
 pub fn overlay_lowers(spec: &SandboxSpec) -> Vec<(String, PathBuf)> {
+    overlay_lowers_with(&mut Kernel, spec)
+}
+
+/// [`overlay_lowers`], asking `k` what the host's paths are. Only real
+/// directories: a symlink (`/lib` -> `usr/lib`) is not followed, the
+/// builder recreates it as a symlink instead.
+pub(crate) fn overlay_lowers_with(
+    k: &mut impl MountOps,
+    spec: &SandboxSpec,
+) -> Vec<(String, PathBuf)> {
     let mut v = Vec::new();
     if spec.overlay.is_none() {
         return v;
     }
     for name in SYSTEM_DIRS.iter().chain(OVERLAY_VAR_DIRS) {
         let host = Path::new("/").join(name);
-        let is_real_dir = fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir());
-        if is_real_dir {
+        if k.is_real_dir(&host) {
             v.push((name.replace('/', "_"), host));
         }
     }
@@ -78,9 +87,144 @@ const LOWER_DIR: &str = ".stockade-lower";
 /// mounted.
 const OV_DIR: &str = ".stockade-ov";
 
+/// What a host path is, as the builder needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKind {
+    Dir,
+    Symlink(PathBuf),
+    Other,
+}
+
+/// The kernel operations the root filesystem is built with: the seam
+/// between the builder's decisions (what is mounted where, with which
+/// flags, in which order) and the system calls. [`Kernel`] makes the
+/// calls; tests give a recording fake, so the decisions are checked
+/// without root or namespaces.
+pub trait MountOps {
+    /// `mkdir -p` with `mode` for what it creates.
+    fn mkdir_all(&mut self, path: &Path, mode: u32) -> std::io::Result<()>;
+    /// An empty regular file to mount a file onto; one that exists is fine.
+    fn make_file(&mut self, path: &Path) -> nix::Result<()>;
+    fn symlink(&mut self, target: &Path, link: &Path) -> std::io::Result<()>;
+    fn remove_dir(&mut self, path: &Path);
+    /// What `path` is, without following a final symlink; `None` if it
+    /// does not exist.
+    fn host_kind(&mut self, path: &Path) -> Option<HostKind>;
+    /// Whether `path` is a directory, not a symlink to one.
+    fn is_real_dir(&mut self, path: &Path) -> bool {
+        self.host_kind(path) == Some(HostKind::Dir)
+    }
+    fn mount(
+        &mut self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    fn umount_detach(&mut self, path: &Path) -> nix::Result<()>;
+    fn mount_setattr(&mut self, path: &CStr, attrs: u64, recursive: bool) -> nix::Result<()>;
+    /// Attaches a detached mount tree at `target`.
+    fn move_mount(&mut self, tree: &OwnedFd, target: &CStr) -> nix::Result<()>;
+    /// A detached clone of the mount tree at `source`.
+    fn open_tree_clone(&mut self, source: &CStr) -> nix::Result<OwnedFd>;
+    /// Whether a mount tree's root is a directory.
+    fn tree_is_dir(&mut self, tree: &OwnedFd) -> bool;
+    fn chdir(&mut self, path: &Path) -> nix::Result<()>;
+    /// `pivot_root(new_root, put_old)`; the builder detaches the old root
+    /// itself (see [`pivot`]).
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> nix::Result<()>;
+}
+
+/// [`MountOps`] done by the kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Kernel;
+
+impl MountOps for Kernel {
+    fn mkdir_all(&mut self, path: &Path, mode: u32) -> std::io::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+    }
+
+    fn make_file(&mut self, path: &Path) -> nix::Result<()> {
+        // One `mknod`, where opening with `O_CREAT` would take an open
+        // and a close.
+        use nix::sys::stat::{mknod, Mode, SFlag};
+        match mknod(path, SFlag::S_IFREG, Mode::from_bits_truncate(0o644), 0) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn symlink(&mut self, target: &Path, link: &Path) -> std::io::Result<()> {
+        symlink(target, link)
+    }
+
+    fn remove_dir(&mut self, path: &Path) {
+        let _ = fs::remove_dir(path);
+    }
+
+    fn host_kind(&mut self, path: &Path) -> Option<HostKind> {
+        let meta = fs::symlink_metadata(path).ok()?;
+        Some(if meta.file_type().is_symlink() {
+            HostKind::Symlink(fs::read_link(path).ok()?)
+        } else if meta.is_dir() {
+            HostKind::Dir
+        } else {
+            HostKind::Other
+        })
+    }
+
+    fn is_real_dir(&mut self, path: &Path) -> bool {
+        // One lstat; no readlink for the symlinks among the names.
+        fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+    }
+
+    fn mount(
+        &mut self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        mount(source, target, fstype, flags, data)
+    }
+
+    fn umount_detach(&mut self, path: &Path) -> nix::Result<()> {
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+    }
+
+    fn mount_setattr(&mut self, path: &CStr, attrs: u64, recursive: bool) -> nix::Result<()> {
+        sys::mount_setattr(path, attrs, recursive)
+    }
+
+    fn move_mount(&mut self, tree: &OwnedFd, target: &CStr) -> nix::Result<()> {
+        sys::move_mount_to(tree, target)
+    }
+
+    fn open_tree_clone(&mut self, source: &CStr) -> nix::Result<OwnedFd> {
+        sys::open_tree_clone(source)
+    }
+
+    fn tree_is_dir(&mut self, tree: &OwnedFd) -> bool {
+        nix::sys::stat::fstat(tree).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    fn chdir(&mut self, path: &Path) -> nix::Result<()> {
+        nix::unistd::chdir(path)
+    }
+
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old)
+    }
+}
+
 /// A failed step, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} {path}: {source}")]
+#[error("{what} {path}")]
 pub struct RootfsError {
     pub what: &'static str,
     pub path: String,
@@ -110,38 +254,30 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-fn mkdir(p: &Path, mode: u32) -> Result<()> {
-    match fs::DirBuilder::new().recursive(true).mode(mode).create(p) {
-        Ok(()) => Ok(()),
-        Err(e) => io_ctx(Err(e), "cannot create directory", p),
-    }
+fn mkdir(k: &mut impl MountOps, p: &Path, mode: u32) -> Result<()> {
+    io_ctx(k.mkdir_all(p, mode), "cannot create directory", p)
 }
 
-/// An empty regular file to bind a file onto: one `mknod`, where opening
-/// with `O_CREAT` would take an open and a close. One that exists is fine.
-fn touch(p: &Path) -> Result<()> {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    match mknod(p, SFlag::S_IFREG, Mode::from_bits_truncate(0o644), 0) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
-        Err(e) => ctx(Err(e), "cannot create mount point", p),
-    }
+/// An empty regular file to bind a file onto. One that exists is fine.
+fn touch(k: &mut impl MountOps, p: &Path) -> Result<()> {
+    ctx(k.make_file(p), "cannot create mount point", p)
 }
 
-fn bind(src: &Path, dst: &Path, attrs: u64) -> Result<()> {
+fn bind(k: &mut impl MountOps, src: &Path, dst: &Path, attrs: u64) -> Result<()> {
     ctx(
-        mount(
+        k.mount(
             Some(src),
             dst,
-            None::<&str>,
+            None,
             MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
+            None,
         ),
         "cannot bind-mount onto",
         dst,
     )?;
     if attrs != 0 {
         ctx(
-            sys::mount_setattr(&cstr(dst), attrs, true),
+            k.mount_setattr(&cstr(dst), attrs, true),
             "cannot set mount attributes on",
             dst,
         )?;
@@ -151,25 +287,41 @@ fn bind(src: &Path, dst: &Path, attrs: u64) -> Result<()> {
 
 /// Attaches a detached mount tree (from `open_tree`) at `dst` and sets
 /// its attributes, as [`bind`] does for a path.
-fn attach(tree: &OwnedFd, dst: &Path, attrs: u64) -> Result<()> {
+fn attach(k: &mut impl MountOps, tree: &OwnedFd, dst: &Path, attrs: u64) -> Result<()> {
     ctx(
-        sys::move_mount_to(tree, &cstr(dst)),
+        k.move_mount(tree, &cstr(dst)),
         "cannot bind-mount onto",
         dst,
     )?;
     ctx(
-        sys::mount_setattr(&cstr(dst), attrs, true),
+        k.mount_setattr(&cstr(dst), attrs, true),
         "cannot set mount attributes on",
         dst,
     )
 }
 
-fn mount_fs(fstype: &str, dst: &Path, flags: MsFlags, data: &str) -> Result<()> {
+fn mount_fs(
+    k: &mut impl MountOps,
+    fstype: &str,
+    dst: &Path,
+    flags: MsFlags,
+    data: &str,
+) -> Result<()> {
     ctx(
-        mount(Some(fstype), dst, Some(fstype), flags, Some(data)),
+        k.mount(
+            Some(Path::new(fstype)),
+            dst,
+            Some(fstype),
+            flags,
+            Some(data),
+        ),
         "cannot mount filesystem on",
         dst,
     )
+}
+
+fn unmount(k: &mut impl MountOps, p: &Path) -> Result<()> {
+    ctx(k.umount_detach(p), "cannot unmount", p)
 }
 
 const RO: u64 = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -177,7 +329,12 @@ const RW: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
 /// Builds the new root at `spec.staging`, pivots into it and detaches the
 /// host's root. On return the process sees only the sandbox's filesystem.
-pub fn build(spec: &SandboxSpec, mut lowers: Lowers) -> Result<()> {
+pub fn build(spec: &SandboxSpec, lowers: Lowers) -> Result<()> {
+    build_with(&mut Kernel, spec, lowers)
+}
+
+/// [`build`] through the operations `k`.
+pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers) -> Result<()> {
     let workspace_tree = take_tree(&mut lowers, WORKSPACE_TREE);
     let mut bind_trees: Vec<Option<OwnedFd>> = (0..spec.ro_binds.len() + spec.binds.len())
         .map(|i| take_tree(&mut lowers, &bind_tree_name(i)))
@@ -186,18 +343,19 @@ pub fn build(spec: &SandboxSpec, mut lowers: Lowers) -> Result<()> {
     // Nothing we mount may propagate back to the host, and nothing the host
     // mounts later may appear here.
     ctx(
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
+        k.mount(
+            None,
+            Path::new("/"),
+            None,
             MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
+            None,
         ),
         "cannot make mounts private at",
         Path::new("/"),
     )?;
     match &spec.overlay {
         None => mount_fs(
+            k,
             "tmpfs",
             r,
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
@@ -205,141 +363,133 @@ pub fn build(spec: &SandboxSpec, mut lowers: Lowers) -> Result<()> {
         )?,
         Some(ov) => {
             let top = ov.join("root");
-            mkdir(&top, 0o755)?;
-            bind(&top, r, RW)?;
+            mkdir(k, &top, 0o755)?;
+            bind(k, &top, r, RW)?;
         }
     }
     let lower_root = r.join(LOWER_DIR);
-    let attached = attach_lowers(&lower_root, lowers)?;
+    let attached = attach_lowers(k, &lower_root, lowers)?;
     // The overlays' upper layers, reachable from the root under a short
     // name while they are mounted (see `overlay`).
     let ov_view = r.join(OV_DIR);
     if let Some(ov) = &spec.overlay {
-        mkdir(&ov_view, 0o700)?;
-        bind(ov, &ov_view, RW)?;
-        ctx(nix::unistd::chdir(r), "cannot enter", r)?;
+        mkdir(k, &ov_view, 0o700)?;
+        bind(k, ov, &ov_view, RW)?;
+        ctx(k.chdir(r), "cannot enter", r)?;
     }
-    system_dirs(spec, r, &attached)?;
-    etc(spec, r, &attached)?;
+    system_dirs(k, spec, r, &attached)?;
+    etc(k, spec, r, &attached)?;
     if spec.overlay.is_some() {
-        ctx(
-            nix::mount::umount2(&ov_view, nix::mount::MntFlags::MNT_DETACH),
-            "cannot unmount",
-            &ov_view,
-        )?;
-        let _ = fs::remove_dir(&ov_view);
+        unmount(k, &ov_view)?;
+        k.remove_dir(&ov_view);
     }
     if !attached.is_empty() {
-        ctx(
-            nix::mount::umount2(&lower_root, nix::mount::MntFlags::MNT_DETACH),
-            "cannot unmount",
-            &lower_root,
-        )?;
-        let _ = fs::remove_dir(&lower_root);
+        unmount(k, &lower_root)?;
+        k.remove_dir(&lower_root);
     }
 
     let ws = r.join("workspace");
-    mkdir(&ws, 0o755)?;
+    mkdir(k, &ws, 0o755)?;
     match workspace_tree {
-        Some(tree) => attach(&tree, &ws, RW)?,
-        None => bind(&spec.workspace, &ws, RW)?,
+        Some(tree) => attach(k, &tree, &ws, RW)?,
+        None => bind(k, &spec.workspace, &ws, RW)?,
     }
     let home = r.join("home/agent");
-    mkdir(&home, 0o755)?;
-    bind(&spec.home, &home, RW)?;
+    mkdir(k, &home, 0o755)?;
+    bind(k, &spec.home, &home, RW)?;
     let root_home = r.join("root");
-    mkdir(&root_home, 0o700)?;
+    mkdir(k, &root_home, 0o700)?;
     if spec.as_root {
-        bind(&spec.home, &root_home, RW)?;
+        bind(k, &spec.home, &root_home, RW)?;
     }
 
     let tmp = r.join("tmp");
-    mkdir(&tmp, 0o1777)?;
+    mkdir(k, &tmp, 0o1777)?;
     mount_fs(
+        k,
         "tmpfs",
         &tmp,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         &format!("mode=1777,size={}", spec.tmp_size),
     )?;
     let var = r.join("var");
-    mkdir(&var, 0o755)?;
+    mkdir(k, &var, 0o755)?;
     if spec.overlay.is_some() {
         // Package managers log here; the copy-on-write root can hold it.
-        mkdir(&var.join("log/apt"), 0o755)?;
-        mkdir(&var.join("cache"), 0o755)?;
+        mkdir(k, &var.join("log/apt"), 0o755)?;
+        mkdir(k, &var.join("cache"), 0o755)?;
     }
-    if fs::symlink_metadata(var.join("tmp")).is_err() {
+    let var_tmp = var.join("tmp");
+    if k.host_kind(&var_tmp).is_none() {
         io_ctx(
-            symlink("/tmp", var.join("tmp")),
+            k.symlink(Path::new("/tmp"), &var_tmp),
             "cannot create",
-            &var.join("tmp"),
+            &var_tmp,
         )?;
     }
 
     let proc_dir = r.join("proc");
-    mkdir(&proc_dir, 0o555)?;
+    mkdir(k, &proc_dir, 0o555)?;
     mount_fs(
+        k,
         "proc",
         &proc_dir,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         "",
     )?;
-    dev(spec, r)?;
+    dev(k, spec, r)?;
     let sys_dir = r.join("sys");
-    mkdir(&sys_dir, 0o555)?;
+    mkdir(k, &sys_dir, 0o555)?;
     // A read-only sysfs for tools that read CPU topology. The kernel only
     // allows it when the host's sysfs is fully visible to us; without it
     // the directory stays empty, which programs cope with.
-    let _ = mount(
-        Some("sysfs"),
+    let _ = k.mount(
+        Some(Path::new("sysfs")),
         &sys_dir,
         Some("sysfs"),
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
+        None,
     );
 
     // User binds are cloned now and attached after the pivot, so that a
     // destination path is resolved inside the sandbox: a symlink on the way
     // cannot send the mount to a host path.
-    let user: Vec<(OwnedFd, PathBuf, u64, bool)> = spec
+    let mut user: Vec<(OwnedFd, PathBuf, u64, bool)> = Vec::new();
+    let wanted = spec
         .ro_binds
         .iter()
         .map(|b| (b, RO))
-        .chain(spec.binds.iter().map(|b| (b, RW)))
-        .zip(bind_trees.iter_mut())
-        .map(|((b, attrs), tree)| {
-            let fd = match tree.take() {
-                Some(fd) => fd,
-                None => ctx(
-                    sys::open_tree_clone(&cstr(&b.src)),
-                    "cannot open bind source",
-                    &b.src,
-                )?,
-            };
-            // Asked of the tree itself: the path may not be reachable from here.
-            let is_dir = nix::sys::stat::fstat(&fd)
-                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-                .unwrap_or(false);
-            Ok((fd, b.dst.clone(), attrs, is_dir))
-        })
-        .collect::<Result<_>>()?;
+        .chain(spec.binds.iter().map(|b| (b, RW)));
+    for ((b, attrs), tree) in wanted.zip(bind_trees.iter_mut()) {
+        let fd = match tree.take() {
+            Some(fd) => fd,
+            None => ctx(
+                k.open_tree_clone(&cstr(&b.src)),
+                "cannot open bind source",
+                &b.src,
+            )?,
+        };
+        // Asked of the tree itself: the path may not be reachable from here.
+        let is_dir = k.tree_is_dir(&fd);
+        user.push((fd, b.dst.clone(), attrs, is_dir));
+    }
 
-    ctx(sys::pivot_into(&cstr(r)), "cannot pivot_root into", r)?;
+    pivot(k, r)?;
 
     for (fd, dst, attrs, is_dir) in user {
         if is_dir {
-            mkdir(&dst, 0o755)?;
+            mkdir(k, &dst, 0o755)?;
         } else {
             if let Some(parent) = dst.parent() {
-                mkdir(parent, 0o755)?;
+                mkdir(k, parent, 0o755)?;
             }
-            touch(&dst)?;
+            touch(k, &dst)?;
         }
-        attach(&fd, &dst, attrs)?;
+        attach(k, &fd, &dst, attrs)?;
     }
     if spec.overlay.is_none() {
         ctx(
-            sys::mount_setattr(c"/", MOUNT_ATTR_RDONLY, false),
+            k.mount_setattr(c"/", MOUNT_ATTR_RDONLY, false),
             "cannot make read-only",
             Path::new("/"),
         )?;
@@ -347,14 +497,32 @@ pub fn build(spec: &SandboxSpec, mut lowers: Lowers) -> Result<()> {
     Ok(())
 }
 
+/// Makes `r` the root: `pivot_root(".", ".")` from inside it stacks the
+/// old root on top of the new one, and detaching `.` then removes the old
+/// root in one step (no directory is needed to hold it). Afterwards no
+/// path leads to the host's filesystem.
+fn pivot(k: &mut impl MountOps, r: &Path) -> Result<()> {
+    const WHAT: &str = "cannot pivot_root into";
+    let here = Path::new(".");
+    ctx(k.chdir(r), WHAT, r)?;
+    ctx(k.pivot_root(here, here), WHAT, r)?;
+    ctx(k.umount_detach(here), WHAT, r)?;
+    ctx(k.chdir(Path::new("/")), WHAT, r)
+}
+
 /// Attaches the idmapped lower layers under a private tmpfs; returns the
 /// names attached and their paths.
-fn attach_lowers(at: &Path, lowers: Lowers) -> Result<Vec<(String, PathBuf)>> {
+fn attach_lowers(
+    k: &mut impl MountOps,
+    at: &Path,
+    lowers: Lowers,
+) -> Result<Vec<(String, PathBuf)>> {
     if lowers.is_empty() {
         return Ok(Vec::new());
     }
-    mkdir(at, 0o700)?;
+    mkdir(k, at, 0o700)?;
     mount_fs(
+        k,
         "tmpfs",
         at,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
@@ -363,9 +531,9 @@ fn attach_lowers(at: &Path, lowers: Lowers) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for (name, fd) in lowers {
         let dst = at.join(&name);
-        mkdir(&dst, 0o755)?;
+        mkdir(k, &dst, 0o755)?;
         ctx(
-            sys::move_mount_to(&fd, &cstr(&dst)),
+            k.move_mount(&fd, &cstr(&dst)),
             "cannot attach lower layer at",
             &dst,
         )?;
@@ -383,61 +551,70 @@ fn lower_for<'a>(attached: &'a [(String, PathBuf)], name: &str, host: &'a Path) 
         .map_or(host, |(_, p)| p.as_path())
 }
 
-fn system_dirs(spec: &SandboxSpec, r: &Path, attached: &[(String, PathBuf)]) -> Result<()> {
+fn system_dirs(
+    k: &mut impl MountOps,
+    spec: &SandboxSpec,
+    r: &Path,
+    attached: &[(String, PathBuf)],
+) -> Result<()> {
     for name in SYSTEM_DIRS {
         let host = Path::new("/").join(name);
-        let Ok(meta) = fs::symlink_metadata(&host) else {
-            continue;
-        };
         let dst = r.join(name);
-        if meta.file_type().is_symlink() {
-            let target = io_ctx(fs::read_link(&host), "cannot read link", &host)?;
-            if fs::symlink_metadata(&dst).is_err() {
-                io_ctx(symlink(target, &dst), "cannot create", &dst)?;
+        match k.host_kind(&host) {
+            Some(HostKind::Symlink(target)) => {
+                if k.host_kind(&dst).is_none() {
+                    io_ctx(k.symlink(&target, &dst), "cannot create", &dst)?;
+                }
             }
-        } else if meta.is_dir() {
-            mkdir(&dst, 0o755)?;
-            match &spec.overlay {
-                None => bind(&host, &dst, RO)?,
-                Some(_) => overlay(r, lower_for(attached, name, &host), &dst, name)?,
+            Some(HostKind::Dir) => {
+                mkdir(k, &dst, 0o755)?;
+                match &spec.overlay {
+                    None => bind(k, &host, &dst, RO)?,
+                    Some(_) => overlay(k, r, lower_for(attached, name, &host), &dst, name)?,
+                }
             }
+            Some(HostKind::Other) | None => {}
         }
     }
     if spec.overlay.is_some() {
         for name in OVERLAY_VAR_DIRS {
             let host = Path::new("/").join(name);
-            if host.is_dir() {
+            if k.is_real_dir(&host) {
                 let dst = r.join(name);
-                mkdir(&dst, 0o755)?;
+                mkdir(k, &dst, 0o755)?;
                 let flat = name.replace('/', "_");
-                overlay(r, lower_for(attached, &flat, &host), &dst, name)?;
+                overlay(k, r, lower_for(attached, &flat, &host), &dst, name)?;
             }
         }
     }
     Ok(())
 }
 
-fn etc(spec: &SandboxSpec, r: &Path, attached: &[(String, PathBuf)]) -> Result<()> {
+fn etc(
+    k: &mut impl MountOps,
+    spec: &SandboxSpec,
+    r: &Path,
+    attached: &[(String, PathBuf)],
+) -> Result<()> {
     let dst = r.join("etc");
-    mkdir(&dst, 0o755)?;
+    mkdir(k, &dst, 0o755)?;
     match &spec.overlay {
-        None => bind(&spec.etc_dir, &dst, RO),
-        Some(_) => overlay(r, lower_for(attached, "etc", &spec.etc_dir), &dst, "etc"),
+        None => bind(k, &spec.etc_dir, &dst, RO),
+        Some(_) => overlay(k, r, lower_for(attached, "etc", &spec.etc_dir), &dst, "etc"),
     }
 }
 
-/// A copy-on-write view of `lower` at `dst`; changes land in the
-/// sandbox's own upper directory and vanish with it.
-/// Mounts an overlay of `lower` at `dst`, its upper and work directories
-/// in the sandbox's overlay directory (seen at `r/OV_DIR`). The layers
-/// are named relative to `r`, the working directory meanwhile: the mount
-/// options, which `/proc/self/mountinfo` shows, hold no host path.
-fn overlay(r: &Path, lower: &Path, dst: &Path, name: &str) -> Result<()> {
+/// Mounts a copy-on-write view of `lower` at `dst`: an overlay whose upper
+/// and work directories are in the sandbox's overlay directory (seen at
+/// `r/OV_DIR`), so changes vanish with the sandbox. The layers are named
+/// relative to `r`, the working directory meanwhile: the mount options,
+/// which `/proc/self/mountinfo` shows, hold no host path.
+fn overlay(k: &mut impl MountOps, r: &Path, lower: &Path, dst: &Path, name: &str) -> Result<()> {
     let flat = name.replace('/', "_");
     let upper = Path::new(OV_DIR).join("upper").join(&flat);
     let work = Path::new(OV_DIR).join("work").join(&flat);
-    mkdir(&r.join(&upper), 0o755)?;
-    mkdir(&r.join(&work), 0o755)?;
+    mkdir(k, &r.join(&upper), 0o755)?;
+    mkdir(k, &r.join(&work), 0o755)?;
     let lower = lower.strip_prefix(r).unwrap_or(lower);
     let data = format!(
         "lowerdir={},upperdir={},workdir={},userxattr",
@@ -446,6 +623,7 @@ fn overlay(r: &Path, lower: &Path, dst: &Path, name: &str) -> Result<()> {
         work.display()
     );
     mount_fs(
+        k,
         "overlay",
         dst,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
@@ -453,10 +631,11 @@ fn overlay(r: &Path, lower: &Path, dst: &Path, name: &str) -> Result<()> {
     )
 }
 
-fn dev(spec: &SandboxSpec, r: &Path) -> Result<()> {
+fn dev(k: &mut impl MountOps, spec: &SandboxSpec, r: &Path) -> Result<()> {
     let d = r.join("dev");
-    mkdir(&d, 0o755)?;
+    mkdir(k, &d, 0o755)?;
     mount_fs(
+        k,
         "tmpfs",
         &d,
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
@@ -465,28 +644,30 @@ fn dev(spec: &SandboxSpec, r: &Path) -> Result<()> {
     for name in DEVICES {
         let host = Path::new("/dev").join(name);
         let dst = d.join(name);
-        touch(&dst)?;
-        bind(&host, &dst, 0)?;
+        touch(k, &dst)?;
+        bind(k, &host, &dst, 0)?;
     }
     // One call for all the nodes (and the tmpfs, which has these already):
     // devpts and shm, mounted next with flags of their own, are not there
     // yet.
     ctx(
-        sys::mount_setattr(&cstr(&d), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, true),
+        k.mount_setattr(&cstr(&d), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, true),
         "cannot set mount attributes on",
         &d,
     )?;
     let pts = d.join("pts");
-    mkdir(&pts, 0o755)?;
+    mkdir(k, &pts, 0o755)?;
     mount_fs(
+        k,
         "devpts",
         &pts,
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         "newinstance,ptmxmode=0666,mode=0620,gid=5",
     )?;
     let shm = d.join("shm");
-    mkdir(&shm, 0o1777)?;
+    mkdir(k, &shm, 0o1777)?;
     mount_fs(
+        k,
         "tmpfs",
         &shm,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
@@ -499,17 +680,18 @@ fn dev(spec: &SandboxSpec, r: &Path) -> Result<()> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        io_ctx(
-            symlink(target, d.join(link)),
-            "cannot create",
-            &d.join(link),
-        )?;
+        let at = d.join(link);
+        io_ctx(k.symlink(Path::new(target), &at), "cannot create", &at)?;
     }
     // The tmpfs itself becomes read-only: the workload can use the devices
     // but cannot plant files in /dev.
     ctx(
-        sys::mount_setattr(&cstr(&d), MOUNT_ATTR_RDONLY, false),
+        k.mount_setattr(&cstr(&d), MOUNT_ATTR_RDONLY, false),
         "cannot make read-only",
         &d,
     )
 }
+
+#[cfg(test)]
+#[path = "rootfs_tests.rs"]
+mod tests;

@@ -43,14 +43,14 @@ use seccompiler::{
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     /// A rule in stockade's table is malformed.
-    #[error("cannot build the seccomp rule for {syscall}: {source}; this is a bug in stockade's rule table, please report it")]
+    #[error("cannot build the seccomp rule for {syscall} (a bug in stockade's rule table, please report it)")]
     Rule {
         syscall: &'static str,
         #[source]
         source: BackendError,
     },
     /// A filter could not be compiled to BPF.
-    #[error("cannot compile the seccomp {filter} filter to BPF: {source}; this is a bug in stockade's rule table, please report it")]
+    #[error("cannot compile the seccomp {filter} filter to BPF (a bug in stockade's rule table, please report it)")]
     Compile {
         filter: &'static str,
         #[source]
@@ -64,13 +64,13 @@ pub enum SeccompError {
     #[error("stockade has no seccomp filter for the {0} architecture; only x86_64 and aarch64 are supported")]
     UnsupportedArch(&'static str),
     /// `prctl(PR_GET_NO_NEW_PRIVS)` failed.
-    #[error("cannot read the no_new_privs flag with prctl(PR_GET_NO_NEW_PRIVS): {0}; Linux 3.5 or later is needed")]
+    #[error("cannot read the no_new_privs flag with prctl(PR_GET_NO_NEW_PRIVS) (Linux 3.5 or later is needed)")]
     ReadNoNewPrivs(#[source] io::Error),
     /// `install` was called before `no_new_privs` was set.
     #[error("no_new_privs is not set, so the seccomp filter would not be inherited safely; call caps::set_no_new_privs() before seccomp::install()")]
     NoNewPrivsNotSet,
     /// The kernel rejected one of the filters.
-    #[error("the kernel refused the seccomp {filter} filter: {source}; check that the kernel has CONFIG_SECCOMP_FILTER, and do not start the workload")]
+    #[error("the kernel refused the seccomp {filter} filter (check that the kernel has CONFIG_SECCOMP_FILTER, and do not start the workload)")]
     Install {
         filter: &'static str,
         #[source]

@@ -8,6 +8,7 @@ use stockade_policy::BindMount;
 
 use crate::idmap::IdMap;
 use crate::seccomp::SeccompFilters;
+use crate::tun::TunConfig;
 
 /// Everything [`crate::launch`] needs to build and start a sandbox.
 #[derive(Debug, Clone)]
@@ -34,9 +35,9 @@ pub struct SandboxSpec {
     pub as_root: bool,
     /// Give the sandbox network egress: the supervisor creates the TUN
     /// device [`crate::init::TUN_NAME`] in the sandbox's network namespace
-    /// at launch (`Launched::tun`) and serves it with
-    /// `stockade_net::Egress`. Without it: loopback only.
-    pub net: bool,
+    /// at launch, configured as this says (`Launched::tun`), and serves its
+    /// other end (stockade-net's `Egress`). `None`: loopback only.
+    pub net: Option<TunConfig>,
     /// The sandbox's own id maps (its slot's block, see [`crate::slots`]).
     pub uid_map: IdMap,
     pub gid_map: IdMap,

@@ -114,16 +114,6 @@ pub fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// `pivot_root(".", ".")` after `chdir(new_root)`: the old root ends up
-/// stacked on top of the new one and is then detached in one step, so no
-/// directory is needed to hold it.
-pub fn pivot_into(new_root: &CStr) -> nix::Result<()> {
-    nix::unistd::chdir(new_root)?;
-    nix::unistd::pivot_root(".", ".")?;
-    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)?;
-    nix::unistd::chdir("/")
-}
-
 /// Marks the calling process's death signal, so the sandbox dies with the
 /// process that created it.
 pub fn set_parent_death_signal(sig: libc::c_int) -> nix::Result<()> {
@@ -581,20 +571,14 @@ pub fn securebits_set() -> bool {
     securebits().is_ok_and(|b| b != 0)
 }
 
-/// Replaces the process's command line (what `/proc/PID/cmdline` shows)
-/// with `name` and blanks its environment block: a sandbox's init is a
-/// copy of its supervisor, whose arguments and environment are not the
-/// sandbox's business. Also sets the thread name. Only this process's
-/// own copy of the memory changes; the environment is empty afterwards.
-pub fn blank_command_line(name: &str) {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return;
-    };
-    // Fields after the command name, which may hold spaces or ')': the
-    // 48th to 51st fields are arg_start, arg_end, env_start, env_end.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return;
-    };
+/// This process's argument and environment areas, `[start, end)` each, as
+/// the kernel reports them (`/proc/self/stat` fields 48 to 51): the
+/// strings `execve` put on the initial stack, which `/proc/PID/cmdline`
+/// and `/proc/PID/environ` show.
+fn arg_env_areas() -> Option<[(usize, usize); 2]> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces or ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
     let f: Vec<usize> = rest
         .split_whitespace()
         .skip(45)
@@ -602,33 +586,140 @@ pub fn blank_command_line(name: &str) {
         .filter_map(|x| x.parse().ok())
         .collect();
     let [arg_start, arg_end, env_start, env_end] = f[..] else {
-        return;
+        return None;
     };
-    for (start, end, text) in [
-        (arg_start, arg_end, name.as_bytes()),
-        (env_start, env_end, &b""[..]),
-    ] {
-        if end <= start || end - start > 1 << 20 {
-            continue;
+    Some([(arg_start, arg_end), (env_start, env_end)])
+}
+
+/// Writes `strings`, each followed by a NUL, over the area `[start, end)`
+/// and zeroes the rest of it. Returns false, changing nothing, when they
+/// do not fit with a final NUL to spare (the kernel then reports exactly
+/// the area) or the area is implausible.
+fn overwrite_area((start, end): (usize, usize), strings: &[&[u8]]) -> bool {
+    if end <= start || end - start > 1 << 20 {
+        return false;
+    }
+    let len = end - start;
+    let mut buf = Vec::with_capacity(len);
+    for s in strings {
+        buf.extend_from_slice(s);
+        buf.push(0);
+    }
+    if buf.len() >= len {
+        return false;
+    }
+    buf.resize(len, 0);
+    // SAFETY: the kernel reports [start, end) as this process's argument
+    // (or environment) area: mapped and writable (the initial stack), and
+    // private to this process. No Rust reference points into it: the
+    // arguments were parsed into owned strings at start-up, and std and
+    // glibc keep only raw pointers to these strings, which read the new
+    // contents from now on. `buf` is exactly `len` bytes, separate memory.
+    unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), start as *mut u8, len) };
+    true
+}
+
+/// Replaces this process's command line (what `/proc/PID/cmdline` and
+/// `ps` show) with `args`, in place, as `setproctitle` does; returns false,
+/// changing nothing, when the new line does not fit in the space the
+/// original took. Call it while no other thread may read the arguments.
+pub fn set_command_line(args: &[&[u8]]) -> bool {
+    arg_env_areas().is_some_and(|[args_area, _]| overwrite_area(args_area, args))
+}
+
+/// This process's command line as `/proc/self/cmdline` shows it, split at
+/// the NULs, without the padding a line shortened in place ends in.
+pub fn command_line() -> Option<Vec<Vec<u8>>> {
+    let raw = std::fs::read("/proc/self/cmdline").ok()?;
+    let used = raw.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    if used == 0 {
+        return Some(Vec::new());
+    }
+    Some(raw[..used].split(|b| *b == 0).map(<[u8]>::to_vec).collect())
+}
+
+/// Replaces the process's command line with `name` and blanks its
+/// environment block: a sandbox's init is a copy of its supervisor, whose
+/// arguments and environment are not the sandbox's business. Also sets
+/// the thread name. Only this process's own copy of the memory changes;
+/// the environment is empty afterwards (glibc's `environ` points at the
+/// strings, which become empty ones, so lookups find nothing).
+pub fn blank_command_line(name: &str) {
+    if let Some([args_area, env_area]) = arg_env_areas() {
+        if !overwrite_area(args_area, &[name.as_bytes()]) {
+            overwrite_area(args_area, &[]);
         }
-        let len = end - start;
-        let n = text.len().min(len - 1);
-        // SAFETY: the kernel reports [start, end) as this process's
-        // argument (environment) area: mapped, writable (the initial
-        // stack) and ours alone after the clone. Nothing here holds a
-        // Rust reference into it (the arguments were parsed into owned
-        // strings long ago); glibc's `environ` points at the environment
-        // strings, which become empty ones, so lookups find nothing. The
-        // last byte stays 0, so the kernel reports exactly the area.
-        unsafe {
-            let p = start as *mut u8;
-            std::ptr::write_bytes(p, 0, len);
-            std::ptr::copy_nonoverlapping(text.as_ptr(), p, n);
-        }
+        overwrite_area(env_area, &[]);
     }
     if let Ok(c) = std::ffi::CString::new(name) {
         // SAFETY: PR_SET_NAME reads at most 16 bytes of a NUL-terminated
         // string that outlives the call (longer names are cut).
         unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr(), 0, 0, 0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Each test runs in a process of its own (nextest), so changing this
+    // process's command line touches no other test.
+    #[test]
+    fn the_command_line_is_rewritten_in_place_when_it_fits() {
+        let before = command_line().unwrap();
+        assert!(!before.is_empty());
+        let total: usize = before.iter().map(|a| a.len() + 1).sum();
+        // Too long: nothing changes.
+        let long = vec![b'x'; total + 1];
+        assert!(!set_command_line(&[&long]));
+        assert_eq!(command_line().unwrap(), before);
+        // Shorter: the new line, and nothing of the old one.
+        assert!(set_command_line(&[
+            b"stockade",
+            b"shim",
+            b"--id",
+            b"0123abcd"
+        ]));
+        assert_eq!(
+            std::fs::read("/proc/self/cmdline").unwrap(),
+            b"stockade\0shim\0--id\0"
+                .iter()
+                .chain(b"0123abcd\0")
+                .copied()
+                .chain(std::iter::repeat_n(0, total - 28))
+                .collect::<Vec<u8>>()
+        );
+        assert_eq!(
+            command_line().unwrap(),
+            [&b"stockade"[..], b"shim", b"--id", b"0123abcd"].map(<[u8]>::to_vec)
+        );
+    }
+
+    fn c(p: &std::path::Path) -> std::ffi::CString {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+    }
+
+    /// The promise bind sources rely on: a symlink anywhere in the path,
+    /// last component or not, is refused, not followed. Holds without
+    /// root: `openat2` refuses before `open_tree` would need privilege.
+    #[test]
+    fn open_tree_resolved_refuses_a_symlink_anywhere_in_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        for through in ["link", "link/sub"] {
+            let e = open_tree_resolved(&c(&dir.path().join(through))).unwrap_err();
+            assert_eq!(e, Errno::ELOOP, "{through}");
+        }
+        // The same directories named without a symlink: opened where we
+        // may clone mount trees (root), else refused for want of privilege
+        // (and never for a symlink).
+        for plain in ["real", "real/sub"] {
+            match open_tree_resolved(&c(&dir.path().join(plain))) {
+                Ok(_) => assert!(nix::unistd::geteuid().is_root(), "{plain}"),
+                Err(e) => assert_eq!(e, Errno::EPERM, "{plain}"),
+            }
+        }
     }
 }

@@ -154,8 +154,10 @@ impl Rules {
     /// The ruleset's descriptor, or `None` on a kernel without Landlock.
     pub(crate) fn get(&mut self, spec: &SandboxSpec) -> Result<Option<RawFd>, (String, Errno)> {
         if self.0.is_none() {
-            let built = landlock_rules::build(&spec.writable_paths(), true)
-                .map_err(|e| (format!("apply Landlock rules ({e})"), Errno::EPERM))?;
+            let built = landlock_rules::build(&spec.writable_paths(), true).map_err(|e| {
+                let why = crate::error_chain(&e);
+                (format!("apply Landlock rules ({why})"), Errno::EPERM)
+            })?;
             self.0 = Some(built);
         }
         Ok(self
@@ -178,9 +180,8 @@ const CHILD_STACK: usize = 256 << 10;
 /// The child is cloned with `CLONE_VM | CLONE_VFORK`: it runs in init's
 /// memory, on a stack of its own, while init is suspended until it execs or
 /// exits. Init waited for the exec anyway (on the pipe); this way no page
-/// tables are copied and no copy-on-write faults follow: 0.25 ms off a
-/// cold start and 0.4 ms off an exec into a running sandbox here
-/// (benches/OPTIMISATIONS.md). What makes that sound:
+/// tables are copied and no copy-on-write faults follow (what that saves:
+/// benches/OPTIMISATIONS.md). What makes that sound:
 /// - init is single-threaded and suspended, so the child is the only one
 ///   touching that memory, and no lock (malloc's included) is held;
 /// - everything the child needs is built here first ([`Exec`], the

@@ -7,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::{Protocol, Reason, Verdict};
+
 /// One decision about one connection, query or datagram. Allowed TCP
 /// connections are reported when they end, with their byte counts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -18,22 +20,20 @@ pub struct NetEvent {
     pub name: Option<String>,
     pub address: Option<IpAddr>,
     pub port: Option<u16>,
-    /// `"tcp"`, `"udp"`, `"dns"` or `"icmp"`.
-    pub protocol: &'static str,
-    /// `"allow"` or `"deny"`.
-    pub verdict: &'static str,
-    /// Why: `"allowlisted"`, `"mapped"`, `"cidr"`, `"open"`, `"not-allowlisted"`,
-    /// `"private-address"`, `"sni-mismatch"`, `"rate-limit"`,
-    /// `"too-many-connections"`, `"udp-not-allowed"`, `"icmp-not-allowed"`,
-    /// `"dns-nxdomain"`, `"upstream-unreachable"`.
-    pub reason: String,
+    /// Written as `"tcp"`, `"udp"`, `"dns"` or `"icmp"`.
+    pub protocol: Protocol,
+    /// Written as `"allow"` or `"deny"`.
+    pub verdict: Verdict,
+    /// Why, written as a short string such as `"not-allowlisted"` (see
+    /// [`Reason`]).
+    pub reason: Reason,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_seconds: f64,
 }
 
 impl NetEvent {
-    pub(crate) fn new(protocol: &'static str, verdict: &'static str, reason: &str) -> Self {
+    pub(crate) fn new(protocol: Protocol, verdict: Verdict, reason: Reason) -> Self {
         NetEvent {
             time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -44,7 +44,7 @@ impl NetEvent {
             port: None,
             protocol,
             verdict,
-            reason: reason.to_string(),
+            reason,
             bytes_up: 0,
             bytes_down: 0,
             duration_seconds: 0.0,
@@ -113,20 +113,16 @@ impl Audit {
         event.sandbox.clone_from(&self.sandbox);
         {
             let mut t = self.totals();
-            if event.protocol == "tcp" {
+            if event.protocol == Protocol::Tcp {
                 match event.verdict {
-                    "allow" => t.summary.connections_allowed += 1,
-                    _ => t.summary.connections_denied += 1,
+                    Verdict::Allow => t.summary.connections_allowed += 1,
+                    Verdict::Deny => t.summary.connections_denied += 1,
                 }
             }
-            if event.reason == "rate-limit" {
+            if event.reason == Reason::RateLimit {
                 t.summary.rate_limit_hits += 1;
             }
-            let named_denial = matches!(
-                event.reason.as_str(),
-                "dns-nxdomain" | "sni-mismatch" | "not-allowlisted"
-            );
-            if let (true, Some(name)) = (named_denial, &event.name) {
+            if let (true, Some(name)) = (event.reason.names_a_denied_host(), &event.name) {
                 if t.names.len() < MAX_DENIED_NAMES {
                     t.names.insert(name.clone());
                 }

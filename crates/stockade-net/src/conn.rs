@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::audit::NetEvent;
 use crate::decide::{self, Allowed};
+use crate::event::{Protocol, Reason, Verdict};
 use crate::limits::TokenBucket;
 use crate::sniff::{sniff, Sniffed, SNIFF_LIMIT};
 use crate::stack::{FlowKey, Shared};
@@ -32,7 +33,7 @@ const CHUNK: usize = 64 * 1024;
 enum End {
     /// The first bytes did not prove an allowed name: why, and the name
     /// they carried, if any.
-    Refused(&'static str, Option<String>),
+    Refused(Reason, Option<String>),
     /// Upstream could not be reached.
     Unreachable,
     /// The sandbox went away (no handshake, reset).
@@ -52,9 +53,11 @@ pub(crate) async fn serve(sh: Rc<Shared>, h: SocketHandle, key: FlowKey, allowed
     let mut bytes = (0u64, 0u64);
     let result = proxy(&sh, h, dst, &allowed, &mut bytes).await;
     let mut ev = match &result {
-        Ok(()) | Err(End::Gone) => NetEvent::new("tcp", "allow", allowed.reason()),
-        Err(End::Unreachable) => NetEvent::new("tcp", "allow", "upstream-unreachable"),
-        Err(End::Refused(reason, _)) => NetEvent::new("tcp", "deny", reason),
+        Ok(()) | Err(End::Gone) => NetEvent::new(Protocol::Tcp, Verdict::Allow, allowed.reason()),
+        Err(End::Unreachable) => {
+            NetEvent::new(Protocol::Tcp, Verdict::Allow, Reason::UpstreamUnreachable)
+        }
+        Err(End::Refused(reason, _)) => NetEvent::new(Protocol::Tcp, Verdict::Deny, *reason),
     };
     {
         let mut st = sh.stack.borrow_mut();
@@ -166,7 +169,7 @@ async fn first_bytes(
     loop {
         let n = match tokio::time::timeout(HANDSHAKE_TIMEOUT, recv(sh, h, &mut buf)).await {
             Ok(r) => r?,
-            Err(_) => return Err(End::Refused("no-name", None)),
+            Err(_) => return Err(End::Refused(Reason::NoName, None)),
         };
         first.extend_from_slice(&buf[..n]);
         let seen = match sniff(&first) {
@@ -179,9 +182,9 @@ async fn first_bytes(
             Ok(()) => Ok(first),
             Err(name) => Err(End::Refused(
                 match seen {
-                    Sniffed::Name(_) => "sni-mismatch",
-                    Sniffed::NoName => "no-name",
-                    _ => "malformed",
+                    Sniffed::Name(_) => Reason::SniMismatch,
+                    Sniffed::NoName => Reason::NoName,
+                    _ => Reason::Malformed,
                 },
                 name,
             )),

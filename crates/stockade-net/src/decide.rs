@@ -8,6 +8,7 @@ use stockade_policy::{NetMode, NetworkPolicy};
 
 use crate::classify::special;
 use crate::dns::Pins;
+use crate::event::Reason;
 use crate::sniff::Sniffed;
 
 /// Why a connection is allowed; it decides what is checked next.
@@ -27,12 +28,12 @@ pub enum Allowed {
 }
 
 impl Allowed {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Allowed::ByName(_) => "allowlisted",
-            Allowed::Mapped(_) => "mapped",
-            Allowed::Cidr => "cidr",
-            Allowed::Open => "open",
+            Allowed::ByName(_) => Reason::Allowlisted,
+            Allowed::Mapped(_) => Reason::Mapped,
+            Allowed::Cidr => Reason::Cidr,
+            Allowed::Open => Reason::Open,
         }
     }
 
@@ -54,7 +55,7 @@ impl Allowed {
 /// A refused destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
-    pub reason: &'static str,
+    pub reason: Reason,
     /// The names the address was answered for, if any (rebinding).
     pub name: Option<String>,
 }
@@ -73,7 +74,7 @@ pub fn destination(
 ) -> Result<Allowed, Denied> {
     if policy.mode == NetMode::None {
         return Err(Denied {
-            reason: "not-allowlisted",
+            reason: Reason::NotAllowlisted,
             name: None,
         });
     }
@@ -86,7 +87,7 @@ pub fn destination(
         .unwrap_or_default();
     if own.contains(&addr) || addr.is_unspecified() {
         return Err(Denied {
-            reason: "own-address",
+            reason: Reason::OwnAddress,
             name: names.first().cloned(),
         });
     }
@@ -98,7 +99,7 @@ pub fn destination(
     // rebinding and the cloud metadata address.
     if special(addr).is_some() {
         return Err(Denied {
-            reason: "private-address",
+            reason: Reason::PrivateAddress,
             name: names.first().cloned(),
         });
     }
@@ -109,7 +110,7 @@ pub fn destination(
         return Ok(Allowed::Open);
     }
     Err(Denied {
-        reason: "not-allowlisted",
+        reason: Reason::NotAllowlisted,
         name: None,
     })
 }

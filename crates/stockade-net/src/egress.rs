@@ -25,12 +25,10 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// Serves `tun` (the descriptor [`configure_tun_inside`] returned, passed
-    /// to the supervisor) under `cfg`. Every decision is given to `events`,
+    /// Serves `tun` (the sandbox's TUN device, made in its network
+    /// namespace with this crate's addresses and MTU) under `cfg`. Every decision is given to `events`,
     /// on the egress thread; it should be quick (queue it, write a line).
     /// The caller need not be async.
-    ///
-    /// [`configure_tun_inside`]: crate::configure_tun_inside
     pub fn start(
         tun: OwnedFd,
         cfg: EgressConfig,

@@ -1,14 +1,15 @@
 //! Egress filter for a sandbox's network namespace.
 //!
 //! In `allowlist` and `open` modes the sandbox's only interface is a TUN
-//! device (made inside the sandbox by [`configure_tun_inside`]); its other
-//! end is served here by a userspace TCP/IP stack ([`Egress`]). Every
+//! device (made inside the sandbox by stockade-isolate, with this crate's
+//! [`SANDBOX_ADDR`], [`GATEWAY_ADDR`], [`PREFIX_LEN`] and [`MTU`]); its
+//! other end is served here by a userspace TCP/IP stack ([`Egress`]). Every
 //! connection the sandbox makes therefore ends in this crate, which decides
 //! it against the [`NetworkPolicy`], proxies what is allowed through an
 //! ordinary socket in the supervisor's namespace, and reports each decision
 //! as a [`NetEvent`]. No firewall rules, no forwarding, no proxy variables.
 //!
-//! Layout: `tun.rs` (the device, inside and outside), `stack.rs` (the
+//! Layout: `tun.rs` (the supervisor's end of the device), `stack.rs` (the
 //! smoltcp loop and the packet filter in front of it), `conn.rs` (one
 //! proxied connection), `decide.rs` (the verdict for a destination),
 //! `dns.rs`, `sniff.rs` (SNI / Host), `classify.rs` (private ranges),
@@ -20,6 +21,7 @@ mod conn;
 mod decide;
 mod dns;
 mod egress;
+mod event;
 mod limits;
 mod resolve;
 mod sniff;
@@ -31,11 +33,11 @@ use std::net::Ipv4Addr;
 pub use audit::{NetEvent, NetSummary};
 pub use classify::{special, Special};
 pub use egress::Egress;
+pub use event::{Protocol, Reason, Verdict};
 pub use limits::TokenBucket;
 pub use resolve::{Resolve, SystemResolver};
 pub use sniff::{sniff, Sniffed};
 pub use stockade_policy::NetworkPolicy;
-pub use tun::configure_tun_inside;
 
 /// The sandbox's address on its TUN device. 198.18.0.0/15 is the
 /// benchmarking range (RFC 2544): it names no real network, and the filter
@@ -89,17 +91,6 @@ impl std::fmt::Debug for EgressConfig {
 /// Setting up or running the egress layer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("cannot open /dev/net/tun (is the tun module loaded and the device node present?)")]
-    OpenTun(#[source] std::io::Error),
-    #[error("cannot {what} on the TUN device {name:?} (the caller needs CAP_NET_ADMIN in its network namespace)")]
-    TunIoctl {
-        what: &'static str,
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("TUN device name {0:?} must be 1-15 bytes without '/', ' ' or NUL")]
-    TunName(String),
     #[error(
         "network mode \"none\" needs no egress stack; start one only for \"allowlist\" or \"open\""
     )]

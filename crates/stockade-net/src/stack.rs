@@ -32,6 +32,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::audit::{Audit, NetEvent};
 use crate::decide;
 use crate::dns::{self, Pins};
+use crate::event::{Protocol, Reason, Verdict};
 use crate::limits::TokenBucket;
 use crate::resolve::Resolve;
 use crate::tun::{read_packet, write_packet};
@@ -290,12 +291,19 @@ fn on_packet(sh: &Rc<Shared>, pkt: &[u8]) {
                 return;
             };
             if dst != IpAddr::V4(DNS_ADDR) || udp.dst_port() != 53 {
-                refuse_flow(sh, 17, dst, udp.dst_port(), "udp", "udp-not-allowed");
+                refuse_flow(
+                    sh,
+                    17,
+                    dst,
+                    udp.dst_port(),
+                    Protocol::Udp,
+                    Reason::UdpNotAllowed,
+                );
                 return;
             }
         }
         IpProtocol::Icmp => {
-            refuse_flow(sh, 1, dst, 0, "icmp", "icmp-not-allowed");
+            refuse_flow(sh, 1, dst, 0, Protocol::Icmp, Reason::IcmpNotAllowed);
             return;
         }
         _ => return,
@@ -309,13 +317,13 @@ fn on_packet(sh: &Rc<Shared>, pkt: &[u8]) {
 }
 
 /// Reports a refused UDP or ICMP flow once, then drops its packets silently.
-fn refuse_flow(sh: &Shared, proto: u8, dst: IpAddr, port: u16, name: &'static str, reason: &str) {
+fn refuse_flow(sh: &Shared, proto: u8, dst: IpAddr, port: u16, kind: Protocol, reason: Reason) {
     let mut seen = sh.reported.borrow_mut();
     if seen.len() >= MAX_REPORTED_FLOWS || !seen.insert((proto, dst, port)) {
         return;
     }
     drop(seen);
-    let mut ev = NetEvent::new(name, "deny", reason);
+    let mut ev = NetEvent::new(kind, Verdict::Deny, reason);
     ev.address = Some(dst);
     ev.port = (proto == 17).then_some(port);
     sh.audit.emit(ev);
@@ -327,8 +335,8 @@ fn on_syn(sh: &Rc<Shared>, key: FlowKey) {
         return; // a retransmitted SYN
     }
     let (dst, port) = (IpAddr::from(key.1.addr), key.1.port);
-    let deny = |reason: &str, name: Option<String>| {
-        let mut ev = NetEvent::new("tcp", "deny", reason);
+    let deny = |reason: Reason, name: Option<String>| {
+        let mut ev = NetEvent::new(Protocol::Tcp, Verdict::Deny, reason);
         ev.name = name;
         ev.address = Some(dst);
         ev.port = Some(port);
@@ -341,11 +349,11 @@ fn on_syn(sh: &Rc<Shared>, key: FlowKey) {
         Err(d) => return deny(d.reason, d.name),
     };
     if sh.stack.borrow().flows.len() >= MAX_CONNECTIONS {
-        return deny("too-many-connections", allowed.name());
+        return deny(Reason::TooManyConnections, allowed.name());
     }
     if let Some(b) = &sh.connect_bucket {
         if !b.borrow_mut().try_take_one(Instant::now()) {
-            return deny("rate-limit", allowed.name());
+            return deny(Reason::RateLimit, allowed.name());
         }
     }
     let mut socket = tcp::Socket::new(
@@ -355,7 +363,7 @@ fn on_syn(sh: &Rc<Shared>, key: FlowKey) {
     // Give up on a sandbox that stops acknowledging (it was killed).
     socket.set_timeout(Some(smoltcp::time::Duration::from_secs(60)));
     if socket.listen(IpListenEndpoint::from(key.1)).is_err() {
-        return deny("not-allowlisted", allowed.name());
+        return deny(Reason::NotAllowlisted, allowed.name());
     }
     let h = {
         let mut st = sh.stack.borrow_mut();
@@ -412,11 +420,11 @@ fn dns_event(sh: &Shared, name: Option<String>, denied: bool, reply: &[u8]) {
         }
     }
     let (verdict, reason) = if denied {
-        ("deny", "dns-nxdomain")
+        (Verdict::Deny, Reason::DnsNxdomain)
     } else {
-        ("allow", "allowlisted")
+        (Verdict::Allow, Reason::Allowlisted)
     };
-    let mut ev = NetEvent::new("dns", verdict, reason);
+    let mut ev = NetEvent::new(Protocol::Dns, verdict, reason);
     ev.name = name;
     ev.address = addrs.first().copied();
     sh.audit.emit(ev);

@@ -105,7 +105,10 @@ fn allowed_name_is_answered_and_proxied() {
     let s = r.sandbox.connect(server.addr).unwrap();
     assert_eq!(http_get(s, "good.test").unwrap(), 1000);
     let ev = r.events.wait_for(|e| e.protocol == "tcp");
-    assert_eq!((ev.verdict, ev.reason.as_str()), ("allow", "allowlisted"));
+    assert_eq!(
+        (ev.verdict.as_str(), ev.reason.as_str()),
+        ("allow", "allowlisted")
+    );
     assert_eq!(ev.name.as_deref(), Some("good.test"));
     assert!(ev.bytes_down >= 1000 && ev.bytes_up > 0, "{ev:?}");
     let sum = r.egress().summary();
@@ -191,7 +194,7 @@ fn raw_addresses_and_unnamed_hosts_are_reset_at_once() {
         .events
         .wait_for(|e| e.protocol == "tcp" && e.address == Some(server.addr.ip()));
     assert_eq!(
-        (ev.verdict, ev.reason.as_str()),
+        (ev.verdict.as_str(), ev.reason.as_str()),
         ("deny", "not-allowlisted")
     );
     r.events
@@ -300,7 +303,7 @@ fn udp_other_than_dns_is_dropped_and_reported() {
     assert!(sink.recv(&mut buf).is_err(), "a UDP datagram got through");
     let ev = r.events.wait_for(|e| e.protocol == "udp");
     assert_eq!(
-        (ev.verdict, ev.reason.as_str(), ev.port),
+        (ev.verdict.as_str(), ev.reason.as_str(), ev.port),
         ("deny", "udp-not-allowed", Some(to.port()))
     );
     // One event per flow, not per packet.
@@ -401,7 +404,7 @@ fn every_decision_is_an_event_with_the_sandbox_id() {
     let events = r.events.all();
     let kinds: Vec<(&str, &str, &str)> = events
         .iter()
-        .map(|e| (e.protocol, e.verdict, e.reason.as_str()))
+        .map(|e| (e.protocol.as_str(), e.verdict.as_str(), e.reason.as_str()))
         .collect();
     for want in [
         ("dns", "allow", "allowlisted"),

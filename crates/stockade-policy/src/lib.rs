@@ -117,7 +117,7 @@ pub use network::*;
 /// Reading a policy file failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -125,11 +125,12 @@ pub enum LoadError {
     },
     #[error("policy file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("policy file {path}: {source}")]
+    // A ValidationError is a sentence naming the key, so it is part of this
+    // message rather than a separate cause.
+    #[error("policy file {path}: {error}")]
     Invalid {
         path: PathBuf,
-        #[source]
-        source: ValidationError,
+        error: ValidationError,
     },
 }
 
@@ -151,11 +152,12 @@ pub enum ValidationError {
     TmpSize(ByteSize),
     #[error("filesystem.workspace must be an absolute host path, got {0:?}")]
     Workspace(PathBuf),
-    #[error("filesystem.{key}: {source}")]
+    // The mount's own problem is the rest of this sentence, not a separate
+    // cause: callers put `to_string()` of a ValidationError in front of users.
+    #[error("filesystem.{key}: {error}")]
     Mount {
         key: &'static str,
-        #[source]
-        source: MountError,
+        error: MountError,
     },
     #[error("process.cwd must be an absolute path inside the sandbox, got {0:?}")]
     Cwd(String),
@@ -186,9 +188,9 @@ impl Policy {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
-        policy.validate().map_err(|source| LoadError::Invalid {
+        policy.validate().map_err(|error| LoadError::Invalid {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Ok(policy)
     }
@@ -230,7 +232,7 @@ impl Policy {
         for (key, list) in [("ro_bind", &fs.ro_bind), ("bind", &fs.bind)] {
             for m in list {
                 m.validate()
-                    .map_err(|source| ValidationError::Mount { key, source })?;
+                    .map_err(|error| ValidationError::Mount { key, error })?;
             }
         }
         let p = &self.process;

@@ -176,3 +176,47 @@ fn load_reports_the_file_and_the_problem() {
     assert!(err.contains("cannot read"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The message and its causes as the CLI prints them (`a: b: c`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s = format!("{s}: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+#[test]
+fn load_errors_print_each_cause_once() {
+    let dir = std::env::temp_dir().join(format!("stockade-policy-once-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = Policy::load(&dir.join("missing.toml")).unwrap_err();
+    let text = chain(&missing);
+    assert!(text.contains("missing.toml"), "{text}");
+    assert_eq!(text.matches("No such file").count(), 1, "{text}");
+
+    let f = dir.join("p.toml");
+    std::fs::write(&f, "[filesystem]\nbind = [\"relative:/x\"]\n").unwrap();
+    let text = chain(&Policy::load(&f).unwrap_err());
+    assert!(text.contains("p.toml") && text.contains("line 2"), "{text}");
+    assert_eq!(
+        text.matches("must be an absolute path").count(),
+        1,
+        "{text}"
+    );
+
+    let err = ValidationError::Mount {
+        key: "bind",
+        error: "relative:/x".parse::<BindMount>().unwrap_err(),
+    };
+    let text = chain(&err);
+    assert!(text.starts_with("filesystem.bind: "), "{text}");
+    assert_eq!(
+        text.matches("must be an absolute path").count(),
+        1,
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

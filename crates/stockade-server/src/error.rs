@@ -14,7 +14,7 @@ pub enum ServeError {
     #[error("{0}")]
     Config(String),
     /// A file or socket could not be set up.
-    #[error("cannot {what} {}: {source}", path.display())]
+    #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -95,7 +95,7 @@ impl ApiError {
     pub fn store(e: crate::store::StoreError) -> Self {
         match e {
             e @ crate::store::StoreError::NameTaken(_) => Self::conflict(e.to_string()),
-            e => Self::internal(e.to_string()),
+            e => Self::internal(chain(&e)),
         }
     }
 }
@@ -116,5 +116,61 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An error and its causes on one line (`a: b: c`), for messages that
+/// leave the daemon as text (API answers, its log).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Shorthand for handler results.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_answers_with_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let Err(e) = crate::store::Store::open(&file.join("stockade.db")) else {
+            panic!("a database under a regular file opened");
+        };
+        let cause = std::error::Error::source(&e)
+            .expect("the database error is the cause")
+            .to_string();
+        let answer = ApiError::store(e);
+        assert_eq!(answer.code, "internal");
+        assert!(answer.message.contains("a-file"), "{}", answer.message);
+        assert_eq!(
+            answer.message.matches(&cause).count(),
+            1,
+            "{}",
+            answer.message
+        );
+    }
+
+    #[test]
+    fn chain_joins_each_cause_once() {
+        let e = ServeError::Io {
+            what: "listen on",
+            path: "/run/x.sock".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let text = chain(&e);
+        assert!(text.starts_with("cannot listen on /run/x.sock: "), "{text}");
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+    }
+}

@@ -210,7 +210,7 @@ mod tests {
             .route("/ok", axum::routing::get(|| async { "fine" }))
             .layer(axum::middleware::from_fn(catch_panic));
         rt.spawn(async move { axum::serve(listener, app).await });
-        let c = crate::client::Client::unix(&sock);
+        let c = stockade_client::Client::unix(&sock);
         for _ in 0..2 {
             let r = c.raw("GET", "/boom", &[], None).unwrap();
             assert_eq!(r.status, 500);

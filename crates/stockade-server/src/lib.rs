@@ -4,14 +4,13 @@
 //! metrics, and recovery of running sandboxes after a restart.
 //!
 //! Sandboxes themselves are run by a [`stockade_core::backend::Backend`];
-//! this crate only manages them. [`client`] is a small blocking client of
-//! the API for the CLI.
+//! this crate only manages them. The blocking client of the API is the
+//! `stockade-client` crate (a dev-dependency here: the tests use it).
 //!
 //! The API is described in `docs/openapi.json` (served at
 //! `GET /v1/openapi.json`) and `docs/api.md`.
 
 mod auth;
-pub mod client;
 pub mod config;
 mod error;
 mod events;

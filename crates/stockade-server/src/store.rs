@@ -23,13 +23,15 @@ use serde::{Deserialize, Serialize};
 /// Why the registry could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the state database {}: {source}; check that the state directory exists and is writable", path.display())]
+    #[error("cannot open the state database {} (check that the state directory exists and is writable)", path.display())]
     Open {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("the state database failed: {0}; check free disk space and the state directory's permissions")]
+    #[error(
+        "the state database failed (check free disk space and the state directory's permissions)"
+    )]
     Sql(#[from] rusqlite::Error),
     #[error("a running sandbox is already named {0:?}; choose another name or destroy that sandbox first")]
     NameTaken(String),

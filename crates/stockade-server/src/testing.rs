@@ -356,7 +356,8 @@ impl SandboxHandle for FakeHandle {
             .map_err(|e| BackendError::Internal(e.to_string()))?;
         let root = files::Root::Dir(OwnedFd::from(dir));
         std::thread::spawn(move || files::serve(OwnedFd::from(theirs), &root));
-        FileClient::new(OwnedFd::from(ours)).map_err(|e| BackendError::Internal(e.to_string()))
+        FileClient::new(OwnedFd::from(ours))
+            .map_err(|e| BackendError::Internal(crate::error::chain(&e)))
     }
 
     fn status(&self) -> Result<SandboxStatus, BackendError> {

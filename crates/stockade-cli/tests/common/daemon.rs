@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use stockade_server::client::Client;
+use stockade_client::Client;
 
 use super::{eventually, rand_suffix, Env, BIN};
 

@@ -1,18 +1,23 @@
 //! Per-sandbox supervisor processes for the daemon (see `server.rs`), and
-//! the daemon's backend that talks to them (`client.rs`).
+//! the daemon's side that talks to them: the backend (`backend.rs`), the
+//! pool of idle shims and their zygote (`pool.rs`), and the handle of one
+//! sandbox's shim (`handle.rs`).
 
-pub mod client;
+pub mod backend;
+pub mod handle;
+mod pool;
 pub mod proto;
 pub mod server;
 
 use std::io::Read;
 use std::os::fd::{FromRawFd, IntoRawFd};
 
-pub use client::{ShimBackend, ShimHandle, DEFAULT_POOL_SIZE};
+pub use backend::{ShimBackend, DEFAULT_POOL_SIZE};
+pub use handle::ShimHandle;
 
 /// The `--id` of a pooled shim that has no sandbox yet: as long as a
-/// sandbox id (12 characters), so that it can be overwritten in place,
-/// and never one (ids are hex digits).
+/// sandbox id (12 characters), so that the command line can be rewritten
+/// in place, and never one (ids are hex digits).
 pub const POOLED_ID: &str = "pool-waiting";
 
 /// Entry point of `stockade shim`: reads a [`proto::ShimStart`] on stdin,
@@ -104,9 +109,9 @@ pub struct ZygoteReply {
 
 /// Entry point of `stockade shim --id pool-waiting --zygote`: the daemon's
 /// source of idle shims. Exec'ing and linking the binary for every idle
-/// shim cost the daemon about 1.5 ms of CPU per create, which on a busy
-/// host the requests in flight paid for; a fork of this small, already
-/// started process costs a tenth of that.
+/// shim costs CPU that, on a busy host, the requests in flight pay for; a
+/// fork of this small, already started process costs far less
+/// (benches/OPTIMISATIONS.md, "idle shims forked by a zygote").
 ///
 /// Stdin is a `SOCK_SEQPACKET` socket from the daemon. For each request
 /// the zygote forks a child that takes the two descriptors as its stdin
@@ -199,76 +204,40 @@ fn idle_child(
     std::process::exit(code)
 }
 
-/// Blanks `--zygote` on the command line (`/proc/self/cmdline` then ends
-/// in empty arguments), so that an idle shim forked from the zygote reads
-/// `stockade shim --id pool-waiting`, like one that was exec'd.
+/// Drops `--zygote` from the command line, so that an idle shim forked
+/// from the zygote reads `stockade shim --id pool-waiting`, like one that
+/// was exec'd.
 fn hide_zygote_flag() {
-    overwrite_arg(4, ZYGOTE_FLAG.as_bytes(), &[0; ZYGOTE_FLAG.len()]);
+    use stockade_isolate::sys::{command_line, set_command_line};
+    let Some(args) = command_line() else {
+        return;
+    };
+    if args.iter().any(|a| a == ZYGOTE_FLAG.as_bytes()) {
+        let kept: Vec<&[u8]> = args
+            .iter()
+            .map(Vec::as_slice)
+            .filter(|a| *a != ZYGOTE_FLAG.as_bytes())
+            .collect();
+        set_command_line(&kept);
+    }
 }
 
 /// A pooled shim (started as `stockade shim --id pool-waiting`) that got
-/// its sandbox rewrites its command line to `stockade shim --id ID`, so
+/// its sandbox changes its command line to `stockade shim --id ID`, so
 /// that `ps` and the tools that find a sandbox's shim by its command line
-/// see the right id. Returns whether this shim was started as a pooled
+/// see the right id (the pooled id is as long as a sandbox id, so the new
+/// line always fits). Returns whether this shim was started as a pooled
 /// one.
 fn name_pooled(id: &str) -> bool {
-    let Some(cmdline) = read_proc("/proc/self/cmdline") else {
+    let Some(mut args) = stockade_isolate::sys::command_line() else {
         return false;
     };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     if args.len() < 4 || args[1] != b"shim" || args[2] != b"--id" || args[3] != POOLED_ID.as_bytes()
     {
         return false;
     }
-    overwrite_arg(3, POOLED_ID.as_bytes(), id.as_bytes());
+    args[3] = id.as_bytes().to_vec();
+    let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    stockade_isolate::sys::set_command_line(&args);
     true
-}
-
-/// Overwrites argument `index` of our command line, if it reads `old`,
-/// with `new` of the same length. The argument strings live in this
-/// process's memory from `arg_start` (`/proc/self/stat`); they are
-/// overwritten through `/proc/self/mem`, byte for byte, which needs no
-/// pointer of ours. Best effort: on any surprise the line stays as it is.
-fn overwrite_arg(index: usize, old: &[u8], new: &[u8]) {
-    if old.len() != new.len() {
-        return;
-    }
-    let Some(cmdline) = read_proc("/proc/self/cmdline") else {
-        return;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    if args.get(index) != Some(&old) {
-        return;
-    }
-    let offset: usize = args[..index].iter().map(|a| a.len() + 1).sum();
-    if let (Some(arg_start), Ok(mem)) = (
-        arg_start(),
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/proc/self/mem"),
-    ) {
-        use std::os::unix::fs::FileExt;
-        let _ = mem.write_all_at(new, arg_start + offset as u64);
-    }
-}
-
-/// Where this process's argument strings start (`/proc/self/stat` field
-/// 48, counted after the command name, which may contain spaces).
-fn arg_start() -> Option<u64> {
-    let stat = String::from_utf8(read_proc("/proc/self/stat")?).ok()?;
-    let (_, after) = stat.rsplit_once(')')?;
-    // `after` starts at field 3.
-    after.split_whitespace().nth(48 - 3)?.parse().ok()
-}
-
-/// A small `/proc` file in one `read` (a proc file is generated anew for
-/// every read, so the growing reads of `fs::read` cost several times more).
-fn read_proc(path: &str) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = vec![0u8; 4096];
-    let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
-    (n < buf.len()).then(|| {
-        buf.truncate(n);
-        buf
-    })
 }

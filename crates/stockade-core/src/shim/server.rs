@@ -566,7 +566,7 @@ impl Shim<'_> {
                 } else {
                     let tag = self.next_tag;
                     self.next_tag += 1;
-                    match prepared.request(tag, &req.cmd, &req.env, req.cwd.as_deref(), false) {
+                    match prepared.request(tag, &req.cmd, &req.env, req.cwd.as_deref(), None) {
                         Err(e) => {
                             reply(fd, &failed(FailKind::Invalid, e.to_string()));
                             None

@@ -18,7 +18,21 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use stockade_isolate::tun::{configure_tun_inside, TunConfig, TunError};
 use stockade_net::{NetEvent, Resolve};
+
+/// `tun0` in the calling thread's network namespace, set up with
+/// stockade-net's addresses.
+fn make_tun() -> Result<OwnedFd, TunError> {
+    let cfg = TunConfig {
+        address: stockade_net::SANDBOX_ADDR,
+        prefix_len: stockade_net::PREFIX_LEN,
+        gateway: stockade_net::GATEWAY_ADDR,
+        dns: stockade_net::DNS_ADDR,
+        mtu: stockade_net::MTU,
+    };
+    configure_tun_inside("tun0", &cfg)
+}
 
 /// Moves the calling thread into a new, empty network namespace and brings
 /// up its loopback. Threads and processes it starts afterwards inherit it.
@@ -128,7 +142,8 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// A fresh namespace (made from the caller's) with `tun0` configured by
-    /// `configure_tun_inside`. Returns the sandbox and the device's fd.
+    /// stockade-isolate, with this crate's addresses (as core's launch
+    /// does). Returns the sandbox and the device's fd.
     pub fn new() -> (Sandbox, OwnedFd) {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (fd_tx, fd_rx) = mpsc::channel();
@@ -136,9 +151,7 @@ impl Sandbox {
             // SAFETY: unshare affects only this thread.
             assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
             sh("ip link set lo up");
-            fd_tx
-                .send(stockade_net::configure_tun_inside("tun0"))
-                .unwrap();
+            fd_tx.send(make_tun()).unwrap();
             for job in rx {
                 job();
             }
@@ -162,8 +175,7 @@ impl Sandbox {
     /// Another TUN device in the same sandbox namespace (the previous one
     /// must be closed).
     pub fn new_tun(&self) -> OwnedFd {
-        self.run(|| stockade_net::configure_tun_inside("tun0"))
-            .expect("configure_tun_inside")
+        self.run(make_tun).expect("configure_tun_inside")
     }
 
     /// Runs `f` on the sandbox thread: sockets it makes live in the sandbox.

@@ -70,12 +70,7 @@ pub fn check_path(path: &str) -> Result<(), ApiError> {
 pub fn file_error(path: &str, e: FileError) -> ApiError {
     use nix::errno::Errno;
     let FileError::Failed { errno, message } = &e else {
-        let mut why = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            why = format!("{why}: {c}");
-            cause = c.source();
-        }
+        let why = crate::error::chain(&e);
         return ApiError::internal(format!("cannot access {path}: {why}"));
     };
     let (status, code, msg) = match Errno::from_raw(*errno) {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::harness::{raw_request, shared, TestDaemon};
-use crate::client::{Client, ClientError};
+use stockade_client::{Client, ClientError};
 
 fn api_err(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, String, String) {
     match r {
@@ -143,7 +143,7 @@ fn answers_unknown_ids_routes_methods_and_params_with_4xx() {
         400,
         "empty cmd is checked first"
     );
-    let opts = crate::client::ExecOptions {
+    let opts = stockade_client::ExecOptions {
         cmd: vec!["true".into()],
         ..Default::default()
     };
@@ -292,7 +292,7 @@ fn metrics_are_prometheus_text() {
     let d = TestDaemon::start(tmp.path());
     let c = d.client();
     let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
-    let opts = crate::client::ExecOptions {
+    let opts = stockade_client::ExecOptions {
         cmd: vec!["true".into()],
         ..Default::default()
     };

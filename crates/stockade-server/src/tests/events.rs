@@ -8,7 +8,7 @@ use stockade_core::backend::SandboxEvent;
 use stockade_core::{Violation, ViolationKind};
 
 use super::harness::{eventually, shared, TestDaemon};
-use crate::client::{ExecOptions, SseEvent, SseStream};
+use stockade_client::{ExecOptions, SseEvent, SseStream};
 
 /// Reads events until one of type `kind` arrives.
 fn until(stream: &mut SseStream, kind: &str) -> Vec<SseEvent> {

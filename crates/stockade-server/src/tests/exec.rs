@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::harness::{eventually, shared, TestDaemon};
-use crate::client::{ClientError, ExecOptions, SseEvent};
+use stockade_client::{ClientError, ExecOptions, SseEvent};
 
 fn sh(script: &str) -> ExecOptions {
     ExecOptions {

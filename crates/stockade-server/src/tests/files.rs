@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 
 use super::harness::{shared, TestDaemon};
-use crate::client::ClientError;
+use stockade_client::ClientError;
 
 fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
     match r {

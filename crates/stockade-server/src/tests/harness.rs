@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use crate::client::Client;
 use crate::testing::FakeBackend;
 use crate::{ServeConfig, Server};
+use stockade_client::Client;
 
 /// Tests share the process; the load test (which counts open
 /// descriptors) runs alone by taking this for writing.

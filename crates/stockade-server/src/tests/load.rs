@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::harness::{eventually, exclusive, TestDaemon};
-use crate::client::ExecOptions;
+use stockade_client::ExecOptions;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()

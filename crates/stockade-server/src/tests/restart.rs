@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::harness::{shared, TestDaemon};
-use crate::client::ExecOptions;
 use crate::testing::FakeBackend;
+use stockade_client::ExecOptions;
 
 #[test]
 fn restart_reattaches_running_sandboxes_and_marks_dead_ones() {

@@ -1,9 +1,19 @@
-//! A small blocking client of the daemon's API, for the CLI
-//! (`stockade create|exec|ps|rm|events|cp`): HTTP/1.1 over the unix socket
-//! (or TCP with a token), one connection per request, no async runtime.
+//! A small blocking client of the stockade daemon's API, for the CLI
+//! (`stockade create|exec|ps|rm|events|cp`) and tests: HTTP/1.1 over the
+//! daemon's unix socket (or TCP with a token), one connection per request,
+//! no async runtime.
+//!
+//! The types here ([`Sandbox`], [`ExecOptions`], [`ExecResult`]) are the
+//! API's JSON as a client sees it; the daemon (stockade-server) parses and
+//! validates requests with its own types, and its tests use this client,
+//! so the two are checked against each other. This crate depends on no
+//! server or async code: only serde, thiserror and the policy types.
 
 mod sse;
 mod wire;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,13 +33,13 @@ const MAX_JSON_ANSWER: u64 = 64 * 1024 * 1024;
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the stockade daemon at {endpoint}: {source}; is `stockade serve` running, and may you use its socket?")]
+    #[error("cannot reach the stockade daemon at {endpoint} (is `stockade serve` running, and may you use its socket?)")]
     Connect {
         endpoint: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("the connection to the stockade daemon failed: {0}")]
+    #[error("the connection to the stockade daemon failed")]
     Io(#[from] std::io::Error),
     #[error("the stockade daemon sent an answer this client cannot read: {0}")]
     Protocol(String),

@@ -1,0 +1,183 @@
+//! The wording of errors a user can cause, end to end: each names what
+//! was wrong, on one line, and says its cause once (the CLI prints an
+//! error's chain of causes, so a message that also repeats its cause
+//! would say it twice).
+//!
+//! Most of these fail before any sandbox exists and need no privileges;
+//! the one that talks to a running daemon needs root, like the daemon's
+//! own tests.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{code, stderr};
+
+/// `stockade ARGS...` with a state directory of its own, to completion.
+fn stockade(state: &Path, args: &[&str]) -> Output {
+    Command::new(common::BIN)
+        .env("STOCKADE_STATE_DIR", state)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Asserts that `o` failed as stockade itself (125) with one line on
+/// stderr that holds `once` exactly once, and returns that line.
+fn fails_saying_once(o: &Output, once: &str) -> String {
+    let err = stderr(o);
+    assert_eq!(code(o), 125, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("stockade: "), "{err}");
+    assert_eq!(err.matches(once).count(), 1, "{once:?} not once in: {err}");
+    err
+}
+
+#[test]
+fn a_missing_policy_file_is_named_with_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("absent.toml");
+    let o = stockade(
+        dir.path(),
+        &["run", "--policy", policy.to_str().unwrap(), "--", "true"],
+    );
+    let err = fails_saying_once(&o, "No such file or directory");
+    assert!(err.contains("cannot read policy file"), "{err}");
+    assert_eq!(err.matches(policy.to_str().unwrap()).count(), 1, "{err}");
+}
+
+#[test]
+fn a_malformed_policy_names_the_file_the_line_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("typo.toml");
+    std::fs::write(&policy, "[limits]\nmemroy = \"1G\"\n").unwrap();
+    let o = stockade(
+        dir.path(),
+        &["run", "--policy", policy.to_str().unwrap(), "--", "true"],
+    );
+    let err = fails_saying_once(&o, "unknown field `memroy`");
+    assert_eq!(err.matches(policy.to_str().unwrap()).count(), 1, "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn an_impossible_policy_value_names_the_file_and_the_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("pids.toml");
+    std::fs::write(&policy, "[limits]\npids = 1\n").unwrap();
+    let o = stockade(
+        dir.path(),
+        &["run", "--policy", policy.to_str().unwrap(), "--", "true"],
+    );
+    let err = fails_saying_once(&o, "limits.pids must be at least 2");
+    assert_eq!(err.matches(policy.to_str().unwrap()).count(), 1, "{err}");
+    assert!(err.contains("got 1"), "{err}");
+}
+
+#[test]
+fn a_too_small_memory_flag_names_the_key_and_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stockade(dir.path(), &["run", "--memory", "1k", "--", "true"]);
+    let err = fails_saying_once(&o, "limits.memory must be at least 4M");
+    assert!(err.contains("got 1K"), "{err}");
+}
+
+#[test]
+fn a_malformed_size_flag_names_the_flag_and_quotes_the_value_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stockade(dir.path(), &["run", "--memory=-5M", "--", "true"]);
+    let err = fails_saying_once(&o, "-5M");
+    assert!(err.contains("--memory"), "{err}");
+    assert!(err.contains("expected a size like"), "{err}");
+    let o = stockade(dir.path(), &["run", "--timeout", "5x", "--", "true"]);
+    let err = fails_saying_once(&o, "5x");
+    assert!(err.contains("--timeout"), "{err}");
+    // A parser whose message does not quote the value keeps clap's wording,
+    // which does.
+    let o = stockade(dir.path(), &["run", "--pids", "abc", "--", "true"]);
+    let err = fails_saying_once(&o, "abc");
+    assert!(err.contains("--pids"), "{err}");
+}
+
+#[test]
+fn client_commands_without_a_daemon_say_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    let socket = socket.to_str().unwrap();
+    for args in [
+        vec!["ps", "--socket", socket],
+        vec!["exec", "--socket", socket, "sb-none", "--", "true"],
+        vec![
+            "cp",
+            "--socket",
+            socket,
+            "sb-none:/workspace/a",
+            "/dev/null",
+        ],
+        vec!["rm", "--socket", socket, "sb-none"],
+    ] {
+        let o = stockade(dir.path(), &args);
+        let err = stderr(&o);
+        assert_ne!(code(&o), 0, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert_eq!(
+            err.matches("cannot reach the stockade daemon").count(),
+            1,
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.matches(socket).count(), 1, "{args:?}: {err}");
+        assert_eq!(
+            err.matches("No such file or directory").count(),
+            1,
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn serve_names_an_unusable_state_directory_with_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let state = file.join("state");
+    let socket = dir.path().join("api.sock");
+    let o = Command::new(common::BIN)
+        .args(["serve", "--state-dir", state.to_str().unwrap(), "--socket"])
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = fails_saying_once(&o, "Not a directory");
+    assert!(err.contains("cannot create the state directory"), "{err}");
+    assert_eq!(err.matches(state.to_str().unwrap()).count(), 1, "{err}");
+}
+
+#[test]
+#[ignore = "needs root: starts a daemon that makes namespaces and cgroups"]
+fn the_daemon_names_an_unknown_sandbox_once() {
+    let env = common::Env::new();
+    let d = common::daemon::Daemon::start(&env, &[]);
+    let socket = d.socket.to_str().unwrap();
+    for args in [
+        vec!["exec", "--socket", socket, "sb-nonesuch", "--", "true"],
+        vec![
+            "cp",
+            "--socket",
+            socket,
+            "sb-nonesuch:/workspace/a",
+            "/dev/null",
+        ],
+    ] {
+        let o = env.cmd().args(&args).output().unwrap();
+        let err = stderr(&o);
+        assert_ne!(code(&o), 0, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert_eq!(err.matches("sb-nonesuch").count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("no sandbox has the id or name"),
+            "{args:?}: {err}"
+        );
+    }
+}
