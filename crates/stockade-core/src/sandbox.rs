@@ -186,7 +186,9 @@ impl<'c> Sandbox<'c> {
         // else runs while the sandbox's init is cloned.
         let launched = unsafe {
             launch_joining(spec, cgroup.dir_fd_v2(), &self_join, pooled, |pid| {
-                cgroup.add_pid(pid).map_err(|e| e.to_string())
+                cgroup
+                    .add_pid(pid)
+                    .map_err(|e| stockade_isolate::error_chain(&e))
             })
         };
         drop(self_join);
