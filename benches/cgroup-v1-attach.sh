@@ -28,8 +28,8 @@ cat >"$work/scenario.sh" <<SCENARIO
 for i in \$(seq 1 $rounds); do
   for how in move self; do
     sleep 0.5
-    if [ \$how = move ]; then export STOCKADE_BENCH_V1_ATTACH=move; else unset STOCKADE_BENCH_V1_ATTACH; fi
-    timeout 60 /usr/bin/stockade run --report /tmp/r.json -- true
+    if [ \$how = move ]; then flag=--v1-attach-by-move; else flag=; fi
+    timeout 60 /usr/bin/stockade run \$flag --report /tmp/r.json -- true
     rc=\$?
     w=\$(sed -n 's/.*"wall_seconds": *\([0-9.e-]*\).*/\1/p' /tmp/r.json)
     echo "V1ATTACH \$how \$rc \$w"

@@ -162,6 +162,11 @@ pub struct RunArgs {
     /// detached cleaner buys).
     #[arg(long, hide = true)]
     pub wait_for_teardown: bool,
+    /// On cgroup v1, move the sandbox's init into its cgroup from the
+    /// supervisor instead of letting it join by itself (benchmarks compare
+    /// the two).
+    #[arg(long, hide = true)]
+    pub v1_attach_by_move: bool,
     /// Write a JSON report of the run to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -302,6 +307,12 @@ impl RunArgs {
         // `--wait-for-teardown` waits anyway, so benchmarks can show what
         // this buys).
         opts.defer_teardown = !self.wait_for_teardown;
+        // On cgroup v1 init joins its group itself; the hidden
+        // `--v1-attach-by-move` has the supervisor move it, the old way
+        // (benches/cgroup-v1-attach.sh shows what joining buys).
+        if self.v1_attach_by_move {
+            opts.v1_attach = stockade_core::sandbox::V1Attach::Move;
+        }
         Ok((opts, self.report))
     }
 }

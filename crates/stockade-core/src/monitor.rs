@@ -19,6 +19,36 @@ pub const TICK: Duration = Duration::from_millis(200);
 /// Receives each breach with its one-line description.
 pub type ViolationSink = Box<dyn FnMut(&Violation, &str) + Send>;
 
+/// What the limits watch and the supervisor read from a sandbox's control
+/// group: its counters (OOM kills among them) and whether only init is
+/// left. A [`Cgroup`] in production; a fake in the decision tests.
+pub trait StatsSource {
+    /// The group's counters now.
+    fn stats(&self) -> Stats;
+    /// Whether `pid` is the only process left in the group.
+    fn holds_only(&self, pid: i32) -> bool;
+}
+
+impl StatsSource for Cgroup {
+    fn stats(&self) -> Stats {
+        Cgroup::stats(self)
+    }
+
+    fn holds_only(&self, pid: i32) -> bool {
+        Cgroup::holds_only(self, pid)
+    }
+}
+
+/// A disk-use reading other than the two built in (a fake in tests, or a
+/// backend that measures its own disk).
+pub trait DiskGauge: Send + std::fmt::Debug {
+    /// Bytes in use now.
+    fn used(&mut self) -> u64;
+    /// Whether something else (the kernel, a VM's disk) refuses writes
+    /// past the limit: reaching it is then reported, not killed for.
+    fn enforced_elsewhere(&self) -> bool;
+}
+
 /// Where a sandbox's disk use is read.
 #[derive(Debug)]
 pub enum DiskSource {
@@ -27,12 +57,15 @@ pub enum DiskSource {
     Quota(Subvol),
     /// A walk of these directories: over the limit, the sandbox is killed.
     Walk(Vec<PathBuf>),
+    /// Any other reading.
+    Gauge(Box<dyn DiskGauge>),
 }
 
 #[derive(Debug)]
 enum Disk {
     Quota(Subvol),
     Walk(DiskMeter),
+    Gauge(Box<dyn DiskGauge>),
 }
 
 impl Disk {
@@ -40,13 +73,25 @@ impl Disk {
         match self {
             Disk::Quota(s) => s.usage().unwrap_or(0),
             Disk::Walk(m) => m.measure(),
+            Disk::Gauge(g) => g.used(),
         }
     }
 
     fn enforced(&self) -> &'static str {
         match self {
             Disk::Quota(_) => "kernel",
-            Disk::Walk(_) => "polling",
+            Disk::Gauge(g) if g.enforced_elsewhere() => "kernel",
+            Disk::Walk(_) | Disk::Gauge(_) => "polling",
+        }
+    }
+
+    /// Whether reaching the limit is reported only (the writes fail)
+    /// rather than killed for: `Some(reached)` then.
+    fn reached_elsewhere(&self, used: u64, limit: u64) -> Option<bool> {
+        match self {
+            Disk::Quota(s) => Some(s.reached(used)),
+            Disk::Gauge(g) if g.enforced_elsewhere() => Some(used >= limit),
+            Disk::Walk(_) | Disk::Gauge(_) => None,
         }
     }
 }
@@ -106,6 +151,7 @@ impl Monitor {
                     }
                     Disk::Walk(DiskMeter::new(dirs))
                 }
+                DiskSource::Gauge(g) => Disk::Gauge(g),
             },
             next_sample: Instant::now() + TICK,
             pids_peak: 0,
@@ -140,8 +186,12 @@ impl Monitor {
     /// Checks the deadline, and when due samples processes and disk.
     /// Returns a hard breach the caller must act on by killing the sandbox
     /// (once: later calls return `None`).
-    pub fn tick(&mut self, cgroup: &Cgroup) -> Option<ViolationKind> {
-        let now = Instant::now();
+    pub fn tick(&mut self, cgroup: &dyn StatsSource) -> Option<ViolationKind> {
+        self.tick_at(cgroup, Instant::now())
+    }
+
+    /// [`Monitor::tick`] as if it were `now`.
+    pub fn tick_at(&mut self, cgroup: &dyn StatsSource, now: Instant) -> Option<ViolationKind> {
         if self.killed_for.is_some() {
             return None;
         }
@@ -164,13 +214,13 @@ impl Monitor {
         // The OOM notifier can fire before the kernel counts the kill;
         // the periodic sample catches what the notification missed.
         if stats.oom_kills > 0 {
-            return self.check_oom(cgroup);
+            return self.oom_in(&stats);
         }
         let used = self.disk.used();
-        self.next_sample = Instant::now()
+        self.next_sample = now
             + match &self.disk {
                 Disk::Walk(m) => m.next_interval(TICK),
-                Disk::Quota(_) => TICK,
+                Disk::Quota(_) | Disk::Gauge(_) => TICK,
             };
         self.check_disk(used, true)
     }
@@ -180,8 +230,8 @@ impl Monitor {
     /// limit passed, which kills the sandbox if `kill` (not at the end).
     fn check_disk(&mut self, used: u64, kill: bool) -> Option<ViolationKind> {
         let d = self.limits.disk;
-        match &self.disk {
-            Disk::Quota(s) if s.reached(used) => {
+        match self.disk.reached_elsewhere(used, d.bytes()) {
+            Some(true) => {
                 self.breach(
                     ViolationKind::DiskLimit,
                     d.to_string(),
@@ -193,7 +243,7 @@ impl Monitor {
                 );
                 None
             }
-            Disk::Walk(_) if used > d.bytes() => {
+            None if used > d.bytes() => {
                 let detail = if kill {
                     format!("killed after writing {used} bytes, over the disk limit of {d}")
                 } else {
@@ -231,13 +281,13 @@ impl Monitor {
 
     /// Called when the cgroup's OOM notifier fires (and at the end): an
     /// OOM kill is a hard breach. Returns it if the caller must kill.
-    pub fn check_oom(&mut self, cgroup: &Cgroup) -> Option<ViolationKind> {
+    pub fn check_oom(&mut self, cgroup: &dyn StatsSource) -> Option<ViolationKind> {
         self.oom_in(&cgroup.stats())
     }
 
     /// [`Monitor::check_oom`] then [`Monitor::usage`], reading the group's
     /// figures once: the end of a run.
-    pub fn final_usage(&mut self, cgroup: &Cgroup) -> Usage {
+    pub fn final_usage(&mut self, cgroup: &dyn StatsSource) -> Usage {
         let stats = cgroup.stats();
         self.oom_in(&stats);
         let usage = self.usage_from(stats);
@@ -265,7 +315,7 @@ impl Monitor {
     }
 
     /// Usage so far (also the final figures once the sandbox is gone).
-    pub fn usage(&mut self, cgroup: &Cgroup) -> Usage {
+    pub fn usage(&mut self, cgroup: &dyn StatsSource) -> Usage {
         self.usage_from(cgroup.stats())
     }
 

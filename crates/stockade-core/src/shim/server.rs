@@ -9,26 +9,23 @@
 //! sandbox running; killing the shim kills the sandbox (parent-death
 //! signal), and the next daemon marks it dead.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use stockade_cgroup::{Cgroup, Driver, Limits as CgLimits};
-use stockade_isolate::launch::{launch_joining, Launched};
 use stockade_isolate::proto::{self as iproto, FromInit, ToInit};
-use stockade_isolate::sys::pidfd_send_signal;
 
 use super::proto::{report_path, socket_path, FailKind, ShimReply, ShimRequest, ShimStart};
 use crate::backend::{ProcessInfo, SandboxEvent, SandboxStatus};
-use crate::monitor::Monitor;
+use crate::netwatch::NetWatch;
 use crate::prepare::{prepare, Prepared};
 use crate::report::{Outcome, Report, Violation, ViolationKind};
-use crate::run::NetWatch;
+use crate::sandbox::{outcome_for, sandbox_outcome, Control, Owner, Sandbox, V1Attach};
 use crate::state::StateDir;
 use crate::RunError;
 
@@ -93,11 +90,11 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
             // told apart from the host failures reported as `error`.
             Err(e @ RunError::Invalid(_)) => {
                 if let Some(r) = ready.as_mut() {
-                    let _ = writeln!(r, "invalid {e}");
+                    let _ = writeln!(r, "invalid {}", e.message());
                 }
                 return 1;
             }
-            Err(e) => return fail(&mut ready, &e),
+            Err(e) => return fail(&mut ready, &e.message()),
         };
         let limits = CgLimits {
             cpus: Some(start.policy.limits.cpus.0),
@@ -110,10 +107,7 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
                 if let Some(s) = &prepared.scratch {
                     s.remove();
                 }
-                return fail(
-                    &mut ready,
-                    &RunError::Cgroup(stockade_isolate::error_chain(&e)),
-                );
+                return fail(&mut ready, &RunError::Cgroup(e).message());
             }
         };
         let scratch = &prepared.scratch;
@@ -180,245 +174,88 @@ fn serve(
         mask.add(s);
     }
     let _ = mask.thread_block();
-    let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-    else {
-        return 1;
-    };
-    // On cgroup v1 init joins its group itself (see `launch_joining`).
-    let self_join = cgroup.self_join_files();
-    // SAFETY: the shim is a freshly exec'd, single-threaded process.
-    let launched = match unsafe {
-        launch_joining(
-            &prepared.spec,
-            cgroup.dir_fd_v2(),
-            &self_join,
-            None,
-            |pid| {
-                cgroup
-                    .add_pid(pid)
-                    .map_err(|e| stockade_isolate::error_chain(&e))
-            },
-        )
-    } {
-        Ok(l) => l,
-        Err(e) => {
-            if let Some(r) = ready.as_mut() {
-                let _ = writeln!(r, "error {}", stockade_isolate::error_chain(&e));
-            }
-            return 1;
+    let say = |ready: &mut Option<std::fs::File>, e: &dyn std::fmt::Display| {
+        if let Some(r) = ready.as_mut() {
+            let _ = writeln!(r, "error {e}");
         }
+        1
     };
-    drop(self_join);
     let started_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
         - started.elapsed().as_secs_f64();
-    let mut net = NetWatch::new(&start.policy.network, &start.id, started_at, None);
-    let mut launched = launched;
-    // The egress stack serves the TUN device made at launch (a second
-    // thread from now on: the clone is done).
-    if let Some(tun) = launched.tun.take() {
-        if let Err(e) = net.start(Some(tun)) {
-            if let Some(r) = ready.as_mut() {
-                let _ = writeln!(r, "error cannot set up the sandbox: {e}");
-            }
-            kill_init(&launched);
-            return 1;
-        }
-    }
+    let net = NetWatch::new(&start.policy.network, &start.id, started_at, None);
+    // SAFETY: the shim is a freshly exec'd, single-threaded process.
+    let created =
+        unsafe { Sandbox::create(&prepared.spec, cgroup, None, V1Attach::SelfJoin, &mask, net) };
+    let mut sb = match created {
+        Ok(sb) => sb,
+        Err(e) => return say(ready, &e.message()),
+    };
     // Creation is synchronous for the daemon: wait for init to finish
     // building the sandbox (or to say why it could not).
-    let why = match iproto::recv_msg::<FromInit>(launched.ctl.as_fd()) {
-        Ok(Some((FromInit::Ready, _))) => None,
-        Ok(Some((FromInit::SetupFailed { message }, _))) => {
-            Some(format!("cannot set up the sandbox: {message}"))
-        }
-        _ => Some("the sandbox's init exited while starting".to_string()),
-    };
-    if let Some(why) = why {
-        if let Some(r) = ready.as_mut() {
-            let _ = writeln!(r, "error {why}");
-        }
-        kill_init(&launched);
-        return 1;
+    if let Err(why) = sb.wait_ready() {
+        sb.kill();
+        return say(ready, &why);
     }
     let sock = socket_path(&state.root, &start.id);
     let _ = std::fs::remove_file(&sock);
     let listener = match bind_seqpacket(&sock) {
         Ok(l) => l,
         Err(e) => {
-            if let Some(r) = ready.as_mut() {
-                let _ = writeln!(r, "error cannot listen on {}: {e}", sock.display());
-            }
-            kill_init(&launched);
-            return 1;
+            sb.kill();
+            return say(
+                ready,
+                &format_args!("cannot listen on {}: {e}", sock.display()),
+            );
         }
     };
     if let Some(mut r) = ready.take() {
-        let _ = writeln!(r, "ready {}", launched.pid);
+        let _ = writeln!(r, "ready {}", sb.init_pid());
     }
 
     let mut deadline = started + start.policy.limits.timeout.duration();
     if let Some(ttl) = start.ttl {
         deadline = deadline.min(started + ttl);
     }
-    let pending: Arc<Mutex<Vec<Violation>>> = Arc::default();
-    let sink = pending.clone();
-    let mut monitor = Monitor::new(
-        start.policy.limits.clone(),
+    sb.watch(
+        &start.policy.limits,
         started,
         deadline,
         match &prepared.scratch {
             Some(s) => crate::monitor::DiskSource::Quota(s.subvol.clone()),
             None => crate::monitor::DiskSource::Walk(prepared.metered.clone()),
         },
-        Box::new(move |v, _| {
-            sink.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(v.clone())
-        }),
     );
-    let oom_fd = cgroup.oom_notifier().ok();
     let mut shim = Shim {
+        prepared,
+        listener,
         clients: Vec::new(),
+        polled: RefCell::default(),
         processes: HashMap::new(),
         order: Vec::new(),
         tags: HashMap::new(),
         next_tag: 1,
         ending: None,
     };
-
-    let mut early = false;
-    loop {
-        if shim.ending.is_none() {
-            if let Some(kind) = monitor.tick(cgroup) {
-                shim.end(&launched, ending_for(kind));
-            }
-        }
-        net.drain(&mut |v, _| shim.broadcast(&SandboxEvent::Violation(v.clone())));
-        for v in pending.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            let expired = v.kind == ViolationKind::Timeout;
-            shim.broadcast(&SandboxEvent::Violation(v));
-            if expired {
-                shim.broadcast(&SandboxEvent::Expired);
-            }
-        }
-        let wake = monitor
-            .next_wake()
-            .saturating_duration_since(Instant::now());
-        let timeout = PollTimeout::try_from(wake.as_millis().min(60_000) as i32 + 1)
-            .unwrap_or(PollTimeout::MAX);
-        let mut fds = vec![
-            PollFd::new(launched.pidfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(launched.ctl.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-        ];
-        if let Some(f) = &oom_fd {
-            fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
-        }
-        let base = fds.len();
-        for (fd, _) in &shim.clients {
-            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-        }
-        if let Err(e) = poll(&mut fds, timeout) {
-            if e != nix::errno::Errno::EINTR {
-                return 1;
-            }
-        }
-        let ready_at = |i: usize| {
-            fds.get(i)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty())
-        };
-        let init_done = ready_at(0);
-        let ctl_ready = ready_at(1);
-        let sig_ready = ready_at(2);
-        let accept_ready = ready_at(3);
-        let oom_ready = oom_fd.is_some() && ready_at(4);
-        // Clients by descriptor, not index: answering init's messages
-        // below drops clients (waiters answered, subscribers gone), which
-        // moves the others.
-        let client_ready: Vec<RawFd> = (0..shim.clients.len())
-            .filter(|i| ready_at(base + i))
-            .map(|i| shim.clients[i].0.as_raw_fd())
-            .collect();
-        drop(fds);
-
-        if ctl_ready || init_done {
-            shim.drain_init(&launched);
-        }
-        if sig_ready {
-            while let Ok(Some(_)) = sigfd.read_signal() {}
-            shim.end(&launched, Outcome::Destroyed);
-        }
-        if oom_ready {
-            if let Some(f) = &oom_fd {
-                Cgroup::drain_notifier(f.as_fd());
-            }
-            if shim.ending.is_none() && monitor.check_oom(cgroup).is_some() {
-                shim.end(&launched, Outcome::MemoryLimit);
-            }
-        }
-        // Requests from clients that were already connected (and still
-        // are); new ones are accepted after, so no descriptor is reused
-        // meanwhile.
-        for raw in client_ready {
-            if let Some(i) = shim
-                .clients
-                .iter()
-                .position(|(fd, _)| fd.as_raw_fd() == raw)
-            {
-                shim.serve_client(i, &launched, prepared, cgroup, &mut monitor);
-            }
-        }
-        if accept_ready {
-            if let Ok(fd) =
-                nix::sys::socket::accept4(&listener, nix::sys::socket::SockFlag::SOCK_CLOEXEC)
-            {
-                shim.clients.push((fd, None));
-            }
-        }
-        if init_done {
-            break;
-        }
-        // Destroyed with nothing but init (killed above) left, and no
-        // spawn in flight (init cannot fork once the kill is pending):
-        // nothing of the sandbox can act any more, so the answer need not
-        // wait for the kernel to tear init's namespaces down.
-        if shim.ending == Some(Outcome::Destroyed)
-            && shim.tags.is_empty()
-            && cgroup.holds_only(launched.pid)
-        {
-            early = true;
-            break;
-        }
-    }
-    if !early {
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None);
-    }
-    let network = net.finish(&mut |v, _| shim.broadcast(&SandboxEvent::Violation(v.clone())));
-    let usage = monitor.final_usage(cgroup);
-    let outcome = match (shim.ending, monitor.killed_for) {
-        (_, Some(kind)) => ending_for(kind),
-        (Some(o), None) => o,
-        (None, None) => Outcome::Signaled,
+    let early = match sb.supervise(&mut shim) {
+        Ok(early) => early,
+        Err(_) => return 1,
     };
-    let mut violations = std::mem::take(&mut monitor.violations);
-    violations.append(&mut net.violations);
-    violations.sort_by(|a, b| a.at.total_cmp(&b.at));
+    let end = sb.finish(&mut shim);
+    let outcome = sandbox_outcome(end.killed_for, shim.ending);
     let report = Report {
         id: start.id.clone(),
         outcome,
         exit_code: None,
         signal: (outcome != Outcome::Destroyed).then_some(libc::SIGKILL),
         error: (outcome == Outcome::Signaled).then(|| "the sandbox's init died".to_string()),
-        violations,
-        usage,
+        violations: end.violations,
+        usage: end.usage,
         command: Vec::new(),
         started_at,
-        network,
+        network: end.network,
     };
     // Left for a daemon that was down, then told to everyone listening.
     let path = report_path(&state.root, &start.id);
@@ -458,7 +295,10 @@ fn serve(
     // their stream); a destroyer sees the end once the teardown is done.
     shim.clients
         .retain(|(_, c)| matches!(c, Some(Client::AwaitDestroy)));
+    let Shim { listener, .. } = shim;
     drop(listener);
+    // (The network device's last close, slow, comes after the cleanup.)
+    let (launched, _device) = sb.into_parts();
     if early {
         // Init was killed; reap it before its cgroup goes.
         crate::teardown::wait_gone(&launched.pidfd);
@@ -468,8 +308,12 @@ fn serve(
     0
 }
 
-struct Shim {
+struct Shim<'p> {
+    prepared: &'p Prepared,
+    listener: OwnedFd,
     clients: Vec<(OwnedFd, Option<Client>)>,
+    /// The clients' descriptors as last polled, in order.
+    polled: RefCell<Vec<RawFd>>,
     processes: HashMap<i32, ProcessInfo>,
     /// Pids in start order, to forget the oldest finished ones.
     order: Vec<i32>,
@@ -478,12 +322,91 @@ struct Shim {
     ending: Option<Outcome>,
 }
 
-impl Shim {
-    fn end(&mut self, launched: &Launched, why: Outcome) {
+impl Owner for Shim<'_> {
+    fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) {
+        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        let mut polled = self.polled.borrow_mut();
+        polled.clear();
+        for (fd, _) in &self.clients {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            polled.push(fd.as_raw_fd());
+        }
+    }
+
+    fn on_ready(&mut self, sb: &mut dyn Control, ready: &[bool]) {
+        let accept_ready = ready.first().copied().unwrap_or(false);
+        // Clients by descriptor, not index: answering init's messages
+        // (before this) and requests drops clients (waiters answered,
+        // subscribers gone), which moves the others.
+        let client_ready: Vec<RawFd> = ready
+            .iter()
+            .skip(1)
+            .zip(self.polled.borrow().iter())
+            .filter(|(r, _)| **r)
+            .map(|(_, fd)| *fd)
+            .collect();
+        // Requests from clients that were already connected (and still
+        // are); new ones are accepted after, so no descriptor is reused
+        // meanwhile.
+        for raw in client_ready {
+            if let Some(i) = self
+                .clients
+                .iter()
+                .position(|(fd, _)| fd.as_raw_fd() == raw)
+            {
+                self.serve_client(i, sb);
+            }
+        }
+        if accept_ready {
+            if let Ok(fd) =
+                nix::sys::socket::accept4(&self.listener, nix::sys::socket::SockFlag::SOCK_CLOEXEC)
+            {
+                self.clients.push((fd, None));
+            }
+        }
+    }
+
+    fn on_init(&mut self, _: &mut dyn Control, msg: FromInit, _: Vec<OwnedFd>) {
+        self.init_said(msg);
+    }
+
+    fn on_signal(&mut self, sb: &mut dyn Control, _: i32) {
+        self.end(sb, Outcome::Destroyed);
+    }
+
+    fn on_breach(&mut self, sb: &mut dyn Control, kind: ViolationKind) {
+        self.end(sb, outcome_for(kind));
+    }
+
+    fn on_violation(&mut self, v: &Violation, _: &str) {
+        self.broadcast(&SandboxEvent::Violation(v.clone()));
+        if v.kind == ViolationKind::Timeout {
+            self.broadcast(&SandboxEvent::Expired);
+        }
+    }
+
+    /// The final reading's findings are in the report only.
+    fn on_last_violation(&mut self, _: &Violation, _: &str) {}
+
+    fn watching(&self) -> bool {
+        self.ending.is_none()
+    }
+
+    /// Destroyed with nothing but init (killed) left, and no spawn in
+    /// flight (init cannot fork once the kill is pending): nothing of the
+    /// sandbox can act any more, so the answer need not wait for the
+    /// kernel to tear init's namespaces down.
+    fn may_end_early(&self, _: &dyn Control) -> bool {
+        self.ending == Some(Outcome::Destroyed) && self.tags.is_empty()
+    }
+}
+
+impl Shim<'_> {
+    fn end(&mut self, sb: &dyn Control, why: Outcome) {
         if self.ending.is_none() {
             self.ending = Some(why);
         }
-        kill_init(launched);
+        sb.kill();
     }
 
     fn broadcast(&mut self, ev: &SandboxEvent) {
@@ -517,64 +440,55 @@ impl Shim {
         });
     }
 
-    fn drain_init(&mut self, launched: &Launched) {
-        loop {
-            let mut pfd = [PollFd::new(launched.ctl.as_fd(), PollFlags::POLLIN)];
-            if !matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0) {
-                return;
-            }
-            let Ok(Some((msg, _))) = iproto::recv_msg::<FromInit>(launched.ctl.as_fd()) else {
-                return;
-            };
-            match msg {
-                FromInit::Spawned { tag, pid } => {
-                    let cmd = self.tags.remove(&tag).unwrap_or_default();
-                    self.processes.insert(
+    fn init_said(&mut self, msg: FromInit) {
+        match msg {
+            FromInit::Spawned { tag, pid } => {
+                let cmd = self.tags.remove(&tag).unwrap_or_default();
+                self.processes.insert(
+                    pid,
+                    ProcessInfo {
                         pid,
-                        ProcessInfo {
-                            pid,
-                            cmd: cmd.clone(),
-                            running: true,
-                            exit_code: None,
-                            signal: None,
-                        },
-                    );
-                    self.order.push(pid);
-                    self.answer_spawn(tag, pid);
-                    self.broadcast(&SandboxEvent::ExecStarted { pid, cmd });
-                }
-                FromInit::SpawnFailed { tag, step, errno } => {
-                    self.tags.remove(&tag);
-                    let message = nix::errno::Errno::from_raw(errno).desc().to_string();
-                    let msg = ShimReply::Failed {
-                        kind: FailKind::Spawn,
-                        message,
-                        step: Some(step),
-                        errno: Some(errno),
-                    };
-                    self.clients.retain(|(fd, c)| match c {
-                        Some(Client::AwaitSpawn { tag: t } | Client::AwaitFiles { tag: t })
-                            if *t == tag =>
-                        {
-                            reply(fd, &msg);
-                            false
-                        }
-                        _ => true,
-                    });
-                }
-                FromInit::FilesStarted { tag, .. } => {
-                    self.clients.retain(|(fd, c)| match c {
-                        Some(Client::AwaitFiles { tag: t }) if *t == tag => {
-                            reply(fd, &ShimReply::Done);
-                            false
-                        }
-                        _ => true,
-                    });
-                }
-                FromInit::Exited { pid, code } => self.finished(pid, Some(code), None),
-                FromInit::Signaled { pid, sig } => self.finished(pid, None, Some(sig)),
-                FromInit::Ready | FromInit::SetupFailed { .. } => {}
+                        cmd: cmd.clone(),
+                        running: true,
+                        exit_code: None,
+                        signal: None,
+                    },
+                );
+                self.order.push(pid);
+                self.answer_spawn(tag, pid);
+                self.broadcast(&SandboxEvent::ExecStarted { pid, cmd });
             }
+            FromInit::SpawnFailed { tag, step, errno } => {
+                self.tags.remove(&tag);
+                let message = nix::errno::Errno::from_raw(errno).desc().to_string();
+                let msg = ShimReply::Failed {
+                    kind: FailKind::Spawn,
+                    message,
+                    step: Some(step),
+                    errno: Some(errno),
+                };
+                self.clients.retain(|(fd, c)| match c {
+                    Some(Client::AwaitSpawn { tag: t } | Client::AwaitFiles { tag: t })
+                        if *t == tag =>
+                    {
+                        reply(fd, &msg);
+                        false
+                    }
+                    _ => true,
+                });
+            }
+            FromInit::FilesStarted { tag, .. } => {
+                self.clients.retain(|(fd, c)| match c {
+                    Some(Client::AwaitFiles { tag: t }) if *t == tag => {
+                        reply(fd, &ShimReply::Done);
+                        false
+                    }
+                    _ => true,
+                });
+            }
+            FromInit::Exited { pid, code } => self.finished(pid, Some(code), None),
+            FromInit::Signaled { pid, sig } => self.finished(pid, None, Some(sig)),
+            FromInit::Ready | FromInit::SetupFailed { .. } => {}
         }
     }
 
@@ -616,14 +530,8 @@ impl Shim {
         }
     }
 
-    fn serve_client(
-        &mut self,
-        i: usize,
-        launched: &Launched,
-        prepared: &Prepared,
-        cgroup: &Cgroup,
-        monitor: &mut Monitor,
-    ) {
+    fn serve_client(&mut self, i: usize, sb: &mut dyn Control) {
+        let prepared = self.prepared;
         if self.clients[i].1.is_some() {
             // Only subscribers, waiters and the like remain; readable now
             // means they hung up.
@@ -675,9 +583,7 @@ impl Shim {
                         }
                         Ok(spawn) => {
                             let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-                            if iproto::send_msg(launched.ctl.as_fd(), &ToInit::Spawn(spawn), &raw)
-                                .is_err()
-                            {
+                            if sb.exec(spawn, &raw).is_err() {
                                 reply(
                                     fd,
                                     &failed(
@@ -720,8 +626,7 @@ impl Shim {
             },
             ShimRequest::Signal { pid, sig } => {
                 if self.processes.get(&pid).is_some_and(|p| p.running) {
-                    let _ =
-                        iproto::send_msg(launched.ctl.as_fd(), &ToInit::Signal { pid, sig }, &[]);
+                    sb.signal(pid, sig);
                     reply(fd, &ShimReply::Done);
                 } else {
                     reply(
@@ -757,8 +662,7 @@ impl Shim {
                         tag,
                         root: root.unwrap_or(prepared.spec.as_root),
                     };
-                    if iproto::send_msg(launched.ctl.as_fd(), &msg, &[fds[0].as_raw_fd()]).is_err()
-                    {
+                    if sb.send(&msg, &[fds[0].as_raw_fd()]).is_err() {
                         reply(
                             fd,
                             &failed(FailKind::Internal, "the sandbox's init is gone".into()),
@@ -774,10 +678,10 @@ impl Shim {
                 processes.sort_by_key(|p| p.pid);
                 let status = SandboxStatus {
                     id: prepared.spec.id.clone(),
-                    init_pid: launched.pid,
+                    init_pid: sb.init_pid(),
                     owner: prepared.owner,
-                    usage: monitor.usage(cgroup),
-                    violations: monitor.violations.clone(),
+                    usage: sb.usage(),
+                    violations: sb.limit_violations().to_vec(),
                     processes,
                 };
                 reply(fd, &ShimReply::Status { status });
@@ -798,7 +702,7 @@ impl Shim {
                 Some(Client::Subscriber)
             }
             ShimRequest::Destroy => {
-                self.end(launched, Outcome::Destroyed);
+                self.end(sb, Outcome::Destroyed);
                 Some(Client::AwaitDestroy)
             }
         };
@@ -822,21 +726,6 @@ fn failed(kind: FailKind, message: String) -> ShimReply {
 
 fn reply(fd: &OwnedFd, msg: &ShimReply) {
     let _ = iproto::send_msg(fd.as_fd(), msg, &[]);
-}
-
-fn ending_for(kind: ViolationKind) -> Outcome {
-    match kind {
-        ViolationKind::Timeout => Outcome::Timeout,
-        ViolationKind::DiskLimit => Outcome::DiskLimit,
-        ViolationKind::MemoryLimit => Outcome::MemoryLimit,
-        ViolationKind::PidsLimit
-        | ViolationKind::NetworkDenied
-        | ViolationKind::NetworkRateLimit => Outcome::Signaled,
-    }
-}
-
-fn kill_init(l: &Launched) {
-    let _ = pidfd_send_signal(&l.pidfd, libc::SIGKILL);
 }
 
 /// A listening `SOCK_SEQPACKET` unix socket at `path`, mode 0600.
