@@ -20,6 +20,7 @@ pub mod tty;
 
 pub use report::{Outcome, Report, Usage, Violation, ViolationKind};
 pub use run::{run, run_deferred, RunOptions};
+pub use stockade_isolate::error_chain;
 pub use teardown::PendingTeardown;
 
 /// Why a sandbox could not be run. Every message says what failed; the

@@ -119,14 +119,7 @@ impl IntoResponse for ApiError {
 /// An error and its causes on one line (`a: b: c`), for messages that
 /// leave the daemon as text (API answers, its log).
 pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    stockade_core::error_chain(e)
 }
 
 /// Shorthand for handler results.
