@@ -93,16 +93,32 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => {
             let opts = args.into_options()?;
-            let report_path = opts.1.clone();
+            // The report's file is opened before the command runs: a path
+            // that cannot be written stops here, not after the command's
+            // status was lost.
+            let report_file = match &opts.1 {
+                Some(path) => match std::fs::File::create(path) {
+                    Ok(f) => Some((path.clone(), f)),
+                    Err(e) => {
+                        eprintln!(
+                            "stockade: cannot write the report to {}: {e}",
+                            path.display()
+                        );
+                        return Ok(125);
+                    }
+                },
+                None => None,
+            };
             let (report, pending) = stockade_core::run_deferred(&opts.0);
             if let Some(err) = &report.error {
                 if report.outcome == stockade_core::Outcome::Error {
                     eprintln!("stockade: {err}");
                 }
             }
-            if let Some(path) = report_path {
+            if let Some((path, mut file)) = report_file {
+                use std::io::Write;
                 let json = serde_json::to_string_pretty(&report)?;
-                if let Err(e) = std::fs::write(&path, json + "\n") {
+                if let Err(e) = file.write_all((json + "\n").as_bytes()) {
                     eprintln!(
                         "stockade: cannot write the report to {}: {e}",
                         path.display()

@@ -181,3 +181,46 @@ fn the_daemon_names_an_unknown_sandbox_once() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs root: would create namespaces and cgroups if it ran"]
+fn an_unwritable_report_path_stops_before_the_command_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("no-such-dir/r.json");
+    let o = stockade(
+        dir.path(),
+        &[
+            "run",
+            "--report",
+            report.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo the command ran",
+        ],
+    );
+    let err = fails_saying_once(&o, "No such file or directory");
+    assert!(err.contains("cannot write the report to"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).is_empty(),
+        "the command ran first: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // A writable one gets the report of the run.
+    let report = dir.path().join("r.json");
+    let o = stockade(
+        dir.path(),
+        &[
+            "run",
+            "--report",
+            report.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(doc["exit_code"], 3, "{doc}");
+}
