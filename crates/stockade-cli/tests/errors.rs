@@ -24,6 +24,18 @@ fn stockade(state: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `stockade run --policy FILE -- true` with `text` as the policy file;
+/// returns the run and the file's path.
+fn run_with_policy(dir: &Path, name: &str, text: &str) -> (Output, String) {
+    let policy = dir.join(name);
+    std::fs::write(&policy, text).unwrap();
+    let policy = policy.to_str().unwrap().to_string();
+    (
+        stockade(dir, &["run", "--policy", &policy, "--", "true"]),
+        policy,
+    )
+}
+
 /// Asserts that `o` failed as stockade itself (125) with one line on
 /// stderr that holds `once` exactly once, and returns that line.
 fn fails_saying_once(o: &Output, once: &str) -> String {
@@ -51,28 +63,18 @@ fn a_missing_policy_file_is_named_with_its_cause_once() {
 #[test]
 fn a_malformed_policy_names_the_file_the_line_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("typo.toml");
-    std::fs::write(&policy, "[limits]\nmemroy = \"1G\"\n").unwrap();
-    let o = stockade(
-        dir.path(),
-        &["run", "--policy", policy.to_str().unwrap(), "--", "true"],
-    );
+    let (o, policy) = run_with_policy(dir.path(), "typo.toml", "[limits]\nmemroy = \"1G\"\n");
     let err = fails_saying_once(&o, "unknown field `memroy`");
-    assert_eq!(err.matches(policy.to_str().unwrap()).count(), 1, "{err}");
+    assert_eq!(err.matches(&policy).count(), 1, "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
 
 #[test]
 fn an_impossible_policy_value_names_the_file_and_the_key_once() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("pids.toml");
-    std::fs::write(&policy, "[limits]\npids = 1\n").unwrap();
-    let o = stockade(
-        dir.path(),
-        &["run", "--policy", policy.to_str().unwrap(), "--", "true"],
-    );
+    let (o, policy) = run_with_policy(dir.path(), "pids.toml", "[limits]\npids = 1\n");
     let err = fails_saying_once(&o, "limits.pids must be at least 2");
-    assert_eq!(err.matches(policy.to_str().unwrap()).count(), 1, "{err}");
+    assert_eq!(err.matches(&policy).count(), 1, "{err}");
     assert!(err.contains("got 1"), "{err}");
 }
 

@@ -339,14 +339,7 @@ impl Client {
             wire::encode(id),
             if eof { "?eof=true" } else { "" }
         );
-        self.call(
-            "POST",
-            &target,
-            &[],
-            Some(("application/octet-stream", data)),
-        )?
-        .bytes(1024 * 1024)?;
-        Ok(())
+        self.send_bytes("POST", &target, data)
     }
 
     /// Sends a signal (number, or name such as `"TERM"`) to a process.
@@ -414,9 +407,15 @@ impl Client {
             wire::encode(id),
             wire::encode(path)
         );
+        self.send_bytes("PUT", &target, data)
+    }
+
+    /// Sends `data` as the body of `method target` and reads the (small)
+    /// answer, for requests whose answer is only a status.
+    fn send_bytes(&self, method: &str, target: &str, data: &[u8]) -> Result<(), ClientError> {
         self.call(
-            "PUT",
-            &target,
+            method,
+            target,
             &[],
             Some(("application/octet-stream", data)),
         )?
