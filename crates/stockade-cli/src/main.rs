@@ -9,6 +9,7 @@
 mod daemon;
 mod doctor;
 mod flags;
+mod registry_flags;
 
 use std::process::ExitCode;
 
