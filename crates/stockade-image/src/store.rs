@@ -603,6 +603,11 @@ impl Store {
         diff_id: &Digest,
         dir: &Path,
     ) -> Result<(), StoreError> {
+        #[cfg(test)]
+        tests::UNPACKS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.root.clone());
         let stats = unpack::unpack(verifier, tmp, limits).map_err(|e| match e {
             UnpackError::Hostile(reason) => StoreError::HostileLayer {
                 layer: blob.clone(),

@@ -357,7 +357,10 @@ fn beneath() -> ResolveFlag {
 /// Opens `path` (relative, validated) beneath `root` without following
 /// any symlink.
 fn open_beneath(root: BorrowedFd<'_>, path: &[u8]) -> Result<OwnedFd, Errno> {
-    let how = OpenHow::new().flags(dir_flags()).resolve(beneath());
+    // No O_NOFOLLOW: with O_DIRECTORY it would report a final symlink as
+    // ENOTDIR; RESOLVE_NO_SYMLINKS refuses it (ELOOP) anyway.
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let how = OpenHow::new().flags(flags).resolve(beneath());
     loop {
         // openat2 asks for a retry when a rename raced the lookup.
         match nix::fcntl::openat2(root, path, how) {
@@ -372,6 +375,9 @@ struct Unpacker<'a> {
     dest: &'a Path,
     limits: UnpackLimits,
     stats: UnpackStats,
+    /// Bytes counted against the limits (file data, and whatever else the
+    /// stream carries outside headers).
+    counted: u64,
     /// Directories' mtimes, set once everything below them is written.
     dir_times: HashMap<Vec<Vec<u8>>, TimeSpec>,
     buf: Vec<u8>,
@@ -473,14 +479,19 @@ impl Unpacker<'_> {
         Ok(false)
     }
 
-    fn count_bytes(&mut self, n: u64) -> Result<(), UnpackError> {
-        self.stats.bytes += n;
-        if self.stats.bytes > self.limits.max_bytes {
+    /// Counts `n` bytes read from the stream against the limits; `data`:
+    /// they are file content (the layer's size).
+    fn count_bytes(&mut self, n: u64, data: bool) -> Result<(), UnpackError> {
+        if data {
+            self.stats.bytes += n;
+        }
+        self.counted += n;
+        if self.counted > self.limits.max_bytes {
             return Err(UnpackError::TooLarge {
                 limit: self.limits.max_bytes,
             });
         }
-        if self.stats.bytes > self.limits.store_room {
+        if self.counted > self.limits.store_room {
             return Err(UnpackError::StoreFull);
         }
         Ok(())
@@ -614,7 +625,7 @@ impl Unpacker<'_> {
             if n == 0 {
                 return Ok(());
             }
-            self.count_bytes(n as u64)?;
+            self.count_bytes(n as u64, false)?;
         }
     }
 
@@ -648,7 +659,7 @@ impl Unpacker<'_> {
                     return Ok(());
                 }
                 // Counted before writing: nothing past a limit reaches disk.
-                self.count_bytes(n as u64)?;
+                self.count_bytes(n as u64, true)?;
                 f.write_all(&buf[..n]).map_err(io_err_std("write", comps))?;
             }
         })();
@@ -846,6 +857,7 @@ pub fn unpack(
         dest,
         limits,
         stats: UnpackStats::default(),
+        counted: 0,
         dir_times: HashMap::new(),
         buf: vec![0; COPY_BUFFER],
     };
@@ -884,7 +896,7 @@ pub fn unpack(
         if n == 0 {
             break;
         }
-        u.count_bytes(n as u64)?;
+        u.count_bytes(n as u64, false)?;
     }
     Ok(u.stats)
 }
@@ -892,6 +904,12 @@ pub fn unpack(
 /// Removes a tree the store made (a layer, a failed unpack): directories a
 /// layer made read-only are opened up first. Symlinks are never followed.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(m) if !m.is_dir() => return std::fs::remove_file(path),
+        Ok(_) => {}
+    }
     match std::fs::remove_dir_all(path) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
