@@ -94,6 +94,7 @@ pub struct PolicyArgs {
     pub ro_bind: Vec<BindMount>,
     /// Extra read-write bind mount; what the sandbox writes there belongs
     /// to SRC's owner, as in --workspace (SRC must not be owned by root).
+    /// DST cannot be /workspace or a system directory (/usr, /bin, /lib*).
     #[arg(long = "bind", value_name = "SRC:DST")]
     pub bind: Vec<BindMount>,
     /// CPU allowance in cores, fractional allowed (e.g. 0.5).
