@@ -128,7 +128,8 @@ pub struct PolicyArgs {
     /// addresses) or open (any public address); both filtered in userspace.
     #[arg(long, value_name = "MODE", value_parser = parse_net)]
     pub net: Option<NetMode>,
-    /// Name the sandbox may resolve and connect to ("*.x" = any name below x).
+    /// Name the sandbox may resolve and connect to ("*.x" = any name below x);
+    /// without --net, turns a network of "none" into "allowlist".
     #[arg(long = "allow-host", value_name = "PATTERN")]
     pub allow_host: Vec<HostPattern>,
     /// Address block the sandbox may connect to by IP, optionally on some ports.
@@ -229,6 +230,13 @@ impl TaskArgs {
             (None, None) => None,
         };
         self.policy.refuse_net_log("task")?;
+        if let Some(ws) = &self.policy.workspace {
+            anyhow::bail!(
+                "--workspace {} is not for `stockade task`: a task clones --repo into a fresh \
+                 workspace of its own (keep it with --keep); give the directory as --repo instead",
+                ws.display()
+            );
+        }
         let state_dir = self.policy.state_dir.clone();
         let policy = self.policy.into_policy_unvalidated()?;
         let out = match self.out {
@@ -356,6 +364,11 @@ impl PolicyArgs {
         if let Some(v) = self.tmp_size {
             fs.tmp_size = v;
         }
+        // A flag's mount replaces the file's at the same destination.
+        for dst in self.ro_bind.iter().chain(&self.bind).map(|b| &b.dst) {
+            fs.ro_bind.retain(|b| &b.dst != dst);
+            fs.bind.retain(|b| &b.dst != dst);
+        }
         fs.ro_bind.extend(self.ro_bind);
         fs.bind.extend(self.bind);
         let l = &mut p.limits;
@@ -389,8 +402,27 @@ impl PolicyArgs {
             pr.env.insert(k.to_string(), v.to_string());
         }
         let n = &mut p.network;
-        if let Some(v) = self.net {
-            n.mode = v;
+        let allows =
+            !(self.allow_host.is_empty() && self.allow_cidr.is_empty() && self.map_host.is_empty());
+        match self.net {
+            // `--net none` wins over the file: its allowlist is dropped.
+            Some(NetMode::None) => {
+                if allows {
+                    anyhow::bail!(
+                        "--allow-host, --allow-cidr and --map-host have no effect with --net \
+                         none; drop them or use --net allowlist"
+                    );
+                }
+                n.allow_hosts.clear();
+                n.allow_cidrs.clear();
+                n.map_hosts.clear();
+                n.mode = NetMode::None;
+            }
+            Some(v) => n.mode = v,
+            // An allowing flag on a file (or default) without network
+            // asks for the allowlist.
+            None if allows && n.mode == NetMode::None => n.mode = NetMode::Allowlist,
+            None => {}
         }
         n.allow_hosts.extend(self.allow_host);
         n.allow_cidrs.extend(self.allow_cidr);
@@ -404,3 +436,7 @@ impl PolicyArgs {
         Ok(p)
     }
 }
+
+#[cfg(test)]
+#[path = "flags_tests.rs"]
+mod tests;
