@@ -72,3 +72,23 @@ fn flag_limits_and_env_override_the_file() {
     assert_eq!(p.limits.memory.to_string(), "512M");
     assert_eq!(p.process.env["A"], "flag");
 }
+
+#[test]
+fn daemon_errors_name_cli_commands_not_http() {
+    use crate::daemon::for_people;
+    let cases = [
+        "no sandbox has the id or name \"x\"; list them with GET /v1/sandboxes",
+        "sandbox a is dead, not running; create a new one with POST /v1/sandboxes",
+        "sandbox a has no process 7 started through the API (or it ended long ago); list them with GET /v1/sandboxes/a/processes",
+        "the request body is not valid: bad key at line 1 column 395; fix it and retry (GET /v1/openapi.json describes every request)",
+        "/x is a directory; add list=true to list it",
+        "/x does not exist in the sandbox; check the path (list a directory with list=true)",
+    ];
+    for c in cases {
+        let s = for_people(c);
+        assert!(!s.contains("/v1/") && !s.contains("list=true"), "{s}");
+    }
+    assert!(for_people(cases[0]).ends_with("list them with `stockade ps -a`"));
+    assert!(for_people(cases[2]).ends_with("(or it ended long ago)"));
+    assert_eq!(for_people("unrelated: a/b"), "unrelated: a/b");
+}

@@ -33,8 +33,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("stockade: {e:#}");
-            ExitCode::from(125)
+            eprintln!("stockade: {}", daemon::for_people(&format!("{e:#}")));
+            match e.downcast_ref::<daemon::SpawnFailed>() {
+                Some(f) => ExitCode::from(f.status),
+                None => ExitCode::from(125),
+            }
         }
     }
 }

@@ -181,6 +181,9 @@ fn the_daemon_names_an_unknown_sandbox_once() {
             err.contains("no sandbox has the id or name"),
             "{args:?}: {err}"
         );
+        // Words for the CLI, not for HTTP.
+        assert!(!err.contains("/v1/"), "{args:?}: {err}");
+        assert!(err.contains("`stockade ps -a`"), "{args:?}: {err}");
     }
 }
 
