@@ -92,3 +92,29 @@ fn daemon_errors_name_cli_commands_not_http() {
     assert!(for_people(cases[2]).ends_with("(or it ended long ago)"));
     assert_eq!(for_people("unrelated: a/b"), "unrelated: a/b");
 }
+
+#[test]
+fn help_shows_the_policy_defaults() {
+    use clap::CommandFactory;
+    let help = Cli::command().render_long_help().to_string();
+    let d = Policy::default();
+    for (flag, value) in [
+        ("--cpus", format!("{}", d.limits.cpus.0)),
+        ("--memory", d.limits.memory.to_string()),
+        ("--pids", d.limits.pids.to_string()),
+        ("--disk", d.limits.disk.to_string()),
+        ("--timeout", d.limits.timeout.to_string()),
+        ("--tmp-size", d.filesystem.tmp_size.to_string()),
+        ("--net", "none".to_string()),
+    ] {
+        let at = help
+            .find(&format!("{flag} "))
+            .unwrap_or_else(|| panic!("{flag}"));
+        let entry = &help[at..];
+        let entry = &entry[..entry[1..].find("\n      -").unwrap_or(entry.len() - 1)];
+        assert!(
+            entry.contains(&format!("[default: {value}]")),
+            "{flag} does not show its default {value}: {entry}"
+        );
+    }
+}

@@ -84,6 +84,17 @@ fn usage_error(e: &clap::Error) -> String {
             }
         }
     }
+    if e.kind() == ErrorKind::MissingRequiredArgument {
+        if let Some(ContextValue::Strings(args)) = e.get(ContextKind::InvalidArg) {
+            let args = args.join(", ");
+            let hint = if args.contains("CMD") || args.contains("COMMAND") {
+                ": give it after `--`, e.g. `-- sh -c 'echo hi'`"
+            } else {
+                ""
+            };
+            return format!("missing {args}{hint}");
+        }
+    }
     let text = e.to_string();
     text.lines()
         .next()

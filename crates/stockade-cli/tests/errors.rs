@@ -277,3 +277,28 @@ fn task_refuses_a_workspace_instead_of_ignoring_it() {
     let err = fails_saying_once(&o, "--workspace /srv");
     assert!(err.contains("--repo"), "{err}");
 }
+
+#[test]
+fn a_missing_command_a_negative_size_and_a_bare_bandwidth_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stockade(dir.path(), &["run", "--"]);
+    let err = fails_saying_once(&o, "<COMMAND>");
+    assert!(err.contains("missing"), "{err}");
+    let o = stockade(dir.path(), &["run", "--memory", "-5M", "--", "true"]);
+    let err = fails_saying_once(&o, "\"-5M\"");
+    assert!(err.contains("--memory"), "{err}");
+    let o = stockade(
+        dir.path(),
+        &[
+            "run",
+            "--net",
+            "allowlist",
+            "--net-bandwidth",
+            "5",
+            "--",
+            "true",
+        ],
+    );
+    let err = fails_saying_once(&o, "no unit");
+    assert!(err.contains("5mbit"), "{err}");
+}
