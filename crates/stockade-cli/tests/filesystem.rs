@@ -177,6 +177,18 @@ fn binds_over_system_directories_are_refused() {
 
 #[test]
 #[ignore = "needs root: creates namespaces and cgroups"]
+fn overlay_root_lets_pip_install_into_the_system_python() {
+    let env = Env::new();
+    let script = "echo ${PIP_BREAK_SYSTEM_PACKAGES:-unset}";
+    let out = env.run(&["--overlay-root", "--", "sh", "-c", script]);
+    assert_eq!(stdout(&out), "1\n", "{}", stderr(&out));
+    // Only there: without the overlay the system stays protected.
+    let out = env.run(&["--", "sh", "-c", script]);
+    assert_eq!(stdout(&out), "unset\n", "{}", stderr(&out));
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
 fn overlay_root_is_writable_and_discarded() {
     let env = Env::new();
     let probe = format!("stockade-overlay-{}", rand_suffix());

@@ -383,6 +383,11 @@ pub fn prepare(
         // other users (a bound workspace shows up as `nobody`'s).
         ("GIT_CONFIG_SYSTEM".into(), "/etc/gitconfig".into()),
     ];
+    if fs_policy.overlay_root {
+        // The overlay root is thrown away: pip installing into the
+        // system's Python (PEP 668 refuses it by default) harms nothing.
+        env.push(("PIP_BREAK_SYSTEM_PACKAGES".into(), "1".into()));
+    }
     for (k, v) in &p.env {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
