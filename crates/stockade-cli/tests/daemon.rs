@@ -690,6 +690,10 @@ fn tasks_run_through_the_daemon_with_phase_events() {
     );
     assert_eq!(status, 400, "{err}");
     assert_eq!(raw_json(&c, "GET", "/v1/tasks/000000000000", None).0, 404);
+    // The list is an object, like the sandboxes' list.
+    let (status, list) = raw_json(&c, "GET", "/v1/tasks", None);
+    assert_eq!(status, 200);
+    assert!(!list["tasks"].as_array().unwrap().is_empty(), "{list}");
 }
 
 /// Anonymous memory of a process, in KiB.
