@@ -135,6 +135,10 @@ pub struct ExecArgs {
     /// Kill the command after this long (e.g. 30s).
     #[arg(long)]
     pub timeout: Option<String>,
+    /// Stream this terminal's stdin to the command (e.g. `echo x |
+    /// stockade exec -i ID -- cat`); without it the command's stdin is empty.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// The sandbox's id or name.
     pub id: String,
     /// The command and its arguments.
@@ -160,7 +164,20 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         stdin: None,
         background: false,
     };
-    let stream = args.socket.client().exec_stream(&args.id, &opts)?;
+    let client = args.socket.client();
+    let stream = if args.interactive {
+        // A background process takes its stdin in requests of its own;
+        // its output is followed from its start.
+        let pid = client
+            .exec_background(&args.id, &opts)
+            .map_err(spawn_error)?;
+        let stream = client.output(&args.id, pid)?;
+        let (feeder, id) = (client.clone(), args.id.clone());
+        std::thread::spawn(move || feed_stdin(&feeder, &id, pid));
+        stream
+    } else {
+        client.exec_stream(&args.id, &opts).map_err(spawn_error)?
+    };
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     for ev in stream {
@@ -194,6 +211,54 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         }
     }
     bail!("the daemon closed the stream before the command ended")
+}
+
+/// A command that could not be started: 127 when it does not exist, 126
+/// when it cannot be executed, as `stockade run` exits.
+#[derive(Debug)]
+pub struct SpawnFailed {
+    pub message: String,
+    pub status: u8,
+}
+
+impl std::fmt::Display for SpawnFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SpawnFailed {}
+
+fn spawn_error(e: stockade_client::ClientError) -> anyhow::Error {
+    match e {
+        stockade_client::ClientError::Api { code, message, .. } if code == "spawn_failed" => {
+            let status = if message.ends_with("No such file or directory") {
+                127
+            } else {
+                126
+            };
+            SpawnFailed { message, status }.into()
+        }
+        e => e.into(),
+    }
+}
+
+/// Copies this process's stdin to the stdin of process `pid`, then closes
+/// it. Stops quietly once the process no longer takes input.
+fn feed_stdin(client: &Client, id: &str, pid: i32) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        if client.send_stdin(id, pid, &buf[..n], n == 0).is_err() || n == 0 {
+            return;
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -354,4 +419,39 @@ pub fn cp(args: CpArgs) -> anyhow::Result<u8> {
         _ => bail!("exactly one of SRC and DST must be ID:/path in a sandbox"),
     }
     Ok(0)
+}
+
+/// The daemon's API errors speak HTTP (`list them with GET
+/// /v1/sandboxes`); a person at the CLI gets the command instead.
+pub fn for_people(text: &str) -> String {
+    // (what the API says, up to the end of its word; what the CLI says)
+    const WORDING: &[(&str, &str)] = &[
+        ("; list them with GET /v1/sandboxes/", ""),
+        (
+            "list them with GET /v1/sandboxes",
+            "list them with `stockade ps -a`",
+        ),
+        (
+            "create a new one with POST /v1/sandboxes",
+            "create a new one with `stockade create`",
+        ),
+        ("; list them with GET /v1/tasks", ""),
+        (
+            "; fix it and retry (GET /v1/openapi.json describes every request)",
+            " (is this CLI the same version as the daemon?)",
+        ),
+        (" (list a directory with list=true)", ""),
+        ("; add list=true to list it", ""),
+    ];
+    let mut s = text.to_string();
+    for (api, cli) in WORDING {
+        if let Some(at) = s.find(api) {
+            let mut end = at + api.len();
+            if api.ends_with('/') {
+                end += s[end..].find(char::is_whitespace).unwrap_or(s.len() - end);
+            }
+            s.replace_range(at..end, cli);
+        }
+    }
+    s
 }

@@ -86,30 +86,32 @@ pub struct PolicyArgs {
     /// Writable copy-on-write root, thrown away at the end (apt-get/pip install work).
     #[arg(long)]
     pub overlay_root: bool,
-    /// Size cap of /tmp (e.g. 512M).
-    #[arg(long, value_name = "SIZE")]
+    /// Size cap of /tmp (e.g. 512M) [default: 1G].
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub tmp_size: Option<ByteSize>,
     /// Extra read-only bind mount.
     #[arg(long = "ro-bind", value_name = "SRC:DST")]
     pub ro_bind: Vec<BindMount>,
     /// Extra read-write bind mount; what the sandbox writes there belongs
     /// to SRC's owner, as in --workspace (SRC must not be owned by root).
+    /// DST cannot be /workspace or a system directory (/usr, /bin, /lib*).
     #[arg(long = "bind", value_name = "SRC:DST")]
     pub bind: Vec<BindMount>,
-    /// CPU allowance in cores, fractional allowed (e.g. 0.5).
-    #[arg(long, value_name = "N")]
+    /// CPU allowance in cores, fractional allowed (e.g. 0.5) [default: 4].
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub cpus: Option<Cpus>,
-    /// Memory limit (e.g. 512M, 2G).
-    #[arg(long, value_name = "SIZE")]
+    /// Memory limit (e.g. 512M, 2G) [default: 16G].
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<ByteSize>,
-    /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N")]
+    /// Maximum number of processes and threads [default: 4096].
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub pids: Option<u64>,
-    /// Bytes the sandbox may write to its scratch workspace, home and overlay.
-    #[arg(long, value_name = "SIZE")]
+    /// Bytes the sandbox may write to its scratch workspace, home and overlay
+    /// [default: 50G].
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub disk: Option<ByteSize>,
-    /// Wall-clock limit (e.g. 30s, 10m, 4h).
-    #[arg(long, value_name = "DURATION")]
+    /// Wall-clock limit (e.g. 30s, 10m, 4h) [default: 4h].
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<Span>,
     /// Run as root inside the sandbox (still unprivileged on the host).
     #[arg(long)]
@@ -124,10 +126,12 @@ pub struct PolicyArgs {
     #[arg(long)]
     pub hostname: Option<String>,
     /// Network: none (loopback only), allowlist (only allowed names and
-    /// addresses) or open (any public address); both filtered in userspace.
+    /// addresses) or open (any public address); both filtered in userspace
+    /// [default: none].
     #[arg(long, value_name = "MODE", value_parser = parse_net)]
     pub net: Option<NetMode>,
-    /// Name the sandbox may resolve and connect to ("*.x" = any name below x).
+    /// Name the sandbox may resolve and connect to ("*.x" = any name below x);
+    /// without --net, turns a network of "none" into "allowlist".
     #[arg(long = "allow-host", value_name = "PATTERN")]
     pub allow_host: Vec<HostPattern>,
     /// Address block the sandbox may connect to by IP, optionally on some ports.
@@ -140,7 +144,7 @@ pub struct PolicyArgs {
     #[arg(long = "net-rate", value_name = "N/min", value_parser = parse_rate)]
     pub net_rate: Option<u32>,
     /// Bandwidth per direction (e.g. 50mbit, 6MB).
-    #[arg(long = "net-bandwidth", value_name = "RATE")]
+    #[arg(long = "net-bandwidth", value_name = "RATE", value_parser = parse_bandwidth, allow_hyphen_values = true)]
     pub net_bandwidth: Option<Bandwidth>,
     /// Write every network decision to FILE as JSON lines (`run` only).
     #[arg(long = "net-log", value_name = "FILE")]
@@ -228,6 +232,13 @@ impl TaskArgs {
             (None, None) => None,
         };
         self.policy.refuse_net_log("task")?;
+        if let Some(ws) = &self.policy.workspace {
+            anyhow::bail!(
+                "--workspace {} is not for `stockade task`: a task clones --repo into a fresh \
+                 workspace of its own (keep it with --keep); give the directory as --repo instead",
+                ws.display()
+            );
+        }
         let state_dir = self.policy.state_dir.clone();
         let policy = self.policy.into_policy_unvalidated()?;
         let out = match self.out {
@@ -256,6 +267,18 @@ impl TaskArgs {
             },
         })
     }
+}
+
+/// A bandwidth flag must carry its unit: a bare `5` (bytes per second in
+/// a policy file) is almost always a mistake on the command line.
+fn parse_bandwidth(s: &str) -> Result<Bandwidth, String> {
+    if !s.chars().any(|c| c.is_ascii_alphabetic()) {
+        return Err(format!(
+            "{s:?} has no unit; write it like \"{s}mbit\" (megabits per second) or \"{s}MB\" (megabytes per second)"
+        ));
+    }
+    s.parse()
+        .map_err(|e: stockade_policy::NetworkValidationError| e.to_string())
 }
 
 fn parse_net(s: &str) -> Result<NetMode, String> {
@@ -355,10 +378,22 @@ impl PolicyArgs {
         if let Some(v) = self.tmp_size {
             fs.tmp_size = v;
         }
+        // A flag's mount replaces the file's at the same destination.
+        for dst in self.ro_bind.iter().chain(&self.bind).map(|b| &b.dst) {
+            fs.ro_bind.retain(|b| &b.dst != dst);
+            fs.bind.retain(|b| &b.dst != dst);
+        }
         fs.ro_bind.extend(self.ro_bind);
         fs.bind.extend(self.bind);
         let l = &mut p.limits;
         if let Some(v) = self.cpus {
+            let host = std::thread::available_parallelism().map_or(0, |n| n.get());
+            if host > 0 && v.0 > host as f64 {
+                eprintln!(
+                    "stockade: warning: --cpus {} is more than this host's {host} CPUs; the sandbox can use at most {host}",
+                    v.0
+                );
+            }
             l.cpus = v;
         }
         if let Some(v) = self.memory {
@@ -388,8 +423,27 @@ impl PolicyArgs {
             pr.env.insert(k.to_string(), v.to_string());
         }
         let n = &mut p.network;
-        if let Some(v) = self.net {
-            n.mode = v;
+        let allows =
+            !(self.allow_host.is_empty() && self.allow_cidr.is_empty() && self.map_host.is_empty());
+        match self.net {
+            // `--net none` wins over the file: its allowlist is dropped.
+            Some(NetMode::None) => {
+                if allows {
+                    anyhow::bail!(
+                        "--allow-host, --allow-cidr and --map-host have no effect with --net \
+                         none; drop them or use --net allowlist"
+                    );
+                }
+                n.allow_hosts.clear();
+                n.allow_cidrs.clear();
+                n.map_hosts.clear();
+                n.mode = NetMode::None;
+            }
+            Some(v) => n.mode = v,
+            // An allowing flag on a file (or default) without network
+            // asks for the allowlist.
+            None if allows && n.mode == NetMode::None => n.mode = NetMode::Allowlist,
+            None => {}
         }
         n.allow_hosts.extend(self.allow_host);
         n.allow_cidrs.extend(self.allow_cidr);
@@ -403,3 +457,7 @@ impl PolicyArgs {
         Ok(p)
     }
 }
+
+#[cfg(test)]
+#[path = "flags_tests.rs"]
+mod tests;

@@ -33,8 +33,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("stockade: {e:#}");
-            ExitCode::from(125)
+            eprintln!("stockade: {}", daemon::for_people(&format!("{e:#}")));
+            match e.downcast_ref::<daemon::SpawnFailed>() {
+                Some(f) => ExitCode::from(f.status),
+                None => ExitCode::from(125),
+            }
         }
     }
 }
@@ -79,6 +82,17 @@ fn usage_error(e: &clap::Error) -> String {
             if why.contains(&format!("{value:?}")) {
                 return format!("invalid value for '{arg}': {why}");
             }
+        }
+    }
+    if e.kind() == ErrorKind::MissingRequiredArgument {
+        if let Some(ContextValue::Strings(args)) = e.get(ContextKind::InvalidArg) {
+            let args = args.join(", ");
+            let hint = if args.contains("CMD") || args.contains("COMMAND") {
+                ": give it after `--`, e.g. `-- sh -c 'echo hi'`"
+            } else {
+                ""
+            };
+            return format!("missing {args}{hint}");
         }
     }
     let text = e.to_string();

@@ -690,6 +690,10 @@ fn tasks_run_through_the_daemon_with_phase_events() {
     );
     assert_eq!(status, 400, "{err}");
     assert_eq!(raw_json(&c, "GET", "/v1/tasks/000000000000", None).0, 404);
+    // The list is an object, like the sandboxes' list.
+    let (status, list) = raw_json(&c, "GET", "/v1/tasks", None);
+    assert_eq!(status, 200);
+    assert!(!list["tasks"].as_array().unwrap().is_empty(), "{list}");
 }
 
 /// Anonymous memory of a process, in KiB.
@@ -831,4 +835,49 @@ fn a_deep_tree_left_by_a_dead_shim_does_not_crash_the_daemon() {
         &env.state.path().join("state"),
         std::slice::from_ref(&sb.id),
     );
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn exec_streams_stdin_with_i_and_exits_like_run_when_the_command_cannot_start() {
+    let env = Env::new();
+    let d = Daemon::start_cleaning(&env, &[]);
+    let sb = d
+        .client()
+        .create(None, None, &BTreeMap::new(), Some("10m"))
+        .unwrap();
+    let socket = d.socket.to_str().unwrap();
+    let exec = |flags: &[&str], cmd: &[&str], input: &[u8]| {
+        let mut child = env
+            .cmd()
+            .args(["exec", "--socket", socket])
+            .args(flags)
+            .arg(&sb.id)
+            .arg("--")
+            .args(cmd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // Enough input to take several requests, all of it in order.
+    let input: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = exec(&["-i"], &["sh", "-c", "cat; echo end"], &input);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut want = input.clone();
+    want.extend_from_slice(b"end\n");
+    assert!(out.stdout == want, "stdin came back changed");
+    // Without -i the command's stdin is empty.
+    let out = exec(&[], &["cat"], b"x\n");
+    assert_eq!((code(&out), stdout(&out)), (0, String::new()));
+    for flags in [&[][..], &["-i"][..]] {
+        let out = exec(flags, &["no-such-command"], b"");
+        assert_eq!(code(&out), 127, "{flags:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        let out = exec(flags, &["/etc/hostname"], b"");
+        assert_eq!(code(&out), 126, "{flags:?}: {}", stderr(&out));
+    }
 }

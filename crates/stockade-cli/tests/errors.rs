@@ -181,6 +181,9 @@ fn the_daemon_names_an_unknown_sandbox_once() {
             err.contains("no sandbox has the id or name"),
             "{args:?}: {err}"
         );
+        // Words for the CLI, not for HTTP.
+        assert!(!err.contains("/v1/"), "{args:?}: {err}");
+        assert!(err.contains("`stockade ps -a`"), "{args:?}: {err}");
     }
 }
 
@@ -225,4 +228,77 @@ fn an_unwritable_report_path_stops_before_the_command_runs() {
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(doc["exit_code"], 3, "{doc}");
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn a_net_none_flag_wins_over_the_files_allowlist() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "[network]\nmode = \"allowlist\"\nallow_hosts = [\"pypi.org\"]\n",
+    )
+    .unwrap();
+    let o = stockade(
+        dir.path(),
+        &[
+            "run",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--net",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            "ls /sys/class/net",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Only loopback: the file's allowlist did not bring the TUN device.
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "lo\n");
+}
+
+#[test]
+fn task_refuses_a_workspace_instead_of_ignoring_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stockade(
+        dir.path(),
+        &[
+            "task",
+            "--repo",
+            "/nonexistent",
+            "--workspace",
+            "/srv",
+            "--",
+            "true",
+        ],
+    );
+    let err = fails_saying_once(&o, "--workspace /srv");
+    assert!(err.contains("--repo"), "{err}");
+}
+
+#[test]
+fn a_missing_command_a_negative_size_and_a_bare_bandwidth_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stockade(dir.path(), &["run", "--"]);
+    let err = fails_saying_once(&o, "<COMMAND>");
+    assert!(err.contains("missing"), "{err}");
+    let o = stockade(dir.path(), &["run", "--memory", "-5M", "--", "true"]);
+    let err = fails_saying_once(&o, "\"-5M\"");
+    assert!(err.contains("--memory"), "{err}");
+    let o = stockade(
+        dir.path(),
+        &[
+            "run",
+            "--net",
+            "allowlist",
+            "--net-bandwidth",
+            "5",
+            "--",
+            "true",
+        ],
+    );
+    let err = fails_saying_once(&o, "no unit");
+    assert!(err.contains("5mbit"), "{err}");
 }

@@ -105,6 +105,88 @@ fn extra_binds_env_and_cwd() {
     );
 }
 
+/// The repro: `chown 1000 DIR` leaves DIR in group root, and the
+/// bind must still be writable, with the files the user's on the host and
+/// never in group root.
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn writable_bind_in_group_root_is_writable_and_never_writes_as_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new();
+    let rw = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(rw.path(), Some(1000), None).unwrap();
+    std::fs::set_permissions(rw.path(), std::fs::Permissions::from_mode(0o2755)).unwrap();
+    let bind = format!("{}:/out", rw.path().display());
+    let out = env.run(&["--bind", &bind, "--", "touch", "/out/z"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let meta = std::fs::metadata(rw.path().join("z")).unwrap();
+    assert_eq!(meta.uid(), 1000);
+    // The directory is setgid, so the new file inherits its group root;
+    // the attack is to make it setgid root, or to put a file in group
+    // root by hand.
+    assert_eq!(meta.gid(), 0);
+    let out = env.run(&[
+        "--bind",
+        &bind,
+        "--",
+        "sh",
+        "-c",
+        "cp /bin/true /out/t; chmod 2755 /out/t; touch /out/u; chgrp 0 /out/u; true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let t = std::fs::metadata(rw.path().join("t")).unwrap();
+    assert_eq!(t.uid(), 1000);
+    assert!(
+        t.mode() & 0o2000 == 0 || t.gid() != 0,
+        "a setgid-root file was made: {:o}",
+        t.mode()
+    );
+    let u = std::fs::metadata(rw.path().join("u")).unwrap();
+    assert_eq!(u.uid(), 1000);
+    // Without setgid on the directory, the agent's files get the disk
+    // block's group, never root.
+    std::fs::set_permissions(rw.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = env.run(&[
+        "--bind",
+        &bind,
+        "--",
+        "sh",
+        "-c",
+        "touch /out/v; chgrp 0 /out/v; true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = std::fs::metadata(rw.path().join("v")).unwrap();
+    assert_eq!((v.uid(), v.gid()), (1000, 2_000_001_000));
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn binds_over_system_directories_are_refused() {
+    let env = Env::new();
+    for dst in ["/usr", "/bin", "/lib", "/usr/lib", "/workspace"] {
+        let out = env.run(&["--bind", &format!("/tmp:{dst}"), "--", "true"]);
+        assert_eq!(code(&out), 125, "{dst}");
+        assert!(
+            stderr(&out).contains("cannot mount over"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn overlay_root_lets_pip_install_into_the_system_python() {
+    let env = Env::new();
+    let script = "echo ${PIP_BREAK_SYSTEM_PACKAGES:-unset}";
+    let out = env.run(&["--overlay-root", "--", "sh", "-c", script]);
+    assert_eq!(stdout(&out), "1\n", "{}", stderr(&out));
+    // Only there: without the overlay the system stays protected.
+    let out = env.run(&["--", "sh", "-c", script]);
+    assert_eq!(stdout(&out), "unset\n", "{}", stderr(&out));
+}
+
 #[test]
 #[ignore = "needs root: creates namespaces and cgroups"]
 fn overlay_root_is_writable_and_discarded() {

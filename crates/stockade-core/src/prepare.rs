@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use stockade_isolate::idmap::{disk_map, AGENT_ID};
+use stockade_isolate::idmap::{disk_group_map, disk_map, AGENT_ID};
 use stockade_isolate::proto::SpawnRequest;
 use stockade_isolate::slots::Slot;
 use stockade_isolate::spec::{MountIdmap, SandboxSpec};
@@ -157,23 +157,19 @@ fn cstring(what: &str, s: &str) -> Result<CString, RunError> {
 
 /// The agent writes to a workspace or writable bind as its owner (an
 /// idmapped mount): an owner that is host root would let untrusted code
-/// create files (setuid ones included) as root on the host, and a group
-/// root would leave the directory unwritable through the mount (the
-/// kernel refuses writes where an owner has no mapping). Both refused.
+/// create files (setuid ones included) as root on the host, so it is
+/// refused. A directory in group root is fine: its group is mapped to an
+/// id no sandbox process holds (`idmap::disk_group_map`), so the agent's
+/// files get group `HOST_ID_BASE + AGENT_ID`, never root.
 fn check_writable_owner(
     what: &str,
     path: &std::path::Path,
     meta: &std::fs::Metadata,
 ) -> Result<(), RunError> {
-    if meta.uid() == 0 || meta.gid() == 0 {
-        let owner = if meta.uid() == 0 {
-            "owned by root"
-        } else {
-            "in group root"
-        };
+    if meta.uid() == 0 {
         return Err(RunError::Invalid(format!(
-            "{what} {p} is {owner}, and a sandbox never writes as host root; give it to an \
-             unprivileged user and group (e.g. `chown -R 1000:1000 {p}`) or copy it",
+            "{what} {p} is owned by root, and a sandbox never writes as host root; give it to \
+             an unprivileged user (e.g. `chown -R 1000:1000 {p}`) or copy it",
             p = path.display()
         )));
     }
@@ -199,7 +195,7 @@ fn mount_idmap(slot: &Slot, owner: (u32, u32)) -> MountIdmap {
     let (uid, gid) = owner;
     MountIdmap {
         uids: disk_map(slot.base(), Some(uid)),
-        gids: disk_map(slot.base(), Some(gid)),
+        gids: disk_group_map(slot.base(), gid),
     }
 }
 
@@ -387,6 +383,11 @@ pub fn prepare(
         // other users (a bound workspace shows up as `nobody`'s).
         ("GIT_CONFIG_SYSTEM".into(), "/etc/gitconfig".into()),
     ];
+    if fs_policy.overlay_root {
+        // The overlay root is thrown away: pip installing into the
+        // system's Python (PEP 668 refuses it by default) harms nothing.
+        env.push(("PIP_BREAK_SYSTEM_PACKAGES".into(), "1".into()));
+    }
     for (k, v) in &p.env {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));

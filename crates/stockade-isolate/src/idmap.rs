@@ -124,6 +124,35 @@ pub fn disk_map(live_base: u32, owner: Option<u32>) -> IdMap {
     IdMap { extents }
 }
 
+/// A live id outside every slot's block, so no process of any sandbox
+/// ever has it: [`disk_group_map`] maps host group root to it.
+pub const UNREACHABLE_LIVE_ID: u32 = HOST_ID_BASE - 1;
+
+/// The group map of an idmapped mount of a host directory in group
+/// `group` (see [`disk_map`]). A directory in group root (`chown 1000
+/// DIR` leaves it there) must still be writable: the kernel refuses
+/// writes to an inode whose group has no mapping in the mount. So disk
+/// group 0 is mapped, but to [`UNREACHABLE_LIVE_ID`], an id no sandbox
+/// process can hold: the directory shows its group as `nogroup` inside,
+/// the agent writes its files with group `HOST_ID_BASE + AGENT_ID`, and
+/// nothing in the sandbox can create a file in group root or make one
+/// setgid root (the kernel strips setgid for a group the caller is not
+/// in and holds no capability over).
+pub fn disk_group_map(live_base: u32, group: u32) -> IdMap {
+    let mut m = disk_map(live_base, Some(group));
+    if group == 0 {
+        m.extents.insert(
+            0,
+            Extent {
+                inside: 0,
+                outside: UNREACHABLE_LIVE_ID,
+                count: 1,
+            },
+        );
+    }
+    m
+}
+
 /// Writes both maps for `pid`. `setgroups` is left allowed: the writer is
 /// privileged over the parent namespace, so the kernel does not require it
 /// to be denied, and the workload needs `setgroups(0)` to shed host groups.
@@ -252,5 +281,21 @@ mod tests {
         assert_eq!(disk_of(&odd, LIVE + AGENT_ID), Some(HOST_ID_BASE + 5));
         assert_eq!(disk_of(&odd, LIVE + 5), Some(HOST_ID_BASE + AGENT_ID));
         assert_eq!(pairs(&odd).len(), MAPPED_IDS as usize);
+    }
+
+    #[test]
+    fn a_directory_in_group_root_is_mapped_to_an_id_no_sandbox_holds() {
+        let m = disk_group_map(LIVE, 0);
+        assert_eq!(disk_of(&m, UNREACHABLE_LIVE_ID), Some(0));
+        assert_eq!(disk_of(&m, LIVE + AGENT_ID), Some(HOST_ID_BASE + AGENT_ID));
+        // No live id of any slot (slots 1..32768 above HOST_ID_BASE) is
+        // stored as group root.
+        for (disk, live) in pairs(&m) {
+            if disk == 0 {
+                assert!(live < HOST_ID_BASE, "a slot's id writes group root");
+            }
+        }
+        assert_eq!(pairs(&m).len(), MAPPED_IDS as usize + 1);
+        assert_eq!(disk_group_map(LIVE, 4242), disk_map(LIVE, Some(4242)));
     }
 }

@@ -8,6 +8,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::RESERVED_MOUNT_POINTS;
 
+/// The host's system directories, bound read-only into every sandbox (or
+/// its overlay's lower layers): a bind over or under one would replace the
+/// programs and libraries the sandbox runs with.
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
 /// A host path made visible at a path inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindMount {
@@ -28,6 +35,16 @@ pub enum MountError {
         dst: PathBuf,
         reserved: &'static str,
     },
+    #[error(
+        "cannot mount over {dst:?}: {system} holds the sandbox's system programs and libraries \
+         (the host's, read-only); mount somewhere else, such as /mnt/NAME or /opt/NAME"
+    )]
+    System { dst: PathBuf, system: &'static str },
+    #[error(
+        "cannot mount over /workspace: it is the sandbox's workspace; to use a host directory \
+         there, give it as the workspace (--workspace DIR, or `workspace` in the policy file)"
+    )]
+    Workspace,
 }
 
 impl BindMount {
@@ -50,6 +67,17 @@ impl BindMount {
                     reserved: r,
                 });
             }
+        }
+        for s in SYSTEM_DIRS {
+            if self.dst.starts_with(s) {
+                return Err(MountError::System {
+                    dst: self.dst.clone(),
+                    system: s,
+                });
+            }
+        }
+        if self.dst == Path::new("/workspace") {
+            return Err(MountError::Workspace);
         }
         Ok(())
     }

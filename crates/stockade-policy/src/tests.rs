@@ -140,6 +140,28 @@ fn bind_mounts_must_be_clean_and_stay_off_reserved_paths() {
             "{reserved}: {err}"
         );
     }
+    for system in [
+        "/usr",
+        "/usr/bin",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib64",
+        "/lib/x86_64",
+    ] {
+        let err = format!("/tmp:{system}").parse::<BindMount>().unwrap_err();
+        assert!(matches!(err, MountError::System { .. }), "{system}: {err}");
+        assert!(err.to_string().contains("mount somewhere else"), "{err}");
+    }
+    let err = "/srv:/workspace".parse::<BindMount>().unwrap_err();
+    assert!(err.to_string().contains("--workspace DIR"), "{err}");
+    // Look-alikes and places under the workspace stay allowed.
+    for fine in ["/library", "/usrdata", "/workspace/data", "/opt/x", "/mnt"] {
+        assert!(
+            format!("/srv:{fine}").parse::<BindMount>().is_ok(),
+            "{fine}"
+        );
+    }
 }
 
 #[test]

@@ -290,10 +290,9 @@ pub async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
             tasks.insert(id.clone(), view(&id, &e.path()));
         }
     }
-    Ok(json(
-        StatusCode::OK,
-        &tasks.into_values().collect::<Vec<_>>(),
-    ))
+    // An object, like `GET /v1/sandboxes`, so fields can be added.
+    let list: Vec<_> = tasks.into_values().collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({ "tasks": list })))
 }
 
 /// `GET /v1/tasks/{id}`.
