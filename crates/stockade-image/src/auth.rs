@@ -250,7 +250,7 @@ fn from_file_bytes(
         }
         let matches =
             scope.is_empty() || repository == scope || repository.starts_with(&format!("{scope}/"));
-        if matches && best.as_ref().map_or(true, |(l, _, _)| *l < scope.len()) {
+        if matches && best.is_none_or(|(l, _, _)| l < scope.len()) {
             best = Some((scope.len(), key, entry));
         }
     }

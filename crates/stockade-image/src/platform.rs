@@ -155,7 +155,7 @@ pub fn choose<'a>(
         let Some(p) = &d.platform else { continue };
         let have = Platform::of(&p.os, &p.architecture, p.variant.as_deref());
         if let Some(rank) = want.rank(&have) {
-            if best.map_or(true, |(r, _)| rank < r) {
+            if best.is_none_or(|(r, _)| rank < r) {
                 best = Some((rank, d));
             }
         }
