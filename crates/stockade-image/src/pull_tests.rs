@@ -89,7 +89,7 @@ fn record(events: &Arc<Mutex<Vec<Progress>>>) -> impl FnMut(&Progress) + '_ {
 }
 
 #[test]
-#[ignore = "needs root and the store (helper store's Store::open/put_blob/unpack_layer)"]
+#[ignore = "needs root: the store chowns unpacked files into the disk id block"]
 fn pull_from_a_loopback_registry_then_again_without_downloading() {
     let (blobs, manifest, digest) = test_image();
     let reg = FakeRegistry::start(move |req: &Req| {
@@ -178,7 +178,7 @@ fn pull_from_a_loopback_registry_then_again_without_downloading() {
 }
 
 #[test]
-#[ignore = "needs root and the store (helper store's Store::open/resolve)"]
+#[ignore = "needs root: the store chowns unpacked files into the disk id block"]
 fn never_policy_refuses_an_absent_image() {
     let (_dir, store) = store();
     let e = ensure(
@@ -196,7 +196,7 @@ fn never_policy_refuses_an_absent_image() {
 }
 
 #[test]
-#[ignore = "needs root and the store (helper store's put_blob verifying sizes)"]
+#[ignore = "needs root: the store chowns unpacked files into the disk id block"]
 fn truncated_layer_leaves_no_image() {
     let (blobs, manifest, _) = test_image();
     let reg = FakeRegistry::start(move |req: &Req| {
@@ -230,7 +230,7 @@ fn truncated_layer_leaves_no_image() {
 }
 
 #[test]
-#[ignore = "needs root and the store (helper store's Store::open/put_blob/unpack_layer)"]
+#[ignore = "needs root: the store chowns unpacked files into the disk id block"]
 fn pull_from_an_oci_layout() {
     let (blobs, manifest, digest) = test_image();
     let dir = tempfile::tempdir().unwrap();
