@@ -95,6 +95,12 @@ pub enum PullError {
     NotFound(String),
     #[error("{registry} refused the credentials{hint}")]
     Unauthorized { registry: String, hint: String },
+    #[error("{registry} asks for credentials for {repository} (or it has no such repository): give --creds USER:PASSWORD, or log in to {login} (docker/podman login writes the auth file)")]
+    NeedsCredentials {
+        registry: String,
+        repository: String,
+        login: String,
+    },
     #[error("cannot reach registry {registry}")]
     Unreachable {
         registry: String,

@@ -388,10 +388,13 @@ impl Client {
                 ep.creds_key,
                 p.display()
             ),
-            _ => format!(
-                " (anonymous): {repo} may not exist, or it needs credentials: give --creds USER:PASSWORD or log in to {} (docker/podman login)",
-                ep.creds_key
-            ),
+            _ => {
+                return PullError::NeedsCredentials {
+                    registry: ep.host.clone(),
+                    repository: repo.to_string(),
+                    login: ep.creds_key.clone(),
+                }
+            }
         };
         PullError::Unauthorized {
             registry: ep.host.clone(),

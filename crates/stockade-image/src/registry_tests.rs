@@ -139,7 +139,10 @@ fn bearer_token_with_credentials_and_wrong_ones() {
         .unwrap()
         .manifest(&r, "v1")
         .unwrap_err();
-    assert!(e.to_string().contains("give --creds"), "{e}");
+    assert!(
+        matches!(e, PullError::NeedsCredentials { .. }) && e.to_string().contains("give --creds"),
+        "{e}"
+    );
 }
 
 fn basic_registry() -> FakeRegistry {
@@ -163,7 +166,10 @@ fn basic_auth_from_flag_and_auth_file() {
         .unwrap()
         .manifest(&r, "v1")
         .unwrap_err();
-    assert!(e.to_string().contains("give --creds"), "{e}");
+    assert!(
+        matches!(e, PullError::NeedsCredentials { .. }) && e.to_string().contains("give --creds"),
+        "{e}"
+    );
 
     let flag = PullOptions {
         creds: Some(("bob".into(), "pw".into())),
