@@ -78,6 +78,7 @@ pub struct Registry {
     pub kind: Kind,
     addr: String,
     dir: PathBuf,
+    pid: i32,
     pushed: Mutex<HashSet<String>>,
 }
 
@@ -148,6 +149,12 @@ impl Registry {
         R.get_or_init(|| Registry::start(Kind::Tls))
     }
 
+    /// A registry of its own for one test (one that corrupts its
+    /// storage): stopped and removed when dropped.
+    pub fn new(kind: Kind) -> Registry {
+        Registry::start(kind)
+    }
+
     fn start(kind: Kind) -> Registry {
         assert!(
             nix::unistd::geteuid().is_root(),
@@ -159,9 +166,11 @@ impl Registry {
             // SAFETY: registers a plain extern "C" fn with no captured state.
             unsafe { libc::atexit(cleanup_at_exit) };
         });
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "stockade-test-registry-{}-{kind:?}",
-            std::process::id()
+            "stockade-test-registry-{}-{kind:?}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("storage")).unwrap();
@@ -222,6 +231,7 @@ impl Registry {
                         kind,
                         addr,
                         dir,
+                        pid,
                         pushed: Mutex::new(HashSet::new()),
                     };
                 }
@@ -375,7 +385,37 @@ impl Registry {
             .collect()
     }
 
-    /// The digest of the manifest REPO:TAG as the registry serves it.
+    /// The digest of manifest REPO:TAG (its Docker-Content-Digest).
+    pub fn manifest_digest(&self, repo_tag: &str) -> String {
+        let (repo, tag) = repo_tag.split_once(':').unwrap_or((repo_tag, "latest"));
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sSfI", "--max-time", "30", "-H"])
+            .arg("Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json");
+        self.curl_auth(&mut cmd);
+        cmd.arg(format!("{}/v2/{repo}/manifests/{tag}", self.base_url()));
+        let head = run(&mut cmd);
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("docker-content-digest")
+                    .then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no Docker-Content-Digest in {head}"))
+    }
+
+    fn curl_auth(&self, cmd: &mut Command) {
+        match self.kind {
+            Kind::Plain => {}
+            Kind::Auth => {
+                cmd.arg("-u").arg(format!("{USER}:{PASSWORD}"));
+            }
+            Kind::Tls => {
+                cmd.arg("--cacert").arg(self.ca());
+            }
+        }
+    }
+
+    /// Manifest REPO:TAG as the registry serves it.
     pub fn manifest(&self, repo_tag: &str) -> serde_json::Value {
         let (repo, tag) = repo_tag.split_once(':').unwrap_or((repo_tag, "latest"));
         let mut cmd = Command::new("curl");
@@ -400,6 +440,15 @@ impl Registry {
         } else {
             image(layout)
         }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child (reaped by the exit handler's
+        // waitpid or by init once we exit).
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
