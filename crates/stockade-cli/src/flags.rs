@@ -86,6 +86,15 @@ pub struct PolicyArgs {
     /// Writable copy-on-write root, thrown away at the end (apt-get/pip install work).
     #[arg(long)]
     pub overlay_root: bool,
+    /// Image whose layers are the sandbox's root instead of the host's /usr
+    /// (e.g. python:3.11, localhost:5000/app@sha256:…, oci:DIR[:TAG]);
+    /// its root is copy-on-write, and its user, environment, working
+    /// directory and entrypoint apply.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// When to pull --image: missing (default), always, never.
+    #[arg(long, value_name = "WHEN")]
+    pub pull: Option<stockade_policy::Pull>,
     /// Size cap of /tmp (e.g. 512M).
     #[arg(long, value_name = "SIZE")]
     pub tmp_size: Option<ByteSize>,
@@ -112,8 +121,13 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<Span>,
     /// Run as root inside the sandbox (still unprivileged on the host).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "user")]
     pub root: bool,
+    /// Run as this user inside: NAME, UID, NAME:GROUP or UID:GID (names from
+    /// the image's /etc/passwd and /etc/group) [default: agent, or the
+    /// image's user]
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
     /// Set an environment variable inside the sandbox.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub env: Vec<String>,
@@ -352,6 +366,12 @@ impl PolicyArgs {
             fs.workspace = Some(abs);
         }
         fs.overlay_root |= self.overlay_root;
+        if let Some(v) = self.image {
+            fs.image = Some(v);
+        }
+        if let Some(v) = self.pull {
+            fs.pull = v;
+        }
         if let Some(v) = self.tmp_size {
             fs.tmp_size = v;
         }
@@ -374,9 +394,17 @@ impl PolicyArgs {
             l.timeout = v;
         }
         let pr = &mut p.process;
-        pr.root |= self.root;
+        // A flag's user replaces the file's choice, whichever it was.
+        if self.root {
+            pr.root = true;
+            pr.user = None;
+        }
+        if let Some(v) = self.user {
+            pr.root = false;
+            pr.user = Some(v);
+        }
         if let Some(v) = self.cwd {
-            pr.cwd = v;
+            pr.cwd = Some(v);
         }
         if let Some(v) = self.hostname {
             pr.hostname = v;

@@ -424,7 +424,7 @@ fn run_phases(
     progress(&format!("run {}", opts.agent.join(" ")));
     let mut agent_policy = opts.policy.clone();
     agent_policy.filesystem.workspace = Some(workspace.clone());
-    agent_policy.process.cwd = "/workspace".into();
+    agent_policy.process.cwd = Some("/workspace".into());
     agent_policy.filesystem.ro_bind.push(BindMount {
         src: task_dir.clone(),
         dst: "/mnt/task".into(),
