@@ -184,8 +184,9 @@ pub struct RunArgs {
     /// Write a JSON report of the run to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments (with --image: after its entrypoint;
+    /// its default command when none is given).
+    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 

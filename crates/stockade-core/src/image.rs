@@ -180,8 +180,7 @@ fn lookup_in_layer(layer: &Path, dirs: &[&str], file: &str) -> Found {
         Ok(st) => st,
         Err(_) => return absent(opaque),
     };
-    if is_whiteout(&st) || SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) != SFlag::S_IFREG
-    {
+    if is_whiteout(&st) || SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) != SFlag::S_IFREG {
         return Found::Hidden;
     }
     let Ok(fd) = nix::fcntl::openat(
@@ -327,9 +326,8 @@ pub fn image_user(
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| "0".into()),
     };
-    let text = |rel: &str| {
-        read_image_file(layers, rel).map(|b| String::from_utf8_lossy(&b).into_owned())
-    };
+    let text =
+        |rel: &str| read_image_file(layers, rel).map(|b| String::from_utf8_lossy(&b).into_owned());
     let passwd = text("etc/passwd");
     let group = text("etc/group");
     resolve_user(

@@ -545,7 +545,10 @@ fn pull_progress(print: bool, policy: &Policy) -> impl FnMut(&stockade_image::Pr
         match p {
             stockade_image::Progress::Resolved { digest, layers } => {
                 let missing = layers.iter().filter(|l| !l.2).count();
-                eprintln!("stockade: pulling {name} ({digest}): {missing} of {} layers to fetch", layers.len());
+                eprintln!(
+                    "stockade: pulling {name} ({digest}): {missing} of {} layers to fetch",
+                    layers.len()
+                );
             }
             stockade_image::Progress::LayerDone { layer } => {
                 eprintln!("stockade: {name}: layer {layer} done");

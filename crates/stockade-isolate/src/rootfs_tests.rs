@@ -544,12 +544,7 @@ fn a_copy_on_write_root_overlays_without_naming_host_paths() {
 }
 
 /// Where a failure of `op` is reported: its own path, except for the
-/// steps of the pivot, which report the new root.
-fn reported_path(op: &Op) -> PathBuf {
-    reported_path_in(op, Path::new(STAGING))
-}
-
-/// [`reported_path`] when the new root is `new_root`.
+/// steps of the pivot, which report the new root, `new_root`.
 fn reported_path_in(op: &Op, new_root: &Path) -> PathBuf {
     let pivot_step = match op {
         Op::PivotRoot(..) => true,

@@ -209,7 +209,9 @@ pub enum ValidationError {
     Cwd(String),
     #[error("process.user must be NAME, UID, NAME:GROUP or UID:GID, got {0:?}")]
     User(String),
-    #[error("process.root and process.user ({0:?}) both choose the user; give one (root is user \"0\")")]
+    #[error(
+        "process.root and process.user ({0:?}) both choose the user; give one (root is user \"0\")"
+    )]
     RootAndUser(String),
     #[error("filesystem.image must name an image (e.g. \"python:3.11\"), got {0:?}")]
     Image(String),
@@ -354,8 +356,7 @@ fn valid_user(s: &str) -> bool {
         !p.is_empty()
             && p.len() <= 64
             && !p.starts_with('-')
-            && p
-                .chars()
+            && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
     };
     match s.split_once(':') {

@@ -258,7 +258,10 @@ fn image_pull_and_user_parse_and_the_cwd_falls_back_to_the_images() {
     let err = Policy::from_toml_str("[filesystem]\npull = \"sometimes\"\n").unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
     assert_eq!("always".parse::<Pull>(), Ok(Pull::Always));
-    assert!("x".parse::<Pull>().unwrap_err().contains("missing, always or never"));
+    assert!("x"
+        .parse::<Pull>()
+        .unwrap_err()
+        .contains("missing, always or never"));
     for ok in ["0", "1234:1234", "app", "www-data", "nobody:nogroup"] {
         assert!(valid_user(ok), "{ok}");
     }

@@ -38,7 +38,11 @@ pub struct CreateBody {
 }
 
 /// A body's top-level `image` and `pull` over its policy's.
-pub fn apply_image(policy: &mut Policy, image: &Option<String>, pull: Option<stockade_policy::Pull>) {
+pub fn apply_image(
+    policy: &mut Policy,
+    image: &Option<String>,
+    pull: Option<stockade_policy::Pull>,
+) {
     if let Some(i) = image {
         policy.filesystem.image = Some(i.clone());
     }
