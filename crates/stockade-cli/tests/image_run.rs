@@ -430,3 +430,52 @@ fn a_missing_image_is_a_clear_error() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and idmapped mounts; /bin/busybox"]
+fn the_daemon_creates_a_sandbox_on_an_image_named_in_the_body() {
+    let e = ImageEnv::new();
+    let d = common::daemon::Daemon::start_cleaning(&e.env, &[]);
+    let c = d.client();
+    let body = serde_json::json!({ "image": e.image("plain") }).to_string();
+    let resp = c
+        .raw(
+            "POST",
+            "/v1/sandboxes",
+            &[],
+            Some(("application/json", body.as_bytes())),
+        )
+        .unwrap();
+    let status = resp.status;
+    let created: serde_json::Value = serde_json::from_slice(&resp.bytes(1 << 20).unwrap()).unwrap();
+    assert!(status < 300, "{status} {created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let r = c
+        .exec(
+            &id,
+            &stockade_client::ExecOptions {
+                cmd: ["/bin/sh", "-c", "id -u; pwd; stat -c '%u' /bin/busybox"]
+                    .map(String::from)
+                    .to_vec(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.stdout, "1234\n/app\n0\n", "{}", r.stderr);
+    let leases = e.env.state.path().join("state/images/leases");
+    let held = || std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(held(), 1, "a live sandbox holds its image");
+    c.destroy(&id).unwrap();
+    assert!(eventually(|| held() == 0), "the lease outlived the sandbox");
+    // An image the store does not have, never pulled: the caller's error.
+    let body = serde_json::json!({ "image": "localhost/absent:1", "pull": "never" }).to_string();
+    let resp = c
+        .raw(
+            "POST",
+            "/v1/sandboxes",
+            &[],
+            Some(("application/json", body.as_bytes())),
+        )
+        .unwrap();
+    assert!((400..500).contains(&resp.status), "{}", resp.status);
+}
