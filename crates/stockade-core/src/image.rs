@@ -249,7 +249,7 @@ pub fn resolve_user(
             let f = users.iter().find(|f| f[0] == user).ok_or_else(|| {
                 RunError::Invalid(format!(
                     "user {user:?} is not in {where_}/etc/passwd; give a uid (--user UID[:GID]) \
-                     or a user the image has"
+                     or a name listed there"
                 ))
             })?;
             let uid = f[2].parse::<u32>().map_err(|_| {
