@@ -86,6 +86,15 @@ pub struct PolicyArgs {
     /// Writable copy-on-write root, thrown away at the end (apt-get/pip install work).
     #[arg(long)]
     pub overlay_root: bool,
+    /// Image whose layers are the sandbox's root instead of the host's /usr
+    /// (e.g. python:3.11, localhost:5000/app@sha256:…, oci:DIR[:TAG]);
+    /// its root is copy-on-write, and its user, environment, working
+    /// directory and entrypoint apply.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// When to pull --image: missing (default), always, never.
+    #[arg(long, value_name = "WHEN")]
+    pub pull: Option<stockade_policy::Pull>,
     /// Size cap of /tmp (e.g. 512M) [default: 1G].
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub tmp_size: Option<ByteSize>,
@@ -114,8 +123,13 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<Span>,
     /// Run as root inside the sandbox (still unprivileged on the host).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "user")]
     pub root: bool,
+    /// Run as this user inside: NAME, UID, NAME:GROUP or UID:GID (names from
+    /// the image's /etc/passwd and /etc/group) [default: agent, or the
+    /// image's user]
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
     /// Set an environment variable inside the sandbox.
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub env: Vec<String>,
@@ -158,6 +172,8 @@ pub struct PolicyArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub registry: crate::registry_flags::RegistryFlags,
     /// Allocate a terminal for interactive use.
     #[arg(short = 't', long)]
     pub tty: bool,
@@ -174,8 +190,9 @@ pub struct RunArgs {
     /// Write a JSON report of the run to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments (with --image: after its entrypoint;
+    /// its default command when none is given).
+    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -216,6 +233,8 @@ pub struct TaskArgs {
     pub artifacts_total: ByteSize,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub registry: crate::registry_flags::RegistryFlags,
     /// The agent command and its arguments.
     #[arg(last = true, required = true, value_name = "AGENT_CMD")]
     pub agent: Vec<String>,
@@ -240,6 +259,7 @@ impl TaskArgs {
             );
         }
         let state_dir = self.policy.state_dir.clone();
+        let pull = self.registry.pull_options()?;
         let policy = self.policy.into_policy_unvalidated()?;
         let out = match self.out {
             Some(o) => o,
@@ -265,6 +285,7 @@ impl TaskArgs {
                 artifact: self.artifact_limit.bytes(),
                 artifacts_total: self.artifacts_total.bytes(),
             },
+            pull,
         })
     }
 }
@@ -316,8 +337,10 @@ impl RunArgs {
     pub fn into_options(self) -> anyhow::Result<(RunOptions, Option<PathBuf>)> {
         let state_dir = self.policy.state_dir.clone();
         let net_log = self.policy.net_log.clone();
+        let pull = self.registry.pull_options()?;
         let policy = self.policy.into_policy()?;
         let mut opts = RunOptions::new(policy, self.command, state_dir);
+        opts.pull = pull;
         opts.tty = self.tty;
         if self.tty {
             if let Some(term) = std::env::var_os("TERM").and_then(|t| t.into_string().ok()) {
@@ -375,6 +398,12 @@ impl PolicyArgs {
             fs.workspace = Some(abs);
         }
         fs.overlay_root |= self.overlay_root;
+        if let Some(v) = self.image {
+            fs.image = Some(v);
+        }
+        if let Some(v) = self.pull {
+            fs.pull = v;
+        }
         if let Some(v) = self.tmp_size {
             fs.tmp_size = v;
         }
@@ -409,9 +438,17 @@ impl PolicyArgs {
             l.timeout = v;
         }
         let pr = &mut p.process;
-        pr.root |= self.root;
+        // A flag's user replaces the file's choice, whichever it was.
+        if self.root {
+            pr.root = true;
+            pr.user = None;
+        }
+        if let Some(v) = self.user {
+            pr.root = false;
+            pr.user = Some(v);
+        }
         if let Some(v) = self.cwd {
-            pr.cwd = v;
+            pr.cwd = Some(v);
         }
         if let Some(v) = self.hostname {
             pr.hostname = v;

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod disk;
 pub mod gc;
+pub mod image;
 pub mod monitor;
 pub mod netwatch;
 pub mod prepare;
@@ -52,6 +53,13 @@ pub enum RunError {
     Launch(#[from] stockade_isolate::launch::LaunchError),
     #[error("cannot set up the sandbox: {0}")]
     Setup(String),
+    /// The policy's image cannot be found, pulled or used.
+    #[error("image {name}")]
+    Image {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{}", spawn_message(.step, *.errno))]
     Spawn { step: String, errno: i32 },
 }

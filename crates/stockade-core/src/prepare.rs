@@ -12,6 +12,7 @@ use stockade_isolate::spec::{MountIdmap, SandboxSpec};
 use stockade_isolate::tun::TunConfig;
 use stockade_policy::Policy;
 
+use crate::image::SandboxImage;
 use crate::scratch::{ScratchFs, Subvol};
 use crate::state::{private_dir, SandboxDir, StateDir};
 use crate::RunError;
@@ -79,6 +80,13 @@ pub struct Prepared {
     pub env: Vec<(String, String)>,
     /// Default working directory.
     pub cwd: String,
+    /// An image's `Entrypoint` and `Cmd` (empty without an image): a
+    /// one-shot run's command is built with them ([`Prepared::command`]).
+    pub entrypoint: Vec<String>,
+    pub default_cmd: Vec<String>,
+    /// The sandbox's hold on its image in the store, kept until the
+    /// sandbox is gone (dropping it releases it).
+    pub image_lease: Option<stockade_image::Lease>,
     /// Host uid and gid of the sandbox's user (for files written in).
     pub owner: (u32, u32),
     /// The host id range the sandbox runs in; held until its teardown.
@@ -90,6 +98,13 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The command a one-shot run starts for `command`: with an image, its
+    /// `Entrypoint` followed by `command` or, when that is empty, by its
+    /// `Cmd` (as `docker run`).
+    pub fn command(&self, command: &[String]) -> Vec<String> {
+        crate::image::command_with(&self.entrypoint, &self.default_cmd, command)
+    }
+
     /// The request that starts `command` with the sandbox's environment
     /// plus `extra_env`, in `cwd` (the policy's when `None`), on a terminal
     /// with `TERM` set to `term` when that is given.
@@ -103,7 +118,9 @@ impl Prepared {
     ) -> Result<SpawnRequest, RunError> {
         if command.is_empty() {
             return Err(RunError::Invalid(
-                "no command given; put it after `--`".into(),
+                "no command given; put it after `--` (or use an image with an entrypoint or \
+                 command)"
+                    .into(),
             ));
         }
         let mut env = self.env.clone();
@@ -200,17 +217,42 @@ fn mount_idmap(slot: &Slot, owner: (u32, u32)) -> MountIdmap {
 }
 
 /// Builds the spec of a sandbox for `policy` in `dir`, running in `slot`,
-/// its scratch directories at `place`.
+/// its scratch directories at `place`; its root `image` when the policy
+/// names one (found by [`crate::image::resolve`]).
 pub fn prepare(
     policy: &Policy,
     state: &StateDir,
     dir: &SandboxDir,
     slot: Slot,
     place: &ScratchPlace,
+    image: Option<&SandboxImage>,
 ) -> Result<Prepared, RunError> {
     let fs_policy = &policy.filesystem;
     let p = &policy.process;
     let mut metered = Vec::new();
+    let id = dir
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // The image's layers, its user and its hold in the store, before
+    // anything is made: a missing layer or an unknown user is the
+    // caller's to fix.
+    let image_parts = match image {
+        Some(img) => {
+            let layers = img.layer_dirs()?;
+            let user = crate::image::image_user(policy, img, &layers)?;
+            let lease = img
+                .store
+                .lease(&img.image, &id)
+                .map_err(|e| RunError::Image {
+                    name: img.name.clone(),
+                    source: Box::new(e),
+                })?;
+            Some((img, layers, user, lease))
+        }
+        None => None,
+    };
 
     let (workspace, agent_owner) = match &fs_policy.workspace {
         Some(ws) => {
@@ -238,8 +280,20 @@ pub fn prepare(
     let uid_map = slot.id_map();
     let gid_map = slot.id_map();
     let workspace_idmap = agent_owner.map(|o| mount_idmap(&slot, o));
-    let inside = if p.root { 0 } else { AGENT_ID };
-    let owner = uid_map.to_host(inside).zip(gid_map.to_host(inside));
+    // The workloads' ids inside: the image's user (or the policy's), root
+    // with `--root`, else the agent.
+    let user = match (&image_parts, &p.user) {
+        (Some((_, _, user, _)), _) => Some(user.clone()),
+        (None, Some(spec)) => Some(host_user(spec)?),
+        (None, None) => None,
+    };
+    let (inside_uid, inside_gid) = match &user {
+        Some(u) => (u.uid, u.gid),
+        None if p.root => (0, 0),
+        None => (AGENT_ID, AGENT_ID),
+    };
+    let as_root = inside_uid == 0;
+    let owner = uid_map.to_host(inside_uid).zip(gid_map.to_host(inside_gid));
     let io = |what: &str| {
         let what = what.to_string();
         move |e| RunError::Io { what, source: e }
@@ -287,7 +341,7 @@ pub fn prepare(
         let home =
             private_dir(&base.join("home"), owner).map_err(io("create the home directory"))?;
         metered.push(home.clone());
-        let overlay = if fs_policy.overlay_root {
+        let overlay = if fs_policy.overlay_root || image.is_some() {
             let root_owner = uid_map.to_host(0).zip(gid_map.to_host(0));
             let o = private_dir(&base.join("overlay"), root_owner)
                 .map_err(io("create the overlay directory"))?;
@@ -364,17 +418,31 @@ pub fn prepare(
         ))
     })?;
 
-    let home_path = if p.root { "/root" } else { "/home/agent" };
-    let user = if p.root { "root" } else { "agent" };
+    // Home: the bound one (/root for root, else /home/agent), unless an
+    // image's passwd names the user's own.
+    let bound_home = if as_root { "/root" } else { "/home/agent" };
+    let home_path = match (&image_parts, &user) {
+        (Some(_), Some(u)) => u.home.clone().unwrap_or_else(|| bound_home.into()),
+        _ => bound_home.into(),
+    };
+    let user_name = match &user {
+        Some(u) => u.name.clone().unwrap_or_else(|| u.uid.to_string()),
+        None if as_root => "root".into(),
+        None => "agent".into(),
+    };
+    let shell = match (&image_parts, &user) {
+        (Some(_), Some(u)) => u.shell.clone().unwrap_or_else(|| "/bin/sh".into()),
+        _ => "/bin/bash".into(),
+    };
     let mut env: Vec<(String, String)> = vec![
         (
             "PATH".into(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         ),
-        ("HOME".into(), home_path.into()),
-        ("USER".into(), user.into()),
-        ("LOGNAME".into(), user.into()),
-        ("SHELL".into(), "/bin/bash".into()),
+        ("HOME".into(), home_path),
+        ("USER".into(), user_name.clone()),
+        ("LOGNAME".into(), user_name),
+        ("SHELL".into(), shell),
         ("LANG".into(), "C.UTF-8".into()),
         ("HOSTNAME".into(), p.hostname.clone()),
         ("STOCKADE".into(), "1".into()),
@@ -388,28 +456,58 @@ pub fn prepare(
         // system's Python (PEP 668 refuses it by default) harms nothing.
         env.push(("PIP_BREAK_SYSTEM_PACKAGES".into(), "1".into()));
     }
-    for (k, v) in &p.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
+    // Docker's order: the image's Env over the defaults (its PATH
+    // included), the policy's and flags' over both.
+    let image_env = image_parts
+        .as_ref()
+        .map(|(img, ..)| crate::image::image_env(&img.image))
+        .unwrap_or_default();
+    let policy_env = p.env.iter().map(|(k, v)| (k.clone(), v.clone()));
+    for (k, v) in image_env.into_iter().chain(policy_env) {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
     }
     let owner = owner.unwrap_or((0, 0));
+    let (entrypoint, default_cmd, working_dir) = match &image_parts {
+        Some((img, ..)) => {
+            let c = &img.image.config;
+            (
+                c.entrypoint.clone().unwrap_or_default(),
+                c.cmd.clone().unwrap_or_default(),
+                c.working_dir.clone(),
+            )
+        }
+        None => (Vec::new(), Vec::new(), None),
+    };
+    let cwd = p.cwd_or(working_dir.as_deref()).to_string();
+    let (image_root, image_lease) = match image_parts {
+        Some((_, layers, _, lease)) => (
+            Some(stockade_isolate::spec::ImageRoot {
+                layers,
+                idmap: MountIdmap {
+                    uids: disk_map(slot.base(), None),
+                    gids: disk_map(slot.base(), None),
+                },
+            }),
+            Some(lease),
+        ),
+        None => (None, None),
+    };
 
     let spec = SandboxSpec {
-        id: dir
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        id,
         staging: state.staging(),
         etc_dir,
         workspace,
         home,
         overlay,
+        image: image_root,
         tmp_size: fs_policy.tmp_size.bytes(),
         ro_binds,
         binds,
         hostname: p.hostname.clone(),
-        as_root: p.root,
+        as_root,
+        user: user.as_ref().map(|u| (u.uid, u.gid)),
         net,
         uid_map,
         gid_map,
@@ -423,9 +521,20 @@ pub fn prepare(
         metered,
         scratch,
         env,
-        cwd: p.cwd.clone(),
+        cwd,
+        entrypoint,
+        default_cmd,
+        image_lease,
         owner,
         slot,
         pool_pair: None,
     })
+}
+
+/// `--user` without an image: a uid (and gid), or `root` or `agent`, the
+/// accounts the generated `/etc` has.
+fn host_user(spec: &str) -> Result<crate::image::User, RunError> {
+    let passwd = format!("root:x:0:0:root:/root:/bin/bash\nagent:x:{AGENT_ID}:{AGENT_ID}:agent:/home/agent:/bin/bash\n");
+    let group = format!("root:x:0:\nagent:x:{AGENT_ID}:\n");
+    crate::image::resolve_user(spec, Some(&passwd), Some(&group), "the sandbox's ")
 }

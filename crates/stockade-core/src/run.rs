@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub defer_teardown: bool,
     /// How init enters its cgroup on cgroup v1 (benchmarks compare).
     pub v1_attach: V1Attach,
+    /// How to reach registries when the policy's image must be pulled.
+    pub pull: stockade_image::PullOptions,
 }
 
 impl RunOptions {
@@ -80,6 +82,7 @@ impl RunOptions {
             net_log: None,
             defer_teardown: false,
             v1_attach: V1Attach::SelfJoin,
+            pull: stockade_image::PullOptions::default(),
         }
     }
 }
@@ -165,6 +168,12 @@ fn run_inner(
     if !opts.defer_teardown {
         crate::gc::collect(&state, Some(&driver));
     }
+    let image = crate::image::resolve(
+        policy,
+        &opts.state_dir,
+        &opts.pull,
+        &mut pull_progress(opts.print_violations, policy),
+    )?;
 
     let dir = state.create_sandbox(id).map_err(|e| RunError::Io {
         what: format!(
@@ -199,10 +208,10 @@ fn run_inner(
         None => crate::prepare::ScratchPlace::for_host(),
     };
     let setup = (|| {
-        let prepared = prepare(policy, &state, &dir, slot, &place)?;
+        let prepared = prepare(policy, &state, &dir, slot, &place, image.as_ref())?;
         let request = prepared.request(
             1,
-            &opts.command,
+            &prepared.command(&opts.command),
             &Default::default(),
             None,
             opts.tty.then_some(opts.term.as_str()),
@@ -246,6 +255,7 @@ fn run_inner(
                 claimed,
                 scratch: prepared.scratch,
                 slot: prepared.slot,
+                lease: prepared.image_lease,
             };
             let refill = crate::teardown::Refill::configured();
             *pending = Some(PendingTeardown::new(left, state, driver, refill));
@@ -263,8 +273,9 @@ fn run_inner(
             if let Some(s) = &prepared.scratch {
                 s.remove();
             }
-            // Nothing runs under the slot's ids any more.
+            // Nothing runs under the slot's ids any more, nor on the image.
             drop(prepared.slot);
+            drop(prepared.image_lease);
         }
     }
     if opts.defer_teardown {
@@ -523,6 +534,30 @@ impl Drop for RestoreMask {
 }
 
 /// Opens `--net-log` before anything is built, so a bad path fails early.
+/// A pull's progress as `stockade:` lines on stderr (one per layer),
+/// when `print`; `stockade pull` draws bars of its own.
+fn pull_progress(print: bool, policy: &Policy) -> impl FnMut(&stockade_image::Progress) + '_ {
+    move |p| {
+        if !print {
+            return;
+        }
+        let name = policy.filesystem.image.as_deref().unwrap_or_default();
+        match p {
+            stockade_image::Progress::Resolved { digest, layers } => {
+                let missing = layers.iter().filter(|l| !l.2).count();
+                eprintln!(
+                    "stockade: pulling {name} ({digest}): {missing} of {} layers to fetch",
+                    layers.len()
+                );
+            }
+            stockade_image::Progress::LayerDone { layer } => {
+                eprintln!("stockade: {name}: layer {layer} done");
+            }
+            _ => {}
+        }
+    }
+}
+
 fn open_net_log(opts: &RunOptions) -> Result<Option<std::fs::File>, RunError> {
     let Some(path) = &opts.net_log else {
         return Ok(None);

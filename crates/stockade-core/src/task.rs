@@ -44,6 +44,8 @@ pub struct TaskOptions {
     /// How much of the agent's output, patch and artifacts lands on the
     /// host.
     pub limits: OutputLimits,
+    /// How to reach registries when the policy's image must be pulled.
+    pub pull: stockade_image::PullOptions,
 }
 
 /// Bounds on what a task writes on the host: the agent's sandbox is
@@ -424,7 +426,7 @@ fn run_phases(
     progress(&format!("run {}", opts.agent.join(" ")));
     let mut agent_policy = opts.policy.clone();
     agent_policy.filesystem.workspace = Some(workspace.clone());
-    agent_policy.process.cwd = "/workspace".into();
+    agent_policy.process.cwd = Some("/workspace".into());
     agent_policy.filesystem.ro_bind.push(BindMount {
         src: task_dir.clone(),
         dst: "/mnt/task".into(),
@@ -623,6 +625,7 @@ fn capture(
         opts.state_dir.clone(),
     );
     ro.print_violations = opts.live;
+    ro.pull = opts.pull.clone();
     ro.extra_metered = extra_metered;
     ro.scratch_within = within.cloned();
     // Copiers are processes, not threads: `run` clones the sandbox's init

@@ -58,6 +58,8 @@ pub(crate) struct Leftovers {
     pub scratch: Option<crate::prepare::Scratch>,
     /// The sandbox's host id range, free again once everything is gone.
     pub slot: stockade_isolate::slots::Slot,
+    /// The sandbox's hold on its image, released once everything is gone.
+    pub lease: Option<stockade_image::Lease>,
 }
 
 impl Leftovers {
@@ -73,6 +75,7 @@ impl Leftovers {
             nspool::release(entry);
         }
         drop(self.slot);
+        drop(self.lease);
     }
 }
 

@@ -353,7 +353,8 @@ fn file_helper(
             }
         }
         sys::close_fds_from(3, &[sock_fd, landlock.unwrap_or(-1)]);
-        let taken = workload::take_identity(root, landlock)
+        let ids = if root { (0, 0) } else { spec.workload_ids() };
+        let taken = workload::take_identity(ids, landlock)
             .and_then(|()| nix::unistd::chdir("/").map_err(|e| ("enter /", e)))
             .and_then(|()| {
                 crate::seccomp::install(&spec.seccomp)

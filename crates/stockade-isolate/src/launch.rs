@@ -47,6 +47,11 @@ pub enum LaunchError {
         #[source]
         source: nix::Error,
     },
+    #[error(
+        "the image has {0} layers, more than the 120 a sandbox's root can stack; \
+         flatten it (e.g. rebuild it with fewer layers)"
+    )]
+    TooManyLayers(usize),
 }
 
 /// A running sandbox, seen from the supervisor.
@@ -194,6 +199,56 @@ fn send_idmapped_lowers(k: &mut impl LaunchOps, spec: &SandboxSpec, pid: i32, ct
         let msg = proto::ToInit::Lower { name };
         let _ = k.send(ctl, &msg, &[tree.as_raw_fd()]);
     }
+}
+
+/// For an image root: clones each layer directory, idmaps it through one
+/// user namespace made with the image's map (the layers' owners on disk,
+/// the disk block, become the image's own ids inside; see
+/// [`crate::idmap::disk_map`]) and passes it to init as
+/// [`crate::spec::image_layer_name`]. There is no fallback: a layer that
+/// cannot be idmapped would show unmapped owners, so it fails the launch.
+fn send_image_layers(
+    k: &mut impl LaunchOps,
+    spec: &SandboxSpec,
+    ctl: &OwnedFd,
+) -> Result<(), LaunchError> {
+    let Some(img) = &spec.image else {
+        return Ok(());
+    };
+    if img.layers.len() > crate::spec::MAX_IMAGE_LAYERS {
+        return Err(LaunchError::TooManyLayers(img.layers.len()));
+    }
+    let mut userns = None;
+    for (i, dir) in img.layers.iter().enumerate() {
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
+            LaunchError::Source {
+                path: dir.display().to_string(),
+                source: nix::Error::EINVAL,
+            }
+        })?;
+        let tree = k
+            .open_tree_clone(&path)
+            .map_err(|source| LaunchError::Source {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        let idmap_err = |source| LaunchError::Idmap {
+            path: dir.display().to_string(),
+            source,
+        };
+        let ns = match &userns {
+            Some(ns) => ns,
+            None => userns.insert(k.new_userns(&img.idmap).map_err(|e| {
+                idmap_err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            })?),
+        };
+        k.idmap_tree(&tree, ns).map_err(idmap_err)?;
+        let msg = proto::ToInit::Lower {
+            name: crate::spec::image_layer_name(i),
+        };
+        let _ = k.send(ctl, &msg, &[tree.as_raw_fd()]);
+    }
+    Ok(())
 }
 
 /// Opens the sources of the workspace and of the user's binds here, as
@@ -429,7 +484,9 @@ fn finish(
         }
     }
     send_idmapped_lowers(k, spec, pid, &launched.ctl);
-    if let Err(e) = send_bind_sources(k, spec, &launched.ctl) {
+    if let Err(e) = send_image_layers(k, spec, &launched.ctl)
+        .and_then(|()| send_bind_sources(k, spec, &launched.ctl))
+    {
         k.abort(&launched);
         return Err(e);
     }

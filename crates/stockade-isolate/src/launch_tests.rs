@@ -132,7 +132,12 @@ impl LaunchOps for Recorder {
         Ok(self.fd(&text(path)))
     }
     fn new_userns(&mut self, map: &MountIdmap) -> std::io::Result<OwnedFd> {
-        let base = map.uids.to_host(1000).unwrap();
+        // The agent's host id: in an owner's map, or in the disk block's.
+        let base = map
+            .uids
+            .to_host(1000)
+            .or_else(|| map.uids.to_host(crate::idmap::HOST_ID_BASE + 1000))
+            .unwrap();
         self.push(Op::NewUserns(base));
         Ok(self.fd(&format!("userns {base}")))
     }
@@ -487,4 +492,94 @@ fn init_is_born_in_its_cgroup_where_clone3_can_else_forked_and_moved() {
             (Ok(Cloned::Init), _) => panic!("case {i}: the child's side"),
         }
     }
+}
+
+/// An image root of `n` layers at `/store/layers/l<i>`, for a sandbox
+/// whose slot starts at 3,000,000,000.
+fn image_spec(n: usize) -> SandboxSpec {
+    let mut s = spec();
+    s.overlay = Some("/scratch/s1/overlay".into());
+    s.image = Some(crate::spec::ImageRoot {
+        layers: (0..n)
+            .map(|i| PathBuf::from(format!("/store/layers/l{i}")))
+            .collect(),
+        idmap: MountIdmap {
+            uids: crate::idmap::disk_map(3_000_000_000, None),
+            gids: crate::idmap::disk_map(3_000_000_000, None),
+        },
+    });
+    s
+}
+
+#[test]
+fn image_layers_are_idmapped_through_one_namespace_and_sent_bottom_first() {
+    let s = image_spec(3);
+    let mut k = Recorder::default();
+    let (r, _) = finish_with(&mut k, &s, false, false, Ok(()));
+    r.unwrap();
+    let ops = k.ops();
+    // One namespace, made with the image's map (the disk block's agent id
+    // lands on the slot's agent id), for all the layers.
+    let userns: Vec<&Op> = ops
+        .iter()
+        .filter(|op| matches!(op, Op::NewUserns(_)))
+        .collect();
+    assert_eq!(userns, [&Op::NewUserns(3_000_000_000 + 1000)]);
+    for i in 0..3 {
+        let dir = format!("/store/layers/l{i}");
+        assert!(ops.contains(&Op::OpenClone(dir.clone())), "{ops:#?}");
+        assert!(ops.contains(&Op::Idmap(
+            dir.clone(),
+            format!("userns {}", 3_000_000_000u32 + 1000)
+        )));
+    }
+    let layers: Vec<(Option<String>, Vec<String>)> = k
+        .sent()
+        .into_iter()
+        .filter(|(_, n, _)| n.as_deref().is_some_and(|n| n.starts_with("img")))
+        .map(|(_, n, t)| (n, t))
+        .collect();
+    assert_eq!(
+        layers,
+        (0..3)
+            .map(|i| (Some(format!("img{i}")), vec![format!("/store/layers/l{i}")]))
+            .collect::<Vec<_>>()
+    );
+    // The image's root is not the host's: no host directory is overlaid.
+    assert!(!ops.contains(&Op::InitUserns));
+    assert_eq!(k.sent().last().unwrap().0, "go");
+}
+
+#[test]
+fn an_image_layer_that_cannot_be_idmapped_fails_the_launch() {
+    let s = image_spec(3);
+    let mut k = Recorder::default();
+    k.idmap_fails.push("/store/layers/l1".into());
+    let (r, _) = finish_with(&mut k, &s, false, false, Ok(()));
+    match r {
+        Err(e @ LaunchError::Idmap { .. }) => {
+            let text = crate::error_chain(&e);
+            assert!(text.contains("/store/layers/l1"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(k.ops().last(), Some(&Op::Abort));
+    // Layer 0 went; layer 1 (unmapped owners) and the go-ahead never did.
+    let names: Vec<Option<String>> = k.sent().into_iter().map(|(_, n, _)| n).collect();
+    assert_eq!(names, [Some("img0".to_string())]);
+}
+
+#[test]
+fn an_image_of_too_many_layers_is_refused_before_any_is_opened() {
+    let s = image_spec(crate::spec::MAX_IMAGE_LAYERS + 1);
+    let mut k = Recorder::default();
+    let (r, _) = finish_with(&mut k, &s, false, false, Ok(()));
+    let e = r.unwrap_err();
+    assert!(matches!(e, LaunchError::TooManyLayers(121)), "{e:?}");
+    assert!(e.to_string().contains("121 layers"), "{e}");
+    assert!(!k
+        .ops()
+        .iter()
+        .any(|op| matches!(op, Op::OpenClone(p) if p.starts_with("/store"))));
+    assert_eq!(k.ops().last(), Some(&Op::Abort));
 }

@@ -38,8 +38,9 @@ pub struct SpawnRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ToInit {
-    /// An idmapped lower layer for the copy-on-write root (descriptor
-    /// attached). Sent before `Go`.
+    /// A mount tree init needs to build the sandbox (descriptor attached):
+    /// an idmapped lower layer of the copy-on-write root or an image
+    /// layer, the workspace, a bind source. Sent before `Go`.
     Lower {
         name: String,
     },
@@ -47,7 +48,7 @@ pub enum ToInit {
     Go,
     Spawn(SpawnRequest),
     /// Start a file helper (see [`crate::files`]) on the attached socket,
-    /// as root inside the sandbox or as its agent.
+    /// as root inside the sandbox or as its workloads' user.
     Files {
         tag: u64,
         root: bool,

@@ -2,9 +2,12 @@
 //!
 //! Runs in the sandbox's init before it pivots. The new root is a small
 //! tmpfs (or, with a copy-on-write root, a per-sandbox host directory) on
-//! which the host's system directories are bound read-only, the generated
-//! `/etc`, the workspace and home are bound, and fresh `/tmp`, `/proc`,
-//! `/dev` and `/sys` are mounted. After `pivot_root` the old root is
+//! which the host's system directories are bound read-only and the
+//! generated `/etc` is bound — or, with an image, an overlay of the
+//! image's layers under a per-sandbox upper, with stockade's `hosts`,
+//! `hostname` and `resolv.conf` bound over the image's. Then the
+//! workspace and home are bound, and fresh `/tmp`, `/proc`, `/dev` and
+//! `/sys` are mounted. After `pivot_root` the old root is
 //! detached, so nothing of the host is reachable by path any more.
 
 use std::ffi::{CStr, CString};
@@ -16,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-use crate::spec::SandboxSpec;
+use crate::spec::{image_layer_name, ImageRoot, SandboxSpec, MAX_IMAGE_LAYERS};
 use crate::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 
 /// Host system directories shared read-only with every sandbox.
@@ -48,7 +51,7 @@ pub(crate) fn overlay_lowers_with(
     spec: &SandboxSpec,
 ) -> Vec<(String, PathBuf)> {
     let mut v = Vec::new();
-    if spec.overlay.is_none() {
+    if spec.overlay.is_none() || spec.image.is_some() {
         return v;
     }
     for name in SYSTEM_DIRS.iter().chain(OVERLAY_VAR_DIRS) {
@@ -86,6 +89,10 @@ const LOWER_DIR: &str = ".stockade-lower";
 /// Where the sandbox's overlay directory is seen while its overlays are
 /// mounted.
 const OV_DIR: &str = ".stockade-ov";
+/// In an image root's staging tmpfs: the view of the sandbox's overlay
+/// directory, and the overlay that becomes the root.
+const IMAGE_OV: &str = "ov";
+const IMAGE_ROOT: &str = "root";
 
 /// What a host path is, as the builder needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +114,8 @@ pub trait MountOps {
     fn make_file(&mut self, path: &Path) -> nix::Result<()>;
     fn symlink(&mut self, target: &Path, link: &Path) -> std::io::Result<()>;
     fn remove_dir(&mut self, path: &Path);
+    /// Removes a file or symlink (without following it).
+    fn remove_file(&mut self, path: &Path) -> std::io::Result<()>;
     /// What `path` is, without following a final symlink; `None` if it
     /// does not exist.
     fn host_kind(&mut self, path: &Path) -> Option<HostKind>;
@@ -164,6 +173,10 @@ impl MountOps for Kernel {
 
     fn remove_dir(&mut self, path: &Path) {
         let _ = fs::remove_dir(path);
+    }
+
+    fn remove_file(&mut self, path: &Path) -> std::io::Result<()> {
+        fs::remove_file(path)
     }
 
     fn host_kind(&mut self, path: &Path) -> Option<HostKind> {
@@ -339,7 +352,7 @@ pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers)
     let mut bind_trees: Vec<Option<OwnedFd>> = (0..spec.ro_binds.len() + spec.binds.len())
         .map(|i| take_tree(&mut lowers, &bind_tree_name(i)))
         .collect();
-    let r = spec.staging.as_path();
+    let staging = spec.staging.as_path();
     // Nothing we mount may propagate back to the host, and nothing the host
     // mounts later may appear here.
     ctx(
@@ -353,41 +366,18 @@ pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers)
         "cannot make mounts private at",
         Path::new("/"),
     )?;
-    match &spec.overlay {
-        None => mount_fs(
-            k,
-            "tmpfs",
-            r,
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            "mode=0755,size=16m",
-        )?,
-        Some(ov) => {
-            let top = ov.join("root");
-            mkdir(k, &top, 0o755)?;
-            bind(k, &top, r, RW)?;
+    let new_root;
+    let r = match &spec.image {
+        Some(img) => {
+            new_root = image_root(k, spec, img, &mut lowers)?;
+            refuse_image_symlinks(k, spec, &new_root)?;
+            new_root.as_path()
         }
-    }
-    let lower_root = r.join(LOWER_DIR);
-    let attached = attach_lowers(k, &lower_root, lowers)?;
-    // The overlays' upper layers, reachable from the root under a short
-    // name while they are mounted (see `overlay`).
-    let ov_view = r.join(OV_DIR);
-    if let Some(ov) = &spec.overlay {
-        mkdir(k, &ov_view, 0o700)?;
-        bind(k, ov, &ov_view, RW)?;
-        ctx(k.chdir(r), "cannot enter", r)?;
-    }
-    system_dirs(k, spec, r, &attached)?;
-    etc(k, spec, r, &attached)?;
-    if spec.overlay.is_some() {
-        unmount(k, &ov_view)?;
-        k.remove_dir(&ov_view);
-    }
-    if !attached.is_empty() {
-        unmount(k, &lower_root)?;
-        k.remove_dir(&lower_root);
-    }
-
+        None => {
+            host_root(k, spec, lowers)?;
+            staging
+        }
+    };
     let ws = r.join("workspace");
     mkdir(k, &ws, 0o755)?;
     match workspace_tree {
@@ -412,20 +402,23 @@ pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers)
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         &format!("mode=1777,size={}", spec.tmp_size),
     )?;
-    let var = r.join("var");
-    mkdir(k, &var, 0o755)?;
-    if spec.overlay.is_some() {
-        // Package managers log here; the copy-on-write root can hold it.
-        mkdir(k, &var.join("log/apt"), 0o755)?;
-        mkdir(k, &var.join("cache"), 0o755)?;
-    }
-    let var_tmp = var.join("tmp");
-    if k.host_kind(&var_tmp).is_none() {
-        io_ctx(
-            k.symlink(Path::new("/tmp"), &var_tmp),
-            "cannot create",
-            &var_tmp,
-        )?;
+    if spec.image.is_none() {
+        // An image brings its own /var.
+        let var = r.join("var");
+        mkdir(k, &var, 0o755)?;
+        if spec.overlay.is_some() {
+            // Package managers log here; the copy-on-write root can hold it.
+            mkdir(k, &var.join("log/apt"), 0o755)?;
+            mkdir(k, &var.join("cache"), 0o755)?;
+        }
+        let var_tmp = var.join("tmp");
+        if k.host_kind(&var_tmp).is_none() {
+            io_ctx(
+                k.symlink(Path::new("/tmp"), &var_tmp),
+                "cannot create",
+                &var_tmp,
+            )?;
+        }
     }
 
     let proc_dir = r.join("proc");
@@ -450,6 +443,10 @@ pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers)
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     );
+
+    if spec.image.is_some() {
+        image_etc(k, spec, r)?;
+    }
 
     // User binds are cloned now and attached after the pivot, so that a
     // destination path is resolved inside the sandbox: a symlink on the way
@@ -493,6 +490,209 @@ pub fn build_with(k: &mut impl MountOps, spec: &SandboxSpec, mut lowers: Lowers)
             "cannot make read-only",
             Path::new("/"),
         )?;
+    }
+    Ok(())
+}
+
+/// The root of a sandbox without an image, at `spec.staging`: a tmpfs
+/// (or the copy-on-write root's directory) with the host's system
+/// directories, read-only or overlaid, and the generated `/etc`.
+fn host_root(k: &mut impl MountOps, spec: &SandboxSpec, lowers: Lowers) -> Result<()> {
+    let r = spec.staging.as_path();
+    match &spec.overlay {
+        None => mount_fs(
+            k,
+            "tmpfs",
+            r,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=0755,size=16m",
+        )?,
+        Some(ov) => {
+            let top = ov.join("root");
+            mkdir(k, &top, 0o755)?;
+            bind(k, &top, r, RW)?;
+        }
+    }
+    let lower_root = r.join(LOWER_DIR);
+    let attached = attach_lowers(k, &lower_root, lowers)?;
+    // The overlays' upper layers, reachable from the root under a short
+    // name while they are mounted (see `overlay`).
+    let ov_view = r.join(OV_DIR);
+    if let Some(ov) = &spec.overlay {
+        mkdir(k, &ov_view, 0o700)?;
+        bind(k, ov, &ov_view, RW)?;
+        ctx(k.chdir(r), "cannot enter", r)?;
+    }
+    system_dirs(k, spec, r, &attached)?;
+    etc(k, spec, r, &attached)?;
+    if spec.overlay.is_some() {
+        unmount(k, &ov_view)?;
+        k.remove_dir(&ov_view);
+    }
+    if !attached.is_empty() {
+        unmount(k, &lower_root)?;
+        k.remove_dir(&lower_root);
+    }
+    Ok(())
+}
+
+/// Mounts an image's root: a small private tmpfs at `spec.staging` holds
+/// the layers init received (idmapped by the supervisor, named
+/// [`image_layer_name`]), a view of the sandbox's overlay directory, and
+/// the overlay of them all, whose path is returned. The overlay's options
+/// name the layers relative to the tmpfs (the working directory
+/// meanwhile), so they hold no host path and stay short: one page of
+/// options fits [`MAX_IMAGE_LAYERS`] layers. The tmpfs and what it holds
+/// go with the old root at the pivot (overlayfs keeps its own clones of
+/// its layers).
+fn image_root(
+    k: &mut impl MountOps,
+    spec: &SandboxSpec,
+    img: &ImageRoot,
+    lowers: &mut Lowers,
+) -> Result<PathBuf> {
+    let staging = spec.staging.as_path();
+    let invalid = |what: &'static str, path: &Path| RootfsError {
+        what,
+        path: path.display().to_string(),
+        source: nix::errno::Errno::EINVAL,
+    };
+    let Some(ov) = &spec.overlay else {
+        return Err(invalid(
+            "an image root needs an upper directory; none was given for",
+            staging,
+        ));
+    };
+    let n = img.layers.len();
+    if n == 0 {
+        return Err(invalid(
+            "an image without layers cannot be mounted at",
+            staging,
+        ));
+    }
+    if n > MAX_IMAGE_LAYERS {
+        return Err(invalid(
+            "an image of more than 120 layers cannot be mounted at",
+            staging,
+        ));
+    }
+    mount_fs(
+        k,
+        "tmpfs",
+        staging,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=0700,size=64k",
+    )?;
+    for i in 0..n {
+        let name = image_layer_name(i);
+        let dst = staging.join(&name);
+        let Some(tree) = take_tree(lowers, &name) else {
+            return Err(RootfsError {
+                what: "no mount of its image layer was received for",
+                path: dst.display().to_string(),
+                source: nix::errno::Errno::ENOENT,
+            });
+        };
+        mkdir(k, &dst, 0o700)?;
+        ctx(
+            k.move_mount(&tree, &cstr(&dst)),
+            "cannot attach image layer at",
+            &dst,
+        )?;
+    }
+    let view = staging.join(IMAGE_OV);
+    mkdir(k, &view, 0o700)?;
+    bind(k, ov, &view, RW)?;
+    let upper = Path::new(IMAGE_OV).join("upper");
+    let work = Path::new(IMAGE_OV).join("work");
+    mkdir(k, &staging.join(&upper), 0o755)?;
+    mkdir(k, &staging.join(&work), 0o700)?;
+    let root = staging.join(IMAGE_ROOT);
+    mkdir(k, &root, 0o755)?;
+    ctx(k.chdir(staging), "cannot enter", staging)?;
+    // Top layer first, as overlayfs wants them.
+    let lowerdir: Vec<String> = (0..n).rev().map(image_layer_name).collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount_fs(
+        k,
+        "overlay",
+        &root,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &data,
+    )?;
+    Ok(root)
+}
+
+/// Paths in an image root that stockade mounts on or creates files in
+/// before the pivot, relative to the root.
+fn image_mount_points(spec: &SandboxSpec) -> Vec<&'static str> {
+    let mut v = vec![
+        "workspace",
+        "home",
+        "home/agent",
+        "tmp",
+        "proc",
+        "dev",
+        "sys",
+        "etc",
+    ];
+    if spec.as_root {
+        v.push("root");
+    }
+    v
+}
+
+/// Refuses an image whose paths that stockade mounts on are symlinks:
+/// before the pivot a symlink would be followed on the host (`/home ->
+/// /tmp` would create directories in the host's `/tmp`). Nothing else
+/// writes to the new root meanwhile, so what is checked here stays true.
+fn refuse_image_symlinks(k: &mut impl MountOps, spec: &SandboxSpec, r: &Path) -> Result<()> {
+    for rel in image_mount_points(spec) {
+        if let Some(HostKind::Symlink(_)) = k.host_kind(&r.join(rel)) {
+            return Err(RootfsError {
+                what: "cannot mount where the image has a symlink, at",
+                path: Path::new("/").join(rel).display().to_string(),
+                source: nix::errno::Errno::ELOOP,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Files of the generated `/etc` bound over an image's own.
+const IMAGE_ETC_FILES: &[&str] = &["hosts", "hostname", "resolv.conf"];
+
+/// An image keeps its own `/etc`, except for the files that describe the
+/// sandbox's host and network: stockade's are bound over them read-only
+/// (created in the upper layer where the image has none; a symlink in
+/// their place is replaced, not followed).
+fn image_etc(k: &mut impl MountOps, spec: &SandboxSpec, r: &Path) -> Result<()> {
+    let dir = r.join("etc");
+    mkdir(k, &dir, 0o755)?;
+    for name in IMAGE_ETC_FILES {
+        let dst = dir.join(name);
+        match k.host_kind(&dst) {
+            Some(HostKind::Symlink(_)) => io_ctx(
+                k.remove_file(&dst),
+                "cannot replace the image's symlink",
+                &dst,
+            )?,
+            Some(HostKind::Dir) => {
+                return Err(RootfsError {
+                    what: "cannot bind a file where the image has a directory, at",
+                    path: dst.display().to_string(),
+                    source: nix::errno::Errno::EISDIR,
+                })
+            }
+            Some(HostKind::Other) | None => {}
+        }
+        touch(k, &dst)?;
+        bind(k, &spec.etc_dir.join(name), &dst, RO)?;
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ type Mounted = (
 enum Op {
     Mkdir(PathBuf),
     File(PathBuf),
+    Remove(PathBuf),
     Symlink(PathBuf, PathBuf),
     /// source, target, fstype, flags, data
     Mount(
@@ -150,6 +151,9 @@ impl MountOps for Recorder {
         self.io_call(Op::Symlink(target.into(), link.into()))
     }
     fn remove_dir(&mut self, _path: &Path) {}
+    fn remove_file(&mut self, path: &Path) -> std::io::Result<()> {
+        self.io_call(Op::Remove(path.into()))
+    }
     fn host_kind(&mut self, path: &Path) -> Option<HostKind> {
         self.host.get(path).cloned()
     }
@@ -540,8 +544,8 @@ fn a_copy_on_write_root_overlays_without_naming_host_paths() {
 }
 
 /// Where a failure of `op` is reported: its own path, except for the
-/// steps of the pivot, which report the new root.
-fn reported_path(op: &Op) -> PathBuf {
+/// steps of the pivot, which report the new root, `new_root`.
+fn reported_path_in(op: &Op, new_root: &Path) -> PathBuf {
     let pivot_step = match op {
         Op::PivotRoot(..) => true,
         Op::Umount(p) => p == Path::new("."),
@@ -549,10 +553,15 @@ fn reported_path(op: &Op) -> PathBuf {
         _ => false,
     };
     if pivot_step {
-        return STAGING.into();
+        return new_root.into();
     }
     match op {
-        Op::Mkdir(p) | Op::File(p) | Op::Umount(p) | Op::Chdir(p) | Op::Clone(p) => p.clone(),
+        Op::Mkdir(p)
+        | Op::File(p)
+        | Op::Remove(p)
+        | Op::Umount(p)
+        | Op::Chdir(p)
+        | Op::Clone(p) => p.clone(),
         Op::Symlink(_, p) | Op::Mount(_, p, ..) | Op::Setattr(p, ..) | Op::Move(_, p) => p.clone(),
         Op::PivotRoot(..) => unreachable!(),
     }
@@ -562,6 +571,14 @@ fn reported_path(op: &Op) -> PathBuf {
 /// fail, that one failing: the build must stop right there with an error
 /// naming the path, except where a failure is allowed (sysfs).
 fn each_failure_stops_the_build(setup: impl Fn() -> (Recorder, SandboxSpec, Lowers)) {
+    each_failure_stops_the_build_in(Path::new(STAGING), setup)
+}
+
+/// [`each_failure_stops_the_build`] when the new root is `new_root`.
+fn each_failure_stops_the_build_in(
+    new_root: &Path,
+    setup: impl Fn() -> (Recorder, SandboxSpec, Lowers),
+) {
     let (mut k, s, lowers) = setup();
     built(&s, &mut k, lowers);
     let steps = k.calls;
@@ -592,7 +609,7 @@ fn each_failure_stops_the_build(setup: impl Fn() -> (Recorder, SandboxSpec, Lowe
         assert_eq!(err.source, nix::errno::Errno::EPERM, "{failed:?}");
         assert_eq!(
             err.path,
-            reported_path(&failed).display().to_string(),
+            reported_path_in(&failed, new_root).display().to_string(),
             "{failed:?}: {err}"
         );
         assert!(err.to_string().starts_with(err.what), "{err}");
@@ -752,4 +769,236 @@ fn the_kernel_ops_answer_as_the_builder_assumes() {
     assert!(!d.join("a/b/c").exists());
     k.remove_dir(&d.join("a"));
     assert!(d.join("a/b").exists());
+}
+
+/// A sandbox on an image of three layers, with a writable bind, as root;
+/// the trees the supervisor sends for it.
+fn image_sandbox() -> (Recorder, SandboxSpec, Lowers) {
+    let mut s = spec();
+    s.as_root = true;
+    s.overlay = Some("/run/stockade-scratch/s1/overlay".into());
+    s.image = Some(crate::spec::ImageRoot {
+        layers: (0..3)
+            .map(|i| PathBuf::from(format!("/var/lib/stockade/images/layers/l{i}")))
+            .collect(),
+        idmap: crate::spec::MountIdmap {
+            uids: crate::idmap::disk_map(3_000_000_000, None),
+            gids: crate::idmap::disk_map(3_000_000_000, None),
+        },
+    });
+    s.binds.push(BindMount {
+        src: "/srv/rw".into(),
+        dst: "/mnt/rw".into(),
+    });
+    let mut k = Recorder::debian();
+    let mut lowers: Lowers = (0..3)
+        .map(|i| (format!("img{i}"), k.tree(&format!("layer {i}"), true)))
+        .collect();
+    lowers.push((WORKSPACE_TREE.to_string(), k.tree("workspace", true)));
+    lowers.push((bind_tree_name(0), k.tree("bind", true)));
+    (k, s, lowers)
+}
+
+#[test]
+fn an_image_root_is_an_overlay_of_its_layers_named_without_host_paths() {
+    let (mut k, s, lowers) = image_sandbox();
+    built(&s, &mut k, lowers);
+    let nr = staged("root");
+    // A small private tmpfs holds the layers, top to bottom in the
+    // overlay's options, and a view of the sandbox's upper.
+    let tmpfs = k.position(|op| {
+        matches!(op, Op::Mount(_, t, Some(fs), ..) if t == Path::new(STAGING) && fs == "tmpfs")
+    });
+    for i in 0..3 {
+        let at = k.position(|op| op == &Op::Move(format!("layer {i}"), staged(&format!("img{i}"))));
+        assert!(at > tmpfs);
+    }
+    let view = k.position(|op| {
+        op == &Op::Mount(
+            Some("/run/stockade-scratch/s1/overlay".into()),
+            staged("ov"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+    });
+    let enter = k.position(|op| op == &Op::Chdir(STAGING.into()));
+    let overlays: Vec<_> = k
+        .mounts()
+        .into_iter()
+        .filter(|m| m.2.as_deref() == Some("overlay"))
+        .collect();
+    assert_eq!(overlays.len(), 1, "{overlays:#?}");
+    let (_, target, _, flags, data) = &overlays[0];
+    assert_eq!(target, &nr);
+    assert!(flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV));
+    assert_eq!(
+        data.as_deref(),
+        Some("lowerdir=img2:img1:img0,upperdir=ov/upper,workdir=ov/work,userxattr")
+    );
+    let mounted =
+        k.position(|op| matches!(op, Op::Mount(_, t, Some(fs), ..) if t == &nr && fs == "overlay"));
+    assert!(view < enter && enter < mounted);
+    // No host system directory and no generated /etc directory: only the
+    // three files that describe the sandbox's host and network, read-only.
+    for m in k.mounts() {
+        let src = m.0.as_deref().map(Path::to_path_buf).unwrap_or_default();
+        assert!(
+            !["/usr", "/lib64", "/bin", "/var/lib/dpkg"]
+                .iter()
+                .any(|h| src == Path::new(h)),
+            "host directory mounted: {m:?}"
+        );
+        assert_ne!(src, s.etc_dir, "the whole generated /etc was bound");
+    }
+    for name in ["hosts", "hostname", "resolv.conf"] {
+        let dst = nr.join("etc").join(name);
+        let bound = k.position(|op| {
+            op == &Op::Mount(
+                Some(s.etc_dir.join(name)),
+                dst.clone(),
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+        });
+        assert!(k.position(|op| op == &Op::File(dst.clone())) < bound);
+        assert_eq!(
+            k.setattr_of(dst.to_str().unwrap()),
+            [(
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                true
+            )]
+        );
+    }
+    // The sandbox's own mounts go inside the overlay, then it becomes the
+    // root; the root stays writable (copy-on-write) and no /var is made.
+    for rel in [
+        "workspace",
+        "home/agent",
+        "root",
+        "tmp",
+        "proc",
+        "dev",
+        "sys",
+    ] {
+        assert!(k.ops.contains(&Op::Mkdir(nr.join(rel))), "{rel}");
+    }
+    assert!(!k
+        .ops
+        .iter()
+        .any(|op| matches!(op, Op::Mkdir(p) if p.starts_with(nr.join("var")))));
+    let pivot = k.position(|op| matches!(op, Op::PivotRoot(..)));
+    assert_eq!(k.ops[pivot - 1], Op::Chdir(nr.clone()));
+    assert!(k.setattr_of("/").is_empty());
+    assert!(k.ops[pivot..].contains(&Op::Move("bind".into(), "/mnt/rw".into())));
+    assert!(s.writable_paths().contains(&PathBuf::from("/")));
+}
+
+#[test]
+fn an_image_root_never_overlays_the_hosts_directories() {
+    let (_, s, _) = image_sandbox();
+    assert!(overlay_lowers_with(&mut Recorder::debian(), &s).is_empty());
+}
+
+#[test]
+fn a_symlink_where_stockade_mounts_in_an_image_is_refused_before_it_is_followed() {
+    for rel in [
+        "home",
+        "home/agent",
+        "tmp",
+        "proc",
+        "dev",
+        "etc",
+        "workspace",
+        "root",
+    ] {
+        let (mut k, s, lowers) = image_sandbox();
+        k.host
+            .insert(staged("root").join(rel), HostKind::Symlink("/tmp".into()));
+        let e = build_with(&mut k, &s, lowers).unwrap_err();
+        assert_eq!(e.source, nix::errno::Errno::ELOOP, "{rel}");
+        assert_eq!(e.path, format!("/{rel}"));
+        assert!(e.to_string().contains("symlink"), "{e}");
+        // Nothing was made or mounted inside the image's root.
+        let nr = staged("root");
+        assert!(
+            !k.ops.iter().any(|op| match op {
+                Op::Mkdir(p) | Op::File(p) | Op::Mount(_, p, ..) => p.starts_with(&nr) && p != &nr,
+                _ => false,
+            }),
+            "{rel}: {:#?}",
+            k.ops
+        );
+    }
+}
+
+#[test]
+fn an_images_symlinked_resolv_conf_is_replaced_not_followed() {
+    let (mut k, s, lowers) = image_sandbox();
+    let conf = staged("root/etc/resolv.conf");
+    k.host.insert(
+        conf.clone(),
+        HostKind::Symlink("../run/systemd/resolve/stub-resolv.conf".into()),
+    );
+    built(&s, &mut k, lowers);
+    let removed = k.position(|op| op == &Op::Remove(conf.clone()));
+    let made = k.position(|op| op == &Op::File(conf.clone()));
+    let bound = k.position(|op| matches!(op, Op::Mount(_, t, ..) if t == &conf));
+    assert!(removed < made && made < bound);
+    // A directory there is refused.
+    let (mut k, s, lowers) = image_sandbox();
+    k.host.insert(staged("root/etc/hosts"), HostKind::Dir);
+    let e = build_with(&mut k, &s, lowers).unwrap_err();
+    assert_eq!(e.source, nix::errno::Errno::EISDIR);
+}
+
+#[test]
+fn an_image_root_without_all_its_layers_or_with_too_many_is_refused() {
+    let (mut k, s, mut lowers) = image_sandbox();
+    lowers.retain(|(n, _)| n != "img1");
+    let e = build_with(&mut k, &s, lowers).unwrap_err();
+    assert_eq!(e.source, nix::errno::Errno::ENOENT);
+    assert_eq!(e.path, staged("img1").display().to_string());
+    assert!(!k.ops.iter().any(|op| matches!(op, Op::PivotRoot(..))));
+
+    let (mut k, mut s, lowers) = image_sandbox();
+    if let Some(img) = &mut s.image {
+        img.layers = vec![PathBuf::from("/l"); crate::spec::MAX_IMAGE_LAYERS + 1];
+    }
+    let e = build_with(&mut k, &s, lowers).unwrap_err();
+    assert!(e.to_string().contains("120 layers"), "{e}");
+    // Only the mounts were made private: nothing else happened.
+    assert_eq!(k.ops.len(), 1);
+
+    // The largest image allowed fits in one page of mount options.
+    let (mut k, mut s, _) = image_sandbox();
+    let n = crate::spec::MAX_IMAGE_LAYERS;
+    if let Some(img) = &mut s.image {
+        img.layers = vec![PathBuf::from("/l"); n];
+    }
+    let lowers: Lowers = (0..n)
+        .map(|i| (format!("img{i}"), k.tree(&format!("layer {i}"), true)))
+        .collect();
+    built(&s, &mut k, lowers);
+    let data = k
+        .mounts()
+        .into_iter()
+        .find(|m| m.2.as_deref() == Some("overlay"))
+        .and_then(|m| m.4)
+        .unwrap();
+    assert!(data.len() < 4096, "{} bytes", data.len());
+}
+
+#[test]
+fn every_failed_step_of_an_image_root_stops_the_build_and_names_its_path() {
+    each_failure_stops_the_build_in(&staged("root"), || {
+        let (mut k, s, lowers) = image_sandbox();
+        // One file replaced, so that its removal is a step too.
+        k.host.insert(
+            staged("root/etc/hosts"),
+            HostKind::Symlink("/etc/alt-hosts".into()),
+        );
+        (k, s, lowers)
+    });
 }

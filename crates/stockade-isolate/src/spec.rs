@@ -26,13 +26,20 @@ pub struct SandboxSpec {
     pub home: PathBuf,
     /// With a copy-on-write root: host directory for the overlay's upper
     /// and work directories (its contents are thrown away with the sandbox).
+    /// An image's root needs it too.
     pub overlay: Option<PathBuf>,
+    /// The root is an image's layers (with `overlay` as its writable
+    /// upper) instead of the host's system directories.
+    pub image: Option<ImageRoot>,
     pub tmp_size: u64,
     pub ro_binds: Vec<BindMount>,
     pub binds: Vec<BindMount>,
     pub hostname: String,
     /// Run workloads as root inside the sandbox instead of `agent`.
     pub as_root: bool,
+    /// The workloads' uid and gid inside when they are neither root nor
+    /// `agent` (an image's user). `as_root` must agree (uid 0).
+    pub user: Option<(u32, u32)>,
     /// Give the sandbox network egress: the supervisor creates the TUN
     /// device [`crate::init::TUN_NAME`] in the sandbox's network namespace
     /// at launch, configured as this says (`Launched::tun`), and serves its
@@ -53,6 +60,30 @@ pub struct SandboxSpec {
     pub seccomp: SeccompFilters,
 }
 
+/// An image as the sandbox's root: its unpacked layers, mounted read-only
+/// (idmapped with `idmap`, so their owners on disk — the disk block —
+/// appear as the image's own ids inside) under the sandbox's writable
+/// upper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRoot {
+    /// Host directories of the layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// The layers' idmapped mount ([`crate::idmap::disk_map`] of the
+    /// sandbox's slot, no owner).
+    pub idmap: MountIdmap,
+}
+
+/// Most layers an image root may have: overlayfs's own limit is 500, but
+/// the lower directories must fit in one page of mount options.
+pub const MAX_IMAGE_LAYERS: usize = 120;
+
+/// Name under which the supervisor hands init the `i`-th layer (bottom
+/// first) of an image root; short, since every name is in the overlay's
+/// mount options.
+pub fn image_layer_name(i: usize) -> String {
+    format!("img{i}")
+}
+
 /// The uid and gid maps of an idmapped mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountIdmap {
@@ -61,6 +92,15 @@ pub struct MountIdmap {
 }
 
 impl SandboxSpec {
+    /// The uid and gid workloads run as inside.
+    pub fn workload_ids(&self) -> (u32, u32) {
+        match self.user {
+            Some(ids) => ids,
+            None if self.as_root => (0, 0),
+            None => (crate::idmap::AGENT_ID, crate::idmap::AGENT_ID),
+        }
+    }
+
     /// Paths inside the sandbox where the workload may write; everything
     /// else is read-only to it (Landlock enforces this on top of mounts).
     pub fn writable_paths(&self) -> Vec<PathBuf> {

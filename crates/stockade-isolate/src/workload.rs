@@ -19,7 +19,6 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{SigHandler, SigSet, Signal};
 use nix::unistd::{Gid, Pid, Uid};
 
-use crate::idmap::AGENT_ID;
 use crate::proto::SpawnRequest;
 use crate::spec::SandboxSpec;
 use crate::{caps, landlock_rules, seccomp, sys};
@@ -360,7 +359,7 @@ fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
     // child's table only).
     sys::close_fds_from(3, &[c.report, c.landlock.unwrap_or(-1)]);
 
-    if let Err((step, e)) = take_identity(c.spec.as_root, c.landlock) {
+    if let Err((step, e)) = take_identity(c.spec.workload_ids(), c.landlock) {
         return (step, b"", e);
     }
     if let Err(e) = nix::unistd::chdir(c.exec.cwd.as_c_str()) {
@@ -373,7 +372,7 @@ fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
     ("run", c.exec.argv[0].to_bytes(), e)
 }
 
-/// The sandbox user's identity, in the order the kernel needs: no
+/// The sandbox user's identity (`uid`, `gid` inside), in the order the kernel needs: no
 /// supplementary groups, the gid, the Landlock ruleset (closed after),
 /// the capability bounding set dropped, the uid (which clears the
 /// remaining capabilities for the agent), capabilities cleared for root,
@@ -381,12 +380,12 @@ fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
 /// (it runs in the workload's `CLONE_VM` child too). Returns the step
 /// that failed.
 pub(crate) fn take_identity(
-    as_root: bool,
+    (uid, gid): (u32, u32),
     landlock: Option<RawFd>,
 ) -> Result<(), (&'static str, Errno)> {
-    let id = if as_root { 0 } else { AGENT_ID };
+    let as_root = uid == 0;
     nix::unistd::setgroups(&[]).map_err(|e| ("clear supplementary groups", e))?;
-    nix::unistd::setresgid(Gid::from_raw(id), Gid::from_raw(id), Gid::from_raw(id))
+    nix::unistd::setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
         .map_err(|e| ("set the group id", e))?;
     if let Some(ruleset) = landlock {
         landlock_rules::restrict_self_with(ruleset).map_err(|e| ("apply Landlock rules", e))?;
@@ -394,7 +393,7 @@ pub(crate) fn take_identity(
         unsafe { libc::close(ruleset) };
     }
     caps::drop_all(as_root).map_err(|_| ("drop capabilities", Errno::EPERM))?;
-    nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id))
+    nix::unistd::setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
         .map_err(|e| ("set the user id", e))?;
     caps::ensure_no_capabilities()
         .map_err(|_| ("drop capabilities (some are still held)", Errno::EPERM))?;

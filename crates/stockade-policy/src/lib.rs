@@ -41,6 +41,14 @@ pub struct FilesystemPolicy {
     pub workspace: Option<PathBuf>,
     /// Give the sandbox a writable copy-on-write root that is thrown away.
     pub overlay_root: bool,
+    /// An OCI image (`python:3.11`, `localhost:5000/x@sha256:…`,
+    /// `oci:DIR[:TAG]`) whose layers are the sandbox's root instead of the
+    /// host's `/usr`. Its root is always copy-on-write (`overlay_root` is
+    /// then implied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// When to pull `image` from its registry.
+    pub pull: Pull,
     /// Size cap of the `/tmp` tmpfs.
     pub tmp_size: ByteSize,
     /// Extra read-only bind mounts, `"SRC:DST"`.
@@ -54,9 +62,38 @@ impl Default for FilesystemPolicy {
         FilesystemPolicy {
             workspace: None,
             overlay_root: false,
+            image: None,
+            pull: Pull::Missing,
             tmp_size: ByteSize::gib(1),
             ro_bind: Vec::new(),
             bind: Vec::new(),
+        }
+    }
+}
+
+/// When an image is pulled (`--pull`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    /// Only when the store does not have it.
+    #[default]
+    Missing,
+    /// Every time (the tag may have moved).
+    Always,
+    /// Never: the image must be in the store.
+    Never,
+}
+
+impl std::str::FromStr for Pull {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "missing" => Ok(Pull::Missing),
+            "always" => Ok(Pull::Always),
+            "never" => Ok(Pull::Never),
+            _ => Err(format!(
+                "{s:?} is not a pull policy: use missing, always or never"
+            )),
         }
     }
 }
@@ -92,8 +129,16 @@ impl Default for Limits {
 pub struct ProcessPolicy {
     /// Run as root inside the sandbox (still unprivileged on the host).
     pub root: bool,
-    /// Working directory inside the sandbox.
-    pub cwd: String,
+    /// Run as this user inside: `NAME`, `UID`, `NAME:GROUP` or `UID:GID`,
+    /// names looked up in the sandbox's `/etc/passwd` and `/etc/group`
+    /// (the image's, with an image). Default: `agent` (uid 1000), or the
+    /// image's user (root when it names none), as Docker does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Working directory inside the sandbox. Default: the image's
+    /// `WorkingDir` when it has one, else `/workspace`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
     /// Extra environment; the host environment is never passed through.
     pub env: BTreeMap<String, String>,
     /// Host name inside the sandbox.
@@ -104,7 +149,8 @@ impl Default for ProcessPolicy {
     fn default() -> Self {
         ProcessPolicy {
             root: false,
-            cwd: "/workspace".into(),
+            user: None,
+            cwd: None,
             env: BTreeMap::new(),
             hostname: "sandbox".into(),
         }
@@ -161,6 +207,14 @@ pub enum ValidationError {
     },
     #[error("process.cwd must be an absolute path inside the sandbox, got {0:?}")]
     Cwd(String),
+    #[error("process.user must be NAME, UID, NAME:GROUP or UID:GID, got {0:?}")]
+    User(String),
+    #[error(
+        "process.root and process.user ({0:?}) both choose the user; give one (root is user \"0\")"
+    )]
+    RootAndUser(String),
+    #[error("filesystem.image must name an image (e.g. \"python:3.11\"), got {0:?}")]
+    Image(String),
     #[error("process.env: variable name {0:?} is not valid (letters, digits and '_', not starting with a digit)")]
     EnvName(String),
     #[error("process.env: the value of {0} contains a NUL byte")]
@@ -235,9 +289,27 @@ impl Policy {
                     .map_err(|error| ValidationError::Mount { key, error })?;
             }
         }
+        if let Some(image) = &fs.image {
+            let bad = image.is_empty()
+                || image.len() > 4096
+                || image.chars().any(|c| c.is_whitespace() || c.is_control());
+            if bad {
+                return Err(ValidationError::Image(image.clone()));
+            }
+        }
         let p = &self.process;
-        if !p.cwd.starts_with('/') || p.cwd.contains('\0') {
-            return Err(ValidationError::Cwd(p.cwd.clone()));
+        if let Some(cwd) = &p.cwd {
+            if !cwd.starts_with('/') || cwd.contains('\0') {
+                return Err(ValidationError::Cwd(cwd.clone()));
+            }
+        }
+        if let Some(user) = &p.user {
+            if !valid_user(user) {
+                return Err(ValidationError::User(user.clone()));
+            }
+            if p.root {
+                return Err(ValidationError::RootAndUser(user.clone()));
+            }
         }
         for (k, v) in &p.env {
             let valid = !k.is_empty()
@@ -260,6 +332,36 @@ impl Policy {
         }
         self.network.validate()?;
         Ok(())
+    }
+}
+
+impl ProcessPolicy {
+    /// The working directory: the policy's, else `image_default` (an
+    /// image's `WorkingDir`), else `/workspace`.
+    pub fn cwd_or<'a>(&'a self, image_default: Option<&'a str>) -> &'a str {
+        self.cwd
+            .as_deref()
+            .or(image_default.filter(|d| !d.is_empty()))
+            .unwrap_or(DEFAULT_CWD)
+    }
+}
+
+/// The working directory when neither the policy nor an image names one.
+pub const DEFAULT_CWD: &str = "/workspace";
+
+/// `NAME`, `UID`, `NAME:GROUP` or `UID:GID`: each part a number or a
+/// name of the characters account names use.
+fn valid_user(s: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 64
+            && !p.starts_with('-')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+    };
+    match s.split_once(':') {
+        Some((u, g)) => part(u) && part(g),
+        None => part(s),
     }
 }
 

@@ -10,7 +10,10 @@ fn empty_policy_gets_the_documented_defaults() {
     assert_eq!(p.limits.disk, ByteSize::gib(50));
     assert_eq!(p.limits.timeout, Span::secs(4 * 3600));
     assert_eq!(p.filesystem.tmp_size, ByteSize::gib(1));
-    assert_eq!(p.process.cwd, "/workspace");
+    assert_eq!(p.process.cwd, None);
+    assert_eq!(p.process.cwd_or(None), "/workspace");
+    assert_eq!(p.filesystem.image, None);
+    assert_eq!(p.filesystem.pull, Pull::Missing);
     assert!(!p.process.root);
     p.validate().unwrap();
 }
@@ -100,7 +103,16 @@ fn validation_names_the_key_and_the_range() {
     assert!(
         invalid(|p| p.filesystem.workspace = Some("rel".into())).contains("filesystem.workspace")
     );
-    assert!(invalid(|p| p.process.cwd = "work".into()).contains("process.cwd"));
+    assert!(invalid(|p| p.process.cwd = Some("work".into())).contains("process.cwd"));
+    assert!(invalid(|p| p.process.user = Some("a b".into())).contains("process.user"));
+    assert!(invalid(|p| p.process.user = Some("1:".into())).contains("process.user"));
+    assert!(invalid(|p| {
+        p.process.root = true;
+        p.process.user = Some("app".into());
+    })
+    .contains("process.root"));
+    assert!(invalid(|p| p.filesystem.image = Some("".into())).contains("filesystem.image"));
+    assert!(invalid(|p| p.filesystem.image = Some("a b".into())).contains("filesystem.image"));
     assert!(invalid(|p| {
         p.process.env.insert("1BAD".into(), "x".into());
     })
@@ -241,4 +253,41 @@ fn load_errors_print_each_cause_once() {
         "{text}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn image_pull_and_user_parse_and_the_cwd_falls_back_to_the_images() {
+    let p = Policy::from_toml_str(
+        r#"
+        [filesystem]
+        image = "python:3.11"
+        pull = "never"
+
+        [process]
+        user = "app:staff"
+        "#,
+    )
+    .unwrap();
+    p.validate().unwrap();
+    assert_eq!(p.filesystem.image.as_deref(), Some("python:3.11"));
+    assert_eq!(p.filesystem.pull, Pull::Never);
+    assert_eq!(p.process.user.as_deref(), Some("app:staff"));
+    assert_eq!(p.process.cwd_or(Some("/app")), "/app");
+    assert_eq!(p.process.cwd_or(Some("")), "/workspace");
+    let mut q = p.clone();
+    q.process.cwd = Some("/srv".into());
+    assert_eq!(q.process.cwd_or(Some("/app")), "/srv");
+    let err = Policy::from_toml_str("[filesystem]\npull = \"sometimes\"\n").unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert_eq!("always".parse::<Pull>(), Ok(Pull::Always));
+    assert!("x"
+        .parse::<Pull>()
+        .unwrap_err()
+        .contains("missing, always or never"));
+    for ok in ["0", "1234:1234", "app", "www-data", "nobody:nogroup"] {
+        assert!(valid_user(ok), "{ok}");
+    }
+    for bad in ["", ":", "a:", ":b", "a:b:c", "-x", "a/b"] {
+        assert!(!valid_user(bad), "{bad}");
+    }
 }

@@ -83,7 +83,23 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
             Err(e) => return fail(&mut ready, &stockade_isolate::error_chain(&e)),
         };
         let place = crate::prepare::ScratchPlace::for_host();
-        let prepared = match prepare(&start.policy, &state, &dir, slot, &place) {
+        // The daemon's shims pull with the default options (anonymous;
+        // plain HTTP for loopback registries only).
+        let image = match crate::image::resolve(
+            &start.policy,
+            &start.state_dir,
+            &stockade_image::PullOptions::default(),
+            &mut |_| {},
+        ) {
+            Ok(i) => i,
+            Err(e) => {
+                if let Some(r) = ready.as_mut() {
+                    let _ = writeln!(r, "invalid {}", e.message());
+                }
+                return 1;
+            }
+        };
+        let prepared = match prepare(&start.policy, &state, &dir, slot, &place, image.as_ref()) {
             Ok(p) => p,
             // The request named something unusable (a missing workspace,
             // a bind source that does not exist): the caller's mistake,

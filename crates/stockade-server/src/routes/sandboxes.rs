@@ -28,6 +28,27 @@ pub struct CreateBody {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     ttl: Option<Span>,
+    /// The sandbox's image (`policy.filesystem.image`, which this
+    /// overrides).
+    #[serde(default)]
+    image: Option<String>,
+    /// When to pull it (`policy.filesystem.pull`).
+    #[serde(default)]
+    pull: Option<stockade_policy::Pull>,
+}
+
+/// A body's top-level `image` and `pull` over its policy's.
+pub fn apply_image(
+    policy: &mut Policy,
+    image: &Option<String>,
+    pull: Option<stockade_policy::Pull>,
+) {
+    if let Some(i) = image {
+        policy.filesystem.image = Some(i.clone());
+    }
+    if let Some(p) = pull {
+        policy.filesystem.pull = p;
+    }
 }
 
 /// The JSON form of a registry row.
@@ -89,7 +110,8 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> ApiResult<Response> {
-    let policy = body.policy.unwrap_or_default();
+    let mut policy = body.policy.unwrap_or_default();
+    apply_image(&mut policy, &body.image, body.pull);
     policy
         .validate()
         .map_err(|e| ApiError::invalid(format!("the policy is not valid: {e}")))?;

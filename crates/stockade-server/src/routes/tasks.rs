@@ -39,6 +39,12 @@ pub struct TaskBody {
     pub collect: Vec<String>,
     #[serde(default)]
     pub policy: Option<Policy>,
+    /// The agent's image (`policy.filesystem.image`, which this overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// When to pull it (`policy.filesystem.pull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<stockade_policy::Pull>,
     /// Keep a sandbox on the agent's working tree after the task, for
     /// inspection (its id appears as `sandbox_id`; destroy it when done).
     #[serde(default)]
@@ -153,7 +159,8 @@ pub async fn create(
             "cmd must name the agent command, e.g. [\"sh\", \"-c\", \"...\"]",
         ));
     }
-    let policy = body.policy.clone().unwrap_or_default();
+    let mut policy = body.policy.clone().unwrap_or_default();
+    crate::routes::sandboxes::apply_image(&mut policy, &body.image, body.pull);
     policy
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
