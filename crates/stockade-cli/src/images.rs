@@ -154,7 +154,11 @@ pub fn pull(args: PullArgs) -> anyhow::Result<u8> {
         } else {
             format!(" as {}", image.names.join(", "))
         };
-        eprintln!("pulled {}{names} ({})", image.digest, text::size(image.size));
+        eprintln!(
+            "pulled {}{names} ({})",
+            image.digest,
+            text::size(image.size)
+        );
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", image.digest)?;
@@ -239,11 +243,7 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<u8> {
     for d in &removed.layers {
         writeln!(out, "Deleted layer: {d}")?;
     }
-    writeln!(
-        out,
-        "Total reclaimed space: {}",
-        text::size(removed.bytes)
-    )?;
+    writeln!(out, "Total reclaimed space: {}", text::size(removed.bytes))?;
     Ok(0)
 }
 

@@ -284,7 +284,9 @@ mod tests {
     use super::*;
 
     fn d(c: char) -> Digest {
-        format!("sha256:{}", c.to_string().repeat(64)).parse().unwrap()
+        format!("sha256:{}", c.to_string().repeat(64))
+            .parse()
+            .unwrap()
     }
 
     fn feed(mode: Mode, events: &[(Progress, u64)]) -> String {
@@ -319,7 +321,12 @@ mod tests {
                 t,
             ));
         }
-        ev.push((Progress::Unpacking { layer: layer.clone() }, t + 1));
+        ev.push((
+            Progress::Unpacking {
+                layer: layer.clone(),
+            },
+            t + 1,
+        ));
         ev.push((Progress::LayerDone { layer }, t + 2));
         ev
     }
@@ -341,7 +348,13 @@ mod tests {
             ],
             "{out}"
         );
-        assert!(out.starts_with(&format!("resolved {}: 2 layer(s), 1 to fetch (1000 B)", d('f'))), "{out}");
+        assert!(
+            out.starts_with(&format!(
+                "resolved {}: 2 layer(s), 1 to fetch (1000 B)",
+                d('f')
+            )),
+            "{out}"
+        );
         assert!(out.contains("layer eeeeeeeeeeee: already exists"), "{out}");
     }
 

@@ -205,8 +205,17 @@ mod tests {
             parse_rfc3339("2024-03-01T02:00:00.123456789+02:00"),
             Some(1_709_251_200)
         );
-        assert_eq!(parse_rfc3339("2024-02-29T23:00:00-01:00"), Some(1_709_251_200));
-        for bad in ["", "yesterday", "2024-13-01T00:00:00Z", "2024-03-01T00:00:00", "2024-03-01T00:00:00+0200"] {
+        assert_eq!(
+            parse_rfc3339("2024-02-29T23:00:00-01:00"),
+            Some(1_709_251_200)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "2024-03-01T00:00:00",
+            "2024-03-01T00:00:00+0200",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
@@ -252,8 +261,15 @@ mod tests {
         assert!(lines[0].starts_with("REPOSITORY"), "{t}");
         let col = |l: &str, word: &str| l.find(word).unwrap();
         assert_eq!(col(lines[0], "TAG"), col(lines[1], "3.11"), "{t}");
-        assert_eq!(col(lines[0], "DIGEST"), col(lines[2], "abababababab"), "{t}");
-        assert!(lines[1].contains("abababababab ") && !lines[1].contains("sha256:"), "{t}");
+        assert_eq!(
+            col(lines[0], "DIGEST"),
+            col(lines[2], "abababababab"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("abababababab ") && !lines[1].contains("sha256:"),
+            "{t}"
+        );
         assert!(lines[1].ends_with("3 days ago"), "{t}");
         assert!(lines[2].ends_with("N/A"), "{t}");
         let full = table(&list, true, now);
