@@ -160,8 +160,7 @@ pub fn pull(args: PullArgs) -> anyhow::Result<u8> {
             text::size(image.size)
         );
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", image.digest)?;
+    emit(&format!("{}\n", image.digest))?;
     Ok(0)
 }
 
@@ -189,45 +188,43 @@ pub fn store_key(input: &str) -> anyhow::Result<String> {
 pub fn images(args: ImagesArgs) -> anyhow::Result<u8> {
     let store = args.state.store()?;
     let list = store.list()?;
-    let mut out = std::io::stdout().lock();
-    match args.format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut out, &list)?;
-            writeln!(out)?;
-        }
-        Format::Table => {
-            let now = text::unix_now();
-            out.write_all(text::table(&list, args.digests, now).as_bytes())?;
-        }
-    }
+    let text = match args.format {
+        Format::Json => serde_json::to_string_pretty(&list)? + "\n",
+        Format::Table => text::table(&list, args.digests, text::unix_now()),
+    };
+    emit(&text)?;
     Ok(0)
 }
 
 /// `stockade rmi`: each REF in turn; the first failure stops with its
 /// error after what was removed before it is printed.
 pub fn rmi(args: RmiArgs) -> anyhow::Result<u8> {
+    // Every REF is checked before anything is removed.
+    let keys = args
+        .refs
+        .iter()
+        .map(|r| store_key(r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let store = args.state.store()?;
-    let mut out = std::io::stdout().lock();
-    for input in &args.refs {
-        let key = store_key(input)?;
+    for (input, key) in args.refs.iter().zip(keys) {
         let removed = match store.remove(&key, args.force) {
             Ok(r) => r,
             Err(StoreError::NotFound(_)) => {
                 bail!("no image {input:?} in the store; `stockade images` lists them")
             }
             Err(e @ StoreError::InUse { .. }) => {
-                return Err(anyhow::Error::new(e)).context(format!(
-                    "cannot remove {input}: destroy the sandbox first, or give --force to remove only the name"
-                ))
+                bail!("{e}; destroy the sandbox first, or give --force to remove only the name")
             }
             Err(e) => return Err(e).with_context(|| format!("cannot remove {input}")),
         };
+        let mut text = String::new();
         for name in &removed.untagged {
-            writeln!(out, "Untagged: {name}")?;
+            text.push_str(&format!("Untagged: {name}\n"));
         }
         for d in removed.images.iter().chain(&removed.layers) {
-            writeln!(out, "Deleted: {d}")?;
+            text.push_str(&format!("Deleted: {d}\n"));
         }
+        emit(&text)?;
     }
     Ok(0)
 }
@@ -236,21 +233,25 @@ pub fn rmi(args: RmiArgs) -> anyhow::Result<u8> {
 pub fn prune(args: PruneArgs) -> anyhow::Result<u8> {
     let store = args.state.store()?;
     let removed = store.prune()?;
-    let mut out = std::io::stdout().lock();
+    let mut text = String::new();
     for d in &removed.images {
-        writeln!(out, "Deleted image: {d}")?;
+        text.push_str(&format!("Deleted image: {d}\n"));
     }
     for d in &removed.layers {
-        writeln!(out, "Deleted layer: {d}")?;
+        text.push_str(&format!("Deleted layer: {d}\n"));
     }
-    writeln!(out, "Total reclaimed space: {}", text::size(removed.bytes))?;
+    text.push_str(&format!(
+        "Total reclaimed space: {}\n",
+        text::size(removed.bytes)
+    ));
+    emit(&text)?;
     Ok(0)
 }
 
 /// `stockade image inspect`: the configuration blob, pretty.
 pub fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
-    let store = args.state.store()?;
     let key = store_key(&args.reference)?;
+    let store = args.state.store()?;
     let Some(image) = store.resolve(&key)? else {
         bail!(
             "no image {:?} in the store; `stockade images` lists them, `stockade pull {}` fetches it",
@@ -259,8 +260,18 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
         );
     };
     let config = store.config_json(&image)?;
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &config)?;
-    writeln!(out)?;
+    emit(&(serde_json::to_string_pretty(&config)? + "\n"))?;
     Ok(0)
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) is not an
+/// error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
+    }
 }

@@ -152,8 +152,7 @@ impl<W: Write> PullProgress<W> {
                         short(layer),
                         size(l.total)
                     ));
-                } else if l.total > 0 {
-                    let quarters = l.done.saturating_mul(4) / l.total;
+                } else if let Some(quarters) = l.done.saturating_mul(4).checked_div(l.total) {
                     let slow = l
                         .last_line
                         .is_some_and(|t| now.duration_since(t) >= LINE_EVERY);

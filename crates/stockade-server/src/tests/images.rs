@@ -208,7 +208,7 @@ fn remove_and_prune_say_what_went_and_refuse_an_image_in_use() {
     drop(lease);
 
     let removed = c.remove_image(&name, false).unwrap();
-    assert_eq!(removed.untagged, [name.clone()]);
+    assert_eq!(removed.untagged, std::slice::from_ref(&name));
     assert_eq!(removed.images, [digest.to_string()]);
     let (status, code, message) = api_err(c.remove_image(&name, false));
     assert_eq!((status, code.as_str()), (404, "not_found"), "{message}");
