@@ -98,7 +98,14 @@ def test_in_use_is_a_conflict(fake: FakeDaemon) -> None:
 
 
 def test_sandbox_and_task_send_the_image(fake: FakeDaemon) -> None:
-    sandbox = {"id": "0123456789ab", "name": None, "state": "running", "labels": {}, "policy": {}, "created_at": 1.0}
+    sandbox: Dict[str, Any] = {
+        "id": "0123456789ab",
+        "name": None,
+        "state": "running",
+        "labels": {},
+        "policy": {},
+        "created_at": 1.0,
+    }
     fake.route("POST", "/v1/sandboxes", json_reply(201, sandbox))
     Sandbox(image="python:3.11", pull="never", socket=fake.socket, destroy_on_exit=False)
     assert fake.requests[-1].json() == {"image": "python:3.11", "pull": "never"}
