@@ -44,7 +44,7 @@ set -euo pipefail
 
 usage() {
   sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'
-  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --no-limits  --no-v1-attach  --out-dir DIR  -h|--help"
+  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --no-limits  --no-v1-attach  --no-images  --out-dir DIR  -h|--help"
 }
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,7 +52,7 @@ BENCHES="$REPO/benches"
 LIB="$BENCHES/lib"
 PY=/usr/bin/python3 # Debian's; the helpers use the standard library only
 
-QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1 EGRESS=1 LIMITS=1 V1ATTACH=1
+QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1 EGRESS=1 LIMITS=1 V1ATTACH=1 IMAGES=1
 OUT="$BENCHES" # RESULTS.md, PROFILE.md and raw/ go here
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -63,6 +63,7 @@ while [ $# -gt 0 ]; do
     --no-egress) EGRESS=0 ;;
     --no-limits) LIMITS=0 ;;
     --no-v1-attach) V1ATTACH=0 ;;
+    --no-images) IMAGES=0 ;;
     --out-dir)
       [ $# -ge 2 ] || { echo "compare.sh: --out-dir needs a directory" >&2; exit 2; }
       OUT=$2
@@ -420,6 +421,21 @@ limits_bench() {
   [ -f "$LIMITS_MD" ] || LIMITS_MD=
 }
 
+# Container images (benches/lib/images_bench.py): start on a 5-layer image,
+# pull + unpack against podman and skopeo+umoci from a local registry, 100
+# sandboxes on one image (disk and page cache).
+images_bench() {
+  local args=(--stockade "$SK" --out "$OUT/raw/images.json" --md "$WORK/images.md")
+  [ "$QUICK" = 1 ] && args+=(--quick)
+  log "images: start on an image, pull vs podman, 100 sandboxes on one image"
+  rm -f "$WORK/images.md"
+  if ! "$PY" "$LIB/images_bench.py" "${args[@]}"; then
+    note "the images benchmark failed (see its output above)"
+  fi
+  IMAGES_MD="$WORK/images.md"
+  [ -f "$IMAGES_MD" ] || IMAGES_MD=
+}
+
 # --- 6. results ---------------------------------------------------------------
 
 version_of() { # cmd: its version line, or "not installed"
@@ -484,7 +500,7 @@ EOF
   "$PY" "$LIB/report.py" --meta "$WORK/meta.json" --cold "$OUT/raw/cold-start.json" \
     --workload "$OUT/raw/workload.json" ${DAEMON_JSON:+--daemon "$DAEMON_JSON"} \
     ${EGRESS_JSON:+--egress "$EGRESS_JSON"} ${V1_MD:+--v1-attach "$V1_MD"} \
-    ${LIMITS_MD:+--limits "$LIMITS_MD"} \
+    ${LIMITS_MD:+--limits "$LIMITS_MD"} ${IMAGES_MD:+--images "$IMAGES_MD"} \
     --out "$OUT/RESULTS.md"
 }
 
@@ -582,6 +598,8 @@ main() {
   if [ "$LIMITS" = 1 ]; then limits_bench; else note "limits benchmark skipped (--no-limits)"; fi
   V1_MD=
   if [ "$V1ATTACH" = 1 ]; then v1_attach_bench; else note "cgroup v1 attach benchmark skipped (--no-v1-attach)"; fi
+  IMAGES_MD=
+  if [ "$IMAGES" = 1 ]; then images_bench; else note "images benchmark skipped (--no-images)"; fi
   write_results
   if [ "$PROFILE" = 1 ]; then
     profile_stockade

@@ -738,6 +738,8 @@ def main():
                     help="cgroup-v1-attach.sh's Markdown output (optional)")
     ap.add_argument("--limits",
                     help="limits_bench.py's Markdown output (optional)")
+    ap.add_argument("--images",
+                    help="images_bench.py's Markdown output (optional)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     meta = json.load(open(args.meta))
@@ -863,6 +865,11 @@ def main():
             lines += ["", limits_md]
         except OSError as e:
             print(f"report.py: no limits section: {e}")
+    if args.images:
+        try:
+            lines += ["", open(args.images).read().strip()]
+        except OSError as e:
+            print(f"report.py: no images section: {e}")
     missing = ("" if daemon_md else DAEMON_PLACEHOLDERS) + \
         ("" if egress_md else EGRESS_PLACEHOLDERS)
     if missing:

@@ -23,11 +23,15 @@ pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod manifest;
+pub mod platform;
 pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod source;
 pub mod store;
+#[cfg(test)]
+mod testreg;
+mod tls;
 pub mod unpack;
 
 pub use config::ImageConfig;
