@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use stockade_image::auth::AuthError;
 use stockade_image::{Digest, Image, Progress, PullError, Source, Store, StoreError};
 
 use crate::error::{chain, ApiError, ApiResult};
@@ -247,9 +248,20 @@ pub fn pull_error(e: &PullError) -> ApiError {
     let (status, code) = match e {
         PullError::Reference(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
         PullError::NotFound(_) => (StatusCode::NOT_FOUND, "image_not_found"),
-        PullError::Unauthorized { .. } => (StatusCode::FORBIDDEN, "registry_unauthorized"),
+        PullError::Unauthorized { .. } | PullError::NeedsCredentials { .. } => {
+            (StatusCode::FORBIDDEN, "registry_unauthorized")
+        }
+        // The daemon's own auth file: its administrator's to fix.
+        PullError::Auth(AuthError::Read { .. } | AuthError::Malformed { .. }) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+        PullError::Auth(_) => (StatusCode::BAD_GATEWAY, "registry_error"),
         PullError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "registry_unreachable"),
-        PullError::Status { .. } => (StatusCode::BAD_GATEWAY, "registry_error"),
+        PullError::Status { .. } | PullError::DigestMismatch { .. } => {
+            (StatusCode::BAD_GATEWAY, "registry_error")
+        }
+        PullError::Untrusted { .. } => (StatusCode::BAD_GATEWAY, "registry_untrusted"),
+        PullError::NoTag { .. } => (StatusCode::NOT_FOUND, "image_not_found"),
         PullError::NoPlatform { .. } | PullError::MediaType(_) | PullError::Malformed { .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_image")
         }
@@ -273,6 +285,10 @@ pub fn pull_error(e: &PullError) -> ApiError {
 pub fn store_error(e: &StoreError) -> ApiError {
     let (status, code) = match e {
         StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        StoreError::Ambiguous(_) | StoreError::BadHolder(_) => {
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        }
+        StoreError::LeaseTaken(_) => (StatusCode::CONFLICT, "conflict"),
         StoreError::InUse { .. } => {
             return ApiError::conflict(format!(
                 "{}; destroy the sandbox first, or remove with force=true to drop only the name",
@@ -280,14 +296,15 @@ pub fn store_error(e: &StoreError) -> ApiError {
             ))
         }
         StoreError::StoreFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
-        StoreError::DigestMismatch { .. } | StoreError::Truncated { .. } => {
-            (StatusCode::BAD_GATEWAY, "registry_error")
-        }
+        StoreError::DigestMismatch { .. }
+        | StoreError::Truncated { .. }
+        | StoreError::DiffIdMismatch { .. }
+        | StoreError::CorruptLayer { .. } => (StatusCode::BAD_GATEWAY, "registry_error"),
         StoreError::HostileLayer { .. }
         | StoreError::LayerTooLarge { .. }
         | StoreError::TooManyEntries { .. }
         | StoreError::MediaType(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image_refused"),
-        StoreError::Io { .. } | StoreError::BadRecord { .. } => {
+        StoreError::Io { .. } | StoreError::BadRecord { .. } | StoreError::MissingLayer(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }
     };
