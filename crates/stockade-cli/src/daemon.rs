@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// no host path is allowed).
     #[arg(long = "allow-bind-root", value_name = "DIR")]
     pub allow_bind_root: Vec<PathBuf>,
+    /// How the image API (`/v1/images`, `image` in sandboxes and tasks)
+    /// reaches registries.
+    #[command(flatten)]
+    pub registry: crate::registry_flags::RegistryFlags,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -78,6 +82,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         webhook: args.webhook,
         task_exe: Some(exe),
         bind_roots: args.allow_bind_root,
+        pull: args.registry.pull_options()?,
         ..ServeConfig::default()
     };
     stockade_server::serve_blocking(cfg, Arc::new(backend))?;

@@ -44,6 +44,15 @@ pub enum Command {
     Events(crate::daemon::EventsArgs),
     /// Copy a file between the host and a daemon sandbox (ID:/path).
     Cp(crate::daemon::CpArgs),
+    /// Pull an image into the store (a registry, or oci:/oci-archive:/docker-archive:).
+    Pull(Box<crate::images::PullArgs>),
+    /// List the images in the store.
+    Images(crate::images::ImagesArgs),
+    /// Remove images from the store.
+    Rmi(crate::images::RmiArgs),
+    /// Manage images: pull, ls, rm, prune, inspect.
+    #[command(subcommand)]
+    Image(crate::images::ImageCommand),
     /// Internal: the per-sandbox supervisor the daemon starts.
     #[command(hide = true)]
     Shim {

@@ -9,6 +9,7 @@
 mod daemon;
 mod doctor;
 mod flags;
+mod images;
 mod registry_flags;
 
 use std::process::ExitCode;
@@ -180,6 +181,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rm(a) => daemon::rm(a),
         Command::Events(a) => daemon::events(a),
         Command::Cp(a) => daemon::cp(a),
+        Command::Pull(a) => images::pull(*a),
+        Command::Images(a) => images::images(a),
+        Command::Rmi(a) => images::rmi(a),
+        Command::Image(c) => images::image(c),
         Command::Shim { zygote: true, .. } => Ok(stockade_core::shim::zygote().clamp(0, 255) as u8),
         Command::Shim { .. } => Ok(stockade_core::shim::entry().clamp(0, 255) as u8),
     }

@@ -116,6 +116,50 @@ pub struct ExecResult {
     pub duration_seconds: f64,
 }
 
+/// A line of `GET /v1/images`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// `docker.io/library/python`.
+    pub repository: String,
+    /// `3.11`, or `<none>` for an image known by digest only.
+    pub tag: String,
+    /// `sha256:<hex>` of the image's manifest.
+    pub digest: String,
+    /// Unpacked size of its layers, bytes.
+    pub size: u64,
+    /// `created` of its configuration (RFC 3339), if it says.
+    #[serde(default)]
+    pub created: Option<String>,
+}
+
+/// What a finished pull answers (`done`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PulledImage {
+    pub digest: String,
+    #[serde(default)]
+    pub names: Vec<String>,
+    pub size: u64,
+}
+
+/// What `DELETE /v1/images/{ref}` and `POST /v1/images/prune` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RemovedImages {
+    /// Names taken off images.
+    #[serde(default)]
+    pub untagged: Vec<String>,
+    /// Images (manifest digests) deleted.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Unpacked layers (uncompressed digests) deleted.
+    #[serde(default)]
+    pub layers: Vec<String>,
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    /// Bytes freed.
+    #[serde(default)]
+    pub bytes: u64,
+}
+
 /// A client of one daemon.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -469,6 +513,96 @@ impl Client {
         );
         let _: Value = self.call_json("DELETE", &target, None)?;
         Ok(())
+    }
+
+    /// `POST /v1/images/pull`: pulls `reference` into the daemon's store
+    /// with the daemon's registry settings, handing each progress event
+    /// (`resolved`, `progress`, `unpacking`, `layer-done`) to `on_event`.
+    pub fn pull_image(
+        &self,
+        reference: &str,
+        on_event: &mut dyn FnMut(&SseEvent),
+    ) -> Result<PulledImage, ClientError> {
+        self.pull_image_with_creds(reference, None, on_event)
+    }
+
+    /// [`pull_image`](Self::pull_image) with registry credentials
+    /// (`username`, `password`) instead of the daemon's own.
+    pub fn pull_image_with_creds(
+        &self,
+        reference: &str,
+        creds: Option<(&str, &str)>,
+        on_event: &mut dyn FnMut(&SseEvent),
+    ) -> Result<PulledImage, ClientError> {
+        let mut body = json!({ "image": reference });
+        if let Some((u, p)) = creds {
+            body["creds"] = json!({ "username": u, "password": p });
+        }
+        let text = body.to_string();
+        let resp = self.call(
+            "POST",
+            "/v1/images/pull",
+            &[("Accept", "text/event-stream")],
+            Some(("application/json", text.as_bytes())),
+        )?;
+        for ev in SseStream::new(resp) {
+            let ev = ev?;
+            match ev.event.as_str() {
+                "done" => {
+                    return serde_json::from_str(&ev.data)
+                        .map_err(|e| ClientError::Protocol(format!("{e}")))
+                }
+                "error" => {
+                    let v = ev.json();
+                    return Err(ClientError::Api {
+                        status: v["status"].as_u64().unwrap_or(500) as u16,
+                        code: v["code"].as_str().unwrap_or("unknown").to_string(),
+                        message: v["error"]
+                            .as_str()
+                            .unwrap_or("the pull failed, and the daemon did not say why")
+                            .to_string(),
+                    });
+                }
+                _ => on_event(&ev),
+            }
+        }
+        Err(ClientError::Protocol(
+            "the pull's event stream ended before `done` or `error`".into(),
+        ))
+    }
+
+    /// `GET /v1/images`.
+    pub fn images(&self) -> Result<Vec<ImageSummary>, ClientError> {
+        #[derive(Deserialize)]
+        struct List {
+            images: Vec<ImageSummary>,
+        }
+        Ok(self.call_json::<List>("GET", "/v1/images", None)?.images)
+    }
+
+    /// `GET /v1/images/{ref}`: digest, names, size, created, layers and
+    /// the configuration blob (`config`).
+    pub fn inspect_image(&self, reference: &str) -> Result<Value, ClientError> {
+        self.call_json(
+            "GET",
+            &format!("/v1/images/{}", wire::encode(reference)),
+            None,
+        )
+    }
+
+    /// `DELETE /v1/images/{ref}`: removes a name (or, by digest, the image);
+    /// `force` removes the name even while a sandbox uses the image.
+    pub fn remove_image(&self, reference: &str, force: bool) -> Result<RemovedImages, ClientError> {
+        self.call_json(
+            "DELETE",
+            &format!("/v1/images/{}?force={force}", wire::encode(reference)),
+            None,
+        )
+    }
+
+    /// `POST /v1/images/prune`.
+    pub fn prune_images(&self) -> Result<RemovedImages, ClientError> {
+        self.call_json("POST", "/v1/images/prune", None)
     }
 
     /// `GET /healthz`.

@@ -24,7 +24,7 @@ pub const MAX_LIVE_SANDBOXES: usize = 1024;
 pub const KEPT_FINISHED_PROCESSES: usize = 64;
 
 /// Configuration of the daemon.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Unix socket the API is served on; created with mode 0660 (owner and
     /// group may use the API, nobody else).
@@ -49,6 +49,12 @@ pub struct ServeConfig {
     /// sandboxes (workspace, binds) or name as a task's repository;
     /// none by default (see `hostpaths.rs`).
     pub bind_roots: Vec<PathBuf>,
+    /// How the image API (`/v1/images`) reaches registries: credentials,
+    /// CAs, insecure registries, mirrors (`stockade serve`'s registry
+    /// flags). The store is `<state_dir>/images`.
+    pub pull: stockade_image::PullOptions,
+    /// Bounds of the image store.
+    pub image_limits: stockade_image::StoreLimits,
 }
 
 impl Default for ServeConfig {
@@ -62,6 +68,8 @@ impl Default for ServeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             task_exe: None,
             bind_roots: Vec::new(),
+            pull: stockade_image::PullOptions::default(),
+            image_limits: stockade_image::StoreLimits::default(),
         }
     }
 }

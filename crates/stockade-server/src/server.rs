@@ -174,6 +174,9 @@ impl Server {
             task_exe: self.cfg.task_exe.clone(),
             bind_roots: crate::hostpaths::BindRoots::new(&self.cfg.bind_roots).unwrap_or_default(),
             teardowns: Arc::default(),
+            image_root: stockade_image::Store::under_state_dir(&self.cfg.state_dir),
+            image_limits: self.cfg.image_limits,
+            pull_options: self.cfg.pull.clone(),
         });
         let teardowns = state.teardowns.clone();
         let backend = state.backend.clone();

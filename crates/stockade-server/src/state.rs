@@ -139,6 +139,11 @@ pub struct AppState {
     /// Host paths API clients may put into sandboxes.
     pub bind_roots: crate::hostpaths::BindRoots,
     pub teardowns: Arc<Teardowns>,
+    /// The image store's directory (`<state>/images`) and bounds.
+    pub image_root: std::path::PathBuf,
+    pub image_limits: stockade_image::StoreLimits,
+    /// How image pulls reach registries.
+    pub pull_options: stockade_image::PullOptions,
 }
 
 impl std::fmt::Debug for AppState {

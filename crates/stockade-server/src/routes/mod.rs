@@ -4,6 +4,7 @@
 
 mod exec;
 pub(crate) mod files;
+mod images;
 mod sandboxes;
 mod system;
 mod tasks;
@@ -40,6 +41,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/tasks"),
     ("get", "/v1/tasks/{id}"),
     ("get", "/v1/tasks/{id}/patch"),
+    ("get", "/v1/images"),
+    ("post", "/v1/images/pull"),
+    ("post", "/v1/images/prune"),
+    ("get", "/v1/images/{ref}"),
+    ("delete", "/v1/images/{ref}"),
 ];
 
 /// The API router (without authentication; see `auth`).
@@ -82,6 +88,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tasks", get(tasks::list).post(tasks::create))
         .route("/v1/tasks/{id}", get(tasks::show))
         .route("/v1/tasks/{id}/patch", get(tasks::patch))
+        .route("/v1/images", get(images::list))
+        .route("/v1/images/pull", post(images::pull))
+        .route("/v1/images/prune", post(images::prune))
+        // `{ref}` may hold `/` (docker.io/library/python:3.11), as is or
+        // percent-encoded: a wildcard takes the rest of the path.
+        .route(
+            "/v1/images/{*ref}",
+            get(images::inspect).delete(images::remove),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))

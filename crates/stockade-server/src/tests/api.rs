@@ -254,7 +254,10 @@ fn openapi_document_parses_and_describes_every_route() {
     let d = TestDaemon::start(tmp.path());
     let c = d.client();
     for (method, path) in crate::ROUTES {
-        let target = path.replace("{id}", "0123456789ab").replace("{pid}", "1");
+        let target = path
+            .replace("{id}", "0123456789ab")
+            .replace("{pid}", "1")
+            .replace("{ref}", "docker.io/library/busybox:latest");
         let target = if target.ends_with("/files") {
             format!("{target}?path=/x")
         } else {

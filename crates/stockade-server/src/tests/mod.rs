@@ -8,5 +8,6 @@ mod events;
 mod exec;
 mod files;
 mod harness;
+mod images;
 mod load;
 mod restart;

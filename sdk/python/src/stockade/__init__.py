@@ -13,6 +13,7 @@ No dependencies beyond the standard library.
 from ._http import DEFAULT_SOCKET, SseEvent, SseStream
 from .client import Client, Command, Duration, EventStream, Signal
 from .errors import StockadeConnectionError, StockadeError
+from .images import Images, PullProgress
 from .models import Event, FileEntry, OutputChunk, ProcessInfo, ProcessResult, SandboxInfo, TaskResult
 from .sandbox import Files, OutputCallback, Process, Processes, Sandbox, build_policy
 
@@ -27,12 +28,14 @@ __all__ = [
     "EventStream",
     "FileEntry",
     "Files",
+    "Images",
     "OutputCallback",
     "OutputChunk",
     "Process",
     "ProcessInfo",
     "ProcessResult",
     "Processes",
+    "PullProgress",
     "Sandbox",
     "SandboxInfo",
     "Signal",

@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ._http import PathLike, Query, SseStream, Transport, read_all, seg
 from .errors import StockadeConnectionError
+from .images import Images
 from .models import Event, FileEntry, ProcessInfo, ProcessResult, SandboxInfo
 
 __all__ = ["Client", "EventStream", "Duration", "Signal", "Command"]
@@ -78,6 +79,8 @@ class Client:
 
     def __init__(self, socket: Optional[PathLike] = None, *, timeout: Optional[float] = None) -> None:
         self.transport = Transport(socket, timeout)
+        self.images = Images(self)
+        """The daemon's image store: ``pull``, ``list``, ``inspect``, ``remove``, ``prune``."""
 
     @property
     def socket(self) -> str:
@@ -106,11 +109,19 @@ class Client:
         name: Optional[str] = None,
         labels: Optional[Mapping[str, str]] = None,
         ttl: Optional[Duration] = None,
+        image: Optional[str] = None,
+        pull: Optional[str] = None,
     ) -> SandboxInfo:
-        """``POST /v1/sandboxes``."""
+        """``POST /v1/sandboxes``. ``image`` is the root filesystem's image
+        (a name as ``images.pull`` takes it); ``pull`` is ``missing`` (the
+        daemon's default), ``always`` or ``never``."""
         body: Dict[str, Any] = {}
         if policy is not None:
             body["policy"] = dict(policy)
+        if image is not None:
+            body["image"] = image
+        if pull is not None:
+            body["pull"] = pull
         if name is not None:
             body["name"] = name
         if labels:

@@ -256,6 +256,10 @@ class Sandbox:
     in JSON). ``ttl`` bounds its life too; ``labels`` tag it for
     ``Sandbox.list``. ``socket`` is the daemon's unix socket
     (``$STOCKADE_SOCKET`` or ``/run/stockade/stockade.sock`` by default).
+    ``image`` (``"python:3.11"``, ``"oci:/srv/images/app"``) makes the
+    image's files the sandbox's root instead of the host's ``/usr``;
+    ``pull`` says when the daemon fetches it: ``missing`` (default),
+    ``always`` or ``never``.
     """
 
     def __init__(
@@ -271,6 +275,8 @@ class Sandbox:
         policy: Optional[Mapping[str, Any]] = None,
         socket: Optional[PathLike] = None,
         destroy_on_exit: bool = True,
+        image: Optional[str] = None,
+        pull: Optional[str] = None,
     ) -> None:
         client = Client(socket)
         info = client.create(
@@ -278,6 +284,8 @@ class Sandbox:
             name=name,
             labels=labels,
             ttl=ttl,
+            image=image,
+            pull=pull,
         )
         self._init(client, info, destroy_on_exit)
 
@@ -327,11 +335,13 @@ class Sandbox:
         timeout: Optional[float] = None,
         poll: float = 0.2,
         socket: Optional[PathLike] = None,
+        image: Optional[str] = None,
     ) -> TaskResult:
         """Runs an agent task through the daemon: the repository (a path on
         the daemon's host, or an http(s)/git URL) is cloned into a fresh
         sandbox, ``cmd`` runs in ``/workspace`` with the task text in
-        ``$STOCKADE_TASK``, and the changes come back as a patch. Waits
+        ``$STOCKADE_TASK``, and the changes come back as a patch (``image``:
+        the three sandboxes' root filesystem image, as in ``Sandbox``). Waits
         until the task ends (``timeout`` seconds at most, else
         ``TimeoutError``)."""
         client = Client(socket)
@@ -344,6 +354,8 @@ class Sandbox:
             body["collect"] = list(collect)
         if policy is not None:
             body["policy"] = dict(policy)
+        if image is not None:
+            body["image"] = image
         started = client.create_task(body)
         task_id = str(started.get("id", ""))
         deadline = None if timeout is None else time.monotonic() + timeout
