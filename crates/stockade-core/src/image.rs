@@ -48,13 +48,14 @@ pub fn resolve(
     };
     let store = Store::open(&Store::under_state_dir(state_dir), StoreLimits::default())
         .map_err(|e| image_err(name, e))?;
-    let pull = match policy.filesystem.pull {
-        Pull::Missing => PullPolicy::Missing,
-        Pull::Always => PullPolicy::Always,
-        Pull::Never => PullPolicy::Never,
-    };
-    let image = stockade_image::pull::ensure(&store, name, pull, opts, progress)
-        .map_err(|e| image_err(name, e))?;
+    let image = stockade_image::pull::ensure(
+        &store,
+        name,
+        pull_policy(policy.filesystem.pull),
+        opts,
+        progress,
+    )
+    .map_err(|e| image_err(name, e))?;
     Ok(Some(SandboxImage {
         store,
         image,
@@ -370,3 +371,12 @@ pub fn command_with(
 #[cfg(test)]
 #[path = "image_tests.rs"]
 mod tests;
+
+/// The store's pull policy for the policy file's `pull`.
+pub fn pull_policy(p: Pull) -> PullPolicy {
+    match p {
+        Pull::Missing => PullPolicy::Missing,
+        Pull::Always => PullPolicy::Always,
+        Pull::Never => PullPolicy::Never,
+    }
+}

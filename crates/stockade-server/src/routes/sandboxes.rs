@@ -115,7 +115,8 @@ pub async fn create(
     policy
         .validate()
         .map_err(|e| ApiError::invalid(format!("the policy is not valid: {e}")))?;
-    let policy = state.bind_roots.check_policy(policy)?;
+    let mut policy = state.bind_roots.check_policy(policy)?;
+    crate::routes::images::prepare_image(&state, &mut policy).await?;
     if let Some(n) = &body.name {
         check_name(n)?;
     }

@@ -164,8 +164,9 @@ pub async fn create(
     policy
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let policy = state.bind_roots.check_policy(policy)?;
+    let mut policy = state.bind_roots.check_policy(policy)?;
     let repo = state.bind_roots.check_repo(&body.repo)?;
+    crate::routes::images::prepare_image(&state, &mut policy).await?;
     let id = stockade_core::prepare::new_id();
     let dir = runs_dir(&state).join(&id);
     std::fs::create_dir_all(dir.join("out"))

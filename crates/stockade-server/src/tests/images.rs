@@ -267,6 +267,31 @@ fn bad_requests_are_refused_with_what_to_do() {
         "{message}"
     );
     assert!(message.contains("--allow-bind-root"), "{message}");
+    // The same path as a sandbox's image, in the body or in its policy:
+    // the shim would read it as host root. (Tasks go through the same
+    // `prepare_image`; this test daemon has no binary to run tasks with.)
+    for (path, body) in [
+        ("/v1/sandboxes", r#"{"image": "oci:/etc:latest"}"#),
+        (
+            "/v1/sandboxes",
+            r#"{"policy": {"filesystem": {"image": "oci-archive:/etc/shadow"}}}"#,
+        ),
+    ] {
+        let r = c
+            .raw(
+                "POST",
+                path,
+                &[],
+                Some(("application/json", body.as_bytes())),
+            )
+            .unwrap();
+        let status = r.status;
+        let text = String::from_utf8_lossy(&r.bytes(1 << 20).unwrap()).to_string();
+        assert!(
+            status == 403 && text.contains("host_path_not_allowed"),
+            "{path} {body}: {status} {text}"
+        );
+    }
     // Unknown fields and parameters.
     let r = c
         .raw(
