@@ -395,6 +395,39 @@ pub async fn prune(
     Ok(json(StatusCode::OK, &removed))
 }
 
+/// A sandbox's or task's image, made present before its shim (or task
+/// runner) starts: pulled here, with the daemon's registry options (a shim
+/// has none), and a local source (`oci:…`) only under a root the daemon
+/// allows binds from — the shim would otherwise read any host path for an
+/// API client. Afterwards the policy asks for `missing`: the image is in
+/// the store, and the shim takes its lease on it.
+pub async fn prepare_image(
+    state: &Arc<AppState>,
+    policy: &mut stockade_policy::Policy,
+) -> ApiResult<()> {
+    let Some(name) = policy.filesystem.image.clone() else {
+        return Ok(());
+    };
+    if matches!(
+        Source::parse(&name),
+        Ok(Source::OciDir { .. } | Source::OciArchive { .. } | Source::DockerArchive { .. })
+    ) {
+        source_of(state, &name)?;
+    }
+    let mode = stockade_core::image::pull_policy(policy.filesystem.pull);
+    let opts = state.pull_options.clone();
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = open(&st).map_err(PullError::Store)?;
+        stockade_image::pull::ensure(&store, &name, mode, &opts, &mut |_| {})
+    })
+    .await
+    .map_err(ApiError::join)?
+    .map_err(|e| pull_error(&e))?;
+    policy.filesystem.pull = stockade_policy::Pull::Missing;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,37 +495,4 @@ mod tests {
         let full = d('b').to_string();
         assert_eq!(store_key(&full).unwrap(), full);
     }
-}
-
-/// A sandbox's or task's image, made present before its shim (or task
-/// runner) starts: pulled here, with the daemon's registry options (a shim
-/// has none), and a local source (`oci:…`) only under a root the daemon
-/// allows binds from — the shim would otherwise read any host path for an
-/// API client. Afterwards the policy asks for `missing`: the image is in
-/// the store, and the shim takes its lease on it.
-pub async fn prepare_image(
-    state: &Arc<AppState>,
-    policy: &mut stockade_policy::Policy,
-) -> ApiResult<()> {
-    let Some(name) = policy.filesystem.image.clone() else {
-        return Ok(());
-    };
-    if matches!(
-        Source::parse(&name),
-        Ok(Source::OciDir { .. } | Source::OciArchive { .. } | Source::DockerArchive { .. })
-    ) {
-        source_of(state, &name)?;
-    }
-    let mode = stockade_core::image::pull_policy(policy.filesystem.pull);
-    let opts = state.pull_options.clone();
-    let st = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let store = open(&st).map_err(PullError::Store)?;
-        stockade_image::pull::ensure(&store, &name, mode, &opts, &mut |_| {})
-    })
-    .await
-    .map_err(ApiError::join)?
-    .map_err(|e| pull_error(&e))?;
-    policy.filesystem.pull = stockade_policy::Pull::Missing;
-    Ok(())
 }
