@@ -49,6 +49,9 @@ pub struct ServeConfig {
     /// sandboxes (workspace, binds) or name as a task's repository;
     /// none by default (see `hostpaths.rs`).
     pub bind_roots: Vec<PathBuf>,
+    /// The E2B-compatible listener (`--e2b-listen`), off by default; its
+    /// API key is derived from `token_file`'s token.
+    pub e2b: Option<crate::e2b::E2bConfig>,
 }
 
 impl Default for ServeConfig {
@@ -62,6 +65,7 @@ impl Default for ServeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             task_exe: None,
             bind_roots: Vec::new(),
+            e2b: None,
         }
     }
 }

@@ -1,0 +1,1 @@
+//! In-process tests of the E2B listener against the fake backend.
