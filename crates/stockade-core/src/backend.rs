@@ -52,6 +52,10 @@ pub struct ExecRequest {
     /// Working directory inside the sandbox; the policy's when absent.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Run as root inside (`Some(true)`) or as the agent (`Some(false)`)
+    /// rather than as the policy says (`None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<bool>,
 }
 
 /// A process running (or finished) in a sandbox.

@@ -135,9 +135,7 @@ impl Server {
             _ => None,
         };
         let e2b = match &cfg.e2b {
-            Some(e) => {
-                Some(crate::e2b::bind(e, cfg.token_file.as_deref(), &cfg.state_dir).await?)
-            }
+            Some(e) => Some(crate::e2b::bind(e, cfg.token_file.as_deref(), &cfg.state_dir).await?),
             None => None,
         };
         Ok(Server {

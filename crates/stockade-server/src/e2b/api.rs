@@ -37,7 +37,10 @@ pub fn router(e2b: Arc<E2b>) -> Router {
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/resume", post(connect))
         .fallback(super::not_found)
-        .layer(axum::middleware::from_fn_with_state(e2b.clone(), require_key))
+        .layer(axum::middleware::from_fn_with_state(
+            e2b.clone(),
+            require_key,
+        ))
         .with_state(e2b)
 }
 
@@ -161,7 +164,11 @@ async fn create_inner(e2b: &Arc<E2b>, b: &[u8]) -> E2bResult<Value> {
     let timeout = req.timeout.unwrap_or(DEFAULT_TIMEOUT.min(max));
     check_timeout(timeout, max)?;
     let metadata = req.metadata.unwrap_or_default();
-    if metadata.len() > 64 || metadata.iter().any(|(k, v)| k.len() > 256 || v.len() > 4096) {
+    if metadata.len() > 64
+        || metadata
+            .iter()
+            .any(|(k, v)| k.len() > 256 || v.len() > 4096)
+    {
         return Err(E2bError::invalid(
             "metadata takes at most 64 entries, keys up to 256 and values up to 4096 bytes",
         ));
@@ -389,6 +396,7 @@ async fn connect(
 /// The filters of a listing.
 struct Filter {
     metadata: Vec<(String, String)>,
+    template: Option<String>,
     states: Vec<String>,
     limit: usize,
     next: Option<String>,
@@ -397,6 +405,7 @@ struct Filter {
 fn filter(q: Option<&str>, v2: bool) -> E2bResult<Filter> {
     let mut f = Filter {
         metadata: Vec::new(),
+        template: None,
         states: if v2 {
             vec!["running".into(), "paused".into()]
         } else {
@@ -442,11 +451,16 @@ fn filter(q: Option<&str>, v2: bool) -> E2bResult<Filter> {
                     })?;
             }
             "nextToken" if v2 => f.next = Some(v),
-            "order" | "startedAfter" | "template" if v2 => {}
+            "template" if v2 => f.template = Some(v),
+            "order" | "startedAfter" if v2 => {}
             _ => {
                 return Err(E2bError::invalid(format!(
                     "unknown query parameter {k:?}; this route takes metadata{}",
-                    if v2 { ", state, limit and nextToken" } else { "" }
+                    if v2 {
+                        ", state, limit and nextToken"
+                    } else {
+                        ""
+                    }
                 )))
             }
         }
@@ -463,6 +477,7 @@ fn select(e2b: &E2b, f: &Filter) -> E2bResult<(Vec<Value>, Option<String>)> {
         .into_iter()
         .filter(|b| e2b.app.live(&b.id).is_some_and(|l| !l.is_ending()))
         .filter(|b| f.states.iter().any(|s| s == state_of(b)))
+        .filter(|b| f.template.as_ref().map_or(true, |t| *t == b.template_id))
         .filter(|b| {
             f.metadata
                 .iter()
@@ -482,7 +497,12 @@ fn select(e2b: &E2b, f: &Filter) -> E2bResult<(Vec<Value>, Option<String>)> {
             ))
         })?,
     };
-    let page: Vec<Value> = all.iter().skip(start).take(f.limit).map(|b| listed(b)).collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(f.limit)
+        .map(|b| listed(b))
+        .collect();
     let next = all.get(start + f.limit).map(|b| b.id.clone());
     Ok((page, next))
 }
@@ -524,8 +544,11 @@ mod tests {
     #[test]
     fn metadata_filters_are_decoded_twice() {
         // What the SDK sends for {"team": "a b", "k=": "v&"}.
-        let f = filter(Some("metadata=team%3Da%2520b%26k%253D%3Dv%2526&state=running"), true)
-            .unwrap();
+        let f = filter(
+            Some("metadata=team%3Da%2520b%26k%253D%3Dv%2526&state=running"),
+            true,
+        )
+        .unwrap();
         assert_eq!(
             f.metadata,
             vec![("team".into(), "a b".into()), ("k=".into(), "v&".into())]

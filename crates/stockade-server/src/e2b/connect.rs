@@ -272,7 +272,7 @@ impl User {
     }
 
     /// What `SandboxHandle::files` takes.
-    pub fn files_root(&self) -> Option<bool> {
+    pub fn as_root(&self) -> Option<bool> {
         match self {
             User::Default => None,
             User::Root => Some(true),
@@ -325,17 +325,34 @@ pub struct Target {
 pub struct Refused(pub StatusCode, pub String);
 
 /// Checks the sandbox id and access token of an envd request. `token_ok`
-/// lets a caller accept a signed URL instead of the header.
+/// lets a caller accept a signed URL instead of the header; a signed URL
+/// may also leave out `E2b-Sandbox-Id` (download and upload URLs are used
+/// without the SDK's headers): its sandbox is the one whose token signed
+/// it.
 pub fn target(
     e2b: &E2b,
     headers: &HeaderMap,
-    token_ok: impl FnOnce(&str) -> bool,
+    token_ok: impl Fn(&str) -> bool,
 ) -> Result<(String, Arc<E2bBox>, Arc<Live>), Refused> {
-    let id = headers
+    let named = headers
         .get("e2b-sandbox-id")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+        .map(str::to_string);
+    let id = match named {
+        Some(id) => id,
+        None => e2b
+            .boxes
+            .all()
+            .into_iter()
+            .find(|b| token_ok(&e2b.keys.access_token(&b.id)))
+            .map(|b| b.id.clone())
+            .ok_or_else(|| {
+                Refused(
+                    StatusCode::UNAUTHORIZED,
+                    "this request names no sandbox (E2b-Sandbox-Id) and carries no valid signature; use a URL from download_url/upload_url, or the SDK".into(),
+                )
+            })?,
+    };
     let (Some(bx), Some(live)) = (e2b.boxes.get(&id), e2b.app.live(&id)) else {
         return Err(Refused(
             StatusCode::BAD_GATEWAY,
@@ -404,7 +421,9 @@ pub async fn dispatch(
     let Some(kind) = kind_of(&service, &method) else {
         return unary(Err(RpcError::new(
             Code::Unimplemented,
-            format!("{service}/{method} is not implemented by this envd; docs/e2b.md lists what is"),
+            format!(
+                "{service}/{method} is not implemented by this envd; docs/e2b.md lists what is"
+            ),
         )));
     };
     let fail = |e: RpcError| match kind {
@@ -508,10 +527,9 @@ fn kind_of(service: &str, method: &str) -> Option<Kind> {
     Some(match (service, method) {
         ("process.Process", "Start" | "Connect") => Kind::ServerStream,
         ("process.Process", "StreamInput") => Kind::ClientStream,
-        (
-            "process.Process",
-            "List" | "SendInput" | "SendSignal" | "CloseStdin" | "Update",
-        ) => Kind::Unary,
+        ("process.Process", "List" | "SendInput" | "SendSignal" | "CloseStdin" | "Update") => {
+            Kind::Unary
+        }
         ("filesystem.Filesystem", "WatchDir") => Kind::ServerStream,
         (
             "filesystem.Filesystem",
@@ -526,7 +544,9 @@ async fn read_unary(body: Body) -> RpcResult<Vec<u8>> {
     let b = axum::body::to_bytes(body, MAX_MESSAGE).await.map_err(|_| {
         RpcError::new(
             Code::ResourceExhausted,
-            format!("the request is larger than the {MAX_MESSAGE} bytes accepted, or could not be read"),
+            format!(
+                "the request is larger than the {MAX_MESSAGE} bytes accepted, or could not be read"
+            ),
         )
     })?;
     Ok(b.to_vec())
@@ -649,9 +669,15 @@ mod tests {
     fn basic_header_names_the_user() {
         let mut h = HeaderMap::new();
         assert_eq!(user_of(&h).unwrap(), User::Default);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic cm9vdDo="));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic cm9vdDo="),
+        );
         assert_eq!(user_of(&h).unwrap(), User::Root);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjo="));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dXNlcjo="),
+        );
         assert_eq!(user_of(&h).unwrap(), User::Agent);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert_eq!(user_of(&h).unwrap_err().code, Code::Unauthenticated);

@@ -68,7 +68,9 @@ fn query(q: Option<&str>) -> Result<Query, E2bError> {
             "signature" => out.signature = Some(v),
             "signature_expiration" => {
                 out.expiration = Some(v.parse().map_err(|_| {
-                    E2bError::invalid(format!("signature_expiration must be unix seconds, got {v:?}"))
+                    E2bError::invalid(format!(
+                        "signature_expiration must be unix seconds, got {v:?}"
+                    ))
                 })?)
             }
             _ => {}
@@ -88,11 +90,16 @@ fn authorize(
     let path = q.path.clone().unwrap_or_default();
     let username = q.username.clone().unwrap_or_default();
     let signed = |token: &str| {
-        let Some(sig) = &q.signature else { return false };
+        let Some(sig) = &q.signature else {
+            return false;
+        };
         if q.expiration.is_some_and(|e| (e as f64) < now()) {
             return false;
         }
-        same(sig, &signature(&path, operation, &username, token, q.expiration))
+        same(
+            sig,
+            &signature(&path, operation, &username, token, q.expiration),
+        )
     };
     let (id, bx, live) = target(e2b, headers, signed).map_err(|r| E2bError::new(r.0, r.1))?;
     let user = match &q.username {
@@ -114,13 +121,16 @@ pub async fn download(
     }
 }
 
-async fn download_inner(e2b: &E2b, headers: &HeaderMap, q: Option<&str>) -> Result<Response, E2bError> {
+async fn download_inner(
+    e2b: &E2b,
+    headers: &HeaderMap,
+    q: Option<&str>,
+) -> Result<Response, E2bError> {
     let q = query(q)?;
     let (_, live, user, root) = authorize(e2b, headers, &q, "read")?;
-    let raw = q
-        .path
-        .clone()
-        .ok_or_else(|| E2bError::invalid("add the query parameter path, e.g. ?path=/home/user/a.txt"))?;
+    let raw = q.path.clone().ok_or_else(|| {
+        E2bError::invalid("add the query parameter path, e.g. ?path=/home/user/a.txt")
+    })?;
     let path = resolve(&raw, &user, root).map_err(rpc_to_http)?;
     let h = live.handle.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
@@ -173,13 +183,17 @@ async fn download_inner(e2b: &E2b, headers: &HeaderMap, q: Option<&str>) -> Resu
                 }
             }
         })
-        .map_err(|e| E2bError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot start a reader: {e}")))?;
-    let size = first_rx
-        .await
-        .map_err(|_| E2bError::new(StatusCode::INTERNAL_SERVER_ERROR, "the reader ended early"))??;
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (b, rx))
-    });
+        .map_err(|e| {
+            E2bError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot start a reader: {e}"),
+            )
+        })?;
+    let size = first_rx.await.map_err(|_| {
+        E2bError::new(StatusCode::INTERNAL_SERVER_ERROR, "the reader ended early")
+    })??;
+    let body =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     let mut r = Response::new(Body::from_stream(body));
     let hs = r.headers_mut();
     hs.insert(
@@ -188,7 +202,9 @@ async fn download_inner(e2b: &E2b, headers: &HeaderMap, q: Option<&str>) -> Resu
     );
     hs.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     if let Some(name) = path.rsplit('/').next() {
-        if let Ok(v) = HeaderValue::from_str(&format!("inline; filename=\"{}\"", name.replace('"', ""))) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("inline; filename=\"{}\"", name.replace('"', "")))
+        {
             hs.insert(header::CONTENT_DISPOSITION, v);
         }
     }
@@ -200,19 +216,25 @@ pub async fn upload(
     State(e2b): State<Arc<E2b>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    crate::http::BodyBytes(body): crate::http::BodyBytes,
+    body: Body,
 ) -> Response {
-    match upload_inner(&e2b, &headers, q.as_deref(), &body).await {
+    match upload_inner(&e2b, &headers, q.as_deref(), body).await {
         Ok(v) => crate::http::json(StatusCode::OK, &v),
         Err(e) => e.into_response(),
     }
+}
+
+/// What `POST /files` answers for one written file.
+fn written(p: &str) -> Value {
+    let name = p.rsplit('/').next().unwrap_or("").to_string();
+    json!({"name": name, "type": "file", "path": p})
 }
 
 async fn upload_inner(
     e2b: &E2b,
     headers: &HeaderMap,
     q: Option<&str>,
-    body: &[u8],
+    body: Body,
 ) -> Result<Value, E2bError> {
     let q = query(q)?;
     let (_, live, user, root) = authorize(e2b, headers, &q, "write")?;
@@ -229,47 +251,87 @@ async fn upload_inner(
             "compressed uploads are not supported; upload without gzip",
         ));
     }
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    if ctype.starts_with("multipart/form-data") {
-        let boundary = ctype
-            .split(';')
-            .find_map(|p| p.trim().strip_prefix("boundary="))
-            .map(|b| b.trim_matches('"').to_string())
-            .ok_or_else(|| E2bError::invalid("the multipart upload has no boundary"))?;
-        let parts = multipart(body, &boundary)?;
-        if parts.is_empty() {
-            return Err(E2bError::invalid("the multipart upload holds no file"));
-        }
-        let single = parts.len() == 1;
-        for (name, data) in parts {
-            let p = match (&q.path, single) {
-                (Some(p), true) => p.clone(),
-                _ => name.ok_or_else(|| {
-                    E2bError::invalid("each file part needs a file name (its path in the sandbox)")
-                })?,
-            };
-            files.push((p, data));
-        }
-    } else {
-        let p = q
-            .path
-            .clone()
-            .ok_or_else(|| E2bError::invalid("add the query parameter path for an octet-stream upload"))?;
-        files.push((p, body.to_vec()));
-    }
-    let mut resolved = Vec::with_capacity(files.len());
-    for (p, d) in files {
-        resolved.push((resolve(&p, &user, root).map_err(rpc_to_http)?, d));
-    }
     let h = live.handle.clone();
+    if !ctype.starts_with("multipart/form-data") {
+        // One file, streamed to the helper as it arrives: its size is
+        // bounded by the sandbox's disk limit, not the daemon's memory.
+        let raw = q.path.clone().ok_or_else(|| {
+            E2bError::invalid("add the query parameter path for an octet-stream upload")
+        })?;
+        let p = resolve(&raw, &user, root).map_err(rpc_to_http)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(4);
+        let pc = p.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut c = helper(&h, &user).map_err(rpc_to_http)?;
+            let mut w = c.write(&pc, None, false).map_err(|e| file_error(&pc, e))?;
+            while let Some(chunk) = rx.blocking_recv() {
+                w.chunk(&chunk).map_err(|e| file_error(&pc, e))?;
+            }
+            w.finish().map_err(|e| file_error(&pc, e))?;
+            Ok::<_, E2bError>(())
+        });
+        let mut data = body.into_data_stream();
+        let mut broke = None;
+        while let Some(chunk) = futures_util::StreamExt::next(&mut data).await {
+            match chunk {
+                Ok(b) => {
+                    if tx.send(b).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    broke = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let result = writer
+            .await
+            .map_err(|e| E2bError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        result?;
+        if let Some(e) = broke {
+            return Err(E2bError::invalid(format!(
+                "the upload broke off ({e}); {p} holds what arrived, upload it again"
+            )));
+        }
+        return Ok(Value::Array(vec![written(&p)]));
+    }
+    let body = axum::body::to_bytes(body, e2b.app.max_body_bytes)
+        .await
+        .map_err(|_| {
+            E2bError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the multipart upload is larger than this daemon accepts (max_body_bytes, 8 MiB by default); upload big files one by one as application/octet-stream",
+            )
+        })?;
+    let boundary = ctype
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"').to_string())
+        .ok_or_else(|| E2bError::invalid("the multipart upload has no boundary"))?;
+    let parts = multipart(&body, &boundary)?;
+    if parts.is_empty() {
+        return Err(E2bError::invalid("the multipart upload holds no file"));
+    }
+    let single = parts.len() == 1;
+    let mut files = Vec::with_capacity(parts.len());
+    for (name, data) in parts {
+        let p = match (&q.path, single) {
+            (Some(p), true) => p.clone(),
+            _ => name.ok_or_else(|| {
+                E2bError::invalid("each file part needs a file name (its path in the sandbox)")
+            })?,
+        };
+        files.push((resolve(&p, &user, root).map_err(rpc_to_http)?, data));
+    }
     tokio::task::spawn_blocking(move || {
         let mut c = helper(&h, &user).map_err(rpc_to_http)?;
         let mut out = Vec::new();
-        for (p, d) in resolved {
+        for (p, d) in files {
             c.write_all(&p, &mut d.as_slice())
                 .map_err(|e| file_error(&p, e))?;
-            let name = p.rsplit('/').next().unwrap_or("").to_string();
-            out.push(json!({"name": name, "type": "file", "path": p}));
+            out.push(written(&p));
         }
         Ok::<_, E2bError>(Value::Array(out))
     })
@@ -298,12 +360,14 @@ fn multipart(body: &[u8], boundary: &str) -> Result<Vec<(Option<String>, Vec<u8>
             return Err(bad("a boundary is not followed by a line break"));
         }
         pos += 2;
-        let head_end = find(body, b"\r\n\r\n", pos).ok_or_else(|| bad("a part has no header end"))?;
+        let head_end =
+            find(body, b"\r\n\r\n", pos).ok_or_else(|| bad("a part has no header end"))?;
         let head = String::from_utf8_lossy(&body[pos..head_end]).into_owned();
         let data_start = head_end + 4;
         let mut next_delim = b"\r\n".to_vec();
         next_delim.extend_from_slice(&delim);
-        let data_end = find(body, &next_delim, data_start).ok_or_else(|| bad("a part is not closed"))?;
+        let data_end =
+            find(body, &next_delim, data_start).ok_or_else(|| bad("a part is not closed"))?;
         let filename = head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
             if !k.trim().eq_ignore_ascii_case("content-disposition") {
@@ -311,7 +375,8 @@ fn multipart(body: &[u8], boundary: &str) -> Result<Vec<(Option<String>, Vec<u8>
             }
             v.split(';').find_map(|p| {
                 let p = p.trim();
-                p.strip_prefix("filename=").map(|f| f.trim_matches('"').to_string())
+                p.strip_prefix("filename=")
+                    .map(|f| f.trim_matches('"').to_string())
             })
         });
         out.push((filename, body[data_start..data_end].to_vec()));

@@ -20,7 +20,9 @@ fn freezer_dir(pid: i32, id: &str) -> Result<(PathBuf, bool), String> {
     let (rel, v1) = if let Some(rel) = cg.lines().find_map(|l| {
         let mut it = l.splitn(3, ':');
         let (_, ctrl, path) = (it.next()?, it.next()?, it.next()?);
-        ctrl.split(',').any(|c| c == "freezer").then(|| path.to_string())
+        ctrl.split(',')
+            .any(|c| c == "freezer")
+            .then(|| path.to_string())
     }) {
         (rel, true)
     } else if let Some(rel) = cg.lines().find_map(|l| l.strip_prefix("0::")) {

@@ -84,7 +84,7 @@ pub fn fs_error(path: &str, e: FileError) -> RpcError {
 
 /// Opens a file helper for `user`.
 pub fn helper(h: &Arc<dyn SandboxHandle>, user: &User) -> RpcResult<FileClient> {
-    h.files(user.files_root()).map_err(|e| match e {
+    h.files(user.as_root()).map_err(|e| match e {
         stockade_core::backend::BackendError::Spawn { errno, .. } if errno == libc::EAGAIN => {
             RpcError::new(
                 Code::ResourceExhausted,
@@ -279,10 +279,7 @@ pub async fn unary(call: Call, method: &str, msg: &[u8]) -> RpcResult<Value> {
             let req: WatchReq = parse(msg)?;
             let p = resolve(&req.path, &user, root)?;
             let w = start_watch(&call, p, req.recursive).await?;
-            let id = format!(
-                "w{}",
-                NEXT_WATCHER.fetch_add(1, Ordering::Relaxed)
-            );
+            let id = format!("w{}", NEXT_WATCHER.fetch_add(1, Ordering::Relaxed));
             let pending = Arc::new(Mutex::new(Vec::<Value>::new()));
             let sink = pending.clone();
             let mut rx = w;
@@ -379,8 +376,7 @@ type Snapshot = BTreeMap<String, (EntryKind, u64, i64, u32)>;
 fn snapshot(c: &mut FileClient, dir: &str, recursive: bool) -> Result<Snapshot, FileError> {
     let depth = if recursive { 64 } else { 1 };
     let base = dir.trim_end_matches('/');
-    Ok(c
-        .list(dir, depth, MAX_ENTRIES)?
+    Ok(c.list(dir, depth, MAX_ENTRIES)?
         .into_iter()
         .filter(|e| e.path.trim_end_matches('/') != base)
         .map(|e| (e.path.clone(), (e.kind, e.size, e.mtime, e.mode)))
@@ -405,9 +401,7 @@ fn diff(dir: &str, old: &Snapshot, new: &Snapshot) -> Vec<Value> {
             Some(o) if (o.1, o.2) != (n.1, n.2) => {
                 out.push(json!({"name": rel(p), "type": "EVENT_TYPE_WRITE"}))
             }
-            Some(o) if o.3 != n.3 => {
-                out.push(json!({"name": rel(p), "type": "EVENT_TYPE_CHMOD"}))
-            }
+            Some(o) if o.3 != n.3 => out.push(json!({"name": rel(p), "type": "EVENT_TYPE_CHMOD"})),
             Some(_) => {}
         }
     }
@@ -458,7 +452,12 @@ async fn start_watch(
                 }
             }
         });
-    spawned.map_err(|e| RpcError::new(Code::ResourceExhausted, format!("cannot start a watch: {e}")))?;
+    spawned.map_err(|e| {
+        RpcError::new(
+            Code::ResourceExhausted,
+            format!("cannot start a watch: {e}"),
+        )
+    })?;
     Ok(rx)
 }
 
@@ -512,7 +511,10 @@ mod tests {
 
     #[test]
     fn relative_paths_go_to_the_users_home() {
-        assert_eq!(resolve("a.txt", &User::Default, false).unwrap(), "/home/agent/a.txt");
+        assert_eq!(
+            resolve("a.txt", &User::Default, false).unwrap(),
+            "/home/agent/a.txt"
+        );
         assert_eq!(resolve("a.txt", &User::Root, false).unwrap(), "/root/a.txt");
         assert_eq!(resolve("/etc/x", &User::Agent, true).unwrap(), "/etc/x");
         assert!(resolve("a\0b", &User::Default, false).is_err());
@@ -530,7 +532,12 @@ mod tests {
         let evs = diff("/d", &a, &b);
         let got: Vec<(String, String)> = evs
             .iter()
-            .map(|e| (e["name"].as_str().unwrap().into(), e["type"].as_str().unwrap().into()))
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().into(),
+                    e["type"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         assert_eq!(
             got,

@@ -69,7 +69,11 @@ impl Keys {
 
     /// The envd access token of sandbox `id`.
     pub fn access_token(&self, id: &str) -> String {
-        hex(&digest(&[b"envd access token", &self.secret, id.as_bytes()]))
+        hex(&digest(&[
+            b"envd access token",
+            &self.secret,
+            id.as_bytes(),
+        ]))
     }
 
     /// Writes the API key to `<state_dir>/e2b-api-key`, readable by the

@@ -176,7 +176,10 @@ fn router(e2b: Arc<E2b>) -> Router {
             "/files",
             axum::routing::get(files::download).post(files::upload),
         )
-        .route("/{service}/{method}", axum::routing::post(connect::dispatch))
+        .route(
+            "/{service}/{method}",
+            axum::routing::post(connect::dispatch),
+        )
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(e2b.clone());
@@ -184,7 +187,10 @@ fn router(e2b: Arc<E2b>) -> Router {
         .fallback(move |req: Request| {
             let (control, envd) = (control.clone(), envd.clone());
             async move {
-                let to_envd = req.headers().contains_key("e2b-sandbox-id");
+                // Signed file URLs come without the SDK's headers.
+                let to_envd = req.headers().contains_key("e2b-sandbox-id")
+                    || (req.uri().path() == "/files"
+                        && req.uri().query().is_some_and(|q| q.contains("signature=")));
                 let r = if to_envd {
                     envd.oneshot(req).await
                 } else {
@@ -197,8 +203,27 @@ fn router(e2b: Arc<E2b>) -> Router {
         .with_state(())
 }
 
-async fn health() -> StatusCode {
-    StatusCode::NO_CONTENT
+/// envd's health check: 204 while the sandbox runs; 502 "not found" (as
+/// E2B's proxy answers) once it is gone or while it is paused.
+async fn health(
+    axum::extract::State(e2b): axum::extract::State<Arc<E2b>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let id = headers
+        .get("e2b-sandbox-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let running = e2b.boxes.get(id).is_some_and(|b| !b.is_paused())
+        && e2b.app.live(id).is_some_and(|l| !l.is_ending());
+    if running {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        E2bError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("The sandbox {id:?} was not found or is paused"),
+        )
+        .into_response()
+    }
 }
 
 async fn not_found() -> Response {

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use stockade_core::backend::ExecRequest;
 
 use super::connect::{
-    b64_decode, b64_encode, client_stream_answer, parse, stream_error, stream_response, Call,
-    Code, Envelopes, RpcError, RpcResult, StreamTx,
+    b64_decode, b64_encode, client_stream_answer, parse, stream_error, stream_response, Call, Code,
+    Envelopes, RpcError, RpcResult, StreamTx, User,
 };
 use super::registry::ProcMeta;
 use crate::process::{self, Proc, StartSpec, StreamKind};
@@ -187,6 +187,11 @@ async fn start(call: &Call, msg: &[u8]) -> RpcResult<Arc<Proc>> {
     }
     let home = call.t.user.home(call.t.policy_root);
     let cwd = match cfg.cwd.as_deref() {
+        // Root inside holds no capabilities, so it may not enter the
+        // agent's private working directory: it starts at `/`.
+        None | Some("") if call.t.user == User::Root && !call.t.policy_root => {
+            Some("/".to_string())
+        }
         None | Some("") => None,
         Some(c) if c.starts_with('/') => Some(c.to_string()),
         Some(c) => Some(format!("{home}/{c}")),
@@ -201,6 +206,7 @@ async fn start(call: &Call, msg: &[u8]) -> RpcResult<Arc<Proc>> {
             cmd,
             env: cfg.envs.clone(),
             cwd: cwd.clone(),
+            root: call.t.user.as_root(),
         },
         timeout: call.deadline,
         stdin: None,
@@ -428,7 +434,9 @@ pub async fn stream_input(call: Call, body: Body) -> Response {
                 target = Some(find(&call, s.process.as_ref())?);
             } else if let Some(d) = m.data {
                 let p = target.as_ref().ok_or_else(|| {
-                    RpcError::invalid("the first message of StreamInput must be a start naming the process")
+                    RpcError::invalid(
+                        "the first message of StreamInput must be a start naming the process",
+                    )
                 })?;
                 let input = d.input.unwrap_or_default();
                 if input.pty.is_some() {

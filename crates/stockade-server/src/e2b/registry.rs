@@ -199,7 +199,11 @@ pub async fn kill(e2b: &Arc<E2b>, bx: &E2bBox, expired: bool) -> E2bResult<()> {
     let Some(live) = e2b.app.live(&bx.id) else {
         return Ok(());
     };
-    let how = if expired { ENDING_EXPIRE } else { ENDING_DESTROY };
+    let how = if expired {
+        ENDING_EXPIRE
+    } else {
+        ENDING_DESTROY
+    };
     crate::lifecycle::end(&e2b.app, live, how).await?;
     Ok(())
 }

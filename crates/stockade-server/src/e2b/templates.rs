@@ -105,7 +105,10 @@ mod tests {
         let t = Templates::parse("[small]\nlimits = { memory = \"64m\" }\n").unwrap();
         assert!(t.get("base").is_some());
         let small = t.get("small").unwrap();
-        assert_eq!(small.policy.limits.memory, stockade_policy::ByteSize::mib(64));
+        assert_eq!(
+            small.policy.limits.memory,
+            stockade_policy::ByteSize::mib(64)
+        );
     }
 
     #[test]
