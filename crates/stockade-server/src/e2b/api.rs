@@ -477,7 +477,10 @@ fn select(e2b: &E2b, f: &Filter) -> E2bResult<(Vec<Value>, Option<String>)> {
         .into_iter()
         .filter(|b| e2b.app.live(&b.id).is_some_and(|l| !l.is_ending()))
         .filter(|b| f.states.iter().any(|s| s == state_of(b)))
-        .filter(|b| f.template.as_ref().map_or(true, |t| *t == b.template_id))
+        .filter(|b| match &f.template {
+            None => true,
+            Some(t) => *t == b.template_id,
+        })
         .filter(|b| {
             f.metadata
                 .iter()

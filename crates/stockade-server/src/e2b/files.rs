@@ -347,7 +347,10 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The parts of a `multipart/form-data` body: (file name, data).
-fn multipart(body: &[u8], boundary: &str) -> Result<Vec<(Option<String>, Vec<u8>)>, E2bError> {
+/// A part of a multipart body: its file name, if any, and its data.
+type Part = (Option<String>, Vec<u8>);
+
+fn multipart(body: &[u8], boundary: &str) -> Result<Vec<Part>, E2bError> {
     let bad = |what: &str| E2bError::invalid(format!("the multipart upload is malformed: {what}"));
     let delim = format!("--{boundary}").into_bytes();
     let mut pos = find(body, &delim, 0).ok_or_else(|| bad("no boundary line"))? + delim.len();

@@ -108,20 +108,6 @@ pub fn set_frozen(pid: i32, id: &str, frozen: bool) -> Result<(), String> {
     }
 }
 
-/// Whether the sandbox whose init is `pid` is frozen (for tests and
-/// status).
-#[cfg(test)]
-pub fn is_frozen(pid: i32, id: &str) -> Result<bool, String> {
-    let (dir, v1) = freezer_dir(pid, id)?;
-    if v1 {
-        let s = std::fs::read_to_string(dir.join("freezer.state")).map_err(|e| e.to_string())?;
-        Ok(s.trim() == "FROZEN")
-    } else {
-        let s = std::fs::read_to_string(dir.join("cgroup.events")).map_err(|e| e.to_string())?;
-        Ok(s.lines().any(|l| l.trim() == "frozen 1"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

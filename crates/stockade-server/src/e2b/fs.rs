@@ -113,16 +113,14 @@ where
 fn owner_name(id: u32) -> String {
     match id {
         0 => "root".into(),
-        stockade_isolate_agent::AGENT_ID => "user".into(),
+        AGENT_ID => "user".into(),
         n => n.to_string(),
     }
 }
 
-/// Names the agent's id without depending on stockade-isolate.
-mod stockade_isolate_agent {
-    /// The sandbox user's uid and gid inside every sandbox.
-    pub const AGENT_ID: u32 = 1000;
-}
+/// The sandbox user's uid and gid inside every sandbox (stockade-isolate's
+/// `AGENT_ID`, which this crate does not depend on).
+const AGENT_ID: u32 = 1000;
 
 fn permissions(kind: EntryKind, mode: u32) -> String {
     let mut s = String::with_capacity(10);

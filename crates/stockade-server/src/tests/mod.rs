@@ -7,6 +7,6 @@ mod api;
 mod events;
 mod exec;
 mod files;
-mod harness;
+pub(crate) mod harness;
 mod load;
 mod restart;
