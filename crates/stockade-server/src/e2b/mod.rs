@@ -24,7 +24,6 @@
 mod api;
 mod connect;
 mod files;
-mod freeze;
 mod fs;
 mod keys;
 mod process;

@@ -141,23 +141,20 @@ async fn set_frozen(e2b: &E2b, bx: &E2bBox, frozen: bool) -> E2bResult<()> {
         .app
         .live(&bx.id)
         .ok_or_else(|| E2bError::no_sandbox(&bx.id))?;
-    let (h, id) = (live.handle.clone(), bx.id.clone());
-    tokio::task::spawn_blocking(move || {
-        let st = h.status().map_err(|e| e.to_string())?;
-        super::freeze::set_frozen(st.init_pid, &id, frozen)
-    })
-    .await
-    .map_err(|e| E2bError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| {
-        E2bError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "cannot {} sandbox {}: {e}",
-                if frozen { "pause" } else { "resume" },
-                bx.id
-            ),
-        )
-    })
+    let h = live.handle.clone();
+    tokio::task::spawn_blocking(move || h.set_frozen(frozen))
+        .await
+        .map_err(|e| E2bError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            E2bError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "cannot {} sandbox {}: {e}",
+                    if frozen { "pause" } else { "resume" },
+                    bx.id
+                ),
+            )
+        })
 }
 
 /// Pauses (freezes) a sandbox; false if it already was.

@@ -281,6 +281,36 @@ fn control_api_needs_its_key_and_manages_daemon_sandboxes() {
     );
     assert_eq!(s, 400, "{v}");
 
+    // Pause, then connect resumes.
+    let id0 = ids[0].as_str();
+    let (s, _, _) = api(&l, "POST", &format!("/sandboxes/{id0}/pause"), Value::Null);
+    assert_eq!(s, 204);
+    let (s, _, _) = api(&l, "POST", &format!("/sandboxes/{id0}/pause"), Value::Null);
+    assert_eq!(s, 409);
+    let (_, _, v) = api(&l, "GET", &format!("/sandboxes/{id0}"), Value::Null);
+    assert_eq!(v["state"], "paused");
+    let (_, _, v) = api(&l, "GET", "/v2/sandboxes?state=paused", Value::Null);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let (s, _, _) = request(l.addr, "GET", "/health", &[("E2b-Sandbox-Id", id0)], b"");
+    assert_eq!(s, 502, "a paused sandbox's envd is not reachable");
+    let (s, _, v) = api(
+        &l,
+        "POST",
+        &format!("/sandboxes/{id0}/connect"),
+        json!({"timeout": 60}),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["sandboxID"], id0);
+    let (s, _, _) = api(
+        &l,
+        "POST",
+        &format!("/sandboxes/{id0}/connect"),
+        json!({"timeout": 60}),
+    );
+    assert_eq!(s, 200, "connecting to a running sandbox");
+    let (s, _, _) = request(l.addr, "GET", "/health", &[("E2b-Sandbox-Id", id0)], b"");
+    assert_eq!(s, 204);
+
     // Unknown template, unknown sandbox.
     let (s, _, _) = api(&l, "POST", "/sandboxes", json!({"templateID": "nope"}));
     assert_eq!(s, 404);
