@@ -418,6 +418,23 @@ pub async fn dispatch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let mut body = Some(body);
+    let r = dispatch_inner(e2b, service, method, headers, &mut body).await;
+    if let Some(b) = body {
+        // Refused before the body was read: read it now (bounded), so that
+        // the client's connection stays usable.
+        let _ = axum::body::to_bytes(b, MAX_MESSAGE).await;
+    }
+    r
+}
+
+async fn dispatch_inner(
+    e2b: Arc<E2b>,
+    service: String,
+    method: String,
+    headers: HeaderMap,
+    body: &mut Option<Body>,
+) -> Response {
     let Some(kind) = kind_of(&service, &method) else {
         return unary(Err(RpcError::new(
             Code::Unimplemented,
@@ -496,6 +513,12 @@ pub async fn dispatch(
         },
         headers,
         deadline,
+    };
+    let Some(body) = body.take() else {
+        return fail(RpcError::new(
+            Code::Internal,
+            "the request body was already taken",
+        ));
     };
     match kind {
         Kind::ClientStream => super::process::stream_input(call, body).await,

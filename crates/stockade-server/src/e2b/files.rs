@@ -230,35 +230,68 @@ fn written(p: &str) -> Value {
     json!({"name": name, "type": "file", "path": p})
 }
 
+/// Reads and drops what is left of a refused upload (up to a bound), so
+/// that the connection stays usable for the client's next request.
+async fn drain(body: Body) {
+    let mut data = body.into_data_stream();
+    let mut left: usize = 64 << 20;
+    while let Some(Ok(b)) = futures_util::StreamExt::next(&mut data).await {
+        left = left.saturating_sub(b.len());
+        if left == 0 {
+            return;
+        }
+    }
+}
+
 async fn upload_inner(
     e2b: &E2b,
     headers: &HeaderMap,
     q: Option<&str>,
     body: Body,
 ) -> Result<Value, E2bError> {
-    let q = query(q)?;
-    let (_, live, user, root) = authorize(e2b, headers, &q, "write")?;
+    let checked = (|| {
+        let q = query(q)?;
+        let (_, live, user, root) = authorize(e2b, headers, &q, "write")?;
+        if headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes() != b"identity")
+        {
+            return Err(E2bError::invalid(
+                "compressed uploads are not supported; upload without gzip",
+            ));
+        }
+        Ok((q, live, user, root))
+    })();
+    let (q, live, user, root) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
+    };
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    if headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity")
-    {
-        return Err(E2bError::invalid(
-            "compressed uploads are not supported; upload without gzip",
-        ));
-    }
     let h = live.handle.clone();
     if !ctype.starts_with("multipart/form-data") {
         // One file, streamed to the helper as it arrives: its size is
         // bounded by the sandbox's disk limit, not the daemon's memory.
-        let raw = q.path.clone().ok_or_else(|| {
-            E2bError::invalid("add the query parameter path for an octet-stream upload")
-        })?;
-        let p = resolve(&raw, &user, root).map_err(rpc_to_http)?;
+        let p = match q
+            .path
+            .clone()
+            .ok_or_else(|| {
+                E2bError::invalid("add the query parameter path for an octet-stream upload")
+            })
+            .and_then(|raw| resolve(&raw, &user, root).map_err(rpc_to_http))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                drain(body).await;
+                return Err(e);
+            }
+        };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(4);
         let pc = p.clone();
         let writer = tokio::task::spawn_blocking(move || {
@@ -276,7 +309,17 @@ async fn upload_inner(
             match chunk {
                 Ok(b) => {
                     if tx.send(b).await.is_err() {
-                        break;
+                        // The writer failed: its error is the answer.
+                        drop(tx);
+                        drain(Body::from_stream(data)).await;
+                        let r = writer.await.map_err(|e| {
+                            E2bError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        })?;
+                        r?;
+                        return Err(E2bError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("the write of {p} stopped early"),
+                        ));
                     }
                 }
                 Err(e) => {

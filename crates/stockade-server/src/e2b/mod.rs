@@ -186,6 +186,30 @@ fn router(e2b: Arc<E2b>) -> Router {
         .fallback(move |req: Request| {
             let (control, envd) = (control.clone(), envd.clone());
             async move {
+                // Bodies are read whole before any check may refuse the
+                // request: an answer that leaves a body unread makes the
+                // server drop the connection, and the SDK's pooled
+                // connection (shared by the API and envd) would fail its
+                // next request. The two streaming uploads drain their own.
+                let streamed = matches!(
+                    req.uri().path(),
+                    "/files" | "/process.Process/StreamInput"
+                );
+                let req = if streamed {
+                    req
+                } else {
+                    let (parts, body) = req.into_parts();
+                    match axum::body::to_bytes(body, max_body).await {
+                        Ok(b) => Request::from_parts(parts, axum::body::Body::from(b)),
+                        Err(_) => {
+                            return E2bError::new(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "the request body is larger than this daemon accepts (max_body_bytes, 8 MiB by default)",
+                            )
+                            .into_response()
+                        }
+                    }
+                };
                 // Signed file URLs come without the SDK's headers.
                 let to_envd = req.headers().contains_key("e2b-sandbox-id")
                     || (req.uri().path() == "/files"

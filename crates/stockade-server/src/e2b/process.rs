@@ -425,8 +425,8 @@ struct DataMsg {
 /// `StreamInput`: a client stream of a start (naming the process), then
 /// data and keepalives.
 pub async fn stream_input(call: Call, body: Body) -> Response {
+    let mut env = Envelopes::new(body);
     let r = async {
-        let mut env = Envelopes::new(body);
         let mut target: Option<Arc<Proc>> = None;
         while let Some(msg) = env.next().await? {
             let m: StreamInputMsg = parse(&msg)?;
@@ -450,5 +450,9 @@ pub async fn stream_input(call: Call, body: Body) -> Response {
         Ok(json!({}))
     }
     .await;
+    if r.is_err() {
+        // Read what is left, so that the connection stays usable.
+        while let Ok(Some(_)) = env.next().await {}
+    }
     client_stream_answer(r)
 }
