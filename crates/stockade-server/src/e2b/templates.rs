@@ -112,6 +112,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_docs_e2b_md_parses() {
+        let doc = include_str!("../../../../docs/e2b.md");
+        let start = doc.find("```toml\n").expect("a toml example") + 8;
+        let end = start + doc[start..].find("```").unwrap();
+        let t = Templates::parse(&doc[start..end]).unwrap();
+        let py = t.get("python").unwrap();
+        assert_eq!(py.policy.network.mode, stockade_policy::NetMode::Allowlist);
+        assert_eq!(py.policy.limits.timeout, stockade_policy::Span::secs(3600));
+        assert!(t.get("offline").is_some());
+    }
+
+    #[test]
     fn bad_templates_are_refused_with_the_reason() {
         let e = Templates::parse("[x]\nlimits = { memroy = \"64m\" }\n").unwrap_err();
         assert!(e.contains("\"x\"") && e.contains("memroy"), "{e}");
