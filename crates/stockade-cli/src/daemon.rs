@@ -68,6 +68,15 @@ pub struct ServeArgs {
     /// reaches registries.
     #[command(flatten)]
     pub registry: crate::registry_flags::RegistryFlags,
+    /// Also serve an E2B-compatible API (control API and envd) on
+    /// HOST:PORT, for E2B's SDKs; needs --token-file (the API key is
+    /// written to <state-dir>/e2b-api-key). See docs/e2b.md.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub e2b_listen: Option<SocketAddr>,
+    /// TOML file of named E2B templates (name → policy fields); `base`
+    /// exists without one.
+    #[arg(long, value_name = "FILE", requires = "e2b_listen")]
+    pub e2b_templates: Option<PathBuf>,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -83,6 +92,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         task_exe: Some(exe),
         bind_roots: args.allow_bind_root,
         pull: args.registry.pull_options()?,
+        e2b: args
+            .e2b_listen
+            .map(|listen| stockade_server::e2b::E2bConfig {
+                listen,
+                templates: args.e2b_templates,
+            }),
         ..ServeConfig::default()
     };
     stockade_server::serve_blocking(cfg, Arc::new(backend))?;

@@ -52,6 +52,10 @@ pub struct ExecRequest {
     /// Working directory inside the sandbox; the policy's when absent.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Run as root inside (`Some(true)`) or as the agent (`Some(false)`)
+    /// rather than as the policy says (`None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<bool>,
 }
 
 /// A process running (or finished) in a sandbox.
@@ -136,6 +140,14 @@ pub trait SandboxHandle: Send + Sync {
     /// the agent (`Some(false)`) or as the policy's user (`None`).
     fn files(&self, root: Option<bool>) -> Result<FileClient, BackendError>;
     fn status(&self) -> Result<SandboxStatus, BackendError>;
+    /// Freezes (`true`) or thaws every process of the sandbox (pausing):
+    /// they stop where they are and keep their memory. The default finds
+    /// the sandbox's freezer cgroup from its init (`crate::freeze`).
+    fn set_frozen(&self, frozen: bool) -> Result<(), BackendError> {
+        let st = self.status()?;
+        crate::freeze::set_frozen(st.init_pid, self.id(), frozen)
+            .map_err(|e| BackendError::Internal(crate::error_chain(&e)))
+    }
     /// Blocks until the next event; `None` once the sandbox is gone.
     fn next_event(&self) -> Option<SandboxEvent>;
     /// Kills everything and cleans up; returns the final report.

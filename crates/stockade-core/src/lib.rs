@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod disk;
+pub mod freeze;
 pub mod gc;
 pub mod image;
 pub mod monitor;

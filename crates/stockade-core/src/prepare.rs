@@ -147,6 +147,7 @@ impl Prepared {
             env,
             cwd: cwd.to_string(),
             tty: term.is_some(),
+            as_root: None,
         })
     }
 }

@@ -32,6 +32,11 @@ pub struct SpawnRequest {
     /// back with `Spawned`). Otherwise the message carries three
     /// descriptors, which become the process's stdin, stdout and stderr.
     pub tty: bool,
+    /// Run as root inside (`Some(true)`) or as the agent (`Some(false)`)
+    /// instead of as the sandbox's policy says (`None`). Root keeps the
+    /// sandbox's Landlock domain and gets no host privilege either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_root: Option<bool>,
 }
 
 /// From the supervisor to init.
@@ -209,6 +214,7 @@ mod tests {
             env: vec!["PATH=/usr/bin".into()],
             cwd: "/workspace".into(),
             tty: false,
+            as_root: None,
         });
         let devnull = std::fs::File::open("/dev/null").unwrap();
         let raw = devnull.as_raw_fd();

@@ -54,6 +54,8 @@ struct Exec {
     /// Held for `env_ptrs`, which points into it.
     _env: Vec<CString>,
     cwd: CString,
+    /// The identity asked for, if not the policy's.
+    as_root: Option<bool>,
     /// Where to look for the program, in order: `argv[0]` itself when it
     /// has a slash, else each directory of the sandbox's `PATH` (not the
     /// one init inherited from the supervisor), as a shell's `execvp` does.
@@ -115,6 +117,7 @@ fn exec_of(req: &SpawnRequest) -> Result<Exec, (String, Errno)> {
         argv_ptrs: ptrs(&argv),
         env_ptrs: ptrs(&env),
         cwd: c("working directory", &req.cwd)?,
+        as_root: req.as_root,
         candidates,
         argv,
         _env: env,
@@ -359,7 +362,14 @@ fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
     // child's table only).
     sys::close_fds_from(3, &[c.report, c.landlock.unwrap_or(-1)]);
 
-    if let Err((step, e)) = take_identity(c.spec.workload_ids(), c.landlock) {
+    // An exec may ask for root (E2B's `user="root"`) or, explicitly, for
+    // the sandbox's own user.
+    let ids = match c.exec.as_root {
+        Some(true) => (0, 0),
+        Some(false) if c.spec.user.is_none() => (crate::idmap::AGENT_ID, crate::idmap::AGENT_ID),
+        _ => c.spec.workload_ids(),
+    };
+    if let Err((step, e)) = take_identity(ids, c.landlock) {
         return (step, b"", e);
     }
     if let Err(e) = nix::unistd::chdir(c.exec.cwd.as_c_str()) {

@@ -39,6 +39,12 @@ impl Token {
         Ok(Token(token.into()))
     }
 
+    /// The token itself, for listeners that derive their own secrets
+    /// from it (the E2B listener's API key and access tokens).
+    pub(crate) fn secret(&self) -> &str {
+        &self.0
+    }
+
     /// Compares in time independent of where the first difference is.
     fn matches(&self, given: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), given.as_bytes());

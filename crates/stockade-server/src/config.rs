@@ -55,6 +55,9 @@ pub struct ServeConfig {
     pub pull: stockade_image::PullOptions,
     /// Bounds of the image store.
     pub image_limits: stockade_image::StoreLimits,
+    /// The E2B-compatible listener (`--e2b-listen`), off by default; its
+    /// API key is derived from `token_file`'s token.
+    pub e2b: Option<crate::e2b::E2bConfig>,
 }
 
 impl Default for ServeConfig {
@@ -70,6 +73,7 @@ impl Default for ServeConfig {
             bind_roots: Vec::new(),
             pull: stockade_image::PullOptions::default(),
             image_limits: stockade_image::StoreLimits::default(),
+            e2b: None,
         }
     }
 }

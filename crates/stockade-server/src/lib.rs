@@ -12,6 +12,7 @@
 
 mod auth;
 pub mod config;
+pub mod e2b;
 mod error;
 mod events;
 mod hostpaths;

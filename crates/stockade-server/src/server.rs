@@ -36,6 +36,7 @@ pub struct Server {
     unix: UnixListener,
     tcp: Option<(TcpListener, Token)>,
     webhook: Option<WebhookUrl>,
+    e2b: Option<crate::e2b::Bound>,
 }
 
 impl std::fmt::Debug for Server {
@@ -133,6 +134,10 @@ impl Server {
             }
             _ => None,
         };
+        let e2b = match &cfg.e2b {
+            Some(e) => Some(crate::e2b::bind(e, cfg.token_file.as_deref(), &cfg.state_dir).await?),
+            None => None,
+        };
         Ok(Server {
             cfg,
             backend,
@@ -141,12 +146,18 @@ impl Server {
             unix,
             tcp,
             webhook,
+            e2b,
         })
     }
 
     /// The TCP address actually bound (useful with port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The address of the E2B listener actually bound.
+    pub fn e2b_addr(&self) -> Option<SocketAddr> {
+        self.e2b.as_ref().and_then(|b| b.local_addr())
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends open
@@ -203,6 +214,9 @@ impl Server {
                     .with_graceful_shutdown(graceful(stop_rx.clone()))
                     .into_future(),
             ));
+        }
+        if let Some(b) = self.e2b {
+            servers.push(crate::e2b::spawn(b, state.clone(), stop_rx.clone()));
         }
         drop(state);
 

@@ -360,6 +360,15 @@ impl SandboxHandle for FakeHandle {
             .map_err(|e| BackendError::Internal(crate::error::chain(&e)))
     }
 
+    /// The fake has no cgroup to freeze: pausing only checks that the
+    /// sandbox is alive.
+    fn set_frozen(&self, _frozen: bool) -> Result<(), BackendError> {
+        if !self.sb.alive.load(Ordering::SeqCst) {
+            return Err(self.gone());
+        }
+        Ok(())
+    }
+
     fn status(&self) -> Result<SandboxStatus, BackendError> {
         if !self.sb.alive.load(Ordering::SeqCst) {
             return Err(self.gone());

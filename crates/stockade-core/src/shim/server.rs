@@ -582,7 +582,13 @@ impl Shim<'_> {
                 } else {
                     let tag = self.next_tag;
                     self.next_tag += 1;
-                    match prepared.request(tag, &req.cmd, &req.env, req.cwd.as_deref(), None) {
+                    let spawn = prepared
+                        .request(tag, &req.cmd, &req.env, req.cwd.as_deref(), None)
+                        .map(|mut s| {
+                            s.as_root = req.root;
+                            s
+                        });
+                    match spawn {
                         Err(e) => {
                             reply(fd, &failed(FailKind::Invalid, e.to_string()));
                             None

@@ -94,6 +94,7 @@ pub async fn exec(
             cmd: body.cmd,
             env: body.env,
             cwd: body.cwd,
+            root: None,
         },
         timeout: body.timeout.map(Span::duration),
         stdin: body.stdin.map(String::into_bytes),

@@ -405,15 +405,26 @@ pub async fn prepare_image(
     state: &Arc<AppState>,
     policy: &mut stockade_policy::Policy,
 ) -> ApiResult<()> {
+    if let Some(name) = &policy.filesystem.image {
+        if matches!(
+            Source::parse(name),
+            Ok(Source::OciDir { .. } | Source::OciArchive { .. } | Source::DockerArchive { .. })
+        ) {
+            source_of(state, name)?;
+        }
+    }
+    ensure_image(state, policy).await
+}
+
+/// [`prepare_image`] for an image the daemon's own configuration names
+/// (an E2B template): a local source is the administrator's choice.
+pub async fn ensure_image(
+    state: &Arc<AppState>,
+    policy: &mut stockade_policy::Policy,
+) -> ApiResult<()> {
     let Some(name) = policy.filesystem.image.clone() else {
         return Ok(());
     };
-    if matches!(
-        Source::parse(&name),
-        Ok(Source::OciDir { .. } | Source::OciArchive { .. } | Source::DockerArchive { .. })
-    ) {
-        source_of(state, &name)?;
-    }
     let mode = stockade_core::image::pull_policy(policy.filesystem.pull);
     let opts = state.pull_options.clone();
     let st = state.clone();

@@ -4,7 +4,7 @@
 
 mod exec;
 pub(crate) mod files;
-mod images;
+pub(crate) mod images;
 mod sandboxes;
 mod system;
 mod tasks;

@@ -7,7 +7,7 @@ mod api;
 mod events;
 mod exec;
 mod files;
-mod harness;
+pub(crate) mod harness;
 mod images;
 mod load;
 mod restart;
