@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use stockade_client::{Client, ExecOptions};
+use stockade_client::{Client, Encoding, ExecOptions};
 use stockade_core::shim::ShimBackend;
 use stockade_server::ServeConfig;
 
@@ -163,6 +163,8 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         timeout: args.timeout,
         stdin: None,
         background: false,
+        // Output is written as printed, binary or not.
+        encoding: Some(Encoding::Base64),
     };
     let client = args.socket.client();
     let stream = if args.interactive {
@@ -171,7 +173,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         let pid = client
             .exec_background(&args.id, &opts)
             .map_err(spawn_error)?;
-        let stream = client.output(&args.id, pid)?;
+        let stream = client.output_as(&args.id, pid, Encoding::Base64)?;
         let (feeder, id) = (client.clone(), args.id.clone());
         std::thread::spawn(move || feed_stdin(&feeder, &id, pid));
         stream
@@ -185,11 +187,11 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         let data = ev.json();
         match ev.event.as_str() {
             "stdout" => {
-                let _ = out.write_all(data["data"].as_str().unwrap_or("").as_bytes());
+                let _ = out.write_all(&chunk_bytes(&data)?);
                 let _ = out.flush();
             }
             "stderr" => {
-                let _ = err.write_all(data["data"].as_str().unwrap_or("").as_bytes());
+                let _ = err.write_all(&chunk_bytes(&data)?);
             }
             "exit" => {
                 if data["outcome"] == "timeout" {
@@ -211,6 +213,14 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         }
     }
     bail!("the daemon closed the stream before the command ended")
+}
+
+/// The bytes of a base64 output chunk.
+fn chunk_bytes(data: &serde_json::Value) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(data["data"].as_str().unwrap_or(""))
+        .context("the daemon sent output that is not valid base64; is it an older stockade?")
 }
 
 /// A command that could not be started: 127 when it does not exist, 126

@@ -870,6 +870,16 @@ fn exec_streams_stdin_with_i_and_exits_like_run_when_the_command_cannot_start() 
     let mut want = input.clone();
     want.extend_from_slice(b"end\n");
     assert!(out.stdout == want, "stdin came back changed");
+    // Binary data passes unchanged both ways, with and without -i.
+    let every: Vec<u8> = (0..=255u8).collect();
+    let out = exec(&["-i"], &["cat"], &every);
+    assert!(
+        out.stdout == every,
+        "binary stdin/stdout changed: {:?}",
+        out.stdout
+    );
+    let out = exec(&[], &["sh", "-c", "printf '\\377\\000\\200'"], b"");
+    assert_eq!(out.stdout, b"\xff\x00\x80");
     // Without -i the command's stdin is empty.
     let out = exec(&[], &["cat"], b"x\n");
     assert_eq!((code(&out), stdout(&out)), (0, String::new()));

@@ -97,6 +97,28 @@ pub struct ExecOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
     pub background: bool,
+    /// How `stdin` and the output travel; `None` is the daemon's default,
+    /// text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+}
+
+/// How the bytes of stdin and output travel in JSON: UTF-8 text (invalid
+/// output bytes become U+FFFD) or base64 (any bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Text,
+    Base64,
+}
+
+impl Encoding {
+    fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Text => "text",
+            Encoding::Base64 => "base64",
+        }
+    }
 }
 
 /// The answer of a foreground exec.
@@ -359,9 +381,23 @@ impl Client {
     /// A background process's output: what it printed so far, then live,
     /// then `exit`.
     pub fn output(&self, id: &str, pid: i32) -> Result<SseStream, ClientError> {
+        self.output_as(id, pid, Encoding::Text)
+    }
+
+    /// [`Client::output`] with the chunks' `data` in `encoding`.
+    pub fn output_as(
+        &self,
+        id: &str,
+        pid: i32,
+        encoding: Encoding,
+    ) -> Result<SseStream, ClientError> {
         let resp = self.call(
             "GET",
-            &format!("/v1/sandboxes/{}/processes/{pid}/output", wire::encode(id)),
+            &format!(
+                "/v1/sandboxes/{}/processes/{pid}/output?encoding={}",
+                wire::encode(id),
+                encoding.as_str()
+            ),
             &[],
             None,
         )?;

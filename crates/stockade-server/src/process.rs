@@ -29,12 +29,13 @@ pub enum StreamKind {
     Stderr = 1,
 }
 
-/// Printed text, decoded as UTF-8 (invalid bytes become U+FFFD).
+/// Printed bytes, as read. A chunk never ends inside a UTF-8 sequence
+/// that the next read completes, so chunks decode as text one by one.
 #[derive(Debug, Clone)]
 pub struct Chunk {
     pub seq: u64,
     pub stream: StreamKind,
-    pub data: String,
+    pub data: Vec<u8>,
 }
 
 /// How a process ended.
@@ -61,7 +62,7 @@ pub struct OutputLog {
 }
 
 impl OutputLog {
-    fn push(&mut self, stream: StreamKind, data: String) {
+    fn push(&mut self, stream: StreamKind, data: Vec<u8>) {
         let i = stream as usize;
         self.bytes[i] += data.len();
         self.streams[i].push_back(Chunk {
@@ -88,11 +89,11 @@ impl OutputLog {
         out
     }
 
-    /// Everything kept of one stream.
-    pub fn text(&self, stream: StreamKind) -> String {
+    /// Everything kept of one stream, as printed.
+    pub fn bytes(&self, stream: StreamKind) -> Vec<u8> {
         self.streams[stream as usize]
             .iter()
-            .map(|c| c.data.as_str())
+            .flat_map(|c| c.data.iter().copied())
             .collect()
     }
 }
@@ -273,16 +274,14 @@ async fn read_stream(p: Arc<Proc>, mut r: pipe::Receiver, stream: StreamKind) {
         };
         carry.extend_from_slice(&buf[..n]);
         let keep = incomplete_utf8_tail(&carry);
-        let text = String::from_utf8_lossy(&carry[..carry.len() - keep]).into_owned();
-        carry.drain(..carry.len() - keep);
-        if !text.is_empty() {
-            p.log().push(stream, text);
+        let whole: Vec<u8> = carry.drain(..carry.len() - keep).collect();
+        if !whole.is_empty() {
+            p.log().push(stream, whole);
             p.touch();
         }
     }
     if !carry.is_empty() {
-        p.log()
-            .push(stream, String::from_utf8_lossy(&carry).into_owned());
+        p.log().push(stream, carry);
         p.touch();
     }
 }
@@ -421,13 +420,13 @@ mod tests {
     fn output_log_keeps_the_most_recent_bytes_of_each_stream() {
         let mut log = OutputLog::default();
         let big = "x".repeat(OUTPUT_CAP_BYTES / 2 + 1);
-        log.push(StreamKind::Stdout, big.clone());
+        log.push(StreamKind::Stdout, big.clone().into_bytes());
         log.push(StreamKind::Stderr, "e".into());
-        log.push(StreamKind::Stdout, big.clone());
+        log.push(StreamKind::Stdout, big.clone().into_bytes());
         log.push(StreamKind::Stdout, "tail".into());
         assert!(log.truncated[0] && !log.truncated[1]);
-        assert!(log.text(StreamKind::Stdout).ends_with("tail"));
-        assert!(log.text(StreamKind::Stdout).len() <= OUTPUT_CAP_BYTES);
+        assert!(log.bytes(StreamKind::Stdout).ends_with(b"tail"));
+        assert!(log.bytes(StreamKind::Stdout).len() <= OUTPUT_CAP_BYTES);
         let seqs: Vec<u64> = log.since(0).iter().map(|c| c.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
     }

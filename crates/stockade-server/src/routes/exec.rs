@@ -9,6 +9,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::json;
@@ -36,6 +38,49 @@ pub struct ExecBody {
     stdin: Option<String>,
     #[serde(default)]
     background: bool,
+    /// How `stdin` and the output are carried: `text` (UTF-8; invalid
+    /// output bytes become U+FFFD) or `base64` (any bytes).
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+/// How bytes travel in JSON: as UTF-8 text, or base64 for any bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Text,
+    Base64,
+}
+
+impl Encoding {
+    fn parse(v: &str) -> ApiResult<Self> {
+        match v {
+            "text" => Ok(Encoding::Text),
+            "base64" => Ok(Encoding::Base64),
+            _ => Err(ApiError::invalid(format!(
+                "encoding must be \"text\" or \"base64\", got {v:?}"
+            ))),
+        }
+    }
+
+    fn encode(self, bytes: &[u8]) -> String {
+        match self {
+            Encoding::Text => String::from_utf8_lossy(bytes).into_owned(),
+            Encoding::Base64 => B64.encode(bytes),
+        }
+    }
+
+    fn decode(self, field: &str, s: String) -> ApiResult<Vec<u8>> {
+        match self {
+            Encoding::Text => Ok(s.into_bytes()),
+            Encoding::Base64 => B64.decode(s.as_bytes()).map_err(|e| {
+                ApiError::invalid(format!(
+                    "{field} is not valid base64 ({e}); send standard base64 with padding, or drop \"encoding\": \"base64\" to send text"
+                ))
+            }),
+        }
+    }
 }
 
 fn check(body: &ExecBody) -> ApiResult<()> {
@@ -96,7 +141,10 @@ pub async fn exec(
             cwd: body.cwd,
         },
         timeout: body.timeout.map(Span::duration),
-        stdin: body.stdin.map(String::into_bytes),
+        stdin: body
+            .stdin
+            .map(|s| body.encoding.decode("stdin", s))
+            .transpose()?,
         background: body.background,
     };
     let p = process::start(&state, &live, spec).await?;
@@ -104,7 +152,7 @@ pub async fn exec(
         return Ok(json(StatusCode::ACCEPTED, &json!({ "pid": p.pid })));
     }
     if wants_sse(&headers) {
-        return Ok(output_sse(p, state.shutdown.clone()).into_response());
+        return Ok(output_sse(p, state.shutdown.clone(), body.encoding).into_response());
     }
     let exit = p.wait().await;
     let log = p.log();
@@ -115,8 +163,8 @@ pub async fn exec(
         "outcome": exit.outcome,
         "error": exit.error,
         "duration_seconds": exit.duration_seconds,
-        "stdout": log.text(StreamKind::Stdout),
-        "stderr": log.text(StreamKind::Stderr),
+        "stdout": body.encoding.encode(&log.bytes(StreamKind::Stdout)),
+        "stderr": body.encoding.encode(&log.bytes(StreamKind::Stderr)),
         "truncated": log.truncated[0] || log.truncated[1],
     });
     drop(log);
@@ -128,6 +176,7 @@ pub async fn exec(
 fn output_sse(
     p: Arc<Proc>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    encoding: Encoding,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     struct Cursor {
         p: Arc<Proc>,
@@ -149,7 +198,7 @@ fn output_sse(
         done: false,
         lagged: false,
     };
-    let s = stream::unfold(init, |mut c| async move {
+    let s = stream::unfold(init, move |mut c| async move {
         loop {
             if let Some(ev) = c.pending.pop_front() {
                 return Some((Ok(ev), c));
@@ -182,7 +231,7 @@ fn output_sse(
                     StreamKind::Stdout => "stdout",
                     StreamKind::Stderr => "stderr",
                 };
-                let data = json!({ "data": ch.data }).to_string();
+                let data = json!({ "data": encoding.encode(&ch.data) }).to_string();
                 c.pending.push_back(Event::default().event(kind).data(data));
                 c.next_seq = ch.seq + 1;
             }
@@ -363,7 +412,14 @@ pub async fn signal(
 pub async fn output(
     State(state): State<Arc<AppState>>,
     Path((id, pid)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
+    let pairs = query_pairs(q.as_deref())?;
+    only_params(&pairs, &["encoding"])?;
+    let encoding = match pairs.iter().find(|(k, _)| k == "encoding") {
+        Some((_, v)) => Encoding::parse(v)?,
+        None => Encoding::Text,
+    };
     let (_, p) = known(&state, &id, &pid).await?;
-    Ok(output_sse(p, state.shutdown.clone()).into_response())
+    Ok(output_sse(p, state.shutdown.clone(), encoding).into_response())
 }
