@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use stockade_client::{Client, Encoding, ExecOptions};
 use stockade_core::shim::ShimBackend;
+use stockade_server::config::LogFormat;
 use stockade_server::ServeConfig;
 
 use crate::flags::PolicyArgs;
@@ -64,6 +65,11 @@ pub struct ServeArgs {
     /// no host path is allowed).
     #[arg(long = "allow-bind-root", value_name = "DIR")]
     pub allow_bind_root: Vec<PathBuf>,
+    /// How to log on stderr where the daemon listens, each request and
+    /// each sandbox event: `text` (one line each), `json` (one object per
+    /// line) or `none`.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json", "none"])]
+    pub log_format: String,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -78,6 +84,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         webhook: args.webhook,
         task_exe: Some(exe),
         bind_roots: args.allow_bind_root,
+        log: match args.log_format.as_str() {
+            "json" => LogFormat::Json,
+            "none" => LogFormat::Off,
+            _ => LogFormat::Text,
+        },
         ..ServeConfig::default()
     };
     stockade_server::serve_blocking(cfg, Arc::new(backend))?;

@@ -891,3 +891,93 @@ fn exec_streams_stdin_with_i_and_exits_like_run_when_the_command_cannot_start() 
         assert_eq!(code(&out), 126, "{flags:?}: {}", stderr(&out));
     }
 }
+
+/// Lines from `rx` until `done` holds for all gathered (bounded wait).
+fn log_lines_until(
+    rx: &std::sync::mpsc::Receiver<String>,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !done(&lines) {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn the_daemon_logs_where_it_listens_each_request_and_each_event_as_text_or_json() {
+    for format in ["text", "json"] {
+        let env = Env::new();
+        let (d, rx) = Daemon::start_logged(&env, &["--log-format", format]);
+        let socket = d.socket.display().to_string();
+        let c = d.client();
+        let sb = c.create(None, None, &BTreeMap::new(), Some("10m")).unwrap();
+        run(&c, &sb.id, &["true"]);
+        c.destroy(&sb.id).unwrap();
+        let _ = c.get("nope-nope");
+        let id = sb.id.clone();
+        let has = |lines: &[String], what: &dyn Fn(&str) -> bool| lines.iter().any(|l| what(l));
+        let text_done = |lines: &[String]| {
+            has(lines, &|l| {
+                l.contains(&format!("listening on unix socket {socket}"))
+            }) && has(lines, &|l| l.contains("POST /v1/sandboxes 201 "))
+                && has(lines, &|l| l.contains(&format!("sandbox {id} created")))
+                && has(lines, &|l| {
+                    l.contains(&format!("sandbox {id} exec-exited exit_code=0"))
+                })
+                && has(lines, &|l| {
+                    l.contains(&format!("sandbox {id} destroyed outcome="))
+                })
+                && has(lines, &|l| l.contains("GET /v1/sandboxes/nope-nope 404 "))
+        };
+        let json_done = |lines: &[String]| {
+            let docs: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+                .collect();
+            let any = |f: &dyn Fn(&serde_json::Value) -> bool| docs.iter().any(f);
+            docs.iter().all(|v| v["time"].is_string())
+                && any(&|v| v["type"] == "listening" && v["address"] == socket.as_str())
+                && any(&|v| {
+                    v["type"] == "request"
+                        && v["method"] == "POST"
+                        && v["path"] == "/v1/sandboxes"
+                        && v["status"] == 201
+                        && v["duration_ms"].is_number()
+                })
+                && any(&|v| {
+                    v["type"] == "event"
+                        && v["event"]["type"] == "created"
+                        && v["event"]["sandbox_id"] == id.as_str()
+                })
+                && any(&|v| v["event"]["type"] == "exec-exited" && v["event"]["exit_code"] == 0)
+                && any(&|v| {
+                    v["event"]["type"] == "destroyed" && v["event"]["sandbox_id"] == id.as_str()
+                })
+                && any(&|v| v["path"] == "/v1/sandboxes/nope-nope" && v["status"] == 404)
+        };
+        let lines = if format == "text" {
+            let l = log_lines_until(&rx, text_done);
+            assert!(text_done(&l), "{l:#?}");
+            l
+        } else {
+            let l = log_lines_until(&rx, json_done);
+            assert!(json_done(&l), "{l:#?}");
+            l
+        };
+        // One line per request: the create was logged once.
+        let creates = lines
+            .iter()
+            .filter(|l| {
+                l.contains("POST /v1/sandboxes 201") || l.contains("\"path\":\"/v1/sandboxes\"")
+            })
+            .count();
+        assert_eq!(creates, 1, "{lines:#?}");
+    }
+}

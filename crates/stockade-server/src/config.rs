@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use crate::log::LogFormat;
+
 /// Largest request body accepted by default (JSON requests and file
 /// uploads alike): 8 MiB. Larger bodies are answered with 413.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -49,6 +51,8 @@ pub struct ServeConfig {
     /// sandboxes (workspace, binds) or name as a task's repository;
     /// none by default (see `hostpaths.rs`).
     pub bind_roots: Vec<PathBuf>,
+    /// Log lines on stderr: where it listens, each request, each event.
+    pub log: LogFormat,
 }
 
 impl Default for ServeConfig {
@@ -62,6 +66,7 @@ impl Default for ServeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             task_exe: None,
             bind_roots: Vec::new(),
+            log: LogFormat::Off,
         }
     }
 }

@@ -17,6 +17,7 @@ mod events;
 mod hostpaths;
 mod http;
 mod lifecycle;
+pub mod log;
 mod metrics;
 mod process;
 mod routes;
