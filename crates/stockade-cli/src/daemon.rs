@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -371,72 +371,13 @@ fn sandbox_path(s: &str) -> Option<(&str, &str)> {
         .filter(|(id, p)| !id.is_empty() && !id.contains('/') && p.starts_with('/'))
 }
 
-/// Writes to a file, leaving runs of zeros as holes: a sparse file
-/// copied out of a sandbox stays sparse on the host.
-struct SparseWriter {
-    file: std::fs::File,
-    len: u64,
-    hole_at_end: bool,
-}
-
-impl std::io::Write for SparseWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use std::io::Seek;
-        let mut rest = buf;
-        while !rest.is_empty() {
-            let n = rest.len().min(64 << 10);
-            let (piece, tail) = rest.split_at(n);
-            if piece.iter().all(|&b| b == 0) {
-                self.file.seek(std::io::SeekFrom::Current(n as i64))?;
-                self.hole_at_end = true;
-            } else {
-                self.file.write_all(piece)?;
-                self.hole_at_end = false;
-            }
-            self.len += n as u64;
-            rest = tail;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.hole_at_end {
-            self.file.set_len(self.len)?;
-        }
-        Ok(())
-    }
-}
-
-/// Copies one file between the host and a sandbox, streaming it (memory
-/// stays constant whatever its size; runs of zeros stay holes).
+/// Copies a file or a directory tree between the host and a sandbox, as
+/// `docker cp` does (see `cp.rs`).
 pub fn cp(args: CpArgs) -> anyhow::Result<u8> {
     let client = args.socket.client();
     match (sandbox_path(&args.src), sandbox_path(&args.dst)) {
-        (Some((id, path)), None) => {
-            let file = std::fs::File::create(&args.dst)
-                .with_context(|| format!("cannot write {}", args.dst))?;
-            let mut w = SparseWriter {
-                file,
-                len: 0,
-                hole_at_end: false,
-            };
-            client.read_file_to(id, path, &mut w)?;
-            std::io::Write::flush(&mut w).with_context(|| format!("cannot write {}", args.dst))?;
-        }
-        (None, Some((id, path))) => {
-            let mut f = std::fs::File::open(&args.src)
-                .with_context(|| format!("cannot read {}", args.src))?;
-            let meta = f
-                .metadata()
-                .with_context(|| format!("cannot read {}", args.src))?;
-            if !meta.is_file() {
-                bail!(
-                    "{} is not a regular file; only files can be copied",
-                    args.src
-                );
-            }
-            client.write_file_from(id, path, &mut f, meta.len())?;
-        }
+        (Some((id, path)), None) => crate::cp::out_of(&client, id, path, Path::new(&args.dst))?,
+        (None, Some((id, path))) => crate::cp::into(&client, id, &args.src, path)?,
         _ => bail!("exactly one of SRC and DST must be ID:/path in a sandbox"),
     }
     Ok(0)

@@ -42,7 +42,7 @@ pub enum Command {
     Rm(crate::daemon::RmArgs),
     /// Follow events (all, or one sandbox's) as JSON lines.
     Events(crate::daemon::EventsArgs),
-    /// Copy a file between the host and a daemon sandbox (ID:/path).
+    /// Copy a file or a directory tree between the host and a daemon sandbox (ID:/path), as `docker cp` does.
     Cp(crate::daemon::CpArgs),
     /// Internal: the per-sandbox supervisor the daemon starts.
     #[command(hide = true)]

@@ -6,6 +6,7 @@
 //! disk, 126/127 when the command cannot be executed / is not found, and
 //! 125 when stockade itself fails — always with one line on stderr.
 
+mod cp;
 mod daemon;
 mod doctor;
 mod flags;

@@ -468,11 +468,27 @@ impl Client {
         data: &mut dyn std::io::Read,
         len: u64,
     ) -> Result<(), ClientError> {
-        let target = format!(
+        self.write_file_with_mode(id, path, data, len, None)
+    }
+
+    /// [`Client::write_file_from`], a new file getting permission bits
+    /// `mode` (0644 by default).
+    pub fn write_file_with_mode(
+        &self,
+        id: &str,
+        path: &str,
+        data: &mut dyn std::io::Read,
+        len: u64,
+        mode: Option<u32>,
+    ) -> Result<(), ClientError> {
+        let mut target = format!(
             "/v1/sandboxes/{}/files?path={}",
             wire::encode(id),
             wire::encode(path)
         );
+        if let Some(m) = mode {
+            target.push_str(&format!("&mode={:04o}", m & 0o777));
+        }
         let resp = wire::send_from(
             &self.endpoint,
             self.timeout,
@@ -494,6 +510,32 @@ impl Client {
         );
         let v: Value = self.call_json("GET", &target, None)?;
         Ok(v["entries"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// What is at `path` in the sandbox (a symlink is described, not
+    /// followed): `{name, type, size, mode, uid, gid, mtime, target?}`.
+    pub fn stat(&self, id: &str, path: &str) -> Result<Value, ClientError> {
+        let target = format!(
+            "/v1/sandboxes/{}/files?path={}&stat=true",
+            wire::encode(id),
+            wire::encode(path)
+        );
+        let v: Value = self.call_json("GET", &target, None)?;
+        Ok(v["entry"].clone())
+    }
+
+    /// Creates a directory of the sandbox and its missing parents;
+    /// `Ok(false)` when it existed.
+    pub fn make_dir(&self, id: &str, path: &str) -> Result<bool, ClientError> {
+        let target = format!(
+            "/v1/sandboxes/{}/files?path={}&dir=true",
+            wire::encode(id),
+            wire::encode(path)
+        );
+        let resp = self.call("PUT", &target, &[], Some(("application/octet-stream", b"")))?;
+        let v: Value = serde_json::from_slice(&resp.bytes(1024 * 1024)?)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(v["created"].as_bool().unwrap_or(false))
     }
 
     /// Deletes a file, a symlink or an empty directory of the sandbox.
