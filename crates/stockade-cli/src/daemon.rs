@@ -209,6 +209,12 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
                     eprintln!("stockade: timeout: the command was killed after its time limit");
                     return Ok(124);
                 }
+                // The sandbox hit a hard limit and was killed, and the
+                // command with it: say so as `stockade run` does.
+                if let Some(kind @ ("memory-limit" | "disk-limit")) = data["outcome"].as_str() {
+                    eprintln!("stockade: {kind}: {}", breach_line(&client, &args.id, kind));
+                    return Ok(137);
+                }
                 if let Some(c) = data["exit_code"].as_i64() {
                     return Ok(c.clamp(0, 255) as u8);
                 }
@@ -224,6 +230,25 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         }
     }
     bail!("the daemon closed the stream before the command ended")
+}
+
+/// What `stockade run` says of a breach: the limit from the sandbox's
+/// policy when the daemon still answers.
+fn breach_line(client: &Client, id: &str, kind: &str) -> String {
+    let (what, key) = match kind {
+        "memory-limit" => ("memory", "memory"),
+        _ => ("disk", "disk"),
+    };
+    let limit = client
+        .get(id)
+        .ok()
+        .and_then(|sb| sb.policy["limits"][key].as_str().map(str::to_string));
+    match limit {
+        Some(l) => {
+            format!("killed after exceeding the {what} limit of {l} (the sandbox ended with it)")
+        }
+        None => format!("killed after exceeding the {what} limit (the sandbox ended with it)"),
+    }
 }
 
 /// The bytes of a base64 output chunk.

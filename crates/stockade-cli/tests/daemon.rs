@@ -981,3 +981,53 @@ fn the_daemon_logs_where_it_listens_each_request_and_each_event_as_text_or_json(
         assert_eq!(creates, 1, "{lines:#?}");
     }
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn a_memory_kill_during_exec_is_the_execs_outcome_and_the_sandboxs_reason() {
+    let env = Env::new();
+    let d = Daemon::start_cleaning(&env, &[]);
+    let c = d.client();
+    let mut policy = Policy::default();
+    policy.limits.memory = ByteSize::mib(64);
+    let bomb = "x = [bytearray(1 << 20) for _ in range(1024)]";
+    // Through the CLI: the line `stockade run` prints, and 137.
+    let sb = c
+        .create(Some(&policy), None, &BTreeMap::new(), Some("10m"))
+        .unwrap();
+    let out = env
+        .cmd()
+        .args(["exec", "--socket", d.socket.to_str().unwrap(), &sb.id, "--"])
+        .args(["/usr/bin/python3", "-c", bomb])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 137, "{err}");
+    assert_eq!(err.matches("stockade: memory-limit: ").count(), 1, "{err}");
+    assert!(err.contains("64M"), "{err}");
+    // The registry says why it ended, not that its supervisor crashed.
+    assert!(eventually(|| c
+        .get(&sb.id)
+        .is_ok_and(|s| s.state != "running")));
+    let row = c.get(&sb.id).unwrap();
+    let reason = row.reason.unwrap_or_default();
+    assert!(reason.contains("memory limit"), "{reason}");
+    assert_eq!(row.report.unwrap()["outcome"], "memory-limit");
+    // Through the API: the outcome names the breach.
+    let sb = c
+        .create(Some(&policy), None, &BTreeMap::new(), Some("10m"))
+        .unwrap();
+    let r = c
+        .exec(
+            &sb.id,
+            &ExecOptions {
+                cmd: vec!["/usr/bin/python3".into(), "-c".into(), bomb.into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (r.outcome.as_str(), r.signal),
+        ("memory-limit", Some(libc::SIGKILL))
+    );
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use stockade_policy::Policy;
 
-use crate::report::{Report, Usage, Violation};
+use crate::report::{Report, Usage, Violation, ViolationKind};
 pub use stockade_isolate::files;
 pub use stockade_isolate::files::{Entry, EntryKind, FileClient, FileError, CHUNK as FILE_CHUNK};
 
@@ -98,9 +98,30 @@ pub enum SandboxEvent {
     Destroyed(Box<Report>),
 }
 
+/// How a process started by exec ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessEnd {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The hard breach (memory, time, disk) that ended the sandbox, and
+    /// this process with it; `None` when it ended for another reason.
+    pub killed_for: Option<ViolationKind>,
+}
+
+impl ProcessEnd {
+    /// An end without a breach.
+    pub fn plain((exit_code, signal): (Option<i32>, Option<i32>)) -> Self {
+        ProcessEnd {
+            exit_code,
+            signal,
+            killed_for: None,
+        }
+    }
+}
+
 /// Blocks until a process started by [`SandboxHandle::exec_waiting`] ends;
-/// returns (exit_code, signal).
-pub type ExitWaiter = Box<dyn FnOnce() -> Result<(Option<i32>, Option<i32>), BackendError> + Send>;
+/// returns how.
+pub type ExitWaiter = Box<dyn FnOnce() -> Result<ProcessEnd, BackendError> + Send>;
 
 /// One running sandbox, however it is supervised.
 pub trait SandboxHandle: Send + Sync {
@@ -121,7 +142,10 @@ pub trait SandboxHandle: Send + Sync {
         Self: 'static,
     {
         let pid = self.exec(req, stdio)?;
-        Ok((pid, Box::new(move || self.wait(pid, None))))
+        Ok((
+            pid,
+            Box::new(move || self.wait(pid, None).map(ProcessEnd::plain)),
+        ))
     }
     /// Waits until `pid` ends; returns (exit_code, signal).
     fn wait(

@@ -43,8 +43,10 @@ pub struct Chunk {
 pub struct ExitInfo {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    /// `exited`, `signaled`, `timeout`, or `error` (the sandbox went away
-    /// while the process ran; `error` says why).
+    /// `exited`, `signaled`, `timeout`, `error` (the sandbox went away
+    /// while the process ran; `error` says why), or the hard breach that
+    /// killed the sandbox and the process with it: `memory-limit`,
+    /// `disk-limit` (`timeout` for the sandbox's time limit).
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -364,15 +366,16 @@ async fn follow(
     }
     let duration = started.elapsed();
     let exit = match result {
-        Ok(Ok((code, signal))) => ExitInfo {
-            exit_code: code,
-            signal,
-            outcome: if timed_out {
-                "timeout"
-            } else if signal.is_some() {
-                "signaled"
-            } else {
-                "exited"
+        Ok(Ok(end)) => ExitInfo {
+            exit_code: end.exit_code,
+            signal: end.signal,
+            // A breach that killed the sandbox names the process's end
+            // too: it died because the sandbox did.
+            outcome: match end.killed_for {
+                _ if timed_out => "timeout",
+                Some(kind) => kind.as_str(),
+                None if end.signal.is_some() => "signaled",
+                None => "exited",
             },
             error: None,
             duration_seconds: duration.as_secs_f64(),

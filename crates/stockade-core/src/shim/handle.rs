@@ -11,8 +11,8 @@ use stockade_isolate::proto as iproto;
 
 use super::proto::{report_path, socket_path, FailKind, ShimReply, ShimRequest};
 use crate::backend::{
-    BackendError, ExecRequest, ExitWaiter, FileClient, FileError, SandboxEvent, SandboxHandle,
-    SandboxStatus, Teardown,
+    BackendError, ExecRequest, ExitWaiter, FileClient, FileError, ProcessEnd, SandboxEvent,
+    SandboxHandle, SandboxStatus, Teardown,
 };
 use crate::report::Report;
 
@@ -151,10 +151,17 @@ impl SandboxHandle for ShimHandle {
         // daemon) is asked again with a `Wait` of its own.
         let waiter = move || match recv(&fd, &self.id) {
             Ok(ShimReply::Ended {
-                exit_code, signal, ..
-            }) => Ok((exit_code, signal)),
+                exit_code,
+                signal,
+                killed_for,
+                ..
+            }) => Ok(ProcessEnd {
+                exit_code,
+                signal,
+                killed_for,
+            }),
             Ok(r) => Err(unexpected(r)),
-            Err(BackendError::NotRunning(_)) => self.wait(pid, None),
+            Err(BackendError::NotRunning(_)) => self.wait(pid, None).map(ProcessEnd::plain),
             Err(e) => Err(e),
         };
         Ok((pid, Box::new(waiter)))

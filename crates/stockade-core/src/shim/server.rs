@@ -278,7 +278,7 @@ fn serve(
     // if it dies half-way `gc` finishes the job.
     // Whatever still ran died with the sandbox.
     for pid in shim.waiting_pids() {
-        shim.reply_waiters(pid, None, Some(libc::SIGKILL));
+        shim.reply_waiters(pid, None, Some(libc::SIGKILL), end.killed_for);
     }
     shim.broadcast(&SandboxEvent::Destroyed(Box::new(report.clone())));
     for (fd, c) in &shim.clients {
@@ -366,8 +366,8 @@ impl Owner for Shim<'_> {
         }
     }
 
-    fn on_init(&mut self, _: &mut dyn Control, msg: FromInit, _: Vec<OwnedFd>) {
-        self.init_said(msg);
+    fn on_init(&mut self, sb: &mut dyn Control, msg: FromInit, _: Vec<OwnedFd>) {
+        self.init_said(sb, msg);
     }
 
     fn on_signal(&mut self, sb: &mut dyn Control, _: i32) {
@@ -425,11 +425,18 @@ impl Shim<'_> {
             .collect()
     }
 
-    fn reply_waiters(&mut self, pid: i32, exit_code: Option<i32>, signal: Option<i32>) {
+    fn reply_waiters(
+        &mut self,
+        pid: i32,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        killed_for: Option<ViolationKind>,
+    ) {
         let msg = ShimReply::Ended {
             pid,
             exit_code,
             signal,
+            killed_for,
         };
         self.clients.retain(|(fd, c)| match c {
             Some(Client::Waiting { pid: p }) if *p == pid => {
@@ -440,7 +447,23 @@ impl Shim<'_> {
         });
     }
 
-    fn init_said(&mut self, msg: FromInit) {
+    /// The hard breach behind a process killed by SIGKILL: one the
+    /// sandbox was already killed for, or an OOM kill the notifier has not
+    /// told yet (the kernel counts it before the victim dies, so it is
+    /// never missed here; the sandbox then ends as it would have).
+    fn killed_by_breach(&mut self, sb: &mut dyn Control, signal: i32) -> Option<ViolationKind> {
+        if signal != libc::SIGKILL {
+            return None;
+        }
+        if let Some(k) = sb.killed_for() {
+            return Some(k);
+        }
+        let k = sb.check_oom()?;
+        self.end(sb, outcome_for(k));
+        Some(k)
+    }
+
+    fn init_said(&mut self, sb: &mut dyn Control, msg: FromInit) {
         match msg {
             FromInit::Spawned { tag, pid } => {
                 let cmd = self.tags.remove(&tag).unwrap_or_default();
@@ -486,8 +509,11 @@ impl Shim<'_> {
                     _ => true,
                 });
             }
-            FromInit::Exited { pid, code } => self.finished(pid, Some(code), None),
-            FromInit::Signaled { pid, sig } => self.finished(pid, None, Some(sig)),
+            FromInit::Exited { pid, code } => self.finished(pid, Some(code), None, None),
+            FromInit::Signaled { pid, sig } => {
+                let killed_for = self.killed_by_breach(sb, sig);
+                self.finished(pid, None, Some(sig), killed_for)
+            }
             FromInit::Ready | FromInit::SetupFailed { .. } => {}
         }
     }
@@ -504,13 +530,19 @@ impl Shim<'_> {
         }
     }
 
-    fn finished(&mut self, pid: i32, exit_code: Option<i32>, signal: Option<i32>) {
+    fn finished(
+        &mut self,
+        pid: i32,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        killed_for: Option<ViolationKind>,
+    ) {
         if let Some(p) = self.processes.get_mut(&pid) {
             p.running = false;
             p.exit_code = exit_code;
             p.signal = signal;
         }
-        self.reply_waiters(pid, exit_code, signal);
+        self.reply_waiters(pid, exit_code, signal, killed_for);
         self.broadcast(&SandboxEvent::ExecExited {
             pid,
             exit_code,
@@ -618,6 +650,7 @@ impl Shim<'_> {
                             pid,
                             exit_code: p.exit_code,
                             signal: p.signal,
+                            killed_for: sb.killed_for().filter(|_| p.signal == Some(libc::SIGKILL)),
                         },
                     );
                     None

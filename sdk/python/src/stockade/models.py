@@ -54,8 +54,10 @@ class ProcessResult:
     """How a process ended and what it printed.
 
     ``outcome`` is ``exited`` (see ``exit_code``), ``signaled`` (see
-    ``signal``), ``timeout`` (killed with SIGKILL at its timeout) or
-    ``error`` (the sandbox went away meanwhile; ``error`` says why).
+    ``signal``), ``timeout`` (killed with SIGKILL at its timeout),
+    ``error`` (the sandbox went away meanwhile; ``error`` says why), or
+    ``memory-limit``/``disk-limit`` (the sandbox hit that limit and was
+    killed, and the process with it).
     ``stdout``/``stderr`` are UTF-8 text (invalid bytes become U+FFFD);
     ``stdout_bytes``/``stderr_bytes`` are the bytes as printed (binary
     output: images, archives, any encoding). ``truncated`` says the daemon
