@@ -184,7 +184,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         let pid = client
             .exec_background(&args.id, &opts)
             .map_err(spawn_error)?;
-        let stream = client.output_as(&args.id, pid, Encoding::Base64)?;
+        let stream = client.output_as(&args.id, pid, Encoding::Base64, true)?;
         let (feeder, id) = (client.clone(), args.id.clone());
         std::thread::spawn(move || feed_stdin(&feeder, &id, pid));
         stream
@@ -362,6 +362,88 @@ pub fn rm(args: RmArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Keep following the output until the processes end.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The sandbox's id or name.
+    pub id: String,
+    /// Only this process (a pid from `exec` or the processes list);
+    /// by default every process started through the API, oldest first.
+    pub pid: Option<i32>,
+}
+
+/// Writes what the processes printed: stdout to stdout, stderr to stderr,
+/// byte for byte.
+pub fn logs(args: LogsArgs) -> anyhow::Result<u8> {
+    let client = args.socket.client();
+    let pids: Vec<i32> = match args.pid {
+        Some(p) => vec![p],
+        None => {
+            let mut v: Vec<i32> = client
+                .processes(&args.id)?
+                .iter()
+                .filter(|p| p["via_api"] == true)
+                .filter_map(|p| p["pid"].as_i64().map(|n| n as i32))
+                .collect();
+            v.sort_unstable();
+            v
+        }
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    for pid in pids {
+        for ev in client.output_as(&args.id, pid, Encoding::Base64, args.follow)? {
+            let ev = ev?;
+            match ev.event.as_str() {
+                "stdout" => {
+                    let _ = out.write_all(&chunk_bytes(&ev.json())?);
+                    let _ = out.flush();
+                }
+                "stderr" => {
+                    let _ = err.write_all(&chunk_bytes(&ev.json())?);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// The sandbox's id or name.
+    pub id: String,
+}
+
+/// The daemon's view of a sandbox, as indented JSON.
+pub fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
+    let v = args.socket.client().get_raw(&args.id)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// This binary's version, then the daemon's when one answers on the socket.
+pub fn version(args: VersionArgs) -> anyhow::Result<u8> {
+    println!("stockade {}", env!("CARGO_PKG_VERSION"));
+    if let Ok(h) = args.socket.client().health() {
+        if let Some(v) = h["version"].as_str() {
+            println!("daemon   {v} ({})", args.socket.socket.display());
+        }
+    }
+    Ok(0)
 }
 
 #[derive(Debug, Args)]

@@ -181,6 +181,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rm(a) => daemon::rm(a),
         Command::Events(a) => daemon::events(a),
         Command::Cp(a) => daemon::cp(a),
+        Command::Logs(a) => daemon::logs(a),
+        Command::Inspect(a) => daemon::inspect(a),
+        Command::Version(a) => daemon::version(a),
         Command::Shim { zygote: true, .. } => Ok(stockade_core::shim::zygote().clamp(0, 255) as u8),
         Command::Shim { .. } => Ok(stockade_core::shim::entry().clamp(0, 255) as u8),
     }

@@ -1031,3 +1031,73 @@ fn a_memory_kill_during_exec_is_the_execs_outcome_and_the_sandboxs_reason() {
         ("memory-limit", Some(libc::SIGKILL))
     );
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn docker_habits_logs_inspect_stop_kill_and_version() {
+    let env = Env::new();
+    let d = Daemon::start_cleaning(&env, &[]);
+    let c = d.client();
+    let socket = d.socket.to_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        env.cmd()
+            .arg(args[0])
+            .args(["--socket", &socket])
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    };
+    let sb = c.create(None, None, &BTreeMap::new(), Some("10m")).unwrap();
+    let sh = |script: &str| ExecOptions {
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    };
+    // A background process that keeps running, and one that has ended.
+    let first = c
+        .exec_background(
+            &sb.id,
+            &sh("printf 'one\\377\\n'; echo warn >&2; exec sleep 300"),
+        )
+        .unwrap();
+    c.exec(&sb.id, &sh("echo two")).unwrap();
+    // `logs` prints what was kept and returns, though a process still runs.
+    let mut out = cli(&["logs", &sb.id]);
+    assert!(
+        eventually(|| {
+            out = cli(&["logs", &sb.id]);
+            out.stdout == b"one\xff\ntwo\n"
+        }),
+        "{:?} {}",
+        out.stdout,
+        stderr(&out)
+    );
+    assert_eq!(code(&out), 0);
+    assert_eq!(stderr(&out), "warn\n");
+    let out = cli(&["logs", &sb.id, &first.to_string()]);
+    assert_eq!(out.stdout, b"one\xff\n");
+
+    let out = cli(&["inspect", &sb.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["state"].as_str()),
+        (Some(sb.id.as_str()), Some("running"))
+    );
+    assert!(v["policy"]["limits"]["memory"].is_string(), "{v}");
+
+    let out = cli(&["version"]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("stockade {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("daemon"), "{text}");
+
+    // stop and kill destroy, as rm does.
+    let other = c.create(None, None, &BTreeMap::new(), Some("10m")).unwrap();
+    for (verb, id) in [("stop", &sb.id), ("kill", &other.id)] {
+        let out = cli(&[verb, id]);
+        assert_eq!(code(&out), 0, "{verb}: {}", stderr(&out));
+        assert_eq!(c.get(id).unwrap().state, "destroyed", "{verb}");
+    }
+}

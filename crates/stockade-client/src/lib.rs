@@ -381,20 +381,23 @@ impl Client {
     /// A background process's output: what it printed so far, then live,
     /// then `exit`.
     pub fn output(&self, id: &str, pid: i32) -> Result<SseStream, ClientError> {
-        self.output_as(id, pid, Encoding::Text)
+        self.output_as(id, pid, Encoding::Text, true)
     }
 
-    /// [`Client::output`] with the chunks' `data` in `encoding`.
+    /// [`Client::output`] with the chunks' `data` in `encoding`; without
+    /// `follow` the stream ends with the output kept so far (with `exit`
+    /// only if the process has ended).
     pub fn output_as(
         &self,
         id: &str,
         pid: i32,
         encoding: Encoding,
+        follow: bool,
     ) -> Result<SseStream, ClientError> {
         let resp = self.call(
             "GET",
             &format!(
-                "/v1/sandboxes/{}/processes/{pid}/output?encoding={}",
+                "/v1/sandboxes/{}/processes/{pid}/output?encoding={}&follow={follow}",
                 wire::encode(id),
                 encoding.as_str()
             ),
@@ -547,6 +550,11 @@ impl Client {
         );
         let _: Value = self.call_json("DELETE", &target, None)?;
         Ok(())
+    }
+
+    /// `GET /v1/sandboxes/{id}` as the daemon answers it, every field kept.
+    pub fn get_raw(&self, id: &str) -> Result<Value, ClientError> {
+        self.call_json("GET", &format!("/v1/sandboxes/{}", wire::encode(id)), None)
     }
 
     /// `GET /healthz`.

@@ -152,7 +152,7 @@ pub async fn exec(
         return Ok(json(StatusCode::ACCEPTED, &json!({ "pid": p.pid })));
     }
     if wants_sse(&headers) {
-        return Ok(output_sse(p, state.shutdown.clone(), body.encoding).into_response());
+        return Ok(output_sse(p, state.shutdown.clone(), body.encoding, true).into_response());
     }
     let exit = p.wait().await;
     let log = p.log();
@@ -177,6 +177,7 @@ fn output_sse(
     p: Arc<Proc>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     encoding: Encoding,
+    follow: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     struct Cursor {
         p: Arc<Proc>,
@@ -237,6 +238,10 @@ fn output_sse(
             }
             if !chunks.is_empty() {
                 continue;
+            }
+            if exit.is_none() && !follow {
+                // What was kept so far, without waiting for more.
+                return None;
             }
             if let Some(e) = exit {
                 c.done = true;
@@ -415,11 +420,15 @@ pub async fn output(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let pairs = query_pairs(q.as_deref())?;
-    only_params(&pairs, &["encoding"])?;
+    only_params(&pairs, &["encoding", "follow"])?;
     let encoding = match pairs.iter().find(|(k, _)| k == "encoding") {
         Some((_, v)) => Encoding::parse(v)?,
         None => Encoding::Text,
     };
+    let follow = match pairs.iter().find(|(k, _)| k == "follow") {
+        Some((k, v)) => flag(k, v)?,
+        None => true,
+    };
     let (_, p) = known(&state, &id, &pid).await?;
-    Ok(output_sse(p, state.shutdown.clone(), encoding).into_response())
+    Ok(output_sse(p, state.shutdown.clone(), encoding, follow).into_response())
 }

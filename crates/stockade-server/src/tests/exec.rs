@@ -353,7 +353,7 @@ fn base64_encoding_carries_every_byte_value_both_ways() {
         .exec_background(&sb.id, &sh("printf '\\377\\376\\000ok'"))
         .unwrap();
     let got: Vec<u8> = c
-        .output_as(&sb.id, pid, Encoding::Base64)
+        .output_as(&sb.id, pid, Encoding::Base64, true)
         .unwrap()
         .map(Result::unwrap)
         .filter(|e| e.event == "stdout")
