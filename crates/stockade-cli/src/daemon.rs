@@ -150,11 +150,79 @@ pub struct ExecArgs {
     /// stockade exec -i ID -- cat`); without it the command's stdin is empty.
     #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Give the command a terminal of its own, as `docker exec -it`: this
+    /// terminal's keys go to it (raw mode), its size follows this one's,
+    /// and stdout and stderr arrive as one stream.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// The sandbox's id or name.
     pub id: String,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// Our terminal in raw mode while a `-t` command runs; restored on drop.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        use nix::sys::termios;
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            termios::cfmakeraw(&mut raw);
+            let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw);
+        }
+        RawMode(saved)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                &t,
+            );
+        }
+    }
+}
+
+/// Our terminal's size (rows, cols), when stdin is one.
+fn window_size() -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain data that TIOCGWINSZ fills from descriptor 0.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_row > 0)
+            .then_some((ws.ws_row, ws.ws_col))
+    }
+}
+
+/// Passes our terminal's size to process `pid` now and after each
+/// SIGWINCH (on a thread of its own; the signal is blocked elsewhere).
+fn follow_window_size(client: &Client, id: &str, pid: i32) {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    if let Some((r, c)) = window_size() {
+        let _ = client.resize(id, pid, r, c);
+    }
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGWINCH);
+    if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
+        return;
+    }
+    let (client, id) = (client.clone(), id.to_string());
+    std::thread::spawn(move || {
+        while set.wait().is_ok() {
+            if let Some((r, c)) = window_size() {
+                if client.resize(&id, pid, r, c).is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Streams the command's output; exits with its status (128+N for a
@@ -176,14 +244,28 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         background: false,
         // Output is written as printed, binary or not.
         encoding: Some(Encoding::Base64),
+        tty: args.tty,
+        tty_size: window_size()
+            .filter(|_| args.tty)
+            .map(|(rows, cols)| stockade_client::TtySize { rows, cols }),
     };
+    let mut opts = opts;
+    if args.tty && !opts.env.contains_key("TERM") {
+        if let Ok(term) = std::env::var("TERM") {
+            opts.env.insert("TERM".into(), term);
+        }
+    }
     let client = args.socket.client();
-    let stream = if args.interactive {
+    let _raw = (args.tty && window_size().is_some()).then(RawMode::enter);
+    let stream = if args.interactive || args.tty {
         // A background process takes its stdin in requests of its own;
         // its output is followed from its start.
         let pid = client
             .exec_background(&args.id, &opts)
             .map_err(spawn_error)?;
+        if args.tty {
+            follow_window_size(&client, &args.id, pid);
+        }
         let stream = client.output_as(&args.id, pid, Encoding::Base64, true)?;
         let (feeder, id) = (client.clone(), args.id.clone());
         std::thread::spawn(move || feed_stdin(&feeder, &id, pid));

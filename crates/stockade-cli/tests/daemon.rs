@@ -1101,3 +1101,68 @@ fn docker_habits_logs_inspect_stop_kill_and_version() {
         assert_eq!(c.get(id).unwrap().state, "destroyed", "{verb}");
     }
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn exec_t_gives_the_command_a_terminal_that_follows_our_size() {
+    let env = Env::new();
+    let d = Daemon::start_cleaning(&env, &[]);
+    let c = d.client();
+    let sb = c.create(None, None, &BTreeMap::new(), Some("10m")).unwrap();
+    // Through the CLI, on a terminal `script` makes for it: the command
+    // has a terminal of its size, keys reach it, its status comes back.
+    let inner = format!(
+        "stty rows 33 cols 99; {BIN} exec -t --socket {} {} -- sh -c 'test -t 0 && test -t 1 && stty size && tty && read x && echo got:$x; exit 3'",
+        d.socket.display(),
+        sb.id
+    );
+    let mut child = Command::new("script")
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"typed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(input);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 3, "{text} {}", stderr(&out));
+    assert!(text.contains("33 99"), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("got:typed"), "{text}");
+
+    // Through the API: resize, then the command reads its new size.
+    let opts = ExecOptions {
+        cmd: vec!["sh".into(), "-c".into(), "read x; stty size".into()],
+        tty: true,
+        ..Default::default()
+    };
+    let pid = c.exec_background(&sb.id, &opts).unwrap();
+    c.resize(&sb.id, pid, 40, 120).unwrap();
+    c.send_stdin(&sb.id, pid, b"go\n", false).unwrap();
+    let text: String = c
+        .output(&sb.id, pid)
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.event == "stdout")
+        .map(|e| e.json()["data"].as_str().unwrap().to_string())
+        .collect();
+    assert!(text.contains("40 120"), "{text:?}");
+    // A process without a terminal cannot be resized.
+    let plain = c
+        .exec_background(
+            &sb.id,
+            &ExecOptions {
+                cmd: vec!["sleep".into(), "30".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    match c.resize(&sb.id, plain, 40, 120) {
+        Err(stockade_client::ClientError::Api { status: 409, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}

@@ -101,6 +101,19 @@ pub struct ExecOptions {
     /// text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoding: Option<Encoding>,
+    /// Run it on a terminal of its own (see [`Client::resize`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// The terminal's size from the start, with `tty`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<TtySize>,
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// How the bytes of stdin and output travel in JSON: UTF-8 text (invalid
@@ -549,6 +562,16 @@ impl Client {
             wire::encode(path)
         );
         let _: Value = self.call_json("DELETE", &target, None)?;
+        Ok(())
+    }
+
+    /// Sets the terminal size of process `pid` (started with `tty`).
+    pub fn resize(&self, id: &str, pid: i32, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let _: Value = self.call_json(
+            "POST",
+            &format!("/v1/sandboxes/{}/processes/{pid}/resize", wire::encode(id)),
+            Some(&serde_json::json!({ "rows": rows, "cols": cols })),
+        )?;
         Ok(())
     }
 

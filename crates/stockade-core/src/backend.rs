@@ -52,6 +52,13 @@ pub struct ExecRequest {
     /// Working directory inside the sandbox; the policy's when absent.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Run it on a terminal of its own, allocated in the sandbox (see
+    /// [`SandboxHandle::exec_tty`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// The terminal's size (rows, columns) from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<(u16, u16)>,
 }
 
 /// A process running (or finished) in a sandbox.
@@ -145,6 +152,22 @@ pub trait SandboxHandle: Send + Sync {
         Ok((
             pid,
             Box::new(move || self.wait(pid, None).map(ProcessEnd::plain)),
+        ))
+    }
+    /// Starts a process on a terminal allocated in the sandbox's devpts
+    /// (it is the session leader, the terminal its controlling one);
+    /// returns its pid, the terminal's master side (read its output,
+    /// write its input, set its window size) and a way to wait for it.
+    fn exec_tty(
+        self: std::sync::Arc<Self>,
+        req: &ExecRequest,
+    ) -> Result<(i32, OwnedFd, ExitWaiter), BackendError>
+    where
+        Self: 'static,
+    {
+        let _ = req;
+        Err(BackendError::Invalid(
+            "this backend cannot give a process a terminal; run it without tty".into(),
         ))
     }
     /// Waits until `pid` ends; returns (exit_code, signal).

@@ -130,6 +130,7 @@ impl Prepared {
             env,
             cwd: cwd.to_string(),
             tty: term.is_some(),
+            tty_size: None,
         })
     }
 }

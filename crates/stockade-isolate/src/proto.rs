@@ -32,6 +32,10 @@ pub struct SpawnRequest {
     /// back with `Spawned`). Otherwise the message carries three
     /// descriptors, which become the process's stdin, stdout and stderr.
     pub tty: bool,
+    /// The terminal's size (rows, columns), set before the process starts
+    /// so that it never sees a terminal of size 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<(u16, u16)>,
 }
 
 /// From the supervisor to init.
@@ -208,6 +212,7 @@ mod tests {
             env: vec!["PATH=/usr/bin".into()],
             cwd: "/workspace".into(),
             tty: false,
+            tty_size: None,
         });
         let devnull = std::fs::File::open("/dev/null").unwrap();
         let raw = devnull.as_raw_fd();

@@ -90,6 +90,14 @@ impl ShimHandle {
 }
 
 pub(super) fn recv(fd: &OwnedFd, id: &str) -> Result<ShimReply, BackendError> {
+    recv_with_fds(fd, id).map(|(reply, _)| reply)
+}
+
+/// [`recv`], with the descriptors the reply carried.
+pub(super) fn recv_with_fds(
+    fd: &OwnedFd,
+    id: &str,
+) -> Result<(ShimReply, Vec<OwnedFd>), BackendError> {
     match iproto::recv_msg::<ShimReply>(fd.as_fd()) {
         Ok(Some((
             ShimReply::Failed {
@@ -109,7 +117,7 @@ pub(super) fn recv(fd: &OwnedFd, id: &str) -> Result<ShimReply, BackendError> {
             },
             FailKind::Internal => BackendError::Internal(message),
         }),
-        Ok(Some((reply, _))) => Ok(reply),
+        Ok(Some((reply, fds))) => Ok((reply, fds)),
         Ok(None) | Err(_) => Err(BackendError::NotRunning(id.to_string())),
     }
 }
@@ -165,6 +173,43 @@ impl SandboxHandle for ShimHandle {
             Err(e) => Err(e),
         };
         Ok((pid, Box::new(waiter)))
+    }
+
+    fn exec_tty(
+        self: Arc<Self>,
+        req: &ExecRequest,
+    ) -> Result<(i32, OwnedFd, ExitWaiter), BackendError> {
+        let mut req = req.clone();
+        req.tty = true;
+        let fd = self.connect()?;
+        iproto::send_msg(fd.as_fd(), &ShimRequest::Exec { req }, &[])
+            .map_err(|_| BackendError::NotRunning(self.id.clone()))?;
+        let (reply, mut fds) = recv_with_fds(&fd, &self.id)?;
+        let pid = match reply {
+            ShimReply::Started { pid } => pid,
+            r => return Err(unexpected(r)),
+        };
+        let master = fds.pop().ok_or_else(|| {
+            BackendError::Internal(format!(
+                "the shim started process {pid} without handing over its terminal"
+            ))
+        })?;
+        let waiter = move || match recv(&fd, &self.id) {
+            Ok(ShimReply::Ended {
+                exit_code,
+                signal,
+                killed_for,
+                ..
+            }) => Ok(ProcessEnd {
+                exit_code,
+                signal,
+                killed_for,
+            }),
+            Ok(r) => Err(unexpected(r)),
+            Err(BackendError::NotRunning(_)) => self.wait(pid, None).map(ProcessEnd::plain),
+            Err(e) => Err(e),
+        };
+        Ok((pid, master, Box::new(waiter)))
     }
 
     fn wait(

@@ -366,8 +366,8 @@ impl Owner for Shim<'_> {
         }
     }
 
-    fn on_init(&mut self, sb: &mut dyn Control, msg: FromInit, _: Vec<OwnedFd>) {
-        self.init_said(sb, msg);
+    fn on_init(&mut self, sb: &mut dyn Control, msg: FromInit, fds: Vec<OwnedFd>) {
+        self.init_said(sb, msg, fds);
     }
 
     fn on_signal(&mut self, sb: &mut dyn Control, _: i32) {
@@ -463,7 +463,7 @@ impl Shim<'_> {
         Some(k)
     }
 
-    fn init_said(&mut self, sb: &mut dyn Control, msg: FromInit) {
+    fn init_said(&mut self, sb: &mut dyn Control, msg: FromInit, fds: Vec<OwnedFd>) {
         match msg {
             FromInit::Spawned { tag, pid } => {
                 let cmd = self.tags.remove(&tag).unwrap_or_default();
@@ -478,7 +478,8 @@ impl Shim<'_> {
                     },
                 );
                 self.order.push(pid);
-                self.answer_spawn(tag, pid);
+                // A terminal's master, passed on; our copy closes here.
+                self.answer_spawn(tag, pid, fds.first());
                 self.broadcast(&SandboxEvent::ExecStarted { pid, cmd });
             }
             FromInit::SpawnFailed { tag, step, errno } => {
@@ -521,10 +522,11 @@ impl Shim<'_> {
     /// Tells the client that asked for spawn `tag` its pid; the client
     /// then waits on the same connection for the process's end (one that
     /// only wanted the pid hangs up, which drops it).
-    fn answer_spawn(&mut self, tag: u64, pid: i32) {
+    fn answer_spawn(&mut self, tag: u64, pid: i32, master: Option<&OwnedFd>) {
+        let attached: Vec<RawFd> = master.map(|m| m.as_raw_fd()).into_iter().collect();
         for (fd, c) in &mut self.clients {
             if matches!(c, Some(Client::AwaitSpawn { tag: t }) if *t == tag) {
-                reply(fd, &ShimReply::Started { pid });
+                let _ = iproto::send_msg(fd.as_fd(), &ShimReply::Started { pid }, &attached);
                 *c = Some(Client::Waiting { pid });
             }
         }
@@ -603,7 +605,7 @@ impl Shim<'_> {
                             reply(fd, &failed(FailKind::Invalid, e.to_string()));
                             None
                         }
-                        Ok(_) if fds.len() != 3 => {
+                        Ok(_) if !req.tty && fds.len() != 3 => {
                             reply(
                                 fd,
                                 &failed(
@@ -613,8 +615,16 @@ impl Shim<'_> {
                             );
                             None
                         }
-                        Ok(spawn) => {
-                            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                        Ok(mut spawn) => {
+                            // A terminal is made by init; its master comes
+                            // back with `Spawned` and goes to the client.
+                            spawn.tty = req.tty;
+                            spawn.tty_size = req.tty_size;
+                            let raw: Vec<RawFd> = if req.tty {
+                                Vec::new()
+                            } else {
+                                fds.iter().map(|f| f.as_raw_fd()).collect()
+                            };
                             if sb.exec(spawn, &raw).is_err() {
                                 reply(
                                     fd,

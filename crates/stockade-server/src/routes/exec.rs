@@ -42,6 +42,21 @@ pub struct ExecBody {
     /// output bytes become U+FFFD) or `base64` (any bytes).
     #[serde(default)]
     encoding: Encoding,
+    /// Run it on a terminal of its own (stdout and stderr are then one
+    /// stream, `stdout`); its size is set with the resize route.
+    #[serde(default)]
+    tty: bool,
+    /// The terminal's size from the start (with `tty`).
+    #[serde(default)]
+    tty_size: Option<TtySize>,
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    rows: u16,
+    cols: u16,
 }
 
 /// How bytes travel in JSON: as UTF-8 text, or base64 for any bytes.
@@ -111,6 +126,14 @@ fn check(body: &ExecBody) -> ApiResult<()> {
             )));
         }
     }
+    if body.tty_size.is_some() && !body.tty {
+        return Err(ApiError::invalid("tty_size needs \"tty\": true"));
+    }
+    if body.tty_size.is_some_and(|t| t.rows == 0 || t.cols == 0) {
+        return Err(ApiError::invalid(
+            "tty_size: rows and cols must be at least 1, e.g. {\"rows\": 24, \"cols\": 80}",
+        ));
+    }
     if body.timeout.is_some_and(|t| t.duration().is_zero()) {
         return Err(ApiError::invalid(
             "timeout must be longer than 0s, e.g. \"10s\"",
@@ -139,6 +162,8 @@ pub async fn exec(
             cmd: body.cmd,
             env: body.env,
             cwd: body.cwd,
+            tty: body.tty,
+            tty_size: body.tty_size.map(|t| (t.rows, t.cols)),
         },
         timeout: body.timeout.map(Span::duration),
         stdin: body
@@ -343,6 +368,43 @@ pub async fn stdin(
     Ok(json(
         StatusCode::OK,
         &json!({ "pid": p.pid, "written": data.len(), "stdin_open": guard.is_some() }),
+    ))
+}
+
+/// Body of the resize route: the terminal's new size.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeBody {
+    rows: u16,
+    cols: u16,
+}
+
+pub async fn resize(
+    State(state): State<Arc<AppState>>,
+    Path((id, pid)): Path<(String, String)>,
+    JsonBody(body): JsonBody<ResizeBody>,
+) -> ApiResult<Response> {
+    let (_, p) = known(&state, &id, &pid).await?;
+    if p.tty.is_none() {
+        return Err(ApiError::conflict(format!(
+            "process {} has no terminal; start it with \"tty\": true to resize it",
+            p.pid
+        )));
+    }
+    if body.rows == 0 || body.cols == 0 {
+        return Err(ApiError::invalid(
+            "rows and cols must be at least 1, e.g. {\"rows\": 24, \"cols\": 80}",
+        ));
+    }
+    p.resize(body.rows, body.cols).map_err(|e| {
+        ApiError::internal(format!(
+            "cannot set the terminal size of process {}: {e}",
+            p.pid
+        ))
+    })?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "pid": p.pid, "rows": body.rows, "cols": body.cols }),
     ))
 }
 
