@@ -512,6 +512,124 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
 }
 
 #[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Ids or names; every running sandbox by default.
+    pub ids: Vec<String>,
+}
+
+/// `12.3M`: a byte count for a table.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let (mut v, mut u) = (bytes as f64, 0);
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// One line per sandbox: CPU time, peak memory and processes, disk, age,
+/// and the limits it broke.
+pub fn stats(args: StatsArgs) -> anyhow::Result<u8> {
+    let client = args.socket.client();
+    let ids: Vec<String> = if args.ids.is_empty() {
+        client
+            .list(&[], Some("running"))?
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    } else {
+        args.ids
+    };
+    println!(
+        "{:<14} {:<16} {:>9} {:>9} {:>6} {:>9} {:>8}  VIOLATIONS",
+        "ID", "NAME", "CPU", "MEM PEAK", "PIDS", "DISK", "WALL"
+    );
+    let mut failed = false;
+    for id in &ids {
+        let v = match client.get_raw(id) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("stockade: {id}: {:#}", anyhow::Error::new(e));
+                failed = true;
+                continue;
+            }
+        };
+        // A running sandbox's live usage, or an ended one's final report.
+        let usage = if v["usage"].is_object() {
+            &v["usage"]
+        } else {
+            &v["report"]["usage"]
+        };
+        let violations = if v["violations"].is_array() {
+            &v["violations"]
+        } else {
+            &v["report"]["violations"]
+        };
+        let kinds: Vec<&str> = violations
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["kind"].as_str()).collect())
+            .unwrap_or_default();
+        let n = |k: &str| usage[k].as_u64().unwrap_or(0);
+        println!(
+            "{:<14} {:<16} {:>8.2}s {:>9} {:>6} {:>9} {:>7.0}s  {}",
+            v["id"].as_str().unwrap_or(id),
+            v["name"].as_str().unwrap_or("-"),
+            usage["cpu_seconds"].as_f64().unwrap_or(0.0),
+            human(n("peak_memory_bytes")),
+            n("pids_peak"),
+            human(n("disk_bytes")),
+            usage["wall_seconds"].as_f64().unwrap_or(0.0),
+            if kinds.is_empty() {
+                "-".to_string()
+            } else {
+                kinds.join(",")
+            }
+        );
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Show this task (state, phase, report) as JSON instead of the list.
+    pub id: Option<String>,
+}
+
+/// The tasks as a table, or one as JSON.
+pub fn tasks(args: TasksArgs) -> anyhow::Result<u8> {
+    let client = args.socket.client();
+    if let Some(id) = &args.id {
+        println!("{}", serde_json::to_string_pretty(&client.task(id)?)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<14} {:<8} {:<9} {:<14} REPO",
+        "ID", "STATE", "PHASE", "OUTCOME"
+    );
+    for t in client.tasks()? {
+        let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
+        println!(
+            "{:<14} {:<8} {:<9} {:<14} {}",
+            s("id"),
+            s("state"),
+            s("phase"),
+            t["report"]["outcome"].as_str().unwrap_or("-"),
+            t["request"]["repo"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
 pub struct VersionArgs {
     #[command(flatten)]
     pub socket: SocketArg,

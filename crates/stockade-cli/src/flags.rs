@@ -47,6 +47,11 @@ pub enum Command {
     Logs(crate::daemon::LogsArgs),
     /// Print a daemon sandbox as JSON: policy, state, usage, processes, report.
     Inspect(crate::daemon::InspectArgs),
+    /// Print the resources daemon sandboxes used so far (all running ones,
+    /// or those named).
+    Stats(crate::daemon::StatsArgs),
+    /// List the daemon's tasks, or show one (with its report) as JSON.
+    Tasks(crate::daemon::TasksArgs),
     /// Print stockade's version (and the daemon's, if one answers).
     Version(crate::daemon::VersionArgs),
     /// Follow events (all, or one sandbox's) as JSON lines.

@@ -184,6 +184,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(a) => daemon::logs(a),
         Command::Inspect(a) => daemon::inspect(a),
         Command::Version(a) => daemon::version(a),
+        Command::Stats(a) => daemon::stats(a),
+        Command::Tasks(a) => daemon::tasks(a),
         Command::Shim { zygote: true, .. } => Ok(stockade_core::shim::zygote().clamp(0, 255) as u8),
         Command::Shim { .. } => Ok(stockade_core::shim::entry().clamp(0, 255) as u8),
     }

@@ -694,6 +694,26 @@ fn tasks_run_through_the_daemon_with_phase_events() {
     let (status, list) = raw_json(&c, "GET", "/v1/tasks", None);
     assert_eq!(status, 200);
     assert!(!list["tasks"].as_array().unwrap().is_empty(), "{list}");
+    // The CLI lists them and shows one.
+    let socket = d.socket.to_str().unwrap();
+    let out = env
+        .cmd()
+        .args(["tasks", "--socket", socket])
+        .output()
+        .unwrap();
+    let table = stdout(&out);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("done") && row.contains("exited"), "{row}");
+    let out = env
+        .cmd()
+        .args(["tasks", "--socket", socket, &id])
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["report"]["files_changed"], 1, "{shown}");
 }
 
 /// Anonymous memory of a process, in KiB.
@@ -1084,6 +1104,17 @@ fn docker_habits_logs_inspect_stop_kill_and_version() {
         (Some(sb.id.as_str()), Some("running"))
     );
     assert!(v["policy"]["limits"]["memory"].is_string(), "{v}");
+
+    // stats: one line for the sandbox, with its usage so far.
+    let out = cli(&["stats", &sb.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let table = stdout(&out);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(row.starts_with(&sb.id) && row.contains('s'), "{table}");
+    assert!(
+        table.lines().next().unwrap().contains("MEM PEAK"),
+        "{table}"
+    );
 
     let out = cli(&["version"]);
     let text = stdout(&out);

@@ -575,6 +575,17 @@ impl Client {
         Ok(())
     }
 
+    /// `GET /v1/tasks`: the daemon's tasks.
+    pub fn tasks(&self) -> Result<Vec<Value>, ClientError> {
+        let v: Value = self.call_json("GET", "/v1/tasks", None)?;
+        Ok(v["tasks"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `GET /v1/tasks/{id}`: one task, its report once done.
+    pub fn task(&self, id: &str) -> Result<Value, ClientError> {
+        self.call_json("GET", &format!("/v1/tasks/{}", wire::encode(id)), None)
+    }
+
     /// `GET /v1/sandboxes/{id}` as the daemon answers it, every field kept.
     pub fn get_raw(&self, id: &str) -> Result<Value, ClientError> {
         self.call_json("GET", &format!("/v1/sandboxes/{}", wire::encode(id)), None)
