@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use stockade_client::{Client, ExecOptions};
+use stockade_client::{Client, Encoding, ExecOptions};
 use stockade_core::shim::ShimBackend;
+use stockade_server::config::LogFormat;
 use stockade_server::ServeConfig;
 
 use crate::flags::PolicyArgs;
@@ -77,6 +78,11 @@ pub struct ServeArgs {
     /// exists without one.
     #[arg(long, value_name = "FILE", requires = "e2b_listen")]
     pub e2b_templates: Option<PathBuf>,
+    /// How to log on stderr where the daemon listens, each request and
+    /// each sandbox event: `text` (one line each), `json` (one object per
+    /// line) or `none`.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json", "none"])]
+    pub log_format: String,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -98,6 +104,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
                 listen,
                 templates: args.e2b_templates,
             }),
+        log: match args.log_format.as_str() {
+            "json" => LogFormat::Json,
+            "none" => LogFormat::Off,
+            _ => LogFormat::Text,
+        },
         ..ServeConfig::default()
     };
     stockade_server::serve_blocking(cfg, Arc::new(backend))?;
@@ -159,11 +170,79 @@ pub struct ExecArgs {
     /// stockade exec -i ID -- cat`); without it the command's stdin is empty.
     #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Give the command a terminal of its own, as `docker exec -it`: this
+    /// terminal's keys go to it (raw mode), its size follows this one's,
+    /// and stdout and stderr arrive as one stream.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// The sandbox's id or name.
     pub id: String,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// Our terminal in raw mode while a `-t` command runs; restored on drop.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        use nix::sys::termios;
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            termios::cfmakeraw(&mut raw);
+            let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw);
+        }
+        RawMode(saved)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                &t,
+            );
+        }
+    }
+}
+
+/// Our terminal's size (rows, cols), when stdin is one.
+fn window_size() -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain data that TIOCGWINSZ fills from descriptor 0.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_row > 0)
+            .then_some((ws.ws_row, ws.ws_col))
+    }
+}
+
+/// Passes our terminal's size to process `pid` now and after each
+/// SIGWINCH (on a thread of its own; the signal is blocked elsewhere).
+fn follow_window_size(client: &Client, id: &str, pid: i32) {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    if let Some((r, c)) = window_size() {
+        let _ = client.resize(id, pid, r, c);
+    }
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGWINCH);
+    if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
+        return;
+    }
+    let (client, id) = (client.clone(), id.to_string());
+    std::thread::spawn(move || {
+        while set.wait().is_ok() {
+            if let Some((r, c)) = window_size() {
+                if client.resize(&id, pid, r, c).is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Streams the command's output; exits with its status (128+N for a
@@ -183,15 +262,31 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         timeout: args.timeout,
         stdin: None,
         background: false,
+        // Output is written as printed, binary or not.
+        encoding: Some(Encoding::Base64),
+        tty: args.tty,
+        tty_size: window_size()
+            .filter(|_| args.tty)
+            .map(|(rows, cols)| stockade_client::TtySize { rows, cols }),
     };
+    let mut opts = opts;
+    if args.tty && !opts.env.contains_key("TERM") {
+        if let Ok(term) = std::env::var("TERM") {
+            opts.env.insert("TERM".into(), term);
+        }
+    }
     let client = args.socket.client();
-    let stream = if args.interactive {
+    let _raw = (args.tty && window_size().is_some()).then(RawMode::enter);
+    let stream = if args.interactive || args.tty {
         // A background process takes its stdin in requests of its own;
         // its output is followed from its start.
         let pid = client
             .exec_background(&args.id, &opts)
             .map_err(spawn_error)?;
-        let stream = client.output(&args.id, pid)?;
+        if args.tty {
+            follow_window_size(&client, &args.id, pid);
+        }
+        let stream = client.output_as(&args.id, pid, Encoding::Base64, true)?;
         let (feeder, id) = (client.clone(), args.id.clone());
         std::thread::spawn(move || feed_stdin(&feeder, &id, pid));
         stream
@@ -205,16 +300,22 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         let data = ev.json();
         match ev.event.as_str() {
             "stdout" => {
-                let _ = out.write_all(data["data"].as_str().unwrap_or("").as_bytes());
+                let _ = out.write_all(&chunk_bytes(&data)?);
                 let _ = out.flush();
             }
             "stderr" => {
-                let _ = err.write_all(data["data"].as_str().unwrap_or("").as_bytes());
+                let _ = err.write_all(&chunk_bytes(&data)?);
             }
             "exit" => {
                 if data["outcome"] == "timeout" {
                     eprintln!("stockade: timeout: the command was killed after its time limit");
                     return Ok(124);
+                }
+                // The sandbox hit a hard limit and was killed, and the
+                // command with it: say so as `stockade run` does.
+                if let Some(kind @ ("memory-limit" | "disk-limit")) = data["outcome"].as_str() {
+                    eprintln!("stockade: {kind}: {}", breach_line(&client, &args.id, kind));
+                    return Ok(137);
                 }
                 if let Some(c) = data["exit_code"].as_i64() {
                     return Ok(c.clamp(0, 255) as u8);
@@ -231,6 +332,33 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         }
     }
     bail!("the daemon closed the stream before the command ended")
+}
+
+/// What `stockade run` says of a breach: the limit from the sandbox's
+/// policy when the daemon still answers.
+fn breach_line(client: &Client, id: &str, kind: &str) -> String {
+    let (what, key) = match kind {
+        "memory-limit" => ("memory", "memory"),
+        _ => ("disk", "disk"),
+    };
+    let limit = client
+        .get(id)
+        .ok()
+        .and_then(|sb| sb.policy["limits"][key].as_str().map(str::to_string));
+    match limit {
+        Some(l) => {
+            format!("killed after exceeding the {what} limit of {l} (the sandbox ended with it)")
+        }
+        None => format!("killed after exceeding the {what} limit (the sandbox ended with it)"),
+    }
+}
+
+/// The bytes of a base64 output chunk.
+fn chunk_bytes(data: &serde_json::Value) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(data["data"].as_str().unwrap_or(""))
+        .context("the daemon sent output that is not valid base64; is it an older stockade?")
 }
 
 /// A command that could not be started: 127 when it does not exist, 126
@@ -339,6 +467,206 @@ pub fn rm(args: RmArgs) -> anyhow::Result<u8> {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Keep following the output until the processes end.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The sandbox's id or name.
+    pub id: String,
+    /// Only this process (a pid from `exec` or the processes list);
+    /// by default every process started through the API, oldest first.
+    pub pid: Option<i32>,
+}
+
+/// Writes what the processes printed: stdout to stdout, stderr to stderr,
+/// byte for byte.
+pub fn logs(args: LogsArgs) -> anyhow::Result<u8> {
+    let client = args.socket.client();
+    let pids: Vec<i32> = match args.pid {
+        Some(p) => vec![p],
+        None => {
+            let mut v: Vec<i32> = client
+                .processes(&args.id)?
+                .iter()
+                .filter(|p| p["via_api"] == true)
+                .filter_map(|p| p["pid"].as_i64().map(|n| n as i32))
+                .collect();
+            v.sort_unstable();
+            v
+        }
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    for pid in pids {
+        for ev in client.output_as(&args.id, pid, Encoding::Base64, args.follow)? {
+            let ev = ev?;
+            match ev.event.as_str() {
+                "stdout" => {
+                    let _ = out.write_all(&chunk_bytes(&ev.json())?);
+                    let _ = out.flush();
+                }
+                "stderr" => {
+                    let _ = err.write_all(&chunk_bytes(&ev.json())?);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// The sandbox's id or name.
+    pub id: String,
+}
+
+/// The daemon's view of a sandbox, as indented JSON.
+pub fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
+    let v = args.socket.client().get_raw(&args.id)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Ids or names; every running sandbox by default.
+    pub ids: Vec<String>,
+}
+
+/// `12.3M`: a byte count for a table.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let (mut v, mut u) = (bytes as f64, 0);
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// One line per sandbox: CPU time, peak memory and processes, disk, age,
+/// and the limits it broke.
+pub fn stats(args: StatsArgs) -> anyhow::Result<u8> {
+    let client = args.socket.client();
+    let ids: Vec<String> = if args.ids.is_empty() {
+        client
+            .list(&[], Some("running"))?
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    } else {
+        args.ids
+    };
+    println!(
+        "{:<14} {:<16} {:>9} {:>9} {:>6} {:>9} {:>8}  VIOLATIONS",
+        "ID", "NAME", "CPU", "MEM PEAK", "PIDS", "DISK", "WALL"
+    );
+    let mut failed = false;
+    for id in &ids {
+        let v = match client.get_raw(id) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("stockade: {id}: {:#}", anyhow::Error::new(e));
+                failed = true;
+                continue;
+            }
+        };
+        // A running sandbox's live usage, or an ended one's final report.
+        let usage = if v["usage"].is_object() {
+            &v["usage"]
+        } else {
+            &v["report"]["usage"]
+        };
+        let violations = if v["violations"].is_array() {
+            &v["violations"]
+        } else {
+            &v["report"]["violations"]
+        };
+        let kinds: Vec<&str> = violations
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["kind"].as_str()).collect())
+            .unwrap_or_default();
+        let n = |k: &str| usage[k].as_u64().unwrap_or(0);
+        println!(
+            "{:<14} {:<16} {:>8.2}s {:>9} {:>6} {:>9} {:>7.0}s  {}",
+            v["id"].as_str().unwrap_or(id),
+            v["name"].as_str().unwrap_or("-"),
+            usage["cpu_seconds"].as_f64().unwrap_or(0.0),
+            human(n("peak_memory_bytes")),
+            n("pids_peak"),
+            human(n("disk_bytes")),
+            usage["wall_seconds"].as_f64().unwrap_or(0.0),
+            if kinds.is_empty() {
+                "-".to_string()
+            } else {
+                kinds.join(",")
+            }
+        );
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Show this task (state, phase, report) as JSON instead of the list.
+    pub id: Option<String>,
+}
+
+/// The tasks as a table, or one as JSON.
+pub fn tasks(args: TasksArgs) -> anyhow::Result<u8> {
+    let client = args.socket.client();
+    if let Some(id) = &args.id {
+        println!("{}", serde_json::to_string_pretty(&client.task(id)?)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<14} {:<8} {:<9} {:<14} REPO",
+        "ID", "STATE", "PHASE", "OUTCOME"
+    );
+    for t in client.tasks()? {
+        let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
+        println!(
+            "{:<14} {:<8} {:<9} {:<14} {}",
+            s("id"),
+            s("state"),
+            s("phase"),
+            t["report"]["outcome"].as_str().unwrap_or("-"),
+            t["request"]["repo"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// This binary's version, then the daemon's when one answers on the socket.
+pub fn version(args: VersionArgs) -> anyhow::Result<u8> {
+    println!("stockade {}", env!("CARGO_PKG_VERSION"));
+    if let Ok(h) = args.socket.client().health() {
+        if let Some(v) = h["version"].as_str() {
+            println!("daemon   {v} ({})", args.socket.socket.display());
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
 pub struct EventsArgs {
     #[command(flatten)]
     pub socket: SocketArg,
@@ -370,72 +698,13 @@ fn sandbox_path(s: &str) -> Option<(&str, &str)> {
         .filter(|(id, p)| !id.is_empty() && !id.contains('/') && p.starts_with('/'))
 }
 
-/// Writes to a file, leaving runs of zeros as holes: a sparse file
-/// copied out of a sandbox stays sparse on the host.
-struct SparseWriter {
-    file: std::fs::File,
-    len: u64,
-    hole_at_end: bool,
-}
-
-impl std::io::Write for SparseWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use std::io::Seek;
-        let mut rest = buf;
-        while !rest.is_empty() {
-            let n = rest.len().min(64 << 10);
-            let (piece, tail) = rest.split_at(n);
-            if piece.iter().all(|&b| b == 0) {
-                self.file.seek(std::io::SeekFrom::Current(n as i64))?;
-                self.hole_at_end = true;
-            } else {
-                self.file.write_all(piece)?;
-                self.hole_at_end = false;
-            }
-            self.len += n as u64;
-            rest = tail;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.hole_at_end {
-            self.file.set_len(self.len)?;
-        }
-        Ok(())
-    }
-}
-
-/// Copies one file between the host and a sandbox, streaming it (memory
-/// stays constant whatever its size; runs of zeros stay holes).
+/// Copies a file or a directory tree between the host and a sandbox, as
+/// `docker cp` does (see `cp.rs`).
 pub fn cp(args: CpArgs) -> anyhow::Result<u8> {
     let client = args.socket.client();
     match (sandbox_path(&args.src), sandbox_path(&args.dst)) {
-        (Some((id, path)), None) => {
-            let file = std::fs::File::create(&args.dst)
-                .with_context(|| format!("cannot write {}", args.dst))?;
-            let mut w = SparseWriter {
-                file,
-                len: 0,
-                hole_at_end: false,
-            };
-            client.read_file_to(id, path, &mut w)?;
-            std::io::Write::flush(&mut w).with_context(|| format!("cannot write {}", args.dst))?;
-        }
-        (None, Some((id, path))) => {
-            let mut f = std::fs::File::open(&args.src)
-                .with_context(|| format!("cannot read {}", args.src))?;
-            let meta = f
-                .metadata()
-                .with_context(|| format!("cannot read {}", args.src))?;
-            if !meta.is_file() {
-                bail!(
-                    "{} is not a regular file; only files can be copied",
-                    args.src
-                );
-            }
-            client.write_file_from(id, path, &mut f, meta.len())?;
-        }
+        (Some((id, path)), None) => crate::cp::out_of(&client, id, path, Path::new(&args.dst))?,
+        (None, Some((id, path))) => crate::cp::into(&client, id, &args.src, path)?,
         _ => bail!("exactly one of SRC and DST must be ID:/path in a sandbox"),
     }
     Ok(0)

@@ -31,18 +31,32 @@ pub enum Command {
     /// Check what this host supports and what stockade does without it.
     Doctor,
     /// Run the daemon: many long-lived sandboxes behind an HTTP API.
-    Serve(crate::daemon::ServeArgs),
+    Serve(Box<crate::daemon::ServeArgs>),
     /// Create a sandbox in the daemon; prints its id.
     Create(Box<crate::daemon::CreateArgs>),
     /// Run a command in a daemon sandbox, streaming its output.
     Exec(crate::daemon::ExecArgs),
     /// List the daemon's sandboxes.
     Ps(crate::daemon::PsArgs),
-    /// Destroy daemon sandboxes.
+    /// Destroy daemon sandboxes (`stop` and `kill` too: a sandbox has no
+    /// stopped state).
+    #[command(visible_aliases = ["stop", "kill"])]
     Rm(crate::daemon::RmArgs),
+    /// Print what processes started through the API printed (kept: the
+    /// most recent 1 MiB of each stream).
+    Logs(crate::daemon::LogsArgs),
+    /// Print a daemon sandbox as JSON: policy, state, usage, processes, report.
+    Inspect(crate::daemon::InspectArgs),
+    /// Print the resources daemon sandboxes used so far (all running ones,
+    /// or those named).
+    Stats(crate::daemon::StatsArgs),
+    /// List the daemon's tasks, or show one (with its report) as JSON.
+    Tasks(crate::daemon::TasksArgs),
+    /// Print stockade's version (and the daemon's, if one answers).
+    Version(crate::daemon::VersionArgs),
     /// Follow events (all, or one sandbox's) as JSON lines.
     Events(crate::daemon::EventsArgs),
-    /// Copy a file between the host and a daemon sandbox (ID:/path).
+    /// Copy a file or a directory tree between the host and a daemon sandbox (ID:/path), as `docker cp` does.
     Cp(crate::daemon::CpArgs),
     /// Pull an image into the store (a registry, or oci:/oci-archive:/docker-archive:).
     Pull(Box<crate::images::PullArgs>),
@@ -115,6 +129,10 @@ pub struct PolicyArgs {
     /// DST cannot be /workspace or a system directory (/usr, /bin, /lib*).
     #[arg(long = "bind", value_name = "SRC:DST")]
     pub bind: Vec<BindMount>,
+    /// Docker's spelling of the two above: `-v SRC:DST` is --bind,
+    /// `-v SRC:DST:ro` is --ro-bind.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<Volume>,
     /// CPU allowance in cores, fractional allowed (e.g. 0.5) [default: 4].
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub cpus: Option<Cpus>,
@@ -341,6 +359,26 @@ fn parse_rate(s: &str) -> Result<u32, String> {
     }
 }
 
+/// `-v SRC:DST[:ro|:rw]`, as docker spells a bind mount.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    pub mount: BindMount,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for Volume {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (spec, read_only) = match s.rsplit_once(':') {
+            Some((head, "ro")) if head.contains(':') => (head, true),
+            Some((head, "rw")) if head.contains(':') => (head, false),
+            _ => (s, false),
+        };
+        let mount = spec.parse::<BindMount>().map_err(|e| e.to_string())?;
+        Ok(Volume { mount, read_only })
+    }
+}
+
 impl RunArgs {
     /// Run options; plus where to write the report.
     pub fn into_options(self) -> anyhow::Result<(RunOptions, Option<PathBuf>)> {
@@ -416,13 +454,21 @@ impl PolicyArgs {
         if let Some(v) = self.tmp_size {
             fs.tmp_size = v;
         }
+        let (mut ro_bind, mut bind) = (self.ro_bind, self.bind);
+        for v in self.volume {
+            if v.read_only {
+                ro_bind.push(v.mount);
+            } else {
+                bind.push(v.mount);
+            }
+        }
         // A flag's mount replaces the file's at the same destination.
-        for dst in self.ro_bind.iter().chain(&self.bind).map(|b| &b.dst) {
+        for dst in ro_bind.iter().chain(&bind).map(|b| &b.dst) {
             fs.ro_bind.retain(|b| &b.dst != dst);
             fs.bind.retain(|b| &b.dst != dst);
         }
-        fs.ro_bind.extend(self.ro_bind);
-        fs.bind.extend(self.bind);
+        fs.ro_bind.extend(ro_bind);
+        fs.bind.extend(bind);
         let l = &mut p.limits;
         if let Some(v) = self.cpus {
             let host = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -66,6 +66,30 @@ fn a_flag_bind_replaces_the_files_at_the_same_destination() {
 }
 
 #[test]
+fn dash_v_is_bind_or_ro_bind_as_docker_spells_them() {
+    let file = "[filesystem]\nro_bind = [\"/srv/a:/data\"]\n";
+    let p = policy(
+        file,
+        &[
+            "-v",
+            "/srv/b:/data",
+            "--volume",
+            "/srv/c:/c:ro",
+            "-v",
+            "/srv/d:/d:rw",
+        ],
+    )
+    .unwrap();
+    let fs = &p.filesystem;
+    let pairs = |v: &[stockade_policy::BindMount]| -> Vec<String> {
+        v.iter().map(|b| b.to_string()).collect()
+    };
+    assert_eq!(pairs(&fs.bind), ["/srv/b:/data", "/srv/d:/d"]);
+    assert_eq!(pairs(&fs.ro_bind), ["/srv/c:/c"]);
+    assert!(policy("", &["-v", "/srv/only"]).is_err());
+}
+
+#[test]
 fn flag_limits_and_env_override_the_file() {
     let file = "[limits]\nmemory = \"1G\"\n[process]\nenv = { A = \"file\" }\n";
     let p = policy(file, &["--memory", "512M", "-e", "A=flag"]).unwrap();

@@ -6,6 +6,7 @@
 //! disk, 126/127 when the command cannot be executed / is not found, and
 //! 125 when stockade itself fails — always with one line on stderr.
 
+mod cp;
 mod daemon;
 mod doctor;
 mod flags;
@@ -174,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Doctor => Ok(doctor::run()),
-        Command::Serve(a) => daemon::serve(a),
+        Command::Serve(a) => daemon::serve(*a),
         Command::Create(a) => daemon::create(*a),
         Command::Exec(a) => daemon::exec(a),
         Command::Ps(a) => daemon::ps(a),
@@ -185,6 +186,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Images(a) => images::images(a),
         Command::Rmi(a) => images::rmi(a),
         Command::Image(c) => images::image(c),
+        Command::Logs(a) => daemon::logs(a),
+        Command::Inspect(a) => daemon::inspect(a),
+        Command::Version(a) => daemon::version(a),
+        Command::Stats(a) => daemon::stats(a),
+        Command::Tasks(a) => daemon::tasks(a),
         Command::Shim { zygote: true, .. } => Ok(stockade_core::shim::zygote().clamp(0, 255) as u8),
         Command::Shim { .. } => Ok(stockade_core::shim::entry().clamp(0, 255) as u8),
     }

@@ -694,6 +694,26 @@ fn tasks_run_through_the_daemon_with_phase_events() {
     let (status, list) = raw_json(&c, "GET", "/v1/tasks", None);
     assert_eq!(status, 200);
     assert!(!list["tasks"].as_array().unwrap().is_empty(), "{list}");
+    // The CLI lists them and shows one.
+    let socket = d.socket.to_str().unwrap();
+    let out = env
+        .cmd()
+        .args(["tasks", "--socket", socket])
+        .output()
+        .unwrap();
+    let table = stdout(&out);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("done") && row.contains("exited"), "{row}");
+    let out = env
+        .cmd()
+        .args(["tasks", "--socket", socket, &id])
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["report"]["files_changed"], 1, "{shown}");
 }
 
 /// Anonymous memory of a process, in KiB.
@@ -870,6 +890,16 @@ fn exec_streams_stdin_with_i_and_exits_like_run_when_the_command_cannot_start() 
     let mut want = input.clone();
     want.extend_from_slice(b"end\n");
     assert!(out.stdout == want, "stdin came back changed");
+    // Binary data passes unchanged both ways, with and without -i.
+    let every: Vec<u8> = (0..=255u8).collect();
+    let out = exec(&["-i"], &["cat"], &every);
+    assert!(
+        out.stdout == every,
+        "binary stdin/stdout changed: {:?}",
+        out.stdout
+    );
+    let out = exec(&[], &["sh", "-c", "printf '\\377\\000\\200'"], b"");
+    assert_eq!(out.stdout, b"\xff\x00\x80");
     // Without -i the command's stdin is empty.
     let out = exec(&[], &["cat"], b"x\n");
     assert_eq!((code(&out), stdout(&out)), (0, String::new()));
@@ -879,5 +909,291 @@ fn exec_streams_stdin_with_i_and_exits_like_run_when_the_command_cannot_start() 
         assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
         let out = exec(flags, &["/etc/hostname"], b"");
         assert_eq!(code(&out), 126, "{flags:?}: {}", stderr(&out));
+    }
+}
+
+/// Lines from `rx` until `done` holds for all gathered (bounded wait).
+fn log_lines_until(
+    rx: &std::sync::mpsc::Receiver<String>,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !done(&lines) {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn the_daemon_logs_where_it_listens_each_request_and_each_event_as_text_or_json() {
+    for format in ["text", "json"] {
+        let env = Env::new();
+        let (d, rx) = Daemon::start_logged(&env, &["--log-format", format]);
+        let socket = d.socket.display().to_string();
+        let c = d.client();
+        let sb = c.create(None, None, &BTreeMap::new(), Some("10m")).unwrap();
+        run(&c, &sb.id, &["true"]);
+        c.destroy(&sb.id).unwrap();
+        let _ = c.get("nope-nope");
+        let id = sb.id.clone();
+        let has = |lines: &[String], what: &dyn Fn(&str) -> bool| lines.iter().any(|l| what(l));
+        let text_done = |lines: &[String]| {
+            has(lines, &|l| {
+                l.contains(&format!("listening on unix socket {socket}"))
+            }) && has(lines, &|l| l.contains("POST /v1/sandboxes 201 "))
+                && has(lines, &|l| l.contains(&format!("sandbox {id} created")))
+                && has(lines, &|l| {
+                    l.contains(&format!("sandbox {id} exec-exited exit_code=0"))
+                })
+                && has(lines, &|l| {
+                    l.contains(&format!("sandbox {id} destroyed outcome="))
+                })
+                && has(lines, &|l| l.contains("GET /v1/sandboxes/nope-nope 404 "))
+        };
+        let json_done = |lines: &[String]| {
+            let docs: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+                .collect();
+            let any = |f: &dyn Fn(&serde_json::Value) -> bool| docs.iter().any(f);
+            docs.iter().all(|v| v["time"].is_string())
+                && any(&|v| v["type"] == "listening" && v["address"] == socket.as_str())
+                && any(&|v| {
+                    v["type"] == "request"
+                        && v["method"] == "POST"
+                        && v["path"] == "/v1/sandboxes"
+                        && v["status"] == 201
+                        && v["duration_ms"].is_number()
+                })
+                && any(&|v| {
+                    v["type"] == "event"
+                        && v["event"]["type"] == "created"
+                        && v["event"]["sandbox_id"] == id.as_str()
+                })
+                && any(&|v| v["event"]["type"] == "exec-exited" && v["event"]["exit_code"] == 0)
+                && any(&|v| {
+                    v["event"]["type"] == "destroyed" && v["event"]["sandbox_id"] == id.as_str()
+                })
+                && any(&|v| v["path"] == "/v1/sandboxes/nope-nope" && v["status"] == 404)
+        };
+        let lines = if format == "text" {
+            let l = log_lines_until(&rx, text_done);
+            assert!(text_done(&l), "{l:#?}");
+            l
+        } else {
+            let l = log_lines_until(&rx, json_done);
+            assert!(json_done(&l), "{l:#?}");
+            l
+        };
+        // One line per request: the create was logged once.
+        let creates = lines
+            .iter()
+            .filter(|l| {
+                l.contains("POST /v1/sandboxes 201") || l.contains("\"path\":\"/v1/sandboxes\"")
+            })
+            .count();
+        assert_eq!(creates, 1, "{lines:#?}");
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn a_memory_kill_during_exec_is_the_execs_outcome_and_the_sandboxs_reason() {
+    let env = Env::new();
+    let d = Daemon::start_cleaning(&env, &[]);
+    let c = d.client();
+    let mut policy = Policy::default();
+    policy.limits.memory = ByteSize::mib(64);
+    let bomb = "x = [bytearray(1 << 20) for _ in range(1024)]";
+    // Through the CLI: the line `stockade run` prints, and 137.
+    let sb = c
+        .create(Some(&policy), None, &BTreeMap::new(), Some("10m"))
+        .unwrap();
+    let out = env
+        .cmd()
+        .args(["exec", "--socket", d.socket.to_str().unwrap(), &sb.id, "--"])
+        .args(["/usr/bin/python3", "-c", bomb])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 137, "{err}");
+    assert_eq!(err.matches("stockade: memory-limit: ").count(), 1, "{err}");
+    assert!(err.contains("64M"), "{err}");
+    // The registry says why it ended, not that its supervisor crashed.
+    assert!(eventually(|| c
+        .get(&sb.id)
+        .is_ok_and(|s| s.state != "running")));
+    let row = c.get(&sb.id).unwrap();
+    let reason = row.reason.unwrap_or_default();
+    assert!(reason.contains("memory limit"), "{reason}");
+    assert_eq!(row.report.unwrap()["outcome"], "memory-limit");
+    // Through the API: the outcome names the breach.
+    let sb = c
+        .create(Some(&policy), None, &BTreeMap::new(), Some("10m"))
+        .unwrap();
+    let r = c
+        .exec(
+            &sb.id,
+            &ExecOptions {
+                cmd: vec!["/usr/bin/python3".into(), "-c".into(), bomb.into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (r.outcome.as_str(), r.signal),
+        ("memory-limit", Some(libc::SIGKILL))
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn docker_habits_logs_inspect_stop_kill_and_version() {
+    let env = Env::new();
+    let d = Daemon::start_cleaning(&env, &[]);
+    let c = d.client();
+    let socket = d.socket.to_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        env.cmd()
+            .arg(args[0])
+            .args(["--socket", &socket])
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    };
+    let sb = c.create(None, None, &BTreeMap::new(), Some("10m")).unwrap();
+    let sh = |script: &str| ExecOptions {
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    };
+    // A background process that keeps running, and one that has ended.
+    let first = c
+        .exec_background(
+            &sb.id,
+            &sh("printf 'one\\377\\n'; echo warn >&2; exec sleep 300"),
+        )
+        .unwrap();
+    c.exec(&sb.id, &sh("echo two")).unwrap();
+    // `logs` prints what was kept and returns, though a process still runs.
+    let mut out = cli(&["logs", &sb.id]);
+    assert!(
+        eventually(|| {
+            out = cli(&["logs", &sb.id]);
+            out.stdout == b"one\xff\ntwo\n"
+        }),
+        "{:?} {}",
+        out.stdout,
+        stderr(&out)
+    );
+    assert_eq!(code(&out), 0);
+    assert_eq!(stderr(&out), "warn\n");
+    let out = cli(&["logs", &sb.id, &first.to_string()]);
+    assert_eq!(out.stdout, b"one\xff\n");
+
+    let out = cli(&["inspect", &sb.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["state"].as_str()),
+        (Some(sb.id.as_str()), Some("running"))
+    );
+    assert!(v["policy"]["limits"]["memory"].is_string(), "{v}");
+
+    // stats: one line for the sandbox, with its usage so far.
+    let out = cli(&["stats", &sb.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let table = stdout(&out);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(row.starts_with(&sb.id) && row.contains('s'), "{table}");
+    assert!(
+        table.lines().next().unwrap().contains("MEM PEAK"),
+        "{table}"
+    );
+
+    let out = cli(&["version"]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("stockade {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("daemon"), "{text}");
+
+    // stop and kill destroy, as rm does.
+    let other = c.create(None, None, &BTreeMap::new(), Some("10m")).unwrap();
+    for (verb, id) in [("stop", &sb.id), ("kill", &other.id)] {
+        let out = cli(&[verb, id]);
+        assert_eq!(code(&out), 0, "{verb}: {}", stderr(&out));
+        assert_eq!(c.get(id).unwrap().state, "destroyed", "{verb}");
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups"]
+fn exec_t_gives_the_command_a_terminal_that_follows_our_size() {
+    let env = Env::new();
+    let d = Daemon::start_cleaning(&env, &[]);
+    let c = d.client();
+    let sb = c.create(None, None, &BTreeMap::new(), Some("10m")).unwrap();
+    // Through the CLI, on a terminal `script` makes for it: the command
+    // has a terminal of its size, keys reach it, its status comes back.
+    let inner = format!(
+        "stty rows 33 cols 99; {BIN} exec -t --socket {} {} -- sh -c 'test -t 0 && test -t 1 && stty size && tty && read x && echo got:$x; exit 3'",
+        d.socket.display(),
+        sb.id
+    );
+    let mut child = Command::new("script")
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"typed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(input);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 3, "{text} {}", stderr(&out));
+    assert!(text.contains("33 99"), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("got:typed"), "{text}");
+
+    // Through the API: resize, then the command reads its new size.
+    let opts = ExecOptions {
+        cmd: vec!["sh".into(), "-c".into(), "read x; stty size".into()],
+        tty: true,
+        ..Default::default()
+    };
+    let pid = c.exec_background(&sb.id, &opts).unwrap();
+    c.resize(&sb.id, pid, 40, 120).unwrap();
+    c.send_stdin(&sb.id, pid, b"go\n", false).unwrap();
+    let text: String = c
+        .output(&sb.id, pid)
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.event == "stdout")
+        .map(|e| e.json()["data"].as_str().unwrap().to_string())
+        .collect();
+    assert!(text.contains("40 120"), "{text:?}");
+    // A process without a terminal cannot be resized.
+    let plain = c
+        .exec_background(
+            &sb.id,
+            &ExecOptions {
+                cmd: vec!["sleep".into(), "30".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    match c.resize(&sb.id, plain, 40, 120) {
+        Err(stockade_client::ClientError::Api { status: 409, .. }) => {}
+        other => panic!("{other:?}"),
     }
 }

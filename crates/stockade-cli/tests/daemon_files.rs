@@ -371,3 +371,89 @@ fn an_upload_past_the_disk_limit_is_507_and_the_daemon_sandbox_is_capped() {
     );
     c.destroy(&sb.id).unwrap();
 }
+
+#[test]
+#[ignore = "needs root: runs the daemon with real sandboxes"]
+fn cp_copies_directory_trees_both_ways_and_never_writes_through_the_sandboxs_symlinks() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let d = Daemon::start_cleaning(&env, &[]);
+    let c = d.client();
+    let sb = c
+        .create(Some(&policy(false)), None, &Default::default(), None)
+        .unwrap();
+    let socket = d.socket.to_str().unwrap().to_string();
+    let cp = |src: &str, dst: &str| {
+        Command::new(BIN)
+            .args(["cp", "--socket", &socket, src, dst])
+            .output()
+            .unwrap()
+    };
+    let at = |p: &str| format!("{}:{p}", sb.id);
+    let tmp = env.state.path();
+
+    // Into the sandbox: a tree with an executable, an empty and a deep
+    // directory; a host symlink is skipped, not followed.
+    let src = tmp.join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    std::fs::create_dir_all(src.join("deep/x/y")).unwrap();
+    std::fs::write(src.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(src.join("bin/run.sh"), b"#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(
+        src.join("bin/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(src.join("deep/x/y/z.txt"), b"zed").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", src.join("link")).unwrap();
+    let out = cp(src.to_str().unwrap(), &at("/workspace"));
+    assert_eq!(code_of(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("link"));
+    let (code, text) = sh(
+        &c,
+        &sb.id,
+        "cd /workspace/src && cat a.txt deep/x/y/z.txt && ./bin/run.sh && test -d empty && test ! -e link && echo ok",
+    );
+    assert_eq!((code, text.as_str()), (Some(0), "alphazedran\nok\n"));
+    // `SRC/.` copies the contents into a new directory.
+    let out = cp(&format!("{}/.", src.display()), &at("/workspace/flat"));
+    assert_eq!(code_of(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sh(&c, &sb.id, "cat /workspace/flat/a.txt").1, "alpha");
+
+    // Out of the sandbox: files, modes and a symlink made as a symlink.
+    let victim = tmp.join("victim");
+    std::fs::write(&victim, b"host data").unwrap();
+    let script = format!(
+        "mkdir -p /workspace/out/sub && echo f > /workspace/out/f && echo g > /workspace/out/sub/g && chmod 700 /workspace/out/sub && ln -s {} /workspace/out/esc",
+        victim.display()
+    );
+    assert_eq!(sh(&c, &sb.id, &script).0, Some(0));
+    let fresh = tmp.join("fresh");
+    let out = cp(&at("/workspace/out"), fresh.to_str().unwrap());
+    assert_eq!(code_of(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(fresh.join("f")).unwrap(), b"f\n");
+    assert_eq!(std::fs::read(fresh.join("sub/g")).unwrap(), b"g\n");
+    let sub_mode = std::fs::metadata(fresh.join("sub"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(sub_mode & 0o777, 0o700);
+    assert_eq!(std::fs::read_link(fresh.join("esc")).unwrap(), victim);
+    // Into an existing directory: as its subdirectory.
+    let existing = tmp.join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    let out = cp(&at("/workspace/out"), existing.to_str().unwrap());
+    assert_eq!(code_of(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(existing.join("out/sub/g")).unwrap(), b"g\n");
+
+    // The attack: the sandbox turns the symlink it had copied out into a
+    // file, and the copy is repeated over the first one. The host file
+    // behind the symlink must not be written.
+    let script = "rm /workspace/out/esc && echo pwned > /workspace/out/esc";
+    assert_eq!(sh(&c, &sb.id, script).0, Some(0));
+    let out = cp(&at("/workspace/out"), existing.to_str().unwrap());
+    assert_ne!(code_of(&out), 0, "the copy wrote through a symlink");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"host data");
+    c.destroy(&sb.id).unwrap();
+}

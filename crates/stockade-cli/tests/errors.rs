@@ -63,10 +63,27 @@ fn a_missing_policy_file_is_named_with_its_cause_once() {
 #[test]
 fn a_malformed_policy_names_the_file_the_line_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (o, policy) = run_with_policy(dir.path(), "typo.toml", "[limits]\nmemroy = \"1G\"\n");
-    let err = fails_saying_once(&o, "unknown field `memroy`");
+    let (o, policy) = run_with_policy(
+        dir.path(),
+        "typo.toml",
+        "[limits]\ncpus = 2\n  memroy = \"1G\"\n",
+    );
+    let err = stderr(&o);
+    assert_eq!(code(&o), 125, "{err}");
+    assert!(err.starts_with("stockade: "), "{err}");
+    assert_eq!(err.matches("unknown field `memroy`").count(), 1, "{err}");
     assert_eq!(err.matches(&policy).count(), 1, "{err}");
-    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    // The parser's picture is printed whole: the faulty line, then a
+    // caret under the key, at the same column.
+    let lines: Vec<&str> = err.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.ends_with("memroy = \"1G\""))
+        .unwrap_or_else(|| panic!("the faulty line is not on a line of its own: {err}"));
+    let key_col = lines[at].find("memroy").unwrap();
+    let caret_col = lines[at + 1].find('^').expect("a caret line follows");
+    assert_eq!(key_col, caret_col, "{err}");
 }
 
 #[test]

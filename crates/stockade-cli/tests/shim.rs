@@ -208,7 +208,11 @@ fn exec_waiting_follows_the_process_on_the_connection_that_started_it() {
         };
         let (pid, waiter) = h.clone().exec_waiting(&req, stdio).unwrap();
         assert!(pid > 1);
-        assert_eq!(waiter().unwrap(), (Some(code), None));
+        let end = waiter().unwrap();
+        assert_eq!(
+            (end.exit_code, end.signal, end.killed_for),
+            (Some(code), None, None)
+        );
         let mut s = String::new();
         out.read_to_string(&mut s).unwrap();
         assert_eq!(s, "out\n");
@@ -225,9 +229,10 @@ fn exec_waiting_follows_the_process_on_the_connection_that_started_it() {
     // teardown call once its cgroup and directory are gone.
     let (report, teardown) = h.destroy_deferred().unwrap();
     assert_eq!(report.outcome, Outcome::Destroyed);
+    let end = waiting.join().unwrap().unwrap();
     assert_eq!(
-        waiting.join().unwrap().unwrap(),
-        (None, Some(libc::SIGKILL))
+        (end.exit_code, end.signal, end.killed_for),
+        (None, Some(libc::SIGKILL), None)
     );
     teardown();
     assert!(cgroup_dirs("shim-test-f1").is_empty());

@@ -97,6 +97,41 @@ pub struct ExecOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
     pub background: bool,
+    /// How `stdin` and the output travel; `None` is the daemon's default,
+    /// text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+    /// Run it on a terminal of its own (see [`Client::resize`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// The terminal's size from the start, with `tty`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<TtySize>,
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// How the bytes of stdin and output travel in JSON: UTF-8 text (invalid
+/// output bytes become U+FFFD) or base64 (any bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Text,
+    Base64,
+}
+
+impl Encoding {
+    fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Text => "text",
+            Encoding::Base64 => "base64",
+        }
+    }
 }
 
 /// The answer of a foreground exec.
@@ -403,9 +438,26 @@ impl Client {
     /// A background process's output: what it printed so far, then live,
     /// then `exit`.
     pub fn output(&self, id: &str, pid: i32) -> Result<SseStream, ClientError> {
+        self.output_as(id, pid, Encoding::Text, true)
+    }
+
+    /// [`Client::output`] with the chunks' `data` in `encoding`; without
+    /// `follow` the stream ends with the output kept so far (with `exit`
+    /// only if the process has ended).
+    pub fn output_as(
+        &self,
+        id: &str,
+        pid: i32,
+        encoding: Encoding,
+        follow: bool,
+    ) -> Result<SseStream, ClientError> {
         let resp = self.call(
             "GET",
-            &format!("/v1/sandboxes/{}/processes/{pid}/output", wire::encode(id)),
+            &format!(
+                "/v1/sandboxes/{}/processes/{pid}/output?encoding={}&follow={follow}",
+                wire::encode(id),
+                encoding.as_str()
+            ),
             &[],
             None,
         )?;
@@ -476,11 +528,27 @@ impl Client {
         data: &mut dyn std::io::Read,
         len: u64,
     ) -> Result<(), ClientError> {
-        let target = format!(
+        self.write_file_with_mode(id, path, data, len, None)
+    }
+
+    /// [`Client::write_file_from`], a new file getting permission bits
+    /// `mode` (0644 by default).
+    pub fn write_file_with_mode(
+        &self,
+        id: &str,
+        path: &str,
+        data: &mut dyn std::io::Read,
+        len: u64,
+        mode: Option<u32>,
+    ) -> Result<(), ClientError> {
+        let mut target = format!(
             "/v1/sandboxes/{}/files?path={}",
             wire::encode(id),
             wire::encode(path)
         );
+        if let Some(m) = mode {
+            target.push_str(&format!("&mode={:04o}", m & 0o777));
+        }
         let resp = wire::send_from(
             &self.endpoint,
             self.timeout,
@@ -502,6 +570,32 @@ impl Client {
         );
         let v: Value = self.call_json("GET", &target, None)?;
         Ok(v["entries"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// What is at `path` in the sandbox (a symlink is described, not
+    /// followed): `{name, type, size, mode, uid, gid, mtime, target?}`.
+    pub fn stat(&self, id: &str, path: &str) -> Result<Value, ClientError> {
+        let target = format!(
+            "/v1/sandboxes/{}/files?path={}&stat=true",
+            wire::encode(id),
+            wire::encode(path)
+        );
+        let v: Value = self.call_json("GET", &target, None)?;
+        Ok(v["entry"].clone())
+    }
+
+    /// Creates a directory of the sandbox and its missing parents;
+    /// `Ok(false)` when it existed.
+    pub fn make_dir(&self, id: &str, path: &str) -> Result<bool, ClientError> {
+        let target = format!(
+            "/v1/sandboxes/{}/files?path={}&dir=true",
+            wire::encode(id),
+            wire::encode(path)
+        );
+        let resp = self.call("PUT", &target, &[], Some(("application/octet-stream", b"")))?;
+        let v: Value = serde_json::from_slice(&resp.bytes(1024 * 1024)?)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(v["created"].as_bool().unwrap_or(false))
     }
 
     /// Deletes a file, a symlink or an empty directory of the sandbox.
@@ -603,6 +697,32 @@ impl Client {
     /// `POST /v1/images/prune`.
     pub fn prune_images(&self) -> Result<RemovedImages, ClientError> {
         self.call_json("POST", "/v1/images/prune", None)
+    }
+
+    /// Sets the terminal size of process `pid` (started with `tty`).
+    pub fn resize(&self, id: &str, pid: i32, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let _: Value = self.call_json(
+            "POST",
+            &format!("/v1/sandboxes/{}/processes/{pid}/resize", wire::encode(id)),
+            Some(&serde_json::json!({ "rows": rows, "cols": cols })),
+        )?;
+        Ok(())
+    }
+
+    /// `GET /v1/tasks`: the daemon's tasks.
+    pub fn tasks(&self) -> Result<Vec<Value>, ClientError> {
+        let v: Value = self.call_json("GET", "/v1/tasks", None)?;
+        Ok(v["tasks"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `GET /v1/tasks/{id}`: one task, its report once done.
+    pub fn task(&self, id: &str) -> Result<Value, ClientError> {
+        self.call_json("GET", &format!("/v1/tasks/{}", wire::encode(id)), None)
+    }
+
+    /// `GET /v1/sandboxes/{id}` as the daemon answers it, every field kept.
+    pub fn get_raw(&self, id: &str) -> Result<Value, ClientError> {
+        self.call_json("GET", &format!("/v1/sandboxes/{}", wire::encode(id)), None)
     }
 
     /// `GET /healthz`.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use stockade_policy::Policy;
 
-use crate::report::{Report, Usage, Violation};
+use crate::report::{Report, Usage, Violation, ViolationKind};
 pub use stockade_isolate::files;
 pub use stockade_isolate::files::{Entry, EntryKind, FileClient, FileError, CHUNK as FILE_CHUNK};
 
@@ -56,6 +56,13 @@ pub struct ExecRequest {
     /// rather than as the policy says (`None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<bool>,
+    /// Run it on a terminal of its own, allocated in the sandbox (see
+    /// [`SandboxHandle::exec_tty`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// The terminal's size (rows, columns) from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<(u16, u16)>,
 }
 
 /// A process running (or finished) in a sandbox.
@@ -102,9 +109,30 @@ pub enum SandboxEvent {
     Destroyed(Box<Report>),
 }
 
+/// How a process started by exec ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessEnd {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The hard breach (memory, time, disk) that ended the sandbox, and
+    /// this process with it; `None` when it ended for another reason.
+    pub killed_for: Option<ViolationKind>,
+}
+
+impl ProcessEnd {
+    /// An end without a breach.
+    pub fn plain((exit_code, signal): (Option<i32>, Option<i32>)) -> Self {
+        ProcessEnd {
+            exit_code,
+            signal,
+            killed_for: None,
+        }
+    }
+}
+
 /// Blocks until a process started by [`SandboxHandle::exec_waiting`] ends;
-/// returns (exit_code, signal).
-pub type ExitWaiter = Box<dyn FnOnce() -> Result<(Option<i32>, Option<i32>), BackendError> + Send>;
+/// returns how.
+pub type ExitWaiter = Box<dyn FnOnce() -> Result<ProcessEnd, BackendError> + Send>;
 
 /// One running sandbox, however it is supervised.
 pub trait SandboxHandle: Send + Sync {
@@ -125,7 +153,26 @@ pub trait SandboxHandle: Send + Sync {
         Self: 'static,
     {
         let pid = self.exec(req, stdio)?;
-        Ok((pid, Box::new(move || self.wait(pid, None))))
+        Ok((
+            pid,
+            Box::new(move || self.wait(pid, None).map(ProcessEnd::plain)),
+        ))
+    }
+    /// Starts a process on a terminal allocated in the sandbox's devpts
+    /// (it is the session leader, the terminal its controlling one);
+    /// returns its pid, the terminal's master side (read its output,
+    /// write its input, set its window size) and a way to wait for it.
+    fn exec_tty(
+        self: std::sync::Arc<Self>,
+        req: &ExecRequest,
+    ) -> Result<(i32, OwnedFd, ExitWaiter), BackendError>
+    where
+        Self: 'static,
+    {
+        let _ = req;
+        Err(BackendError::Invalid(
+            "this backend cannot give a process a terminal; run it without tty".into(),
+        ))
     }
     /// Waits until `pid` ends; returns (exit_code, signal).
     fn wait(

@@ -148,6 +148,7 @@ impl Prepared {
             cwd: cwd.to_string(),
             tty: term.is_some(),
             as_root: None,
+            tty_size: None,
         })
     }
 }

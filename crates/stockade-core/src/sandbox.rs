@@ -78,6 +78,12 @@ pub trait Control {
     fn limit_violations(&self) -> &[Violation];
     /// The hard breach the sandbox was killed for, if any.
     fn killed_for(&self) -> Option<ViolationKind>;
+    /// Reads the cgroup's OOM kills now (rather than when the notifier is
+    /// next polled): a memory breach found here is returned once, and the
+    /// caller must end the sandbox for it.
+    fn check_oom(&mut self) -> Option<ViolationKind> {
+        None
+    }
 
     /// Asks init to start a process with these stdio descriptors (none
     /// with a terminal: init sends its master back).
@@ -433,6 +439,11 @@ impl Control for Sandbox<'_> {
 
     fn killed_for(&self) -> Option<ViolationKind> {
         self.monitor.as_ref().and_then(|m| m.killed_for)
+    }
+
+    fn check_oom(&mut self) -> Option<ViolationKind> {
+        let cgroup = self.cgroup;
+        self.monitor.as_mut().and_then(|m| m.check_oom(cgroup))
     }
 }
 

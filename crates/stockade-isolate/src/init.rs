@@ -251,7 +251,20 @@ fn spawn(
     };
     let (stdio, pty) = if req.tty {
         match workload::open_pty() {
-            Ok((master, path)) => (workload::Stdio::Terminal(path), Some(master)),
+            Ok((master, path)) => {
+                if let Some((rows, cols)) = req.tty_size {
+                    let ws = libc::winsize {
+                        ws_row: rows,
+                        ws_col: cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    // SAFETY: TIOCSWINSZ reads a winsize we own, on the
+                    // master we just opened.
+                    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                }
+                (workload::Stdio::Terminal(path), Some(master))
+            }
             Err(e) => return fail("allocate a terminal".into(), e),
         }
     } else {

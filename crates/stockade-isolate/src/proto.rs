@@ -37,6 +37,10 @@ pub struct SpawnRequest {
     /// sandbox's Landlock domain and gets no host privilege either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_root: Option<bool>,
+    /// The terminal's size (rows, columns), set before the process starts
+    /// so that it never sees a terminal of size 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<(u16, u16)>,
 }
 
 /// From the supervisor to init.
@@ -215,6 +219,7 @@ mod tests {
             cwd: "/workspace".into(),
             tty: false,
             as_root: None,
+            tty_size: None,
         });
         let devnull = std::fs::File::open("/dev/null").unwrap();
         let raw = devnull.as_raw_fd();

@@ -169,7 +169,10 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    #[error("policy file {path} is not valid: {message}")]
+    /// `message` is the TOML parser's own, several lines long: where, the
+    /// line itself with a caret under the fault, and what is wrong. It is
+    /// kept whole so the caret stays aligned.
+    #[error("policy file {path} is not valid:\n{message}")]
     Parse { path: PathBuf, message: String },
     // A ValidationError is a sentence naming the key, so it is part of this
     // message rather than a separate cause.
@@ -240,7 +243,7 @@ impl Policy {
         })?;
         let policy = Policy::from_toml_str(&text).map_err(|e| LoadError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: e.to_string().trim_end().to_string(),
         })?;
         policy.validate().map_err(|error| LoadError::Invalid {
             path: path.to_path_buf(),

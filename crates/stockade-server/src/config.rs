@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use crate::log::LogFormat;
+
 /// Largest request body accepted by default (JSON requests and file
 /// uploads alike): 8 MiB. Larger bodies are answered with 413.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -58,6 +60,8 @@ pub struct ServeConfig {
     /// The E2B-compatible listener (`--e2b-listen`), off by default; its
     /// API key is derived from `token_file`'s token.
     pub e2b: Option<crate::e2b::E2bConfig>,
+    /// Log lines on stderr: where it listens, each request, each event.
+    pub log: LogFormat,
 }
 
 impl Default for ServeConfig {
@@ -74,6 +78,7 @@ impl Default for ServeConfig {
             pull: stockade_image::PullOptions::default(),
             image_limits: stockade_image::StoreLimits::default(),
             e2b: None,
+            log: LogFormat::Off,
         }
     }
 }

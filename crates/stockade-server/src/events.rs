@@ -10,6 +10,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::log::Log;
 use crate::metrics::Metrics;
 
 /// Events kept for subscribers that fall behind; a slower one gets a
@@ -30,6 +31,7 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<EventRecord>>,
     webhook: Option<mpsc::Sender<Arc<EventRecord>>>,
     metrics: Arc<Metrics>,
+    log: Log,
 }
 
 /// Current unix time in seconds, millisecond precision.
@@ -41,12 +43,17 @@ pub fn now() -> f64 {
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>, webhook: Option<mpsc::Sender<Arc<EventRecord>>>) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        webhook: Option<mpsc::Sender<Arc<EventRecord>>>,
+        log: Log,
+    ) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         Hub {
             tx,
             webhook,
             metrics,
+            log,
         }
     }
 
@@ -81,6 +88,7 @@ impl Hub {
             kind,
             json,
         });
+        self.log.event(&rec);
         if let Some(w) = &self.webhook {
             if w.try_send(rec.clone()).is_err() {
                 self.metrics.webhook_dropped();

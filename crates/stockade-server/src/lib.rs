@@ -18,6 +18,7 @@ mod events;
 mod hostpaths;
 mod http;
 mod lifecycle;
+pub mod log;
 mod metrics;
 mod process;
 mod routes;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use stockade_core::backend::BackendError;
+use stockade_core::Outcome;
 use stockade_policy::Policy;
 
 use crate::config::MAX_LIVE_SANDBOXES;
@@ -214,7 +215,14 @@ async fn ended_by_itself(
     let (st, reason) = if live.expired_announced.load(Ordering::SeqCst) {
         (SandboxState::Expired, "it reached its ttl or time limit")
     } else {
-        (SandboxState::Dead, DIED_UNEXPECTEDLY)
+        // Killed for a limit is not a crash: its report says which.
+        let why = match report.as_ref().map(|r| r.outcome) {
+            Some(Outcome::MemoryLimit) => "it exceeded its memory limit and was killed",
+            Some(Outcome::DiskLimit) => "it exceeded its disk limit and was killed",
+            Some(Outcome::Timeout) => "it reached its time limit",
+            _ => DIED_UNEXPECTEDLY,
+        };
+        (SandboxState::Dead, why)
     };
     if let Err(e) = finalize(&state, &live.id, st, Some(reason), report).await {
         eprintln!(

@@ -29,12 +29,13 @@ pub enum StreamKind {
     Stderr = 1,
 }
 
-/// Printed text, decoded as UTF-8 (invalid bytes become U+FFFD).
+/// Printed bytes, as read. A chunk never ends inside a UTF-8 sequence
+/// that the next read completes, so chunks decode as text one by one.
 #[derive(Debug, Clone)]
 pub struct Chunk {
     pub seq: u64,
     pub stream: StreamKind,
-    pub data: String,
+    pub data: Vec<u8>,
 }
 
 /// How a process ended.
@@ -42,8 +43,10 @@ pub struct Chunk {
 pub struct ExitInfo {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    /// `exited`, `signaled`, `timeout`, or `error` (the sandbox went away
-    /// while the process ran; `error` says why).
+    /// `exited`, `signaled`, `timeout`, `error` (the sandbox went away
+    /// while the process ran; `error` says why), or the hard breach that
+    /// killed the sandbox and the process with it: `memory-limit`,
+    /// `disk-limit` (`timeout` for the sandbox's time limit).
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -61,7 +64,7 @@ pub struct OutputLog {
 }
 
 impl OutputLog {
-    fn push(&mut self, stream: StreamKind, data: String) {
+    fn push(&mut self, stream: StreamKind, data: Vec<u8>) {
         let i = stream as usize;
         self.bytes[i] += data.len();
         self.streams[i].push_back(Chunk {
@@ -88,30 +91,68 @@ impl OutputLog {
         out
     }
 
-    /// Everything kept of one stream.
-    pub fn text(&self, stream: StreamKind) -> String {
+    /// Everything kept of one stream, as printed.
+    pub fn bytes(&self, stream: StreamKind) -> Vec<u8> {
         self.streams[stream as usize]
             .iter()
-            .map(|c| c.data.as_str())
+            .flat_map(|c| c.data.iter().copied())
             .collect()
     }
 }
 
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 
+/// Where a process's output comes from: a pipe, or its terminal's master
+/// (which fails with EIO once the terminal's last user closed it: its end).
+pub type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// Where a process's input goes: a pipe, or its terminal's master.
+pub type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
 /// One process started through the API.
-#[derive(Debug)]
 pub struct Proc {
     pub pid: i32,
     pub serial: u64,
     pub background: bool,
-    /// The write end of its stdin, until closed.
-    pub stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
+    /// The write end of its stdin (a pipe, or its terminal), until closed.
+    pub stdin: tokio::sync::Mutex<Option<Writer>>,
+    /// The master side of its terminal, when it has one (for its size).
+    pub tty: Option<std::os::fd::OwnedFd>,
     log: Mutex<OutputLog>,
     changed: watch::Sender<u64>,
 }
 
+impl std::fmt::Debug for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proc")
+            .field("pid", &self.pid)
+            .field("serial", &self.serial)
+            .field("background", &self.background)
+            .field("tty", &self.tty.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Proc {
+    /// Sets the size of its terminal.
+    pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Some(m) = &self.tty else {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTTY));
+        };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize we own, on a descriptor we hold.
+        if unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn log(&self) -> std::sync::MutexGuard<'_, OutputLog> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -199,27 +240,63 @@ pub async fn start(
                 crate::config::MAX_RUNNING_PROCESSES
             ))
         })?;
-    let (in_r, in_w) = pipe_pair()?;
-    let (out_r, out_w) = pipe_pair()?;
-    let (err_r, err_w) = pipe_pair()?;
     let handle = live.handle.clone();
     let req = spec.req.clone();
-    let (pid, waiter) =
-        tokio::task::spawn_blocking(move || handle.exec_waiting(&req, [in_r, out_w, err_w]))
+    let to_io = |pid: i32| {
+        move |e: std::io::Error| {
+            ApiError::internal(format!("cannot watch the output of process {pid}: {e}"))
+        }
+    };
+    // Output readers and the stdin writer: pipes, or one terminal (whose
+    // master is read and written on the blocking pool: it is no pipe).
+    let (pid, waiter, stdin, readers_of, tty): (
+        i32,
+        ExitWaiter,
+        Writer,
+        [Reader; 2],
+        Option<std::os::fd::OwnedFd>,
+    ) = if req.tty {
+        let (pid, master, waiter) = tokio::task::spawn_blocking(move || handle.exec_tty(&req))
             .await
             .map_err(ApiError::join)?
             .map_err(|e| ApiError::backend(&live.id, e))?;
-    let to_io = |e: std::io::Error| {
-        ApiError::internal(format!("cannot watch the pipes of process {pid}: {e}"))
+        let dup = |m: &std::os::fd::OwnedFd| m.try_clone().map_err(to_io(pid));
+        let (r, w) = (dup(&master)?, dup(&master)?);
+        let reader: Reader = Box::new(tokio::fs::File::from_std(std::fs::File::from(r)));
+        let writer: Writer = Box::new(tokio::fs::File::from_std(std::fs::File::from(w)));
+        (
+            pid,
+            waiter,
+            writer,
+            [reader, Box::new(tokio::io::empty())],
+            Some(master),
+        )
+    } else {
+        let (in_r, in_w) = pipe_pair()?;
+        let (out_r, out_w) = pipe_pair()?;
+        let (err_r, err_w) = pipe_pair()?;
+        let (pid, waiter) =
+            tokio::task::spawn_blocking(move || handle.exec_waiting(&req, [in_r, out_w, err_w]))
+                .await
+                .map_err(ApiError::join)?
+                .map_err(|e| ApiError::backend(&live.id, e))?;
+        let stdin = pipe::Sender::from_owned_fd(in_w).map_err(to_io(pid))?;
+        let out = pipe::Receiver::from_owned_fd(out_r).map_err(to_io(pid))?;
+        let err = pipe::Receiver::from_owned_fd(err_r).map_err(to_io(pid))?;
+        (
+            pid,
+            waiter,
+            Box::new(stdin),
+            [Box::new(out), Box::new(err)],
+            None,
+        )
     };
-    let stdin = pipe::Sender::from_owned_fd(in_w).map_err(to_io)?;
-    let out = pipe::Receiver::from_owned_fd(out_r).map_err(to_io)?;
-    let err = pipe::Receiver::from_owned_fd(err_r).map_err(to_io)?;
     let proc_ = Arc::new(Proc {
         pid,
         serial: SERIAL.fetch_add(1, Ordering::Relaxed),
         background: spec.background,
         stdin: tokio::sync::Mutex::new(Some(stdin)),
+        tty,
         log: Mutex::new(OutputLog::default()),
         changed: watch::channel(0).0,
     });
@@ -245,6 +322,7 @@ pub async fn start(
             }
         });
     }
+    let [out, err] = readers_of;
     let readers = [
         tokio::spawn(read_stream(proc_.clone(), out, StreamKind::Stdout)),
         tokio::spawn(read_stream(proc_.clone(), err, StreamKind::Stderr)),
@@ -263,7 +341,7 @@ pub async fn start(
 
 /// Reads one output stream into the log until EOF, keeping UTF-8
 /// sequences that straddle two reads whole.
-async fn read_stream(p: Arc<Proc>, mut r: pipe::Receiver, stream: StreamKind) {
+async fn read_stream(p: Arc<Proc>, mut r: Reader, stream: StreamKind) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut carry: Vec<u8> = Vec::new();
     loop {
@@ -273,16 +351,14 @@ async fn read_stream(p: Arc<Proc>, mut r: pipe::Receiver, stream: StreamKind) {
         };
         carry.extend_from_slice(&buf[..n]);
         let keep = incomplete_utf8_tail(&carry);
-        let text = String::from_utf8_lossy(&carry[..carry.len() - keep]).into_owned();
-        carry.drain(..carry.len() - keep);
-        if !text.is_empty() {
-            p.log().push(stream, text);
+        let whole: Vec<u8> = carry.drain(..carry.len() - keep).collect();
+        if !whole.is_empty() {
+            p.log().push(stream, whole);
             p.touch();
         }
     }
     if !carry.is_empty() {
-        p.log()
-            .push(stream, String::from_utf8_lossy(&carry).into_owned());
+        p.log().push(stream, carry);
         p.touch();
     }
 }
@@ -365,15 +441,16 @@ async fn follow(
     }
     let duration = started.elapsed();
     let exit = match result {
-        Ok(Ok((code, signal))) => ExitInfo {
-            exit_code: code,
-            signal,
-            outcome: if timed_out {
-                "timeout"
-            } else if signal.is_some() {
-                "signaled"
-            } else {
-                "exited"
+        Ok(Ok(end)) => ExitInfo {
+            exit_code: end.exit_code,
+            signal: end.signal,
+            // A breach that killed the sandbox names the process's end
+            // too: it died because the sandbox did.
+            outcome: match end.killed_for {
+                _ if timed_out => "timeout",
+                Some(kind) => kind.as_str(),
+                None if end.signal.is_some() => "signaled",
+                None => "exited",
             },
             error: None,
             duration_seconds: duration.as_secs_f64(),
@@ -421,13 +498,13 @@ mod tests {
     fn output_log_keeps_the_most_recent_bytes_of_each_stream() {
         let mut log = OutputLog::default();
         let big = "x".repeat(OUTPUT_CAP_BYTES / 2 + 1);
-        log.push(StreamKind::Stdout, big.clone());
+        log.push(StreamKind::Stdout, big.clone().into_bytes());
         log.push(StreamKind::Stderr, "e".into());
-        log.push(StreamKind::Stdout, big.clone());
+        log.push(StreamKind::Stdout, big.clone().into_bytes());
         log.push(StreamKind::Stdout, "tail".into());
         assert!(log.truncated[0] && !log.truncated[1]);
-        assert!(log.text(StreamKind::Stdout).ends_with("tail"));
-        assert!(log.text(StreamKind::Stdout).len() <= OUTPUT_CAP_BYTES);
+        assert!(log.bytes(StreamKind::Stdout).ends_with(b"tail"));
+        assert!(log.bytes(StreamKind::Stdout).len() <= OUTPUT_CAP_BYTES);
         let seqs: Vec<u64> = log.since(0).iter().map(|c| c.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
     }

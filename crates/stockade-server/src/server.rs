@@ -18,6 +18,7 @@ use crate::config::{ServeConfig, MAX_RUNNING_PROCESSES};
 use crate::error::ServeError;
 use crate::events::Hub;
 use crate::lifecycle;
+use crate::log::Log;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Live};
 use crate::store::Store;
@@ -168,6 +169,7 @@ impl Server {
         F: Future<Output = ()> + Send,
     {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let log = Log(self.cfg.log);
         let metrics = Arc::new(Metrics::default());
         let webhook = self
             .webhook
@@ -175,7 +177,7 @@ impl Server {
         let state = Arc::new(AppState {
             backend: self.backend,
             store: self.store,
-            hub: Hub::new(metrics.clone(), webhook),
+            hub: Hub::new(metrics.clone(), webhook, log),
             metrics,
             live: Default::default(),
             process_permits: Arc::new(Semaphore::new(MAX_RUNNING_PROCESSES)),
@@ -198,17 +200,27 @@ impl Server {
         let graceful = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
+        let logged = |r: axum::Router| {
+            r.layer(axum::middleware::from_fn_with_state(
+                log,
+                crate::log::requests,
+            ))
+        };
         let mut servers = Vec::new();
+        log.listening("unix socket", &self.cfg.socket.display().to_string(), "");
         servers.push(tokio::spawn(
-            axum::serve(self.unix, app.clone())
+            axum::serve(self.unix, logged(app.clone()))
                 .with_graceful_shutdown(graceful(stop_rx.clone()))
                 .into_future(),
         ));
         if let Some((l, token)) = self.tcp {
-            let authed = app.layer(axum::middleware::from_fn_with_state(
+            if let Ok(a) = l.local_addr() {
+                log.listening("tcp", &a.to_string(), "bearer token required");
+            }
+            let authed = logged(app.layer(axum::middleware::from_fn_with_state(
                 token,
                 crate::auth::require_token,
-            ));
+            )));
             servers.push(tokio::spawn(
                 axum::serve(l, authed)
                     .with_graceful_shutdown(graceful(stop_rx.clone()))
@@ -221,6 +233,7 @@ impl Server {
         drop(state);
 
         shutdown.await;
+        log.stopping();
         let _ = stop_tx.send(true);
         let mut result = Ok(());
         for s in servers {

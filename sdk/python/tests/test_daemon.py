@@ -324,3 +324,24 @@ def test_run_task_reports_a_missing_ref(daemon: Daemon, tmp_path: Path) -> None:
     result = Sandbox.run_task(str(repo), "true", ref="no-such-ref", timeout=120, socket=daemon.socket)
     assert result.outcome == "error"
     assert result.error and "no-such-ref" in result.error
+
+
+def test_binary_output_and_stdin_keep_every_byte_value(sb: Sandbox) -> None:
+    every = bytes(range(256))
+    # Output only.
+    r = sb.process.run(["python3", "-c", "import sys; sys.stdout.buffer.write(bytes(range(256)))"])
+    assert r.stdout_bytes == every
+    assert r.stdout == every.decode("utf-8", "replace")
+    # Through stdin and back, on both streams, with and without streaming.
+    script = "import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d); sys.stderr.buffer.write(d[::-1])"
+    r = sb.process.run(["python3", "-c", script], stdin=every)
+    assert (r.stdout_bytes, r.stderr_bytes) == (every, every[::-1])
+    seen: List[str] = []
+    r = sb.process.run(["python3", "-c", script], stdin=every, on_stdout=seen.append)
+    assert (r.stdout_bytes, r.stderr_bytes) == (every, every[::-1])
+    assert "".join(seen) == every.decode("utf-8", "replace")
+    # A background process: stdin as bytes, output gathered by wait().
+    p = sb.process.start(["python3", "-c", script], stdin=every)
+    p.close_stdin()
+    r = p.wait(timeout=30)
+    assert (r.stdout_bytes, r.stderr_bytes) == (every, every[::-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -40,6 +41,10 @@ def sandbox_doc(**over: Any) -> Dict[str, Any]:
 
 
 REPORT = {"id": SID, "outcome": "destroyed", "usage": {"wall_seconds": 1.0}}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def with_sandbox(fake: FakeDaemon) -> None:
@@ -153,21 +158,22 @@ def test_exec_json(fake: FakeDaemon) -> None:
         "outcome": "exited",
         "error": None,
         "duration_seconds": 0.25,
-        "stdout": "hi\n",
-        "stderr": "err\n",
+        "stdout": b64(b"hi\n\xff"),
+        "stderr": b64(b"err\n"),
         "truncated": False,
     }
     fake.route("POST", f"/v1/sandboxes/{SID}/exec", json_reply(200, answer))
     sb = Sandbox(socket=fake.socket)
-    r = sb.process.run("echo hi; exit 3", timeout=30, env={"A": "1"}, cwd="/tmp", stdin=b"in")
+    r = sb.process.run("echo hi; exit 3", timeout=30, env={"A": "1"}, cwd="/tmp", stdin=b"in\x80")
     assert (r.exit_code, r.signal, r.outcome, r.stdout, r.stderr, r.truncated) == (
         3,
         None,
         "exited",
-        "hi\n",
+        "hi\n\ufffd",
         "err\n",
         False,
     )
+    assert (r.stdout_bytes, r.stderr_bytes) == (b"hi\n\xff", b"err\n")
     assert r.pid == 2 and r.duration_seconds == 0.25 and not r.ok
     req = fake.requests[-1]
     assert "text/event-stream" not in req.headers.get("accept", "")
@@ -176,7 +182,8 @@ def test_exec_json(fake: FakeDaemon) -> None:
         "env": {"A": "1"},
         "cwd": "/tmp",
         "timeout": 30,
-        "stdin": "in",
+        "stdin": b64(b"in\x80"),
+        "encoding": "base64",
     }
 
 
@@ -184,11 +191,11 @@ def test_exec_stream_calls_back_as_chunks_arrive(fake: FakeDaemon) -> None:
     with_sandbox(fake)
     events: List[Union[Tuple[str, str, float], str]] = [
         ("start", json.dumps({"pid": 7}), 0.0),
-        ("stdout", json.dumps({"data": "one\n"}), 0.0),
+        ("stdout", json.dumps({"data": b64(b"one\n")}), 0.0),
         ":\n\n",  # keep-alive comment
-        ("stderr", json.dumps({"data": "warn\n"}), 0.0),
-        'event: stdout\r\ndata: {"data": "two\\n"}\r\n\r\n',  # CRLF lines
-        ("stdout", json.dumps({"data": "three é\n"}), 0.4),
+        ("stderr", json.dumps({"data": b64(b"warn\n")}), 0.0),
+        'event: stdout\r\ndata: {"data": "%s"}\r\n\r\n' % b64(b"two\n"),  # CRLF lines
+        ("stdout", json.dumps({"data": b64("three é\n".encode())}), 0.4),
         ("exit", json.dumps({"exit_code": None, "signal": 9, "outcome": "timeout", "duration_seconds": 0.5}), 0.0),
     ]
     fake.route("POST", f"/v1/sandboxes/{SID}/exec", Reply(200, sse=events))
@@ -201,6 +208,7 @@ def test_exec_stream_calls_back_as_chunks_arrive(fake: FakeDaemon) -> None:
         on_stderr=lambda s: seen.append(("err", s, time.monotonic() - t0)),
     )
     assert fake.requests[-1].headers["accept"] == "text/event-stream"
+    assert fake.requests[-1].json()["encoding"] == "base64"
     assert [(k, s) for k, s, _ in seen] == [("out", "one\n"), ("err", "warn\n"), ("out", "two\n"), ("out", "three é\n")]
     # The first chunks were handed over before the stream ended.
     assert seen[0][2] < 0.3 < seen[-1][2]
@@ -232,9 +240,9 @@ def test_background_process(fake: FakeDaemon) -> None:
     fake.route("POST", base + "/signal", json_reply(200, {"pid": 9, "signal": 15}))
     out = [
         ("start", '{"pid": 9}', 0.0),
-        ("stdout", '{"data": "a"}', 0.0),
-        ("stderr", '{"data": "b"}', 0.0),
-        ("stdout", '{"data": "c"}', 0.0),
+        ("stdout", json.dumps({"data": b64(b"a")}), 0.0),
+        ("stderr", json.dumps({"data": b64(b"b")}), 0.0),
+        ("stdout", json.dumps({"data": b64(b"c\xfe")}), 0.0),
         ("exit", '{"exit_code": null, "signal": 15, "outcome": "signaled", "duration_seconds": 1}', 0.0),
     ]
     fake.route("GET", base + "/output", Reply(200, sse=out))
@@ -273,15 +281,21 @@ def test_background_process(fake: FakeDaemon) -> None:
     assert fake.requests[-1].json() == {"signal": 15}
     procs = sb.process.list()
     assert procs[0].pid == 9 and procs[0].background and procs[0].via_api and procs[0].cmd == ["cat"]
-    assert list(p.output()) == [OutputChunk("stdout", "a"), OutputChunk("stderr", "b"), OutputChunk("stdout", "c")]
+    assert list(p.output()) == [
+        OutputChunk("stdout", "a"),
+        OutputChunk("stderr", "b"),
+        OutputChunk("stdout", "c\ufffd"),
+    ]
+    assert fake.requests[-1].query == [("encoding", "base64")]
     assert p.result is not None and p.result.outcome == "signaled"
     r = p.wait()
-    assert (r.stdout, r.stderr, r.signal, r.pid) == ("ac", "b", 15, 9)
+    assert (r.stdout, r.stderr, r.signal, r.pid) == ("ac\ufffd", "b", 15, 9)
+    assert r.stdout_bytes == b"ac\xfe"
 
 
 def test_wait_timeout(fake: FakeDaemon) -> None:
     with_sandbox(fake)
-    slow = [("start", '{"pid": 4}', 0.0), ("stdout", '{"data": "x"}', 3.0)]
+    slow = [("start", '{"pid": 4}', 0.0), ("stdout", json.dumps({"data": b64(b"x")}), 3.0)]
     fake.route("GET", f"/v1/sandboxes/{SID}/processes/4/output", Reply(200, sse=slow))
     sb = Sandbox(socket=fake.socket)
     t0 = time.monotonic()

@@ -18,6 +18,30 @@ impl Daemon {
     /// Starts the daemon with `extra` flags and waits until it answers.
     /// Sandboxes outlive it (as they outlive any daemon).
     pub fn start(env: &Env, extra: &[&str]) -> Daemon {
+        Daemon::spawn(env, extra, Stdio::inherit())
+    }
+
+    /// Starts the daemon (destroying its sandboxes at the end) with its
+    /// stderr read line by line into the returned channel.
+    pub fn start_logged(env: &Env, extra: &[&str]) -> (Daemon, std::sync::mpsc::Receiver<String>) {
+        let mut d = Daemon::spawn(env, extra, Stdio::piped());
+        d.destroy_on_drop = true;
+        let err = d.child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("daemon: {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (d, rx)
+    }
+
+    fn spawn(env: &Env, extra: &[&str], stderr: Stdio) -> Daemon {
         let socket = env.state.path().join(format!("api-{}.sock", rand_suffix()));
         let child = Command::new(BIN)
             .envs(env.vars.iter().map(|(k, v)| (k, v)))
@@ -25,6 +49,7 @@ impl Daemon {
             .arg(env.state.path().join("state"))
             .args(extra)
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let d = Daemon {

@@ -11,8 +11,8 @@ use stockade_isolate::proto as iproto;
 
 use super::proto::{report_path, socket_path, FailKind, ShimReply, ShimRequest};
 use crate::backend::{
-    BackendError, ExecRequest, ExitWaiter, FileClient, FileError, SandboxEvent, SandboxHandle,
-    SandboxStatus, Teardown,
+    BackendError, ExecRequest, ExitWaiter, FileClient, FileError, ProcessEnd, SandboxEvent,
+    SandboxHandle, SandboxStatus, Teardown,
 };
 use crate::report::Report;
 
@@ -90,6 +90,14 @@ impl ShimHandle {
 }
 
 pub(super) fn recv(fd: &OwnedFd, id: &str) -> Result<ShimReply, BackendError> {
+    recv_with_fds(fd, id).map(|(reply, _)| reply)
+}
+
+/// [`recv`], with the descriptors the reply carried.
+pub(super) fn recv_with_fds(
+    fd: &OwnedFd,
+    id: &str,
+) -> Result<(ShimReply, Vec<OwnedFd>), BackendError> {
     match iproto::recv_msg::<ShimReply>(fd.as_fd()) {
         Ok(Some((
             ShimReply::Failed {
@@ -109,7 +117,7 @@ pub(super) fn recv(fd: &OwnedFd, id: &str) -> Result<ShimReply, BackendError> {
             },
             FailKind::Internal => BackendError::Internal(message),
         }),
-        Ok(Some((reply, _))) => Ok(reply),
+        Ok(Some((reply, fds))) => Ok((reply, fds)),
         Ok(None) | Err(_) => Err(BackendError::NotRunning(id.to_string())),
     }
 }
@@ -151,13 +159,57 @@ impl SandboxHandle for ShimHandle {
         // daemon) is asked again with a `Wait` of its own.
         let waiter = move || match recv(&fd, &self.id) {
             Ok(ShimReply::Ended {
-                exit_code, signal, ..
-            }) => Ok((exit_code, signal)),
+                exit_code,
+                signal,
+                killed_for,
+                ..
+            }) => Ok(ProcessEnd {
+                exit_code,
+                signal,
+                killed_for,
+            }),
             Ok(r) => Err(unexpected(r)),
-            Err(BackendError::NotRunning(_)) => self.wait(pid, None),
+            Err(BackendError::NotRunning(_)) => self.wait(pid, None).map(ProcessEnd::plain),
             Err(e) => Err(e),
         };
         Ok((pid, Box::new(waiter)))
+    }
+
+    fn exec_tty(
+        self: Arc<Self>,
+        req: &ExecRequest,
+    ) -> Result<(i32, OwnedFd, ExitWaiter), BackendError> {
+        let mut req = req.clone();
+        req.tty = true;
+        let fd = self.connect()?;
+        iproto::send_msg(fd.as_fd(), &ShimRequest::Exec { req }, &[])
+            .map_err(|_| BackendError::NotRunning(self.id.clone()))?;
+        let (reply, mut fds) = recv_with_fds(&fd, &self.id)?;
+        let pid = match reply {
+            ShimReply::Started { pid } => pid,
+            r => return Err(unexpected(r)),
+        };
+        let master = fds.pop().ok_or_else(|| {
+            BackendError::Internal(format!(
+                "the shim started process {pid} without handing over its terminal"
+            ))
+        })?;
+        let waiter = move || match recv(&fd, &self.id) {
+            Ok(ShimReply::Ended {
+                exit_code,
+                signal,
+                killed_for,
+                ..
+            }) => Ok(ProcessEnd {
+                exit_code,
+                signal,
+                killed_for,
+            }),
+            Ok(r) => Err(unexpected(r)),
+            Err(BackendError::NotRunning(_)) => self.wait(pid, None).map(ProcessEnd::plain),
+            Err(e) => Err(e),
+        };
+        Ok((pid, master, Box::new(waiter)))
     }
 
     fn wait(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use crate::backend::{ExecRequest, SandboxEvent, SandboxStatus};
-use crate::report::Report;
+use crate::report::{Report, ViolationKind};
 use stockade_policy::Policy;
 
 /// What a new shim reads on its stdin.
@@ -55,6 +55,10 @@ pub enum ShimReply {
         pid: i32,
         exit_code: Option<i32>,
         signal: Option<i32>,
+        /// The hard breach that killed the sandbox, and the process with
+        /// it (absent from older shims).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        killed_for: Option<ViolationKind>,
     },
     Status {
         status: SandboxStatus,

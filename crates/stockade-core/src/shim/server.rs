@@ -294,7 +294,7 @@ fn serve(
     // if it dies half-way `gc` finishes the job.
     // Whatever still ran died with the sandbox.
     for pid in shim.waiting_pids() {
-        shim.reply_waiters(pid, None, Some(libc::SIGKILL));
+        shim.reply_waiters(pid, None, Some(libc::SIGKILL), end.killed_for);
     }
     shim.broadcast(&SandboxEvent::Destroyed(Box::new(report.clone())));
     for (fd, c) in &shim.clients {
@@ -382,8 +382,8 @@ impl Owner for Shim<'_> {
         }
     }
 
-    fn on_init(&mut self, _: &mut dyn Control, msg: FromInit, _: Vec<OwnedFd>) {
-        self.init_said(msg);
+    fn on_init(&mut self, sb: &mut dyn Control, msg: FromInit, fds: Vec<OwnedFd>) {
+        self.init_said(sb, msg, fds);
     }
 
     fn on_signal(&mut self, sb: &mut dyn Control, _: i32) {
@@ -441,11 +441,18 @@ impl Shim<'_> {
             .collect()
     }
 
-    fn reply_waiters(&mut self, pid: i32, exit_code: Option<i32>, signal: Option<i32>) {
+    fn reply_waiters(
+        &mut self,
+        pid: i32,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        killed_for: Option<ViolationKind>,
+    ) {
         let msg = ShimReply::Ended {
             pid,
             exit_code,
             signal,
+            killed_for,
         };
         self.clients.retain(|(fd, c)| match c {
             Some(Client::Waiting { pid: p }) if *p == pid => {
@@ -456,7 +463,23 @@ impl Shim<'_> {
         });
     }
 
-    fn init_said(&mut self, msg: FromInit) {
+    /// The hard breach behind a process killed by SIGKILL: one the
+    /// sandbox was already killed for, or an OOM kill the notifier has not
+    /// told yet (the kernel counts it before the victim dies, so it is
+    /// never missed here; the sandbox then ends as it would have).
+    fn killed_by_breach(&mut self, sb: &mut dyn Control, signal: i32) -> Option<ViolationKind> {
+        if signal != libc::SIGKILL {
+            return None;
+        }
+        if let Some(k) = sb.killed_for() {
+            return Some(k);
+        }
+        let k = sb.check_oom()?;
+        self.end(sb, outcome_for(k));
+        Some(k)
+    }
+
+    fn init_said(&mut self, sb: &mut dyn Control, msg: FromInit, fds: Vec<OwnedFd>) {
         match msg {
             FromInit::Spawned { tag, pid } => {
                 let cmd = self.tags.remove(&tag).unwrap_or_default();
@@ -471,7 +494,8 @@ impl Shim<'_> {
                     },
                 );
                 self.order.push(pid);
-                self.answer_spawn(tag, pid);
+                // A terminal's master, passed on; our copy closes here.
+                self.answer_spawn(tag, pid, fds.first());
                 self.broadcast(&SandboxEvent::ExecStarted { pid, cmd });
             }
             FromInit::SpawnFailed { tag, step, errno } => {
@@ -502,8 +526,11 @@ impl Shim<'_> {
                     _ => true,
                 });
             }
-            FromInit::Exited { pid, code } => self.finished(pid, Some(code), None),
-            FromInit::Signaled { pid, sig } => self.finished(pid, None, Some(sig)),
+            FromInit::Exited { pid, code } => self.finished(pid, Some(code), None, None),
+            FromInit::Signaled { pid, sig } => {
+                let killed_for = self.killed_by_breach(sb, sig);
+                self.finished(pid, None, Some(sig), killed_for)
+            }
             FromInit::Ready | FromInit::SetupFailed { .. } => {}
         }
     }
@@ -511,22 +538,29 @@ impl Shim<'_> {
     /// Tells the client that asked for spawn `tag` its pid; the client
     /// then waits on the same connection for the process's end (one that
     /// only wanted the pid hangs up, which drops it).
-    fn answer_spawn(&mut self, tag: u64, pid: i32) {
+    fn answer_spawn(&mut self, tag: u64, pid: i32, master: Option<&OwnedFd>) {
+        let attached: Vec<RawFd> = master.map(|m| m.as_raw_fd()).into_iter().collect();
         for (fd, c) in &mut self.clients {
             if matches!(c, Some(Client::AwaitSpawn { tag: t }) if *t == tag) {
-                reply(fd, &ShimReply::Started { pid });
+                let _ = iproto::send_msg(fd.as_fd(), &ShimReply::Started { pid }, &attached);
                 *c = Some(Client::Waiting { pid });
             }
         }
     }
 
-    fn finished(&mut self, pid: i32, exit_code: Option<i32>, signal: Option<i32>) {
+    fn finished(
+        &mut self,
+        pid: i32,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        killed_for: Option<ViolationKind>,
+    ) {
         if let Some(p) = self.processes.get_mut(&pid) {
             p.running = false;
             p.exit_code = exit_code;
             p.signal = signal;
         }
-        self.reply_waiters(pid, exit_code, signal);
+        self.reply_waiters(pid, exit_code, signal, killed_for);
         self.broadcast(&SandboxEvent::ExecExited {
             pid,
             exit_code,
@@ -593,7 +627,7 @@ impl Shim<'_> {
                             reply(fd, &failed(FailKind::Invalid, e.to_string()));
                             None
                         }
-                        Ok(_) if fds.len() != 3 => {
+                        Ok(_) if !req.tty && fds.len() != 3 => {
                             reply(
                                 fd,
                                 &failed(
@@ -603,8 +637,16 @@ impl Shim<'_> {
                             );
                             None
                         }
-                        Ok(spawn) => {
-                            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                        Ok(mut spawn) => {
+                            // A terminal is made by init; its master comes
+                            // back with `Spawned` and goes to the client.
+                            spawn.tty = req.tty;
+                            spawn.tty_size = req.tty_size;
+                            let raw: Vec<RawFd> = if req.tty {
+                                Vec::new()
+                            } else {
+                                fds.iter().map(|f| f.as_raw_fd()).collect()
+                            };
                             if sb.exec(spawn, &raw).is_err() {
                                 reply(
                                     fd,
@@ -640,6 +682,7 @@ impl Shim<'_> {
                             pid,
                             exit_code: p.exit_code,
                             signal: p.signal,
+                            killed_for: sb.killed_for().filter(|_| p.signal == Some(libc::SIGKILL)),
                         },
                     );
                     None

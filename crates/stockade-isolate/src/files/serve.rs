@@ -406,7 +406,15 @@ fn make_dir(root: &Root, path: &str, parents: bool) -> Res<bool> {
     };
     match nix::sys::stat::mkdirat(&dir, name.as_c_str(), Mode::from_bits_truncate(0o755)) {
         Ok(()) => Ok(true),
-        Err(Errno::EEXIST) if parents => Ok(false),
+        // Made meanwhile is fine; a file or a symlink there is not.
+        Err(Errno::EEXIST)
+            if parents
+                && root
+                    .open(path, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+                    .is_ok() =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(f()(e)),
     }
 }

@@ -207,6 +207,8 @@ async fn start(call: &Call, msg: &[u8]) -> RpcResult<Arc<Proc>> {
             env: cfg.envs.clone(),
             cwd: cwd.clone(),
             root: call.t.user.as_root(),
+            tty: false,
+            tty_size: None,
         },
         timeout: call.deadline,
         stdin: None,
@@ -248,7 +250,7 @@ async fn follow(tx: StreamTx, p: Arc<Proc>, mut next_seq: u64, keepalive: Option
                 StreamKind::Stdout => "stdout",
                 StreamKind::Stderr => "stderr",
             };
-            let data = json!({ "data": { key: b64_encode(c.data.as_bytes()) } });
+            let data = json!({ "data": { key: b64_encode(&c.data) } });
             if !tx.send(&event(data)).await {
                 return;
             }

@@ -9,6 +9,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::json;
@@ -36,6 +38,64 @@ pub struct ExecBody {
     stdin: Option<String>,
     #[serde(default)]
     background: bool,
+    /// How `stdin` and the output are carried: `text` (UTF-8; invalid
+    /// output bytes become U+FFFD) or `base64` (any bytes).
+    #[serde(default)]
+    encoding: Encoding,
+    /// Run it on a terminal of its own (stdout and stderr are then one
+    /// stream, `stdout`); its size is set with the resize route.
+    #[serde(default)]
+    tty: bool,
+    /// The terminal's size from the start (with `tty`).
+    #[serde(default)]
+    tty_size: Option<TtySize>,
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    rows: u16,
+    cols: u16,
+}
+
+/// How bytes travel in JSON: as UTF-8 text, or base64 for any bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Text,
+    Base64,
+}
+
+impl Encoding {
+    fn parse(v: &str) -> ApiResult<Self> {
+        match v {
+            "text" => Ok(Encoding::Text),
+            "base64" => Ok(Encoding::Base64),
+            _ => Err(ApiError::invalid(format!(
+                "encoding must be \"text\" or \"base64\", got {v:?}"
+            ))),
+        }
+    }
+
+    fn encode(self, bytes: &[u8]) -> String {
+        match self {
+            Encoding::Text => String::from_utf8_lossy(bytes).into_owned(),
+            Encoding::Base64 => B64.encode(bytes),
+        }
+    }
+
+    fn decode(self, field: &str, s: String) -> ApiResult<Vec<u8>> {
+        match self {
+            Encoding::Text => Ok(s.into_bytes()),
+            Encoding::Base64 => B64.decode(s.as_bytes()).map_err(|e| {
+                ApiError::invalid(format!(
+                    "{field} is not valid base64 ({e}); send standard base64 with padding, or drop \"encoding\": \"base64\" to send text"
+                ))
+            }),
+        }
+    }
 }
 
 fn check(body: &ExecBody) -> ApiResult<()> {
@@ -66,6 +126,14 @@ fn check(body: &ExecBody) -> ApiResult<()> {
             )));
         }
     }
+    if body.tty_size.is_some() && !body.tty {
+        return Err(ApiError::invalid("tty_size needs \"tty\": true"));
+    }
+    if body.tty_size.is_some_and(|t| t.rows == 0 || t.cols == 0) {
+        return Err(ApiError::invalid(
+            "tty_size: rows and cols must be at least 1, e.g. {\"rows\": 24, \"cols\": 80}",
+        ));
+    }
     if body.timeout.is_some_and(|t| t.duration().is_zero()) {
         return Err(ApiError::invalid(
             "timeout must be longer than 0s, e.g. \"10s\"",
@@ -95,9 +163,14 @@ pub async fn exec(
             env: body.env,
             cwd: body.cwd,
             root: None,
+            tty: body.tty,
+            tty_size: body.tty_size.map(|t| (t.rows, t.cols)),
         },
         timeout: body.timeout.map(Span::duration),
-        stdin: body.stdin.map(String::into_bytes),
+        stdin: body
+            .stdin
+            .map(|s| body.encoding.decode("stdin", s))
+            .transpose()?,
         background: body.background,
     };
     let p = process::start(&state, &live, spec).await?;
@@ -105,7 +178,7 @@ pub async fn exec(
         return Ok(json(StatusCode::ACCEPTED, &json!({ "pid": p.pid })));
     }
     if wants_sse(&headers) {
-        return Ok(output_sse(p, state.shutdown.clone()).into_response());
+        return Ok(output_sse(p, state.shutdown.clone(), body.encoding, true).into_response());
     }
     let exit = p.wait().await;
     let log = p.log();
@@ -116,8 +189,8 @@ pub async fn exec(
         "outcome": exit.outcome,
         "error": exit.error,
         "duration_seconds": exit.duration_seconds,
-        "stdout": log.text(StreamKind::Stdout),
-        "stderr": log.text(StreamKind::Stderr),
+        "stdout": body.encoding.encode(&log.bytes(StreamKind::Stdout)),
+        "stderr": body.encoding.encode(&log.bytes(StreamKind::Stderr)),
         "truncated": log.truncated[0] || log.truncated[1],
     });
     drop(log);
@@ -129,6 +202,8 @@ pub async fn exec(
 fn output_sse(
     p: Arc<Proc>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    encoding: Encoding,
+    follow: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     struct Cursor {
         p: Arc<Proc>,
@@ -150,7 +225,7 @@ fn output_sse(
         done: false,
         lagged: false,
     };
-    let s = stream::unfold(init, |mut c| async move {
+    let s = stream::unfold(init, move |mut c| async move {
         loop {
             if let Some(ev) = c.pending.pop_front() {
                 return Some((Ok(ev), c));
@@ -183,12 +258,16 @@ fn output_sse(
                     StreamKind::Stdout => "stdout",
                     StreamKind::Stderr => "stderr",
                 };
-                let data = json!({ "data": ch.data }).to_string();
+                let data = json!({ "data": encoding.encode(&ch.data) }).to_string();
                 c.pending.push_back(Event::default().event(kind).data(data));
                 c.next_seq = ch.seq + 1;
             }
             if !chunks.is_empty() {
                 continue;
+            }
+            if exit.is_none() && !follow {
+                // What was kept so far, without waiting for more.
+                return None;
             }
             if let Some(e) = exit {
                 c.done = true;
@@ -293,6 +372,43 @@ pub async fn stdin(
     ))
 }
 
+/// Body of the resize route: the terminal's new size.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeBody {
+    rows: u16,
+    cols: u16,
+}
+
+pub async fn resize(
+    State(state): State<Arc<AppState>>,
+    Path((id, pid)): Path<(String, String)>,
+    JsonBody(body): JsonBody<ResizeBody>,
+) -> ApiResult<Response> {
+    let (_, p) = known(&state, &id, &pid).await?;
+    if p.tty.is_none() {
+        return Err(ApiError::conflict(format!(
+            "process {} has no terminal; start it with \"tty\": true to resize it",
+            p.pid
+        )));
+    }
+    if body.rows == 0 || body.cols == 0 {
+        return Err(ApiError::invalid(
+            "rows and cols must be at least 1, e.g. {\"rows\": 24, \"cols\": 80}",
+        ));
+    }
+    p.resize(body.rows, body.cols).map_err(|e| {
+        ApiError::internal(format!(
+            "cannot set the terminal size of process {}: {e}",
+            p.pid
+        ))
+    })?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "pid": p.pid, "rows": body.rows, "cols": body.cols }),
+    ))
+}
+
 /// Body of the signal route: `{"signal": 15}` or `{"signal": "TERM"}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,7 +480,18 @@ pub async fn signal(
 pub async fn output(
     State(state): State<Arc<AppState>>,
     Path((id, pid)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
+    let pairs = query_pairs(q.as_deref())?;
+    only_params(&pairs, &["encoding", "follow"])?;
+    let encoding = match pairs.iter().find(|(k, _)| k == "encoding") {
+        Some((_, v)) => Encoding::parse(v)?,
+        None => Encoding::Text,
+    };
+    let follow = match pairs.iter().find(|(k, _)| k == "follow") {
+        Some((k, v)) => flag(k, v)?,
+        None => true,
+    };
     let (_, p) = known(&state, &id, &pid).await?;
-    Ok(output_sse(p, state.shutdown.clone()).into_response())
+    Ok(output_sse(p, state.shutdown.clone(), encoding, follow).into_response())
 }

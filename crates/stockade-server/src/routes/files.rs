@@ -32,6 +32,10 @@ struct Params {
     path: String,
     list: bool,
     recursive: bool,
+    stat: bool,
+    dir: bool,
+    /// Permission bits of a new file (`mode=0755`).
+    mode: Option<u32>,
 }
 
 fn params(q: Option<&str>, known: &[&str]) -> ApiResult<Params> {
@@ -49,10 +53,26 @@ fn params(q: Option<&str>, known: &[&str]) -> ApiResult<Params> {
         Some((k, v)) => flag(k, v),
         None => Ok(false),
     };
+    let mode = match pairs.iter().find(|(k, _)| k == "mode") {
+        Some((_, v)) => Some(
+            u32::from_str_radix(v, 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "mode must be octal permission bits from 0 to 0777, e.g. mode=0755, got {v:?}"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
     Ok(Params {
         path,
         list: get("list")?,
         recursive: get("recursive")?,
+        stat: get("stat")?,
+        dir: get("dir")?,
+        mode,
     })
 }
 
@@ -137,9 +157,22 @@ pub async fn get_file(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let p = params(q.as_deref(), &["path", "list"])?;
+    let p = params(q.as_deref(), &["path", "list", "stat"])?;
     let (id, h) = helper(&state, &id).await?;
     let path = p.path.clone();
+    if p.stat {
+        // What is at `path` itself: a symlink is described, not followed.
+        let entry = tokio::task::spawn_blocking(move || {
+            let mut c = connect(&id, &h)?;
+            c.stat(&path, false).map_err(|e| file_error(&path, e))
+        })
+        .await
+        .map_err(ApiError::join)??;
+        return Ok(json(
+            StatusCode::OK,
+            &json!({ "path": p.path, "entry": listed(&entry) }),
+        ));
+    }
     if p.list {
         let entries = tokio::task::spawn_blocking(move || {
             let mut c = connect(&id, &h)?;
@@ -221,16 +254,35 @@ pub async fn put_file(
     RawQuery(q): RawQuery,
     body: Body,
 ) -> ApiResult<Response> {
-    let p = params(q.as_deref(), &["path"])?;
+    let p = params(q.as_deref(), &["path", "dir", "mode"])?;
     let (id, h) = helper(&state, &id).await?;
     let path = p.path.clone();
+    if p.dir {
+        // A directory and its missing parents; an existing one is fine.
+        let created = tokio::task::spawn_blocking(move || {
+            let mut c = connect(&id, &h)?;
+            c.make_dir(&path, true).map_err(|e| file_error(&path, e))
+        })
+        .await
+        .map_err(ApiError::join)??;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok(json(
+            status,
+            &json!({ "path": p.path, "created": created, "type": "dir" }),
+        ));
+    }
+    let mode = p.mode;
     // `Err(())` means the upload broke off: the file is left as far as it
     // got, and the request fails.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, ()>>(IN_FLIGHT);
     let writer = tokio::task::spawn_blocking(move || {
         let mut c = connect(&id, &h)?;
         let mut w = c
-            .write(&path, None, false)
+            .write(&path, mode, false)
             .map_err(|e| file_error(&path, e))?;
         while let Some(piece) = rx.blocking_recv() {
             match piece {

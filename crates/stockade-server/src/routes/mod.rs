@@ -33,6 +33,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sandboxes/{id}/processes"),
     ("post", "/v1/sandboxes/{id}/processes/{pid}/stdin"),
     ("post", "/v1/sandboxes/{id}/processes/{pid}/signal"),
+    ("post", "/v1/sandboxes/{id}/processes/{pid}/resize"),
     ("get", "/v1/sandboxes/{id}/processes/{pid}/output"),
     ("get", "/v1/sandboxes/{id}/files"),
     ("put", "/v1/sandboxes/{id}/files"),
@@ -74,6 +75,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/sandboxes/{id}/processes/{pid}/signal",
             post(exec::signal),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/resize",
+            post(exec::resize),
         )
         .route(
             "/v1/sandboxes/{id}/processes/{pid}/output",

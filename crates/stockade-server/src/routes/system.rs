@@ -17,7 +17,7 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult<Response> 
     let live = state.live_map().len();
     Ok(json(
         StatusCode::OK,
-        &json!({ "status": "ok", "live_sandboxes": live, "sandboxes": counts }),
+        &json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "live_sandboxes": live, "sandboxes": counts }),
     ))
 }
 

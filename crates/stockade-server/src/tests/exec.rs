@@ -313,3 +313,80 @@ fn a_stream_reader_that_falls_behind_is_told_it_lost_output() {
     assert!(!events.iter().any(|e| e.event == "lagged"));
     assert_eq!(events.last().unwrap().json()["truncated"], false);
 }
+
+#[test]
+fn base64_encoding_carries_every_byte_value_both_ways() {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+    use stockade_client::Encoding;
+
+    let _g = shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(tmp.path());
+    let c = d.client();
+    let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
+    let all: Vec<u8> = (0..=255u8).collect();
+    let cat = ExecOptions {
+        cmd: vec!["sh".into(), "-c".into(), "cat; cat /dev/null >&2".into()],
+        stdin: Some(B64.encode(&all)),
+        encoding: Some(Encoding::Base64),
+        ..Default::default()
+    };
+
+    // JSON answer.
+    let r = c.exec(&sb.id, &cat).unwrap();
+    assert_eq!(B64.decode(&r.stdout).unwrap(), all);
+    assert_eq!(r.stderr, "");
+
+    // SSE: the chunks put together.
+    let got: Vec<u8> = c
+        .exec_stream(&sb.id, &cat)
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.event == "stdout")
+        .flat_map(|e| B64.decode(e.json()["data"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(got, all);
+
+    // A background process's output, replayed.
+    let pid = c
+        .exec_background(&sb.id, &sh("printf '\\377\\376\\000ok'"))
+        .unwrap();
+    let got: Vec<u8> = c
+        .output_as(&sb.id, pid, Encoding::Base64, true)
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.event == "stdout")
+        .flat_map(|e| B64.decode(e.json()["data"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(got, b"\xff\xfe\x00ok");
+
+    // Text stays the default: invalid bytes become U+FFFD.
+    let r = c.exec(&sb.id, &sh("printf 'a\\377b'")).unwrap();
+    assert_eq!(r.stdout, "a\u{fffd}b");
+
+    // Bad base64 stdin and an unknown encoding are refused.
+    let mut bad = cat.clone();
+    bad.stdin = Some("not base64!".into());
+    match c.exec(&sb.id, &bad) {
+        Err(ClientError::Api {
+            status: 400,
+            message,
+            ..
+        }) => assert!(message.contains("stdin is not valid base64"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let r = c
+        .raw(
+            "GET",
+            &format!(
+                "/v1/sandboxes/{}/processes/{pid}/output?encoding=hex",
+                sb.id
+            ),
+            &[],
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.bytes(1 << 20).unwrap()).contains("encoding must be"));
+}

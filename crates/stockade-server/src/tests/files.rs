@@ -197,3 +197,56 @@ fn read_only_and_permission_errors_are_clear_4xx() {
     let e = crate::routes::files::file_error("/w/x", failed(nix::errno::Errno::EDQUOT));
     assert_eq!(e.status.as_u16(), 507);
 }
+
+#[test]
+fn stat_makes_directories_and_sets_the_mode_of_new_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(tmp.path());
+    let c = d.client();
+    let sb = c.create(None, None, &BTreeMap::new(), None).unwrap();
+    let root = d.fake.root_of(&sb.id);
+
+    assert!(c.make_dir(&sb.id, "/workspace/a/b").unwrap());
+    assert!(
+        !c.make_dir(&sb.id, "/workspace/a/b").unwrap(),
+        "existing is fine"
+    );
+    assert!(root.join("workspace/a/b").is_dir());
+    assert_eq!(c.stat(&sb.id, "/workspace/a").unwrap()["type"], "dir");
+
+    let data = b"#!/bin/sh\n";
+    c.write_file_with_mode(&sb.id, "/workspace/a/run", &mut &data[..], 10, Some(0o750))
+        .unwrap();
+    let mode = std::fs::metadata(root.join("workspace/a/run"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o750);
+    let e = c.stat(&sb.id, "/workspace/a/run").unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["mode"].as_str(), e["size"].as_u64()),
+        (Some("file"), Some("0750"), Some(10))
+    );
+
+    // A symlink is described, not followed.
+    symlink("/etc/passwd", root.join("workspace/l")).unwrap();
+    let e = c.stat(&sb.id, "/workspace/l").unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["target"].as_str()),
+        (Some("symlink"), Some("/etc/passwd"))
+    );
+    assert_eq!(status_of(c.stat(&sb.id, "/workspace/none")).0, 404);
+    // A file where a directory should go is a conflict; a bad mode is refused.
+    assert_eq!(status_of(c.make_dir(&sb.id, "/workspace/a/run")).0, 409);
+    let r = c
+        .raw(
+            "PUT",
+            &format!("/v1/sandboxes/{}/files?path=/workspace/m&mode=999", sb.id),
+            &[],
+            Some(("application/octet-stream", b"x")),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400);
+}

@@ -203,11 +203,12 @@ class Transport:
         path: str,
         *,
         json_body: Any = None,
+        query: Optional[Query] = None,
         timeout: Optional[float] = None,
     ) -> "SseStream":
         """Opens a server-sent event stream."""
         body = json.dumps(json_body).encode() if json_body is not None else None
-        resp, sock = self._open(method, path, None, body, "application/json", {"Accept": "text/event-stream"}, timeout)
+        resp, sock = self._open(method, path, query, body, "application/json", {"Accept": "text/event-stream"}, timeout)
         return SseStream(resp, sock)
 
 

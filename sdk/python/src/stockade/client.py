@@ -7,6 +7,7 @@ sandbox ids itself.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -42,6 +43,16 @@ def _text(data: Union[str, bytes]) -> str:
 
 def _bytes(data: Union[str, bytes, bytearray, memoryview]) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+Encoding = str
+"""How the daemon carries stdin and output in JSON: ``"text"`` (UTF-8,
+invalid output bytes become U+FFFD) or ``"base64"`` (any bytes)."""
+
+
+def _check_encoding(encoding: Encoding) -> None:
+    if encoding not in ("text", "base64"):
+        raise ValueError(f'encoding must be "text" or "base64", got {encoding!r}')
 
 
 class EventStream:
@@ -157,7 +168,9 @@ class Client:
         timeout: Optional[Duration],
         stdin: Optional[Union[str, bytes]],
         background: bool,
+        encoding: Encoding = "text",
     ) -> Dict[str, Any]:
+        _check_encoding(encoding)
         body: Dict[str, Any] = {"cmd": _cmd(cmd)}
         if env:
             body["env"] = {str(k): str(v) for k, v in env.items()}
@@ -166,9 +179,14 @@ class Client:
         if timeout is not None:
             body["timeout"] = timeout
         if stdin is not None:
-            body["stdin"] = _text(stdin)
+            if encoding == "base64":
+                body["stdin"] = base64.b64encode(_bytes(stdin)).decode("ascii")
+            else:
+                body["stdin"] = _text(stdin)
         if background:
             body["background"] = True
+        if encoding != "text":
+            body["encoding"] = encoding
         return body
 
     def exec(
@@ -181,10 +199,12 @@ class Client:
         timeout: Optional[Duration] = None,
         stdin: Optional[Union[str, bytes]] = None,
     ) -> ProcessResult:
-        """Runs a command and waits for it (JSON answer)."""
-        body = self._exec_body(cmd, env, cwd, timeout, stdin, False)
+        """Runs a command and waits for it (JSON answer). The output comes
+        as bytes (``stdout_bytes``) and as text (``stdout``); ``stdin`` may
+        be any bytes."""
+        body = self._exec_body(cmd, env, cwd, timeout, stdin, False, "base64")
         doc = self.transport.call("POST", f"/v1/sandboxes/{seg(sandbox)}/exec", json_body=body)
-        return ProcessResult.from_json(doc if isinstance(doc, dict) else {})
+        return ProcessResult.from_json(doc if isinstance(doc, dict) else {}, encoding="base64")
 
     def exec_stream(
         self,
@@ -195,9 +215,12 @@ class Client:
         cwd: Optional[str] = None,
         timeout: Optional[Duration] = None,
         stdin: Optional[Union[str, bytes]] = None,
+        encoding: Encoding = "text",
     ) -> SseStream:
-        """Runs a command, streaming ``start``, ``stdout``, ``stderr`` and ``exit`` events."""
-        body = self._exec_body(cmd, env, cwd, timeout, stdin, False)
+        """Runs a command, streaming ``start``, ``stdout``, ``stderr`` and
+        ``exit`` events; with ``encoding="base64"`` each chunk's ``data``
+        (and ``stdin``) is base64, for output that is not text."""
+        body = self._exec_body(cmd, env, cwd, timeout, stdin, False, encoding)
         return self.transport.sse("POST", f"/v1/sandboxes/{seg(sandbox)}/exec", json_body=body)
 
     def exec_background(
@@ -211,7 +234,7 @@ class Client:
         stdin: Optional[Union[str, bytes]] = None,
     ) -> int:
         """Starts a command in the background (stdin stays open); returns its pid."""
-        body = self._exec_body(cmd, env, cwd, timeout, stdin, True)
+        body = self._exec_body(cmd, env, cwd, timeout, stdin, True, "base64" if isinstance(stdin, bytes) else "text")
         doc = self.transport.call("POST", f"/v1/sandboxes/{seg(sandbox)}/exec", json_body=body)
         pid = doc.get("pid") if isinstance(doc, dict) else None
         if not isinstance(pid, int):
@@ -245,9 +268,16 @@ class Client:
             "POST", f"/v1/sandboxes/{seg(sandbox)}/processes/{seg(pid)}/signal", json_body={"signal": sig}
         )
 
-    def output(self, sandbox: str, pid: int, *, timeout: Optional[float] = None) -> SseStream:
-        """A process's output since it started (as kept), then live, then ``exit``."""
-        return self.transport.sse("GET", f"/v1/sandboxes/{seg(sandbox)}/processes/{seg(pid)}/output", timeout=timeout)
+    def output(
+        self, sandbox: str, pid: int, *, timeout: Optional[float] = None, encoding: Encoding = "text"
+    ) -> SseStream:
+        """A process's output since it started (as kept), then live, then
+        ``exit``; with ``encoding="base64"`` each chunk's ``data`` is base64."""
+        _check_encoding(encoding)
+        query: Query = [("encoding", encoding)] if encoding != "text" else []
+        return self.transport.sse(
+            "GET", f"/v1/sandboxes/{seg(sandbox)}/processes/{seg(pid)}/output", query=query, timeout=timeout
+        )
 
     # -- tasks ----------------------------------------------------------
 

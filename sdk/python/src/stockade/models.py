@@ -6,8 +6,9 @@ daemon adds later are never out of reach.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
 
 __all__ = [
     "ProcessResult",
@@ -37,15 +38,30 @@ def _dict(v: Any) -> JsonDict:
     return dict(v) if isinstance(v, Mapping) else {}
 
 
+def _output(v: Any, encoding: str) -> bytes:
+    """Output bytes from bytes, or a string in ``encoding``."""
+    if isinstance(v, bytes):
+        return v
+    if not isinstance(v, str):
+        return b""
+    if encoding == "base64":
+        return base64.b64decode(v)
+    return v.encode("utf-8")
+
+
 @dataclass(frozen=True)
 class ProcessResult:
     """How a process ended and what it printed.
 
     ``outcome`` is ``exited`` (see ``exit_code``), ``signaled`` (see
-    ``signal``), ``timeout`` (killed with SIGKILL at its timeout) or
-    ``error`` (the sandbox went away meanwhile; ``error`` says why).
+    ``signal``), ``timeout`` (killed with SIGKILL at its timeout),
+    ``error`` (the sandbox went away meanwhile; ``error`` says why), or
+    ``memory-limit``/``disk-limit`` (the sandbox hit that limit and was
+    killed, and the process with it).
     ``stdout``/``stderr`` are UTF-8 text (invalid bytes become U+FFFD);
-    ``truncated`` says the daemon kept only the most recent 1 MiB of one.
+    ``stdout_bytes``/``stderr_bytes`` are the bytes as printed (binary
+    output: images, archives, any encoding). ``truncated`` says the daemon
+    kept only the most recent 1 MiB of one.
     """
 
     exit_code: Optional[int]
@@ -57,6 +73,8 @@ class ProcessResult:
     pid: Optional[int] = None
     duration_seconds: float = 0.0
     error: Optional[str] = None
+    stdout_bytes: bytes = field(default=b"", repr=False)
+    stderr_bytes: bytes = field(default=b"", repr=False)
     raw: JsonDict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -69,20 +87,24 @@ class ProcessResult:
         cls,
         d: Mapping[str, Any],
         *,
-        stdout: Optional[str] = None,
-        stderr: Optional[str] = None,
+        stdout: Optional[Union[str, bytes]] = None,
+        stderr: Optional[Union[str, bytes]] = None,
         pid: Optional[int] = None,
+        encoding: str = "text",
     ) -> "ProcessResult":
-        """Builds a result from an exec answer or an ``exit`` event
-        (whose output was gathered from the stream)."""
-        out = stdout if stdout is not None else d.get("stdout")
-        err = stderr if stderr is not None else d.get("stderr")
+        """Builds a result from an exec answer (its ``stdout``/``stderr``
+        in ``encoding``) or an ``exit`` event (with the output gathered
+        from the stream: bytes, or text)."""
+        out = _output(stdout if stdout is not None else d.get("stdout"), encoding)
+        err = _output(stderr if stderr is not None else d.get("stderr"), encoding)
         return cls(
             exit_code=_opt_int(d.get("exit_code")),
             signal=_opt_int(d.get("signal")),
             outcome=str(d.get("outcome", "")),
-            stdout=out if isinstance(out, str) else "",
-            stderr=err if isinstance(err, str) else "",
+            stdout=out.decode("utf-8", "replace"),
+            stderr=err.decode("utf-8", "replace"),
+            stdout_bytes=out,
+            stderr_bytes=err,
             truncated=bool(d.get("truncated", False)),
             pid=_opt_int(d.get("pid")) if pid is None else pid,
             duration_seconds=_opt_float(d.get("duration_seconds")) or 0.0,

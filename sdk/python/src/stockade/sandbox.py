@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import time
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from ._http import PathLike
 from .client import Client, Command, Duration, EventStream, Signal, _cmd
@@ -81,24 +82,23 @@ class Process:
         exits; ``self.result`` is then set (output not included). Raises
         TimeoutError if it has not ended after ``timeout`` seconds."""
         for item in self._follow(timeout):
-            if isinstance(item, OutputChunk):
-                yield item
+            if isinstance(item, tuple):
+                yield OutputChunk(item[0], item[1].decode("utf-8", "replace"))
 
-    def _follow(self, timeout: Optional[float]) -> Iterator[Union[OutputChunk, Dict[str, Any]]]:
-        stream = self._client.output(self.sandbox_id, self.pid, timeout=timeout)
+    def _follow(self, timeout: Optional[float]) -> Iterator[Union[Tuple[str, bytes], Dict[str, Any]]]:
+        stream = self._client.output(self.sandbox_id, self.pid, timeout=timeout, encoding="base64")
         if timeout is not None:
             stream.deadline = time.monotonic() + timeout
         with stream:
             for ev in stream:
                 if ev.event in ("stdout", "stderr"):
-                    doc = ev.json()
-                    text = doc.get("data") if isinstance(doc, dict) else None
-                    if isinstance(text, str):
-                        yield OutputChunk(ev.event, text)
+                    data = _chunk(ev.json())
+                    if data is not None:
+                        yield (ev.event, data)
                 elif ev.event == "exit":
                     doc = ev.json()
                     exit_doc = doc if isinstance(doc, dict) else {}
-                    self.result = ProcessResult.from_json(exit_doc, stdout="", stderr="", pid=self.pid)
+                    self.result = ProcessResult.from_json(exit_doc, stdout=b"", stderr=b"", pid=self.pid)
                     yield exit_doc
                     return
         raise StockadeConnectionError(
@@ -107,19 +107,25 @@ class Process:
 
     def wait(self, timeout: Optional[float] = None) -> ProcessResult:
         """Waits for it to end; returns how it ended with its output (as
-        the daemon kept it: the most recent 1 MiB of each stream).
-        Raises TimeoutError if it has not ended after ``timeout`` seconds
-        (the process keeps running)."""
-        out: List[str] = []
-        err: List[str] = []
+        the daemon kept it: the most recent 1 MiB of each stream), as text
+        and as bytes. Raises TimeoutError if it has not ended after
+        ``timeout`` seconds (the process keeps running)."""
+        out: List[bytes] = []
+        err: List[bytes] = []
         exit_doc: Dict[str, Any] = {}
         for item in self._follow(timeout):
-            if isinstance(item, OutputChunk):
-                (out if item.stream == "stdout" else err).append(item.text)
+            if isinstance(item, tuple):
+                (out if item[0] == "stdout" else err).append(item[1])
             else:
                 exit_doc = item
-        self.result = ProcessResult.from_json(exit_doc, stdout="".join(out), stderr="".join(err), pid=self.pid)
+        self.result = ProcessResult.from_json(exit_doc, stdout=b"".join(out), stderr=b"".join(err), pid=self.pid)
         return self.result
+
+
+def _chunk(doc: Any) -> Optional[bytes]:
+    """The bytes of a base64 output chunk."""
+    data = doc.get("data") if isinstance(doc, dict) else None
+    return base64.b64decode(data) if isinstance(data, str) else None
 
 
 class Processes:
@@ -143,10 +149,12 @@ class Processes:
 
         ``cmd`` is a list (no shell) or a string (run with ``sh -c``).
         ``timeout`` (seconds or ``"10m"``) kills it with SIGKILL; the
-        result's outcome is then ``timeout``. ``stdin`` is given as text,
-        then closed. With ``on_stdout``/``on_stderr`` the output is streamed
-        and each chunk handed to the callback as it comes; the result then
-        holds what the callbacks got. Either way the daemon keeps the most
+        result's outcome is then ``timeout``. ``stdin`` (text or any
+        bytes) is given, then closed. The result holds the output as text
+        (``stdout``) and as bytes (``stdout_bytes``). With
+        ``on_stdout``/``on_stderr`` the output is streamed and each chunk
+        handed to the callback as text as it comes; the result then holds
+        what the callbacks got. Either way the daemon keeps the most
         recent 1 MiB of each stream: without callbacks ``truncated`` says
         when it dropped some; a stream that lags more than 1 MiB behind a
         fast writer misses the oldest chunks, and the daemon does not say.
@@ -154,10 +162,10 @@ class Processes:
         client, sid = self._sb.client, self._sb.id
         if on_stdout is None and on_stderr is None:
             return client.exec(sid, cmd, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
-        out: List[str] = []
-        err: List[str] = []
+        out: List[bytes] = []
+        err: List[bytes] = []
         pid: Optional[int] = None
-        with client.exec_stream(sid, cmd, env=env, cwd=cwd, timeout=timeout, stdin=stdin) as stream:
+        with client.exec_stream(sid, cmd, env=env, cwd=cwd, timeout=timeout, stdin=stdin, encoding="base64") as stream:
             for ev in stream:
                 doc = ev.json()
                 if not isinstance(doc, dict):
@@ -166,19 +174,21 @@ class Processes:
                     p = doc.get("pid")
                     pid = p if isinstance(p, int) else None
                 elif ev.event in ("stdout", "stderr"):
-                    text = doc.get("data")
-                    if not isinstance(text, str):
+                    data = _chunk(doc)
+                    if data is None:
                         continue
+                    # The daemon never splits a UTF-8 sequence across
+                    # chunks, so each chunk decodes on its own.
                     if ev.event == "stdout":
-                        out.append(text)
+                        out.append(data)
                         if on_stdout is not None:
-                            on_stdout(text)
+                            on_stdout(data.decode("utf-8", "replace"))
                     else:
-                        err.append(text)
+                        err.append(data)
                         if on_stderr is not None:
-                            on_stderr(text)
+                            on_stderr(data.decode("utf-8", "replace"))
                 elif ev.event == "exit":
-                    return ProcessResult.from_json(doc, stdout="".join(out), stderr="".join(err), pid=pid)
+                    return ProcessResult.from_json(doc, stdout=b"".join(out), stderr=b"".join(err), pid=pid)
         raise StockadeConnectionError("connection_lost", "the exec stream ended before the process did")
 
     def start(
