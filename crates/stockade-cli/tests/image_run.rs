@@ -481,3 +481,87 @@ fn the_daemon_creates_a_sandbox_on_an_image_named_in_the_body() {
         .unwrap();
     assert!((400..500).contains(&resp.status), "{}", resp.status);
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and idmapped mounts; /bin/busybox; git"]
+fn a_task_runs_its_agent_on_an_image_whose_user_writes_the_workspace() {
+    let e = ImageEnv::new();
+    let repo = e.work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(repo.join("a.txt"), "hi\n").unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["add", "a.txt"][..],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-qm",
+            "init",
+        ][..],
+    ] {
+        assert!(Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let out = e.work.path().join("out");
+    let image = e.image("plain");
+    let o = e
+        .env
+        .cmd()
+        .args([
+            "task",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--image", &image, "--"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "id -u > who.txt; echo $IMG_VAR >> who.txt; stat -c %u /bin/busybox >> who.txt",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The agent ran as the image's user (1234), with its environment and
+    // its root-owned files, and could write the task's workspace; the
+    // patch the collect sandbox made (on the host's /usr) has its file.
+    let patch = std::fs::read_to_string(out.join("changes.patch")).unwrap();
+    assert!(
+        patch.contains("+1234\n+from-image\n+0\n") || patch.contains("+1234\n+from-image\n+0"),
+        "{patch}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["exit_code"], 0, "{report}");
+    assert_eq!(report["files_changed"], 1, "{report}");
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and idmapped mounts; /bin/busybox"]
+fn a_bound_workspace_is_written_as_its_owner_by_the_images_user() {
+    let e = ImageEnv::new();
+    let ws = e.work.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::os::unix::fs::chown(&ws, Some(1000), Some(1000)).unwrap();
+    let o = e.sh(
+        &["--workspace", ws.to_str().unwrap()],
+        "id -u; touch /workspace/z && stat -c '%u %g' /workspace/z",
+    );
+    assert_eq!(stdout(&o), "1234\n1234 1234\n", "{}", stderr(&o));
+    let meta = std::fs::metadata(ws.join("z")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+}

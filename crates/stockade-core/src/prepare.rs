@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use stockade_isolate::idmap::{disk_group_map, disk_map, AGENT_ID};
+use stockade_isolate::idmap::{disk_group_map_as, disk_map, disk_map_as, AGENT_ID};
 use stockade_isolate::proto::SpawnRequest;
 use stockade_isolate::slots::Slot;
 use stockade_isolate::spec::{MountIdmap, SandboxSpec};
@@ -195,9 +195,6 @@ fn check_writable_owner(
     Ok(())
 }
 
-/// The idmapped mount of a host directory owned by `owner` (uid, gid)
-/// for a sandbox in `slot`: what the agent writes belongs to the owner,
-/// unless that is host root (see `idmap::disk_map`).
 /// The sandbox's TUN device as stockade-net's egress stack serves it:
 /// both ends must agree on these addresses and the MTU.
 pub fn egress_tun() -> TunConfig {
@@ -210,11 +207,15 @@ pub fn egress_tun() -> TunConfig {
     }
 }
 
-fn mount_idmap(slot: &Slot, owner: (u32, u32)) -> MountIdmap {
+/// The idmapped mount of a host directory owned by `owner` (uid, gid)
+/// for a sandbox in `slot` whose workloads run as `writer` (uid, gid)
+/// inside — the agent, an image's user, root: what they write belongs to
+/// the owner, unless that is host root (see `idmap::disk_map`).
+fn mount_idmap(slot: &Slot, owner: (u32, u32), writer: (u32, u32)) -> MountIdmap {
     let (uid, gid) = owner;
     MountIdmap {
-        uids: disk_map(slot.base(), Some(uid)),
-        gids: disk_group_map(slot.base(), gid),
+        uids: disk_map_as(slot.base(), Some(uid), writer.0),
+        gids: disk_group_map_as(slot.base(), gid, writer.1),
     }
 }
 
@@ -281,7 +282,6 @@ pub fn prepare(
     };
     let uid_map = slot.id_map();
     let gid_map = slot.id_map();
-    let workspace_idmap = agent_owner.map(|o| mount_idmap(&slot, o));
     // The workloads' ids inside: the image's user (or the policy's), root
     // with `--root`, else the agent.
     let user = match (&image_parts, &p.user) {
@@ -295,6 +295,10 @@ pub fn prepare(
         None => (AGENT_ID, AGENT_ID),
     };
     let as_root = inside_uid == 0;
+    // A bound workspace (a task's included) is written as its owner by
+    // whoever the workloads run as.
+    let writer = (inside_uid, inside_gid);
+    let workspace_idmap = agent_owner.map(|o| mount_idmap(&slot, o, writer));
     let owner = uid_map.to_host(inside_uid).zip(gid_map.to_host(inside_gid));
     let io = |what: &str| {
         let what = what.to_string();
@@ -399,7 +403,7 @@ pub fn prepare(
                 ))
             })?;
             check_writable_owner("writable bind source", &b.src, &meta)?;
-            Ok(mount_idmap(&slot, (meta.uid(), meta.gid())))
+            Ok(mount_idmap(&slot, (meta.uid(), meta.gid()), writer))
         })
         .collect::<Result<Vec<_>, RunError>>()?;
     let net = (policy.network.mode != stockade_policy::NetMode::None).then(egress_tun);

@@ -90,13 +90,19 @@ impl IdMap {
 /// `HOST_ID_BASE + AGENT_ID`, say) changes places with the agent's id, so
 /// the map stays one-to-one.
 pub fn disk_map(live_base: u32, owner: Option<u32>) -> IdMap {
+    disk_map_as(live_base, owner, AGENT_ID)
+}
+
+/// [`disk_map`] for a workload that runs as `writer` inside rather than as
+/// the agent (an image's user, root): `writer` stores its files as `owner`.
+pub fn disk_map_as(live_base: u32, owner: Option<u32>, writer: u32) -> IdMap {
     let disk = |inside: u32| HOST_ID_BASE + inside;
     // Inside ids whose disk id is not the block's own, in order.
     let mut special: Vec<(u32, u32)> = Vec::new();
-    if let Some(o) = owner.filter(|&o| o != 0 && o != disk(AGENT_ID)) {
-        special.push((AGENT_ID, o));
+    if let Some(o) = owner.filter(|&o| o != 0 && o != disk(writer)) {
+        special.push((writer, o));
         if (HOST_ID_BASE..HOST_ID_BASE + MAPPED_IDS).contains(&o) {
-            special.push((o - HOST_ID_BASE, disk(AGENT_ID)));
+            special.push((o - HOST_ID_BASE, disk(writer)));
         }
     }
     special.sort_unstable();
@@ -139,7 +145,12 @@ pub const UNREACHABLE_LIVE_ID: u32 = HOST_ID_BASE - 1;
 /// setgid root (the kernel strips setgid for a group the caller is not
 /// in and holds no capability over).
 pub fn disk_group_map(live_base: u32, group: u32) -> IdMap {
-    let mut m = disk_map(live_base, Some(group));
+    disk_group_map_as(live_base, group, AGENT_ID)
+}
+
+/// [`disk_group_map`] for a workload whose group inside is `writer`.
+pub fn disk_group_map_as(live_base: u32, group: u32, writer: u32) -> IdMap {
+    let mut m = disk_map_as(live_base, Some(group), writer);
     if group == 0 {
         m.extents.insert(
             0,
@@ -297,5 +308,27 @@ mod tests {
         }
         assert_eq!(pairs(&m).len(), MAPPED_IDS as usize + 1);
         assert_eq!(disk_group_map(LIVE, 4242), disk_map(LIVE, Some(4242)));
+    }
+
+    #[test]
+    fn a_workload_that_is_not_the_agent_writes_as_the_owner() {
+        // An image's user 1234 writing a directory owned by 1000.
+        let m = disk_map_as(LIVE, Some(1000), 1234);
+        assert_eq!(disk_of(&m, LIVE + 1234), Some(1000));
+        assert_eq!(disk_of(&m, LIVE + AGENT_ID), Some(HOST_ID_BASE + AGENT_ID));
+        assert_eq!(pairs(&m).len(), MAPPED_IDS as usize);
+        // Root inside (an image's default user) likewise, never host root.
+        let r = disk_map_as(LIVE, Some(1000), 0);
+        assert_eq!(disk_of(&r, LIVE), Some(1000));
+        assert!(pairs(&r).iter().all(|&(disk, _)| disk != 0));
+        // A task workspace in the disk block trades places with the writer.
+        let t = disk_map_as(LIVE, Some(HOST_ID_BASE + AGENT_ID), 1234);
+        assert_eq!(disk_of(&t, LIVE + 1234), Some(HOST_ID_BASE + AGENT_ID));
+        assert_eq!(disk_of(&t, LIVE + AGENT_ID), Some(HOST_ID_BASE + 1234));
+        assert_eq!(pairs(&t).len(), MAPPED_IDS as usize);
+        assert_eq!(
+            disk_map_as(LIVE, Some(7), AGENT_ID),
+            disk_map(LIVE, Some(7))
+        );
     }
 }
