@@ -566,7 +566,16 @@ fn rmi_is_refused_while_a_sandbox_uses_the_image() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "from layer 5\n");
-    let out = env.cmd().args(["rmi", &r]).output().unwrap();
+    // `run` returns before its detached cleaner has finished the teardown,
+    // which releases the lease last: the image is free moments later.
+    let mut out = env.cmd().args(["rmi", &r]).output().unwrap();
+    for _ in 0..200 {
+        if code(&out) == 0 || !stderr(&out).contains("in use") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        out = env.cmd().args(["rmi", &r]).output().unwrap();
+    }
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(images_json(&env).is_empty());
     let out = env.cmd().args(["image", "prune"]).output().unwrap();
