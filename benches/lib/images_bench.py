@@ -122,10 +122,12 @@ def bench_pull(sk, work, reg, rounds):
     res = {"stockade": [], "podman": [], "skopeo_umoci": []}
     for _ in range(rounds):
         d = tempfile.mkdtemp(dir=work)
+        os.chmod(d, 0o755)
         res["stockade"].append(timed([sk, "pull", "--quiet", "--state-dir", d, ref]))
         shutil.rmtree(d)
         if have_podman:
-            d = tempfile.mkdtemp(dir=work)
+            # podman refuses a run root longer than 50 characters.
+            d = tempfile.mkdtemp(prefix="skp-", dir="/tmp")
             res["podman"].append(timed(
                 ["podman", "--root", f"{d}/root", "--runroot", f"{d}/run",
                  "--runtime", "runc", "pull", "-q", "--tls-verify=false", ref]))
@@ -148,8 +150,9 @@ def bench_pull(sk, work, reg, rounds):
     return out
 
 
-def du_kib(path):
-    r = subprocess.run(["du", "-sxk", path], stdout=subprocess.PIPE, text=True)
+def du_kib(path, one_fs=True):
+    # The scratch filesystem's subvolumes are filesystems of their own to du.
+    r = subprocess.run(["du", "-sxk" if one_fs else "-sk", path], stdout=subprocess.PIPE, text=True)
     return int(r.stdout.split()[0]) if r.returncode == 0 else 0
 
 
@@ -161,18 +164,24 @@ def drop_caches():
 
 def bench_density(sk, work, count):
     d = daemon_bench.Daemon(sk, work)
-    subprocess.run([sk, "pull", "--quiet", "--state-dir", d.state,
-                    f"oci:{IMAGES}/debian-python:latest"], check=True,
-                   stdout=subprocess.DEVNULL)
+    # Pulled here, named by its digest in the requests: an API client may
+    # name a local source only under the daemon's --allow-bind-root.
+    digest = subprocess.run([sk, "pull", "--quiet", "--state-dir", d.state,
+                             f"oci:{IMAGES}/debian-python:latest"], check=True,
+                            stdout=subprocess.PIPE, text=True).stdout.split()[-1]
     store = os.path.join(d.state, "images")
     store_kib = du_kib(store)
     d.start()
+    # The sandboxes' writable uppers live on the btrfs scratch filesystem
+    # when there is one (else in the state directory, counted below).
+    scratch = "/run/stockade-scratch"
+    scratch0 = du_kib(scratch, False) if os.path.isdir(scratch) else 0
     out = {"sandboxes": count, "store_kib": store_kib}
     try:
         ids = []
         for _ in range(count):
             sid = d.api.ok("POST", "/v1/sandboxes",
-                           {"image": f"oci:{IMAGES}/debian-python:latest"}, want=(201,))["id"]
+                           {"image": digest}, want=(201,))["id"]
             d.created.add(sid)
             ids.append(sid)
         read = ["sh", "-c", f"cat {BIG_FILE} >/dev/null; "
@@ -188,7 +197,9 @@ def bench_density(sk, work, count):
         c2 = daemon_bench.meminfo_kib("Cached")
         m2 = daemon_bench.meminfo_snapshot()
         state_kib = du_kib(d.state)
+        scratch1 = du_kib(scratch, False) if os.path.isdir(scratch) else 0
         out.update({
+            "scratch_growth_kib": scratch1 - scratch0,
             "state_dir_kib": state_kib,
             "besides_store_kib": state_kib - du_kib(store),
             "big_file": BIG_FILE,
@@ -224,8 +235,10 @@ def markdown(r):
         d = r["density"]
         lines += [
             f"- {d['sandboxes']} sandboxes on debian-python (daemon): the store "
-            f"{d['store_kib'] // 1024} MiB, everything else in the state directory "
-            f"(uppers with 1 MiB written each, records) {d['besides_store_kib'] // 1024} MiB.",
+            f"{d['store_kib'] // 1024} MiB (one copy of the image), everything else in the "
+            f"state directory (records, sockets) {d['besides_store_kib'] // 1024} MiB, the "
+            f"sandboxes' uppers and scratch space (1 MiB written by each) "
+            f"+{d.get('scratch_growth_kib', 0) // 1024} MiB on the scratch filesystem.",
             f"- Page cache after one sandbox reads `{d['big_file']}`: "
             f"+{d['cached_growth_first_kib'] // 1024} MiB; after the other "
             f"{d['sandboxes'] - 1} read it too: +{d['cached_growth_next_kib'] // 1024} MiB "
@@ -245,6 +258,9 @@ def main():
     args = ap.parse_args()
     subprocess.run([os.path.join(REPO, "tests/images/build.sh")], check=True)
     work = tempfile.mkdtemp(prefix="stockade-images-bench-")
+    # The state directories live here: a sandbox's root (an unprivileged
+    # host id) must be able to reach their mount point.
+    os.chmod(work, 0o755)
     reg = None
     res = {}
     try:
