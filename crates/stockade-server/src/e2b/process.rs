@@ -1,8 +1,10 @@
 //! envd's `process.Process` service on top of the daemon's processes
 //! (`crate::process`): `Start` and `Connect` stream a process's start, its
 //! output and its end; `SendInput`, `StreamInput` and `CloseStdin` feed its
-//! stdin; `SendSignal` signals it; `List` shows the running ones. PTYs are
-//! not supported (`Update` and a `pty` in `Start` answer `unimplemented`).
+//! stdin; `SendSignal` signals it; `List` shows the running ones. A `pty` in
+//! `Start` runs the process on a terminal (the daemon's tty exec): its
+//! output streams as `pty` data, `pty` input is written to the terminal and
+//! `Update` sets the terminal's size.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,9 +36,47 @@ struct ProcessConfig {
 #[serde(default)]
 struct StartRequest {
     process: Option<ProcessConfig>,
-    pty: Option<Value>,
+    pty: Option<Pty>,
     tag: Option<String>,
     stdin: Option<bool>,
+}
+
+/// envd's `PTY`: a terminal and its size (proto3 JSON leaves zeros out).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Pty {
+    size: Option<PtySize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PtySize {
+    rows: u32,
+    cols: u32,
+}
+
+impl Pty {
+    /// The size asked for, checked: `None` when none was given.
+    fn checked_size(&self) -> RpcResult<Option<(u16, u16)>> {
+        let Some(s) = &self.size else {
+            return Ok(None);
+        };
+        let fits = |n: u32| (1..=u32::from(u16::MAX)).contains(&n);
+        if !fits(s.rows) || !fits(s.cols) {
+            return Err(RpcError::invalid(format!(
+                "pty.size: rows and cols must be between 1 and 65535, got {} rows and {} cols",
+                s.rows, s.cols
+            )));
+        }
+        Ok(Some((s.rows as u16, s.cols as u16)))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct UpdateRequest {
+    process: Option<Selector>,
+    pty: Option<Pty>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,12 +120,7 @@ pub async fn unary(call: Call, method: &str, msg: &[u8]) -> RpcResult<Value> {
         "SendInput" => {
             let req: SendInputRequest = parse(msg)?;
             let p = find(&call, req.process.as_ref())?;
-            let input = req.input.unwrap_or_default();
-            if input.pty.is_some() {
-                return Err(no_pty());
-            }
-            let data = b64_decode(input.stdin.as_deref().unwrap_or(""))?;
-            write_stdin(&p, &data).await?;
+            write_input(&p, req.input.unwrap_or_default()).await?;
             Ok(json!({}))
         }
         "SendSignal" => {
@@ -121,7 +156,26 @@ pub async fn unary(call: Call, method: &str, msg: &[u8]) -> RpcResult<Value> {
             p.stdin.lock().await.take();
             Ok(json!({}))
         }
-        "Update" => Err(no_pty()),
+        "Update" => {
+            let req: UpdateRequest = parse(msg)?;
+            let p = find(&call, req.process.as_ref())?;
+            let Some(pty) = req.pty else {
+                return Ok(json!({}));
+            };
+            if p.tty.is_none() {
+                return Err(no_terminal(&p));
+            }
+            let Some((rows, cols)) = pty.checked_size()? else {
+                return Ok(json!({}));
+            };
+            p.resize(rows, cols).map_err(|e| {
+                RpcError::new(
+                    Code::Internal,
+                    format!("cannot set the terminal size of process {}: {e}", p.pid),
+                )
+            })?;
+            Ok(json!({}))
+        }
         _ => Err(RpcError::new(
             Code::Unimplemented,
             format!("process.Process/{method} is not implemented"),
@@ -129,11 +183,30 @@ pub async fn unary(call: Call, method: &str, msg: &[u8]) -> RpcResult<Value> {
     }
 }
 
-fn no_pty() -> RpcError {
+fn no_terminal(p: &Proc) -> RpcError {
     RpcError::new(
-        Code::Unimplemented,
-        "PTYs are not supported by stockade's E2B listener; run commands without a pty",
+        Code::FailedPrecondition,
+        format!(
+            "process {} has no terminal; start it with a pty (sandbox.pty.create) to send pty input or resize it",
+            p.pid
+        ),
     )
+}
+
+/// Writes `input` to the process: `pty` bytes to its terminal, `stdin`
+/// bytes to its stdin (which is the terminal too when it has one).
+async fn write_input(p: &Proc, input: Input) -> RpcResult<()> {
+    let data = match (&input.pty, &input.stdin) {
+        (Some(pty), _) => {
+            if p.tty.is_none() {
+                return Err(no_terminal(p));
+            }
+            b64_decode(pty)?
+        }
+        (None, Some(stdin)) => b64_decode(stdin)?,
+        (None, None) => Vec::new(),
+    };
+    write_stdin(p, &data).await
 }
 
 /// Server-streaming methods: `Start` and `Connect`.
@@ -166,9 +239,11 @@ pub async fn stream(call: Call, method: &str, msg: &[u8]) -> Response {
 
 async fn start(call: &Call, msg: &[u8]) -> RpcResult<Arc<Proc>> {
     let req: StartRequest = parse(msg)?;
-    if req.pty.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(no_pty());
-    }
+    let tty_size = match &req.pty {
+        Some(pty) => pty.checked_size()?,
+        None => None,
+    };
+    let tty = req.pty.is_some();
     let cfg = req
         .process
         .ok_or_else(|| RpcError::invalid("process is missing; give process.cmd"))?;
@@ -207,13 +282,14 @@ async fn start(call: &Call, msg: &[u8]) -> RpcResult<Arc<Proc>> {
             env: cfg.envs.clone(),
             cwd: cwd.clone(),
             root: call.t.user.as_root(),
-            tty: false,
-            tty_size: None,
+            tty,
+            tty_size,
         },
         timeout: call.deadline,
         stdin: None,
-        // A process started with stdin keeps it open for SendInput.
-        background: req.stdin.unwrap_or(false),
+        // A process started with stdin (or on a terminal, whose input is
+        // the point) keeps it open for SendInput.
+        background: tty || req.stdin.unwrap_or(false),
     };
     let p = process::start(&call.e2b.app, &call.t.live, spec).await?;
     call.t.bx.procs().insert(
@@ -246,7 +322,9 @@ async fn follow(tx: StreamTx, p: Arc<Proc>, mut next_seq: u64, keepalive: Option
             (log.since(next_seq), log.exit.clone())
         };
         for c in &chunks {
+            // A terminal's output (one stream) goes out as `pty`.
             let key = match c.stream {
+                _ if p.tty.is_some() => "pty",
                 StreamKind::Stdout => "stdout",
                 StreamKind::Stderr => "stderr",
             };
@@ -440,11 +518,7 @@ pub async fn stream_input(call: Call, body: Body) -> Response {
                         "the first message of StreamInput must be a start naming the process",
                     )
                 })?;
-                let input = d.input.unwrap_or_default();
-                if input.pty.is_some() {
-                    return Err(no_pty());
-                }
-                write_stdin(p, &b64_decode(input.stdin.as_deref().unwrap_or(""))?).await?;
+                write_input(p, d.input.unwrap_or_default()).await?;
             } else {
                 let _ = m.keepalive;
             }
