@@ -222,9 +222,18 @@ impl Server {
                 crate::auth::require_token,
             )));
             servers.push(tokio::spawn(
-                axum::serve(l, authed)
-                    .with_graceful_shutdown(graceful(stop_rx.clone()))
-                    .into_future(),
+                axum::serve(
+                    {
+                        use axum::serve::ListenerExt as _;
+                        // As the E2B listener: no Nagle delay on small answers.
+                        l.tap_io(|tcp| {
+                            let _ = tcp.set_nodelay(true);
+                        })
+                    },
+                    authed,
+                )
+                .with_graceful_shutdown(graceful(stop_rx.clone()))
+                .into_future(),
             ));
         }
         if let Some(b) = self.e2b {

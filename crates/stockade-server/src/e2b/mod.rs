@@ -154,7 +154,13 @@ pub fn spawn(
     let router = router(e2b);
     let mut rx = stop;
     tokio::spawn(async move {
-        let r = axum::serve(bound.listener, router)
+        // Small frames (HTTP/2 stream events, Connect envelopes) must not
+        // wait for Nagle's algorithm behind the client's delayed ACK.
+        use axum::serve::ListenerExt as _;
+        let listener = bound.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let r = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = rx.wait_for(|v| *v).await;
             })
