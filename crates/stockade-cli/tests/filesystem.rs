@@ -178,12 +178,43 @@ fn binds_over_system_directories_are_refused() {
 #[test]
 #[ignore = "needs root: creates namespaces and cgroups"]
 fn overlay_root_lets_pip_install_into_the_system_python() {
+    // The wheel tests/images/build.sh makes (scripts/test runs it first).
+    let wheels = "/var/cache/stockade-images/wheels";
+    let wheel = "stockade_hello-1.0-py3-none-any.whl";
+    assert!(
+        std::path::Path::new(wheels).join(wheel).is_file(),
+        "run tests/images/build.sh first: it makes {wheels}/{wheel}"
+    );
     let env = Env::new();
-    let script = "echo ${PIP_BREAK_SYSTEM_PACKAGES:-unset}";
-    let out = env.run(&["--overlay-root", "--", "sh", "-c", script]);
-    assert_eq!(stdout(&out), "1\n", "{}", stderr(&out));
+    let bind = format!("{wheels}:/wheels");
+    // PEP 668 would refuse this without PIP_BREAK_SYSTEM_PACKAGES, which
+    // the overlay root sets: what pip installs is thrown away with it.
+    let script = format!(
+        "python3 -m pip install -q --no-index --no-deps /wheels/{wheel} 2>/dev/null && \
+         python3 -c 'import stockade_hello, os; print(os.path.dirname(stockade_hello.__file__))'"
+    );
+    let out = env.run(&[
+        "--overlay-root",
+        "--root",
+        "--ro-bind",
+        &bind,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "/usr/local/lib/python3.11/dist-packages/stockade_hello\n",
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !std::path::Path::new("/usr/local/lib/python3.11/dist-packages/stockade_hello").exists()
+    );
     // Only there: without the overlay the system stays protected.
-    let out = env.run(&["--", "sh", "-c", script]);
+    let probe = "echo ${PIP_BREAK_SYSTEM_PACKAGES:-unset}";
+    let out = env.run(&["--", "sh", "-c", probe]);
     assert_eq!(stdout(&out), "unset\n", "{}", stderr(&out));
 }
 

@@ -122,6 +122,30 @@ pub(super) fn recv_with_fds(
     }
 }
 
+impl ShimHandle {
+    /// Waits for the `Ended` the shim sends on the connection `fd` that
+    /// started process `pid` (with the breach that killed it, if any). A
+    /// shim that hangs up instead (one from an older daemon) is asked again
+    /// with a `Wait` of its own.
+    fn end_waiter(self: Arc<Self>, fd: OwnedFd, pid: i32) -> ExitWaiter {
+        Box::new(move || match recv(&fd, &self.id) {
+            Ok(ShimReply::Ended {
+                exit_code,
+                signal,
+                killed_for,
+                ..
+            }) => Ok(ProcessEnd {
+                exit_code,
+                signal,
+                killed_for,
+            }),
+            Ok(r) => Err(unexpected(r)),
+            Err(BackendError::NotRunning(_)) => self.wait(pid, None).map(ProcessEnd::plain),
+            Err(e) => Err(e),
+        })
+    }
+}
+
 pub(super) fn unexpected(r: ShimReply) -> BackendError {
     BackendError::Internal(format!("unexpected answer from the shim: {r:?}"))
 }
@@ -154,25 +178,8 @@ impl SandboxHandle for ShimHandle {
             ShimReply::Started { pid } => pid,
             r => return Err(unexpected(r)),
         };
-        // The shim answers `Ended` on the connection that started the
-        // process. One that hangs up instead (a shim from an older
-        // daemon) is asked again with a `Wait` of its own.
-        let waiter = move || match recv(&fd, &self.id) {
-            Ok(ShimReply::Ended {
-                exit_code,
-                signal,
-                killed_for,
-                ..
-            }) => Ok(ProcessEnd {
-                exit_code,
-                signal,
-                killed_for,
-            }),
-            Ok(r) => Err(unexpected(r)),
-            Err(BackendError::NotRunning(_)) => self.wait(pid, None).map(ProcessEnd::plain),
-            Err(e) => Err(e),
-        };
-        Ok((pid, Box::new(waiter)))
+        let waiter = self.end_waiter(fd, pid);
+        Ok((pid, waiter))
     }
 
     fn exec_tty(
@@ -194,22 +201,8 @@ impl SandboxHandle for ShimHandle {
                 "the shim started process {pid} without handing over its terminal"
             ))
         })?;
-        let waiter = move || match recv(&fd, &self.id) {
-            Ok(ShimReply::Ended {
-                exit_code,
-                signal,
-                killed_for,
-                ..
-            }) => Ok(ProcessEnd {
-                exit_code,
-                signal,
-                killed_for,
-            }),
-            Ok(r) => Err(unexpected(r)),
-            Err(BackendError::NotRunning(_)) => self.wait(pid, None).map(ProcessEnd::plain),
-            Err(e) => Err(e),
-        };
-        Ok((pid, master, Box::new(waiter)))
+        let waiter = self.end_waiter(fd, pid);
+        Ok((pid, master, waiter))
     }
 
     fn wait(
