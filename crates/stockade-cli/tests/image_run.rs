@@ -439,7 +439,11 @@ fn the_daemon_creates_a_sandbox_on_an_image_named_in_the_body() {
     let root = e.work.path().to_str().unwrap().to_string();
     let d = common::daemon::Daemon::start_cleaning(&e.env, &["--allow-bind-root", &root]);
     let c = d.client();
-    let body = serde_json::json!({ "image": e.image("plain") }).to_string();
+    // Named through a symlink: the daemon pulls, and the shim reads, the
+    // path it checked, never one that could be swapped afterwards.
+    let link = e.work.path().join("link");
+    std::os::unix::fs::symlink(e.work.path().join("layout"), &link).unwrap();
+    let body = serde_json::json!({ "image": format!("oci:{}:plain", link.display()) }).to_string();
     let resp = c
         .raw(
             "POST",
@@ -451,6 +455,12 @@ fn the_daemon_creates_a_sandbox_on_an_image_named_in_the_body() {
     let status = resp.status;
     let created: serde_json::Value = serde_json::from_slice(&resp.bytes(1 << 20).unwrap()).unwrap();
     assert!(status < 300, "{status} {created}");
+    let resolved = e.work.path().canonicalize().unwrap().join("layout");
+    assert_eq!(
+        created["policy"]["filesystem"]["image"],
+        format!("oci:{}:plain", resolved.display()),
+        "{created}"
+    );
     let id = created["id"].as_str().unwrap().to_string();
     let r = c
         .exec(

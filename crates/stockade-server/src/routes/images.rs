@@ -410,10 +410,34 @@ pub async fn prepare_image(
             Source::parse(name),
             Ok(Source::OciDir { .. } | Source::OciArchive { .. } | Source::DockerArchive { .. })
         ) {
-            source_of(state, name)?;
+            // From here on the source is named by the path that was checked
+            // (symlinks resolved), so that neither this pull nor the shim
+            // reads a path swapped after the check.
+            let checked = local_name(&source_of(state, name)?)?;
+            policy.filesystem.image = Some(checked);
         }
     }
     ensure_image(state, policy).await
+}
+
+/// A local source written back as a name `Source::parse` reads.
+fn local_name(source: &Source) -> ApiResult<String> {
+    let (scheme, path, suffix) = match source {
+        Source::OciDir { path, tag } => ("oci", path, tag.as_deref()),
+        Source::OciArchive { path, tag } => ("oci-archive", path, tag.as_deref()),
+        Source::DockerArchive { path, name } => ("docker-archive", path, name.as_deref()),
+        Source::Registry(r) => return Ok(r.canonical()),
+    };
+    let path = path.to_str().filter(|p| !p.contains(':')).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "image source {} resolves to a path with ':' or non-UTF-8 bytes, which an image name cannot carry; move it",
+            path.display()
+        ))
+    })?;
+    Ok(match suffix {
+        Some(s) => format!("{scheme}:{path}:{s}"),
+        None => format!("{scheme}:{path}"),
+    })
 }
 
 /// [`prepare_image`] for an image the daemon's own configuration names
