@@ -1,5 +1,6 @@
 //! `stockade serve` and the commands that talk to it: `create`, `exec`,
-//! `ps`, `rm`, `events`, `cp`.
+//! `rm`, `events`, `cp` (`ps` and `top` are in `listing.rs`, `run -d`
+//! in `detach.rs`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -34,7 +35,7 @@ pub struct SocketArg {
 }
 
 impl SocketArg {
-    fn client(&self) -> Client {
+    pub fn client(&self) -> Client {
         Client::unix(&self.socket)
     }
 }
@@ -377,7 +378,7 @@ impl std::fmt::Display for SpawnFailed {
 
 impl std::error::Error for SpawnFailed {}
 
-fn spawn_error(e: stockade_client::ClientError) -> anyhow::Error {
+pub fn spawn_error(e: stockade_client::ClientError) -> anyhow::Error {
     match e {
         stockade_client::ClientError::Api { code, message, .. } if code == "spawn_failed" => {
             let status = if message.ends_with("No such file or directory") {
@@ -407,39 +408,6 @@ fn feed_stdin(client: &Client, id: &str, pid: i32) {
             return;
         }
     }
-}
-
-#[derive(Debug, Args)]
-pub struct PsArgs {
-    #[command(flatten)]
-    pub socket: SocketArg,
-    /// Also show destroyed, expired and dead sandboxes.
-    #[arg(short, long)]
-    pub all: bool,
-}
-
-pub fn ps(args: PsArgs) -> anyhow::Result<u8> {
-    let state = if args.all { None } else { Some("running") };
-    let list = args.socket.client().list(&[], state)?;
-    println!(
-        "{:<14} {:<20} {:<10} {:>10}  REASON",
-        "ID", "NAME", "STATE", "AGE"
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    for sb in list {
-        println!(
-            "{:<14} {:<20} {:<10} {:>9.0}s  {}",
-            sb.id,
-            sb.name.as_deref().unwrap_or("-"),
-            sb.state,
-            now - sb.created_at,
-            sb.reason.as_deref().unwrap_or("")
-        );
-    }
-    Ok(0)
 }
 
 #[derive(Debug, Args)]
@@ -540,7 +508,7 @@ pub struct StatsArgs {
 }
 
 /// `12.3M`: a byte count for a table.
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
     let (mut v, mut u) = (bytes as f64, 0);
     while v >= 1024.0 && u + 1 < UNITS.len() {

@@ -36,12 +36,16 @@ pub enum Command {
     Create(Box<crate::daemon::CreateArgs>),
     /// Run a command in a daemon sandbox, streaming its output.
     Exec(crate::daemon::ExecArgs),
-    /// List the daemon's sandboxes.
-    Ps(crate::daemon::PsArgs),
+    /// List the daemon's sandboxes with what they use now (CPU, memory,
+    /// processes, disk).
+    Ps(crate::listing::PsArgs),
     /// Destroy daemon sandboxes (`stop` and `kill` too: a sandbox has no
     /// stopped state).
     #[command(visible_aliases = ["stop", "kill"])]
     Rm(crate::daemon::RmArgs),
+    /// List the processes running in a daemon sandbox (pids inside and on
+    /// the host, user, CPU, memory, command), as `docker top` does.
+    Top(crate::listing::TopArgs),
     /// Print what processes started through the API printed (kept: the
     /// most recent 1 MiB of each stream).
     Logs(crate::daemon::LogsArgs),
@@ -217,8 +221,21 @@ pub struct RunArgs {
     /// Write a JSON report of the run to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Detach: hand the sandbox to the daemon (`stockade serve`), start
+    /// COMMAND in it in the background, print its id and return. The
+    /// sandbox stays until `stockade stop` or its time limit; follow it
+    /// with `logs`, `top`, `exec`, `ps`.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// With -d: a name for the sandbox, usable wherever an id is (unique
+    /// among running sandboxes; letters, digits, '.', '_', '-').
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// With -d: the daemon's socket.
+    #[command(flatten)]
+    pub socket: crate::daemon::SocketArg,
     /// The command and its arguments (with --image: after its entrypoint;
-    /// its default command when none is given).
+    /// its default command when none is given; with -d, run as given).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }

@@ -8,9 +8,11 @@
 
 mod cp;
 mod daemon;
+mod detach;
 mod doctor;
 mod flags;
 mod images;
+mod listing;
 mod registry_flags;
 
 use std::process::ExitCode;
@@ -108,7 +110,15 @@ fn usage_error(e: &clap::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     configure_from_env()?;
     match cli.command {
+        Command::Run(args) if args.detach => detach::run(*args),
         Command::Run(args) => {
+            if let Some(name) = &args.name {
+                // A foreground sandbox lives and dies with this process:
+                // nothing could reach it by name.
+                anyhow::bail!(
+                    "--name {name} names a sandbox the daemon keeps; add -d to hand it to the daemon (a foreground `run` cannot be reached by name)"
+                );
+            }
             let opts = args.into_options()?;
             // The report's file is opened before the command runs: a path
             // that cannot be written stops here, not after the command's
@@ -178,7 +188,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(a) => daemon::serve(*a),
         Command::Create(a) => daemon::create(*a),
         Command::Exec(a) => daemon::exec(a),
-        Command::Ps(a) => daemon::ps(a),
+        Command::Ps(a) => listing::ps(a),
+        Command::Top(a) => listing::top(a),
         Command::Rm(a) => daemon::rm(a),
         Command::Events(a) => daemon::events(a),
         Command::Cp(a) => daemon::cp(a),

@@ -80,6 +80,9 @@ pub struct Sandbox {
     pub violations: Option<Value>,
     #[serde(default)]
     pub processes: Option<Value>,
+    /// What a running sandbox holds now: `memory_bytes`, `pids`.
+    #[serde(default)]
+    pub current: Option<Value>,
 }
 
 /// What to run.
@@ -400,6 +403,18 @@ impl Client {
         let v: Value = self.call_json(
             "GET",
             &format!("/v1/sandboxes/{}/processes", wire::encode(id)),
+            None,
+        )?;
+        Ok(v["processes"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `GET .../top`: every process running in the sandbox (pids inside
+    /// and on the host, user, CPU, memory, command), as the daemon reads
+    /// them from the host's `/proc`.
+    pub fn top(&self, id: &str) -> Result<Vec<Value>, ClientError> {
+        let v: Value = self.call_json(
+            "GET",
+            &format!("/v1/sandboxes/{}/top", wire::encode(id)),
             None,
         )?;
         Ok(v["processes"].as_array().cloned().unwrap_or_default())

@@ -87,6 +87,19 @@ pub struct SandboxStatus {
     pub usage: Usage,
     pub violations: Vec<Violation>,
     pub processes: Vec<ProcessInfo>,
+    /// What it holds right now (`usage` has peaks and totals). Absent
+    /// from a shim older than this field: zeros then.
+    #[serde(default)]
+    pub current: Current,
+}
+
+/// What a running sandbox holds right now, read from its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Current {
+    /// Memory charged to it now, in bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads in it now.
+    pub pids: u64,
 }
 
 /// Something that happened in a sandbox, pushed to subscribers.

@@ -18,6 +18,7 @@ pub mod shim;
 pub mod state;
 pub mod task;
 mod teardown;
+pub mod top;
 pub mod tty;
 
 pub use report::{Outcome, Report, Usage, Violation, ViolationKind};

@@ -74,6 +74,10 @@ pub trait Control {
     fn kill(&self);
     /// Usage so far.
     fn usage(&mut self) -> Usage;
+    /// What it holds right now.
+    fn current(&self) -> crate::backend::Current {
+        crate::backend::Current::default()
+    }
     /// The limit violations so far (not the network's).
     fn limit_violations(&self) -> &[Violation];
     /// The hard breach the sandbox was killed for, if any.
@@ -431,6 +435,14 @@ impl Control for Sandbox<'_> {
             .as_mut()
             .map(|m| m.usage(cgroup))
             .unwrap_or_default()
+    }
+
+    fn current(&self) -> crate::backend::Current {
+        let s = StatsSource::stats(self.cgroup);
+        crate::backend::Current {
+            memory_bytes: s.memory_current,
+            pids: s.pids_current,
+        }
     }
 
     fn limit_violations(&self) -> &[Violation] {

@@ -394,6 +394,7 @@ impl SandboxHandle for FakeHandle {
             },
             violations: lock(&self.sb.violations).clone(),
             processes,
+            current: Default::default(),
         })
     }
 

@@ -293,6 +293,31 @@ def test_background_process(fake: FakeDaemon) -> None:
     assert r.stdout_bytes == b"ac\xfe"
 
 
+def test_top_reads_the_top_route(fake: FakeDaemon) -> None:
+    with_sandbox(fake)
+    row = {
+        "pid": 7,
+        "host_pid": 4242,
+        "ppid": 1,
+        "uid": 1000,
+        "user": "agent",
+        "state": "S",
+        "cpu_seconds": 0.5,
+        "cpu_percent": 1.25,
+        "rss_bytes": 4096,
+        "elapsed_seconds": 40.0,
+        "cmd": ["sleep", "100"],
+        "later": True,
+    }
+    fake.route("GET", f"/v1/sandboxes/{SID}/top", json_reply(200, {"processes": [row]}))
+    sb = Sandbox(socket=fake.socket)
+    (p,) = sb.process.top()
+    assert fake.requests[-1].path == f"/v1/sandboxes/{SID}/top"
+    assert (p.pid, p.host_pid, p.ppid, p.uid, p.user, p.state) == (7, 4242, 1, 1000, "agent", "S")
+    assert (p.cpu_seconds, p.cpu_percent, p.rss_bytes, p.cmd) == (0.5, 1.25, 4096, ["sleep", "100"])
+    assert p.raw["later"] is True
+
+
 def test_wait_timeout(fake: FakeDaemon) -> None:
     with_sandbox(fake)
     slow = [("start", '{"pid": 4}', 0.0), ("stdout", json.dumps({"data": b64(b"x")}), 3.0)]

@@ -748,6 +748,7 @@ impl Shim<'_> {
                     usage: sb.usage(),
                     violations: sb.limit_violations().to_vec(),
                     processes,
+                    current: sb.current(),
                 };
                 reply(fd, &ShimReply::Status { status });
                 None

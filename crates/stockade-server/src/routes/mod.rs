@@ -8,6 +8,7 @@ pub(crate) mod images;
 mod sandboxes;
 mod system;
 mod tasks;
+mod top;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sandboxes/{id}/events"),
     ("post", "/v1/sandboxes/{id}/exec"),
     ("get", "/v1/sandboxes/{id}/processes"),
+    ("get", "/v1/sandboxes/{id}/top"),
     ("post", "/v1/sandboxes/{id}/processes/{pid}/stdin"),
     ("post", "/v1/sandboxes/{id}/processes/{pid}/signal"),
     ("post", "/v1/sandboxes/{id}/processes/{pid}/resize"),
@@ -68,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sandboxes/{id}/events", get(system::sandbox_events))
         .route("/v1/sandboxes/{id}/exec", post(exec::exec))
         .route("/v1/sandboxes/{id}/processes", get(exec::processes))
+        .route("/v1/sandboxes/{id}/top", get(top::top))
         .route(
             "/v1/sandboxes/{id}/processes/{pid}/stdin",
             post(exec::stdin),

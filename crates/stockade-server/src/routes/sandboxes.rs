@@ -184,6 +184,7 @@ pub async fn show(
             v["usage"] = json!(st.usage);
             v["violations"] = json!(st.violations);
             v["processes"] = json!(st.processes);
+            v["current"] = json!(st.current);
         }
     }
     if row.state != SandboxState::Running {

@@ -14,7 +14,7 @@ from ._http import DEFAULT_SOCKET, SseEvent, SseStream
 from .client import Client, Command, Duration, EventStream, Signal
 from .errors import StockadeConnectionError, StockadeError
 from .images import Images, PullProgress
-from .models import Event, FileEntry, OutputChunk, ProcessInfo, ProcessResult, SandboxInfo, TaskResult
+from .models import Event, FileEntry, OutputChunk, ProcessInfo, ProcessResult, SandboxInfo, TaskResult, TopProcess
 from .sandbox import Files, OutputCallback, Process, Processes, Sandbox, build_policy
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "SandboxInfo",
     "Signal",
     "TaskResult",
+    "TopProcess",
     "SseEvent",
     "SseStream",
     "StockadeConnectionError",

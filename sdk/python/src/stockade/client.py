@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from ._http import PathLike, Query, SseStream, Transport, read_all, seg
 from .errors import StockadeConnectionError
 from .images import Images
-from .models import Event, FileEntry, ProcessInfo, ProcessResult, SandboxInfo
+from .models import Event, FileEntry, ProcessInfo, ProcessResult, SandboxInfo, TopProcess
 
 __all__ = ["Client", "EventStream", "Duration", "Signal", "Command"]
 
@@ -246,6 +246,13 @@ class Client:
         doc = self.transport.call("GET", f"/v1/sandboxes/{seg(sandbox)}/processes")
         items = doc.get("processes", []) if isinstance(doc, dict) else []
         return [ProcessInfo.from_json(p) for p in items if isinstance(p, dict)]
+
+    def top(self, sandbox: str) -> List[TopProcess]:
+        """Every process running in the sandbox (``GET .../top``), by pid
+        inside: pids inside and on the host, user, CPU, memory, command."""
+        doc = self.transport.call("GET", f"/v1/sandboxes/{seg(sandbox)}/top")
+        items = doc.get("processes", []) if isinstance(doc, dict) else []
+        return [TopProcess.from_json(p) for p in items if isinstance(p, dict)]
 
     def send_stdin(
         self, sandbox: str, pid: int, data: Union[str, bytes, bytearray, memoryview], *, eof: bool = False

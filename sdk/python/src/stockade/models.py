@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
 __all__ = [
     "ProcessResult",
     "ProcessInfo",
+    "TopProcess",
     "FileEntry",
     "SandboxInfo",
     "Event",
@@ -137,6 +138,49 @@ class ProcessInfo:
             signal=_opt_int(d.get("signal")),
             background=bool(d.get("background", False)),
             via_api=bool(d.get("via_api", False)),
+            raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class TopProcess:
+    """A process running in a sandbox, as ``top`` shows it: every process,
+    not only those started through the API, read by the daemon from the
+    host's ``/proc``."""
+
+    pid: int
+    """Pid inside the sandbox."""
+    host_pid: int
+    ppid: int
+    """Parent's pid inside the sandbox (0 for the sandbox's init)."""
+    uid: int
+    """Effective uid inside the sandbox."""
+    user: str
+    """Its name in the sandbox's ``/etc/passwd``, else the uid."""
+    state: str
+    cpu_seconds: float
+    cpu_percent: float
+    """CPU time over the time it has run, in percent of one CPU."""
+    rss_bytes: int
+    elapsed_seconds: float
+    cmd: List[str]
+    raw: JsonDict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "TopProcess":
+        cmd = d.get("cmd")
+        return cls(
+            pid=int(d.get("pid", 0)),
+            host_pid=int(d.get("host_pid", 0)),
+            ppid=int(d.get("ppid", 0)),
+            uid=int(d.get("uid", 0)),
+            user=str(d.get("user", "")),
+            state=str(d.get("state", "")),
+            cpu_seconds=_opt_float(d.get("cpu_seconds")) or 0.0,
+            cpu_percent=_opt_float(d.get("cpu_percent")) or 0.0,
+            rss_bytes=int(d.get("rss_bytes", 0)),
+            elapsed_seconds=_opt_float(d.get("elapsed_seconds")) or 0.0,
+            cmd=[str(a) for a in cmd] if isinstance(cmd, list) else [],
             raw=dict(d),
         )
 

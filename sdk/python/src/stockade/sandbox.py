@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from ._http import PathLike
 from .client import Client, Command, Duration, EventStream, Signal, _cmd
 from .errors import StockadeConnectionError, StockadeError
-from .models import FileEntry, OutputChunk, ProcessInfo, ProcessResult, SandboxInfo, TaskResult
+from .models import FileEntry, OutputChunk, ProcessInfo, ProcessResult, SandboxInfo, TaskResult, TopProcess
 
 __all__ = ["Sandbox", "Processes", "Process", "Files", "OutputCallback", "build_policy"]
 
@@ -213,6 +213,11 @@ class Processes:
     def list(self) -> List[ProcessInfo]:
         """The sandbox's processes, running and ended."""
         return self._sb.client.processes(self._sb.id)
+
+    def top(self) -> List[TopProcess]:
+        """Every process running in the sandbox now, as ``stockade top``
+        shows them (not only those started through the API)."""
+        return self._sb.client.top(self._sb.id)
 
 
 class Files:
