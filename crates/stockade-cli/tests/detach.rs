@@ -144,7 +144,7 @@ fn run_d_hands_a_named_sandbox_to_the_daemon_that_ps_top_logs_and_stop_reach() {
     let host_pid = sleep[1];
     assert_ne!(host_pid, pid_inside);
     let host_cmdline = std::fs::read(format!("/proc/{host_pid}/cmdline")).unwrap();
-    assert_eq!(host_cmdline, b"sleep\0100\0");
+    assert_eq!(host_cmdline, b"sleep\x00100\x00");
     let python = table.lines().find(|l| l.contains("python3 -c")).unwrap();
     let rss = python.split_whitespace().nth(4).unwrap();
     assert!(bytes_of(rss) >= 50.0 * 1024.0 * 1024.0, "{table}");

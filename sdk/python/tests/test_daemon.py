@@ -126,23 +126,28 @@ def test_background_signal_list_and_output(sb: Sandbox) -> None:
 
 
 def test_top_lists_every_process_with_its_pid_and_user_inside(sb: Sandbox) -> None:
-    # A process the API did not start (forked by a shell in the
-    # background), and a marker to find it by.
-    mark = uuid.uuid4().hex[:8]
-    sb.process.run(["sh", "-c", f"setsid sleep 300 {mark} </dev/null >/dev/null 2>&1 &"], timeout=30)
-    started = sb.process.start(["sleep", "301"])
-    top = sb.process.top()
-    by_cmd = {" ".join(p.cmd): p for p in top}
-    mine = by_cmd.get(f"sleep 300 {mark}")
-    assert mine is not None, by_cmd.keys()
+    # A process the API did not start (forked by a shell started through
+    # it), found by its unique duration.
+    dur = f"300.{uuid.uuid4().int % 10**6:06d}"
+    shell = sb.process.start(["sh", "-c", f"sleep {dur} & wait"])
+    mine = None
+    for _ in range(300):
+        top = sb.process.top()
+        mine = next((p for p in top if p.cmd == ["sleep", dur]), None)
+        if mine is not None:
+            break
+        time.sleep(0.01)
+    assert mine is not None, [p.cmd for p in top]
     assert (mine.user, mine.uid) == ("agent", 1000)
-    assert mine.pid != mine.host_pid and mine.pid > 1
+    assert mine.pid > 1 and mine.ppid == shell.pid
+    assert mine.pid != mine.host_pid
     assert mine.state in ("S", "R")
-    assert started.pid in [p.pid for p in top if p.cmd == ["sleep", "301"]]
+    assert [p.cmd for p in top if p.pid == 1] != []
     # The host pid is the same process, seen from the host.
     with open(f"/proc/{mine.host_pid}/cmdline", "rb") as f:
-        assert f.read().split(b"\0")[:3] == [b"sleep", b"300", mark.encode()]
+        assert f.read() == f"sleep\0{dur}\0".encode()
     assert [p.pid for p in top] == sorted(p.pid for p in top)
+    shell.kill()
 
 
 def test_files(sb: Sandbox) -> None:

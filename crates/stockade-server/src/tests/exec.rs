@@ -390,3 +390,31 @@ fn base64_encoding_carries_every_byte_value_both_ways() {
     assert_eq!(r.status, 400);
     assert!(String::from_utf8_lossy(&r.bytes(1 << 20).unwrap()).contains("encoding must be"));
 }
+
+#[test]
+fn top_refuses_a_sandbox_without_a_pid_namespace_of_its_own() {
+    // The fake backend's "init" is the daemon itself, in the host's pid
+    // namespace: listing that namespace would list the host's processes.
+    let _g = shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(tmp.path());
+    let c = d.client();
+    let sb = c
+        .create(None, Some("tiny"), &BTreeMap::new(), None)
+        .unwrap();
+    c.exec_background(&sb.id, &sh("exec sleep 30")).unwrap();
+    match c.top("tiny") {
+        Err(ClientError::Api {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 500);
+            assert!(message.contains("no pid namespace of its own"), "{message}");
+        }
+        other => panic!("listed: {other:?}"),
+    }
+    match c.top("nosuchname") {
+        Err(ClientError::Api { status, .. }) => assert_eq!(status, 404),
+        other => panic!("{other:?}"),
+    }
+    c.destroy(&sb.id).unwrap();
+}
