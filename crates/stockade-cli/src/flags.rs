@@ -38,6 +38,10 @@ pub enum Command {
     Exec(crate::daemon::ExecArgs),
     /// List the daemon's sandboxes with what they use now (CPU, memory,
     /// processes, disk).
+    ///
+    /// CPU % is CPU time over the time the sandbox has run (as `ps`'s
+    /// %CPU); MEM USAGE what its cgroup holds now, against its memory
+    /// limit; PIDS its processes and threads now; DISK what it wrote.
     Ps(crate::listing::PsArgs),
     /// Destroy daemon sandboxes (`stop` and `kill` too: a sandbox has no
     /// stopped state).

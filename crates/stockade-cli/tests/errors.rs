@@ -127,6 +127,7 @@ fn client_commands_without_a_daemon_say_why_once() {
     let socket = socket.to_str().unwrap();
     for args in [
         vec!["ps", "--socket", socket],
+        vec!["top", "--socket", socket, "sb-none"],
         vec!["exec", "--socket", socket, "sb-none", "--", "true"],
         vec![
             "cp",

@@ -147,6 +147,9 @@ def test_top_lists_every_process_with_its_pid_and_user_inside(sb: Sandbox) -> No
     with open(f"/proc/{mine.host_pid}/cmdline", "rb") as f:
         assert f.read() == f"sleep\0{dur}\0".encode()
     assert [p.pid for p in top] == sorted(p.pid for p in top)
+    # What it holds now: init, the shell and the sleep at least.
+    current = sb.status().current
+    assert current is not None and current["pids"] >= 3 and current["memory_bytes"] > 0
     shell.kill()
 
 

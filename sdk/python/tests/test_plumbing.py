@@ -49,7 +49,7 @@ def b64(data: bytes) -> str:
 
 def with_sandbox(fake: FakeDaemon) -> None:
     fake.route("POST", "/v1/sandboxes", json_reply(201, sandbox_doc()))
-    fake.route("GET", f"/v1/sandboxes/{SID}", json_reply(200, sandbox_doc(usage={"cpu_seconds": 0.1})))
+    fake.route("GET", f"/v1/sandboxes/{SID}", json_reply(200, sandbox_doc(usage={"cpu_seconds": 0.1}, current={"memory_bytes": 4096, "pids": 2})))
     fake.route(
         "DELETE",
         f"/v1/sandboxes/{SID}",
@@ -104,7 +104,7 @@ def test_kill_returns_the_report_and_status_fetches(fake: FakeDaemon) -> None:
     with_sandbox(fake)
     sb = Sandbox(socket=fake.socket)
     st = sb.status()
-    assert st.usage == {"cpu_seconds": 0.1}
+    assert st.usage == {"cpu_seconds": 0.1} and st.current == {"memory_bytes": 4096, "pids": 2}
     assert sb.kill() == REPORT
     assert sb.info.report == REPORT and sb.info.ended_at == 3.0
 

@@ -225,8 +225,10 @@ class SandboxInfo:
     """A sandbox as the daemon describes it; times are unix seconds.
 
     ``state`` is ``running``, ``destroyed``, ``dead`` or ``expired``.
-    ``usage``, ``violations`` and ``processes`` are filled for a running
-    sandbox fetched by id (``Sandbox.status()``); ``report`` once it ended.
+    ``usage`` (totals and peaks), ``current`` (``memory_bytes`` and
+    ``pids`` held now), ``violations`` and ``processes`` are filled for a
+    running sandbox fetched by id (``Sandbox.status()``); ``report`` once
+    it ended.
     """
 
     id: str
@@ -239,6 +241,7 @@ class SandboxInfo:
     expires_at: Optional[float] = None
     ended_at: Optional[float] = None
     usage: Optional[JsonDict] = None
+    current: Optional[JsonDict] = None
     violations: Optional[List[JsonDict]] = None
     processes: Optional[List[ProcessInfo]] = None
     report: Optional[JsonDict] = field(default=None, repr=False)
@@ -252,6 +255,7 @@ class SandboxInfo:
     def from_json(cls, d: Mapping[str, Any]) -> "SandboxInfo":
         labels = d.get("labels")
         usage = d.get("usage")
+        current = d.get("current")
         violations = d.get("violations")
         procs = d.get("processes")
         report = d.get("report")
@@ -266,6 +270,7 @@ class SandboxInfo:
             expires_at=_opt_float(d.get("expires_at")),
             ended_at=_opt_float(d.get("ended_at")),
             usage=dict(usage) if isinstance(usage, Mapping) else None,
+            current=dict(current) if isinstance(current, Mapping) else None,
             violations=[_dict(v) for v in violations] if isinstance(violations, list) else None,
             processes=[ProcessInfo.from_json(p) for p in procs if isinstance(p, Mapping)]
             if isinstance(procs, list)
