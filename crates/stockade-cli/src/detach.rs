@@ -38,7 +38,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         ..ExecOptions::default()
     };
     match client.exec_background(&sb.id, &opts) {
-        Ok(_) => {
+        Ok(pid) => {
+            // Its stdin is empty, as `docker run -d` gives it: a command
+            // that reads it sees its end rather than waiting forever. (It
+            // may have ended already; then there is nothing to close.)
+            let _ = client.send_stdin(&sb.id, pid, b"", true);
             println!("{}", sb.id);
             Ok(0)
         }

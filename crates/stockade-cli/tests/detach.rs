@@ -163,9 +163,28 @@ fn run_d_hands_a_named_sandbox_to_the_daemon_that_ps_top_logs_and_stop_reach() {
     let out = cli(&sock, "stop", &["web"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(ps_row(&sock, "web").is_none());
-    let out = cli(&sock, "run", &["-d", "--name", "web", "--", "sleep", "100"]);
+    // Its stdin is empty, as docker's: `cat` ends, the shell goes on.
+    let out = cli(
+        &sock,
+        "run",
+        &[
+            "-d",
+            "--name",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo stdin-closed",
+        ],
+    );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_ne!(stdout(&out).trim(), id);
+    let mut logs = String::new();
+    let closed = eventually_for(30, || {
+        logs = stdout(&cli(&sock, "logs", &["web"]));
+        logs == "stdin-closed\n"
+    });
+    assert!(closed, "{logs:?}");
 }
 
 #[test]
