@@ -101,6 +101,18 @@ impl SandboxSpec {
         }
     }
 
+    /// The capabilities a workload running as root keeps: none, unless the
+    /// root filesystem is copy-on-write (`--overlay-root`, an image), where
+    /// root must be able to install packages: [`crate::caps::ROOT_CAPS`],
+    /// effective only over what the sandbox's user namespace maps.
+    pub fn root_caps(&self) -> u64 {
+        if self.overlay.is_some() {
+            crate::caps::ROOT_CAPS
+        } else {
+            0
+        }
+    }
+
     /// Paths inside the sandbox where the workload may write; everything
     /// else is read-only to it (Landlock enforces this on top of mounts).
     pub fn writable_paths(&self) -> Vec<PathBuf> {
