@@ -219,8 +219,9 @@ pub fn drop_all(keep_root_uid: bool) -> Result<(), CapsError> {
 /// of any file without file capabilities, and SECBIT_NOROOT still gives uid
 /// 0 nothing more. When something is kept, SECBIT_NO_SETUID_FIXUP stays
 /// off (and locked off): a process that switches to another uid — apt to
-/// `_apt`, man-db to `man` — loses them all, as it would on any system.
-/// Outside root mode `root_keeps` is ignored.
+/// `_apt`, man-db to `man` — loses them all, as it would on any system;
+/// and KEEP_CAPS stays unlocked (see below). Outside root mode
+/// `root_keeps` is ignored.
 pub fn drop_all_but(keep_root_uid: bool, root_keeps: u64) -> Result<(), CapsError> {
     let mut sets = capget()?;
     // After a uid change with PR_SET_KEEPCAPS the caps are permitted but not
@@ -277,12 +278,19 @@ pub fn drop_all_but(keep_root_uid: bool, root_keeps: u64) -> Result<(), CapsErro
     let mut bits = libc::SECBIT_NOROOT
         | libc::SECBIT_NOROOT_LOCKED
         | libc::SECBIT_NO_SETUID_FIXUP_LOCKED
-        | libc::SECBIT_KEEP_CAPS_LOCKED
         | libc::SECBIT_NO_CAP_AMBIENT_RAISE
         | libc::SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
-    if keep_root_uid && keep == 0 {
-        bits |= libc::SECBIT_NO_SETUID_FIXUP;
+    if keep == 0 {
+        bits |= libc::SECBIT_KEEP_CAPS_LOCKED;
+        if keep_root_uid {
+            bits |= libc::SECBIT_NO_SETUID_FIXUP;
+        }
     }
+    // With capabilities kept, KEEP_CAPS stays unlocked: tools that drop to
+    // another uid (`setpriv --reuid man`, as man-db's trigger does) set it
+    // to carry what they hold over the switch. That is never more than
+    // root held, and the next `execve` as that uid drops it (the ambient
+    // set is cleared by the switch, and nothing else grants any).
     let bits = bits as u32;
     // Setting the same locked bits twice is fine, but the kernel refuses any
     // change to a locked bit, so skip the call when nothing would change.
@@ -555,6 +563,27 @@ mod tests {
                 assert_eq!(raw(libc::SYS_setresuid, 0, 0, 0), Err(libc::EPERM));
                 assert_exec_gets_no_caps_but_bounding(ROOT_CAPS);
             }
+            "root-keeps-keepcaps" => {
+                drop_all_but(true, ROOT_CAPS).unwrap();
+                set_no_new_privs().unwrap();
+                // As `setpriv --reuid` does: keep the permitted set over
+                // the switch; an execve as the new uid still gets nothing.
+                prctl(libc::PR_SET_KEEPCAPS, 1).unwrap();
+                raw(libc::SYS_setresuid, 1234, 1234, 1234).unwrap();
+                assert_eq!(cap_mask("CapPrm"), ROOT_CAPS);
+                assert_eq!((cap_mask("CapEff"), cap_mask("CapAmb")), (0, 0));
+                let bits = prctl(libc::PR_GET_SECUREBITS, 0).unwrap();
+                assert_eq!(
+                    prctl(
+                        libc::PR_SET_SECUREBITS,
+                        (bits & !libc::SECBIT_NOROOT) as libc::c_ulong
+                    )
+                    .map_err(|e| e.raw_os_error()),
+                    Err(Some(libc::EPERM)),
+                    "securebits {bits:#x}"
+                );
+                assert_exec_gets_no_caps_but_bounding(ROOT_CAPS);
+            }
             "user-mode" => {
                 drop_all(false).unwrap();
                 let kept = (1 << CAP_SETUID) | (1 << CAP_SETGID);
@@ -596,6 +625,12 @@ mod tests {
     #[ignore = "needs root: drops real capabilities in a child process"]
     fn root_keeps_only_root_caps_across_exec_and_loses_them_with_its_uid_needs_root() {
         test_child::run(ENTRY, "root-keeps", |_| {});
+    }
+
+    #[test]
+    #[ignore = "needs root: drops real capabilities and switches uid in a child process"]
+    fn root_keeping_caps_may_carry_them_over_a_uid_switch_but_not_an_exec_needs_root() {
+        test_child::run(ENTRY, "root-keeps-keepcaps", |_| {});
     }
 
     #[test]
