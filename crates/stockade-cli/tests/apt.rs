@@ -119,9 +119,12 @@ fn build_repo(repo: &Path, name: &str) {
     .unwrap();
 }
 
-/// Every entry under `dir` with what a change would alter: size, mode,
-/// owners, modification and change times. A missing `dir` is empty.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, u32, u32, u32, i64, i64, i64, i64)> {
+/// What a change to a file would alter: size, mode, owners, modification
+/// and change times.
+type Stamp = (u64, u32, u32, u32, i64, i64, i64, i64);
+
+/// Every entry under `dir` with its [`Stamp`]. A missing `dir` is empty.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Stamp> {
     let mut out = BTreeMap::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
