@@ -132,3 +132,31 @@ impl SandboxSpec {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::caps::ROOT_CAPS;
+
+    #[test]
+    fn root_keeps_capabilities_only_in_a_copy_on_write_root() {
+        let mut spec = crate::test_spec::spec("/tmp/staging");
+        spec.as_root = true;
+        assert_eq!(spec.root_caps(), 0, "a read-only root: root keeps nothing");
+        spec.overlay = Some("/scratch/s1/overlay".into());
+        assert_eq!(spec.root_caps(), ROOT_CAPS);
+        // Nothing that reaches past the sandbox's own ids or its mounts.
+        // (numbers from linux/capability.h)
+        for (cap, name) in [
+            (21, "SYS_ADMIN"),
+            (12, "NET_ADMIN"),
+            (2, "DAC_READ_SEARCH"),
+            (27, "MKNOD"),
+            (31, "SETFCAP"),
+            (8, "SETPCAP"),
+            (19, "SYS_PTRACE"),
+            (13, "NET_RAW"),
+        ] {
+            assert_eq!(ROOT_CAPS & (1 << cap), 0, "CAP_{name}");
+        }
+    }
+}
