@@ -20,6 +20,7 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::hostns::{in_hosts, isolate, sh};
 use common::*;
 use serde_json::Value;
 
@@ -28,82 +29,6 @@ const OTHER_PUBLIC: &str = "203.0.113.11";
 const PRIVATE: &str = "10.99.0.1";
 /// `curl --max-time`: a refusal must come well before it.
 const MAX_TIME: u64 = 10;
-
-/// The test hosts' namespace (a thread stays parked in it): a descriptor
-/// of it, which threads join to bind sockets there.
-struct HostsNs {
-    fd: std::os::fd::OwnedFd,
-}
-
-static HOSTS: std::sync::OnceLock<HostsNs> = std::sync::OnceLock::new();
-
-/// Moves the calling thread into a new network namespace with only `lo`
-/// up, and puts `hosts` in a second one joined to it by a veth pair
-/// (192.0.2.1 here, 192.0.2.2 there), with a route to each. Servers are
-/// bound there with [`in_hosts`]; `stockade` started from this thread
-/// runs here.
-fn isolate(hosts: &[&str]) {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (network namespaces)"
-    );
-    // SAFETY: unshare affects only the calling thread's namespaces.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-    sh("ip link set lo up");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // SAFETY: unshare affects only this thread's namespaces.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        let fd: std::os::fd::OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
-            .unwrap()
-            .into();
-        tx.send((tid, fd)).unwrap();
-        loop {
-            std::thread::park();
-        }
-    });
-    let (tid, fd) = rx.recv().unwrap();
-    let inside = |cmd: &str| sh(&format!("nsenter --net=/proc/{tid}/ns/net {cmd}"));
-    sh("ip link add stk-a type veth peer name stk-b");
-    sh(&format!("ip link set stk-b netns {tid}"));
-    sh("ip addr add 192.0.2.1/30 dev stk-a && ip link set stk-a up");
-    inside("ip link set lo up");
-    inside("ip addr add 192.0.2.2/30 dev stk-b");
-    inside("ip link set stk-b up");
-    for h in hosts {
-        inside(&format!("ip addr add {h}/32 dev lo"));
-        sh(&format!("ip route add {h}/32 via 192.0.2.2 dev stk-a"));
-    }
-    assert!(HOSTS.set(HostsNs { fd }).is_ok(), "isolate() twice");
-}
-
-/// Runs `f` on a thread in the test hosts' namespace.
-fn in_hosts<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = HOSTS.get().expect("isolate() first");
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&ns.fd);
-    std::thread::spawn(move || {
-        // SAFETY: setns on a namespace descriptor that lives as long as
-        // the process; it changes only this new thread's namespace.
-        let rc = unsafe { libc::setns(raw, libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
-fn sh(cmd: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{cmd}: {}", stderr(&out));
-    stdout(&out)
-}
 
 /// A tiny HTTP server on a test host: answers every request with `body`
 /// and remembers each request's `Host` header. A connection that sends

@@ -11,6 +11,10 @@
 //! 5. [`set_no_new_privs`], then `seccomp::install`;
 //! 6. `execve`.
 //!
+//! Root in a sandbox whose root filesystem is copy-on-write keeps a small
+//! set, [`ROOT_CAPS`] (see [`drop_all_but`]): package managers need them
+//! there, and they act only on what the sandbox's user namespace maps.
+//!
 //! `drop_all` also works after the uid change if the caller kept its
 //! permitted set across it (`PR_SET_KEEPCAPS`); after a plain `setresuid` away
 //! from 0 the process no longer holds CAP_SETPCAP, and `drop_all` fails with
@@ -37,6 +41,17 @@ pub enum CapsError {
         #[source]
         source: io::Error,
     },
+    /// `PR_CAP_AMBIENT_RAISE` failed.
+    #[error("cannot raise capability {cap} in the ambient set (it must be permitted and inheritable, and securebits must still allow it)")]
+    AmbientRaise {
+        cap: u32,
+        #[source]
+        source: io::Error,
+    },
+    /// Capabilities other than the ones to keep are held, or some of those
+    /// are missing.
+    #[error("the capability sets are not what root should keep ({kept:#x}): {extra:#x} held besides, {missing:#x} missing; call caps::drop_all_but as uid 0 with those capabilities held")]
+    NotAsKept { kept: u64, extra: u64, missing: u64 },
     /// `PR_SET_SECUREBITS` failed.
     #[error("cannot set securebits {bits:#x} (call caps::drop_all once, while the process still holds CAP_SETPCAP)")]
     Securebits {
@@ -60,9 +75,33 @@ pub enum CapsError {
 
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets as two 32-bit halves.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_CHOWN: u32 = 0;
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_FOWNER: u32 = 3;
+const CAP_FSETID: u32 = 4;
+const CAP_KILL: u32 = 5;
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
 const CAP_SETPCAP: u32 = 8;
+
+/// What root keeps in a sandbox whose root filesystem is copy-on-write
+/// (`--overlay-root`, an image): what `dpkg`, `apt` and maintainer scripts
+/// use as root — give files to their package's owners (`chown`), enter
+/// and write directories of other ids (`_apt`'s 0700 `partial`), change
+/// modes of files they do not own, keep setgid bits, drop to a service
+/// user (`setuid`, `setgid`) and signal it. Docker gives container root
+/// these too. They are capabilities *in the sandbox's user namespace*:
+/// the kernel honours them only over files and processes whose ids that
+/// namespace maps (the sandbox's own block of host ids), never over host
+/// root's or another sandbox's. No `CAP_SYS_ADMIN`, `CAP_NET_ADMIN`,
+/// `CAP_DAC_READ_SEARCH`, `CAP_MKNOD` or `CAP_SETFCAP`.
+pub const ROOT_CAPS: u64 = (1 << CAP_CHOWN)
+    | (1 << CAP_DAC_OVERRIDE)
+    | (1 << CAP_FOWNER)
+    | (1 << CAP_FSETID)
+    | (1 << CAP_KILL)
+    | (1 << CAP_SETGID)
+    | (1 << CAP_SETUID);
 
 #[repr(C)]
 struct CapHeader {
@@ -139,6 +178,22 @@ fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<libc::c_int> {
     }
 }
 
+/// `prctl` with two integer arguments, as a `Result`.
+fn prctl3(
+    option: libc::c_int,
+    arg2: libc::c_ulong,
+    arg3: libc::c_ulong,
+) -> io::Result<libc::c_int> {
+    let zero: libc::c_ulong = 0;
+    // SAFETY: as in `prctl`: integer arguments only, the unused ones zero.
+    let rc = unsafe { libc::prctl(option, arg2, arg3, zero, zero) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
 /// Empties the bounding, ambient, inheritable, permitted and effective sets and
 /// locks securebits so that uid 0 cannot regain capabilities through `execve`.
 ///
@@ -154,6 +209,20 @@ fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<libc::c_int> {
 /// or if the caller forgets to switch uid. SECBIT_NO_SETUID_FIXUP is set only
 /// in root mode. KEEP_CAPS stays off; all of them are locked.
 pub fn drop_all(keep_root_uid: bool) -> Result<(), CapsError> {
+    drop_all_but(keep_root_uid, 0)
+}
+
+/// [`drop_all`], except that in root mode the capabilities in `root_keeps`
+/// (a mask by capability number, normally [`ROOT_CAPS`]; those the process
+/// does not hold are not kept) stay in the bounding, permitted, effective,
+/// inheritable and ambient sets. The ambient set carries them over `execve`
+/// of any file without file capabilities, and SECBIT_NOROOT still gives uid
+/// 0 nothing more. When something is kept, SECBIT_NO_SETUID_FIXUP stays
+/// off (and locked off): a process that switches to another uid — apt to
+/// `_apt`, man-db to `man` — loses them all, as it would on any system;
+/// and KEEP_CAPS stays unlocked (see below). Outside root mode
+/// `root_keeps` is ignored.
+pub fn drop_all_but(keep_root_uid: bool, root_keeps: u64) -> Result<(), CapsError> {
     let mut sets = capget()?;
     // After a uid change with PR_SET_KEEPCAPS the caps are permitted but not
     // effective; raise them so that the prctl calls below may use CAP_SETPCAP.
@@ -161,6 +230,11 @@ pub fn drop_all(keep_root_uid: bool) -> Result<(), CapsError> {
         sets.effective = sets.permitted;
         capset(sets)?;
     }
+    let keep = if keep_root_uid {
+        root_keeps & sets.permitted
+    } else {
+        0
+    };
 
     match prctl(
         libc::PR_CAP_AMBIENT,
@@ -168,7 +242,7 @@ pub fn drop_all(keep_root_uid: bool) -> Result<(), CapsError> {
     ) {
         Ok(_) => {}
         // A kernel before 4.3 has no ambient set, so there is nothing to clear.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && keep == 0 => {}
         Err(e) => return Err(CapsError::AmbientClear(e)),
     }
 
@@ -176,6 +250,9 @@ pub fn drop_all(keep_root_uid: bool) -> Result<(), CapsError> {
     // sets), until it says EINVAL: past its last one. Asking that way saves
     // reading /proc/sys/kernel/cap_last_cap (five system calls).
     for cap in 0..64u32 {
+        if keep & (1 << cap) != 0 {
+            continue;
+        }
         match prctl(libc::PR_CAPBSET_DROP, cap.into()) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
@@ -183,15 +260,37 @@ pub fn drop_all(keep_root_uid: bool) -> Result<(), CapsError> {
         }
     }
 
+    if keep != 0 {
+        // An ambient capability must be permitted and inheritable, and the
+        // securebits below forbid raising one: raise them first.
+        sets.inheritable = keep;
+        capset(sets)?;
+        for cap in (0..64u32).filter(|c| keep & (1 << c) != 0) {
+            prctl3(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                cap.into(),
+            )
+            .map_err(|source| CapsError::AmbientRaise { cap, source })?;
+        }
+    }
+
     let mut bits = libc::SECBIT_NOROOT
         | libc::SECBIT_NOROOT_LOCKED
         | libc::SECBIT_NO_SETUID_FIXUP_LOCKED
-        | libc::SECBIT_KEEP_CAPS_LOCKED
         | libc::SECBIT_NO_CAP_AMBIENT_RAISE
         | libc::SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
-    if keep_root_uid {
-        bits |= libc::SECBIT_NO_SETUID_FIXUP;
+    if keep == 0 {
+        bits |= libc::SECBIT_KEEP_CAPS_LOCKED;
+        if keep_root_uid {
+            bits |= libc::SECBIT_NO_SETUID_FIXUP;
+        }
     }
+    // With capabilities kept, KEEP_CAPS stays unlocked: tools that drop to
+    // another uid (`setpriv --reuid man`, as man-db's trigger does) set it
+    // to carry what they hold over the switch. That is never more than
+    // root held, and the next `execve` as that uid drops it (the ambient
+    // set is cleared by the switch, and nothing else grants any).
     let bits = bits as u32;
     // Setting the same locked bits twice is fine, but the kernel refuses any
     // change to a locked bit, so skip the call when nothing would change.
@@ -202,7 +301,9 @@ pub fn drop_all(keep_root_uid: bool) -> Result<(), CapsError> {
 
     // SAFETY: geteuid cannot fail and has no side effects.
     let still_root = unsafe { libc::geteuid() } == 0;
-    let kept = if keep_root_uid || !still_root {
+    let kept = if keep_root_uid {
+        keep
+    } else if !still_root {
         0
     } else {
         ((1 << CAP_SETUID) | (1 << CAP_SETGID)) & sets.permitted
@@ -210,7 +311,7 @@ pub fn drop_all(keep_root_uid: bool) -> Result<(), CapsError> {
     capset(CapSets {
         effective: kept,
         permitted: kept,
-        inheritable: 0,
+        inheritable: keep,
     })
 }
 
@@ -225,14 +326,53 @@ pub fn set_no_new_privs() -> Result<(), CapsError> {
 /// Fails unless the effective, permitted and inheritable sets are all empty.
 /// Meant as the last check before `execve`, after the uid switch.
 pub fn ensure_no_capabilities() -> Result<(), CapsError> {
+    ensure_only(0)
+}
+
+/// Fails unless the effective, permitted, inheritable and ambient sets are
+/// exactly `kept` and the bounding set holds nothing else: the check after
+/// [`drop_all_but`].
+pub fn ensure_only(kept: u64) -> Result<(), CapsError> {
     let sets = capget()?;
-    if sets.effective | sets.permitted | sets.inheritable == 0 {
+    let mut extra = (sets.effective | sets.permitted | sets.inheritable) & !kept;
+    let mut missing = !(sets.effective & sets.permitted & sets.inheritable) & kept;
+    if kept != 0 {
+        // Only when something is kept: an empty permitted set cannot be
+        // widened by the bounding or ambient sets (SECBIT_NOROOT is locked).
+        for cap in 0..64u32 {
+            let bit = 1u64 << cap;
+            let bounding = match prctl(libc::PR_CAPBSET_READ, cap.into()) {
+                Ok(v) => v == 1,
+                Err(_) => break,
+            };
+            let ambient = prctl3(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong,
+                cap.into(),
+            )
+            .is_ok_and(|v| v == 1);
+            if (bounding || ambient) && kept & bit == 0 {
+                extra |= bit;
+            }
+            if !ambient && kept & bit != 0 {
+                missing |= bit;
+            }
+        }
+    }
+    if extra == 0 && missing == 0 {
         return Ok(());
     }
-    Err(CapsError::StillHeld {
-        effective: sets.effective,
-        permitted: sets.permitted,
-        inheritable: sets.inheritable,
+    if kept == 0 {
+        return Err(CapsError::StillHeld {
+            effective: sets.effective,
+            permitted: sets.permitted,
+            inheritable: sets.inheritable,
+        });
+    }
+    Err(CapsError::NotAsKept {
+        kept,
+        extra,
+        missing,
     })
 }
 
@@ -337,6 +477,23 @@ mod tests {
         }
     }
 
+    /// As [`assert_exec_gets_no_caps`] with `bounding` left in the bounding set.
+    fn assert_exec_gets_no_caps_but_bounding(bounding: u64) {
+        let out = Command::new("/bin/sh")
+            .args(["-c", "grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        for line in text.lines() {
+            let inh = line.starts_with("CapInh") && line.ends_with(&format!("{bounding:016x}"));
+            assert!(
+                inh || line.ends_with("0000000000000000"),
+                "after execve: {line}"
+            );
+        }
+    }
+
     #[test]
     fn child_entry() {
         let Some(scenario) = test_child::scenario() else {
@@ -358,6 +515,74 @@ mod tests {
                 assert_eq!(err.raw_os_error(), Some(libc::EPERM));
                 assert_eq!(raw(libc::SYS_setresuid, 1234, 1234, 1234), Err(libc::EPERM));
                 assert_exec_gets_no_caps();
+            }
+            "root-keeps" => {
+                drop_all_but(true, ROOT_CAPS).unwrap();
+                set_no_new_privs().unwrap();
+                ensure_only(ROOT_CAPS).unwrap();
+                for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+                    assert_eq!(cap_mask(field), ROOT_CAPS, "{field}");
+                }
+                assert!(ensure_no_capabilities().is_err());
+                // What it keeps works; what it dropped does not.
+                let file = tempfile::NamedTempFile::new().unwrap();
+                std::os::unix::fs::chown(file.path(), Some(1234), None).unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let node = std::ffi::CString::new(
+                    dir.path()
+                        .join("null")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+                .unwrap();
+                // SAFETY: a NUL-terminated path; a harmless node (1, 3)
+                // in a private directory even if the call succeeded.
+                let rc = unsafe {
+                    libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3))
+                };
+                assert_eq!(rc, -1, "mknod needs CAP_MKNOD, which is gone");
+                // A program started from here has them too, and no more.
+                let out = Command::new("/bin/sh")
+                    .args(["-c", "grep -E '^Cap(Prm|Eff|Bnd|Amb)' /proc/self/status"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8(out.stdout).unwrap();
+                assert_eq!(text.lines().count(), 4, "{text}");
+                for line in text.lines() {
+                    assert!(
+                        line.ends_with(&format!("{ROOT_CAPS:016x}")),
+                        "after execve: {line}"
+                    );
+                }
+                // Switching to another uid loses them all (the setuid fixup
+                // is on), and so does every program started after.
+                raw(libc::SYS_setresuid, 1234, 1234, 1234).unwrap();
+                for field in ["CapPrm", "CapEff", "CapAmb"] {
+                    assert_eq!(cap_mask(field), 0, "{field} after the uid switch");
+                }
+                assert_eq!(raw(libc::SYS_setresuid, 0, 0, 0), Err(libc::EPERM));
+                assert_exec_gets_no_caps_but_bounding(ROOT_CAPS);
+            }
+            "root-keeps-keepcaps" => {
+                drop_all_but(true, ROOT_CAPS).unwrap();
+                set_no_new_privs().unwrap();
+                // As `setpriv --reuid` does: keep the permitted set over
+                // the switch; an execve as the new uid still gets nothing.
+                prctl(libc::PR_SET_KEEPCAPS, 1).unwrap();
+                raw(libc::SYS_setresuid, 1234, 1234, 1234).unwrap();
+                assert_eq!(cap_mask("CapPrm"), ROOT_CAPS);
+                assert_eq!((cap_mask("CapEff"), cap_mask("CapAmb")), (0, 0));
+                let bits = prctl(libc::PR_GET_SECUREBITS, 0).unwrap();
+                assert_eq!(
+                    prctl(
+                        libc::PR_SET_SECUREBITS,
+                        (bits & !libc::SECBIT_NOROOT) as libc::c_ulong
+                    )
+                    .map_err(|e| e.raw_os_error()),
+                    Err(Some(libc::EPERM)),
+                    "securebits {bits:#x}"
+                );
+                assert_exec_gets_no_caps_but_bounding(ROOT_CAPS);
             }
             "user-mode" => {
                 drop_all(false).unwrap();
@@ -394,6 +619,18 @@ mod tests {
     #[ignore = "needs root: drops real capabilities in a child process"]
     fn root_mode_drops_every_capability_and_exec_regains_none_needs_root() {
         test_child::run(ENTRY, "root-mode", |_| {});
+    }
+
+    #[test]
+    #[ignore = "needs root: drops real capabilities in a child process"]
+    fn root_keeps_only_root_caps_across_exec_and_loses_them_with_its_uid_needs_root() {
+        test_child::run(ENTRY, "root-keeps", |_| {});
+    }
+
+    #[test]
+    #[ignore = "needs root: drops real capabilities and switches uid in a child process"]
+    fn root_keeping_caps_may_carry_them_over_a_uid_switch_but_not_an_exec_needs_root() {
+        test_child::run(ENTRY, "root-keeps-keepcaps", |_| {});
     }
 
     #[test]

@@ -367,7 +367,8 @@ fn file_helper(
         }
         sys::close_fds_from(3, &[sock_fd, landlock.unwrap_or(-1)]);
         let ids = if root { (0, 0) } else { spec.workload_ids() };
-        let taken = workload::take_identity(ids, landlock)
+        // The file helper keeps no capability, even as root.
+        let taken = workload::take_identity(ids, landlock, 0)
             .and_then(|()| nix::unistd::chdir("/").map_err(|e| ("enter /", e)))
             .and_then(|()| {
                 crate::seccomp::install(&spec.seccomp)

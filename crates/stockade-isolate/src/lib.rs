@@ -54,6 +54,10 @@ mod tests {
                 source: io(),
             }),
             Box::new(crate::caps::CapsError::NoNewPrivs(io())),
+            Box::new(crate::caps::CapsError::AmbientRaise {
+                cap: 3,
+                source: io(),
+            }),
             Box::new(crate::seccomp::SeccompError::Install {
                 filter: "deny",
                 source: io(),

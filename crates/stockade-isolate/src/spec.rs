@@ -101,6 +101,18 @@ impl SandboxSpec {
         }
     }
 
+    /// The capabilities a workload running as root keeps: none, unless the
+    /// root filesystem is copy-on-write (`--overlay-root`, an image), where
+    /// root must be able to install packages: [`crate::caps::ROOT_CAPS`],
+    /// effective only over what the sandbox's user namespace maps.
+    pub fn root_caps(&self) -> u64 {
+        if self.overlay.is_some() {
+            crate::caps::ROOT_CAPS
+        } else {
+            0
+        }
+    }
+
     /// Paths inside the sandbox where the workload may write; everything
     /// else is read-only to it (Landlock enforces this on top of mounts).
     pub fn writable_paths(&self) -> Vec<PathBuf> {
@@ -118,5 +130,33 @@ impl SandboxSpec {
             v.push(PathBuf::from("/"));
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::caps::ROOT_CAPS;
+
+    #[test]
+    fn root_keeps_capabilities_only_in_a_copy_on_write_root() {
+        let mut spec = crate::test_spec::spec("/tmp/staging");
+        spec.as_root = true;
+        assert_eq!(spec.root_caps(), 0, "a read-only root: root keeps nothing");
+        spec.overlay = Some("/scratch/s1/overlay".into());
+        assert_eq!(spec.root_caps(), ROOT_CAPS);
+        // Nothing that reaches past the sandbox's own ids or its mounts.
+        // (numbers from linux/capability.h)
+        for (cap, name) in [
+            (21, "SYS_ADMIN"),
+            (12, "NET_ADMIN"),
+            (2, "DAC_READ_SEARCH"),
+            (27, "MKNOD"),
+            (31, "SETFCAP"),
+            (8, "SETPCAP"),
+            (19, "SYS_PTRACE"),
+            (13, "NET_RAW"),
+        ] {
+            assert_eq!(ROOT_CAPS & (1 << cap), 0, "CAP_{name}");
+        }
     }
 }

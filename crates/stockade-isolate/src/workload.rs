@@ -369,7 +369,8 @@ fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
         Some(false) if c.spec.user.is_none() => (crate::idmap::AGENT_ID, crate::idmap::AGENT_ID),
         _ => c.spec.workload_ids(),
     };
-    if let Err((step, e)) = take_identity(ids, c.landlock) {
+    let caps = if ids.0 == 0 { c.spec.root_caps() } else { 0 };
+    if let Err((step, e)) = take_identity(ids, c.landlock, caps) {
         return (step, b"", e);
     }
     if let Err(e) = nix::unistd::chdir(c.exec.cwd.as_c_str()) {
@@ -385,13 +386,15 @@ fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
 /// The sandbox user's identity (`uid`, `gid` inside), in the order the kernel needs: no
 /// supplementary groups, the gid, the Landlock ruleset (closed after),
 /// the capability bounding set dropped, the uid (which clears the
-/// remaining capabilities for the agent), capabilities cleared for root,
+/// remaining capabilities for the agent), capabilities cleared for root
+/// but for `root_caps` (see [`SandboxSpec::root_caps`]),
 /// `no_new_privs`. Seccomp is the caller's last step. Allocates nothing
 /// (it runs in the workload's `CLONE_VM` child too). Returns the step
 /// that failed.
 pub(crate) fn take_identity(
     (uid, gid): (u32, u32),
     landlock: Option<RawFd>,
+    root_caps: u64,
 ) -> Result<(), (&'static str, Errno)> {
     let as_root = uid == 0;
     nix::unistd::setgroups(&[]).map_err(|e| ("clear supplementary groups", e))?;
@@ -402,10 +405,11 @@ pub(crate) fn take_identity(
         // SAFETY: this process's copy of the ruleset; init keeps its own.
         unsafe { libc::close(ruleset) };
     }
-    caps::drop_all(as_root).map_err(|_| ("drop capabilities", Errno::EPERM))?;
+    let root_caps = if as_root { root_caps } else { 0 };
+    caps::drop_all_but(as_root, root_caps).map_err(|_| ("drop capabilities", Errno::EPERM))?;
     nix::unistd::setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
         .map_err(|e| ("set the user id", e))?;
-    caps::ensure_no_capabilities()
+    caps::ensure_only(root_caps)
         .map_err(|_| ("drop capabilities (some are still held)", Errno::EPERM))?;
     caps::set_no_new_privs().map_err(|_| ("set no_new_privs", Errno::EPERM))?;
     Ok(())

@@ -58,6 +58,13 @@ pub fn plan(policy: &NetworkPolicy, packet: &[u8]) -> Plan {
         );
     };
     if !policy.allows_name(&name) {
+        // A service lookup under an allowed name (`_http._tcp.deb.debian.org`,
+        // which apt makes before it connects): there are no such records
+        // here. NXDOMAIN, never looked up, like a refused name, but not a
+        // denial: it names nothing the sandbox may not reach.
+        if service_base(&name).is_some_and(|base| policy.allows_name(base)) {
+            return reply(&msg, ResponseCode::NXDomain, &[], None, false);
+        }
         return reply(&msg, ResponseCode::NXDomain, &[], Some(name), true);
     }
     match q.query_type() {
@@ -92,6 +99,17 @@ pub fn answer(query: &Message, resolved: std::io::Result<Vec<IpAddr>>) -> Vec<u8
         Plan::Reply { bytes, .. } => bytes,
         _ => Vec::new(),
     }
+}
+
+/// The host name under a service name's leading underscore labels
+/// (`_http._tcp.example.org` → `example.org`, RFC 2782 and RFC 6763), or
+/// `None` when `name` does not start with one or has nothing after them.
+fn service_base(name: &str) -> Option<&str> {
+    let mut rest = name;
+    while let Some(label) = rest.strip_prefix('_') {
+        rest = label.split_once('.')?.1;
+    }
+    (rest.len() < name.len() && !rest.is_empty()).then_some(rest)
 }
 
 /// The query name as lower-case ASCII labels of letters, digits, '-' and

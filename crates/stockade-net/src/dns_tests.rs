@@ -85,6 +85,56 @@ fn allowed_names_have_no_other_record_types() {
 }
 
 #[test]
+fn service_lookups_under_allowed_names_are_answered_without_a_denial() {
+    // apt asks for `_http._tcp.<mirror>` (SRV) before it connects.
+    for (name, t) in [
+        ("_http._tcp.good.test.", RecordType::SRV),
+        ("_https._tcp.db.test.", RecordType::SRV),
+        ("_x.good.test.", RecordType::TXT),
+        ("_http._tcp.good.test.", RecordType::AAAA),
+    ] {
+        let plan = plan(&policy(), &query(name, t));
+        let Plan::Reply {
+            name: n, denied, ..
+        } = &plan
+        else {
+            panic!("{name}: {plan:?}")
+        };
+        assert!(!denied, "{name}");
+        assert_eq!(n, &None, "{name}: nothing to pin or report");
+        let (m, _) = parse_reply(plan);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert!(m.answers.is_empty(), "{name}");
+    }
+    // The same under a name that is not allowed is still a denial, and
+    // an underscore label alone does not make a name allowed.
+    for name in [
+        "_http._tcp.bad.test.",
+        "_http._tcp.",
+        "_good.test.evil.test.",
+        "good.test._tcp.",
+    ] {
+        let Ok(n) = Name::from_ascii(name) else {
+            continue;
+        };
+        let mut m = Message::query();
+        m.add_query(Query::query(n, RecordType::SRV));
+        let (m, denied) = parse_reply(plan(&policy(), &m.to_vec().unwrap()));
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert!(denied.is_some(), "{name} was not reported");
+    }
+}
+
+#[test]
+fn service_base_strips_only_leading_underscore_labels() {
+    assert_eq!(service_base("_http._tcp.good.test"), Some("good.test"));
+    assert_eq!(service_base("_x.y"), Some("y"));
+    assert_eq!(service_base("good.test"), None);
+    assert_eq!(service_base("_http._tcp"), None);
+    assert_eq!(service_base("a._tcp.good.test"), None);
+}
+
+#[test]
 fn builds_answers_from_resolution_results() {
     let Plan::Resolve { query: q, .. } = plan(&policy(), &query("good.test.", RecordType::A))
     else {
