@@ -340,3 +340,62 @@ fn only_root_in_a_copy_on_write_root_keeps_capabilities() {
         );
     }
 }
+
+/// Puts the host file back as it was, whatever the test did.
+struct Restore {
+    path: PathBuf,
+    before: Option<(Vec<u8>, std::fs::Permissions)>,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        match &self.before {
+            Some((bytes, perm)) => {
+                let _ = std::fs::write(&self.path, bytes);
+                let _ = std::fs::set_permissions(&self.path, perm.clone());
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces and cgroups, writes the host's debconf password store"]
+fn root_in_an_overlay_root_cannot_read_the_host_s_debconf_passwords() {
+    let dir = Path::new("/var/cache/debconf");
+    if !dir.is_dir() {
+        eprintln!("skipped: the host has no {}", dir.display());
+        return;
+    }
+    let path = dir.join("passwords.dat");
+    let before = std::fs::read(&path)
+        .ok()
+        .map(|b| (b, std::fs::metadata(&path).unwrap().permissions()));
+    let _restore = Restore {
+        path: path.clone(),
+        before,
+    };
+    // A secret as debconf keeps it: host root's, mode 0600.
+    std::fs::write(&path, "Name: test/password\nValue: debconf-canary-secret\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let env = Env::new();
+    let out = env.run(&[
+        "--overlay-root",
+        "--root",
+        "--",
+        "sh",
+        "-c",
+        "cat /var/cache/debconf/passwords.dat; echo size=$(wc -c < /var/cache/debconf/passwords.dat); \
+         echo new > /var/cache/debconf/passwords.dat && cat /var/cache/debconf/passwords.dat",
+    ]);
+    let text = stdout(&out);
+    assert!(!text.contains("debconf-canary-secret"), "{text}");
+    // The sandbox sees an empty store it may rewrite; the host's is untouched.
+    assert!(text.contains("size=0\nnew"), "{text}\n{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "Name: test/password\nValue: debconf-canary-secret\n"
+    );
+}

@@ -32,6 +32,13 @@ const OVERLAY_VAR_DIRS: &[&str] = &[
     "var/cache/apt",
     "var/cache/debconf",
 ];
+/// Host files under the overlaid directories that may hold secrets and
+/// that root in a copy-on-write root could otherwise read (host root's
+/// files are root's inside, and root there keeps `DAC_OVERRIDE`): each is
+/// shadowed by an empty file in its overlay's upper layer, so the sandbox
+/// sees (and may rewrite) an empty one. debconf keeps the answers to
+/// password questions in `passwords.dat`.
+const OVERLAY_SHADOWED: &[(&str, &str)] = &[("var/cache/debconf", "passwords.dat")];
 /// Device nodes bound from the host: harmless, and needed by nearly
 /// every program.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -815,6 +822,13 @@ fn overlay(k: &mut impl MountOps, r: &Path, lower: &Path, dst: &Path, name: &str
     let work = Path::new(OV_DIR).join("work").join(&flat);
     mkdir(k, &r.join(&upper), 0o755)?;
     mkdir(k, &r.join(&work), 0o755)?;
+    for (dir, file) in OVERLAY_SHADOWED {
+        if *dir == name {
+            // An upper file hides the lower one; one the sandbox already
+            // wrote (a restarted overlay) is kept.
+            touch(k, &r.join(&upper).join(file))?;
+        }
+    }
     let lower = lower.strip_prefix(r).unwrap_or(lower);
     let data = format!(
         "lowerdir={},upperdir={},workdir={},userxattr",

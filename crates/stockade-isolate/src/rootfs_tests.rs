@@ -80,7 +80,12 @@ impl Recorder {
         r.host
             .insert("/lib".into(), HostKind::Symlink("usr/lib".into()));
         r.host.insert("/lib64".into(), HostKind::Dir);
-        for d in ["/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt"] {
+        for d in [
+            "/var/lib/dpkg",
+            "/var/lib/apt",
+            "/var/cache/apt",
+            "/var/cache/debconf",
+        ] {
             r.host.insert(d.into(), HostKind::Dir);
         }
         r
@@ -686,10 +691,11 @@ fn the_supervisor_sends_a_lower_layer_for_each_directory_the_builder_overlays() 
             "var_lib_dpkg",
             "var_lib_apt",
             "var_cache_apt",
+            "var_cache_debconf",
             "etc"
         ]
     );
-    assert_eq!(lowers[5].1, s.etc_dir);
+    assert_eq!(lowers[6].1, s.etc_dir);
     let mut k = Recorder::debian();
     let trees = lowers
         .iter()
@@ -1001,4 +1007,31 @@ fn every_failed_step_of_an_image_root_stops_the_build_and_names_its_path() {
         );
         (k, s, lowers)
     });
+}
+
+#[test]
+fn debconf_s_password_store_is_shadowed_by_an_empty_upper_file() {
+    let mut s = spec();
+    s.overlay = Some("/run/stockade-scratch/s1/overlay".into());
+    let mut k = Recorder::debian();
+    built(&s, &mut k, vec![]);
+    let upper_file = staged(OV_DIR)
+        .join("upper")
+        .join("var_cache_debconf")
+        .join("passwords.dat");
+    let made = k.position(|op| op == &Op::File(upper_file.clone()));
+    let mounted = k.position(
+        |op| matches!(op, Op::Mount(_, t, Some(f), ..) if f == "overlay" && t == &staged("var/cache/debconf")),
+    );
+    assert!(
+        made < mounted,
+        "the shadow must exist before the overlay is mounted"
+    );
+    // No other overlay gets one.
+    let shadows = k
+        .ops
+        .iter()
+        .filter(|op| matches!(op, Op::File(p) if p.starts_with(staged(OV_DIR))))
+        .count();
+    assert_eq!(shadows, 1);
 }
