@@ -11,6 +11,7 @@ mod daemon;
 mod doctor;
 mod flags;
 mod images;
+mod paths;
 mod registry_flags;
 
 use std::process::ExitCode;
@@ -59,6 +60,11 @@ fn configure_from_env() -> anyhow::Result<()> {
     }
     if let Some(v) = var("STOCKADE_NS_POOL_DIR") {
         pool.dir = v.into();
+    }
+    if !nix::unistd::geteuid().is_root() {
+        // The pool's namespaces are made for host id slots, which only
+        // root may map: an ordinary user's sandboxes make their own.
+        pool.per_key = 0;
     }
     stockade_isolate::nspool::configure(pool);
     stockade_cgroup::set_root(var(stockade_cgroup::ROOT_ENV).map(Into::into));
