@@ -13,6 +13,7 @@ mod flags;
 mod images;
 mod paths;
 mod registry_flags;
+mod rootless;
 
 use std::process::ExitCode;
 
@@ -132,6 +133,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 None => None,
             };
+            if !nix::unistd::geteuid().is_root() && opts.0.print_violations {
+                // An ordinary user's sandbox has fewer walls: say which
+                // limits hold and how, once, before anything runs.
+                eprintln!("{}", rootless::start_line());
+            }
             let (report, pending) = stockade_core::run_deferred(&opts.0);
             if let Some(err) = &report.error {
                 if report.outcome == stockade_core::Outcome::Error {
