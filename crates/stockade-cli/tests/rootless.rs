@@ -571,3 +571,51 @@ fn rootless_daemon_serves_the_cli_and_the_sdk_on_the_users_socket() {
         let _ = daemon.wait();
     }
 }
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_refuses_what_it_cannot_give_in_one_line_and_leaves_nothing() {
+    let env = UserEnv::new(SUB);
+    for (flags, says) in [
+        (vec!["--overlay-root"], "--overlay-root needs root"),
+        (vec!["--image", "oci:/nonexistent:1"], "images need root"),
+    ] {
+        let out = env.sh(&flags, "true");
+        let err = stderr(&out);
+        assert_eq!(code(&out), 125, "{flags:?}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.contains(says), "{flags:?}: {err}");
+    }
+    // A tun node the user may not open (a private one, made here): the
+    // error says so and points at doctor.
+    let script = r#"
+set -e
+mount -t tmpfs -o mode=0755 tmpfs /dev/net
+mknod -m 0600 /dev/net/tun c 10 200
+cd /tmp
+setpriv --reuid "$U" --regid "$U" --init-groups --reset-env env STOCKADE_STATE_DIR="$STATE" "$BIN" run --net allowlist -- true
+"#;
+    let out = Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "bash",
+            "-c",
+            script,
+        ])
+        .env("U", SUB)
+        .env("BIN", env.bin())
+        .env("STATE", env.state.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/dev/net/tun") && stderr(&out).contains("stockade doctor"),
+        "{}",
+        stderr(&out)
+    );
+    env.assert_clean();
+}

@@ -553,7 +553,7 @@ pub fn prepare(
 
 /// What a sandbox started by an ordinary user cannot have yet, refused
 /// with what to do instead.
-fn refuse_rootless(policy: &Policy, image: bool) -> Result<(), RunError> {
+pub(crate) fn refuse_rootless(policy: &Policy, image: bool) -> Result<(), RunError> {
     if image {
         return Err(RunError::Invalid(
             "images need root for now (their layers are stored under ids only root may \
@@ -563,8 +563,9 @@ fn refuse_rootless(policy: &Policy, image: bool) -> Result<(), RunError> {
     }
     if policy.filesystem.overlay_root {
         return Err(RunError::Invalid(
-            "--overlay-root needs root for now (the sandbox's root would write files under \
-             subordinate ids the caller cannot remove); run without it, or as root"
+            "--overlay-root needs root: without it the host's system files cannot be idmapped, \
+             so they show as nobody inside and even the sandbox's root could not change them; \
+             install into /workspace, /home/agent or a virtualenv instead, or run as root"
                 .into(),
         ));
     }
