@@ -275,10 +275,22 @@ fn rootless_sandboxes_reach_no_file_their_user_cannot() {
         f.extend(flags.iter().copied());
         let out = env.sh(
             &f,
-            "echo data > /workspace/made; chown 0:0 /workspace/made 2>/dev/null && echo CHOWNED; \
-             chmod u+s /workspace/made; true",
+            "echo data > /workspace/made; chown 5:5 /workspace/made 2>/dev/null && echo CHOWNED; \
+             mkdir /workspace/d; chown 5 /workspace/d 2>/dev/null && echo CHOWNED; \
+             setpriv --reuid 5 true 2>/dev/null && echo SETUID; rmdir /workspace/d; true",
         );
         assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
+        // Nothing can leave a file the caller could not remove.
+        assert!(
+            !stdout(&out).contains("CHOWNED"),
+            "{flags:?}: {}",
+            stdout(&out)
+        );
+        assert!(
+            !stdout(&out).contains("SETUID"),
+            "{flags:?}: {}",
+            stdout(&out)
+        );
         let meta = std::fs::metadata(ws.path().join("made")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (env.uid, env.uid), "{flags:?}");
         std::fs::remove_file(ws.path().join("made")).unwrap();
