@@ -107,6 +107,13 @@ pub fn subordinate_ranges(
 /// subordinate ranges (and the helpers to write them) if the user has
 /// them, else one id.
 pub fn detect() -> RootlessIds {
+    // Asked more than once per start (the start line, the launch): read
+    // the files and the user database once.
+    static IDS: std::sync::OnceLock<RootlessIds> = std::sync::OnceLock::new();
+    *IDS.get_or_init(detect_now)
+}
+
+fn detect_now() -> RootlessIds {
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
     let name = nix::unistd::User::from_uid(uid)
@@ -186,18 +193,35 @@ pub fn write_maps(
             crate::idmap::write_maps(pid, uids, gids, true).map_err(RootlessError::Write)
         }
         RootlessIds::Subordinate { .. } => {
-            run_helper("newuidmap", pid, uids)?;
-            run_helper("newgidmap", pid, gids)
+            // Both helpers at once: each is an exec of a setuid program
+            // (a millisecond or two), and they write different files.
+            let u = spawn_helper("newuidmap", pid, uids)?;
+            let g = spawn_helper("newgidmap", pid, gids);
+            let u = finish_helper("newuidmap", u);
+            let g = g.and_then(|g| finish_helper("newgidmap", g));
+            u.and(g)
         }
     }
 }
 
-fn run_helper(helper: &'static str, pid: i32, map: &IdMap) -> Result<(), RootlessError> {
-    let out = std::process::Command::new(helper)
+fn spawn_helper(
+    helper: &'static str,
+    pid: i32,
+    map: &IdMap,
+) -> Result<std::process::Child, RootlessError> {
+    std::process::Command::new(helper)
         .arg(pid.to_string())
         .args(helper_args(map))
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| RootlessError::Helper { helper, source })
+}
+
+fn finish_helper(helper: &'static str, child: std::process::Child) -> Result<(), RootlessError> {
+    let out = child
+        .wait_with_output()
         .map_err(|source| RootlessError::Helper { helper, source })?;
     if out.status.success() {
         return Ok(());
