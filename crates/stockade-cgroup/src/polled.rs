@@ -71,11 +71,17 @@ impl PolledGroup {
         Ok(())
     }
 
-    /// The processes of init's pid namespace (init included), sorted.
+    /// The processes of init's pid namespace, sorted (init itself only
+    /// while the caller may inspect it: it makes itself undumpable).
+    /// None once init has exited: the kernel ends every other process of
+    /// the namespace before init's exit completes, so no scan is needed.
     pub(crate) fn pids(&self) -> Vec<i32> {
-        let Some((_, _, ns)) = self.init.get() else {
+        let Some((_, pidfd, ns)) = self.init.get() else {
             return Vec::new();
         };
+        if exited(pidfd) {
+            return Vec::new();
+        }
         let Ok(rd) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -150,6 +156,16 @@ impl PolledGroup {
     }
 }
 
+/// Whether the process of `pidfd` has exited (its pidfd polls readable).
+fn exited(pidfd: &OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
 /// The inode of `pid`'s pid namespace.
 fn pid_ns(pid: i32) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/pid"))
@@ -222,5 +238,26 @@ mod tests {
         });
         roomy.add_pid(std::process::id() as i32).unwrap();
         assert_eq!(roomy.stats().oom_kills, 0);
+    }
+
+    #[test]
+    fn nothing_is_listed_once_init_has_exited() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let g = PolledGroup::new(&Limits {
+            cpus: None,
+            memory_bytes: None,
+            pids: None,
+        });
+        g.add_pid(child.id() as i32).unwrap();
+        // Alive, it is found (it shares our pid namespace, so the listing
+        // is every process we can inspect).
+        assert!(g.pids().contains(&(child.id() as i32)));
+        g.kill_all();
+        child.wait().unwrap();
+        assert!(g.pids().is_empty());
+        assert_eq!(g.stats().pids_current, 0);
     }
 }
