@@ -90,7 +90,6 @@ pub fn start_line() -> String {
 pub struct Caller {
     pub name: Option<String>,
     pub uid: u32,
-    pub gid: u32,
     /// `STOCKADE_CGROUP_ROOT` given.
     pub cgroup_root: bool,
 }
@@ -156,12 +155,8 @@ pub fn findings(root: &Path, caller: &Caller) -> Vec<Finding> {
                 .into(),
         });
     }
-    let subs = stockade_isolate::rootless::subordinate_ranges(
-        root,
-        caller.name.as_deref(),
-        caller.uid,
-        caller.gid,
-    );
+    let subs =
+        stockade_isolate::rootless::subordinate_ranges(root, caller.name.as_deref(), caller.uid);
     if subs.is_none() {
         out.push(Finding {
             fatal: false,
@@ -240,7 +235,6 @@ pub fn caller() -> Caller {
             .flatten()
             .map(|u| u.name),
         uid: uid.as_raw(),
-        gid: nix::unistd::getgid().as_raw(),
         cgroup_root: stockade_cgroup::root_configured(),
     }
 }
@@ -269,7 +263,6 @@ mod tests {
         Caller {
             name: Some("rl".into()),
             uid: 1500,
-            gid: 1500,
             cgroup_root: false,
         }
     }

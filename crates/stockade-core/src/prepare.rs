@@ -34,6 +34,11 @@ impl ScratchPlace {
     /// The scratch filesystem if the host has it, else the state
     /// directory.
     pub fn for_host() -> ScratchPlace {
+        if !nix::unistd::geteuid().is_root() {
+            // Its subvolumes and quotas are root's to make, even when
+            // root has it mounted: an ordinary user's disk use is polled.
+            return ScratchPlace::StateDir;
+        }
         match ScratchFs::get() {
             Ok(fs) => ScratchPlace::Own(fs),
             Err(_) => ScratchPlace::StateDir,

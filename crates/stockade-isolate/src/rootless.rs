@@ -92,13 +92,11 @@ pub fn subordinate_ranges(
     root: &Path,
     name: Option<&str>,
     uid: u32,
-    gid: u32,
 ) -> Option<(SubRange, SubRange)> {
     let read = |f: &str| std::fs::read_to_string(root.join("etc").join(f)).unwrap_or_default();
     let uids = parse_subid(&read("subuid"), name, uid)?;
-    // shadow-utils keys subgid by the user's name too, so the uid (or
-    // name) is what is looked up, not the gid.
-    let _ = gid;
+    // shadow-utils keys /etc/subgid by the user too (name or uid), not by
+    // a group.
     let gids = parse_subid(&read("subgid"), name, uid)?;
     Some((uids, gids))
 }
@@ -115,12 +113,11 @@ pub fn detect() -> RootlessIds {
 
 fn detect_now() -> RootlessIds {
     let uid = nix::unistd::getuid();
-    let gid = nix::unistd::getgid();
     let name = nix::unistd::User::from_uid(uid)
         .ok()
         .flatten()
         .map(|u| u.name);
-    match subordinate_ranges(Path::new("/"), name.as_deref(), uid.as_raw(), gid.as_raw()) {
+    match subordinate_ranges(Path::new("/"), name.as_deref(), uid.as_raw()) {
         Some((uids, gids)) => RootlessIds::Subordinate { uids, gids },
         None => RootlessIds::Single,
     }
@@ -261,9 +258,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/subuid"), "rl:100000:65536\n").unwrap();
-        assert_eq!(subordinate_ranges(dir.path(), Some("rl"), 1500, 1500), None);
+        assert_eq!(subordinate_ranges(dir.path(), Some("rl"), 1500), None);
         std::fs::write(dir.path().join("etc/subgid"), "rl:300000:65536\n").unwrap();
-        let (u, g) = subordinate_ranges(dir.path(), Some("rl"), 1500, 1500).unwrap();
+        let (u, g) = subordinate_ranges(dir.path(), Some("rl"), 1500).unwrap();
         assert_eq!((u.start, g.start), (100000, 300000));
     }
 
