@@ -326,6 +326,27 @@ record() { # name every cwd setup argv...: one plan record on stdout
   printf '%s\x1e' "$*"
 }
 
+# An ordinary user for the rootless rows (made once, with the subordinate
+# ids Debian's useradd gives), and the binary where it may run it.
+RL_USER= RL_DIR=
+prepare_rootless() {
+  local u=stockade-bench
+  if ! id "$u" >/dev/null 2>&1 && ! useradd -m -s /bin/sh "$u" 2>/dev/null; then
+    note "rootless rows skipped: cannot create user $u"
+    return
+  fi
+  if ! command -v setpriv >/dev/null; then
+    note "rootless rows skipped: setpriv (util-linux) is missing"
+    return
+  fi
+  RL_DIR="$WORK/rootless"
+  mkdir -p "$RL_DIR/state"
+  cp "$SK" "$RL_DIR/stockade"
+  chmod 755 "$RL_DIR" "$RL_DIR/stockade"
+  chown "$u:" "$RL_DIR/state"
+  RL_USER=$u
+}
+
 cold_start_bench() {
   local bw=()
   mapfile -t bw < <(bwrap_base)
@@ -341,6 +362,16 @@ cold_start_bench() {
     record "stockade, no namespace pool" 1 "" "" \
       env STOCKADE_NS_POOL=0 "$SK" run -- /bin/true
     if [ "$HAVE_BWRAP" = 1 ]; then record bwrap 1 "" "" "${bw[@]}" /bin/true; fi
+    # Rootless (issue 18): stockade and bwrap run by the same ordinary
+    # user, both through setpriv, so its cost is on both sides.
+    if [ -n "$RL_USER" ]; then
+      local as=(setpriv --reuid "$RL_USER" --regid "$RL_USER" --init-groups --reset-env)
+      record "stockade, rootless" 1 "" "" "${as[@]}" env STOCKADE_STATE_DIR="$RL_DIR/state" \
+        "$RL_DIR/stockade" run -- /bin/true
+      if [ "$HAVE_BWRAP" = 1 ]; then
+        record "bwrap, same user" 1 "" "" "${as[@]}" "${bw[@]}" /bin/true
+      fi
+    fi
     if [ "$HAVE_RUNC" = 1 ]; then
       record runc 1 "" "" runc run --bundle "$BUNDLE" "stockade-bench-{run}"
     fi
@@ -588,6 +619,7 @@ main() {
   if [ "$HAVE_RUNC" = 1 ]; then prepare_runc_bundle; fi
   prepare_c_project
   mkdir -p "$OUT/raw"
+  prepare_rootless
   cold_start_bench
   workload_bench
   DAEMON_JSON=

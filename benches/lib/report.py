@@ -39,7 +39,10 @@ TARGET_EGRESS_COLD_VS_BWRAP = 2.0  # ... and <= 2x bwrap --unshare-all
 # Row order and the peers the ratios are taken against.
 SYNC = "stockade, teardown waited for"
 NOPOOL = "stockade, no namespace pool"
-COLD_ORDER = ["host", "stockade", SYNC, NOPOOL, "bwrap", "runc", "podman"]
+ROOTLESS, BWRAP_USER = "stockade, rootless", "bwrap, same user"
+TARGET_ROOTLESS_VS_BWRAP = 1.2  # rootless cold start <= 1.2 x bwrap, same user
+COLD_ORDER = ["host", "stockade", SYNC, NOPOOL, "bwrap", "runc", "podman",
+              ROOTLESS, BWRAP_USER]
 WORK_ORDER = ["host", "stockade", "bwrap"]
 
 
@@ -177,6 +180,13 @@ def targets_table(cold, work):
     rows.append(f"| cold start <= {TARGET_VS_BWRAP}x bwrap "
                 f"| {fmt_ratio(r)} (median) "
                 f"| {met(None if r is None else r <= TARGET_VS_BWRAP)} |")
+    rl, bu = cold.get(ROOTLESS), cold.get(BWRAP_USER)
+    if rl or bu:
+        r = ratio(rl and rl["median"], bu and bu["median"])
+        rows.append(f"| rootless cold start <= {TARGET_ROOTLESS_VS_BWRAP}x "
+                    f"bwrap as the same user "
+                    f"| {fmt_ratio(r)} (median) "
+                    f"| {met(None if r is None else r <= TARGET_ROOTLESS_VS_BWRAP)} |")
     rc = cold.get("runc")
     r = ratio(st and st["median"], rc and rc["median"])
     rows.append(f"| cold start <= {TARGET_VS_RUNC}x runc "
@@ -214,6 +224,11 @@ SETUPS = {
     NOPOOL: "the same sandbox, but its user and network namespaces are "
             "made as it starts instead of taken ready from the pool "
             "(`STOCKADE_NS_POOL=0`)",
+    ROOTLESS: "the `stockade` sandbox started by an ordinary user "
+              "(`stockade-bench`, subordinate ids through newuidmap) "
+              "through `setpriv`: no cgroup on this host, so memory polled, "
+              "processes by RLIMIT_NPROC (docs/rootless.md)",
+    BWRAP_USER: "the `bwrap` line run by the same user through `setpriv`",
     "bwrap": "user, mount, pid, ipc, uts, network and cgroup namespaces "
              "(--unshare-all); /usr read-only, /proc, /dev, /tmp; no cgroup "
              "limits, no seccomp filter",

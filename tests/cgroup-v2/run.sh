@@ -23,7 +23,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 bin=${1:-$repo/target/$(rustc -vV | sed -n 's/^host: //p')/debug/stockade}
 cache=${STOCKADE_QEMU_CACHE:-/var/cache/stockade-qemu}
-checks="doctor hello memory pids cpu timeout cleanup version"
+checks="doctor hello memory pids cpu timeout cleanup version rootless-hello rootless-memory rootless-pids rootless-cpu rootless-cleanup"
 cgroup_mode=${STOCKADE_QEMU_CGROUP:-v2}
 case "$cgroup_mode" in v1 | v2) ;; *) echo "run.sh: STOCKADE_QEMU_CGROUP must be v1 or v2" >&2; exit 2 ;; esac
 if [ -n "${STOCKADE_QEMU_SCENARIO:-}" ]; then checks=""; fi
@@ -107,6 +107,10 @@ done
 
 echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
+# An ordinary user for the rootless checks (no /etc/subuid in the guest:
+# its sandboxes get a single id).
+echo "rl:x:1000:1000:rl:/tmp/rl:/bin/sh" >>"$root/etc/passwd"
+echo "rl:x:1000:" >>"$root/etc/group"
 
 # Stage 1: the initramfs root cannot be pivot_root'ed away from, and
 # stockade pivots inside every sandbox, so move everything onto a tmpfs
@@ -242,6 +246,72 @@ case "$cg" in
 *) false ;;
 esac
 check version $? "stockade=$(echo "$cg" | sed 's/.*cgroups *//') fs=$fs subtree_control=$(cat /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null)"
+
+# Rootless: user rl with a delegated subtree, as systemd's user@.service
+# gives one: the directory and its cgroup.procs, cgroup.threads and
+# cgroup.subtree_control are rl's (its own limits are not), and rl's
+# shell already runs in a leaf below it (the kernel lets a user move a
+# process only between cgroups under one it may write).
+section rootless
+d=/sys/fs/cgroup/user-rl
+mkdir -p $d/shell /tmp/rl
+echo "+memory +pids +cpu" >/sys/fs/cgroup/cgroup.subtree_control
+echo "+memory +pids +cpu" >$d/cgroup.subtree_control
+chown 1000:1000 $d $d/cgroup.procs $d/cgroup.threads $d/cgroup.subtree_control /tmp/rl
+chown -R 1000:1000 $d/shell
+echo $$ >$d/shell/cgroup.procs
+cat >/tmp/rl/env.sh <<EOS
+export STOCKADE_CGROUP_ROOT=$d STOCKADE_STATE_DIR=/tmp/rl/state HOME=/tmp/rl PATH=/usr/bin
+EOS
+cat >/tmp/rl/hello.sh <<'EOS'
+. /tmp/rl/env.sh
+timeout 60 stockade run -- sh -c 'echo "uid $(id -u)"; grep -E "^(CapEff|Seccomp):" /proc/self/status'
+EOS
+out=$(su rl -s /bin/sh /tmp/rl/hello.sh 2>/tmp/rl/hello.err)
+rc=$?
+cat /tmp/rl/hello.err; echo "$out"
+echo "$out" | grep -q "uid 1000" && echo "$out" | grep -q "CapEff:.0000000000000000" &&
+    echo "$out" | grep -q "Seccomp:.2" && [ $rc = 0 ] && grep -q "by the kernel: cpu, memory, processes" /tmp/rl/hello.err
+check rootless-hello $? "exit=$rc $(echo $out)"
+
+cat >/tmp/rl/memory.sh <<'EOS'
+. /tmp/rl/env.sh
+timeout 60 stockade run --memory 32M --report /tmp/rl/mem.json -- sh -c 'dd if=/dev/zero of=/dev/null bs=200M count=1; echo survived'
+EOS
+su rl -s /bin/sh /tmp/rl/memory.sh
+rc=$?
+cat /tmp/rl/mem.json 2>/dev/null
+outcome=$(field /tmp/rl/mem.json outcome)
+[ $rc = 137 ] && [ "$outcome" = memory-limit ]
+check rootless-memory $? "exit=$rc outcome=$outcome"
+
+cat >/tmp/rl/pids.sh <<'EOS'
+. /tmp/rl/env.sh
+timeout 60 stockade run --pids 16 --report /tmp/rl/pids.json -- sh -c 'for i in $(seq 40); do sleep 5 & done; wait'
+EOS
+su rl -s /bin/sh /tmp/rl/pids.sh
+rc=$?
+cat /tmp/rl/pids.json 2>/dev/null
+grep -q '"kind": *"pids-limit"' /tmp/rl/pids.json 2>/dev/null
+check rootless-pids $? "exit=$rc kinds=$(grep -o '"kind": *"[^"]*"' /tmp/rl/pids.json 2>/dev/null | tr '\n' ' ')"
+
+cat >/tmp/rl/cpu.sh <<'EOS'
+. /tmp/rl/env.sh
+timeout 60 stockade run --cpus 0.25 --timeout 2s --report /tmp/rl/cpu.json -- sh -c 'while :; do :; done'
+EOS
+su rl -s /bin/sh /tmp/rl/cpu.sh
+rc=$?
+cat /tmp/rl/cpu.json 2>/dev/null
+cpu=$(field /tmp/rl/cpu.json cpu_seconds)
+wall=$(field /tmp/rl/cpu.json wall_seconds)
+awk -v c="${cpu:-0}" -v w="${wall:-0}" 'BEGIN { exit !(c > 0 && w > 0 && c < 0.6 * w) }'
+check rootless-cpu $? "exit=$rc cpu_seconds=$cpu wall_seconds=$wall"
+
+sleep 1
+groups=$(find $d/stockade -mindepth 1 -maxdepth 1 -type d 2>/dev/null | tr '\n' ' ')
+boxes=$(ls -A /tmp/rl/state/sandboxes 2>/dev/null | tr '\n' ' ')
+[ -d $d/stockade ] && [ -z "$groups" ] && [ -z "$boxes" ]
+check rootless-cleanup $? "cgroups=[${groups% }] sandboxes=[${boxes% }]"
 EOF
 if [ -n "${STOCKADE_QEMU_SCENARIO:-}" ]; then
     cp "$STOCKADE_QEMU_SCENARIO" "$root/scenario.sh"

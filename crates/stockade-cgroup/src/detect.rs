@@ -23,6 +23,12 @@ pub const ROOT_ENV: &str = "STOCKADE_CGROUP_ROOT";
 
 static ROOT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
 
+/// Whether a cgroup2 directory was given to [`set_root`] (a delegated
+/// subtree, for an ordinary user).
+pub fn root_configured() -> bool {
+    ROOT.get().is_some_and(|r| r.is_some())
+}
+
 /// Points detection at another cgroup2 directory (`None`: the host's).
 /// Set once, by the program's entry point, before the first detection;
 /// the first call wins.

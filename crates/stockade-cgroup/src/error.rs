@@ -27,6 +27,18 @@ pub enum CgroupError {
     #[error("memory limit must be at least 4 MiB (4194304 bytes), got {bytes} bytes")]
     MemoryTooSmall { bytes: u64 },
 
+    /// A rootless sandbox's init could not be tracked (see `polled.rs`).
+    #[error("cannot track the sandbox's init (pid {pid}); it may have exited during setup")]
+    Track {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A rootless sandbox without a cgroup has no OOM notifier.
+    #[error("a sandbox without a cgroup has no OOM notifier; its memory is polled")]
+    NoNotifier,
+
     /// The process limit is zero.
     #[error("process limit must be at least 1, got {pids}")]
     PidsTooSmall { pids: u64 },

@@ -13,6 +13,7 @@ mod detect;
 mod error;
 mod fsio;
 mod limits;
+mod polled;
 mod v1;
 mod v2;
 
@@ -27,7 +28,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use detect::{set_root, ROOT_ENV};
+pub use detect::{root_configured, set_root, ROOT_ENV};
 pub use error::CgroupError;
 pub(crate) use limits::CPU_PERIOD_US;
 pub use limits::{validate_name, Limits, MIN_CPUS, MIN_MEMORY_BYTES};
@@ -40,6 +41,9 @@ pub const PARENT_DIR: &str = "stockade";
 pub enum Version {
     V1,
     V2,
+    /// No cgroup: a rootless sandbox's processes found through its pid
+    /// namespace and limited by polling (see [`Driver::polled`]).
+    Polled,
 }
 
 /// Usage counters of one cgroup. Counters the kernel does not provide read
@@ -86,13 +90,21 @@ pub struct Driver {
 enum Layout {
     V1(v1::V1Layout),
     V2(v2::V2Layout),
+    Polled,
 }
 
 impl Driver {
     /// Detects the host's layout: the root given to [`set_root`] if any
     /// (must be cgroup2), else `/sys/fs/cgroup` if it is cgroup2, else the v1
     /// hierarchies from `/proc/self/mountinfo`.
+    ///
+    /// An ordinary user (not root) gets [`Driver::polled`] unless a root
+    /// was set: the host's hierarchies are root's, and only a subtree
+    /// delegated to the user (given with [`set_root`]) is theirs.
     pub fn detect() -> Result<Driver, CgroupError> {
+        if !nix::unistd::geteuid().is_root() && !root_configured() {
+            return Ok(Self::polled());
+        }
         Ok(Self::from_plan(detect::detect_plan()?, fsio::DirOps::REAL))
     }
 
@@ -100,6 +112,17 @@ impl Driver {
     /// cgroup2. Meant for tests and for callers that did their own checks.
     pub fn with_v2_root(root: impl Into<PathBuf>) -> Driver {
         Self::from_plan(detect::Plan::V2(root.into()), fsio::DirOps::REAL)
+    }
+
+    /// A driver that makes no cgroups, for an ordinary user without a
+    /// delegated one: each "group" is the pid namespace of the sandbox's
+    /// init, its memory limit enforced by polling (the sandbox is killed
+    /// after a sample over it), its CPU limit not at all. Process limits
+    /// are the caller's to set (`RLIMIT_NPROC`).
+    pub fn polled() -> Driver {
+        Driver {
+            layout: Arc::new(Layout::Polled),
+        }
     }
 
     pub(crate) fn from_plan(plan: detect::Plan, ops: fsio::DirOps) -> Driver {
@@ -116,6 +139,7 @@ impl Driver {
         match &*self.layout {
             Layout::V1(_) => Version::V1,
             Layout::V2(_) => Version::V2,
+            Layout::Polled => Version::Polled,
         }
     }
 
@@ -125,6 +149,9 @@ impl Driver {
         match &*self.layout {
             Layout::V1(l) => l.describe(),
             Layout::V2(l) => l.describe(),
+            Layout::Polled => {
+                "none (memory polled, processes by RLIMIT_NPROC, cpu unlimited)".into()
+            }
         }
     }
 
@@ -136,6 +163,7 @@ impl Driver {
         let inner = match &*self.layout {
             Layout::V1(l) => Inner::V1(l.create(name, limits)?),
             Layout::V2(l) => Inner::V2(l.create(name, limits)?),
+            Layout::Polled => Inner::Polled(polled::PolledGroup::new(limits)),
         };
         Ok(Cgroup {
             name: name.to_owned(),
@@ -150,6 +178,7 @@ impl Driver {
         let inner = match &*self.layout {
             Layout::V1(l) => Inner::V1(l.open_existing(name)?),
             Layout::V2(l) => Inner::V2(l.open_existing(name)?),
+            Layout::Polled => return None,
         };
         Some(Cgroup {
             name: name.to_owned(),
@@ -162,6 +191,7 @@ impl Driver {
         match &*self.layout {
             Layout::V1(l) => l.list(),
             Layout::V2(l) => l.list(),
+            Layout::Polled => Vec::new(),
         }
     }
 }
@@ -178,6 +208,7 @@ pub struct Cgroup {
 enum Inner {
     V1(v1::V1Group),
     V2(v2::V2Group),
+    Polled(polled::PolledGroup),
 }
 
 impl Cgroup {
@@ -192,6 +223,7 @@ impl Cgroup {
         match &self.inner {
             Inner::V1(g) => g.add_pid(pid),
             Inner::V2(g) => g.add_pid(pid),
+            Inner::Polled(g) => g.add_pid(pid),
         }
     }
 
@@ -202,7 +234,7 @@ impl Cgroup {
     pub fn self_join_files(&self) -> Vec<OwnedFd> {
         match &self.inner {
             Inner::V1(g) => g.self_join_files().unwrap_or_default(),
-            Inner::V2(_) => Vec::new(),
+            Inner::V2(_) | Inner::Polled(_) => Vec::new(),
         }
     }
 
@@ -210,7 +242,7 @@ impl Cgroup {
     /// `clone3(CLONE_INTO_CGROUP)` so a child starts inside the group.
     pub fn dir_fd_v2(&self) -> Option<BorrowedFd<'_>> {
         match &self.inner {
-            Inner::V1(_) => None,
+            Inner::V1(_) | Inner::Polled(_) => None,
             Inner::V2(g) => Some(g.dir_fd()),
         }
     }
@@ -220,6 +252,7 @@ impl Cgroup {
         match &self.inner {
             Inner::V1(g) => g.stats(),
             Inner::V2(g) => g.stats(),
+            Inner::Polled(g) => g.stats(),
         }
     }
 
@@ -230,6 +263,8 @@ impl Cgroup {
         match &self.inner {
             Inner::V1(g) => g.oom_notifier(),
             Inner::V2(g) => g.oom_notifier(),
+            // Nothing to wait on: the periodic sample finds a breach.
+            Inner::Polled(_) => Err(CgroupError::NoNotifier),
         }
     }
 
@@ -244,6 +279,7 @@ impl Cgroup {
         match &self.inner {
             Inner::V1(g) => g.pids(),
             Inner::V2(g) => g.pids(),
+            Inner::Polled(g) => g.pids(),
         }
     }
 
@@ -256,6 +292,7 @@ impl Cgroup {
         let procs = match &self.inner {
             Inner::V1(g) => g.first_procs(),
             Inner::V2(g) => g.pids(),
+            Inner::Polled(g) => g.pids(),
         };
         procs.iter().all(|&p| p == pid)
     }
@@ -266,6 +303,7 @@ impl Cgroup {
         match &self.inner {
             Inner::V1(g) => g.kill_all(),
             Inner::V2(g) => g.kill_all(),
+            Inner::Polled(g) => g.kill_all(),
         }
     }
 
@@ -276,6 +314,7 @@ impl Cgroup {
         match self.inner {
             Inner::V1(g) => g.remove(),
             Inner::V2(g) => g.remove(),
+            Inner::Polled(_) => Ok(()),
         }
     }
 
@@ -288,6 +327,7 @@ impl Cgroup {
         match self.inner {
             Inner::V1(g) => g.remove_if_empty(),
             Inner::V2(g) => g.remove_if_empty(),
+            Inner::Polled(g) => Ok(g.pids().is_empty()),
         }
     }
 
@@ -296,6 +336,7 @@ impl Cgroup {
         match &self.inner {
             Inner::V1(g) => g.paths(),
             Inner::V2(g) => vec![g.path().to_path_buf()],
+            Inner::Polled(_) => Vec::new(),
         }
     }
 }

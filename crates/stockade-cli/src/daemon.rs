@@ -20,7 +20,7 @@ use crate::flags::PolicyArgs;
 fn default_socket() -> PathBuf {
     std::env::var_os("STOCKADE_SOCKET")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/stockade/stockade.sock"))
+        .unwrap_or_else(crate::paths::socket)
 }
 
 #[derive(Debug, Args)]
@@ -29,7 +29,7 @@ pub struct SocketArg {
     #[arg(
         long,
         env = "STOCKADE_SOCKET",
-        default_value = "/run/stockade/stockade.sock"
+        default_value_os_t = crate::paths::socket()
     )]
     pub socket: PathBuf,
 }
@@ -46,7 +46,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "STOCKADE_SOCKET",
-        default_value = "/run/stockade/stockade.sock"
+        default_value_os_t = crate::paths::socket()
     )]
     pub socket: PathBuf,
     /// Also serve on TCP HOST:PORT; requests then need `Authorization: Bearer <token>`.
@@ -56,7 +56,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Stockade's state directory (sandboxes, registry).
-    #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
+    #[arg(long, env = "STOCKADE_STATE_DIR", default_value_os_t = crate::paths::state_dir())]
     pub state_dir: PathBuf,
     /// POST every event as JSON to this http:// URL.
     #[arg(long, value_name = "URL")]
@@ -90,6 +90,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("cannot find the stockade binary to start shims")?;
     let backend = ShimBackend::new(args.state_dir.clone(), exe.clone());
     let _ = default_socket();
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() && args.socket.parent() == Some(crate::paths::runtime_dir().as_path()) {
+        // An ordinary user's default socket directory: made private
+        // here, and refused if someone else made it first.
+        crate::paths::ensure_private_dir(&crate::paths::runtime_dir(), euid.as_raw())?;
+    }
     let cfg = ServeConfig {
         socket: args.socket,
         listen: args.listen,

@@ -31,7 +31,43 @@ pub fn run() -> u8 {
             essential_missing |= matches!(c.name, "user namespaces" | "cgroups" | "seccomp");
         }
     }
+    if !nix::unistd::geteuid().is_root() {
+        essential_missing |= rootless_section();
+    }
     u8::from(essential_missing)
+}
+
+/// For an ordinary user: how the limits of their sandboxes hold, then
+/// each reason the host refuses (part of) them with its fix. Returns
+/// whether one of them stops `run` altogether.
+fn rootless_section() -> bool {
+    let version = stockade_cgroup::Driver::detect()
+        .map(|d| d.version())
+        .unwrap_or(stockade_cgroup::Version::Polled);
+    let summary = crate::rootless::limits_summary(version);
+    println!("rootless limits:");
+    println!(
+        "       enforced by the kernel: {}",
+        summary.kernel.join(", ")
+    );
+    println!(
+        "       by the supervisor (polled, killed when over): {}",
+        summary.supervisor.join(", ")
+    );
+    let none = if summary.none.is_empty() {
+        "-".to_string()
+    } else {
+        summary.none.join(", ")
+    };
+    println!("       not enforced: {none}");
+    let findings =
+        crate::rootless::findings(&crate::rootless::host_root(), &crate::rootless::caller());
+    for f in &findings {
+        let mark = if f.fatal { "MISS" } else { "warn" };
+        println!("[{mark}] rootless         {}", f.problem);
+        println!("       fix: {}", f.fix);
+    }
+    findings.iter().any(|f| f.fatal)
 }
 
 fn read(p: &str) -> Option<String> {

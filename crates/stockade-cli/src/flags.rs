@@ -90,7 +90,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct GcArgs {
     /// Stockade's state directory.
-    #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
+    #[arg(long, env = "STOCKADE_STATE_DIR", default_value_os_t = crate::paths::state_dir())]
     pub state_dir: PathBuf,
     /// Also empty the pool of ready user and network namespaces
     /// (`STOCKADE_NS_POOL_DIR`, default /run/stockade/nspool).
@@ -199,7 +199,7 @@ pub struct PolicyArgs {
     #[arg(long = "net-log", value_name = "FILE")]
     pub net_log: Option<PathBuf>,
     /// Stockade's state directory.
-    #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
+    #[arg(long, env = "STOCKADE_STATE_DIR", default_value_os_t = crate::paths::state_dir())]
     pub state_dir: PathBuf,
 }
 

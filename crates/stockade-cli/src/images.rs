@@ -21,7 +21,7 @@ pub use progress::PullProgress;
 #[derive(Debug, Args)]
 pub struct StateDirArg {
     /// Stockade's state directory (the store is its `images/`).
-    #[arg(long, env = "STOCKADE_STATE_DIR", default_value = "/var/lib/stockade")]
+    #[arg(long, env = "STOCKADE_STATE_DIR", default_value_os_t = crate::paths::state_dir())]
     pub state_dir: PathBuf,
 }
 

@@ -13,7 +13,9 @@ mod doctor;
 mod flags;
 mod images;
 mod listing;
+mod paths;
 mod registry_flags;
+mod rootless;
 
 use std::process::ExitCode;
 
@@ -61,6 +63,11 @@ fn configure_from_env() -> anyhow::Result<()> {
     }
     if let Some(v) = var("STOCKADE_NS_POOL_DIR") {
         pool.dir = v.into();
+    }
+    if !nix::unistd::geteuid().is_root() {
+        // The pool's namespaces are made for host id slots, which only
+        // root may map: an ordinary user's sandboxes make their own.
+        pool.per_key = 0;
     }
     stockade_isolate::nspool::configure(pool);
     stockade_cgroup::set_root(var(stockade_cgroup::ROOT_ENV).map(Into::into));
@@ -136,6 +143,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 None => None,
             };
+            if !nix::unistd::geteuid().is_root() && opts.0.print_violations {
+                // An ordinary user's sandbox has fewer walls: say which
+                // limits hold and how, once, before anything runs.
+                eprintln!("{}", rootless::start_line());
+            }
             let (report, pending) = stockade_core::run_deferred(&opts.0);
             if let Some(err) = &report.error {
                 if report.outcome == stockade_core::Outcome::Error {

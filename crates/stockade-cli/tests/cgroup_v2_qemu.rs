@@ -9,8 +9,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Every check the guest scenario must report, in order.
-const CHECKS: [&str; 8] = [
-    "doctor", "hello", "memory", "pids", "cpu", "timeout", "cleanup", "version",
+const CHECKS: [&str; 13] = [
+    "doctor",
+    "hello",
+    "memory",
+    "pids",
+    "cpu",
+    "timeout",
+    "cleanup",
+    "version",
+    "rootless-hello",
+    "rootless-memory",
+    "rootless-pids",
+    "rootless-cpu",
+    "rootless-cleanup",
 ];
 
 #[test]

@@ -46,6 +46,10 @@ pub fn resolve(
     let Some(name) = &policy.filesystem.image else {
         return Ok(None);
     };
+    if !nix::unistd::geteuid().is_root() {
+        // Before any pull: a rootless sandbox could not use it.
+        crate::prepare::refuse_rootless(policy, true)?;
+    }
     let store = Store::open(&Store::under_state_dir(state_dir), StoreLimits::default())
         .map_err(|e| image_err(name, e))?;
     let image = stockade_image::pull::ensure(

@@ -34,6 +34,11 @@ impl ScratchPlace {
     /// The scratch filesystem if the host has it, else the state
     /// directory.
     pub fn for_host() -> ScratchPlace {
+        if !nix::unistd::geteuid().is_root() {
+            // Its subvolumes and quotas are root's to make, even when
+            // root has it mounted: an ordinary user's disk use is polled.
+            return ScratchPlace::StateDir;
+        }
         match ScratchFs::get() {
             Ok(fs) => ScratchPlace::Own(fs),
             Err(_) => ScratchPlace::StateDir,
@@ -280,8 +285,10 @@ pub fn prepare(
         }
         None => (PathBuf::new(), None),
     };
-    let uid_map = slot.id_map();
-    let gid_map = slot.id_map();
+    let rootless = slot.rootless_ids();
+    if rootless.is_some() {
+        refuse_rootless(policy, image.is_some())?;
+    }
     // The workloads' ids inside: the image's user (or the policy's), root
     // with `--root`, else the agent.
     let user = match (&image_parts, &p.user) {
@@ -295,10 +302,15 @@ pub fn prepare(
         None => (AGENT_ID, AGENT_ID),
     };
     let as_root = inside_uid == 0;
+    let (uid_map, gid_map) = slot.maps_for((inside_uid, inside_gid));
     // A bound workspace (a task's included) is written as its owner by
     // whoever the workloads run as.
     let writer = (inside_uid, inside_gid);
-    let workspace_idmap = agent_owner.map(|o| mount_idmap(&slot, o, writer));
+    // Only host root may idmap a mount: rootless, the workload is the
+    // caller, so a bound directory is bound as it is.
+    let workspace_idmap = agent_owner
+        .filter(|_| rootless.is_none())
+        .map(|o| mount_idmap(&slot, o, writer));
     let owner = uid_map.to_host(inside_uid).zip(gid_map.to_host(inside_gid));
     let io = |what: &str| {
         let what = what.to_string();
@@ -405,6 +417,7 @@ pub fn prepare(
             check_writable_owner("writable bind source", &b.src, &meta)?;
             Ok(mount_idmap(&slot, (meta.uid(), meta.gid()), writer))
         })
+        .filter(|_| rootless.is_none())
         .collect::<Result<Vec<_>, RunError>>()?;
     let net = (policy.network.mode != stockade_policy::NetMode::None).then(egress_tun);
     // The generated /etc lives on the scratch filesystem when there is
@@ -517,10 +530,16 @@ pub fn prepare(
         net,
         uid_map,
         gid_map,
-        userns_owner: Some(slot.base()),
+        userns_owner: rootless.is_none().then(|| slot.base()),
         workspace_idmap,
         bind_idmaps,
         seccomp,
+        rootless,
+        // Without a cgroup to count them (a rootless sandbox without a
+        // delegated one), the process limit is the kernel's per-uid
+        // count inside the sandbox's user namespace.
+        nproc_limit: (rootless.is_some() && !stockade_cgroup::root_configured())
+            .then_some(policy.limits.pids),
     };
     Ok(Prepared {
         spec,
@@ -535,6 +554,27 @@ pub fn prepare(
         slot,
         pool_pair: None,
     })
+}
+
+/// What a sandbox started by an ordinary user cannot have yet, refused
+/// with what to do instead.
+pub(crate) fn refuse_rootless(policy: &Policy, image: bool) -> Result<(), RunError> {
+    if image {
+        return Err(RunError::Invalid(
+            "images need root for now (their layers are stored under ids only root may \
+             map); run without --image, or as root"
+                .into(),
+        ));
+    }
+    if policy.filesystem.overlay_root {
+        return Err(RunError::Invalid(
+            "--overlay-root needs root: without it the host's system files cannot be idmapped, \
+             so they show as nobody inside and even the sandbox's root could not change them; \
+             install into /workspace, /home/agent or a virtualenv instead, or run as root"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `--user` without an image: a uid (and gid), or `root` or `agent`, the

@@ -195,7 +195,7 @@ fn run_inner(
         .and_then(|(pool, _)| stockade_isolate::nspool::claim(&pool, &slot_dir));
     let (pool_pair, slot) = match pooled {
         Some((pair, slot)) => (Some(pair), slot),
-        None => match stockade_isolate::slots::Slot::acquire(&slot_dir) {
+        None => match stockade_isolate::slots::Slot::for_caller(&slot_dir) {
             Ok(slot) => (None, slot),
             Err(e) => {
                 let _ = dir.remove();

@@ -320,9 +320,13 @@ fn run_phases(
     // every phase's agent can write it and no host user owns it.
     let workspace = scratch.join("workspace");
     fs::create_dir_all(&workspace).map_err(io("create the task workspace"))?;
-    let agent_host = HOST_ID_BASE + AGENT_ID;
-    std::os::unix::fs::chown(&workspace, Some(agent_host), Some(agent_host))
-        .map_err(io("chown the task workspace"))?;
+    // Rootless, the agent is the caller (see `stockade_isolate::rootless`),
+    // who owns the directory already.
+    if nix::unistd::geteuid().is_root() {
+        let agent_host = HOST_ID_BASE + AGENT_ID;
+        std::os::unix::fs::chown(&workspace, Some(agent_host), Some(agent_host))
+            .map_err(io("chown the task workspace"))?;
+    }
     let task_dir = scratch.join("task");
     fs::create_dir_all(&task_dir).map_err(io("create the task directory"))?;
     fs::write(task_dir.join("TASK.md"), opts.task.as_deref().unwrap_or(""))

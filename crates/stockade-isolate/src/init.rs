@@ -128,11 +128,34 @@ fn setup(spec: &SandboxSpec, lowers: rootfs::Lowers, net_ready: bool) -> Result<
     // We still carry the supervisor's host ids, which the namespace does
     // not map; become the namespace's root (a block id on the host) so
     // files we create have an owner the sandbox can see.
-    let root = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
-    nix::unistd::setresgid(root.1, root.1, root.1)
-        .and_then(|_| nix::unistd::setgroups(&[]))
-        .and_then(|_| nix::unistd::setresuid(root.0, root.0, root.0))
-        .map_err(|e| format!("cannot become root of the user namespace: {e}"))?;
+    // A rootless sandbox with a single id has no root inside: init stays
+    // the caller (that one id), with every capability of the namespace it
+    // made, and `setgroups` is denied there.
+    let single = spec.rootless == Some(crate::rootless::RootlessIds::Single);
+    if single {
+        crate::workload::deny_setgroups();
+    }
+    if spec.uid_map.to_host(0).is_some() && spec.gid_map.to_host(0).is_some() {
+        let root = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+        nix::unistd::setresgid(root.1, root.1, root.1)
+            .and_then(|_| {
+                if single {
+                    Ok(())
+                } else {
+                    nix::unistd::setgroups(&[])
+                }
+            })
+            .and_then(|_| nix::unistd::setresuid(root.0, root.0, root.0))
+            .map_err(|e| format!("cannot become root of the user namespace: {e}"))?;
+    }
+    if let Some(n) = spec.nproc_limit {
+        // Counted per uid inside this user namespace, so it caps the
+        // workloads' processes (they all run as one id); no capability
+        // inside lets them raise it (that needs CAP_SYS_RESOURCE over the
+        // host's namespace).
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n)
+            .map_err(|e| format!("cannot set the process limit (RLIMIT_NPROC): {e}"))?;
+    }
     // A change of credentials clears the parent-death signal; set it again.
     let _ = sys::set_parent_death_signal(libc::SIGKILL);
     // Entering the cgroup namespace now, after the supervisor moved us into

@@ -77,7 +77,14 @@ pub(crate) trait LaunchOps {
     fn write_maps(&mut self, pid: i32, spec: &SandboxSpec) -> std::io::Result<()>;
     /// Creates the TUN device in init's network namespace, set up as `cfg`
     /// says.
-    fn make_tun(&mut self, pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError>;
+    /// `rootless`: we are an ordinary user, who must enter the sandbox's
+    /// user namespace (ours, so we hold every capability there) first.
+    fn make_tun(
+        &mut self,
+        pid: i32,
+        cfg: &TunConfig,
+        rootless: bool,
+    ) -> Result<OwnedFd, LaunchError>;
     /// A detached clone of the mount tree at `path`, following no symlink.
     fn open_tree_resolved(&mut self, path: &std::ffi::CStr) -> nix::Result<OwnedFd>;
     /// A detached clone of the mount tree at `path`.
@@ -114,13 +121,24 @@ struct Kernel;
 
 impl LaunchOps for Kernel {
     fn write_maps(&mut self, pid: i32, spec: &SandboxSpec) -> std::io::Result<()> {
-        idmap::write_maps(pid, &spec.uid_map, &spec.gid_map, false)
+        match spec.rootless {
+            // An ordinary user's maps go through the setuid helpers (or
+            // are a single id); the error's chain becomes the message.
+            Some(ids) => crate::rootless::write_maps(ids, pid, &spec.uid_map, &spec.gid_map)
+                .map_err(|e| std::io::Error::other(crate::error_chain(&e))),
+            None => idmap::write_maps(pid, &spec.uid_map, &spec.gid_map, false),
+        }
     }
 
-    fn make_tun(&mut self, pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError> {
+    fn make_tun(
+        &mut self,
+        pid: i32,
+        cfg: &TunConfig,
+        rootless: bool,
+    ) -> Result<OwnedFd, LaunchError> {
         // SAFETY: `launch_joining`'s caller guarantees a single thread,
         // and launches run only through it.
-        unsafe { make_tun(pid, cfg) }
+        unsafe { make_tun(pid, cfg, rootless) }
     }
 
     fn open_tree_resolved(&mut self, path: &std::ffi::CStr) -> nix::Result<OwnedFd> {
@@ -330,22 +348,46 @@ fn send_bind_sources(
 /// its own namespace: a short-lived child enters it (see
 /// [`sys::in_namespace`]).
 ///
+/// An ordinary user (`rootless`) has no say over a network namespace
+/// owned by the sandbox's user namespace until it enters that user
+/// namespace, which it created and so holds every capability in; the
+/// child enters both (`/dev/net/tun` must then be open to the user).
+///
 /// # Safety
 /// The caller must be single-threaded.
-unsafe fn make_tun(pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError> {
-    let net = nix::fcntl::open(
-        format!("/proc/{pid}/ns/net").as_str(),
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| LaunchError::Tun(format!("cannot open its network namespace: {e}")))?;
+unsafe fn make_tun(pid: i32, cfg: &TunConfig, rootless: bool) -> Result<OwnedFd, LaunchError> {
+    let open_ns = |kind: &str| {
+        nix::fcntl::open(
+            format!("/proc/{pid}/ns/{kind}").as_str(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+    };
+    let net = open_ns("net")
+        .map_err(|e| LaunchError::Tun(format!("cannot open its network namespace: {e}")))?;
+    let user = if rootless {
+        Some(
+            open_ns("user")
+                .map_err(|e| LaunchError::Tun(format!("cannot open its user namespace: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let configure = || {
+        crate::tun::configure_tun_inside(crate::init::TUN_NAME, cfg)
+            .map_err(|e| crate::error_chain(&e))
+    };
     // SAFETY: forwarded from the caller's guarantee of a single thread;
-    // the closure returns its error as a value and does not unwind.
+    // the closures return their errors as values and do not unwind.
     let made = unsafe {
-        sys::in_namespace(net.as_fd(), libc::CLONE_NEWNET, || {
-            crate::tun::configure_tun_inside(crate::init::TUN_NAME, cfg)
-                .map_err(|e| crate::error_chain(&e))
-        })
+        match &user {
+            Some(user) => sys::in_namespace(user.as_fd(), libc::CLONE_NEWUSER, || {
+                nix::sched::setns(&net, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("cannot enter its network namespace: {e}"))
+                    .and_then(|()| configure())
+            }),
+            None => sys::in_namespace(net.as_fd(), libc::CLONE_NEWNET, configure),
+        }
     };
     match made {
         Ok(Ok(tun)) => Ok(tun),
@@ -475,7 +517,7 @@ fn finish(
         return Err(LaunchError::Cgroup(e));
     }
     if let Some(tun) = &spec.net {
-        match k.make_tun(pid, tun) {
+        match k.make_tun(pid, tun, spec.rootless.is_some()) {
             Ok(tun) => launched.tun = Some(tun),
             Err(e) => {
                 k.abort(&launched);
@@ -483,10 +525,18 @@ fn finish(
             }
         }
     }
-    send_idmapped_lowers(k, spec, pid, &launched.ctl);
-    if let Err(e) = send_image_layers(k, spec, &launched.ctl)
-        .and_then(|()| send_bind_sources(k, spec, &launched.ctl))
-    {
+    // An ordinary user may neither clone mount trees of the host's mount
+    // namespace nor idmap them: init, root of its own, binds the sources
+    // by path (they are the caller's, whom init can reach as the caller's
+    // ids are mapped inside).
+    let sent = if spec.rootless.is_some() {
+        Ok(())
+    } else {
+        send_idmapped_lowers(k, spec, pid, &launched.ctl);
+        send_image_layers(k, spec, &launched.ctl)
+            .and_then(|()| send_bind_sources(k, spec, &launched.ctl))
+    };
+    if let Err(e) = sent {
         k.abort(&launched);
         return Err(e);
     }

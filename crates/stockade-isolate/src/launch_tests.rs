@@ -110,7 +110,12 @@ impl LaunchOps for Recorder {
         }
         Ok(())
     }
-    fn make_tun(&mut self, pid: i32, cfg: &TunConfig) -> Result<OwnedFd, LaunchError> {
+    fn make_tun(
+        &mut self,
+        pid: i32,
+        cfg: &TunConfig,
+        _rootless: bool,
+    ) -> Result<OwnedFd, LaunchError> {
         assert_eq!(pid, 4242);
         // The caller's set-up reaches the device unchanged.
         assert_eq!(*cfg, crate::test_spec::TUN);

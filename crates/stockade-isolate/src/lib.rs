@@ -14,6 +14,7 @@ pub mod launch;
 pub mod nspool;
 pub mod proto;
 pub mod rootfs;
+pub mod rootless;
 pub mod seccomp;
 pub mod slots;
 pub mod spec;

@@ -871,12 +871,20 @@ fn dev(k: &mut impl MountOps, spec: &SandboxSpec, r: &Path) -> Result<()> {
     )?;
     let pts = d.join("pts");
     mkdir(k, &pts, 0o755)?;
+    // Terminals belong to group tty (5), unless the sandbox has no such
+    // id (a rootless sandbox with a single id): the kernel refuses an
+    // unmapped gid, and the terminal keeps its opener's group.
+    let pts_opts = if spec.gid_map.to_host(5).is_some() {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620"
+    };
     mount_fs(
         k,
         "devpts",
         &pts,
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        pts_opts,
     )?;
     let shm = d.join("shm");
     mkdir(k, &shm, 0o1777)?;

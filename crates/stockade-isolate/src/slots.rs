@@ -40,6 +40,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::idmap::{IdMap, HOST_ID_BASE, MAPPED_IDS};
+use crate::rootless::RootlessIds;
 
 /// Where slot locks live unless the caller says otherwise.
 pub const DEFAULT_DIR: &str = "/run/stockade/ids";
@@ -84,7 +85,10 @@ pub enum SlotError {
 #[derive(Debug)]
 pub struct Slot {
     index: u32,
-    lock: File,
+    /// `None` for a rootless sandbox's ids, which lock nothing.
+    lock: Option<File>,
+    /// How a rootless sandbox's ids are mapped, instead of a block.
+    rootless: Option<RootlessIds>,
 }
 
 impl Slot {
@@ -112,6 +116,17 @@ impl Slot {
         Err(SlotError::Exhausted)
     }
 
+    /// The ids for a sandbox of the calling process: a free slot
+    /// ([`Slot::acquire`]) for host root, the caller's rootless ids
+    /// ([`Slot::rootless`], [`crate::rootless::detect`]) for anyone else.
+    pub fn for_caller(dir: &Path) -> Result<Slot, SlotError> {
+        if nix::unistd::geteuid().is_root() {
+            Slot::acquire(dir)
+        } else {
+            Ok(Slot::rootless(crate::rootless::detect()))
+        }
+    }
+
     /// Takes slot `k` if nobody holds it (reserved or not): for the start
     /// that claimed the pool entry prepared for it, and for the pool's own
     /// reservation. `Ok(None)` if it is held.
@@ -121,6 +136,33 @@ impl Slot {
         }
         ensure_dir(dir)?;
         try_lock(dir, k).map_err(|e| dir_error(dir, e))
+    }
+
+    /// The ids of a sandbox started by an ordinary user: its maps come
+    /// from [`crate::rootless`], not from a host id block (which only
+    /// root may map). Its index, 0, is no slot's; nothing is locked.
+    pub fn rootless(ids: RootlessIds) -> Slot {
+        Slot {
+            index: 0,
+            lock: None,
+            rootless: Some(ids),
+        }
+    }
+
+    /// How a rootless sandbox's ids are mapped ([`Slot::rootless`]);
+    /// `None` for a host id block.
+    pub fn rootless_ids(&self) -> Option<RootlessIds> {
+        self.rootless
+    }
+
+    /// The sandbox's uid and gid maps when its workloads run as `writer`
+    /// (uid, gid) inside: the slot's block for both, or a rootless map
+    /// where the writer is the caller.
+    pub fn maps_for(&self, writer: (u32, u32)) -> (IdMap, IdMap) {
+        match self.rootless {
+            Some(ids) => crate::rootless::maps(ids, writer),
+            None => (self.id_map(), self.id_map()),
+        }
     }
 
     /// The slot's number.
@@ -139,9 +181,9 @@ impl Slot {
     }
 
     /// The descriptor that holds the lock, for a process that must keep
-    /// the slot after this one is gone.
-    pub fn lock_fd(&self) -> BorrowedFd<'_> {
-        self.lock.as_fd()
+    /// the slot after this one is gone (`None`: a rootless sandbox's).
+    pub fn lock_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.lock.as_ref().map(|l| l.as_fd())
     }
 }
 
@@ -183,7 +225,11 @@ fn try_lock(dir: &Path, k: u32) -> io::Result<Option<Slot>> {
     // SAFETY: flock on a descriptor owned by `f`, which outlives the call.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r == 0 {
-        return Ok(Some(Slot { index: k, lock: f }));
+        return Ok(Some(Slot {
+            index: k,
+            lock: Some(f),
+            rootless: None,
+        }));
     }
     match io::Error::last_os_error() {
         e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),

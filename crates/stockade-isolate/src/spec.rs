@@ -58,6 +58,14 @@ pub struct SandboxSpec {
     /// Id maps of each writable bind's mount, in the order of `binds`.
     pub bind_idmaps: Vec<MountIdmap>,
     pub seccomp: SeccompFilters,
+    /// Started by an ordinary user: how `uid_map`/`gid_map` are written
+    /// ([`crate::rootless`]). `None`: by host root.
+    pub rootless: Option<crate::rootless::RootlessIds>,
+    /// `RLIMIT_NPROC` set by init for every process of the sandbox: the
+    /// process limit where no cgroup enforces it (a rootless sandbox
+    /// without a delegated cgroup). It counts per uid inside the sandbox's
+    /// user namespace.
+    pub nproc_limit: Option<u64>,
 }
 
 /// An image as the sandbox's root: its unpacked layers, mounted read-only

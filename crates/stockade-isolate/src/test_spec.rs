@@ -36,5 +36,7 @@ pub(crate) fn spec(staging: &str) -> SandboxSpec {
         workspace_idmap: None,
         bind_idmaps: Vec::new(),
         seccomp: crate::seccomp::build().unwrap(),
+        rootless: None,
+        nproc_limit: None,
     }
 }

@@ -31,7 +31,10 @@ pub struct TunConfig {
 /// Making or configuring the TUN device failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
-    #[error("cannot open /dev/net/tun (is the tun module loaded and the device node present?)")]
+    #[error(
+        "cannot open /dev/net/tun (is the tun module loaded and the device node present? \
+         Run as an ordinary user, it must be open to you: see `stockade doctor`)"
+    )]
     Open(#[source] io::Error),
     #[error("cannot {what} on the TUN device {name:?} (the caller needs CAP_NET_ADMIN in its network namespace)")]
     Ioctl {

@@ -383,6 +383,16 @@ fn exec_workload<'a>(c: &Child<'a>) -> (&'static str, &'a [u8], Errno) {
     ("run", c.exec.argv[0].to_bytes(), e)
 }
 
+/// Set in init when its user namespace denies `setgroups` (a rootless
+/// sandbox with a single id, see [`crate::rootless`]): supplementary
+/// groups cannot be cleared there, and the kernel keeps the caller's.
+static SETGROUPS_DENIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process's user namespace as denying `setgroups`.
+pub(crate) fn deny_setgroups() {
+    SETGROUPS_DENIED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The sandbox user's identity (`uid`, `gid` inside), in the order the kernel needs: no
 /// supplementary groups, the gid, the Landlock ruleset (closed after),
 /// the capability bounding set dropped, the uid (which clears the
@@ -397,7 +407,9 @@ pub(crate) fn take_identity(
     root_caps: u64,
 ) -> Result<(), (&'static str, Errno)> {
     let as_root = uid == 0;
-    nix::unistd::setgroups(&[]).map_err(|e| ("clear supplementary groups", e))?;
+    if !SETGROUPS_DENIED.load(std::sync::atomic::Ordering::Relaxed) {
+        nix::unistd::setgroups(&[]).map_err(|e| ("clear supplementary groups", e))?;
+    }
     nix::unistd::setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
         .map_err(|e| ("set the group id", e))?;
     if let Some(ruleset) = landlock {

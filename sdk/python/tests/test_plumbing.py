@@ -399,3 +399,15 @@ def test_closing_an_endless_stream_from_another_thread(fake: FakeDaemon) -> None
     t0 = time.monotonic()
     assert list(stream) == []
     assert time.monotonic() - t0 < 3
+
+
+def test_the_default_socket_is_the_users_own_unless_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stockade._http import DEFAULT_SOCKET, default_socket, socket_for
+
+    assert socket_for(0, "/run/user/0") == DEFAULT_SOCKET
+    assert socket_for(1001, "/run/user/1001") == "/run/user/1001/stockade/stockade.sock"
+    assert socket_for(1001, None) == "/tmp/stockade-1001/stockade.sock"
+    # A relative XDG_RUNTIME_DIR is ignored, as the CLI does.
+    assert socket_for(1001, "rel") == "/tmp/stockade-1001/stockade.sock"
+    monkeypatch.setenv("STOCKADE_SOCKET", "/x.sock")
+    assert default_socket() == "/x.sock"

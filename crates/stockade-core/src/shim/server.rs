@@ -78,7 +78,8 @@ pub fn main(start: ShimStart, ready: std::fs::File, known: Option<Driver>) -> i3
         }
     };
     let code = (|| {
-        let slot = match stockade_isolate::slots::Slot::acquire(&stockade_isolate::slots::dir()) {
+        let slot = match stockade_isolate::slots::Slot::for_caller(&stockade_isolate::slots::dir())
+        {
             Ok(s) => s,
             Err(e) => return fail(&mut ready, &stockade_isolate::error_chain(&e)),
         };

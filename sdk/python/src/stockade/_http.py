@@ -20,7 +20,7 @@ from urllib.parse import quote
 from .errors import StockadeConnectionError, StockadeError
 
 DEFAULT_SOCKET = "/run/stockade/stockade.sock"
-"""Where ``stockade serve`` listens unless told otherwise."""
+"""Where ``stockade serve`` run by root listens unless told otherwise."""
 
 USER_AGENT = "stockade-python/0.1.0"
 
@@ -32,8 +32,24 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def default_socket() -> str:
-    """``$STOCKADE_SOCKET`` if set (as for the CLI), else the default path."""
-    return os.environ.get("STOCKADE_SOCKET") or DEFAULT_SOCKET
+    """``$STOCKADE_SOCKET`` if set, else where ``stockade serve`` run by
+    this user listens by default, as the CLI finds it: root's
+    :data:`DEFAULT_SOCKET`, or an ordinary user's
+    ``$XDG_RUNTIME_DIR/stockade/stockade.sock`` (``/tmp/stockade-<uid>/``
+    without ``XDG_RUNTIME_DIR``)."""
+    explicit = os.environ.get("STOCKADE_SOCKET")
+    if explicit:
+        return explicit
+    return socket_for(os.geteuid(), os.environ.get("XDG_RUNTIME_DIR"))
+
+
+def socket_for(euid: int, xdg_runtime_dir: Optional[str]) -> str:
+    """The default socket of user ``euid`` (see :func:`default_socket`)."""
+    if euid == 0:
+        return DEFAULT_SOCKET
+    if xdg_runtime_dir and os.path.isabs(xdg_runtime_dir):
+        return os.path.join(xdg_runtime_dir, "stockade", "stockade.sock")
+    return f"/tmp/stockade-{euid}/stockade.sock"
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -83,8 +83,10 @@ class EventStream:
 class Client:
     """A client of one daemon, over its unix socket.
 
-    ``socket`` defaults to ``$STOCKADE_SOCKET`` or
-    ``/run/stockade/stockade.sock``. ``timeout`` bounds each socket read
+    ``socket`` defaults to ``$STOCKADE_SOCKET``, else to where this
+    user's ``stockade serve`` listens (``/run/stockade/stockade.sock`` for
+    root, ``$XDG_RUNTIME_DIR/stockade/stockade.sock`` for anyone else; see
+    :func:`stockade._http.default_socket`). ``timeout`` bounds each socket read
     (none by default: commands and event streams may take long).
     """
 

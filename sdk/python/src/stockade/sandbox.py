@@ -270,7 +270,8 @@ class Sandbox:
     are merged into ``policy``, a full policy dict (the policy file's keys
     in JSON). ``ttl`` bounds its life too; ``labels`` tag it for
     ``Sandbox.list``. ``socket`` is the daemon's unix socket
-    (``$STOCKADE_SOCKET`` or ``/run/stockade/stockade.sock`` by default).
+    (``$STOCKADE_SOCKET``, else ``/run/stockade/stockade.sock`` for root and
+    ``$XDG_RUNTIME_DIR/stockade/stockade.sock`` for anyone else, by default).
     ``image`` (``"python:3.11"``, ``"oci:/srv/images/app"``) makes the
     image's files the sandbox's root instead of the host's ``/usr``;
     ``pull`` says when the daemon fetches it: ``missing`` (default),

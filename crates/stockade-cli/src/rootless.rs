@@ -1,0 +1,376 @@
+//! What an ordinary user's sandboxes have: which limits hold and how (the
+//! line `stockade run` prints at start, and `stockade doctor`), and the
+//! usual reasons a host refuses them, each with its exact fix.
+//!
+//! Detection reads files under a root directory (`/` on a real host), so
+//! the tests give it fake `/proc/sys` values.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use stockade_cgroup::Version;
+
+/// How each limit of a rootless sandbox is enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsSummary {
+    /// Enforced by the kernel: cannot be exceeded.
+    pub kernel: Vec<&'static str>,
+    /// Enforced by the supervisor: measured (or timed) and the sandbox
+    /// killed once over.
+    pub supervisor: Vec<&'static str>,
+    /// Not enforced.
+    pub none: Vec<&'static str>,
+}
+
+/// The limits of a rootless sandbox on cgroup driver `version` (a
+/// delegated v2 subtree, or [`Version::Polled`]).
+pub fn limits_summary(version: Version) -> LimitsSummary {
+    match version {
+        Version::Polled => LimitsSummary {
+            kernel: vec!["processes (RLIMIT_NPROC in the sandbox's user namespace)"],
+            supervisor: vec![
+                "time (deadline)",
+                "memory (resident memory polled every 200 ms; can overshoot between samples)",
+                "disk (polled)",
+            ],
+            none: vec!["cpu"],
+        },
+        Version::V1 | Version::V2 => LimitsSummary {
+            kernel: vec!["cpu", "memory", "processes (delegated cgroup)"],
+            supervisor: vec!["time (deadline)", "disk (polled)"],
+            none: vec![],
+        },
+    }
+}
+
+impl LimitsSummary {
+    /// One line: `kernel: …; supervisor: …; not enforced: …`.
+    pub fn line(&self) -> String {
+        let part = |name: &str, v: &[&str]| {
+            format!(
+                "{name}: {}",
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(", ")
+                }
+            )
+        };
+        [
+            part("enforced by the kernel", &self.kernel),
+            part("by the supervisor", &self.supervisor),
+            part("not enforced", &self.none),
+        ]
+        .join("; ")
+    }
+}
+
+/// The line `stockade run` prints (stderr) when started by an ordinary
+/// user.
+pub fn start_line() -> String {
+    let version = stockade_cgroup::Driver::detect()
+        .map(|d| d.version())
+        .unwrap_or(Version::Polled);
+    let ids = match stockade_isolate::rootless::detect() {
+        stockade_isolate::rootless::RootlessIds::Subordinate { uids, .. } => {
+            format!("subordinate ids {}+{}", uids.start, uids.count)
+        }
+        stockade_isolate::rootless::RootlessIds::Single => {
+            "a single id: files in /workspace are yours, every other id shows as nobody".into()
+        }
+    };
+    format!(
+        "stockade: rootless ({ids}); limits {}",
+        limits_summary(version).line()
+    )
+}
+
+/// The caller, as doctor needs it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: Option<String>,
+    pub uid: u32,
+    /// `STOCKADE_CGROUP_ROOT` given.
+    pub cgroup_root: bool,
+}
+
+/// A reason this host refuses (part of) a rootless sandbox, with its fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Whether `stockade run` cannot work at all without the fix.
+    pub fatal: bool,
+    pub problem: String,
+    pub fix: String,
+}
+
+fn read(root: &Path, p: &str) -> Option<String> {
+    std::fs::read_to_string(root.join(p.trim_start_matches('/')))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Everything doctor finds wrong for `caller`'s rootless sandboxes on the
+/// host whose files are under `root`.
+pub fn findings(root: &Path, caller: &Caller) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let who = caller
+        .name
+        .clone()
+        .unwrap_or_else(|| caller.uid.to_string());
+    if read(
+        root,
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    )
+    .as_deref()
+        == Some("1")
+    {
+        out.push(Finding {
+            fatal: true,
+            problem: "AppArmor forbids unprivileged user namespaces \
+                      (kernel.apparmor_restrict_unprivileged_userns=1, Ubuntu 23.10 and later)"
+                .into(),
+            fix: "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (and put \
+                  `kernel.apparmor_restrict_unprivileged_userns=0` in /etc/sysctl.d/60-stockade.conf \
+                  to keep it), or give the stockade binary an AppArmor profile with `userns,`"
+                .into(),
+        });
+    }
+    if read(root, "/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        out.push(Finding {
+            fatal: true,
+            problem: "unprivileged user namespaces are turned off \
+                      (kernel.unprivileged_userns_clone=0, Debian's switch)"
+                .into(),
+            fix: "sudo sysctl -w kernel.unprivileged_userns_clone=1 (and put \
+                  `kernel.unprivileged_userns_clone=1` in /etc/sysctl.d/60-stockade.conf to keep it)"
+                .into(),
+        });
+    }
+    if read(root, "/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        out.push(Finding {
+            fatal: true,
+            problem: "no user namespaces may be created (user.max_user_namespaces=0)".into(),
+            fix: "sudo sysctl -w user.max_user_namespaces=15000 (and put \
+                  `user.max_user_namespaces=15000` in /etc/sysctl.d/60-stockade.conf to keep it)"
+                .into(),
+        });
+    }
+    let subs =
+        stockade_isolate::rootless::subordinate_ranges(root, caller.name.as_deref(), caller.uid);
+    if subs.is_none() {
+        out.push(Finding {
+            fatal: false,
+            problem: format!(
+                "{who} has no subordinate ids (at least {} in both /etc/subuid and /etc/subgid): \
+                 sandboxes get a single id, so every file not yours shows as nobody inside and \
+                 your supplementary groups stay with the sandbox",
+                stockade_isolate::rootless::MIN_SUBIDS
+            ),
+            fix: format!(
+                "sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {who} \
+                 (pick a range no other user's /etc/subuid entry overlaps)"
+            ),
+        });
+    } else if !has_helpers(root) {
+        out.push(Finding {
+            fatal: true,
+            problem: "newuidmap/newgidmap are missing: your subordinate ids cannot be mapped"
+                .into(),
+            fix: "sudo apt-get install uidmap (Fedora: shadow-utils)".into(),
+        });
+    }
+    if !caller.cgroup_root {
+        out.push(Finding {
+            fatal: false,
+            problem: "no delegated cgroup: memory is polled (the sandbox is killed after a sample \
+                      over the limit), processes are capped by RLIMIT_NPROC, cpu is not limited"
+                .into(),
+            fix:
+                "on cgroup v2 with systemd, run stockade inside your user manager and point it at \
+                  its subtree: systemd-run --user --scope -E \
+                  STOCKADE_CGROUP_ROOT=/sys/fs/cgroup/user.slice/user-$UID.slice/user@$UID.service \
+                  stockade run … (cgroup v1 hosts cannot delegate: boot with \
+                  systemd.unified_cgroup_hierarchy=1)"
+                    .into(),
+        });
+    }
+    if !tun_usable(root, caller.uid) {
+        out.push(Finding {
+            fatal: false,
+            problem: "/dev/net/tun is missing or not open to you: --net allowlist and --net open \
+                      cannot work (--net none does)"
+                .into(),
+            fix: "sudo chmod 0666 /dev/net/tun (Debian's default mode; opening it grants \
+                  nothing outside your own network namespaces); in a container, start it with \
+                  --device /dev/net/tun"
+                .into(),
+        });
+    }
+    out
+}
+
+fn has_helpers(root: &Path) -> bool {
+    let dirs = ["usr/bin", "bin", "usr/sbin", "sbin"];
+    ["newuidmap", "newgidmap"]
+        .iter()
+        .all(|h| dirs.iter().any(|d| root.join(d).join(h).exists()))
+}
+
+/// Whether `uid` may open `/dev/net/tun` for reading and writing, judged
+/// from its mode and owner (opening it as a test would need a device).
+fn tun_usable(root: &Path, uid: u32) -> bool {
+    let Ok(m) = std::fs::metadata(root.join("dev/net/tun")) else {
+        return false;
+    };
+    let mode = m.mode();
+    mode & 0o006 == 0o006 || (m.uid() == uid && mode & 0o600 == 0o600)
+}
+
+/// The caller of this process.
+pub fn caller() -> Caller {
+    let uid = nix::unistd::getuid();
+    Caller {
+        name: nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name),
+        uid: uid.as_raw(),
+        cgroup_root: stockade_cgroup::root_configured(),
+    }
+}
+
+/// The host's root, for [`findings`].
+pub fn host_root() -> PathBuf {
+    PathBuf::from("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fake(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for (p, text) in files {
+            let path = t.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        t
+    }
+
+    fn me() -> Caller {
+        Caller {
+            name: Some("rl".into()),
+            uid: 1500,
+            cgroup_root: false,
+        }
+    }
+
+    fn problems(f: &[Finding]) -> Vec<&str> {
+        f.iter().map(|f| f.problem.as_str()).collect()
+    }
+
+    #[test]
+    fn each_sysctl_refusal_is_named_with_its_fix() {
+        let host = fake(&[
+            (
+                "proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+                "1\n",
+            ),
+            ("proc/sys/kernel/unprivileged_userns_clone", "0\n"),
+            ("proc/sys/user/max_user_namespaces", "0\n"),
+        ]);
+        let f = findings(host.path(), &me());
+        let fixes: Vec<&str> = f
+            .iter()
+            .filter(|f| f.fatal)
+            .map(|f| f.fix.as_str())
+            .collect();
+        assert_eq!(fixes.len(), 3, "{f:?}");
+        assert!(fixes[0].contains("kernel.apparmor_restrict_unprivileged_userns=0"));
+        assert!(fixes[1].contains("kernel.unprivileged_userns_clone=1"));
+        assert!(fixes[2].contains("user.max_user_namespaces=15000"));
+        // Permissive values are no finding.
+        let ok = fake(&[
+            (
+                "proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+                "0\n",
+            ),
+            ("proc/sys/kernel/unprivileged_userns_clone", "1\n"),
+            ("proc/sys/user/max_user_namespaces", "63000\n"),
+        ]);
+        assert!(findings(ok.path(), &me()).iter().all(|f| !f.fatal));
+    }
+
+    #[test]
+    fn subordinate_ids_helpers_cgroup_and_tun_are_checked() {
+        let host = fake(&[("etc/subuid", "other:100000:65536\n")]);
+        let f = findings(host.path(), &me());
+        let p = problems(&f);
+        assert!(p.iter().any(|p| p.contains("no subordinate ids")), "{p:?}");
+        assert!(p.iter().any(|p| p.contains("no delegated cgroup")));
+        assert!(p.iter().any(|p| p.contains("/dev/net/tun")));
+        assert!(f.iter().any(
+            |f| f.fix.contains("usermod --add-subuids 100000-165535") && f.fix.contains(" rl ")
+        ));
+
+        // Ranges but no helpers: fatal, with the package to install.
+        let host = fake(&[
+            ("etc/subuid", "rl:100000:65536\n"),
+            ("etc/subgid", "rl:100000:65536\n"),
+            ("dev/net/tun", ""),
+        ]);
+        std::fs::set_permissions(
+            host.path().join("dev/net/tun"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        let f = findings(
+            host.path(),
+            &Caller {
+                cgroup_root: true,
+                ..me()
+            },
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].fatal && f[0].fix.contains("apt-get install uidmap"));
+        // With the helpers nothing is left.
+        std::fs::create_dir_all(host.path().join("usr/bin")).unwrap();
+        std::fs::write(host.path().join("usr/bin/newuidmap"), "").unwrap();
+        std::fs::write(host.path().join("usr/bin/newgidmap"), "").unwrap();
+        let f = findings(
+            host.path(),
+            &Caller {
+                cgroup_root: true,
+                ..me()
+            },
+        );
+        assert!(f.is_empty(), "{f:?}");
+        // A tun device only root may open is a finding.
+        std::fs::set_permissions(
+            host.path().join("dev/net/tun"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        assert!(problems(&findings(
+            host.path(),
+            &Caller {
+                cgroup_root: true,
+                ..me()
+            }
+        ))
+        .iter()
+        .any(|p| p.contains("/dev/net/tun")));
+    }
+
+    #[test]
+    fn the_summary_never_claims_cpu_without_a_cgroup() {
+        let polled = limits_summary(Version::Polled);
+        assert!(polled.none.contains(&"cpu"));
+        assert!(!polled.kernel.iter().any(|k| k.starts_with("memory")));
+        let line = polled.line();
+        assert!(line.contains("not enforced: cpu"), "{line}");
+        assert!(limits_summary(Version::V2).none.is_empty());
+    }
+}

@@ -1,0 +1,633 @@
+//! Rootless stockade end to end: the real binary run by ordinary users.
+//!
+//! The tests are root (CI is): they make two users idempotently,
+//! `stockade-rl1` with subordinate ids (sandboxes get 65536 ids through
+//! newuidmap/newgidmap) and `stockade-rl2` without (a single id), copy
+//! the binary where those users may run it, and run it as them with
+//! `setpriv`. Every claim is checked by trying to break it: walls inside
+//! the sandbox, files the user cannot reach, each limit the start line
+//! claims, egress, `task`, and the daemon with the CLI and the Python SDK
+//! finding its socket under the user's runtime directory.
+//!
+//! Network safety: the egress test runs the supervisor in a network
+//! namespace it made, joined by a veth pair to a second one holding the
+//! test host (203.0.113.10); nothing leaves for the machine's network.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{code, eventually_for, stderr, stdout};
+
+/// Has subordinate ids.
+const SUB: &str = "stockade-rl1";
+/// Has none: sandboxes get a single id.
+const SINGLE: &str = "stockade-rl2";
+
+/// Makes both users if they are missing, gives the first one subordinate
+/// ids and takes the second one's away (Debian's useradd adds some), under
+/// a lock: tests run in parallel.
+fn ensure_users() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (it creates users); CI runs it as root"
+    );
+    let script = r#"
+set -e
+for u in stockade-rl1 stockade-rl2; do
+  id "$u" >/dev/null 2>&1 || useradd -m -s /bin/bash "$u"
+  chmod 0700 "/home/$u"
+done
+grep -q '^stockade-rl1:' /etc/subuid || usermod --add-subuids 400000-465535 stockade-rl1
+grep -q '^stockade-rl1:' /etc/subgid || usermod --add-subgids 400000-465535 stockade-rl1
+for f in uid gid; do
+  grep "^stockade-rl2:" /etc/sub$f | while IFS=: read -r n s c; do
+    usermod --del-sub${f}s "$s-$((s + c - 1))" stockade-rl2
+  done
+done
+"#;
+    let out = Command::new("flock")
+        .args(["/tmp/stockade-rootless-users.lock", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "user setup: {}", stderr(&out));
+}
+
+fn uid_of(user: &str) -> u32 {
+    nix::unistd::User::from_name(user)
+        .unwrap()
+        .expect("user exists")
+        .uid
+        .as_raw()
+}
+
+/// The binary, copied where the test users may run it (the target
+/// directory may be closed to them), and a state directory of the user's.
+struct UserEnv {
+    user: &'static str,
+    uid: u32,
+    bin_dir: tempfile::TempDir,
+    state: tempfile::TempDir,
+    vars: Vec<(String, String)>,
+}
+
+impl UserEnv {
+    fn new(user: &'static str) -> UserEnv {
+        ensure_users();
+        let uid = uid_of(user);
+        let bin_dir = open_dir("stockade-rl-bin");
+        std::fs::copy(common::BIN, bin_dir.path().join("stockade")).unwrap();
+        std::fs::set_permissions(
+            bin_dir.path().join("stockade"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let state = owned_dir(uid, "stockade-rl-state");
+        UserEnv {
+            user,
+            uid,
+            bin_dir,
+            state,
+            vars: Vec::new(),
+        }
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.bin_dir.path().join("stockade")
+    }
+
+    /// `stockade ARGS` as the user, with a fresh environment (`setpriv
+    /// --reset-env`) plus the state directory and `vars`.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", self.user, "--regid", self.user, "--init-groups"])
+            .args(["--reset-env", "env"])
+            .arg(format!(
+                "STOCKADE_STATE_DIR={}",
+                self.state.path().display()
+            ));
+        for (k, v) in &self.vars {
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(self.bin()).args(args);
+        c.current_dir("/tmp").stdin(Stdio::null());
+        c
+    }
+
+    fn stockade(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn sh(&self, flags: &[&str], script: &str) -> Output {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend(["--", "sh", "-c", script]);
+        self.stockade(&args)
+    }
+
+    /// `run --report` and the report.
+    fn sh_report(&self, flags: &[&str], script: &str) -> (Output, serde_json::Value) {
+        let report = self
+            .state
+            .path()
+            .join(format!("report-{}.json", common::rand_suffix()));
+        let mut f = vec!["--report", report.to_str().unwrap()];
+        f.extend_from_slice(flags);
+        let out = self.sh(&f, script);
+        let text = std::fs::read_to_string(&report)
+            .unwrap_or_else(|e| panic!("no report ({e}); stderr: {}", stderr(&out)));
+        (out, serde_json::from_str(&text).unwrap())
+    }
+
+    /// Nothing of the user's sandboxes is left in the state directory.
+    fn assert_clean(&self) {
+        let dir = self.state.path().join("sandboxes");
+        assert!(
+            eventually_for(10, || std::fs::read_dir(&dir)
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)),
+            "sandbox directories left in {}",
+            dir.display()
+        );
+    }
+}
+
+/// A temporary directory everybody may enter.
+fn open_dir(prefix: &str) -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// A temporary 0700 directory of `uid`'s.
+fn owned_dir(uid: u32, prefix: &str) -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::os::unix::fs::chown(d.path(), Some(uid), Some(uid)).unwrap();
+    d
+}
+
+fn kinds(report: &serde_json::Value) -> Vec<String> {
+    report["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_sandboxes_keep_every_wall_and_map_no_host_id_but_the_callers() {
+    for user in [SUB, SINGLE] {
+        let env = UserEnv::new(user);
+        let out = env.sh(
+            &[],
+            "grep -E '^(CapEff|CapPrm|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status; \
+             echo ids $(id -u) $(id -g); cat /proc/self/uid_map /proc/self/gid_map; \
+             unshare -U true && echo NESTED-USERNS; \
+             mount -t tmpfs x /tmp 2>/dev/null && echo MOUNTED; \
+             cat /proc/1/environ >/dev/null 2>&1 && echo READ-INIT; true",
+        );
+        let text = stdout(&out);
+        assert_eq!(code(&out), 0, "{user}: {}", stderr(&out));
+        for cap in ["CapEff", "CapPrm", "CapBnd"] {
+            assert!(
+                text.contains(&format!("{cap}:\t0000000000000000")),
+                "{user}: {cap} not empty: {text}"
+            );
+        }
+        assert!(
+            text.contains("Seccomp:\t2") && text.contains("NoNewPrivs:\t1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ids 1000 1000"),
+            "{user}: not the agent: {text}"
+        );
+        assert!(
+            !text.contains("NESTED-USERNS") && !text.contains("MOUNTED"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("READ-INIT"),
+            "{user}: read init's environment"
+        );
+        // Host ids: the agent is the caller; root (0) is never mapped.
+        let maps: Vec<(u32, u32, u32)> = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<u32> = l
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                (f.len() == 3).then(|| (f[0], f[1], f[2]))
+            })
+            .collect();
+        assert!(!maps.is_empty(), "{text}");
+        assert!(
+            maps.iter().all(|&(_, out, _)| out != 0),
+            "host root mapped: {maps:?}"
+        );
+        assert!(maps.contains(&(1000, env.uid, 1)), "{user}: {maps:?}");
+        if user == SINGLE {
+            assert_eq!(maps.len(), 2, "a single id each: {maps:?}");
+            assert!(
+                stderr(&out).contains("rootless (a single id"),
+                "{}",
+                stderr(&out)
+            );
+        } else {
+            assert!(maps.iter().any(|m| m.2 > 60000), "{maps:?}");
+            assert!(
+                stderr(&out).contains("rootless (subordinate ids"),
+                "{}",
+                stderr(&out)
+            );
+        }
+        env.assert_clean();
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_sandboxes_reach_no_file_their_user_cannot() {
+    let env = UserEnv::new(SUB);
+    // Binding what the user may not read is refused, not done with
+    // anyone else's rights.
+    for src in ["/root", "/home/stockade-rl2"] {
+        let out = env.sh(&["--ro-bind", &format!("{src}:/x")], "ls /x && echo LISTED");
+        assert!(
+            !stdout(&out).contains("LISTED"),
+            "{src} listed: {}",
+            stdout(&out)
+        );
+        assert_ne!(code(&out), 0, "{src}");
+    }
+    // What the agent, or root inside, writes in a bound workspace is the
+    // caller's on the host, and root inside cannot give it to anyone the
+    // caller could not.
+    let ws = owned_dir(env.uid, "stockade-rl-ws");
+    let ws_arg = ws.path().to_str().unwrap();
+    for flags in [vec![], vec!["--root"]] {
+        let mut f = vec!["--workspace", ws_arg];
+        f.extend(flags.iter().copied());
+        let out = env.sh(
+            &f,
+            "echo data > /workspace/made; chown 5:5 /workspace/made 2>/dev/null && echo CHOWNED; \
+             mkdir /workspace/d; chown 5 /workspace/d 2>/dev/null && echo CHOWNED; \
+             setpriv --reuid 5 true 2>/dev/null && echo SETUID; rmdir /workspace/d; true",
+        );
+        assert_eq!(code(&out), 0, "{flags:?}: {}", stderr(&out));
+        // Nothing can leave a file the caller could not remove.
+        assert!(
+            !stdout(&out).contains("CHOWNED"),
+            "{flags:?}: {}",
+            stdout(&out)
+        );
+        assert!(
+            !stdout(&out).contains("SETUID"),
+            "{flags:?}: {}",
+            stdout(&out)
+        );
+        let meta = std::fs::metadata(ws.path().join("made")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (env.uid, env.uid), "{flags:?}");
+        std::fs::remove_file(ws.path().join("made")).unwrap();
+    }
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_limits_that_the_start_line_claims_hold() {
+    for user in [SUB, SINGLE] {
+        let env = UserEnv::new(user);
+
+        // Time.
+        let (out, report) = env.sh_report(&["--timeout", "1s"], "sleep 30");
+        assert_eq!(code(&out), 124, "{user}: {}", stderr(&out));
+        assert_eq!(kinds(&report), ["timeout"]);
+
+        // Processes: a fork bomb stops at the limit, and the limit cannot
+        // be raised from inside.
+        let bomb = "import os, time, resource\n\
+            try:\n    resource.setrlimit(resource.RLIMIT_NPROC, (100000, 100000)); print('RAISED')\n\
+            except (ValueError, OSError): pass\n\
+            n = 0\n\
+            for _ in range(200):\n\
+            \x20   try:\n\
+            \x20       pid = os.fork()\n\
+            \x20   except OSError:\n\
+            \x20       break\n\
+            \x20   if pid == 0:\n\
+            \x20       time.sleep(30); os._exit(0)\n\
+            \x20   n += 1\n\
+            print('forked', n, flush=True)\n\
+            os.killpg(0, 9)\n";
+        let out = env.stockade(&["run", "--pids", "20", "--", "python3", "-c", bomb]);
+        let text = stdout(&out);
+        assert!(!text.contains("RAISED"), "{user}: raised RLIMIT_NPROC");
+        let forked: u32 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{user}: {text} {}", stderr(&out)));
+        assert!(
+            (1..20).contains(&forked),
+            "{user}: forked {forked} with --pids 20"
+        );
+
+        // Memory: killed once a sample is over the limit. How far over it
+        // got is printed (the polling can overshoot; docs/rootless.md).
+        let (out, report) = env.sh_report(
+            &["--memory", "128M"],
+            "python3 -c 'b = []\nwhile True: b.append(b\"a\" * (16 << 20))'",
+        );
+        assert_ne!(code(&out), 0, "{user}: {}", stderr(&out));
+        assert_eq!(kinds(&report), ["memory-limit"], "{user}: {report}");
+        let peak = report["usage"]["peak_memory_bytes"].as_u64().unwrap();
+        eprintln!(
+            "{user}: memory limit 128 MiB, last sample {} MiB",
+            peak >> 20
+        );
+        assert!(peak > 128 << 20);
+
+        // Disk: killed once over.
+        let (out, report) = env.sh_report(
+            &["--disk", "16M"],
+            "dd if=/dev/zero of=/workspace/big bs=1M count=200 2>/dev/null; sleep 10",
+        );
+        assert_ne!(code(&out), 0, "{user}: {}", stderr(&out));
+        assert_eq!(kinds(&report), ["disk-limit"], "{user}: {report}");
+        env.assert_clean();
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates users, network namespaces and a tun node"]
+fn rootless_egress_allows_the_allowlist_and_nothing_else() {
+    for user in [SUB, SINGLE] {
+        let env = UserEnv::new(user);
+        let web = open_dir("stockade-rl-web");
+        std::fs::write(web.path().join("index.html"), "hello-from-test-host\n").unwrap();
+        std::fs::set_permissions(
+            web.path().join("index.html"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        // The supervisor's namespaces, made here: a network namespace with
+        // a veth to the test host's, and a private /dev/net whose tun node
+        // the user may open (the host's stays as it is).
+        let script = r#"
+set -e
+ip link set lo up
+mount -t tmpfs -o mode=0755 tmpfs /dev/net
+mknod -m 0666 /dev/net/tun c 10 200
+fifo=$(mktemp -u); mkfifo "$fifo"
+unshare --net -- sh -c "ip link set lo up; ip addr add 203.0.113.10/32 dev lo; echo ready > $fifo; exec python3 -m http.server --bind 203.0.113.10 8080 --directory $WEB >/dev/null 2>&1" &
+hp=$!
+read _ < "$fifo"; rm -f "$fifo"
+trap 'kill $hp' EXIT
+ip link add stk-a type veth peer name stk-b
+ip link set stk-b netns $hp
+ip addr add 192.0.2.1/30 dev stk-a; ip link set stk-a up
+nsenter --net=/proc/$hp/ns/net ip addr add 192.0.2.2/30 dev stk-b
+nsenter --net=/proc/$hp/ns/net ip link set stk-b up
+ip route add 203.0.113.10/32 via 192.0.2.2 dev stk-a
+i=0; until (exec 3<>/dev/tcp/203.0.113.10/8080) 2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || exit 9; sleep 0.1; done
+cd /tmp
+setpriv --reuid "$U" --regid "$U" --init-groups --reset-env env STOCKADE_STATE_DIR="$STATE" "$BIN" run \
+  --net allowlist --allow-cidr 203.0.113.10/32:8080 -- sh -c \
+  'curl -sS --max-time 10 http://203.0.113.10:8080/index.html; echo allowed=$?; curl -sS --max-time 10 http://203.0.113.11:8080/; echo denied=$?'
+"#;
+        let out = Command::new("unshare")
+            .args([
+                "--net",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "bash",
+                "-c",
+                script,
+            ])
+            .env("U", user)
+            .env("BIN", env.bin())
+            .env("WEB", web.path())
+            .env("STATE", env.state.path())
+            .output()
+            .unwrap();
+        let text = stdout(&out);
+        assert!(
+            text.contains("hello-from-test-host") && text.contains("allowed=0"),
+            "{user}: {text} {}",
+            stderr(&out)
+        );
+        assert!(
+            text.contains("denied=") && !text.contains("denied=0"),
+            "{user}: {text}"
+        );
+        assert!(stderr(&out).contains("not-allowlisted"), "{}", stderr(&out));
+        env.assert_clean();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+}
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_task_returns_the_agents_patch() {
+    for user in [SUB, SINGLE] {
+        let env = UserEnv::new(user);
+        let repo = open_dir("stockade-rl-repo");
+        git(repo.path(), &["init", "-q", "-b", "main"]);
+        std::fs::write(repo.path().join("a.txt"), "hello\n").unwrap();
+        git(repo.path(), &["add", "."]);
+        git(repo.path(), &["commit", "-qm", "init"]);
+        let chown = Command::new("chown")
+            .args(["-R", user])
+            .arg(repo.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let out_dir = owned_dir(env.uid, "stockade-rl-out");
+        let out = env.stockade(&[
+            "task",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--out",
+            out_dir.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo agent >> a.txt",
+        ]);
+        assert_eq!(code(&out), 0, "{user}: {}", stderr(&out));
+        let patch = std::fs::read_to_string(out_dir.path().join("changes.patch")).unwrap();
+        assert!(patch.contains("+agent"), "{user}: {patch}");
+        let meta = std::fs::metadata(out_dir.path().join("changes.patch")).unwrap();
+        assert_eq!(meta.uid(), env.uid);
+        assert!(
+            std::fs::read_dir(env.state.path().join("tasks"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true),
+            "task directories left"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_daemon_serves_the_cli_and_the_sdk_on_the_users_socket() {
+    for user in [SUB, SINGLE] {
+        let mut env = UserEnv::new(user);
+        let runtime = owned_dir(env.uid, "stockade-rl-run");
+        env.vars.push((
+            "XDG_RUNTIME_DIR".into(),
+            runtime.path().display().to_string(),
+        ));
+        let socket = runtime.path().join("stockade/stockade.sock");
+        let mut daemon = env.cmd(&["serve"]).stderr(Stdio::null()).spawn().unwrap();
+        assert!(
+            eventually_for(20, || socket.exists()),
+            "{user}: no socket at {}",
+            socket.display()
+        );
+        let meta = std::fs::metadata(runtime.path().join("stockade")).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (env.uid, 0o700));
+
+        // The CLI finds it without being told.
+        let created = env.stockade(&["create"]);
+        assert_eq!(code(&created), 0, "{user}: {}", stderr(&created));
+        let id = stdout(&created).trim().to_string();
+        let out = env.stockade(&[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "id -u; grep CapEff /proc/self/status",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(
+            stdout(&out).starts_with("1000\nCapEff:\t0000000000000000"),
+            "{}",
+            stdout(&out)
+        );
+        assert_eq!(code(&env.stockade(&["rm", &id])), 0);
+
+        // So does the SDK (its source copied where the user may read it).
+        let sdk = open_dir("stockade-rl-sdk");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python/src");
+        let cp = Command::new("cp")
+            .arg("-r")
+            .arg(&src)
+            .arg(sdk.path().join("src"))
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(sdk.path())
+            .status()
+            .unwrap();
+        let py = "import sys; sys.path.insert(0, sys.argv[1])\n\
+                  from stockade import Client\n\
+                  c = Client()\n\
+                  print('socket', c.socket)\n\
+                  s = c.create()\n\
+                  r = c.exec(s.id, ['id', '-u'])\n\
+                  print('sdk-out', r.stdout.strip())\n\
+                  c.destroy(s.id)\n";
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid",
+                user,
+                "--regid",
+                user,
+                "--init-groups",
+                "--reset-env",
+                "env",
+            ])
+            .arg(format!("XDG_RUNTIME_DIR={}", runtime.path().display()))
+            .args(["python3", "-c", py])
+            .arg(sdk.path().join("src"))
+            .current_dir("/tmp")
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&out).contains("sdk-out 1000"),
+            "{user}: {} {}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).contains(&format!("socket {}", socket.display())),
+            "{}",
+            stdout(&out)
+        );
+
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = daemon.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_refuses_what_it_cannot_give_in_one_line_and_leaves_nothing() {
+    let env = UserEnv::new(SUB);
+    for (flags, says) in [
+        (vec!["--overlay-root"], "--overlay-root needs root"),
+        (vec!["--image", "oci:/nonexistent:1"], "images need root"),
+    ] {
+        let out = env.sh(&flags, "true");
+        let err = stderr(&out);
+        assert_eq!(code(&out), 125, "{flags:?}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.contains(says), "{flags:?}: {err}");
+    }
+    // A tun node the user may not open (a private one, made here): the
+    // error says so and points at doctor.
+    let script = r#"
+set -e
+mount -t tmpfs -o mode=0755 tmpfs /dev/net
+mknod -m 0600 /dev/net/tun c 10 200
+cd /tmp
+setpriv --reuid "$U" --regid "$U" --init-groups --reset-env env STOCKADE_STATE_DIR="$STATE" "$BIN" run --net allowlist -- true
+"#;
+    let out = Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "bash",
+            "-c",
+            script,
+        ])
+        .env("U", SUB)
+        .env("BIN", env.bin())
+        .env("STATE", env.state.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/dev/net/tun") && stderr(&out).contains("stockade doctor"),
+        "{}",
+        stderr(&out)
+    );
+    env.assert_clean();
+}
