@@ -71,6 +71,8 @@ pub enum CreateError {
     Init(String),
     #[error(transparent)]
     Hook(#[from] hooks::HookError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
 }
 
 fn sys_err(what: impl Into<String>) -> impl FnOnce(Errno) -> CreateError {
@@ -119,6 +121,7 @@ struct Undo<'a> {
     dir: &'a Dir,
     group: Option<cgroups::Group>,
     child: Option<i32>,
+    work: Option<PathBuf>,
     armed: bool,
 }
 
@@ -134,6 +137,9 @@ impl Drop for Undo<'_> {
         }
         if let Some(g) = &self.group {
             g.remove();
+        }
+        if let Some(w) = &self.work {
+            let _ = std::fs::remove_dir_all(w);
         }
         let _ = self.dir.remove();
     }
@@ -184,6 +190,7 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
         dir: &dir,
         group: None,
         child: None,
+        work: None,
         armed: true,
     };
     let group = cgroups::create(&rel, linux.resources.as_ref())?;
@@ -305,16 +312,17 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     // The root, shown with its owners inside through an id-mapped mount
     // (unless it is already owned by the container's range, as podman's
     // --userns makes it).
-    let root_tree = stockade_isolate::sys::open_tree_clone(&cpath(&rootfs)).map_err(sys_err(
-        format!("open the root filesystem {}", rootfs.display()),
-    ))?;
     let already_mapped = std::fs::metadata(&rootfs).is_ok_and(|m| m.uid() == host_root);
-    if !already_mapped {
-        sys::setattr_tree(&root_tree, 0, Some(&userns)).map_err(sys_err(format!(
-            "id-map the root filesystem {} (its file system must support id-mapped mounts)",
-            rootfs.display()
-        )))?;
-    }
+    let work_name = format!("stockade-work-{}", o.id);
+    let (root_tree, own_work) = crate::rootfs::root_tree(
+        &rootfs,
+        &userns,
+        &dir.path.join("rootfs"),
+        &work_name,
+        (host_root, host_root_gid),
+        already_mapped,
+    )?;
+    undo.work = own_work.clone();
     let mut fds: Vec<OwnedFd> = vec![root_tree, fifo];
     for m in spec.mounts.iter().filter(|m| mounts::is_bind(m)) {
         let src = m.source.clone().unwrap_or_default();
@@ -383,6 +391,7 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
             .map(|h| h.poststop.clone())
             .unwrap_or_default(),
         process: process.clone(),
+        overlay_work: own_work,
     };
     dir.save(&saved)?;
     if let Some(h) = &spec.hooks {
@@ -443,14 +452,32 @@ pub fn set_rlimit(pid: i32, kind: &str, soft: u64, hard: u64) -> Result<(), Crea
             "unknown rlimit type {kind:?} in process.rlimits (names look like RLIMIT_NOFILE)"
         ))
     })?;
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
+    let set = |soft: u64, hard: u64| {
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: `lim` is a live rlimit; the old-value pointer is NULL.
+        Errno::result(unsafe { libc::prlimit(pid, res, &lim, std::ptr::null_mut()) }).map(drop)
     };
-    // SAFETY: `lim` is a live rlimit; the old-value pointer is NULL.
-    Errno::result(unsafe { libc::prlimit(pid, res, &lim, std::ptr::null_mut()) })
-        .map(drop)
-        .map_err(sys_err(format!("set {kind} to {soft}/{hard}")))
+    match set(soft, hard) {
+        Ok(()) => Ok(()),
+        // Raising a hard limit needs CAP_SYS_RESOURCE, which a confined
+        // host root may lack: the limit is then capped at the current
+        // hard limit rather than the container refused.
+        Err(Errno::EPERM) => {
+            let mut cur = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: reads into a live rlimit; no new value.
+            Errno::result(unsafe { libc::prlimit(pid, res, std::ptr::null(), &mut cur) })
+                .map_err(sys_err(format!("read {kind}")))?;
+            let hard = hard.min(cur.rlim_max);
+            set(soft.min(hard), hard).map_err(sys_err(format!("set {kind} to {soft}/{hard}")))
+        }
+        Err(e) => Err(sys_err(format!("set {kind} to {soft}/{hard}"))(e)),
+    }
 }
 
 /// Forks the keeper: it holds the slot lock until init's pidfd says init

@@ -6,6 +6,7 @@
 //! - `state.rs`: the state directory and the runtime-spec state.
 //! - `cgroups.rs`: the cgroup at `linux.cgroupsPath`.
 //! - `create.rs`: `create` and the container's init.
+//! - `rootfs.rs`: the id-mapped root (an engine's overlay rebuilt).
 //! - `mounts.rs`: the config's mounts, resolved inside the root.
 //! - `process.rs`: ids, capabilities, seccomp, `execve`.
 //! - `ops.rs`: the other subcommands.
@@ -18,6 +19,7 @@ pub mod hooks;
 pub mod mounts;
 pub mod ops;
 pub mod process;
+pub mod rootfs;
 pub mod state;
 mod sys;
 

@@ -189,6 +189,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OpError> {
         }
     }
     g.remove();
+    if let Some(w) = &saved.overlay_work {
+        let _ = std::fs::remove_dir_all(w);
+    }
     let st = saved.to_json(Status::Stopped);
     for hook in &saved.poststop {
         if let Err(e) = hooks::run(hook, &st) {

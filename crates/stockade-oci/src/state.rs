@@ -59,6 +59,10 @@ pub struct Saved {
     /// The container's process as configured, for `exec`'s defaults.
     #[serde(default)]
     pub process: crate::config::Process,
+    /// The overlay work directory `create` made next to the engine's
+    /// upper directory, removed by `delete`.
+    #[serde(default)]
+    pub overlay_work: Option<PathBuf>,
 }
 
 /// The runtime-spec lifecycle state.

@@ -192,3 +192,22 @@ pub fn cloexec_from(lowest: u32) {
         libc::syscall(libc::SYS_close_range, lowest, u32::MAX, CLOSE_RANGE_CLOEXEC);
     }
 }
+
+/// A detached copy of the one mount at `path` (`open_tree` with
+/// `OPEN_TREE_CLONE`, without `AT_RECURSIVE`): submounts stay behind, as
+/// with a non-recursive bind.
+pub fn open_tree_single(path: &CStr) -> nix::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    // SAFETY: `path` is a valid C string; the call returns a new fd or -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let fd = Errno::result(r)?;
+    // SAFETY: the kernel just created this descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
