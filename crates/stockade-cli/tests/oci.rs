@@ -568,3 +568,151 @@ fn the_oci_subcommand_is_the_same_grammar() {
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     assert_eq!(spec["root"]["path"], "rootfs");
 }
+
+/// A network namespace the test makes (as CNI would), with a dummy link
+/// to recognise it; removed on drop. No traffic is sent.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new(tag: &str) -> TestNetns {
+        let name = format!("stockade-oci-{tag}-{}", std::process::id());
+        let ok = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(out.status.success(), "ip {args:?}: {}", text(&out.stderr));
+        };
+        ok(&["netns", "add", &name]);
+        let ns = TestNetns(name);
+        ok(&[
+            "-n", &ns.0, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1",
+        ]);
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
+fn the_paths_a_shim_takes() {
+    become_subreaper();
+    let netns = TestNetns::new("shim");
+    let c = Oci::new("shim", &["sh", "-c", "while :; do sleep 0.05; done"]);
+    let hook_out = c.dir.path().join("hook-state.json");
+    let hook = c.dir.path().join("hook.sh");
+    std::fs::write(&hook, format!("#!/bin/sh\ncat > {}\n", hook_out.display())).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&hook)
+        .status()
+        .unwrap();
+    c.edit(|cfg| {
+        let nss = cfg["linux"]["namespaces"].as_array_mut().unwrap();
+        nss.retain(|n| n["type"] != "network");
+        nss.push(json!({"type": "network", "path": netns.path()}));
+        cfg["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 0"});
+        cfg["hooks"] = json!({"prestart": [{"path": hook.to_str().unwrap(), "args": ["hook"]}]});
+    });
+    let pid = c.create();
+    // The prestart hook ran with the state on stdin, the network
+    // namespace is the one given, and its sysctl was set.
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(&hook_out).expect("the prestart hook ran")).unwrap();
+    assert_eq!(st["pid"], pid);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+        let given = std::fs::metadata(netns.path()).unwrap();
+        assert_eq!(
+            theirs.ino(),
+            given.ino(),
+            "init is not in the given network namespace"
+        );
+    }
+    assert!(c.run(&["start", &c.id]).status.success());
+
+    // exec as containerd's shim does it: --process FILE --detach --pid-file.
+    let proc_file = c.dir.path().join("process.json");
+    let out_file = c.dir.path().join("exec-out");
+    std::fs::write(
+        &proc_file,
+        serde_json::to_vec(&json!({
+            "args": ["sh", "-c", "cat /proc/net/dev; cat /proc/sys/net/ipv4/ping_group_range; exit 5"],
+            "env": ["PATH=/bin:/usr/bin"],
+            "cwd": "/",
+            "user": {"uid": 0, "gid": 0}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let exec_pid_file = c.dir.path().join("exec.pid");
+    let status = c
+        .cmd(&[
+            "exec",
+            "--process",
+            proc_file.to_str().unwrap(),
+            "--detach",
+            "--pid-file",
+            exec_pid_file.to_str().unwrap(),
+            &c.id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exec_pid: i32 = std::fs::read_to_string(&exec_pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    match reap(exec_pid) {
+        nix::sys::wait::WaitStatus::Exited(_, 5) => {}
+        other => panic!("the detached process ended as {other:?}, not with status 5"),
+    }
+    let o = std::fs::read_to_string(&out_file).unwrap();
+    assert!(
+        o.contains("probe0"),
+        "not in the given network namespace: {o}"
+    );
+    assert!(
+        o.lines().any(|l| l == "0\t0"),
+        "ping_group_range not set in the container's terms: {o}"
+    );
+
+    // pause / resume / update.
+    assert!(c.run(&["pause", &c.id]).status.success());
+    assert_eq!(c.state()["status"], "paused");
+    assert!(c.run(&["resume", &c.id]).status.success());
+    assert_eq!(c.state()["status"], "running");
+    let mut up = c.cmd(&["update", "--resources", "-", &c.id]);
+    let mut child = up.stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), br#"{"pids": {"limit": 77}}"#)
+        .unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let limited = cgroup_mounts()
+        .iter()
+        .map(|m| m.join(&c.cgroup_rel).join("pids.max"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .any(|v| v.trim() == "77");
+    assert!(limited, "update did not reach pids.max");
+
+    assert!(c.run(&["kill", "--all", &c.id, "KILL"]).status.success());
+    reap(pid);
+    assert!(c.run(&["delete", &c.id]).status.success());
+    c.assert_nothing_left();
+}

@@ -278,6 +278,24 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     for (k, v) in &linux.sysctl {
         if sysctl_by_runtime(&spec, k) {
             let p = format!("/proc/sys/{}", k.replace('.', "/"));
+            // Group ids in the container's terms, written as host root:
+            // translated to the host ids they are.
+            let v = if k == "net.ipv4.ping_group_range" {
+                v.split_whitespace()
+                    .map(|g| {
+                        g.parse::<u32>()
+                            .ok()
+                            .and_then(|g| gids.to_host(g))
+                            .map(|h| h.to_string())
+                            .ok_or_else(|| CreateError::Init(format!(
+                                "linux.sysctl net.ipv4.ping_group_range {v:?}: give two group ids the container has"
+                            )))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(" ")
+            } else {
+                v.clone()
+            };
             std::fs::write(&p, v).map_err(io_err(format!("set sysctl {k}")))?;
         }
     }
@@ -635,7 +653,11 @@ fn init_setup(
     drop(root);
 
     let linux = spec.linux();
-    for (k, v) in linux.sysctl.iter().filter(|(k, _)| !sysctl_by_runtime(spec, k)) {
+    for (k, v) in linux
+        .sysctl
+        .iter()
+        .filter(|(k, _)| !sysctl_by_runtime(spec, k))
+    {
         let p = format!("/proc/sys/{}", k.replace('.', "/"));
         std::fs::write(&p, v).map_err(|e| format!("cannot set sysctl {k}: {e}"))?;
     }
