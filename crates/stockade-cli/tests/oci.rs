@@ -716,3 +716,81 @@ fn the_paths_a_shim_takes() {
     assert!(c.run(&["delete", &c.id]).status.success());
     c.assert_nothing_left();
 }
+
+/// An overlay mounted by the test (as engines mount image layers),
+/// unmounted on drop.
+struct TestOverlay(PathBuf);
+
+impl Drop for TestOverlay {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
+fn an_engines_overlay_root_shows_its_owners_and_takes_writes() {
+    let c = Oci::new(
+        "ovl",
+        &[
+            "sh",
+            "-c",
+            "ls -ln /bin/busybox; echo new > /written-inside; ls -ln /written-inside",
+        ],
+    );
+    let d = c.dir.path();
+    for sub in ["upper", "work", "merged"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        c.bundle().join("rootfs").display(),
+        d.join("upper").display(),
+        d.join("work").display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &d.join("merged"),
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .unwrap();
+    let _overlay = TestOverlay(d.join("merged"));
+    c.edit(|cfg| {
+        cfg["root"] = json!({"path": d.join("merged").to_str().unwrap(), "readonly": false});
+        cfg["process"]["user"] = json!({"uid": 0, "gid": 0});
+    });
+    let bundle = c.bundle();
+    let out = c.run(&["run", "--bundle", bundle.to_str().unwrap(), &c.id]);
+    let o = text(&out.stdout);
+    assert!(out.status.success(), "run: {} {o}", text(&out.stderr));
+    // Host root's files are root's inside; what container root writes is
+    // host root's on disk, in the engine's upper directory.
+    assert!(
+        o.lines().next().unwrap_or("").contains(" 0        0 "),
+        "{o}"
+    );
+    assert!(o.contains("/written-inside"), "{o}");
+    use std::os::unix::fs::MetadataExt;
+    let written = std::fs::metadata(d.join("upper/written-inside"))
+        .expect("the write reached the upper layer");
+    assert_eq!((written.uid(), written.gid()), (0, 0));
+    c.assert_nothing_left();
+    let leftover: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("stockade-work"))
+        .collect();
+    assert!(leftover.is_empty(), "work directory left: {leftover:?}");
+
+    // A create that fails after the overlay was rebuilt leaves nothing.
+    c.edit(|cfg| cfg["process"]["args"] = json!(["no-such-program"]));
+    let e = create_fails(&c);
+    assert!(e.contains("executable file not found"), "{e}");
+    assert!(!std::fs::read_dir(d).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("stockade-work")));
+}

@@ -131,6 +131,21 @@ pub fn overlay_layers(mountinfo: &str, mountpoint: &Path) -> Option<Layers> {
     found
 }
 
+/// Mounts made on the staging directory, unmounted when dropped, and the
+/// work directory made for an overlay that was never mounted, removed.
+struct Staged(Vec<PathBuf>, Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if let Some(w) = &self.1 {
+            let _ = std::fs::remove_dir_all(w);
+        }
+    }
+}
+
 /// Runs `f` with file-system ids `owner` and every capability kept.
 fn as_owner(owner: (u32, u32), f: impl FnOnce() -> nix::Result<()>) -> nix::Result<()> {
     // SAFETY: setfsgid takes an integer; it changes no capability.
@@ -209,6 +224,7 @@ fn rebuild_overlay(
         None::<&str>,
     )
     .map_err(err("make the mount table private for", rootfs))?;
+    let mut staged = Staged(Vec::new(), None);
     std::fs::create_dir_all(staging).map_err(|e| {
         err("make", staging)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
     })?;
@@ -222,6 +238,7 @@ fn rebuild_overlay(
         let t = idmapped(l, userns)?;
         stockade_isolate::sys::move_mount_to(&t, &cpath(&at))
             .map_err(err("attach the layer", l))?;
+        staged.0.push(at);
         lower_names.push(name);
     }
     let mut data = format!("lowerdir={}", lower_names.join(":"));
@@ -243,6 +260,7 @@ fn rebuild_overlay(
                 )))
             }
         }
+        staged.1 = Some(work.clone());
         own_work = Some(work);
         let w = std::ffi::OsStr::new(work_name);
         let at = staging.join("u");
@@ -252,6 +270,7 @@ fn rebuild_overlay(
         let t = idmapped(parent, userns)?;
         stockade_isolate::sys::move_mount_to(&t, &cpath(&at))
             .map_err(err("attach the upper layer", upper))?;
+        staged.0.push(at);
         data.push_str(&format!(
             ",upperdir=u/{},workdir=u/{},index=off",
             u.to_string_lossy(),
@@ -294,11 +313,11 @@ fn rebuild_overlay(
     }
     let tree = stockade_isolate::sys::open_tree_clone(&cpath(&merged))
         .map_err(err("open the overlay of", rootfs))?;
-    // The overlay holds its own references to the layers.
-    let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
-    for n in lower_names.iter().map(String::as_str).chain(["u"]) {
-        let _ = nix::mount::umount2(&staging.join(n), nix::mount::MntFlags::MNT_DETACH);
-    }
+    // The overlay holds its own references to the layers; `staged`
+    // unmounts them (on every return, so a failed create can remove the
+    // state directory).
+    staged.0.push(merged);
+    staged.1 = None;
     Ok((tree, own_work))
 }
 
