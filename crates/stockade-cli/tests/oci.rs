@@ -794,3 +794,54 @@ fn an_engines_overlay_root_shows_its_owners_and_takes_writes() {
         .to_string_lossy()
         .starts_with("stockade-work")));
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
+fn the_configs_seccomp_profile_holds_for_init_and_exec() {
+    become_subreaper();
+    let c = Oci::new(
+        "seccomp",
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/a 2>&1; grep Seccomp_filters /proc/self/status; sleep 5",
+        ],
+    );
+    c.edit(|cfg| {
+        cfg["root"]["readonly"] = json!(false);
+        cfg["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
+        });
+    });
+    let pid = c.create();
+    assert!(c.run(&["start", &c.id]).status.success());
+    wait_for(
+        || c.container_stdout().contains("Seccomp_filters"),
+        "init's output",
+    );
+    let o = c.container_stdout();
+    assert!(
+        o.contains("Function not implemented"),
+        "the profile's ENOSYS did not hold: {o}"
+    );
+    // stockade's own filters are there as well as the profile's.
+    let n: u32 = o
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(n > 4, "only {n} filters: {o}");
+    let out = c.run(&["exec", &c.id, "sh", "-c", "mkdir /tmp/b 2>&1; true"]);
+    assert!(
+        text(&out.stdout).contains("Function not implemented"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(c.run(&["kill", &c.id, "KILL"]).status.success());
+    reap(pid);
+    assert!(c.run(&["delete", &c.id]).status.success());
+    c.assert_nothing_left();
+}

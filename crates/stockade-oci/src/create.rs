@@ -418,6 +418,7 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
             .unwrap_or_default(),
         process: process.clone(),
         overlay_work: own_work,
+        seccomp: linux.seccomp.clone(),
     };
     dir.save(&saved)?;
     if let Some(h) = &spec.hooks {
@@ -705,7 +706,7 @@ fn init_setup(
         sys::send(sock, &FromInit::Pty, &[master.as_raw_fd()])
             .map_err(step("send the terminal"))?;
     }
-    let prepared = process::prepare(process)?;
+    let prepared = process::prepare(process, linux.seccomp.as_ref())?;
     sys::send(sock, &FromInit::Ready, &[]).map_err(step("report ready"))?;
 
     // Wait for `start`: opening the fifo for writing blocks until `start`

@@ -9,6 +9,7 @@
 //! - `rootfs.rs`: the id-mapped root (an engine's overlay rebuilt).
 //! - `mounts.rs`: the config's mounts, resolved inside the root.
 //! - `process.rs`: ids, capabilities, seccomp, `execve`.
+//! - `seccomp.rs`: the config's own seccomp profile as stacked filters.
 //! - `ops.rs`: the other subcommands.
 //! - `hooks.rs`: OCI hooks.
 
@@ -20,6 +21,7 @@ pub mod mounts;
 pub mod ops;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod state;
 mod sys;
 

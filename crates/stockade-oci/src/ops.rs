@@ -454,7 +454,8 @@ fn join_and_spawn(
     // SAFETY: integer arguments only.
     Errno::result(unsafe { libc::setresuid(0, 0, 0) })
         .map_err(|e| format!("cannot become root in the container: {e}"))?;
-    let prepared = process::prepare(p).map_err(|e| stockade_isolate::error_chain(&e))?;
+    let prepared = process::prepare(p, saved.seccomp.as_ref())
+        .map_err(|e| stockade_isolate::error_chain(&e))?;
     // SAFETY: this joiner is single-threaded (a fork of the CLI).
     let cloned = unsafe { stockade_isolate::sys::clone_fork(libc::CLONE_PARENT) }
         .map_err(|e| format!("cannot start the process: {e}"))?;

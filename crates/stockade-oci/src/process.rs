@@ -32,6 +32,8 @@ pub enum ProcessError {
     },
     #[error("cannot build stockade's seccomp filters")]
     Seccomp(#[source] stockade_isolate::seccomp::SeccompError),
+    #[error(transparent)]
+    Profile(#[from] crate::seccomp::SeccompProfileError),
     #[error("cannot install stockade's seccomp filters")]
     SeccompInstall(#[source] stockade_isolate::seccomp::SeccompError),
 }
@@ -116,6 +118,8 @@ pub struct Prepared {
     inheritable: u64,
     ambient: u64,
     filters: stockade_isolate::seccomp::SeccompFilters,
+    /// The config's own profile, compiled.
+    profile: Vec<seccompiler::BpfProgram>,
 }
 
 fn c(s: &str) -> Result<CString, ProcessError> {
@@ -150,7 +154,8 @@ fn lookup(arg0: &str, env: &[String]) -> Result<CString, ProcessError> {
     Err(ProcessError::NotFound(arg0.into()))
 }
 
-pub fn prepare(p: &Process) -> Result<Prepared, ProcessError> {
+/// Everything `execve` needs; `seccomp` is the config's `linux.seccomp`.
+pub fn prepare(p: &Process, seccomp: Option<&serde_json::Value>) -> Result<Prepared, ProcessError> {
     let caps = p.capabilities.clone().unwrap_or_default();
     let bounding = mask(&caps.bounding)?;
     // Nothing beyond the bounding set, whatever else the config says.
@@ -177,6 +182,10 @@ pub fn prepare(p: &Process) -> Result<Prepared, ProcessError> {
         inheritable,
         ambient,
         filters: stockade_isolate::seccomp::build().map_err(ProcessError::Seccomp)?,
+        profile: match seccomp {
+            Some(v) if !v.is_null() => crate::seccomp::compile(v)?,
+            _ => Vec::new(),
+        },
     })
 }
 
@@ -286,6 +295,7 @@ fn finish(p: &Prepared) -> Result<std::convert::Infallible, ProcessError> {
     nix::unistd::chdir(p.cwd.as_c_str()).map_err(sys("change to process.cwd"))?;
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(sys("set no_new_privs"))?;
     stockade_isolate::seccomp::install(&p.filters).map_err(ProcessError::SeccompInstall)?;
+    crate::seccomp::install(&p.profile)?;
     let err = nix::unistd::execve(&p.program, &p.argv, &p.env).unwrap_err();
     Err(ProcessError::Sys {
         what: "execute process.args[0]",

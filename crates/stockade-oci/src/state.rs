@@ -63,6 +63,9 @@ pub struct Saved {
     /// upper directory, removed by `delete`.
     #[serde(default)]
     pub overlay_work: Option<PathBuf>,
+    /// The config's seccomp profile, for `exec`'d processes too.
+    #[serde(default)]
+    pub seccomp: Option<serde_json::Value>,
 }
 
 /// The runtime-spec lifecycle state.
