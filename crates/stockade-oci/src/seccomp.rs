@@ -118,9 +118,13 @@ fn known(name: &str, arch: seccompiler::TargetArch) -> bool {
     seccompiler::compile_from_json(probe.to_string().as_bytes(), arch).is_ok()
 }
 
+/// Per syscall name: `None` for an unconditional match, else the
+/// alternatives (each a list of conditions joined by AND).
+type Rules = BTreeMap<String, Option<Vec<Vec<Value>>>>;
+
 /// Adds `name`'s alternatives to a filter's rule list (an unconditional
 /// rule wins over conditional ones).
-fn add(rules: &mut BTreeMap<String, Option<Vec<Vec<Value>>>>, name: &str, alts: Vec<Vec<Value>>) {
+fn add(rules: &mut Rules, name: &str, alts: Vec<Vec<Value>>) {
     let unconditional = alts.iter().any(|a| a.is_empty());
     let e = rules
         .entry(name.to_string())
@@ -156,9 +160,8 @@ pub fn compile(profile: &Value) -> Result<Vec<seccompiler::BpfProgram>, SeccompP
     let p: Profile = serde_json::from_value(profile.clone()).map_err(SeccompProfileError::Parse)?;
     let arch = arch()?;
     let default = action(&p.default_action, p.default_errno_ret)?;
-    let mut all: BTreeMap<String, Option<Vec<Vec<Value>>>> = BTreeMap::new();
-    let mut by_action: BTreeMap<String, (Value, BTreeMap<String, Option<Vec<Vec<Value>>>>)> =
-        BTreeMap::new();
+    let mut all: Rules = BTreeMap::new();
+    let mut by_action: BTreeMap<String, (Value, Rules)> = BTreeMap::new();
     let mut seen = BTreeMap::new();
     for r in &p.syscalls {
         let act = action(&r.action, r.errno_ret.or(p.default_errno_ret))?;
