@@ -845,3 +845,26 @@ fn the_configs_seccomp_profile_holds_for_init_and_exec() {
     assert!(c.run(&["delete", &c.id]).status.success());
     c.assert_nothing_left();
 }
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
+fn stockade_annotations_timeout_kills_and_unknown_ones_are_refused() {
+    let c = Oci::new(
+        "timeout",
+        &["sh", "-c", "echo up; sleep 30; echo not-killed"],
+    );
+    c.edit(|cfg| cfg["annotations"]["org.stockade.timeout"] = json!("1s"));
+    let bundle = c.bundle();
+    let out = c.run(&["run", "--bundle", bundle.to_str().unwrap(), &c.id]);
+    assert_eq!(out.status.code(), Some(128 + 9), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("not-killed"));
+    c.assert_nothing_left();
+
+    let c = Oci::new("allowhosts", &["true"]);
+    c.edit(|cfg| cfg["annotations"]["org.stockade.net.allow-hosts"] = json!("example.org"));
+    let e = create_fails(&c);
+    assert!(
+        e.contains("org.stockade.net.allow-hosts") && e.contains("not supported"),
+        "{e}"
+    );
+}

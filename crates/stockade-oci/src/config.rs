@@ -288,6 +288,9 @@ pub struct Pids {
     pub limit: i64,
 }
 
+/// The annotation that bounds a container's run time.
+pub const TIMEOUT_ANNOTATION: &str = "org.stockade.timeout";
+
 /// Sysctls a container may set: those of namespaces it owns (as runc's
 /// list). Anything else would change the host.
 fn sysctl_allowed(key: &str, own_net: bool, own_ipc: bool) -> bool {
@@ -351,10 +354,34 @@ impl Spec {
         Ok(bundle.join(&root.path))
     }
 
+    /// `org.stockade.timeout`: how long the container may run (from
+    /// `create`) before it is killed.
+    pub fn stockade_timeout(&self) -> Result<Option<std::time::Duration>, ConfigError> {
+        match self.annotations.get(TIMEOUT_ANNOTATION) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<stockade_policy::Span>()
+                .map(|s| Some(s.duration()))
+                .map_err(|e| ConfigError::Invalid(format!("annotation {TIMEOUT_ANNOTATION}: {e}"))),
+        }
+    }
+
     /// Checks what stockade refuses or cannot honour, before anything is
     /// made.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Invalid(s));
+        // A stockade annotation this runtime does not act on yet would
+        // look like protection that is not there (an egress allowlist, a
+        // policy): refused rather than ignored.
+        for key in self.annotations.keys() {
+            if key.starts_with("org.stockade.") && key != TIMEOUT_ANNOTATION {
+                return bad(format!(
+                    "annotation {key:?} is not supported by stockade-runc yet (only \
+                     {TIMEOUT_ANNOTATION} is); remove it rather than rely on it"
+                ));
+            }
+        }
+        self.stockade_timeout()?;
         let process = self.process()?;
         if process.args.is_empty() {
             return bad("process.args is empty: name the program to run".into());
@@ -503,6 +530,18 @@ mod tests {
         .unwrap();
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("kernel.panic"), "{e}");
+    }
+
+    #[test]
+    fn unknown_stockade_annotations_and_bad_timeouts_are_refused() {
+        let base = r#"{"process":{"args":["sh"]},"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]},"annotations":"#;
+        let with = |a: &str| parse(&format!("{base}{a}}}")).unwrap().validate();
+        assert!(with(r#"{"org.stockade.policy":"/etc/p.toml"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("not supported"));
+        assert!(with(r#"{"org.stockade.timeout":"soon"}"#).is_err());
+        with(r#"{"org.stockade.timeout":"1h30m","org.other":"x"}"#).unwrap();
     }
 
     #[test]

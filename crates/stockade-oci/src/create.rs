@@ -430,8 +430,9 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     if let Some(p) = &o.pid_file {
         write_pid_file(p, pid)?;
     }
-    if let Some(slot) = slot {
-        keep(slot, pidfd);
+    let timeout = spec.stockade_timeout()?;
+    if slot.is_some() || timeout.is_some() {
+        keep(slot, pidfd, timeout, &group);
     }
     undo.armed = false;
     Ok(pid)
@@ -519,8 +520,14 @@ pub fn set_rlimit(pid: i32, kind: &str, soft: u64, hard: u64) -> Result<(), Crea
 }
 
 /// Forks the keeper: it holds the slot lock until init's pidfd says init
-/// has ended.
-fn keep(slot: stockade_isolate::slots::Slot, pidfd: OwnedFd) {
+/// has ended, and with `org.stockade.timeout` kills the container when
+/// that time (from `create`) is up.
+fn keep(
+    slot: Option<stockade_isolate::slots::Slot>,
+    pidfd: OwnedFd,
+    timeout: Option<std::time::Duration>,
+    group: &cgroups::Group,
+) {
     // SAFETY: single-threaded (see `create`); the child only polls and
     // exits.
     match unsafe { nix::unistd::fork() } {
@@ -536,15 +543,40 @@ fn keep(slot: stockade_isolate::slots::Slot, pidfd: OwnedFd) {
                     unsafe { libc::dup2(null.as_raw_fd(), fd) };
                 }
             }
-            let keep = [slot.lock_fd().as_raw_fd(), pidfd.as_raw_fd()];
+            let mut keep = vec![pidfd.as_raw_fd()];
+            keep.extend(slot.as_ref().map(|s| s.lock_fd().as_raw_fd()));
             stockade_isolate::sys::close_fds_from(3, &keep);
-            let mut p = libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one live pollfd; an interrupted poll is retried.
-            while unsafe { libc::poll(&mut p, 1, -1) } < 0 {}
+            let mut deadline = timeout.map(|t| std::time::Instant::now() + t);
+            loop {
+                let mut p = libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let wait_ms = deadline.map_or(-1, |d| {
+                    d.saturating_duration_since(std::time::Instant::now())
+                        .as_millis()
+                        .min(i32::MAX as u128) as i32
+                });
+                // SAFETY: one live pollfd.
+                let r = unsafe { libc::poll(&mut p, 1, wait_ms) };
+                if r > 0 {
+                    break;
+                }
+                if r == 0 {
+                    // Time is up: init (and with it its pid namespace),
+                    // then whatever else is in the cgroup.
+                    let _ = stockade_isolate::sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+                    for pid in group.pids() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    // The slot stays held until init is really gone.
+                    deadline = None;
+                }
+            }
             // SAFETY: leaves at once, running no destructors of the copy
             // of the parent's state.
             unsafe { libc::_exit(0) }
