@@ -280,19 +280,14 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
             let p = format!("/proc/sys/{}", k.replace('.', "/"));
             // Group ids in the container's terms, written as host root:
             // translated to the host ids they are.
-            let v = if k == "net.ipv4.ping_group_range" {
-                v.split_whitespace()
-                    .map(|g| {
-                        g.parse::<u32>()
-                            .ok()
-                            .and_then(|g| gids.to_host(g))
-                            .map(|h| h.to_string())
-                            .ok_or_else(|| CreateError::Init(format!(
-                                "linux.sysctl net.ipv4.ping_group_range {v:?}: give two group ids the container has"
-                            )))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-                    .join(" ")
+            let v = if k == PING_RANGE {
+                let extents: Vec<(u32, u32)> =
+                    gids.extents.iter().map(|e| (e.inside, e.count)).collect();
+                let (lo, hi) = ping_range(v, &extents);
+                match (gids.to_host(lo), gids.to_host(hi)) {
+                    (Some(l), Some(h)) if lo <= hi => format!("{l} {h}"),
+                    _ => "1 0".to_string(),
+                }
             } else {
                 v.clone()
             };
@@ -436,6 +431,25 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     }
     undo.armed = false;
     Ok(pid)
+}
+
+const PING_RANGE: &str = "net.ipv4.ping_group_range";
+
+/// `net.ipv4.ping_group_range` in the container's terms, clamped to the
+/// group ids its user namespace has (engines ask for `0 2147483647`, which
+/// the kernel refuses where most of those ids are not mapped). `lo > hi`
+/// means nobody may ping.
+fn ping_range(v: &str, extents: &[(u32, u32)]) -> (u32, u32) {
+    let mut it = v.split_whitespace().map(|n| n.parse::<u32>().ok());
+    let (Some(Some(lo)), Some(Some(hi))) = (it.next(), it.next()) else {
+        return (1, 0);
+    };
+    // The first extent that starts at the range's low end or covers it.
+    let Some(&(inside, count)) = extents.iter().find(|(i, c)| lo < i.saturating_add(*c)) else {
+        return (1, 0);
+    };
+    let top = inside.saturating_add(count.saturating_sub(1));
+    (lo.max(inside), hi.min(top))
 }
 
 /// Whether a sysctl belongs to a namespace the engine made (joined by
@@ -600,6 +614,18 @@ fn init_main(sock: OwnedFd, spec: &Spec, preserve_fds: u32, new_cgroupns: bool) 
 
 type BoxError = Box<dyn std::error::Error>;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ping_ranges_are_clamped_to_the_mapped_groups() {
+        let map = [(0, 65536)];
+        assert_eq!(super::ping_range("0 2147483647", &map), (0, 65535));
+        assert_eq!(super::ping_range("0 0", &map), (0, 0));
+        assert_eq!(super::ping_range("70000 80000", &map), (1, 0));
+        assert_eq!(super::ping_range("junk", &map), (1, 0));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {0}")]
 struct Step(&'static str, #[source] Errno);
@@ -692,7 +718,28 @@ fn init_setup(
         .filter(|(k, _)| !sysctl_by_runtime(spec, k))
     {
         let p = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&p, v).map_err(|e| format!("cannot set sysctl {k}: {e}"))?;
+        let v = if k == PING_RANGE {
+            let map = std::fs::read_to_string("/proc/self/gid_map").unwrap_or_default();
+            let extents: Vec<(u32, u32)> = map
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<u32> = l
+                        .split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect();
+                    (f.len() == 3).then(|| (f[0], f[2]))
+                })
+                .collect();
+            let (lo, hi) = ping_range(v, &extents);
+            if lo <= hi {
+                format!("{lo} {hi}")
+            } else {
+                "1 0".into()
+            }
+        } else {
+            v.clone()
+        };
+        std::fs::write(&p, &v).map_err(|e| format!("cannot set sysctl {k} to {v:?}: {e}"))?;
     }
     let own_uts = spec
         .namespace(NamespaceKind::Uts)
