@@ -306,13 +306,15 @@ fn isolation_holds_inside_a_container() {
     std::fs::write(marker.path(), "TOP-SECRET-CONTENT").unwrap();
     let probe = format!(
         "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status; head -1 /proc/self/uid_map; \
-         cat {} 2>&1 || echo host-file-unreachable; id -u; echo > /proc/sys/kernel/hostname 2>&1 || echo sysctl-refused",
+         cat {} 2>&1 || echo host-file-unreachable; id -u; echo > /proc/sys/kernel/hostname 2>&1 || echo sysctl-refused; \
+         echo ping=$(cat /proc/sys/net/ipv4/ping_group_range)",
         marker.path().display()
     );
     let c = Oci::new("iso", &["sh", "-c", &probe]);
     c.edit(|cfg| {
         cfg["process"]["user"] = json!({"uid": 0, "gid": 0});
         cfg["process"]["capabilities"] = json!({});
+        cfg["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 2147483647"});
     });
     let bundle = c.bundle();
     let out = c.run(&["run", "--bundle", bundle.to_str().unwrap(), &c.id]);
@@ -335,6 +337,10 @@ fn isolation_holds_inside_a_container() {
     );
     assert!(o.lines().any(|l| l == "0"), "not root inside: {o}");
     assert!(o.contains("sysctl-refused"), "{o}");
+    assert!(
+        o.contains("ping=0 65535"),
+        "ping_group_range not clamped: {o}"
+    );
     c.assert_nothing_left();
 }
 
@@ -622,7 +628,8 @@ fn the_paths_a_shim_takes() {
         let nss = cfg["linux"]["namespaces"].as_array_mut().unwrap();
         nss.retain(|n| n["type"] != "network");
         nss.push(json!({"type": "network", "path": netns.path()}));
-        cfg["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 0"});
+        // What Docker and podman ask for: more groups than the container has.
+        cfg["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 2147483647"});
         cfg["hooks"] = json!({"prestart": [{"path": hook.to_str().unwrap(), "args": ["hook"]}]});
     });
     let pid = c.create();
@@ -689,7 +696,7 @@ fn the_paths_a_shim_takes() {
         "not in the given network namespace: {o}"
     );
     assert!(
-        o.lines().any(|l| l == "0\t0"),
+        o.lines().any(|l| l == "0\t65535"),
         "ping_group_range not set in the container's terms: {o}"
     );
 
