@@ -47,7 +47,7 @@ impl Oci {
         );
         let id = format!("{tag}-{}", std::process::id());
         let oci = Oci {
-            cgroup_rel: format!("stockade-oci-test/{id}"),
+            cgroup_rel: format!("stockade-oci-test-{id}"),
             dir,
             id,
         };
