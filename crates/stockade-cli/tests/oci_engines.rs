@@ -614,7 +614,19 @@ fn kubernetes_node_installer_adds_a_handler_containerd_accepts() {
     assert_eq!(std::fs::read_to_string(&config).unwrap(), once);
     let installed = bin_dir.join("stockade-runc");
     assert!(installed.is_file(), "{once}");
-    assert!(once.contains("containerd.runtimes.stockade]"), "{once}");
+    // The handler the RuntimeClass names is the one the installer added.
+    let class = std::fs::read_to_string(repo_root().join("deploy/kubernetes/runtimeclass.yaml"))
+        .unwrap();
+    let handler = class
+        .lines()
+        .find_map(|l| l.strip_prefix("handler:"))
+        .expect("runtimeclass.yaml has a handler")
+        .trim()
+        .to_owned();
+    assert!(
+        once.contains(&format!("containerd.runtimes.{handler}]")),
+        "{once}"
+    );
 
     let c = Containerd::with_config(lab, &rt, &config);
     // containerd took the config: the CRI plugin (the one kubelet talks
