@@ -5,7 +5,8 @@
 #    /usr/local/bin) as `stockade`, with `stockade-runc` beside it (a
 #    symlink: the binary speaks runc's command line under that name).
 # 2. Adds the runtime handler `stockade` to containerd's config.toml
-#    (io.containerd.runc.v2 with BinaryName = INSTALL_DIR/stockade-runc),
+#    (io.containerd.runc.v2 with BinaryName = INSTALL_DIR/stockade-runc,
+#    passing the pods' org.stockade.* annotations on),
 #    in a marked block that a later run replaces (idempotent).
 # 3. Restarts containerd so it reads the handler (RESTART_CONTAINERD).
 #
@@ -79,6 +80,10 @@ new=$CONTAINERD_CONFIG.stockade-new
   echo "$begin"
   echo "[$plugin.runtimes.$RUNTIME_HANDLER]"
   echo '  runtime_type = "io.containerd.runc.v2"'
+  # The CRI plugin hands a runtime only the annotations listed here:
+  # stockade's own policy keys, from the pod and from its containers.
+  echo '  pod_annotations = ["org.stockade.*"]'
+  echo '  container_annotations = ["org.stockade.*"]'
   echo "  [$plugin.runtimes.$RUNTIME_HANDLER.options]"
   echo "    BinaryName = \"$INSTALL_DIR/stockade-runc\""
   echo "$end"

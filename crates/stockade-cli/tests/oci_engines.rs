@@ -615,8 +615,8 @@ fn kubernetes_node_installer_adds_a_handler_containerd_accepts() {
     let installed = bin_dir.join("stockade-runc");
     assert!(installed.is_file(), "{once}");
     // The handler the RuntimeClass names is the one the installer added.
-    let class = std::fs::read_to_string(repo_root().join("deploy/kubernetes/runtimeclass.yaml"))
-        .unwrap();
+    let class =
+        std::fs::read_to_string(repo_root().join("deploy/kubernetes/runtimeclass.yaml")).unwrap();
     let handler = class
         .lines()
         .find_map(|l| l.strip_prefix("handler:"))
@@ -643,6 +643,10 @@ fn kubernetes_node_installer_adds_a_handler_containerd_accepts() {
         .arg(&config)
         .args(["config", "dump"]));
     assert!(dump.contains("runtimes.stockade]"), "{dump}");
+    assert!(
+        dump.contains("pod_annotations = [\"org.stockade.*\"]"),
+        "{dump}"
+    );
     assert!(
         dump.contains(&format!("BinaryName = \"{}\"", installed.display())),
         "{dump}"
