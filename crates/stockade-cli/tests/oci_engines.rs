@@ -132,21 +132,9 @@ fn podman_it_gives_the_container_a_terminal() {
     let p = Podman::new(&rt);
     // `script` gives podman a terminal of its own; podman hands the
     // container a pty through the runtime's console socket.
-    let podman = p.cmd(&[]);
-    let mut line = vec![podman.get_program().to_string_lossy().into_owned()];
-    line.extend(podman.get_args().map(|a| a.to_string_lossy().into_owned()));
-    line.extend(
-        [
-            "run",
-            "-it",
-            "--rm",
-            "busybox",
-            "sh",
-            "-c",
-            "tty; stty size; echo tty-done",
-        ]
-        .map(String::from),
-    );
+    let podman = p.cmd(&["run", "-it", "--rm", "busybox", "sh"]);
+    let mut line = vec![quote(&podman.get_program().to_string_lossy())];
+    line.extend(podman.get_args().map(|a| quote(&a.to_string_lossy())));
     let mut cmd = p.lab.cmd("script");
     cmd.args(["-qefc", &line.join(" "), "/dev/null"]);
     for (k, v) in podman.get_envs() {
@@ -154,14 +142,32 @@ fn podman_it_gives_the_container_a_terminal() {
             cmd.env(k, v);
         }
     }
-    let out = cmd.output().unwrap();
+    // What a user types reaches the container's shell through the pty,
+    // and its exit status comes back through podman.
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"tty; echo typed-$((6 * 7)); exit 3\n",
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
         s.contains("/dev/pts/0"),
         "no terminal in the container: {s}"
     );
-    assert!(s.contains("tty-done"), "{s}");
+    assert!(s.contains("typed-42"), "{s}");
+}
+
+/// SHELL-quotes S for `script -c`.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 #[test]
