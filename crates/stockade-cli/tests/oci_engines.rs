@@ -564,9 +564,10 @@ fn containerd_ctr_runc_binary_run_exec_kill_delete_metrics() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let metrics = c.ok(&["task", "metrics", "--format", "json", "long"]);
     let m: serde_json::Value = serde_json::from_str(&metrics).unwrap();
-    // The cgroup containerd reads is the container's: its pids count is
-    // the one process running there.
-    assert_eq!(m["pids"]["current"], 1, "{metrics}");
+    // The cgroup containerd reads is the container's: the sleep (and a
+    // runtime's own init, if it keeps one there) is counted in it.
+    let pids = m["pids"]["current"].as_u64().unwrap_or(0);
+    assert!((1..=3).contains(&pids), "{metrics}");
     assert!(
         m["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
         "{metrics}"
