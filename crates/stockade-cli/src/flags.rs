@@ -67,6 +67,14 @@ pub enum Command {
     /// Manage images: pull, ls, rm, prune, inspect.
     #[command(subcommand)]
     Image(crate::images::ImageCommand),
+    /// The OCI runtime: runc's command line (what `stockade-runc` runs),
+    /// for podman, Docker and containerd.
+    #[command(disable_help_flag = true)]
+    Oci {
+        /// runc's global flags and subcommand (`stockade oci --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Internal: the per-sandbox supervisor the daemon starts.
     #[command(hide = true)]
     Shim {

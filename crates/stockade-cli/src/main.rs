@@ -11,6 +11,7 @@ mod daemon;
 mod doctor;
 mod flags;
 mod images;
+mod oci;
 mod registry_flags;
 
 use std::process::ExitCode;
@@ -20,6 +21,22 @@ use clap::Parser;
 use flags::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Installed (linked or copied) as `stockade-runc`, the binary speaks
+    // runc's command line; `stockade oci …` is the same grammar.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    if invoked_as.as_deref() == Some("stockade-runc") {
+        return oci::main(args);
+    }
+    if args.get(1).is_some_and(|a| a == "oci") {
+        args.remove(1);
+        args[0] = "stockade-runc".into();
+        return oci::main(args);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -191,6 +208,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Version(a) => daemon::version(a),
         Command::Stats(a) => daemon::stats(a),
         Command::Tasks(a) => daemon::tasks(a),
+        Command::Oci { mut args } => {
+            args.insert(0, "stockade-runc".into());
+            Ok(oci::main_code(args))
+        }
         Command::Shim { zygote: true, .. } => Ok(stockade_core::shim::zygote().clamp(0, 255) as u8),
         Command::Shim { .. } => Ok(stockade_core::shim::entry().clamp(0, 255) as u8),
     }

@@ -1,0 +1,27 @@
+//! stockade as an OCI runtime: the `stockade-runc` binary (and `stockade
+//! oci …`) speak runc's command line so that containerd's shim, dockerd
+//! and podman's conmon can run containers with stockade's isolation.
+//!
+//! - `config.rs`: the bundle's config.json, parsed and validated.
+//! - `state.rs`: the state directory and the runtime-spec state.
+//! - `cgroups.rs`: the cgroup at `linux.cgroupsPath`.
+//! - `create.rs`: `create` and the container's init.
+//! - `rootfs.rs`: the id-mapped root (an engine's overlay rebuilt).
+//! - `mounts.rs`: the config's mounts, resolved inside the root.
+//! - `process.rs`: ids, capabilities, seccomp, `execve`.
+//! - `ops.rs`: the other subcommands.
+//! - `hooks.rs`: OCI hooks.
+
+pub mod cgroups;
+pub mod config;
+pub mod create;
+pub mod hooks;
+pub mod mounts;
+pub mod ops;
+pub mod process;
+pub mod rootfs;
+pub mod state;
+mod sys;
+
+pub use create::{create, CreateOptions};
+pub use ops::*;
