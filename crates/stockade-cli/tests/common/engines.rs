@@ -666,10 +666,12 @@ impl Docker {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `python3 tests/engines/SCRIPT ARGS…` with DOCKER_HOST set (docker-py).
+    /// `python3 tests/engines/SCRIPT ARGS…` with DOCKER_HOST set: Debian's
+    /// Python, whose docker-py is python3-docker (.ci/run installs it),
+    /// whatever other python3 comes first on PATH.
     pub fn python(&self, script_name: &str, args: &[&str]) -> Output {
         self.lab
-            .cmd("python3")
+            .cmd("/usr/bin/python3")
             .arg(script(script_name))
             .args(args)
             .env("DOCKER_HOST", self.host())
