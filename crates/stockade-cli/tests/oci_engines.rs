@@ -400,18 +400,29 @@ fn docker_add_runtime_runs_exec_stop_rm() {
         "echo hi",
     ]);
     assert_eq!(out, "hi\n");
-    let image = agent_image(&d);
-    let id = d.ok(&["run", "-d", "--runtime", "stockade", image]);
+    // A main process that ends on SIGTERM with its own status: `stop`
+    // must deliver the signal through the runtime (not time out to KILL).
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "stockade",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; sleep 1000 & wait",
+    ]);
     let id = id.trim();
     let runtime = d.ok(&["inspect", "-f", "{{.HostConfig.Runtime}}", id]);
     assert_eq!(runtime.trim(), "stockade");
     let out = d.run(&["exec", id, "sh", "-c", "echo in-exec; exit 5"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "in-exec\n");
-    d.ok(&["stop", "-t", "10", id]);
+    d.ok(&["stop", "-t", "30", id]);
     assert_eq!(
-        d.ok(&["inspect", "-f", "{{.State.Status}}", id]).trim(),
-        "exited"
+        d.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", id])
+            .trim(),
+        "exited 42"
     );
     d.ok(&["rm", id]);
     assert_eq!(d.ok(&["ps", "-aq"]), "");
