@@ -716,7 +716,7 @@ fn engine_teardown_leaves_no_mounts_or_processes() {
     );
     assert!(!base.exists());
     assert_eq!(rooted_under(&base), Vec::<i32>::new());
-    let base;
+    let (base, cgroup);
     {
         let d = Docker::new(&rt, false);
         d.ok(&[
@@ -729,6 +729,12 @@ fn engine_teardown_leaves_no_mounts_or_processes() {
             "1000",
         ]);
         base = d.lab.path().to_path_buf();
+        // The container's cgroup is under the lab's own parent.
+        cgroup = std::path::Path::new("/sys/fs/cgroup/memory").join(&d.lab.name);
+        let children = std::fs::read_dir(&cgroup)
+            .map(|e| e.flatten().filter(|e| e.path().is_dir()).count())
+            .unwrap_or(0);
+        assert_eq!(children, 1, "{}", cgroup.display());
     }
     assert!(
         engines::mounts_under(&base).is_empty(),
@@ -737,6 +743,7 @@ fn engine_teardown_leaves_no_mounts_or_processes() {
     );
     assert!(!base.exists());
     assert_eq!(rooted_under(&base), Vec::<i32>::new());
+    assert!(!cgroup.exists(), "{} left", cgroup.display());
 }
 
 /// Processes whose root directory is under BASE (a container's rootfs).

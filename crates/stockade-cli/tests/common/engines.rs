@@ -143,6 +143,10 @@ pub fn script(name: &str) -> PathBuf {
 /// registry serving the test images inside the namespace.
 pub struct Lab {
     pub dir: tempfile::TempDir,
+    /// Unique among live labs: names host-wide things an engine makes
+    /// (cgroup parents, containerd's namespace), removed at teardown.
+    pub name: String,
+    cgroup_parents: std::sync::Mutex<Vec<String>>,
     netns: File,
     netns_ino: u64,
     registry_pid: i32,
@@ -185,7 +189,18 @@ impl Lab {
         let _ = holder.kill();
         let _ = holder.wait();
         let netns_ino = netns.metadata().unwrap().ino();
+        let unique = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .to_lowercase();
         let mut lab = Lab {
+            name: format!("stockade-test-{name}-{unique}"),
+            cgroup_parents: std::sync::Mutex::new(Vec::new()),
             dir,
             netns,
             netns_ino,
@@ -335,6 +350,31 @@ impl Lab {
         }
     }
 
+    /// Names a top-level cgroup an engine will create (in every
+    /// hierarchy), to be removed at teardown once empty.
+    pub fn own_cgroup(&self, name: &str) {
+        self.cgroup_parents.lock().unwrap().push(name.to_owned());
+    }
+
+    fn remove_cgroups(&self) {
+        for name in self.cgroup_parents.lock().unwrap().iter() {
+            let mut dirs = Vec::new();
+            if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+                for e in entries.flatten() {
+                    dirs.push(e.path().join(name));
+                }
+            }
+            for d in dirs.iter().filter(|d| d.is_dir()) {
+                // Deepest first; rmdir only succeeds on empty cgroups.
+                let mut all: Vec<PathBuf> = walk_dirs(d);
+                all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+                for sub in all {
+                    let _ = std::fs::remove_dir(sub);
+                }
+            }
+        }
+    }
+
     /// Processes in the lab's namespace or rooted under its directory,
     /// but the lab's own registry.
     pub fn processes(&self) -> Vec<i32> {
@@ -359,7 +399,25 @@ impl Drop for Lab {
             unsafe { libc::kill(self.registry_pid, libc::SIGKILL) };
         }
         self.sweep();
+        self.remove_cgroups();
     }
+}
+
+/// D and every directory under it (cgroup trees: no symlinks to follow).
+fn walk_dirs(d: &Path) -> Vec<PathBuf> {
+    let mut out = vec![d.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i]) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 fn all_pids() -> Vec<i32> {
@@ -612,6 +670,9 @@ impl Docker {
             .args(["--insecure-registry", REGISTRY])
             .args(["--containerd-namespace", "stockade-test"])
             .args(["--containerd-plugins-namespace", "stockade-test-plugins"])
+            // Containers' cgroups under a parent of this lab's, not the
+            // host-wide /docker.
+            .args(["--cgroup-parent", &format!("/{}", lab.name)])
             .arg("--add-runtime")
             .arg(format!("stockade={}", runtime.path().display()))
             .stdout(log.try_clone().unwrap())
@@ -620,6 +681,7 @@ impl Docker {
             c.args(["--default-runtime", "stockade"]);
         }
         std::fs::write(d.join("daemon.json"), "{}\n").unwrap();
+        lab.own_cgroup(&lab.name);
         let pid = spawn_daemon(c, "dockerd");
         let docker = Docker {
             lab,
@@ -700,7 +762,8 @@ impl Drop for Docker {
 /// containerd with a generated config.toml (own root, state, sockets)
 /// declaring the CRI runtime handler `stockade` (`io.containerd.runc.v2`
 /// with `BinaryName` = the runtime under test) — the handler a Kubernetes
-/// RuntimeClass names. `ctr` talks to it in namespace `stockade-test`.
+/// RuntimeClass names. `ctr` talks to it in a namespace named after the
+/// lab ([`Lab::name`]).
 pub struct Containerd {
     pub lab: Lab,
     pub runtime: Runtime,
@@ -735,6 +798,10 @@ impl Containerd {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let pid = spawn_daemon(c, "containerd");
+        // ctr's containers get cgroupsPath /NAMESPACE/ID and the shim
+        // keeps the runtime's state in /run/containerd/runc/NAMESPACE:
+        // the lab's name keeps both apart from other tests' and the host's.
+        lab.own_cgroup(&lab.name);
         let ctd = Containerd {
             lab,
             runtime: runtime.clone(),
@@ -787,12 +854,13 @@ impl Containerd {
             .unwrap_or_default()
     }
 
-    /// `ctr -a SOCK -n stockade-test ARGS…`.
+    /// `ctr -a SOCK -n LAB_NAME ARGS…`.
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
         let mut c = self.lab.cmd("ctr");
         c.arg("-a")
             .arg(self.socket())
-            .args(["-n", "stockade-test"])
+            .arg("-n")
+            .arg(&self.lab.name)
             .args(args);
         c
     }
@@ -822,5 +890,6 @@ impl Drop for Containerd {
             }
         }
         stop_daemon(self.pid);
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.lab.name));
     }
 }
