@@ -37,8 +37,9 @@ struct Args {
     /// Accepted for runc compatibility.
     #[arg(long = "log-level", global = true)]
     log_level: Option<String>,
-    /// Accepted for runc compatibility (stockade always uses a user namespace).
-    #[arg(long, global = true)]
+    /// Accepted for runc compatibility (stockade always uses a user
+    /// namespace); `spec --rootless` is this flag too.
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
     rootless: Option<String>,
     #[command(subcommand)]
     command: Cmd,
@@ -103,8 +104,6 @@ enum Cmd {
     Spec {
         #[arg(short, long)]
         bundle: Option<PathBuf>,
-        #[arg(long)]
-        rootless: bool,
     },
 }
 

@@ -273,6 +273,14 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
             },
         }
     }
+    // Sysctls of namespaces the engine made are not the container root's
+    // to write: written here, as host root, from inside them.
+    for (k, v) in &linux.sysctl {
+        if sysctl_by_runtime(&spec, k) {
+            let p = format!("/proc/sys/{}", k.replace('.', "/"));
+            std::fs::write(&p, v).map_err(io_err(format!("set sysctl {k}")))?;
+        }
+    }
     let new_cgroupns = spec
         .namespace(NamespaceKind::Cgroup)
         .is_some_and(|n| n.path.is_none());
@@ -408,6 +416,17 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     }
     undo.armed = false;
     Ok(pid)
+}
+
+/// Whether a sysctl belongs to a namespace the engine made (joined by
+/// path), which `create` writes as host root rather than init.
+fn sysctl_by_runtime(spec: &Spec, key: &str) -> bool {
+    let joined = |k| spec.namespace(k).is_some_and(|n| n.path.is_some());
+    if key.starts_with("net.") {
+        joined(NamespaceKind::Network)
+    } else {
+        joined(NamespaceKind::Ipc)
+    }
 }
 
 fn cpath(p: &Path) -> std::ffi::CString {
@@ -616,7 +635,7 @@ fn init_setup(
     drop(root);
 
     let linux = spec.linux();
-    for (k, v) in &linux.sysctl {
+    for (k, v) in linux.sysctl.iter().filter(|(k, _)| !sysctl_by_runtime(spec, k)) {
         let p = format!("/proc/sys/{}", k.replace('.', "/"));
         std::fs::write(&p, v).map_err(|e| format!("cannot set sysctl {k}: {e}"))?;
     }
