@@ -24,6 +24,10 @@
 # the supervisor's userspace stack against direct, and the cold start of
 # an allowlist sandbox against `--net none` and bwrap.
 #
+# Then stockade as an OCI runtime (benches/lib/oci_bench.py, about half a
+# minute): `stockade-runc run` vs `runc run` vs `crun run` on one bundle,
+# and `podman run --rm` with each as --runtime (OCI_ROUNDS, OCI_PODMAN_ROUNDS).
+#
 # Then the caps under attack (benches/lib/limits_bench.py, about half a
 # minute): disk overshoot against --disk 50M four ways, with the kernel cap
 # and with the polling fallback, and unread loopback socket buffers against
@@ -43,8 +47,8 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'
-  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --no-limits  --no-v1-attach  --no-images  --out-dir DIR  -h|--help"
+  sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'
+  echo "Options: --quick  --no-install  --no-profile  --no-daemon  --no-egress  --no-limits  --no-v1-attach  --no-images  --no-oci  --out-dir DIR  -h|--help"
 }
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,7 +56,7 @@ BENCHES="$REPO/benches"
 LIB="$BENCHES/lib"
 PY=/usr/bin/python3 # Debian's; the helpers use the standard library only
 
-QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1 EGRESS=1 LIMITS=1 V1ATTACH=1 IMAGES=1
+QUICK=0 INSTALL=1 PROFILE=1 DAEMON=1 EGRESS=1 LIMITS=1 V1ATTACH=1 IMAGES=1 OCI=1
 OUT="$BENCHES" # RESULTS.md, PROFILE.md and raw/ go here
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -64,6 +68,7 @@ while [ $# -gt 0 ]; do
     --no-limits) LIMITS=0 ;;
     --no-v1-attach) V1ATTACH=0 ;;
     --no-images) IMAGES=0 ;;
+    --no-oci) OCI=0 ;;
     --out-dir)
       [ $# -ge 2 ] || { echo "compare.sh: --out-dir needs a directory" >&2; exit 2; }
       OUT=$2
@@ -172,6 +177,10 @@ install_peers() {
   if need bwrap bubblewrap; then HAVE_BWRAP=1; else note "bwrap skipped: bubblewrap is not installed and apt-get could not install it"; fi
   if need runc runc; then HAVE_RUNC=1; else note "runc skipped: not installed and apt-get could not install it"; fi
   if need podman podman; then HAVE_PODMAN=1; else note "podman skipped: not installed and apt-get could not install it"; fi
+  if [ "$OCI" = 1 ]; then
+    need crun crun || note "crun missing and not installable (the OCI benchmark reports it as such)"
+    need umoci umoci || note "umoci missing and not installable (the OCI benchmark needs it for its bundle)"
+  fi
   if [ "$PROFILE" = 1 ]; then
     if need perf linux-perf && perf stat -e task-clock -- true >/dev/null 2>&1; then
       HAVE_PERF=1
@@ -467,6 +476,20 @@ images_bench() {
   [ -f "$IMAGES_MD" ] || IMAGES_MD=
 }
 
+# stockade as an OCI runtime (benches/lib/oci_bench.py): `RUNTIME run` on
+# one bundle for stockade-runc, runc and crun; `podman run --rm` with each.
+oci_bench() {
+  local args=(--stockade "$SK" --out "$OUT/raw/oci.json" --md "$WORK/oci.md")
+  [ "$QUICK" = 1 ] && args+=(--quick)
+  log "oci: stockade-runc vs runc vs crun, and podman run --rm with each"
+  rm -f "$WORK/oci.md"
+  if ! "$PY" "$LIB/oci_bench.py" "${args[@]}"; then
+    note "the OCI runtime benchmark failed (see its output above)"
+  fi
+  OCI_MD="$WORK/oci.md"
+  [ -f "$OCI_MD" ] || OCI_MD=
+}
+
 # --- 6. results ---------------------------------------------------------------
 
 version_of() { # cmd: its version line, or "not installed"
@@ -532,6 +555,7 @@ EOF
     --workload "$OUT/raw/workload.json" ${DAEMON_JSON:+--daemon "$DAEMON_JSON"} \
     ${EGRESS_JSON:+--egress "$EGRESS_JSON"} ${V1_MD:+--v1-attach "$V1_MD"} \
     ${LIMITS_MD:+--limits "$LIMITS_MD"} ${IMAGES_MD:+--images "$IMAGES_MD"} \
+    ${OCI_MD:+--oci "$OCI_MD"} \
     --out "$OUT/RESULTS.md"
 }
 
@@ -632,6 +656,8 @@ main() {
   if [ "$V1ATTACH" = 1 ]; then v1_attach_bench; else note "cgroup v1 attach benchmark skipped (--no-v1-attach)"; fi
   IMAGES_MD=
   if [ "$IMAGES" = 1 ]; then images_bench; else note "images benchmark skipped (--no-images)"; fi
+  OCI_MD=
+  if [ "$OCI" = 1 ]; then oci_bench; else note "OCI runtime benchmark skipped (--no-oci)"; fi
   write_results
   if [ "$PROFILE" = 1 ]; then
     profile_stockade

@@ -755,6 +755,8 @@ def main():
                     help="limits_bench.py's Markdown output (optional)")
     ap.add_argument("--images",
                     help="images_bench.py's Markdown output (optional)")
+    ap.add_argument("--oci",
+                    help="oci_bench.py's Markdown output (optional)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     meta = json.load(open(args.meta))
@@ -885,6 +887,11 @@ def main():
             lines += ["", open(args.images).read().strip()]
         except OSError as e:
             print(f"report.py: no images section: {e}")
+    if args.oci:
+        try:
+            lines += ["", open(args.oci).read().strip()]
+        except OSError as e:
+            print(f"report.py: no OCI runtime section: {e}")
     missing = ("" if daemon_md else DAEMON_PLACEHOLDERS) + \
         ("" if egress_md else EGRESS_PLACEHOLDERS)
     if missing:

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub mod daemon;
+pub mod engines;
 pub mod hostns;
 pub mod registry;
 
