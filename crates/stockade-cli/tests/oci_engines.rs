@@ -8,9 +8,8 @@
 //! machine's runc, which proves the harness and shows which assertions
 //! are stockade's own (the isolation probes assert runc's weaker facts
 //! then, so they are seen to fail where stockade's floor is missing).
-//! When the stockade binary has no runc front yet, each test says
-//! "SKIPPED (not passed)" and returns; `STOCKADE_REQUIRE_RUNC=1` makes
-//! that a failure.
+//! A stockade binary that does not answer as `stockade-runc` fails every
+//! test.
 
 mod common;
 
