@@ -13,6 +13,7 @@
 //! - `ops.rs`: the other subcommands.
 //! - `hooks.rs`: OCI hooks.
 
+pub mod annotations;
 pub mod cgroups;
 pub mod config;
 pub mod create;
@@ -23,6 +24,7 @@ pub mod process;
 pub mod rootfs;
 pub mod seccomp;
 pub mod state;
+pub mod supervise;
 mod sys;
 
 pub use create::{create, CreateOptions};
