@@ -335,6 +335,14 @@ pub fn create_with(
     // and UTS) are joined here, as host root, before the clone: init is
     // born in them, and its own user namespace owns none of them.
     let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS;
+    // The keeper's egress stack connects out from the caller's network
+    // namespace, not the container's: kept to come back to.
+    let home_net = nix::fcntl::open(
+        "/proc/thread-self/ns/net",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys_err("open create's network namespace"))?;
     for kind in [
         NamespaceKind::Network,
         NamespaceKind::Ipc,
@@ -522,6 +530,8 @@ pub fn create_with(
     }
     // After the hooks: Docker's prestart hook wires the network
     // namespace the runtime made, which the lock-down must see.
+    nix::sched::setns(&home_net, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(sys_err("return to create's network namespace"))?;
     let tun = match &policy.network {
         None => None,
         Some(_) => crate::supervise::lock_down_network(pid, tun_cfg.as_ref())?,
@@ -545,6 +555,7 @@ pub fn create_with(
             _ => None,
         },
         pid,
+        lock: crate::supervise::lock_keeper(&dir.path),
     };
     keep(slot, pidfd, watch);
     undo.armed = false;
@@ -681,6 +692,7 @@ fn keep(
                     .map(|f| f.as_raw_fd()),
             );
             keep.extend(watch.net.as_ref().map(|(_, t, _)| t.as_raw_fd()));
+            keep.extend(watch.lock.as_ref().map(|l| l.as_raw_fd()));
             stockade_isolate::sys::close_fds_from(3, &keep);
             crate::supervise::keep(&pidfd, watch);
             // SAFETY: leaves at once, running no destructors of the copy

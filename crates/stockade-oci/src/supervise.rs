@@ -210,8 +210,12 @@ pub struct Watch {
     /// Bytes the container may add to `disk_dir`.
     pub disk: Option<(u64, PathBuf)>,
     pub net: Option<(Box<dyn NetFilter>, OwnedFd, NetworkPolicy)>,
-    /// Init's host pid (its exit status is read while it is a zombie).
+    /// Init's host pid.
     pub pid: i32,
+    /// `<root>/<id>/keeper.lock`, locked (`flock`) until the report is
+    /// written: `delete` waits for it before it removes the cgroup the
+    /// report's last figures are read from.
+    pub lock: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -306,6 +310,33 @@ fn tree_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// The name of the keeper's lock file in the container's state directory.
+pub const KEEPER_LOCK: &str = "keeper.lock";
+
+/// Opens and locks the keeper's lock (before the keeper is forked, so
+/// that no `delete` can come first; the fork shares the lock).
+pub fn lock_keeper(dir: &Path) -> Option<OwnedFd> {
+    let f = std::fs::File::create(dir.join(KEEPER_LOCK)).ok()?;
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (r == 0).then(|| f.into())
+}
+
+/// Waits (a few seconds at most) until the keeper of the container in
+/// `dir` has written its report; called by `delete` once init is gone.
+pub fn wait_for_keeper(dir: &Path) {
+    let Ok(f) = std::fs::File::open(dir.join(KEEPER_LOCK)) else {
+        return;
+    };
+    for _ in 0..500 {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Init's exit status while it is a zombie (`/proc/<pid>/stat` field
 /// 52); `None` once its reaper has taken it.
 fn zombie_status(pid: i32) -> Option<i32> {
@@ -325,13 +356,15 @@ fn zombie_status(pid: i32) -> Option<i32> {
 pub fn keep(pidfd: &OwnedFd, mut w: Watch) {
     let start = Instant::now();
     let started_at = now_unix();
+    // Before any thread starts: it visits the initial network namespace.
+    let exits = crate::exitwatch::ExitWatch::new();
     // A filter that does not start leaves the TUN unserved: the
     // container then reaches nothing, which fails closed.
     let net = w
         .net
         .take()
         .and_then(|(mut f, tun, p)| f.start(tun, &p, &w.id, started_at).ok().map(|()| f));
-    run_loop(pidfd, &w, start, started_at, net);
+    run_loop(pidfd, &w, start, started_at, net, exits);
 }
 
 fn run_loop(
@@ -340,6 +373,7 @@ fn run_loop(
     start: Instant,
     started_at: f64,
     mut net: Option<Box<dyn NetFilter>>,
+    exits: Option<crate::exitwatch::ExitWatch>,
 ) {
     const TICK: Duration = Duration::from_millis(250);
     let mut violations: Vec<Violation> = Vec::new();
@@ -358,14 +392,29 @@ fn run_loop(
             );
         }
     };
+    let mut status: Option<i32> = None;
+    let mut peak = 0u64;
+    let mut oom = 0u64;
     let exit_code = loop {
-        let mut p = libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, TICK.as_millis() as i32) };
+        let mut p = [
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: exits.as_ref().map_or(-1, |e| e.fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two live pollfds (a negative fd is ignored).
+        let _ = unsafe { libc::poll(p.as_mut_ptr(), 2, TICK.as_millis() as i32) };
+        if let Some(e) = &exits {
+            status = status.or_else(|| e.exit_of(w.pid));
+        }
+        peak = peak.max(memory_now(&w.group));
+        oom = oom.max(oom_kills(&w.group));
         let at = start.elapsed().as_secs_f64();
         pids_peak = pids_peak.max(w.group.pids().len() as u64);
         if let Some(f) = net.as_mut() {
@@ -385,8 +434,10 @@ fn run_loop(
                 at,
             });
         }
-        if r > 0 {
-            break zombie_status(w.pid);
+        if p[0].revents != 0 {
+            break status
+                .or_else(|| exits.as_ref().and_then(|e| e.exit_of(w.pid)))
+                .or_else(|| zombie_status(w.pid));
         }
         if outcome.is_some() {
             continue;
@@ -420,8 +471,8 @@ fn run_loop(
         }
     };
     let at = start.elapsed().as_secs_f64();
-    let oom = oom_kills(&w.group);
-    let peak = memory_now(&w.group);
+    let oom = oom.max(oom_kills(&w.group));
+    let peak = peak.max(memory_now(&w.group));
     if oom > 0 {
         violations.push(Violation {
             kind: "memory-limit".into(),
