@@ -39,6 +39,12 @@ pub enum SuperviseError {
         #[source]
         source: Errno,
     },
+    #[error(
+        "the network namespace is already behind the egress filter of another container \
+         (a pod's shared namespace): put the allowlist on the first container that joins \
+         it (the pod sandbox) only"
+    )]
+    AlreadyFiltered,
     #[error(transparent)]
     Tun(#[from] stockade_isolate::tun::TunError),
 }
@@ -129,6 +135,9 @@ fn lock_down_here(tun: Option<&TunConfig>) -> Result<Option<OwnedFd>, SuperviseE
     let sock = Errno::result(sock).map_err(net_err("open a configuration socket"))?;
     // SAFETY: `sock` is a descriptor we just opened and own.
     let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock) };
+    if tun.is_some() && names.iter().any(|n| n == TUN_NAME) {
+        return Err(SuperviseError::AlreadyFiltered);
+    }
     for name in names {
         if name == "lo" {
             continue;
