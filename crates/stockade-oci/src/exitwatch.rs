@@ -38,8 +38,8 @@ fn netns_of_pid1() -> Option<OwnedFd> {
 impl ExitWatch {
     /// Subscribes; `None` where the connector is not available (then the
     /// status is read from `/proc` while init is a zombie, if it still is).
-    pub fn new() -> Option<ExitWatch> {
-        if let Some(sock) = Self::subscribe() {
+    pub fn new(pid: i32) -> Option<ExitWatch> {
+        if let Some(sock) = Self::subscribe(pid) {
             return Some(ExitWatch { sock });
         }
         // Outside the initial network namespace there is no connector:
@@ -52,7 +52,7 @@ impl ExitWatch {
         .ok()?;
         let init = netns_of_pid1()?;
         nix::sched::setns(&init, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-        let sock = Self::subscribe();
+        let sock = Self::subscribe(pid);
         // Back home whatever happened: the egress stack connects from here.
         if nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
             // SAFETY: leaves at once; a keeper in the wrong namespace must
@@ -62,7 +62,50 @@ impl ExitWatch {
         sock.map(|sock| ExitWatch { sock })
     }
 
-    fn subscribe() -> Option<OwnedFd> {
+    /// A socket filter that lets only the exit of `pid` through: the
+    /// connector announces every fork, exec and exit on the host, which
+    /// the keeper should not wake up for.
+    fn only_exit_of(sock: RawFd, pid: i32) -> bool {
+        // BPF loads words in network byte order; the event is native.
+        let be = |v: u32| u32::from_be_bytes(v.to_ne_bytes());
+        let what = (NLMSG_HDR + CN_MSG) as u32;
+        let data = what + EVENT_HEAD as u32;
+        let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt,
+            jf,
+            k,
+        };
+        let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+        let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+        let ret = libc::BPF_RET | libc::BPF_K;
+        let prog = [
+            op(ld, 0, 0, what),
+            op(jeq, 0, 3, be(PROC_EVENT_EXIT)),
+            op(ld, 0, 0, data + 4), // process_tgid
+            op(jeq, 0, 1, be(pid as u32)),
+            op(ret, 0, 0, u32::MAX),
+            op(ret, 0, 0, 0),
+        ];
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        // SAFETY: `fprog` points at `prog`, both live for the call; the
+        // kernel copies the program.
+        let r = unsafe {
+            libc::setsockopt(
+                sock,
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&fprog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        r == 0
+    }
+
+    fn subscribe(pid: i32) -> Option<OwnedFd> {
         // SAFETY: plain socket call; the result is checked.
         let raw = unsafe {
             libc::socket(
@@ -76,6 +119,9 @@ impl ExitWatch {
         }
         // SAFETY: a descriptor we just opened and own.
         let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        if !Self::only_exit_of(raw, pid) {
+            return None;
+        }
         // SAFETY: sockaddr_nl is plain data; all-zero is valid.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -198,12 +244,26 @@ mod tests {
     #[test]
     #[ignore = "needs root: the process events connector"]
     fn a_childs_exit_status_is_heard() {
-        let w = ExitWatch::new().expect("subscribe (needs root)");
+        // Stopped until subscribed, so its exit cannot come first.
         let child = std::process::Command::new("sh")
-            .args(["-c", "exit 5"])
+            .args(["-c", "kill -STOP $$; exit 5"])
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
+        let w = ExitWatch::new(pid).expect("subscribe (needs root)");
+        let other = ExitWatch::new(1).expect("subscribe (needs root)");
+        loop {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if st[st.rfind(')').unwrap() + 2..].starts_with('T') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .unwrap();
         let status = child.wait_with_output().unwrap().status;
         assert_eq!(status.code(), Some(5));
         let mut got = None;
@@ -215,5 +275,10 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(got, Some(5 << 8));
+        // The filter let nothing else through to a watch of another pid.
+        let mut buf = [0u8; 64];
+        // SAFETY: receives into a live buffer of the length given.
+        let n = unsafe { libc::recv(other.fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n < 0, "a watch of pid 1 heard another process's event");
     }
 }

@@ -366,7 +366,7 @@ pub fn keep(pidfd: &OwnedFd, mut w: Watch) {
     let start = Instant::now();
     let started_at = now_unix();
     // Before any thread starts: it visits the initial network namespace.
-    let exits = crate::exitwatch::ExitWatch::new();
+    let exits = crate::exitwatch::ExitWatch::new(w.pid);
     // A filter that does not start leaves the TUN unserved: the
     // container then reaches nothing, which fails closed.
     let net = w
