@@ -349,6 +349,31 @@ fn timeout_and_memory_kills_show_in_the_report() {
 
 #[test]
 #[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
+fn a_fork_refused_at_the_pids_limit_shows_in_the_report() {
+    let c = Oci::new(
+        "pids",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 2 & done; wait; exit 0",
+        ],
+    );
+    c.edit(|cfg| cfg["linux"]["resources"] = json!({"pids": {"limit": 6}}));
+    let out = c.run();
+    assert!(
+        text(&out.stderr).contains("fork") || text(&out.stderr).contains("Resource"),
+        "the forks were not refused: {}",
+        text(&out.stderr)
+    );
+    let r = c.report();
+    let v = violations(&r, "pids-limit");
+    assert_eq!(v.len(), 1, "{r}");
+    assert_eq!(v[0]["limit"], "6", "{r}");
+    assert!(r["usage"]["pids_peak"].as_u64().unwrap() <= 6, "{r}");
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
 fn a_disk_annotation_kills_a_container_that_writes_past_it() {
     let c = Oci::new(
         "disk",

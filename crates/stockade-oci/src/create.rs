@@ -275,6 +275,8 @@ pub fn create_with(
     };
     let group = cgroups::create(&rel, linux.resources.as_ref())?;
     undo.group = Some(group.clone());
+    let created = (std::time::Instant::now(), crate::supervise::now_unix());
+    let pids_hits_at_create = crate::supervise::pids_max_hits(&group);
     let _ = std::fs::remove_file(crate::supervise::report_path(&o.root, &o.id));
     // The filter answers DNS at its gateway only: the engine's
     // resolv.conf (a bind mount) is replaced by one that names it.
@@ -556,6 +558,9 @@ pub fn create_with(
         },
         pid,
         lock: crate::supervise::lock_keeper(&dir.path),
+        created: created.0,
+        created_unix: created.1,
+        pids_hits_at_create,
     };
     keep(slot, pidfd, watch);
     undo.armed = false;

@@ -225,6 +225,13 @@ pub struct Watch {
     /// written: `delete` waits for it before it removes the cgroup the
     /// report's last figures are read from.
     pub lock: Option<OwnedFd>,
+    /// When `create` made the container (times in the report count from
+    /// it, the keeper may start later).
+    pub created: Instant,
+    pub created_unix: f64,
+    /// `pids.events` `max` when the cgroup was made: a fork refused
+    /// after it is a violation, even one before the keeper first looks.
+    pub pids_hits_at_create: u64,
 }
 
 impl std::fmt::Debug for Watch {
@@ -238,7 +245,7 @@ impl std::fmt::Debug for Watch {
     }
 }
 
-fn now_unix() -> f64 {
+pub fn now_unix() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -279,7 +286,7 @@ fn oom_kills(g: &Group) -> u64 {
         .unwrap_or(0)
 }
 
-fn pids_max_hits(g: &Group) -> u64 {
+pub fn pids_max_hits(g: &Group) -> u64 {
     first(g, |d| keyed(d, "pids.events", "max")).unwrap_or(0)
 }
 
@@ -363,8 +370,7 @@ fn zombie_status(pid: i32) -> Option<i32> {
 /// the cgroup, kills on a timeout or disk breach, runs the egress filter,
 /// and writes the report once init's pidfd says it has ended.
 pub fn keep(pidfd: &OwnedFd, mut w: Watch) {
-    let start = Instant::now();
-    let started_at = now_unix();
+    let (start, started_at) = (w.created, w.created_unix);
     // Before any thread starts: it visits the initial network namespace.
     let exits = crate::exitwatch::ExitWatch::new(w.pid);
     // A filter that does not start leaves the TUN unserved: the
@@ -390,7 +396,7 @@ fn run_loop(
     let mut pids_peak = 0u64;
     let mut disk_bytes = 0u64;
     let mut last_disk = Instant::now() - Duration::from_secs(60);
-    let pids_hits0 = pids_max_hits(&w.group);
+    let pids_hits0 = w.pids_hits_at_create;
     let mut pids_reported = false;
     let kill = |w: &Watch| {
         let _ = stockade_isolate::sys::pidfd_send_signal(pidfd, libc::SIGKILL);
