@@ -502,7 +502,10 @@ fn allow_hosts_puts_the_containers_network_behind_the_egress_filter() {
     // from the container's namespace unless the filter holds.
     let bypass = serve_on(TcpListener::bind(("192.0.2.9", 8080)).unwrap(), "bypassed");
     let script = r#"req() { printf 'GET / HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" | nc -w 5 "$1" "$2"; echo " $3=$?"; }
-                    req good.test 80 good; req bad.test 80 bad; req 192.0.2.9 8080 bypass; req 203.0.113.11 80 raw"#;
+                    req good.test 80 good; req bad.test 80 bad; req 192.0.2.9 8080 bypass; req 203.0.113.11 80 raw
+                    ip link set stkp-b up 2>/dev/null; echo " linkup=$?"
+                    ip route add default via 192.0.2.9 dev stkp-b 2>/dev/null; echo " routeadd=$?"
+                    req 192.0.2.9 8080 bypass2"#;
     let c = Oci::new("egress", &["sh", "-c", script]);
     // The engine's resolv.conf names its own server, as CNI's does.
     let resolv = c.dir.path().join("resolv.conf");
@@ -535,6 +538,10 @@ fn allow_hosts_puts_the_containers_network_behind_the_egress_filter() {
         "{o}"
     );
     assert!(o.contains(" bypass=") && o.contains(" raw="), "{o}");
+    // The container cannot bring the engine's link back (no
+    // CAP_NET_ADMIN over a namespace its user namespace does not own).
+    assert!(!o.contains("linkup=0") && !o.contains("routeadd=0"), "{o}");
+    assert!(o.contains(" bypass2="), "{o}");
     assert_eq!(*requests.lock().unwrap(), vec!["good.test".to_string()]);
     assert!(bypass.lock().unwrap().is_empty(), "the filter was bypassed");
     assert!(
@@ -550,4 +557,59 @@ fn allow_hosts_puts_the_containers_network_behind_the_egress_filter() {
         "{r}"
     );
     assert!(r["network"].is_object(), "{r}");
+
+    // A namespace the runtime makes itself (Docker's case: its
+    // resolv.conf bound in as well) gets the same.
+    let c = Oci::new("ownns", &["sh", "-c", script]);
+    c.annotate("org.stockade.net.allow-hosts", "good.test");
+    c.edit(|cfg| {
+        cfg["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/etc/resolv.conf",
+            "type": "bind",
+            "source": resolv,
+            "options": ["rbind", "ro"]
+        }));
+    });
+    let wrap = with_hosts(
+        c.dir.path(),
+        &format!("{TEST_HOST} good.test\n{OTHER_HOST} bad.test\n"),
+    );
+    let wrap: Vec<&str> = wrap.iter().map(String::as_str).collect();
+    let out = c.run_with(&wrap);
+    let o = text(&out.stdout);
+    assert!(out.status.success(), "{o} {}", text(&out.stderr));
+    assert!(o.contains("hello-from-good good=0"), "{o}");
+    assert!(
+        !o.contains("hello-from-other") && !o.contains("bad=0"),
+        "{o}"
+    );
+    assert!(
+        others.lock().unwrap().is_empty(),
+        "a name not allowed was reached"
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
+fn a_filter_with_cap_net_admin_or_the_hosts_network_is_refused() {
+    let c = Oci::new("netadmin", &["true"]);
+    c.annotate("org.stockade.net.allow-hosts", "good.test");
+    c.edit(|cfg| {
+        cfg["process"]["capabilities"] = json!({
+            "bounding": ["CAP_NET_ADMIN"], "effective": ["CAP_NET_ADMIN"],
+            "permitted": ["CAP_NET_ADMIN"]
+        })
+    });
+    let e = c.create_fails();
+    assert!(e.contains("CAP_NET_ADMIN"), "{e}");
+
+    // No network namespace: the lock-down would be the host's.
+    let c = Oci::new("hostnet", &["true"]);
+    c.annotate("org.stockade.net.allow-hosts", "good.test");
+    c.edit(|cfg| {
+        let nss = cfg["linux"]["namespaces"].as_array_mut().unwrap();
+        nss.retain(|n| n["type"] != "network");
+    });
+    let e = c.create_fails();
+    assert!(e.contains("host's network namespace"), "{e}");
 }
