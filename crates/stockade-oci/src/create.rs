@@ -248,7 +248,7 @@ pub fn create_with(
     }
     let mut linux = spec.linux().clone();
     // The policy's memory and pids limits where the config sets none.
-    {
+    if policy.memory.is_some() || policy.pids.is_some() {
         let r = linux.resources.get_or_insert_with(Default::default);
         if let (Some(m), true) = (
             policy.memory,
