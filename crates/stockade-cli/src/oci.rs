@@ -34,6 +34,14 @@ struct Args {
     /// Accepted for runc compatibility.
     #[arg(long, global = true)]
     debug: bool,
+    /// The only directory whose policy files `org.stockade.policy` may name.
+    #[arg(
+        long = "policy-dir",
+        global = true,
+        env = "STOCKADE_OCI_POLICY_DIR",
+        default_value = oci::annotations::DEFAULT_POLICY_DIR
+    )]
+    policy_dir: PathBuf,
     /// Accepted for runc compatibility.
     #[arg(long = "log-level", global = true)]
     log_level: Option<String>,
@@ -238,6 +246,19 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// `create` with stockade's policy from the bundle's annotations and the
+/// egress filter its keeper runs (`oci_policy.rs`).
+fn create(a: &Args, c: &CreateArgs) -> Result<i32> {
+    let mut o = create_options(a, c);
+    if c.bundle.is_dir() {
+        o.policy = crate::oci_policy::container_policy(&c.bundle, &a.policy_dir)?;
+    }
+    Ok(oci::create::create_with(
+        &o,
+        Some(Box::new(crate::oci_policy::Filter::default())),
+    )?)
+}
+
 fn create_options(a: &Args, c: &CreateArgs) -> oci::CreateOptions {
     oci::CreateOptions {
         root: a.root.clone(),
@@ -247,6 +268,7 @@ fn create_options(a: &Args, c: &CreateArgs) -> oci::CreateOptions {
         console_socket: c.console_socket.clone(),
         preserve_fds: c.preserve_fds,
         systemd_cgroup: a.systemd_cgroup,
+        policy: Default::default(),
     }
 }
 
@@ -254,10 +276,10 @@ fn run(a: Args) -> Result<u8> {
     let root = a.root.clone();
     match &a.command {
         Cmd::Create(c) => {
-            oci::create(&create_options(&a, c))?;
+            create(&a, c)?;
         }
         Cmd::Run(c) => {
-            let pid = oci::create(&create_options(&a, c))?;
+            let pid = create(&a, c)?;
             oci::start(&root, &c.id)?;
             if c.detach {
                 return Ok(0);

@@ -867,11 +867,11 @@ fn stockade_annotations_timeout_kills_and_unknown_ones_are_refused() {
     assert!(!text(&out.stdout).contains("not-killed"));
     c.assert_nothing_left();
 
-    let c = Oci::new("allowhosts", &["true"]);
-    c.edit(|cfg| cfg["annotations"]["org.stockade.net.allow-hosts"] = json!("example.org"));
+    let c = Oci::new("unknownkey", &["true"]);
+    c.edit(|cfg| cfg["annotations"]["org.stockade.net.allow-all"] = json!("yes"));
     let e = create_fails(&c);
     assert!(
-        e.contains("org.stockade.net.allow-hosts") && e.contains("not supported"),
+        e.contains("org.stockade.net.allow-all") && e.contains("not one stockade-runc knows"),
         "{e}"
     );
 }

@@ -27,7 +27,7 @@ const MAX_NET_PRINTED: usize = 20;
 const NET_QUEUE: usize = 4096;
 
 /// Called with each new network violation and its one-line description.
-pub(crate) type NetSink<'a> = dyn FnMut(&Violation, &str) + 'a;
+pub type NetSink<'a> = dyn FnMut(&Violation, &str) + 'a;
 
 /// A sandbox's egress stack, seen from the event loop of its
 /// [`crate::sandbox::Sandbox`]: starts it when init hands over the TUN,
@@ -61,7 +61,7 @@ impl std::fmt::Debug for NetWatch {
 }
 
 impl NetWatch {
-    pub(crate) fn new(
+    pub fn new(
         policy: &NetworkPolicy,
         sandbox_id: &str,
         started_at: f64,
@@ -84,7 +84,7 @@ impl NetWatch {
 
     /// Serves the TUN init sent (`FromInit::Tun`). The caller must be done
     /// cloning: this starts a thread.
-    pub(crate) fn start(&mut self, tun: Option<OwnedFd>) -> Result<(), String> {
+    pub fn start(&mut self, tun: Option<OwnedFd>) -> Result<(), String> {
         if self.egress.is_some() {
             return Err("the sandbox's init sent a second network device".into());
         }
@@ -130,7 +130,7 @@ impl NetWatch {
 
     /// Turns the denials reported so far into violations; `sink` hears of
     /// each new one (and of the line that says further ones are not shown).
-    pub(crate) fn drain(&mut self, sink: &mut NetSink<'_>) {
+    pub fn drain(&mut self, sink: &mut NetSink<'_>) {
         let Some(rx) = &self.events else {
             return;
         };
@@ -228,7 +228,7 @@ impl NetWatch {
         self.device.take()
     }
 
-    pub(crate) fn finish(&mut self, sink: &mut NetSink<'_>) -> Option<NetworkUsage> {
+    pub fn finish(&mut self, sink: &mut NetSink<'_>) -> Option<NetworkUsage> {
         let egress = self.egress.take()?;
         let summary = egress.shutdown();
         self.drain(sink);

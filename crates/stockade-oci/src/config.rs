@@ -28,6 +28,8 @@ pub enum ConfigError {
     /// A value stockade refuses; the message names the key.
     #[error("config.json: {0}")]
     Invalid(String),
+    #[error("config.json")]
+    Annotation(#[from] crate::annotations::AnnotationError),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -289,7 +291,7 @@ pub struct Pids {
 }
 
 /// The annotation that bounds a container's run time.
-pub const TIMEOUT_ANNOTATION: &str = "org.stockade.timeout";
+pub const TIMEOUT_ANNOTATION: &str = crate::annotations::TIMEOUT;
 
 /// Sysctls a container may set: those of namespaces it owns (as runc's
 /// list). Anything else would change the host.
@@ -354,34 +356,20 @@ impl Spec {
         Ok(bundle.join(&root.path))
     }
 
-    /// `org.stockade.timeout`: how long the container may run (from
-    /// `create`) before it is killed.
-    pub fn stockade_timeout(&self) -> Result<Option<std::time::Duration>, ConfigError> {
-        match self.annotations.get(TIMEOUT_ANNOTATION) {
-            None => Ok(None),
-            Some(v) => v
-                .parse::<stockade_policy::Span>()
-                .map(|s| Some(s.duration()))
-                .map_err(|e| ConfigError::Invalid(format!("annotation {TIMEOUT_ANNOTATION}: {e}"))),
-        }
+    /// The `org.stockade.*` annotations, parsed and checked.
+    pub fn stockade_annotations(
+        &self,
+    ) -> Result<crate::annotations::Annotations, crate::annotations::AnnotationError> {
+        crate::annotations::parse(&self.annotations)
     }
 
     /// Checks what stockade refuses or cannot honour, before anything is
     /// made.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Invalid(s));
-        // A stockade annotation this runtime does not act on yet would
-        // look like protection that is not there (an egress allowlist, a
-        // policy): refused rather than ignored.
-        for key in self.annotations.keys() {
-            if key.starts_with("org.stockade.") && key != TIMEOUT_ANNOTATION {
-                return bad(format!(
-                    "annotation {key:?} is not supported by stockade-runc yet (only \
-                     {TIMEOUT_ANNOTATION} is); remove it rather than rely on it"
-                ));
-            }
-        }
-        self.stockade_timeout()?;
+        // stockade's own annotations: unknown keys are refused (see
+        // `annotations.rs`).
+        self.stockade_annotations()?;
         let process = self.process()?;
         if process.args.is_empty() {
             return bad("process.args is empty: name the program to run".into());
@@ -534,12 +522,16 @@ mod tests {
 
     #[test]
     fn unknown_stockade_annotations_and_bad_timeouts_are_refused() {
+        use std::error::Error;
         let base = r#"{"process":{"args":["sh"]},"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]},"annotations":"#;
         let with = |a: &str| parse(&format!("{base}{a}}}")).unwrap().validate();
-        assert!(with(r#"{"org.stockade.policy":"/etc/p.toml"}"#)
+        assert!(with(r#"{"org.stockade.net.allow-all":"yes"}"#)
             .unwrap_err()
+            .source()
+            .unwrap()
             .to_string()
-            .contains("not supported"));
+            .contains("not one stockade-runc knows"));
+        with(r#"{"org.stockade.policy":"/etc/p.toml"}"#).unwrap();
         assert!(with(r#"{"org.stockade.timeout":"soon"}"#).is_err());
         with(r#"{"org.stockade.timeout":"1h30m","org.other":"x"}"#).unwrap();
     }

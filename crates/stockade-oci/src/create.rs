@@ -73,6 +73,20 @@ pub enum CreateError {
     Hook(#[from] hooks::HookError),
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
+    #[error(transparent)]
+    Supervise(#[from] crate::supervise::SuperviseError),
+    #[error(transparent)]
+    Annotation(#[from] crate::annotations::AnnotationError),
+    #[error(
+        "stockade's network policy is asked for, but the config shares the host's network \
+         namespace: give the container a network namespace of its own (or drop the policy)"
+    )]
+    HostNetwork,
+    #[error(
+        "annotation org.stockade.policy needs stockade-runc's command line, which reads \
+         policy files; this caller of the library gave none"
+    )]
+    PolicyUnread,
 }
 
 fn sys_err(what: impl Into<String>) -> impl FnOnce(Errno) -> CreateError {
@@ -95,6 +109,11 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
     pub preserve_fds: u32,
     pub systemd_cgroup: bool,
+    /// stockade's policy for this container (`annotations.rs`): the CLI
+    /// combines the policy file and the direct keys. Left at its default,
+    /// `create` applies the direct keys itself (a policy file then needs
+    /// the CLI, which reads it).
+    pub policy: crate::annotations::ContainerPolicy,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -161,6 +180,15 @@ fn id_map(entries: &[crate::config::IdMapping]) -> IdMap {
 /// Creates the container; returns init's host pid. init waits for
 /// `start`.
 pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
+    create_with(o, None)
+}
+
+/// [`create`] with the egress filter that serves a container whose policy
+/// routes its network through stockade (`supervise.rs`).
+pub fn create_with(
+    o: &CreateOptions,
+    filter: Option<Box<dyn crate::supervise::NetFilter>>,
+) -> Result<i32, CreateError> {
     let dir = Dir::of(&o.root, &o.id)?;
     if !o.bundle.is_dir() {
         return Err(crate::config::ConfigError::Read {
@@ -171,8 +199,44 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     }
     let bundle = std::fs::canonicalize(&o.bundle)
         .map_err(io_err(format!("resolve the bundle {}", o.bundle.display())))?;
-    let spec = Spec::load(&bundle)?;
+    let mut spec = Spec::load(&bundle)?;
     spec.validate()?;
+    let annotations = spec.stockade_annotations()?;
+    let policy = if o.policy == crate::annotations::ContainerPolicy::default() {
+        if annotations.policy.is_some() {
+            return Err(CreateError::PolicyUnread);
+        }
+        crate::annotations::ContainerPolicy::combine(None, &annotations)?
+    } else {
+        o.policy.clone()
+    };
+    let tun_cfg = match &policy.network {
+        None => None,
+        Some(n) => {
+            if spec.namespace(NamespaceKind::Network).is_none() {
+                return Err(CreateError::HostNetwork);
+            }
+            let caps = spec.process()?.capabilities.as_ref();
+            if caps.is_some_and(|c| {
+                [
+                    &c.bounding,
+                    &c.effective,
+                    &c.permitted,
+                    &c.inheritable,
+                    &c.ambient,
+                ]
+                .iter()
+                .any(|set| set.iter().any(|x| x == "CAP_NET_ADMIN"))
+            }) {
+                return Err(crate::supervise::SuperviseError::NetAdmin.into());
+            }
+            match (&filter, n.mode) {
+                (_, stockade_policy::NetMode::None) => None,
+                (None, _) => return Err(crate::supervise::SuperviseError::NoFilter.into()),
+                (Some(f), _) => Some(f.tun_config()),
+            }
+        }
+    };
     let process = spec.process()?.clone();
     let rootfs = spec.rootfs(&bundle)?;
     let rootfs = match std::fs::canonicalize(&rootfs) {
@@ -182,7 +246,23 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     if process.terminal && o.console_socket.is_none() {
         return Err(CreateError::NoConsoleSocket);
     }
-    let linux = spec.linux().clone();
+    let mut linux = spec.linux().clone();
+    // The policy's memory and pids limits where the config sets none.
+    if policy.memory.is_some() || policy.pids.is_some() {
+        let r = linux.resources.get_or_insert_with(Default::default);
+        if let (Some(m), true) = (
+            policy.memory,
+            r.memory.as_ref().and_then(|m| m.limit).is_none(),
+        ) {
+            r.memory.get_or_insert_with(Default::default).limit =
+                Some(i64::try_from(m).unwrap_or(i64::MAX));
+        }
+        if let (Some(p), true) = (policy.pids, r.pids.is_none()) {
+            r.pids = Some(crate::config::Pids {
+                limit: i64::try_from(p).unwrap_or(i64::MAX),
+            });
+        }
+    }
     let rel = cgroups::relative_path(linux.cgroups_path.as_deref(), &o.id, o.systemd_cgroup)?;
 
     dir.make()?;
@@ -195,6 +275,23 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     };
     let group = cgroups::create(&rel, linux.resources.as_ref())?;
     undo.group = Some(group.clone());
+    let created = (std::time::Instant::now(), crate::supervise::now_unix());
+    let pids_hits_at_create = crate::supervise::pids_max_hits(&group);
+    let _ = std::fs::remove_file(crate::supervise::report_path(&o.root, &o.id));
+    // The filter answers DNS at its gateway only: the engine's
+    // resolv.conf (a bind mount) is replaced by one that names it.
+    if let Some(cfg) = &tun_cfg {
+        let resolv = dir.path.join("resolv.conf");
+        std::fs::write(&resolv, crate::supervise::resolv_conf(cfg))
+            .map_err(io_err("write the container's resolv.conf"))?;
+        for m in spec
+            .mounts
+            .iter_mut()
+            .filter(|m| m.destination == "/etc/resolv.conf" && mounts::is_bind(m))
+        {
+            m.source = Some(resolv.to_string_lossy().into_owned());
+        }
+    }
 
     let (slot, uids, gids) = if linux.uid_mappings.is_empty() {
         let slot = stockade_isolate::slots::Slot::acquire(&stockade_isolate::slots::dir())
@@ -240,6 +337,14 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     // and UTS) are joined here, as host root, before the clone: init is
     // born in them, and its own user namespace owns none of them.
     let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS;
+    // The keeper's egress stack connects out from the caller's network
+    // namespace, not the container's: kept to come back to.
+    let home_net = nix::fcntl::open(
+        "/proc/thread-self/ns/net",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys_err("open create's network namespace"))?;
     for kind in [
         NamespaceKind::Network,
         NamespaceKind::Ipc,
@@ -425,10 +530,39 @@ pub fn create(o: &CreateOptions) -> Result<i32, CreateError> {
     if let Some(p) = &o.pid_file {
         write_pid_file(p, pid)?;
     }
-    let timeout = spec.stockade_timeout()?;
-    if slot.is_some() || timeout.is_some() {
-        keep(slot, pidfd, timeout, &group);
-    }
+    // After the hooks: Docker's prestart hook wires the network
+    // namespace the runtime made, which the lock-down must see.
+    nix::sched::setns(&home_net, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(sys_err("return to create's network namespace"))?;
+    let tun = match &policy.network {
+        None => None,
+        Some(_) => crate::supervise::lock_down_network(pid, tun_cfg.as_ref())?,
+    };
+    let disk = policy.disk.map(|limit| {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = crate::rootfs::overlay_layers(&mountinfo, &rootfs)
+            .and_then(|l| l.upper)
+            .unwrap_or_else(|| rootfs.clone());
+        (limit, dir)
+    });
+    let watch = crate::supervise::Watch {
+        id: o.id.clone(),
+        report: crate::supervise::report_path(&o.root, &o.id),
+        command: process.args.clone(),
+        group: group.clone(),
+        timeout: policy.timeout,
+        disk,
+        net: match (filter, tun, &policy.network) {
+            (Some(f), Some(t), Some(n)) => Some((f, t, n.clone())),
+            _ => None,
+        },
+        pid,
+        lock: crate::supervise::lock_keeper(&dir.path),
+        created: created.0,
+        created_unix: created.1,
+        pids_hits_at_create,
+    };
+    keep(slot, pidfd, watch);
     undo.armed = false;
     Ok(pid)
 }
@@ -534,16 +668,15 @@ pub fn set_rlimit(pid: i32, kind: &str, soft: u64, hard: u64) -> Result<(), Crea
 }
 
 /// Forks the keeper: it holds the slot lock until init's pidfd says init
-/// has ended, and with `org.stockade.timeout` kills the container when
-/// that time (from `create`) is up.
+/// has ended, kills the container on a timeout or disk breach, serves the
+/// egress filter, and writes the report (`supervise.rs`).
 fn keep(
     slot: Option<stockade_isolate::slots::Slot>,
     pidfd: OwnedFd,
-    timeout: Option<std::time::Duration>,
-    group: &cgroups::Group,
+    watch: crate::supervise::Watch,
 ) {
-    // SAFETY: single-threaded (see `create`); the child only polls and
-    // exits.
+    // SAFETY: single-threaded (see `create`); the child starts threads
+    // (the egress filter) only after the fork.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             let _ = nix::unistd::setsid();
@@ -561,40 +694,12 @@ fn keep(
             keep.extend(
                 slot.as_ref()
                     .and_then(|s| s.lock_fd())
-                    .map(|fd| fd.as_raw_fd()),
+                    .map(|f| f.as_raw_fd()),
             );
+            keep.extend(watch.net.as_ref().map(|(_, t, _)| t.as_raw_fd()));
+            keep.extend(watch.lock.as_ref().map(|l| l.as_raw_fd()));
             stockade_isolate::sys::close_fds_from(3, &keep);
-            let mut deadline = timeout.map(|t| std::time::Instant::now() + t);
-            loop {
-                let mut p = libc::pollfd {
-                    fd: pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                let wait_ms = deadline.map_or(-1, |d| {
-                    d.saturating_duration_since(std::time::Instant::now())
-                        .as_millis()
-                        .min(i32::MAX as u128) as i32
-                });
-                // SAFETY: one live pollfd.
-                let r = unsafe { libc::poll(&mut p, 1, wait_ms) };
-                if r > 0 {
-                    break;
-                }
-                if r == 0 {
-                    // Time is up: init (and with it its pid namespace),
-                    // then whatever else is in the cgroup.
-                    let _ = stockade_isolate::sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
-                    for pid in group.pids() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    // The slot stays held until init is really gone.
-                    deadline = None;
-                }
-            }
+            crate::supervise::keep(&pidfd, watch);
             // SAFETY: leaves at once, running no destructors of the copy
             // of the parent's state.
             unsafe { libc::_exit(0) }

@@ -12,10 +12,15 @@
 //! - `seccomp.rs`: the config's own seccomp profile as stacked filters.
 //! - `ops.rs`: the other subcommands.
 //! - `hooks.rs`: OCI hooks.
+//! - `annotations.rs`: stockade's own policy through `org.stockade.*`.
+//! - `supervise.rs`: the network behind the egress filter, the keeper's
+//!   watch and the container's report; `exitwatch.rs`: init's exit status.
 
+pub mod annotations;
 pub mod cgroups;
 pub mod config;
 pub mod create;
+pub mod exitwatch;
 pub mod hooks;
 pub mod mounts;
 pub mod ops;
@@ -23,6 +28,7 @@ pub mod process;
 pub mod rootfs;
 pub mod seccomp;
 pub mod state;
+pub mod supervise;
 mod sys;
 
 pub use create::{create, CreateOptions};

@@ -188,6 +188,8 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OpError> {
             })
         }
     }
+    // The keeper reads its last figures from the cgroup.
+    crate::supervise::wait_for_keeper(&dir.path);
     g.remove();
     if let Some(w) = &saved.overlay_work {
         let _ = std::fs::remove_dir_all(w);
