@@ -644,12 +644,38 @@ pub fn version(args: VersionArgs) -> anyhow::Result<u8> {
 pub struct EventsArgs {
     #[command(flatten)]
     pub socket: SocketArg,
-    /// Only this sandbox's events.
+    /// Only this sandbox's (or, with --oci, container's) events.
     pub id: Option<String>,
+    /// Instead of the daemon's events: the reports stockade-runc writes
+    /// when a container ends, one JSON line each (`"type":"oci-report"`),
+    /// from the engines' default state roots or those --oci-root names.
+    #[arg(long)]
+    pub oci: bool,
+    /// A runtime state root to watch (`--root` of stockade-runc; a
+    /// trailing `/*` watches each subdirectory). Repeatable. Implies --oci.
+    #[arg(long, value_name = "DIR")]
+    pub oci_root: Vec<PathBuf>,
+    /// With --oci: print the reports already there first.
+    #[arg(long)]
+    pub all: bool,
+    /// With --oci: print the reports already there, then stop.
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// One JSON line per event until interrupted.
 pub fn events(args: EventsArgs) -> anyhow::Result<u8> {
+    if args.oci || !args.oci_root.is_empty() {
+        return crate::oci_events::follow(crate::oci_events::Follow {
+            roots: args.oci_root,
+            id: args.id,
+            all: args.all,
+            once: args.once,
+        });
+    }
+    if args.all || args.once {
+        anyhow::bail!("--all and --once go with --oci (the daemon's stream has no history)");
+    }
     for ev in args.socket.client().events(args.id.as_deref())? {
         let ev = ev?;
         println!("{}", ev.data);

@@ -14,6 +14,7 @@ mod flags;
 mod images;
 mod listing;
 mod oci;
+mod oci_events;
 mod oci_policy;
 mod paths;
 mod registry_flags;

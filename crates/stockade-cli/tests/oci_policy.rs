@@ -308,6 +308,21 @@ fn timeout_and_memory_kills_show_in_the_report() {
         &["sh", "-c", "echo up; sleep 30; echo not-killed"],
     );
     c.annotate("org.stockade.timeout", "1s");
+    // `stockade events --oci` follows the runtime's reports as they come.
+    let root = c.root();
+    let mut follower = Command::new(common::BIN)
+        .args(["events", "--oci-root", root.to_str().unwrap(), &c.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(lines).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
     let out = c.run();
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
     let r = c.report();
@@ -315,6 +330,24 @@ fn timeout_and_memory_kills_show_in_the_report() {
     assert_eq!(r["signal"], 9, "{r}");
     assert_eq!(violations(&r, "timeout").len(), 1, "{r}");
     assert_eq!(r["command"][0], "sh", "{r}");
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let ev: Value = serde_json::from_str(&line.expect("events --oci printed the report")).unwrap();
+    assert_eq!(ev["type"], "oci-report", "{ev}");
+    assert_eq!(ev["id"], c.id.as_str(), "{ev}");
+    assert_eq!(ev["report"], r, "{ev}");
+    // --once prints what is there and stops; another id's reports are not.
+    let once = |id: &str| {
+        let out = Command::new(common::BIN)
+            .args(["events", "--oci-root", root.to_str().unwrap(), "--once", id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(once(&c.id).lines().count(), 1);
+    assert_eq!(once("another"), "");
 
     let c = Oci::new(
         "mem",
