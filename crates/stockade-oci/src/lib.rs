@@ -12,11 +12,17 @@
 //! - `seccomp.rs`: the config's own seccomp profile as stacked filters.
 //! - `ops.rs`: the other subcommands.
 //! - `hooks.rs`: OCI hooks.
+//! - `floor.rs`: what a config is refused for (capabilities, devices).
+//! - `devices.rs`: `linux.devices`, bound from the host's harmless nodes.
+//! - `landlock.rs`: the container's Landlock ruleset.
 
 pub mod cgroups;
 pub mod config;
 pub mod create;
+pub mod devices;
+pub mod floor;
 pub mod hooks;
+pub mod landlock;
 pub mod mounts;
 pub mod ops;
 pub mod process;
