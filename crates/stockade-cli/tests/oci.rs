@@ -893,10 +893,10 @@ fn run_bundle(c: &Oci) -> String {
 /// the write worked.
 const WRITE_PROBE: &str = r#"
 try() { if (echo 1 > "$1") 2>/dev/null; then echo "$2=written"; else echo "$2=refused"; fi; }
-echo owner-ip_forward=$(stat -c %u /proc/sys/net/ipv4/ip_forward)
+echo owner-comm=$(stat -c %u /proc/self/comm)
 echo owner-root=$(stat -c %u /)
 grep -q ' /proc proc rw' /proc/mounts && echo proc-mount-rw
-try /proc/sys/net/ipv4/ip_forward sysctl
+try /proc/self/comm procself
 try /new-top-level top
 try /etc/new-file etc
 try /tmp/new-file tmp
@@ -905,18 +905,24 @@ try /dev/shm/new-file shm
 grep ' /sys sysfs' /proc/mounts | cut -d' ' -f4 | cut -d, -f1 | sed 's/^/sys-mount=/'
 "#;
 
+/// A config with nothing read-only or masked by the engine (no
+/// `readonlyPaths`/`maskedPaths`), /proc mounted writable: DAC and the
+/// mount table let a process write its own `/proc/self/comm` (owner,
+/// mode 0644, no capability needed).
+fn bare_proc(cfg: &mut Value) {
+    cfg["process"]["user"] = json!({"uid": 0, "gid": 0});
+    cfg["linux"]["readonlyPaths"] = json!([]);
+    cfg["linux"]["maskedPaths"] = json!([]);
+}
+
 #[test]
 #[ignore = "needs root and Landlock (ABI >= 6): creates namespaces, cgroups and id-mapped mounts"]
-fn landlock_refuses_writes_dac_would_allow_and_keeps_normal_ones() {
+fn a_writable_root_takes_writes_everywhere_and_sysfs_stays_read_only() {
     become_subreaper();
     let c = Oci::new("landlock", &["sh", "-c", "sleep 30"]);
     c.edit(|cfg| {
-        cfg["process"]["user"] = json!({"uid": 0, "gid": 0});
-        // Nothing read-only or masked by the config, and a sysfs asked
-        // for writable: only stockade stands between the container's root
-        // and its own network namespace's sysctls, which it owns.
-        cfg["linux"]["readonlyPaths"] = json!([]);
-        cfg["linux"]["maskedPaths"] = json!([]);
+        bare_proc(cfg);
+        // A sysfs asked for writable (as --privileged does).
         for m in cfg["mounts"].as_array_mut().unwrap() {
             if m["type"] == "sysfs" {
                 m["options"] = json!(["nosuid", "noexec", "nodev"]);
@@ -929,18 +935,11 @@ fn landlock_refuses_writes_dac_would_allow_and_keeps_normal_ones() {
     });
     c.create();
     assert!(c.run(&["start", &c.id]).status.success());
-    // Init's side of the wall and an exec'd process's are the same.
     let out = c.run(&["exec", &c.id, "sh", "-c", WRITE_PROBE]);
     let o = text(&out.stdout);
     assert!(out.status.success(), "exec: {} {o}", text(&out.stderr));
-    // The case: DAC and the mount would allow these writes.
-    assert!(o.contains("owner-ip_forward=0"), "{o}");
-    assert!(o.contains("owner-root=0"), "{o}");
-    assert!(o.contains("proc-mount-rw"), "{o}");
-    assert!(o.contains("sysctl=refused"), "{o}");
-    assert!(o.contains("top=refused"), "{o}");
-    // Normal container writes work.
     for ok in [
+        "top=written",
         "etc=written",
         "tmp=written",
         "devnull=written",
@@ -948,43 +947,59 @@ fn landlock_refuses_writes_dac_would_allow_and_keeps_normal_ones() {
     ] {
         assert!(o.contains(ok), "{ok} missing: {o}");
     }
+    // The control for the read-only root below: here nothing but
+    // Landlock's plan differs, and DAC and the mount let this through.
+    assert!(o.contains("owner-comm=0"), "{o}");
+    assert!(o.contains("proc-mount-rw"), "{o}");
+    assert!(o.contains("procself=written"), "{o}");
     // sysfs is read-only whatever the config asked for.
     assert!(o.contains("sys-mount=ro"), "{o}");
     let _ = c.run(&["delete", "--force", &c.id]);
     c.assert_nothing_left();
-
-    // init's own process is under the same rules.
-    let c = Oci::new("landlock-init", &["sh", "-c", WRITE_PROBE]);
-    c.edit(|cfg| {
-        cfg["process"]["user"] = json!({"uid": 0, "gid": 0});
-        cfg["linux"]["readonlyPaths"] = json!([]);
-        cfg["linux"]["maskedPaths"] = json!([]);
-    });
-    let o = run_bundle(&c);
-    assert!(o.contains("owner-ip_forward=0"), "{o}");
-    assert!(o.contains("sysctl=refused"), "{o}");
-    assert!(o.contains("etc=written"), "{o}");
 }
 
 #[test]
-#[ignore = "needs root and Landlock: creates namespaces, cgroups and id-mapped mounts"]
-fn a_read_only_root_stays_read_only_and_volumes_take_writes() {
+#[ignore = "needs root and Landlock (ABI >= 6): creates namespaces, cgroups and id-mapped mounts"]
+fn landlock_keeps_a_read_only_root_to_its_writable_mounts_where_dac_would_allow_more() {
+    become_subreaper();
     let vol = tempfile::tempdir().unwrap();
-    let c = Oci::new("roroot", &["sh", "-c", WRITE_PROBE]);
     let v = vol.path().to_str().unwrap().to_string();
+    let c = Oci::new("roroot", &["sh", "-c", WRITE_PROBE]);
     c.edit(|cfg| {
-        cfg["process"]["user"] = json!({"uid": 0, "gid": 0});
+        bare_proc(cfg);
         cfg["root"]["readonly"] = json!(true);
         cfg["mounts"].as_array_mut().unwrap().push(
             json!({"destination": "/tmp", "type": "bind", "source": v, "options": ["rbind", "rw"]}),
         );
     });
-    let o = run_bundle(&c);
-    assert!(o.contains("etc=refused"), "{o}");
-    assert!(o.contains("top=refused"), "{o}");
-    assert!(o.contains("tmp=written"), "{o}");
-    assert!(o.contains("devnull=written"), "{o}");
-    assert!(vol.path().join("new-file").exists(), "{o}");
+    let check = |o: &str| {
+        // The case: DAC and the mount table would allow this write.
+        assert!(o.contains("owner-comm=0"), "{o}");
+        assert!(o.contains("proc-mount-rw"), "{o}");
+        assert!(o.contains("procself=refused"), "{o}");
+        assert!(o.contains("etc=refused"), "{o}");
+        assert!(o.contains("top=refused"), "{o}");
+        for ok in ["tmp=written", "devnull=written", "shm=written"] {
+            assert!(o.contains(ok), "{ok} missing: {o}");
+        }
+    };
+    // init's process and an exec'd one.
+    c.edit(|cfg| cfg["process"]["args"] = json!(["sh", "-c", format!("{WRITE_PROBE}\nsleep 30")]));
+    let pid = c.create();
+    assert!(c.run(&["start", &c.id]).status.success());
+    wait_for(
+        || c.container_stdout().contains("sys-mount="),
+        "init's probe",
+    );
+    check(&c.container_stdout());
+    let out = c.run(&["exec", &c.id, "sh", "-c", WRITE_PROBE]);
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    check(&text(&out.stdout));
+    assert!(vol.path().join("new-file").exists());
+    let _ = c.run(&["kill", &c.id, "KILL"]);
+    reap(pid);
+    let _ = c.run(&["delete", "--force", &c.id]);
+    c.assert_nothing_left();
 }
 
 /// A directory outside the host's /tmp (which the container's root covers
@@ -1097,27 +1112,22 @@ fn create_and_start_container_hooks_run_inside_the_container() {
     assert!(e.contains("hook-said-no"), "{e}");
 }
 
-/// Runs `stockade-runc ARGS` with `files` as its fds 3, 4, …
-fn run_with_fds(c: &Oci, args: &[&str], files: &[&std::fs::File]) -> Output {
+/// Gives the command `files` as its fds 3, 4, …
+fn with_fds(cmd: &mut Command, files: &[&std::fs::File]) {
     let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
-    let mut cmd = c.cmd(args);
-    // SAFETY: dup2 only, between fork and exec.
+    // SAFETY: fcntl and dup2 only, between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            // Out of the way first, so a source is not overwritten.
-            let high: Vec<i32> = raw
-                .iter()
-                .map(|&f| libc::fcntl(f, libc::F_DUPFD, 100))
-                .collect();
-            for (i, f) in high.iter().enumerate() {
-                if libc::dup2(*f, 3 + i as i32) < 0 {
+            // Out of the way first, so that no source is overwritten.
+            for (i, &f) in raw.iter().enumerate() {
+                let high = libc::fcntl(f, libc::F_DUPFD, 100 + i as i32);
+                if high < 0 || libc::dup2(high, 3 + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
             Ok(())
         });
     }
-    cmd.stdin(Stdio::null()).output().unwrap()
 }
 
 #[test]
@@ -1132,90 +1142,67 @@ fn preserve_fds_passes_exactly_n_descriptors_to_create_and_exec() {
             "echo via-3 >&3; (echo via-4 >&4) 2>/dev/null || echo fd4-closed; sleep 30",
         ],
     );
-    let a = std::fs::File::create(c.dir.path().join("a")).unwrap();
-    let b = std::fs::File::create(c.dir.path().join("b")).unwrap();
+    let file = |n: &str| std::fs::File::create(c.dir.path().join(n)).unwrap();
+    let read = |n: &str| std::fs::read_to_string(c.dir.path().join(n)).unwrap();
+    let (a, b) = (file("a"), file("b"));
     let pid_file = c.dir.path().join("pid");
     let bundle = c.bundle();
-    let stdout = c.dir.path().join("stdout");
-    let out = {
-        let o = std::fs::File::create(&stdout).unwrap();
-        let mut cmd = c.cmd(&[
-            "create",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            "--preserve-fds",
-            "1",
-            &c.id,
-        ]);
-        let raw = [a.as_raw_fd(), b.as_raw_fd()];
-        // SAFETY: dup2 only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let high: Vec<i32> = raw
-                    .iter()
-                    .map(|&f| libc::fcntl(f, libc::F_DUPFD, 100))
-                    .collect();
-                for (i, f) in high.iter().enumerate() {
-                    libc::dup2(*f, 3 + i as i32);
-                }
-                Ok(())
-            });
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(o)
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap()
-    };
-    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let mut cmd = c.cmd(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--preserve-fds",
+        "1",
+        &c.id,
+    ]);
+    with_fds(&mut cmd, &[&a, &b]);
+    // The container's stdio are files: nothing waits on a pipe init holds.
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(file("stdout"))
+        .stderr(file("stderr"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "create: {}", read("stderr"));
+    let pid: i32 = read("pid").trim().parse().unwrap();
     assert!(c.run(&["start", &c.id]).status.success());
     wait_for(
-        || {
-            std::fs::read_to_string(&stdout)
-                .unwrap_or_default()
-                .contains("fd4-closed")
-        },
+        || c.container_stdout().contains("fd4-closed"),
         "the container's output",
     );
-    assert_eq!(
-        std::fs::read_to_string(c.dir.path().join("a")).unwrap(),
-        "via-3\n"
-    );
-    assert_eq!(std::fs::read_to_string(c.dir.path().join("b")).unwrap(), "");
+    assert_eq!(read("a"), "via-3\n");
+    assert_eq!(read("b"), "");
 
-    let e3 = std::fs::File::create(c.dir.path().join("e3")).unwrap();
-    let e4 = std::fs::File::create(c.dir.path().join("e4")).unwrap();
-    let out = run_with_fds(
-        &c,
-        &[
-            "exec",
-            "--preserve-fds",
-            "2",
-            &c.id,
-            "sh",
-            "-c",
-            "echo exec-3 >&3; echo exec-4 >&4",
-        ],
-        &[&e3, &e4],
-    );
+    let (e3, e4) = (file("e3"), file("e4"));
+    let mut cmd = c.cmd(&[
+        "exec",
+        "--preserve-fds",
+        "2",
+        &c.id,
+        "sh",
+        "-c",
+        "echo exec-3 >&3; echo exec-4 >&4",
+    ]);
+    with_fds(&mut cmd, &[&e3, &e4]);
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
     assert!(out.status.success(), "exec: {}", text(&out.stderr));
-    assert_eq!(
-        std::fs::read_to_string(c.dir.path().join("e3")).unwrap(),
-        "exec-3\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(c.dir.path().join("e4")).unwrap(),
-        "exec-4\n"
-    );
+    assert_eq!(read("e3"), "exec-3\n");
+    assert_eq!(read("e4"), "exec-4\n");
     // Without the flag nothing beyond stdio gets through.
-    let out = run_with_fds(&c, &["exec", &c.id, "sh", "-c", "echo leak >&3"], &[&e3]);
+    let mut cmd = c.cmd(&["exec", &c.id, "sh", "-c", "echo leak >&3"]);
+    with_fds(&mut cmd, &[&e3]);
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
     assert!(
         !out.status.success(),
         "fd 3 reached the process without --preserve-fds"
     );
+    assert_eq!(read("e3"), "exec-3\n");
+    let _ = c.run(&["kill", &c.id, "KILL"]);
+    reap(pid);
     let _ = c.run(&["delete", "--force", &c.id]);
+    c.assert_nothing_left();
 }
 
 #[test]

@@ -1,19 +1,22 @@
 //! Landlock in every container (init, `exec`'d processes and the hooks
 //! that run inside): stockade's second wall under the mount table.
 //!
-//! Everything the container sees may be read and executed; writes are
-//! allowed only beneath
-//! - each top-level entry of a writable root except `/proc` and `/sys`
-//!   (the top level itself is not writable: a rule on `/` would reach
-//!   every mount beneath it, `/proc/sys` and `/sys` included);
-//! - every mount of the config that is not read-only and not `proc`,
-//!   `sysfs` or `cgroup` (volumes, tmpfs such as `/dev`, `/dev/shm`,
-//!   `/tmp`, devpts, mqueue);
-//! - the device nodes stockade binds in (`/dev/null`, …).
-//!
-//! So a read-only root stays read-only, and nothing under `/proc` or
-//! `/sys` can be written, even where the container's root owns the file
-//! (the sysctls of its own network namespace) or the mount is writable.
+//! Everything the container sees may be read and executed. Writes:
+//! - with a writable root, everywhere beneath it. A Landlock rule reaches
+//!   every mount beneath its directory, so `/proc` and `/sys` cannot be
+//!   carved out of a rule on `/`; the alternative — rules on each
+//!   top-level entry but those — would make the top level itself
+//!   unwritable (`mkdir /app` in an entrypoint or a `podman build` step),
+//!   which runc allows. There the mount flags (sysfs always read-only,
+//!   the engine's `readonlyPaths`) and DAC in the user namespace do that
+//!   work;
+//! - with a read-only root (`root.readonly`), only beneath the config's
+//!   mounts that are not read-only and not `proc`, `sysfs` or `cgroup`
+//!   (volumes, tmpfs such as `/dev`, `/dev/shm`, `/tmp`, devpts, mqueue)
+//!   and the device nodes stockade binds in (`/dev/null`, …). Nothing
+//!   under `/proc` or `/sys` is writable then, even where the container's
+//!   root owns the file (the sysctls of its own network namespace) and
+//!   the mount is writable.
 //!
 //! Signals are not scoped: the container's pid namespace already keeps
 //! them in, and `exec`'d processes are Landlock domains of their own that
@@ -34,8 +37,8 @@ use crate::config::{NamespaceKind, Spec};
 /// `exec`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
-    /// Whether the top-level entries of the root (but `/proc`, `/sys`)
-    /// are writable: the root is not read-only.
+    /// Whether the root is writable (not `root.readonly`): then
+    /// everything beneath it is.
     pub root_writable: bool,
     /// Writable mounts and device nodes, as the container sees them.
     pub writable: Vec<PathBuf>,
@@ -43,8 +46,8 @@ pub struct Plan {
     pub scope_abstract: bool,
 }
 
-/// Top-level entries of the root that never get write rights.
-const NEVER: &[&str] = &["proc", "sys"];
+/// Where a read-only root's writable mounts are never writable.
+const NEVER: &[&str] = &["/proc", "/sys"];
 
 /// Device nodes every container gets (`mounts::default_devices`).
 pub const DEFAULT_DEVICES: &[&str] = &[
@@ -80,23 +83,13 @@ pub fn plan(spec: &Spec) -> Plan {
 }
 
 impl Plan {
-    /// The writable paths, the root's top-level entries included; run in
-    /// the container's mount namespace, after `pivot_root`.
+    /// The paths with write rights (as the container sees them).
     pub fn paths(&self) -> Vec<PathBuf> {
-        let mut out = self.writable.clone();
         if self.root_writable {
-            if let Ok(entries) = std::fs::read_dir("/") {
-                for e in entries.flatten() {
-                    let name = e.file_name();
-                    if NEVER.iter().any(|n| name == *n) {
-                        continue;
-                    }
-                    out.push(PathBuf::from("/").join(name));
-                }
-            }
+            return vec!["/".into()];
         }
-        // A path under /proc or /sys named by a mount stays unwritable.
-        out.retain(|p| !NEVER.iter().any(|n| p.starts_with(format!("/{n}"))));
+        let mut out = self.writable.clone();
+        out.retain(|p| !NEVER.iter().any(|n| p.starts_with(n)));
         out
     }
 
@@ -149,5 +142,6 @@ mod tests {
         let p = plan(&s);
         assert!(p.scope_abstract);
         assert!(p.root_writable);
+        assert_eq!(p.paths(), vec![PathBuf::from("/")]);
     }
 }
