@@ -27,12 +27,17 @@ struct Oci {
 impl Oci {
     /// A bundle of the busybox image whose process runs `args`.
     fn new(tag: &str, args: &[&str]) -> Oci {
+        Oci::of_image("busybox", tag, args)
+    }
+
+    /// A bundle of one of the test images (`tests/images/build.sh`).
+    fn of_image(name: &str, tag: &str, args: &[&str]) -> Oci {
         assert!(nix::unistd::geteuid().is_root(), "{ROOT_NEEDED}");
         let dir = tempfile::Builder::new()
             .prefix("stockade-oci-test")
             .tempdir()
             .unwrap();
-        let image = common::registry::image("busybox");
+        let image = common::registry::image(name);
         let out = Command::new("umoci")
             .arg("unpack")
             .arg("--image")
@@ -1371,4 +1376,49 @@ fn privileged_requests_are_refused_and_the_engines_defaults_are_exact() {
     let o = run_bundle(&c);
     let map: Vec<u64> = o.split_whitespace().map(|n| n.parse().unwrap()).collect();
     assert_ne!(map[1], 0, "container root is host root: {o}");
+}
+
+#[test]
+#[ignore = "needs root and Landlock (ABI >= 6): creates namespaces, cgroups and id-mapped mounts"]
+fn in_the_hosts_network_namespace_the_hosts_abstract_sockets_are_out_of_reach() {
+    use std::os::linux::net::SocketAddrExt;
+    // A host abstract socket, as a shim's is.
+    let name = format!("stockade-oci-abstract-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let probe = format!(
+        r#"
+import errno, socket
+def attempt(n):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect("\0" + n)
+        return "connected"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+own = socket.socket(socket.AF_UNIX)
+own.bind("\0container-own")
+own.listen(1)
+print("host=" + attempt("{name}"))
+print("own=" + attempt("container-own"))
+"#
+    );
+    let c = Oci::of_image(
+        "debian-python",
+        "abstract",
+        &["/usr/bin/python3", "-c", &probe],
+    );
+    // `--network host`: no network entry.
+    c.edit(|cfg| {
+        cfg["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "network")
+    });
+    let o = run_bundle(&c);
+    assert!(
+        o.contains("host=EPERM"),
+        "the host's abstract socket was reachable: {o}"
+    );
+    assert!(o.contains("own=connected"), "{o}");
 }
