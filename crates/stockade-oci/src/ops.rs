@@ -329,8 +329,11 @@ pub fn exec(o: &ExecOptions) -> Result<i32, OpError> {
             "exec: the process has no args: name the program to run".into(),
         ));
     }
-    crate::floor::check_capabilities(&o.process)
-        .map_err(|e| OpError::Invalid(format!("exec: {e}")))?;
+    if let Err(crate::config::ConfigError::Invalid(msg)) =
+        crate::floor::check_capabilities(&o.process)
+    {
+        return Err(OpError::Invalid(format!("exec: {msg}")));
+    }
     let console = if o.process.terminal {
         let p = o.console_socket.as_ref().ok_or_else(|| {
             OpError::Invalid(
