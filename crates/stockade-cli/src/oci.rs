@@ -425,6 +425,7 @@ fn exec(root: &Path, e: &ExecArgs) -> Result<u8> {
         pid_file: e.pid_file.clone(),
         console_socket: e.console_socket.clone(),
         detach: e.detach,
+        preserve_fds: e.preserve_fds,
     })?;
     Ok(code.clamp(0, 255) as u8)
 }

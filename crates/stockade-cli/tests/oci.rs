@@ -27,12 +27,17 @@ struct Oci {
 impl Oci {
     /// A bundle of the busybox image whose process runs `args`.
     fn new(tag: &str, args: &[&str]) -> Oci {
+        Oci::of_image("busybox", tag, args)
+    }
+
+    /// A bundle of one of the test images (`tests/images/build.sh`).
+    fn of_image(name: &str, tag: &str, args: &[&str]) -> Oci {
         assert!(nix::unistd::geteuid().is_root(), "{ROOT_NEEDED}");
         let dir = tempfile::Builder::new()
             .prefix("stockade-oci-test")
             .tempdir()
             .unwrap();
-        let image = common::registry::image("busybox");
+        let image = common::registry::image(name);
         let out = Command::new("umoci")
             .arg("unpack")
             .arg("--image")
@@ -874,4 +879,546 @@ fn stockade_annotations_timeout_kills_and_unknown_ones_are_refused() {
         e.contains("org.stockade.net.allow-all") && e.contains("not one stockade-runc knows"),
         "{e}"
     );
+}
+
+// ---- stockade's floor: Landlock, hooks inside, preserved fds, devices,
+// capabilities, host namespaces ---------------------------------------
+
+/// `run` of a bundle; the container's stdout.
+fn run_bundle(c: &Oci) -> String {
+    let bundle = c.bundle();
+    let out = c.run(&["run", "--bundle", bundle.to_str().unwrap(), &c.id]);
+    let o = text(&out.stdout);
+    assert!(out.status.success(), "run: {} {o}", text(&out.stderr));
+    o
+}
+
+/// Writes a probe that says, for each path, whether DAC would let the
+/// container's root write it (owner 0 and a writable mount) and whether
+/// the write worked.
+const WRITE_PROBE: &str = r#"
+try() { if (echo 1 > "$1") 2>/dev/null; then echo "$2=written"; else echo "$2=refused"; fi; }
+echo owner-comm=$(stat -c %u /proc/self/comm)
+echo owner-root=$(stat -c %u /)
+grep -q ' /proc proc rw' /proc/mounts && echo proc-mount-rw
+try /proc/self/comm procself
+try /new-top-level top
+try /etc/new-file etc
+try /tmp/new-file tmp
+try /dev/null devnull
+try /dev/shm/new-file shm
+grep ' /sys sysfs' /proc/mounts | cut -d' ' -f4 | cut -d, -f1 | sed 's/^/sys-mount=/'
+"#;
+
+/// A config with nothing read-only or masked by the engine (no
+/// `readonlyPaths`/`maskedPaths`), /proc mounted writable: DAC and the
+/// mount table let a process write its own `/proc/self/comm` (owner,
+/// mode 0644, no capability needed).
+fn bare_proc(cfg: &mut Value) {
+    cfg["process"]["user"] = json!({"uid": 0, "gid": 0});
+    cfg["linux"]["readonlyPaths"] = json!([]);
+    cfg["linux"]["maskedPaths"] = json!([]);
+}
+
+#[test]
+#[ignore = "needs root and Landlock (ABI >= 6): creates namespaces, cgroups and id-mapped mounts"]
+fn a_writable_root_takes_writes_everywhere_and_sysfs_stays_read_only() {
+    become_subreaper();
+    let c = Oci::new("landlock", &["sh", "-c", "sleep 30"]);
+    c.edit(|cfg| {
+        bare_proc(cfg);
+        // A sysfs asked for writable (as --privileged does).
+        for m in cfg["mounts"].as_array_mut().unwrap() {
+            if m["type"] == "sysfs" {
+                m["options"] = json!(["nosuid", "noexec", "nodev"]);
+            }
+        }
+        cfg["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    c.create();
+    assert!(c.run(&["start", &c.id]).status.success());
+    let out = c.run(&["exec", &c.id, "sh", "-c", WRITE_PROBE]);
+    let o = text(&out.stdout);
+    assert!(out.status.success(), "exec: {} {o}", text(&out.stderr));
+    for ok in [
+        "top=written",
+        "etc=written",
+        "tmp=written",
+        "devnull=written",
+        "shm=written",
+    ] {
+        assert!(o.contains(ok), "{ok} missing: {o}");
+    }
+    // The control for the read-only root below: here nothing but
+    // Landlock's plan differs, and DAC and the mount let this through.
+    assert!(o.contains("owner-comm=0"), "{o}");
+    assert!(o.contains("proc-mount-rw"), "{o}");
+    assert!(o.contains("procself=written"), "{o}");
+    // sysfs is read-only whatever the config asked for.
+    assert!(o.contains("sys-mount=ro"), "{o}");
+    let _ = c.run(&["delete", "--force", &c.id]);
+    c.assert_nothing_left();
+}
+
+#[test]
+#[ignore = "needs root and Landlock (ABI >= 6): creates namespaces, cgroups and id-mapped mounts"]
+fn landlock_keeps_a_read_only_root_to_its_writable_mounts_where_dac_would_allow_more() {
+    become_subreaper();
+    let vol = tempfile::tempdir().unwrap();
+    let v = vol.path().to_str().unwrap().to_string();
+    let c = Oci::new("roroot", &["sh", "-c", WRITE_PROBE]);
+    c.edit(|cfg| {
+        bare_proc(cfg);
+        cfg["root"]["readonly"] = json!(true);
+        cfg["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/tmp", "type": "bind", "source": v, "options": ["rbind", "rw"]}),
+        );
+    });
+    let check = |o: &str| {
+        // The case: DAC and the mount table would allow this write.
+        assert!(o.contains("owner-comm=0"), "{o}");
+        assert!(o.contains("proc-mount-rw"), "{o}");
+        assert!(o.contains("procself=refused"), "{o}");
+        assert!(o.contains("etc=refused"), "{o}");
+        assert!(o.contains("top=refused"), "{o}");
+        for ok in ["tmp=written", "devnull=written", "shm=written"] {
+            assert!(o.contains(ok), "{ok} missing: {o}");
+        }
+    };
+    // init's process and an exec'd one.
+    c.edit(|cfg| cfg["process"]["args"] = json!(["sh", "-c", format!("{WRITE_PROBE}\nsleep 30")]));
+    let pid = c.create();
+    assert!(c.run(&["start", &c.id]).status.success());
+    wait_for(
+        || c.container_stdout().contains("sys-mount="),
+        "init's probe",
+    );
+    check(&c.container_stdout());
+    let out = c.run(&["exec", &c.id, "sh", "-c", WRITE_PROBE]);
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    check(&text(&out.stdout));
+    assert!(vol.path().join("new-file").exists());
+    let _ = c.run(&["kill", &c.id, "KILL"]);
+    reap(pid);
+    let _ = c.run(&["delete", "--force", &c.id]);
+    c.assert_nothing_left();
+}
+
+/// A directory outside the host's /tmp (which the container's root covers
+/// while createContainer hooks run) for the hook scripts; removed on drop.
+struct HookDir(PathBuf);
+
+impl HookDir {
+    fn new(tag: &str) -> HookDir {
+        let exe = std::env::current_exe().unwrap();
+        let d = exe
+            .parent()
+            .unwrap()
+            .join(format!("stockade-hooks-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        HookDir(d)
+    }
+
+    fn script(&self, name: &str, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.0.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for HookDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs root and Landlock: creates namespaces, cgroups and id-mapped mounts"]
+fn create_and_start_container_hooks_run_inside_the_container() {
+    let hooks = HookDir::new("in");
+    // Host /dev/shm is world-writable: DAC would let the hook write there.
+    let escape = PathBuf::from(format!(
+        "/dev/shm/stockade-hook-escape-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&escape);
+    let create_hook = hooks.script(
+        "create.sh",
+        &format!(
+            "cat > /tmp/create-state.json\n\
+             cat /proc/self/uid_map > /tmp/create-uid-map\n\
+             touch {} 2>/dev/null && echo escaped > /tmp/create-escape\n\
+             true",
+            escape.display()
+        ),
+    );
+    let c = Oci::new(
+        "hooks",
+        &[
+            "sh",
+            "-c",
+            "cat /create-state.json; echo; cat /create-uid-map; cat /create-escape 2>/dev/null; \
+             cat /run/start-mark; cat /run/start-state.json",
+        ],
+    );
+    c.edit(|cfg| {
+        cfg["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs"}));
+        cfg["hooks"] = json!({
+            "createContainer": [{"path": create_hook}],
+            // The path is the container's: busybox's sh.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+                "cat > /run/start-state.json; echo; echo start-hook-ran > /run/start-mark"]}],
+        });
+    });
+    let o = run_bundle(&c);
+    assert!(
+        !escape.exists(),
+        "a createContainer hook wrote on the host: {o}"
+    );
+    assert!(!o.contains("escaped"), "{o}");
+    let mut lines = o.lines();
+    let created: Value =
+        serde_json::from_str(lines.next().unwrap()).expect("createContainer's state");
+    assert_eq!(created["id"], c.id.as_str());
+    assert_eq!(created["status"], "creating");
+    let map: Vec<u64> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(map[0], 0);
+    assert_ne!(map[1], 0, "the createContainer hook ran as host root: {o}");
+    assert!(
+        o.contains("start-hook-ran"),
+        "startContainer did not run before the process: {o}"
+    );
+    let started: Value = serde_json::from_str(
+        o.lines()
+            .find(|l| l.contains("\"ociVersion\"") && l.contains("running"))
+            .expect("startContainer's state"),
+    )
+    .unwrap();
+    assert_eq!(started["id"], c.id.as_str());
+
+    // A failing createContainer hook fails create, leaving nothing.
+    let c = Oci::new("hookfail", &["true"]);
+    let bad = hooks.script("fail.sh", "echo hook-said-no >&2; exit 3");
+    c.edit(|cfg| cfg["hooks"] = json!({"createContainer": [{"path": bad}]}));
+    let e = create_fails(&c);
+    assert!(e.contains("hook-said-no"), "{e}");
+}
+
+/// Gives the command `files` as its fds 3, 4, …
+fn with_fds(cmd: &mut Command, files: &[&std::fs::File]) {
+    let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY: fcntl and dup2 only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Out of the way first, so that no source is overwritten.
+            for (i, &f) in raw.iter().enumerate() {
+                let high = libc::fcntl(f, libc::F_DUPFD, 100 + i as i32);
+                if high < 0 || libc::dup2(high, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
+fn preserve_fds_passes_exactly_n_descriptors_to_create_and_exec() {
+    become_subreaper();
+    let c = Oci::new(
+        "fds",
+        &[
+            "sh",
+            "-c",
+            "echo via-3 >&3; (echo via-4 >&4) 2>/dev/null || echo fd4-closed; sleep 30",
+        ],
+    );
+    let file = |n: &str| std::fs::File::create(c.dir.path().join(n)).unwrap();
+    let read = |n: &str| std::fs::read_to_string(c.dir.path().join(n)).unwrap();
+    let (a, b) = (file("a"), file("b"));
+    let pid_file = c.dir.path().join("pid");
+    let bundle = c.bundle();
+    let mut cmd = c.cmd(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--preserve-fds",
+        "1",
+        &c.id,
+    ]);
+    with_fds(&mut cmd, &[&a, &b]);
+    // The container's stdio are files: nothing waits on a pipe init holds.
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(file("stdout"))
+        .stderr(file("stderr"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "create: {}", read("stderr"));
+    let pid: i32 = read("pid").trim().parse().unwrap();
+    assert!(c.run(&["start", &c.id]).status.success());
+    wait_for(
+        || c.container_stdout().contains("fd4-closed"),
+        "the container's output",
+    );
+    assert_eq!(read("a"), "via-3\n");
+    assert_eq!(read("b"), "");
+
+    let (e3, e4) = (file("e3"), file("e4"));
+    let mut cmd = c.cmd(&[
+        "exec",
+        "--preserve-fds",
+        "2",
+        &c.id,
+        "sh",
+        "-c",
+        "echo exec-3 >&3; echo exec-4 >&4",
+    ]);
+    with_fds(&mut cmd, &[&e3, &e4]);
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    assert_eq!(read("e3"), "exec-3\n");
+    assert_eq!(read("e4"), "exec-4\n");
+    // Without the flag nothing beyond stdio gets through.
+    let mut cmd = c.cmd(&["exec", &c.id, "sh", "-c", "echo leak >&3"]);
+    with_fds(&mut cmd, &[&e3]);
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "fd 3 reached the process without --preserve-fds"
+    );
+    assert_eq!(read("e3"), "exec-3\n");
+    let _ = c.run(&["kill", &c.id, "KILL"]);
+    reap(pid);
+    let _ = c.run(&["delete", "--force", &c.id]);
+    c.assert_nothing_left();
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
+fn devices_are_bound_when_harmless_and_refused_otherwise() {
+    let c = Oci::new(
+        "dev",
+        &[
+            "sh",
+            "-c",
+            "echo x > /dev/mynull && echo write-ok; stat -c '%t:%T' /dev/mynull",
+        ],
+    );
+    c.edit(|cfg| {
+        cfg["linux"]["devices"] =
+            json!([{"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3}]);
+    });
+    let o = run_bundle(&c);
+    assert!(o.contains("write-ok"), "{o}");
+    assert!(o.contains("1:3"), "not the null device: {o}");
+
+    let c = Oci::new("devkvm", &["true"]);
+    c.edit(|cfg| {
+        cfg["linux"]["devices"] =
+            json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]);
+    });
+    let e = create_fails(&c);
+    assert!(e.contains("/dev/sda") && e.contains("not allowed"), "{e}");
+}
+
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Docker's, containerd's and Kubernetes' default set.
+const ENGINE_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+fn caps_json(names: &[&str]) -> Value {
+    json!({"bounding": names, "effective": names, "permitted": names})
+}
+
+#[test]
+#[ignore = "needs root: creates namespaces, cgroups and id-mapped mounts"]
+fn privileged_requests_are_refused_and_the_engines_defaults_are_exact() {
+    // --privileged's capabilities.
+    let c = Oci::new("allcaps", &["true"]);
+    c.edit(|cfg| cfg["process"]["capabilities"] = caps_json(ALL_CAPS));
+    let e = create_fails(&c);
+    assert!(
+        e.contains("CAP_SYS_ADMIN") && e.contains("does not grant"),
+        "{e}"
+    );
+
+    // The engines' default set is granted as asked, no more.
+    let c = Oci::new("engcaps", &["grep", "CapEff", "/proc/self/status"]);
+    c.edit(|cfg| {
+        cfg["process"]["user"] = json!({"uid": 0, "gid": 0});
+        cfg["process"]["capabilities"] = caps_json(ENGINE_CAPS);
+    });
+    let o = run_bundle(&c);
+    // CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4, KILL 5, SETGID 6,
+    // SETUID 7, SETPCAP 8, NET_BIND_SERVICE 10, NET_RAW 13, SYS_CHROOT 18,
+    // MKNOD 27, AUDIT_WRITE 29, SETFCAP 31.
+    assert!(o.contains("CapEff:\t00000000a80425fb"), "{o}");
+
+    // An exec asking for more is refused too.
+    become_subreaper();
+    let c = Oci::new("execcaps", &["sleep", "30"]);
+    c.create();
+    assert!(c.run(&["start", &c.id]).status.success());
+    let proc_file = c.dir.path().join("process.json");
+    std::fs::write(
+        &proc_file,
+        serde_json::to_vec(&json!({
+            "args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+            "capabilities": caps_json(&["CAP_SYS_ADMIN"]),
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let out = c.run(&["exec", "--process", proc_file.to_str().unwrap(), &c.id]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("CAP_SYS_ADMIN"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = c.run(&["delete", "--force", &c.id]);
+
+    // The host's pid namespace (`--pid host`: no pid entry) is refused.
+    let c = Oci::new("hostpid", &["true"]);
+    c.edit(|cfg| {
+        cfg["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "pid")
+    });
+    let e = create_fails(&c);
+    assert!(e.contains("host's pid namespace"), "{e}");
+
+    // No user namespace asked for (`--userns host`): one is added anyway.
+    let c = Oci::new("nouserns", &["head", "-1", "/proc/self/uid_map"]);
+    c.edit(|cfg| {
+        cfg["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "user");
+        cfg["linux"]["uidMappings"] = json!([]);
+        cfg["linux"]["gidMappings"] = json!([]);
+    });
+    let o = run_bundle(&c);
+    let map: Vec<u64> = o.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_ne!(map[1], 0, "container root is host root: {o}");
+}
+
+#[test]
+#[ignore = "needs root and Landlock (ABI >= 6): creates namespaces, cgroups and id-mapped mounts"]
+fn in_the_hosts_network_namespace_the_hosts_abstract_sockets_are_out_of_reach() {
+    use std::os::linux::net::SocketAddrExt;
+    // A host abstract socket, as a shim's is.
+    let name = format!("stockade-oci-abstract-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let probe = format!(
+        r#"
+import errno, socket
+def attempt(n):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect("\0" + n)
+        return "connected"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+own = socket.socket(socket.AF_UNIX)
+own.bind("\0container-own")
+own.listen(1)
+print("host=" + attempt("{name}"))
+print("own=" + attempt("container-own"))
+"#
+    );
+    let c = Oci::of_image(
+        "debian-python",
+        "abstract",
+        &["/usr/bin/python3", "-c", &probe],
+    );
+    // `--network host`: no network entry.
+    c.edit(|cfg| {
+        cfg["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "network")
+    });
+    let o = run_bundle(&c);
+    assert!(
+        o.contains("host=EPERM"),
+        "the host's abstract socket was reachable: {o}"
+    );
+    assert!(o.contains("own=connected"), "{o}");
 }

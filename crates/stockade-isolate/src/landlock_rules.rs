@@ -144,7 +144,7 @@ fn add(
 /// Returns `Ok(Unsupported)`, having restricted nothing, on a kernel without
 /// Landlock.
 pub fn apply(writable: &[PathBuf], scope_signals: bool) -> Result<LandlockStatus, LandlockError> {
-    let Some((ruleset, abi)) = ruleset(writable, scope_signals)? else {
+    let Some((ruleset, abi)) = ruleset(writable, true, scope_signals)? else {
         return Ok(LandlockStatus::Unsupported);
     };
     let RestrictionStatus {
@@ -164,7 +164,20 @@ pub fn apply(writable: &[PathBuf], scope_signals: bool) -> Result<LandlockStatus
 /// ([`restrict_self_with`]), or `None` on a kernel without Landlock. Paths
 /// are resolved in the caller's mount namespace.
 pub fn build(writable: &[PathBuf], scope_signals: bool) -> Result<Option<OwnedFd>, LandlockError> {
-    Ok(ruleset(writable, scope_signals)?.and_then(|(r, _)| r.into()))
+    build_scoped(writable, true, scope_signals)
+}
+
+/// As [`build`], with abstract unix socket scoping optional too: where
+/// the sandbox has a network namespace of its own, its abstract socket
+/// namespace is already its own, and scoping would only part processes
+/// that restricted themselves separately (an OCI container's init and
+/// its `exec`'d processes, each a Landlock domain of its own).
+pub fn build_scoped(
+    writable: &[PathBuf],
+    abstract_sockets: bool,
+    signals: bool,
+) -> Result<Option<OwnedFd>, LandlockError> {
+    Ok(ruleset(writable, abstract_sockets, signals)?.and_then(|(r, _)| r.into()))
 }
 
 /// Sets `no_new_privs` and restricts the calling thread with a ruleset
@@ -184,19 +197,31 @@ pub fn restrict_self_with(ruleset: RawFd) -> Result<(), nix::errno::Errno> {
 /// The ruleset and the kernel's ABI, or `None` without Landlock.
 fn ruleset(
     writable: &[PathBuf],
+    scope_abstract: bool,
     scope_signals: bool,
 ) -> Result<Option<(RulesetCreated, u32)>, LandlockError> {
     let Some(abi) = abi_version() else {
         return Ok(None);
     };
     let all = AccessFs::from_all(ABI_PINNED);
-    let mut scopes: BitFlags<Scope> = Scope::AbstractUnixSocket.into();
+    let mut scopes: BitFlags<Scope> = BitFlags::empty();
+    if scope_abstract {
+        scopes |= Scope::AbstractUnixSocket;
+    }
     if scope_signals {
         scopes |= Scope::Signal;
     }
     let mut ruleset = Ruleset::default()
         .handle_access(all)
-        .and_then(|r| r.scope(scopes))
+        // An empty scope request is an error to the crate: asked only
+        // when there is one.
+        .and_then(|r| {
+            if scopes.is_empty() {
+                Ok(r)
+            } else {
+                r.scope(scopes)
+            }
+        })
         .and_then(Ruleset::create)
         .map_err(LandlockError::Create)?;
     ruleset = add(ruleset, Path::new("/"), AccessFs::from_read(ABI_PINNED))?;

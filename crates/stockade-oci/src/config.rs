@@ -189,6 +189,10 @@ pub struct Linux {
     pub sysctl: BTreeMap<String, String>,
     #[serde(default)]
     pub seccomp: Option<serde_json::Value>,
+    /// Device nodes to make (`devices.rs`: only harmless ones, bound from
+    /// the host).
+    #[serde(default)]
+    pub devices: Vec<crate::devices::Device>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

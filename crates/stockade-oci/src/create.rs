@@ -120,8 +120,9 @@ pub struct CreateOptions {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum ToInit {
     /// Maps written, cgroup joined; descriptors: the root tree, the fifo,
-    /// then one tree per bind mount in config order.
-    Go,
+    /// then one tree per bind mount in config order. `state` is the state
+    /// JSON the hooks inside the container are given.
+    Go { state: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -201,6 +202,7 @@ pub fn create_with(
         .map_err(io_err(format!("resolve the bundle {}", o.bundle.display())))?;
     let mut spec = Spec::load(&bundle)?;
     spec.validate()?;
+    crate::floor::check(&spec)?;
     let annotations = spec.stockade_annotations()?;
     let policy = if o.policy == crate::annotations::ContainerPolicy::default() {
         if annotations.policy.is_some() {
@@ -471,7 +473,22 @@ pub fn create_with(
         fds.push(tree);
     }
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    sys::send(ours.as_raw_fd(), &ToInit::Go, &raw).map_err(sys_err("hand init its mounts"))?;
+    let created_at = state::now_rfc3339();
+    let hook_state = state::StateJson {
+        oci_version: state::OCI_VERSION,
+        id: o.id.clone(),
+        pid,
+        status: state::Status::Creating,
+        bundle: bundle.clone(),
+        rootfs: rootfs.clone(),
+        created: created_at.clone(),
+        owner: "",
+        annotations: spec.annotations.clone(),
+    };
+    let go = ToInit::Go {
+        state: serde_json::to_string(&hook_state).unwrap_or_default(),
+    };
+    sys::send(ours.as_raw_fd(), &go, &raw).map_err(sys_err("hand init its mounts"))?;
     drop(fds);
 
     loop {
@@ -508,7 +525,7 @@ pub fn create_with(
         start_time,
         bundle: bundle.clone(),
         rootfs: rootfs.clone(),
-        created: state::now_rfc3339(),
+        created: created_at,
         annotations: spec.annotations.clone(),
         cgroup_dirs: group.dirs.clone(),
         poststop: spec
@@ -519,6 +536,7 @@ pub fn create_with(
         process: process.clone(),
         overlay_work: own_work,
         seccomp: linux.seccomp.clone(),
+        landlock: Some(crate::landlock::plan(&spec)),
     };
     dir.save(&saved)?;
     if let Some(h) = &spec.hooks {
@@ -762,11 +780,13 @@ fn init_setup(
             }
         }
     }
-    let Some((ToInit::Go, mut fds)) =
+    let Some((ToInit::Go { state: hook_state }, mut fds)) =
         sys::recv::<ToInit>(sock).map_err(step("hear from create"))?
     else {
         return Err("create went away".into());
     };
+    let landlock = crate::landlock::plan(spec);
+    let hooks = spec.hooks.clone().unwrap_or_default();
     if fds.len() < 2 {
         return Err("create sent too few descriptors".into());
     }
@@ -816,6 +836,24 @@ fn init_setup(
         mounts::mount_one(root.as_raw_fd(), m, tree)?;
     }
     mounts::default_devices(root.as_raw_fd())?;
+    for d in &spec.linux().devices {
+        mounts::bind_device(root.as_raw_fd(), d)?;
+    }
+    // createContainer: in the container's namespaces, after its mounts,
+    // before the pivot (the hook's path is the host's); it may write only
+    // into the container's root (attached at /tmp here).
+    for hook in &hooks.create_container {
+        let ruleset = stockade_isolate::landlock_rules::build_scoped(
+            &[PathBuf::from("/tmp")],
+            landlock.scope_abstract,
+            false,
+        )?;
+        let confine = hooks::Confine {
+            filters: stockade_isolate::seccomp::build()?,
+            landlock: ruleset.as_ref().map(|r| r.as_raw_fd()),
+        };
+        hooks::run_confined(hook, hook_state.as_bytes(), confine)?;
+    }
     nix::unistd::fchdir(&root).map_err(step("enter the root filesystem"))?;
     sys::pivot_here().map_err(step("pivot into the root filesystem"))?;
     drop(root);
@@ -894,7 +932,7 @@ fn init_setup(
         sys::send(sock, &FromInit::Pty, &[master.as_raw_fd()])
             .map_err(step("send the terminal"))?;
     }
-    let prepared = process::prepare(process, linux.seccomp.as_ref())?;
+    let prepared = process::prepare(process, linux.seccomp.as_ref(), Some(&landlock))?;
     sys::send(sock, &FromInit::Ready, &[]).map_err(step("report ready"))?;
 
     // Wait for `start`: opening the fifo for writing blocks until `start`
@@ -908,6 +946,25 @@ fn init_setup(
     nix::unistd::write(&w, b"0").map_err(step("answer start"))?;
     drop(w);
     drop(fifo);
+    // startContainer: inside the container, before its program (the
+    // hook's path is the container's), under the container's Landlock
+    // rules and stockade's seccomp filters. Nobody hears init any more:
+    // a failure goes to the container's stderr and ends it.
+    let hook_state = hook_state.replace("\"status\":\"creating\"", "\"status\":\"running\"");
+    for hook in &hooks.start_container {
+        let confine = hooks::Confine {
+            filters: prepared.filters().clone(),
+            landlock: prepared.landlock(),
+        };
+        if let Err(e) = hooks::run_confined(hook, hook_state.as_bytes(), confine) {
+            eprintln!(
+                "stockade-runc: startContainer hook: {}",
+                stockade_isolate::error_chain(&e)
+            );
+            // SAFETY: leaves without running destructors.
+            unsafe { libc::_exit(127) }
+        }
+    }
     sys::cloexec_from(keep_to as u32);
     let e = process::exec(&prepared);
     // Nobody reads the socket any more; say it where the engine looks.

@@ -1,5 +1,9 @@
-//! OCI hooks: each runs with the container's state JSON on its stdin, in
-//! the runtime's namespaces (prestart, createRuntime, poststart, poststop).
+//! OCI hooks: each runs with the container's state JSON on its stdin.
+//! `prestart`, `createRuntime`, `poststart` and `poststop` run in the
+//! runtime's namespaces as host root ([`run`]); `createContainer` and
+//! `startContainer` run inside the container, as its root, under
+//! stockade's seccomp filters and `no_new_privs` and a Landlock ruleset
+//! ([`run_confined`]).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -26,8 +30,28 @@ pub enum HookError {
     Timeout { path: String, secs: u64 },
 }
 
+/// What a hook inside the container runs under.
+#[derive(Debug)]
+pub struct Confine {
+    /// stockade's seccomp filters.
+    pub filters: stockade_isolate::seccomp::SeccompFilters,
+    /// A Landlock ruleset to restrict the hook with.
+    pub landlock: Option<std::os::fd::RawFd>,
+}
+
 /// Runs one hook to completion.
 pub fn run(hook: &Hook, state: &StateJson) -> Result<(), HookError> {
+    run_with(hook, &serde_json::to_vec(state).unwrap_or_default(), None)
+}
+
+/// Runs one hook inside the container (`state` is the state JSON), with
+/// `no_new_privs`, the Landlock ruleset and stockade's seccomp filters set
+/// in the hook's process before it executes.
+pub fn run_confined(hook: &Hook, state: &[u8], confine: Confine) -> Result<(), HookError> {
+    run_with(hook, state, Some(confine))
+}
+
+fn run_with(hook: &Hook, state: &[u8], confine: Option<Confine>) -> Result<(), HookError> {
     let path = hook.path.display().to_string();
     let mut cmd = Command::new(&hook.path);
     if let Some((first, rest)) = hook.args.split_first() {
@@ -44,12 +68,40 @@ pub fn run(hook: &Hook, state: &StateJson) -> Result<(), HookError> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let Some(c) = confine {
+        use std::os::unix::process::CommandExt;
+        let confine = move || -> std::io::Result<()> {
+            // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+            let rc = unsafe {
+                libc::prctl(
+                    libc::PR_SET_NO_NEW_PRIVS,
+                    1 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(r) = c.landlock {
+                stockade_isolate::landlock_rules::restrict_self_with(r)
+                    .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            }
+            stockade_isolate::seccomp::install(&c.filters)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))
+        };
+        // SAFETY: the closure makes system calls only (prctl,
+        // landlock_restrict_self, seccomp) and allocates nothing, as is
+        // required between fork and exec.
+        unsafe { cmd.pre_exec(confine) };
+    }
     let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
         path: path.clone(),
         source,
     })?;
     if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(&serde_json::to_vec(state).unwrap_or_default());
+        let _ = stdin.write_all(state);
     }
     let deadline = hook
         .timeout

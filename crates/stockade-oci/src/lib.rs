@@ -15,13 +15,19 @@
 //! - `annotations.rs`: stockade's own policy through `org.stockade.*`.
 //! - `supervise.rs`: the network behind the egress filter, the keeper's
 //!   watch and the container's report; `exitwatch.rs`: init's exit status.
+//! - `floor.rs`: what a config is refused for (capabilities, devices).
+//! - `devices.rs`: `linux.devices`, bound from the host's harmless nodes.
+//! - `landlock.rs`: the container's Landlock ruleset.
 
 pub mod annotations;
 pub mod cgroups;
 pub mod config;
 pub mod create;
+pub mod devices;
 pub mod exitwatch;
+pub mod floor;
 pub mod hooks;
+pub mod landlock;
 pub mod mounts;
 pub mod ops;
 pub mod process;

@@ -314,7 +314,15 @@ pub fn mount_one(root: RawFd, m: &Mount, tree: Option<OwnedFd>) -> Result<(), Mo
                 (Err(e), _) => Err(sys_err("mount on", dest)(e)),
             }
         }
-        "sysfs" => match mount_fs("sysfs", &target, "sysfs", flags, &o.data) {
+        // Read-only whatever the config says (`--privileged` asks for a
+        // writable one): nothing in /sys is the container's to change.
+        "sysfs" => match mount_fs(
+            "sysfs",
+            &target,
+            "sysfs",
+            flags | MsFlags::MS_RDONLY,
+            &o.data,
+        ) {
             Ok(()) => Ok(()),
             // A network namespace the engine made belongs to host root:
             // sysfs can then only be the host's, read-only.
@@ -396,6 +404,27 @@ pub fn default_devices(root: RawFd) -> Result<(), MountError> {
         }
     }
     Ok(())
+}
+
+/// Binds the host's node for one of the config's `linux.devices` (already
+/// checked by `devices::validate`) at its path.
+pub fn bind_device(root: RawFd, d: &crate::devices::Device) -> Result<(), MountError> {
+    let Some(host) = crate::devices::host_node(d) else {
+        return Err(MountError::Sys {
+            what: "make the device node (not an allowed device)",
+            dest: d.path.clone(),
+            source: Errno::EPERM,
+        });
+    };
+    let target = make_target(root, &d.path, true)?;
+    nix::mount::mount(
+        Some(host),
+        fd_path(&target).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys_err("bind the device onto", &d.path))
 }
 
 /// After `pivot_root`: hides `masked` paths and makes `readonly` paths

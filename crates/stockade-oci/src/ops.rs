@@ -297,6 +297,9 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub detach: bool,
+    /// `--preserve-fds N`: the caller's fds 3..3+N stay open in the
+    /// process (as runc).
+    pub preserve_fds: u32,
 }
 
 /// The container's configured process, the base of `exec ID CMD…`.
@@ -328,6 +331,11 @@ pub fn exec(o: &ExecOptions) -> Result<i32, OpError> {
             "exec: the process has no args: name the program to run".into(),
         ));
     }
+    if let Err(crate::config::ConfigError::Invalid(msg)) =
+        crate::floor::check_capabilities(&o.process)
+    {
+        return Err(OpError::Invalid(format!("exec: {msg}")));
+    }
     let console = if o.process.terminal {
         let p = o.console_socket.as_ref().ok_or_else(|| {
             OpError::Invalid(
@@ -355,8 +363,13 @@ pub fn exec(o: &ExecOptions) -> Result<i32, OpError> {
     let joiner = match unsafe { nix::unistd::fork() }.map_err(sys_err("fork"))? {
         nix::unistd::ForkResult::Child => {
             drop(ours);
-            let msg = match join_and_spawn(&saved, &o.process, console.as_ref(), theirs.as_raw_fd())
-            {
+            let msg = match join_and_spawn(
+                &saved,
+                &o.process,
+                console.as_ref(),
+                theirs.as_raw_fd(),
+                o.preserve_fds,
+            ) {
                 Ok(pid) => ExecMsg::Started { pid },
                 Err(msg) => ExecMsg::Error { msg },
             };
@@ -410,6 +423,7 @@ fn join_and_spawn(
     p: &Process,
     console: Option<&OwnedFd>,
     sock: i32,
+    preserve_fds: u32,
 ) -> Result<i32, String> {
     let me = nix::unistd::getpid().as_raw();
     Group::open(&saved.cgroup_dirs)
@@ -456,7 +470,7 @@ fn join_and_spawn(
     // SAFETY: integer arguments only.
     Errno::result(unsafe { libc::setresuid(0, 0, 0) })
         .map_err(|e| format!("cannot become root in the container: {e}"))?;
-    let prepared = process::prepare(p, saved.seccomp.as_ref())
+    let prepared = process::prepare(p, saved.seccomp.as_ref(), saved.landlock.as_ref())
         .map_err(|e| stockade_isolate::error_chain(&e))?;
     // SAFETY: this joiner is single-threaded (a fork of the CLI).
     let cloned = unsafe { stockade_isolate::sys::clone_fork(libc::CLONE_PARENT) }
@@ -464,7 +478,7 @@ fn join_and_spawn(
     match cloned {
         Some((child, _)) => Ok(child),
         None => {
-            let r = spawn_child(&prepared, p, console);
+            let r = spawn_child(&prepared, p, console, preserve_fds);
             let msg = ExecMsg::Error { msg: r };
             let _ = sys::send(sock, &msg, &[]);
             // SAFETY: leaves without running destructors.
@@ -473,7 +487,12 @@ fn join_and_spawn(
     }
 }
 
-fn spawn_child(prepared: &process::Prepared, p: &Process, console: Option<&OwnedFd>) -> String {
+fn spawn_child(
+    prepared: &process::Prepared,
+    p: &Process,
+    console: Option<&OwnedFd>,
+    preserve_fds: u32,
+) -> String {
     let _ = nix::unistd::setsid();
     if p.terminal {
         let Some(console) = console else {
@@ -511,7 +530,7 @@ fn spawn_child(prepared: &process::Prepared, p: &Process, console: Option<&Owned
             return format!("cannot send the terminal: {e}");
         }
     }
-    sys::cloexec_from(3);
+    sys::cloexec_from(3 + preserve_fds);
     stockade_isolate::error_chain(&process::exec(prepared))
 }
 
@@ -520,12 +539,12 @@ pub fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": crate::state::OCI_VERSION,
-        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
             "bind", "rbind", "noatime", "relatime", "strictatime", "nodiratime"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
-            "capabilities": process::cap_names(),
+            "capabilities": crate::floor::CEILING,
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
             "seccomp": {"enabled": true},
             "apparmor": {"enabled": false},

@@ -36,6 +36,8 @@ pub enum ProcessError {
     Profile(#[from] crate::seccomp::SeccompProfileError),
     #[error("cannot install stockade's seccomp filters")]
     SeccompInstall(#[source] stockade_isolate::seccomp::SeccompError),
+    #[error("cannot build the container's Landlock rules")]
+    Landlock(#[source] stockade_isolate::landlock_rules::LandlockError),
 }
 
 const CAPS: &[&str] = &[
@@ -120,6 +122,23 @@ pub struct Prepared {
     filters: stockade_isolate::seccomp::SeccompFilters,
     /// The config's own profile, compiled.
     profile: Vec<seccompiler::BpfProgram>,
+    /// The container's Landlock ruleset (`landlock.rs`), built, not yet
+    /// enforced; `None` without Landlock in the kernel (or the plan).
+    landlock: Option<std::os::fd::OwnedFd>,
+}
+
+impl Prepared {
+    /// stockade's own seccomp filters (hooks inside the container get
+    /// them too).
+    pub fn filters(&self) -> &stockade_isolate::seccomp::SeccompFilters {
+        &self.filters
+    }
+
+    /// The Landlock ruleset's descriptor, if there is one.
+    pub fn landlock(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.landlock.as_ref().map(|f| f.as_raw_fd())
+    }
 }
 
 fn c(s: &str) -> Result<CString, ProcessError> {
@@ -154,8 +173,14 @@ fn lookup(arg0: &str, env: &[String]) -> Result<CString, ProcessError> {
     Err(ProcessError::NotFound(arg0.into()))
 }
 
-/// Everything `execve` needs; `seccomp` is the config's `linux.seccomp`.
-pub fn prepare(p: &Process, seccomp: Option<&serde_json::Value>) -> Result<Prepared, ProcessError> {
+/// Everything `execve` needs; `seccomp` is the config's `linux.seccomp`,
+/// `landlock` the container's plan (its paths are resolved here, so the
+/// caller is already in the container's root).
+pub fn prepare(
+    p: &Process,
+    seccomp: Option<&serde_json::Value>,
+    landlock: Option<&crate::landlock::Plan>,
+) -> Result<Prepared, ProcessError> {
     let caps = p.capabilities.clone().unwrap_or_default();
     let bounding = mask(&caps.bounding)?;
     // Nothing beyond the bounding set, whatever else the config says.
@@ -185,6 +210,10 @@ pub fn prepare(p: &Process, seccomp: Option<&serde_json::Value>) -> Result<Prepa
         profile: match seccomp {
             Some(v) if !v.is_null() => crate::seccomp::compile(v)?,
             _ => Vec::new(),
+        },
+        landlock: match landlock {
+            Some(plan) => plan.build().map_err(ProcessError::Landlock)?,
+            None => None,
         },
     })
 }
@@ -294,6 +323,10 @@ fn finish(p: &Prepared) -> Result<std::convert::Infallible, ProcessError> {
     }
     nix::unistd::chdir(p.cwd.as_c_str()).map_err(sys("change to process.cwd"))?;
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(sys("set no_new_privs"))?;
+    if let Some(ruleset) = p.landlock() {
+        stockade_isolate::landlock_rules::restrict_self_with(ruleset)
+            .map_err(sys("enforce the Landlock rules"))?;
+    }
     stockade_isolate::seccomp::install(&p.filters).map_err(ProcessError::SeccompInstall)?;
     crate::seccomp::install(&p.profile)?;
     let err = nix::unistd::execve(&p.program, &p.argv, &p.env).unwrap_err();

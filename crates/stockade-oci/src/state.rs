@@ -66,6 +66,10 @@ pub struct Saved {
     /// The config's seccomp profile, for `exec`'d processes too.
     #[serde(default)]
     pub seccomp: Option<serde_json::Value>,
+    /// The container's Landlock plan, for `exec`'d processes too (`None`
+    /// for a container made before there was one).
+    #[serde(default)]
+    pub landlock: Option<crate::landlock::Plan>,
 }
 
 /// The runtime-spec lifecycle state.
