@@ -23,7 +23,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 bin=${1:-$repo/target/$(rustc -vV | sed -n 's/^host: //p')/debug/stockade}
 cache=${STOCKADE_QEMU_CACHE:-/var/cache/stockade-qemu}
-checks="doctor hello memory pids cpu timeout cleanup version rootless-hello rootless-memory rootless-pids rootless-cpu rootless-cleanup"
+checks="doctor hello memory pids cpu timeout cleanup version rootless-hello rootless-auto-delegation rootless-memory rootless-pids rootless-cpu rootless-cleanup"
 cgroup_mode=${STOCKADE_QEMU_CGROUP:-v2}
 case "$cgroup_mode" in v1 | v2) ;; *) echo "run.sh: STOCKADE_QEMU_CGROUP must be v1 or v2" >&2; exit 2 ;; esac
 if [ -n "${STOCKADE_QEMU_SCENARIO:-}" ]; then checks=""; fi
@@ -273,6 +273,19 @@ cat /tmp/rl/hello.err; echo "$out"
 echo "$out" | grep -q "uid 1000" && echo "$out" | grep -q "CapEff:.0000000000000000" &&
     echo "$out" | grep -q "Seccomp:.2" && [ $rc = 0 ] && grep -q "by the kernel: cpu, memory, processes" /tmp/rl/hello.err
 check rootless-hello $? "exit=$rc $(echo $out)"
+
+# The same user without STOCKADE_CGROUP_ROOT: stockade finds the subtree
+# it runs in (the topmost ancestor of its own cgroup that is rl's, as
+# systemd's user@UID.service is) and the kernel enforces the limits.
+cat >/tmp/rl/auto.sh <<'EOS'
+export STOCKADE_STATE_DIR=/tmp/rl/state HOME=/tmp/rl PATH=/usr/bin
+timeout 60 stockade run --memory 64M -- sh -c 'cat /proc/self/cgroup'
+EOS
+out=$(su rl -s /bin/sh /tmp/rl/auto.sh 2>/tmp/rl/auto.err)
+rc=$?
+cat /tmp/rl/auto.err; echo "$out"
+[ $rc = 0 ] && grep -q "by the kernel: cpu, memory, processes" /tmp/rl/auto.err
+check rootless-auto-delegation $? "exit=$rc $(echo $out)"
 
 cat >/tmp/rl/memory.sh <<'EOS'
 . /tmp/rl/env.sh

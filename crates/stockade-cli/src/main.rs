@@ -89,7 +89,14 @@ fn configure_from_env() -> anyhow::Result<()> {
         pool.per_key = 0;
     }
     stockade_isolate::nspool::configure(pool);
-    stockade_cgroup::set_root(var(stockade_cgroup::ROOT_ENV).map(Into::into));
+    // An ordinary user's delegated cgroup v2 subtree: the one named, or
+    // the one systemd gave the session this runs in.
+    let cgroup_root = var(stockade_cgroup::ROOT_ENV).map(Into::into).or_else(|| {
+        (!nix::unistd::geteuid().is_root())
+            .then(rootless::host_delegated_cgroup)
+            .flatten()
+    });
+    stockade_cgroup::set_root(cgroup_root);
     stockade_core::scratch::set_disabled(
         var("STOCKADE_SCRATCH").is_some_and(|v| v == "off" || v == "0"),
     );

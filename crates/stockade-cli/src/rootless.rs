@@ -185,13 +185,11 @@ pub fn findings(root: &Path, caller: &Caller) -> Vec<Finding> {
             problem: "no delegated cgroup: memory is polled (the sandbox is killed after a sample \
                       over the limit), processes are capped by RLIMIT_NPROC, cpu is not limited"
                 .into(),
-            fix:
-                "on cgroup v2 with systemd, run stockade inside your user manager and point it at \
-                  its subtree: systemd-run --user --scope -E \
-                  STOCKADE_CGROUP_ROOT=/sys/fs/cgroup/user.slice/user-$UID.slice/user@$UID.service \
-                  stockade run … (cgroup v1 hosts cannot delegate: boot with \
-                  systemd.unified_cgroup_hierarchy=1)"
-                    .into(),
+            fix: "on cgroup v2 with systemd, run stockade inside your user manager, whose \
+                  delegated subtree it then finds: systemd-run --user --scope stockade run … \
+                  (or name a subtree: STOCKADE_CGROUP_ROOT=DIR; cgroup v1 hosts cannot \
+                  delegate: boot with systemd.unified_cgroup_hierarchy=1)"
+                .into(),
         });
     }
     if !tun_usable(root, caller.uid) {
@@ -244,10 +242,105 @@ pub fn host_root() -> PathBuf {
     PathBuf::from("/")
 }
 
+/// Controllers a delegated subtree must offer for the kernel to enforce
+/// a rootless sandbox's limits.
+const DELEGATED_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// The cgroup v2 subtree delegated to `uid` that this process runs in —
+/// what systemd's `user@UID.service` (or `systemd-run --user --scope`)
+/// gives — found without `STOCKADE_CGROUP_ROOT`: starting at the process's
+/// own cgroup (`self_cgroup`, the `0::` line of `/proc/self/cgroup`,
+/// below `mount`), the topmost ancestor whose directory and `cgroup.procs`
+/// are `uid`'s, if it offers memory, pids and cpu. The supervisor runs
+/// below it, so the kernel lets it move sandboxes' processes within it.
+pub fn delegated_cgroup(mount: &Path, self_cgroup: &str, uid: u32) -> Option<PathBuf> {
+    let rel = self_cgroup.trim().trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == ".." || c == ".") {
+        return None;
+    }
+    let owned = |d: &Path| {
+        let dir = std::fs::symlink_metadata(d).ok()?;
+        let procs = std::fs::symlink_metadata(d.join("cgroup.procs")).ok()?;
+        Some(dir.is_dir() && dir.uid() == uid && procs.uid() == uid)
+    };
+    let mut best = None;
+    let mut dir = mount.join(rel);
+    while dir.starts_with(mount) && dir != mount {
+        if owned(&dir) != Some(true) {
+            break;
+        }
+        best = Some(dir.clone());
+        if !dir.pop() {
+            break;
+        }
+    }
+    let best = best?;
+    let offered = std::fs::read_to_string(best.join("cgroup.controllers")).ok()?;
+    let offered: Vec<&str> = offered.split_whitespace().collect();
+    DELEGATED_CONTROLLERS
+        .iter()
+        .all(|c| offered.contains(c))
+        .then_some(best)
+}
+
+/// [`delegated_cgroup`] on this host: `/sys/fs/cgroup` when it is
+/// cgroup2, this process's cgroup, the real uid.
+pub fn host_delegated_cgroup() -> Option<PathBuf> {
+    let mount = Path::new("/sys/fs/cgroup");
+    let fs = nix::sys::statfs::statfs(mount).ok()?;
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return None;
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    delegated_cgroup(mount, rel, nix::unistd::getuid().as_raw())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A cgroup directory with a `cgroup.procs` file, both owned by `uid`.
+    fn cg(dir: &Path, uid: u32, controllers: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        std::fs::write(dir.join("cgroup.controllers"), controllers).unwrap();
+        std::os::unix::fs::chown(dir, Some(uid), None).unwrap();
+        std::os::unix::fs::chown(dir.join("cgroup.procs"), Some(uid), None).unwrap();
+    }
+
+    #[test]
+    fn the_delegated_subtree_is_the_topmost_ancestor_the_user_owns() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to give files to another uid");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path();
+        let slice = m.join("user.slice/user-1500.slice");
+        cg(&m.join("user.slice"), 0, "cpu memory pids");
+        cg(&slice, 0, "cpu memory pids");
+        let service = slice.join("user@1500.service");
+        cg(&service, 1500, "cpu io memory pids");
+        cg(&service.join("app.slice"), 1500, "cpu memory pids");
+        cg(&service.join("app.slice/run-1.scope"), 1500, "");
+        let own = "/user.slice/user-1500.slice/user@1500.service/app.slice/run-1.scope\n";
+        assert_eq!(delegated_cgroup(m, own, 1500), Some(service.clone()));
+        // Another user, or a session scope root owns, gets none.
+        assert_eq!(delegated_cgroup(m, own, 1501), None);
+        cg(&slice.join("session-3.scope"), 0, "");
+        assert_eq!(
+            delegated_cgroup(m, "/user.slice/user-1500.slice/session-3.scope", 1500),
+            None
+        );
+        // A subtree that does not offer every controller is not used.
+        std::fs::write(service.join("cgroup.controllers"), "cpu pids").unwrap();
+        assert_eq!(delegated_cgroup(m, own, 1500), None);
+        // Nothing outside the mount, whatever the line says.
+        assert_eq!(delegated_cgroup(m, "/../../etc", 1500), None);
+        assert_eq!(delegated_cgroup(m, "/", 1500), None);
+    }
 
     fn fake(files: &[(&str, &str)]) -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();

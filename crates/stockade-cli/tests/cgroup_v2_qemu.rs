@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Every check the guest scenario must report, in order.
-const CHECKS: [&str; 13] = [
+const CHECKS: [&str; 14] = [
     "doctor",
     "hello",
     "memory",
@@ -19,6 +19,7 @@ const CHECKS: [&str; 13] = [
     "cleanup",
     "version",
     "rootless-hello",
+    "rootless-auto-delegation",
     "rootless-memory",
     "rootless-pids",
     "rootless-cpu",
