@@ -558,7 +558,11 @@ fn keep(
                 }
             }
             let mut keep = vec![pidfd.as_raw_fd()];
-            keep.extend(slot.as_ref().map(|s| s.lock_fd().as_raw_fd()));
+            keep.extend(
+                slot.as_ref()
+                    .and_then(|s| s.lock_fd())
+                    .map(|fd| fd.as_raw_fd()),
+            );
             stockade_isolate::sys::close_fds_from(3, &keep);
             let mut deadline = timeout.map(|t| std::time::Instant::now() + t);
             loop {
