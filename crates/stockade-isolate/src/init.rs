@@ -200,16 +200,14 @@ fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
     // sandbox's processes through our /proc: it lists this pid namespace
     // only, where the host's /proc would need a check of every host
     // process. Opened now, before any workload runs.
-    let proc_dir = spec
-        .nproc_limit
-        .and_then(|_| {
-            nix::fcntl::open(
-                "/proc",
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()
-        });
+    let proc_dir = spec.nproc_limit.and_then(|_| {
+        nix::fcntl::open(
+            "/proc",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+    });
     let proc_fds: Vec<RawFd> = proc_dir.iter().map(|f| f.as_raw_fd()).collect();
     send(ctl, &FromInit::Ready, &proc_fds);
     drop(proc_dir);
