@@ -21,6 +21,11 @@ make the comparison honest on a small, shared machine:
 Give the same binary twice under two names to see how far apart equal
 things come out on the machine that day.
 
+--user NAME (cold start only): every variant, bwrap included, is run by
+that ordinary user through setpriv, as compare.sh's rootless rows are
+(`stockade, rootless` against `bwrap, same user`); the stockade variants
+share a state directory the user owns.
+
 --warm-exec: for each binary a fresh `stockade serve`, one sandbox, then
 `exec true` through the API, in alternating rounds (the order flips every
 round). Every sample counts; the medians of each round are printed too.
@@ -78,11 +83,21 @@ def summary(samples):
     return statistics.median(s), percentile(s, 90)
 
 
-def cold_start(variants, rounds, warmup, work):
+def cold_start(variants, rounds, warmup, work, user=None):
     """Through compare.sh's own interleaved timer (lib/timer.py), which
     rotates the starting variant every round."""
-    runs = [{"name": "bwrap", "argv": BWRAP}] if shutil.which("bwrap") else []
-    runs += [{"name": name, "argv": [path, "run", "--", "/bin/true"]}
+    as_user, env = [], []
+    if user:
+        import pwd
+        pw = pwd.getpwnam(user)
+        state = os.path.join(work, "state")
+        os.mkdir(state)
+        os.chown(state, pw.pw_uid, pw.pw_gid)
+        as_user = ["setpriv", "--reuid", user, "--regid", user, "--init-groups",
+                   "--reset-env"]
+        env = ["env", f"STOCKADE_STATE_DIR={state}"]
+    runs = [{"name": "bwrap", "argv": as_user + BWRAP}] if shutil.which("bwrap") else []
+    runs += [{"name": name, "argv": as_user + env + [path, "run", "--", "/bin/true"]}
              for name, path in variants]
     plan = os.path.join(work, "plan.json")
     out = os.path.join(work, "samples.json")
@@ -155,6 +170,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5, help="cold start: unmeasured rounds")
     ap.add_argument("--per-round", type=int, default=300,
                     help="warm exec: measured execs per round (default 300)")
+    ap.add_argument("--user", default=None,
+                    help="cold start: run every variant as this ordinary user (rootless)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("ab.py: run as root (stockade run and serve need it)")
@@ -164,11 +181,14 @@ def main():
         # directories (mkdtemp makes it 0700).
         os.chmod(work, 0o711)
         copies = fresh_copies(variants, work)
+        if args.user:
+            for _, path in copies:
+                os.chmod(path, 0o755)
         print(f"load average: {loadavg()}")
         if args.warm_exec:
             warm_exec(copies, args.rounds or 4, args.per_round, work)
         else:
-            cold_start(copies, args.rounds or 200, args.warmup, work)
+            cold_start(copies, args.rounds or 200, args.warmup, work, args.user)
         print(f"load average: {loadavg()}")
 
 

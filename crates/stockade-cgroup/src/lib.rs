@@ -227,6 +227,16 @@ impl Cgroup {
         }
     }
 
+    /// Without a cgroup ([`Driver::polled`]): `fd` is a directory of a
+    /// procfs mounted in the sandbox's pid namespace (its init's `/proc`),
+    /// where its processes are listed from then on instead of checking
+    /// every host process. Dropped for real cgroups and when not a procfs.
+    pub fn set_proc_dir(&self, fd: OwnedFd) {
+        if let Inner::Polled(g) = &self.inner {
+            g.set_proc_dir(fd);
+        }
+    }
+
     /// v1 only: descriptors a single-threaded process writes `0` to (each
     /// of them) to move itself into the group, cheaply; see
     /// `stockade_isolate::launch`. Empty on v2 (use [`Cgroup::dir_fd_v2`])
@@ -292,7 +302,7 @@ impl Cgroup {
         let procs = match &self.inner {
             Inner::V1(g) => g.first_procs(),
             Inner::V2(g) => g.pids(),
-            Inner::Polled(g) => g.pids(),
+            Inner::Polled(g) => return g.holds_only_init(),
         };
         procs.iter().all(|&p| p == pid)
     }

@@ -2,8 +2,12 @@
 //! no delegated cgroup (cgroup v1, or v2 without delegation).
 //!
 //! The sandbox's processes are the processes of its init's pid namespace
-//! (init is pid 1 there; killing it kills them all, by the kernel). Usage
-//! is read from `/proc` by polling, so:
+//! (init is pid 1 there; killing it kills them all, by the kernel). They
+//! are listed from the sandbox's own `/proc` (a descriptor init sends when
+//! it is ready, [`PolledGroup::set_proc_dir`]): it shows that pid
+//! namespace and nothing else, so a listing costs one directory read. Until
+//! then (or if init sent none), from the host's `/proc`, checking each
+//! host process's pid namespace. Usage is read from `/proc` by polling, so:
 //!
 //! - memory: the sum of the processes' resident sets (`statm`), checked
 //!   every time the supervisor samples (200 ms). It can overshoot the
@@ -31,6 +35,9 @@ pub(crate) struct PolledGroup {
     memory_limit: Option<u64>,
     /// Init's pid and a pidfd for it, set when init is "added".
     init: OnceLock<(i32, OwnedFd, u64)>,
+    /// The sandbox's `/proc` (a procfs of init's pid namespace), once
+    /// init has sent it.
+    proc_dir: OnceLock<OwnedFd>,
     memory_peak: AtomicU64,
     pids_peak: AtomicU64,
 }
@@ -40,6 +47,7 @@ impl PolledGroup {
         PolledGroup {
             memory_limit: limits.memory_bytes,
             init: OnceLock::new(),
+            proc_dir: OnceLock::new(),
             memory_peak: AtomicU64::new(0),
             pids_peak: AtomicU64::new(0),
         }
@@ -71,6 +79,64 @@ impl PolledGroup {
         Ok(())
     }
 
+    /// Takes `fd` (a directory of a procfs mounted in init's pid
+    /// namespace, sent by init before any workload ran) as the place to
+    /// list the sandbox's processes. Anything but a procfs directory is
+    /// ignored, as is every descriptor after the first.
+    pub(crate) fn set_proc_dir(&self, fd: OwnedFd) {
+        let is_proc = nix::sys::statfs::fstatfs(&fd)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC);
+        if is_proc {
+            let _ = self.proc_dir.set(fd);
+        }
+    }
+
+    /// The processes of init's pid namespace as `(directory, names)`: the
+    /// sandbox's `/proc` and the pids in that namespace if init sent it,
+    /// else the host's `/proc` and host pids (see [`Self::pids`]). Empty
+    /// once init has exited.
+    fn listing(&self) -> (Option<&OwnedFd>, Vec<i32>) {
+        let Some(dir) = self.proc_dir.get() else {
+            return (None, self.pids());
+        };
+        let Some((_, pidfd, _)) = self.init.get() else {
+            return (None, Vec::new());
+        };
+        if exited(pidfd) {
+            return (None, Vec::new());
+        }
+        let Ok(rd) = nix::dir::Dir::openat(
+            dir,
+            ".",
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            return (None, self.pids());
+        };
+        let mut v: Vec<i32> = rd
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().ok()?.parse::<i32>().ok())
+            .collect();
+        v.sort_unstable();
+        (Some(dir), v)
+    }
+
+    /// Whether no process but init is left in init's pid namespace (or
+    /// init is gone, and with it every other one).
+    pub(crate) fn holds_only_init(&self) -> bool {
+        let Some((init, _, _)) = self.init.get() else {
+            return true;
+        };
+        match self.listing() {
+            // Init is 1 in its own namespace.
+            (Some(_), v) => v.iter().all(|&p| p == 1),
+            (None, v) => v.iter().all(|&p| p == *init),
+        }
+    }
+
     /// The processes of init's pid namespace, sorted (init itself only
     /// while the caller may inspect it: it makes itself undumpable).
     /// None once init has exited: the kernel ends every other process of
@@ -100,17 +166,14 @@ impl PolledGroup {
         let mut memory = 0u64;
         let mut threads = 0u64;
         let mut cpu = 0u64;
-        for p in self.pids() {
-            if let Some(rss) = std::fs::read_to_string(format!("/proc/{p}/statm"))
-                .ok()
+        let (dir, procs) = self.listing();
+        for p in procs {
+            if let Some(rss) = read_proc(dir, p, "statm")
                 .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
             {
                 memory += rss * page;
             }
-            if let Some((t, c)) = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| threads_and_cpu(&s))
-            {
+            if let Some((t, c)) = read_proc(dir, p, "stat").and_then(|s| threads_and_cpu(&s)) {
                 threads += t;
                 cpu += c;
             }
@@ -154,6 +217,22 @@ impl PolledGroup {
             }
         }
     }
+}
+
+/// `/proc/PID/FILE`, from the sandbox's procfs `dir` if given, else from
+/// the host's.
+fn read_proc(dir: Option<&OwnedFd>, pid: i32, file: &str) -> Option<String> {
+    let Some(dir) = dir else {
+        return std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok();
+    };
+    let fd = nix::fcntl::openat(
+        dir,
+        format!("{pid}/{file}").as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    std::io::read_to_string(std::fs::File::from(fd)).ok()
 }
 
 /// Whether the process of `pidfd` has exited (its pidfd polls readable).

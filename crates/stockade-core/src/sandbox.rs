@@ -234,7 +234,10 @@ impl<'c> Sandbox<'c> {
     /// could not.
     pub fn wait_ready(&self) -> Result<(), String> {
         match proto::recv_msg::<FromInit>(self.launched.ctl.as_fd()) {
-            Ok(Some((FromInit::Ready, _))) => Ok(()),
+            Ok(Some((FromInit::Ready, fds))) => {
+                self.take_proc_dir(fds);
+                Ok(())
+            }
             Ok(Some((FromInit::SetupFailed { message }, _))) => {
                 Err(format!("cannot set up the sandbox: {message}"))
             }
@@ -361,9 +364,21 @@ impl<'c> Sandbox<'c> {
                 break;
             }
             match proto::recv_msg::<FromInit>(self.launched.ctl.as_fd()) {
+                Ok(Some((FromInit::Ready, fds))) => {
+                    self.take_proc_dir(fds);
+                    owner.on_init(self, FromInit::Ready, Vec::new());
+                }
                 Ok(Some((msg, fds))) => owner.on_init(self, msg, fds),
                 Ok(None) | Err(_) => self.ctl_open = false,
             }
+        }
+    }
+
+    /// Init's `/proc`, sent with its ready message when the sandbox has
+    /// no cgroup: the group lists the sandbox's processes there.
+    fn take_proc_dir(&self, fds: Vec<OwnedFd>) {
+        if let Some(fd) = fds.into_iter().next() {
+            self.cgroup.set_proc_dir(fd);
         }
     }
 

@@ -195,7 +195,22 @@ fn serve(spec: &SandboxSpec, ctl: &OwnedFd) -> i32 {
             return 1;
         }
     };
-    send(ctl, &FromInit::Ready, &[]);
+    // Without a cgroup (a rootless sandbox without a delegated one, the
+    // only kind with a process rlimit), the supervisor finds the
+    // sandbox's processes through our /proc: it lists this pid namespace
+    // only, where the host's /proc would need a check of every host
+    // process. Opened now, before any workload runs.
+    let proc_dir = spec.nproc_limit.and_then(|_| {
+        nix::fcntl::open(
+            "/proc",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+    });
+    let proc_fds: Vec<RawFd> = proc_dir.iter().map(|f| f.as_raw_fd()).collect();
+    send(ctl, &FromInit::Ready, &proc_fds);
+    drop(proc_dir);
     // Processes we started, whose exits the supervisor wants to hear of.
     let mut spawned: HashSet<i32> = HashSet::new();
     let mut rules = workload::Rules::default();
