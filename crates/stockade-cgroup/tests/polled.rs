@@ -29,39 +29,48 @@ impl Drop for Ns {
 
 /// `unshare --pid --fork --mount-proc sh -c SCRIPT`, and the host pid of
 /// the namespace's init (the `sh`, unshare's only child).
+/// An `unshare` that exits before its child appears is started again, a
+/// few times.
 fn pid_namespace(script: &str) -> Ns {
-    let unshare = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", script])
-        .spawn()
-        .expect("unshare (util-linux) runs");
-    let me = unshare.id();
-    let mut init = None;
-    for _ in 0..500 {
-        let children =
-            std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
-        if let Some(p) = children.split_whitespace().next() {
-            init = p.parse::<i32>().ok();
-            break;
+    for _ in 0..5 {
+        let mut unshare = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "sh", "-c", script])
+            .spawn()
+            .expect("unshare (util-linux) runs");
+        let me = unshare.id();
+        for _ in 0..500 {
+            let children = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+                .unwrap_or_default();
+            if let Some(init) = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
+                return Ns { unshare, init };
+            }
+            if unshare.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        let _ = unshare.kill();
+        let _ = unshare.wait();
     }
-    let init = init.expect("unshare started the namespace's init");
-    Ns { unshare, init }
+    panic!("unshare did not start the namespace's init");
 }
 
 /// The namespace's `/proc`, as init's `/proc` would be sent: a directory
 /// of the procfs mounted in that namespace. Waits until unshare has
 /// mounted it (before that, the path is the host's procfs).
 fn proc_dir(init: i32) -> OwnedFd {
+    use std::os::unix::fs::MetadataExt;
+    let host = std::fs::metadata("/proc").unwrap().dev();
     for _ in 0..500 {
-        // In the namespace's procfs, the namespace's init is 1 and
-        // /proc/1/status says so: NSpid has a single field there.
-        let status =
-            std::fs::read_to_string(format!("/proc/{init}/root/proc/1/status")).unwrap_or_default();
-        let ours = status
-            .lines()
-            .find(|l| l.starts_with("NSpid:"))
-            .is_some_and(|l| l.split_whitespace().count() == 2);
+        // The namespace's procfs is a superblock of its own: a device
+        // other than the host's /proc once unshare has mounted it (the
+        // pid 1 of either says NSpid: 1, so that does not tell them apart).
+        let ours =
+            std::fs::metadata(format!("/proc/{init}/root/proc")).is_ok_and(|m| m.dev() != host);
         if ours {
             return std::fs::File::open(format!("/proc/{init}/root/proc"))
                 .unwrap()
