@@ -437,19 +437,20 @@ check oci-systemd $? "create=$rc cgroup=$cg pids.max=$spids states=[$s1 $s2] kil
 # A limit the kernel cannot apply is refused, not skipped: under a
 # parent with a process of its own, cgroup v2 will not delegate the
 # memory controller (no internal processes), so c5 would have no
-# memory.max. create fails, naming the controller, and leaves nothing.
+# memory.max. create fails, naming the controller, and leaves nothing
+# (not /busy/mid either, which it made on the way).
 mkdir -p /sys/fs/cgroup/busy
 sleep 60 &
 busy=$!
 echo $busy >/sys/fs/cgroup/busy/cgroup.procs
-mkbundle c5 /busy/c5 '"memory": {"limit": 33554432},' 'sleep 60'
+mkbundle c5 /busy/mid/c5 '"memory": {"limit": 33554432},' 'sleep 60'
 runc create --bundle /tmp/oci/c5 --pid-file /tmp/oci/c5.pid c5 </dev/null >/tmp/oci/c5.out 2>&1
 rc=$?
 cat /tmp/oci/c5.out
 kill $busy; wait $busy 2>/dev/null
-[ $rc != 0 ] && grep -q "memory controller" /tmp/oci/c5.out && [ ! -e /sys/fs/cgroup/busy/c5 ] &&
+[ $rc != 0 ] && grep -q "memory controller" /tmp/oci/c5.out && [ ! -e /sys/fs/cgroup/busy/mid ] &&
     [ ! -e /tmp/oci/state/c5 ] && [ ! -e /tmp/oci/c5.pid ]
-check oci-missing-controller $? "exit=$rc left: $(ls -d /sys/fs/cgroup/busy/c5 /tmp/oci/state/c5 2>/dev/null)"
+check oci-missing-controller $? "exit=$rc left: $(ls -d /sys/fs/cgroup/busy/mid /tmp/oci/state/c5 2>/dev/null)"
 rmdir /sys/fs/cgroup/busy
 
 # Nothing left: no container cgroup, no state directory.

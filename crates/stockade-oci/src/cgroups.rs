@@ -206,16 +206,41 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
 }
 
 /// Makes (or reuses: engines may pre-create the pod's parent) the cgroup
-/// and writes the limits.
+/// and writes the limits. On failure every directory this call made is
+/// removed again (and none it found).
 pub fn create(rel: &Path, resources: Option<&Resources>) -> Result<Group, CgroupError> {
     let hs = hierarchies();
     if hs.is_empty() {
         return Err(CgroupError::NoHierarchy);
     }
     let pure_v2 = hs.iter().all(|h| h.v2);
+    let mut made = Vec::new();
+    let result = make_levels(&hs, rel, pure_v2, &mut made).and_then(|dirs| {
+        let g = Group { dirs };
+        match resources {
+            Some(r) => g.apply(r, pure_v2).map(|()| g),
+            None => Ok(g),
+        }
+    });
+    if result.is_err() {
+        // Deepest first; nothing has joined them yet.
+        for dir in made.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    result
+}
+
+/// Each level of `rel` in every hierarchy, recording in `made` those it
+/// creates; the container's directories.
+fn make_levels(
+    hs: &[Hierarchy],
+    rel: &Path,
+    pure_v2: bool,
+    made: &mut Vec<PathBuf>,
+) -> Result<Vec<PathBuf>, CgroupError> {
     let mut dirs = Vec::new();
-    for h in &hs {
-        let dir = h.mount.join(rel);
+    for h in hs {
         // Each level made on the way: a v1 cpuset level needs its parent's
         // cpus and mems copied in before a process can join.
         let mut cur = h.mount.clone();
@@ -223,10 +248,11 @@ pub fn create(rel: &Path, resources: Option<&Resources>) -> Result<Group, Cgroup
             let parent = cur.clone();
             cur.push(c);
             if pure_v2 {
-                enable_v2_controllers(&parent)?;
+                enable_v2_controllers(&parent);
             }
             match std::fs::create_dir(&cur) {
                 Ok(()) => {
+                    made.push(cur.clone());
                     if h.controllers.iter().any(|c| c == "cpuset") {
                         for f in ["cpuset.cpus", "cpuset.mems"] {
                             let v = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
@@ -238,16 +264,9 @@ pub fn create(rel: &Path, resources: Option<&Resources>) -> Result<Group, Cgroup
                 Err(e) => return Err(io_err(&cur)(e)),
             }
         }
-        dirs.push(dir);
+        dirs.push(cur);
     }
-    let g = Group { dirs };
-    if let Some(r) = resources {
-        if let Err(e) = g.apply(r, pure_v2) {
-            g.remove();
-            return Err(e);
-        }
-    }
-    Ok(g)
+    Ok(dirs)
 }
 
 /// A v2 `*.max` value: a positive number, `max` for none.
@@ -259,19 +278,20 @@ fn v2_max(v: i64) -> String {
     }
 }
 
-fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
+/// Delegates cpu, cpuset, memory and pids from `dir` to its children,
+/// best effort: refused under a parent with processes of its own (no
+/// internal processes), which `apply` then reports for the limit that
+/// needs the missing controller.
+fn enable_v2_controllers(dir: &Path) {
     let avail = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    let want: Vec<String> = avail
+    // One at a time: a write naming several is refused whole when one of
+    // them is (cpu, while a real-time thread sits in a child).
+    for c in avail
         .split_whitespace()
         .filter(|c| matches!(*c, "cpu" | "cpuset" | "memory" | "pids"))
-        .map(|c| format!("+{c}"))
-        .collect();
-    if !want.is_empty() {
-        // Refused at the root of a v2 hierarchy that has processes in
-        // leaves already enabled, harmlessly: best effort.
-        let _ = std::fs::write(dir.join("cgroup.subtree_control"), want.join(" "));
+    {
+        let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
     }
-    Ok(())
 }
 
 impl Group {
