@@ -23,7 +23,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 bin=${1:-$repo/target/$(rustc -vV | sed -n 's/^host: //p')/debug/stockade}
 cache=${STOCKADE_QEMU_CACHE:-/var/cache/stockade-qemu}
-checks="doctor hello memory pids cpu timeout cleanup version rootless-hello rootless-auto-delegation rootless-memory rootless-pids rootless-cpu rootless-cleanup"
+checks="doctor hello memory pids cpu timeout cleanup version rootless-hello rootless-auto-delegation rootless-memory rootless-pids rootless-cpu rootless-cleanup oci-cgroup oci-limits oci-update-pause oci-run-delete oci-pids oci-memory oci-systemd oci-missing-controller oci-cleanup"
 cgroup_mode=${STOCKADE_QEMU_CGROUP:-v2}
 case "$cgroup_mode" in v1 | v2) ;; *) echo "run.sh: STOCKADE_QEMU_CGROUP must be v1 or v2" >&2; exit 2 ;; esac
 if [ -n "${STOCKADE_QEMU_SCENARIO:-}" ]; then checks=""; fi
@@ -96,6 +96,7 @@ done
 # stockade and the shared objects it loads, at the same paths as here (none
 # for the usual static build: ldd then prints no path).
 cp "$bin" "$root/usr/bin/stockade"
+ln -s stockade "$root/usr/bin/stockade-runc"
 if command -v strip >/dev/null; then
     strip --strip-debug "$root/usr/bin/stockade" 2>/dev/null || true
 fi
@@ -325,6 +326,162 @@ groups=$(find $d/stockade -mindepth 1 -maxdepth 1 -type d 2>/dev/null | tr '\n' 
 boxes=$(ls -A /tmp/rl/state/sandboxes 2>/dev/null | tr '\n' ' ')
 [ -d $d/stockade ] && [ -z "$groups" ] && [ -z "$boxes" ]
 check rootless-cleanup $? "cgroups=[${groups% }] sandboxes=[${boxes% }]"
+
+# OCI runtime: stockade-runc driven as an engine drives it, on a bundle
+# made here from the guest's busybox and a config.json from
+# `stockade-runc spec`, edited. The guest's / is a tmpfs, which cannot be
+# id-mapped on this kernel (tmpfs has id-mapped mounts from 6.3), so the
+# config maps the container's ids onto 100000-165535 and the rootfs is
+# owned by 100000, as podman's --userns makes it: stockade then uses it
+# as it is.
+section oci
+echo $$ >/sys/fs/cgroup/cgroup.procs # out of the rootless user's subtree
+runc() { timeout 60 /usr/bin/stockade-runc --root /tmp/oci/state "$@"; }
+mkdir -p /tmp/oci/rootfs/bin /tmp/oci/rootfs/proc /tmp/oci/rootfs/dev /tmp/oci/rootfs/sys /tmp/oci/rootfs/tmp
+cp /usr/bin/busybox /tmp/oci/rootfs/bin/busybox
+for a in sh sleep dd; do ln -s busybox /tmp/oci/rootfs/bin/$a; done
+chown -R 100000:100000 /tmp/oci/rootfs
+(cd /tmp/oci && /usr/bin/stockade-runc spec && mv config.json spec.json)
+ids='[{"containerID": 0, "hostID": 100000, "size": 65536}]'
+# mkbundle NAME CGROUPS_PATH RESOURCES CMD: /tmp/oci/NAME/config.json
+# (sed edits of spec's output; RESOURCES is the members to add to
+# linux.resources, each followed by a comma).
+mkbundle() {
+    mkdir -p /tmp/oci/$1
+    cmd=$(printf '%s' "$4" | sed 's/[&#\\]/\\&/g')
+    sed -e 's#"terminal": true#"terminal": false#' \
+        -e 's#"path": "rootfs"#"path": "/tmp/oci/rootfs"#' \
+        -e "s#^\( *\)\"sh\"\$#\1\"sh\", \"-c\", \"$cmd\"#" \
+        -e "s#\"resources\": {#\"resources\": {$3#" \
+        -e "s#\"namespaces\": \[#\"cgroupsPath\": \"$2\", \"uidMappings\": $ids, \"gidMappings\": $ids, \"namespaces\": [#" \
+        /tmp/oci/spec.json >/tmp/oci/$1/config.json
+    grep -q "\"cgroupsPath\": \"$2\"" /tmp/oci/$1/config.json &&
+        grep -q '"sh", "-c"' /tmp/oci/$1/config.json ||
+        echo "mkbundle $1: the edit of spec's config.json did not apply"
+}
+# stopped ID: waits (bounded) until the container's init is gone.
+stopped() {
+    for _ in $(seq 100); do
+        runc state $1 2>/dev/null | grep -q '"status": *"stopped"' && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# run -d with linux.resources and a cgroupfs cgroupsPath.
+mkbundle c1 /ociv2/c1 '"memory": {"limit": 67108864, "swap": 67108864}, "pids": {"limit": 32}, "cpu": {"quota": 25000, "period": 100000},' 'sleep 60'
+runc run -d --bundle /tmp/oci/c1 c1 </dev/null >/tmp/oci/c1.out 2>&1
+rc=$?
+cat /tmp/oci/c1.out
+runc state c1 >/tmp/oci/c1.state
+pid=$(field /tmp/oci/c1.state pid)
+cg=$(cat /proc/${pid:-0}/cgroup 2>/dev/null)
+[ $rc = 0 ] && [ "$cg" = "0::/ociv2/c1" ]
+check oci-cgroup $? "exit=$rc pid=$pid cgroup=$cg"
+d=/sys/fs/cgroup/ociv2/c1
+mem=$(cat $d/memory.max 2>&1) swap=$(cat $d/memory.swap.max 2>&1)
+pids=$(cat $d/pids.max 2>&1) cpu=$(cat $d/cpu.max 2>&1)
+[ "$mem" = 67108864 ] && [ "$swap" = 0 ] && [ "$pids" = 32 ] && [ "$cpu" = "25000 100000" ]
+check oci-limits $? "memory.max=$mem memory.swap.max=$swap pids.max=$pids cpu.max=$cpu"
+# update and pause/resume act on the same cgroup.
+echo '{"pids": {"limit": 48}, "cpu": {"quota": 50000}}' >/tmp/oci/c1.update
+runc update --resources /tmp/oci/c1.update c1
+rc=$?
+upids=$(cat $d/pids.max 2>&1) ucpu=$(cat $d/cpu.max 2>&1)
+runc pause c1
+s1=$(runc state c1 | grep -o '"status": *"[a-z]*"') f1=$(cat $d/cgroup.freeze 2>&1)
+runc resume c1
+s2=$(runc state c1 | grep -o '"status": *"[a-z]*"') f2=$(cat $d/cgroup.freeze 2>&1)
+[ $rc = 0 ] && [ "$upids" = 48 ] && [ "$ucpu" = "50000 100000" ] &&
+    [ "$s1" = '"status": "paused"' ] && [ "$f1" = 1 ] && [ "$s2" = '"status": "running"' ] && [ "$f2" = 0 ]
+check oci-update-pause $? "update=$rc pids.max=$upids cpu.max=$ucpu paused=[$s1 freeze=$f1] resumed=[$s2 freeze=$f2]"
+runc kill c1 KILL && stopped c1 && runc delete c1
+rc=$?
+[ $rc = 0 ] && [ ! -e $d ]
+check oci-run-delete $? "exit=$rc cgroup left: $(ls -d $d 2>/dev/null)"
+
+# A fork bomb under pids.limit 16: only the limit holds it. Each shell
+# that meets a refused fork exits, and init (sleep) reaps nobody, so the
+# bomb ends as 15 zombies holding their pids (pids.current counts them,
+# cgroup.procs and the report's sampled pids_peak do not); the container
+# keeps running at the limit until delete --force.
+mkbundle c2 /ociv2/c2 '"pids": {"limit": 16},' 'b() { while :; do b & done; }; b & exec sleep 60'
+runc run -d --bundle /tmp/oci/c2 c2 </dev/null >/tmp/oci/c2.out 2>&1
+rc=$?
+d=/sys/fs/cgroup/ociv2/c2
+for _ in $(seq 100); do
+    [ "$(sed -n 's/^max //p' $d/pids.events 2>/dev/null)" -gt 0 ] 2>/dev/null && break
+    sleep 0.1
+done
+now=""
+for _ in 1 2 3 4 5; do now="$now $(cat $d/pids.current 2>/dev/null)"; sleep 0.1; done
+refused=$(sed -n 's/^max //p' $d/pids.events 2>/dev/null)
+st=$(runc state c2 | grep -o '"status": *"[a-z]*"')
+runc delete --force c2
+del=$?
+cat /tmp/oci/state/.reports/c2.json 2>/dev/null; echo
+peak=$(field /tmp/oci/state/.reports/c2.json pids_peak)
+over=$(for n in $now; do [ "$n" -le 16 ] || echo "$n"; done)
+[ $rc = 0 ] && [ "${refused:-0}" -gt 0 ] && [ -z "$over" ] && [ -n "${now# }" ] &&
+    [ "$st" = '"status": "running"' ] && [ $del = 0 ] && [ ! -e $d ] && [ "${peak:-99}" -le 16 ] &&
+    grep -q '"kind": *"pids-limit"' /tmp/oci/state/.reports/c2.json
+check oci-pids $? "exit=$rc pids.current=[${now# }] pids.events max=$refused $st delete=$del pids_peak=$peak kinds=$(grep -o '"kind": *"[^"]*"' /tmp/oci/state/.reports/c2.json 2>/dev/null | tr '\n' ' ')"
+
+# Over the memory limit (no swap allowed): init itself allocates (as
+# with runc, the OOM killer takes the largest process, not the whole
+# group), is OOM-killed and reported.
+mkbundle c3 /ociv2/c3 '"memory": {"limit": 33554432, "swap": 33554432},' 'exec dd if=/dev/zero of=/dev/null bs=200M count=1'
+runc run --bundle /tmp/oci/c3 c3 </dev/null
+rc=$?
+cat /tmp/oci/state/.reports/c3.json 2>/dev/null; echo
+outcome=$(field /tmp/oci/state/.reports/c3.json outcome)
+[ $rc = 137 ] && [ "$outcome" = memory-limit ]
+check oci-memory $? "exit=$rc outcome=$outcome"
+
+# create/start/state/kill/delete with the systemd form, which maps to
+# /system.slice/stockade-c4.scope made in cgroupfs.
+mkbundle c4 system.slice:stockade:c4 '"pids": {"limit": 20},' 'sleep 60'
+runc --systemd-cgroup create --bundle /tmp/oci/c4 --pid-file /tmp/oci/c4.pid c4 </dev/null >/tmp/oci/c4.out 2>&1
+rc=$?
+cat /tmp/oci/c4.out
+pid=$(cat /tmp/oci/c4.pid 2>/dev/null)
+cg=$(cat /proc/${pid:-0}/cgroup 2>/dev/null)
+d=/sys/fs/cgroup/system.slice/stockade-c4.scope
+s1=$(runc state c4 | grep -o '"status": *"[a-z]*"')
+runc start c4
+s2=$(runc state c4 | grep -o '"status": *"[a-z]*"')
+spids=$(cat $d/pids.max 2>&1)
+runc kill c4 9 && stopped c4 && runc delete c4
+rc2=$?
+[ $rc = 0 ] && [ "$cg" = "0::/system.slice/stockade-c4.scope" ] && [ "$spids" = 20 ] &&
+    [ "$s1" = '"status": "created"' ] && [ "$s2" = '"status": "running"' ] &&
+    [ $rc2 = 0 ] && [ ! -e $d ] && [ -d /sys/fs/cgroup/system.slice ]
+check oci-systemd $? "create=$rc cgroup=$cg pids.max=$spids states=[$s1 $s2] kill+delete=$rc2 scope left: $(ls -d $d 2>/dev/null)"
+
+# A limit the kernel cannot apply is refused, not skipped: under a
+# parent with a process of its own, cgroup v2 will not delegate the
+# memory controller (no internal processes), so c5 would have no
+# memory.max. create fails, naming the controller, and leaves nothing
+# (not /busy/mid either, which it made on the way).
+mkdir -p /sys/fs/cgroup/busy
+sleep 60 &
+busy=$!
+echo $busy >/sys/fs/cgroup/busy/cgroup.procs
+mkbundle c5 /busy/mid/c5 '"memory": {"limit": 33554432},' 'sleep 60'
+runc create --bundle /tmp/oci/c5 --pid-file /tmp/oci/c5.pid c5 </dev/null >/tmp/oci/c5.out 2>&1
+rc=$?
+cat /tmp/oci/c5.out
+kill $busy; wait $busy 2>/dev/null
+[ $rc != 0 ] && grep -q "memory controller" /tmp/oci/c5.out && [ ! -e /sys/fs/cgroup/busy/mid ] &&
+    [ ! -e /tmp/oci/state/c5 ] && [ ! -e /tmp/oci/c5.pid ]
+check oci-missing-controller $? "exit=$rc left: $(ls -d /sys/fs/cgroup/busy/mid /tmp/oci/state/c5 2>/dev/null)"
+rmdir /sys/fs/cgroup/busy
+
+# Nothing left: no container cgroup, no state directory.
+left=$(find /sys/fs/cgroup/ociv2 /sys/fs/cgroup/system.slice -mindepth 1 -type d 2>/dev/null | tr '\n' ' ')
+states=$(ls /tmp/oci/state 2>/dev/null | tr '\n' ' ')
+[ -z "$left" ] && [ -z "$states" ] && [ -d /sys/fs/cgroup/ociv2 ]
+check oci-cleanup $? "cgroups=[${left% }] states=[${states% }]"
 EOF
 if [ -n "${STOCKADE_QEMU_SCENARIO:-}" ]; then
     cp "$STOCKADE_QEMU_SCENARIO" "$root/scenario.sh"

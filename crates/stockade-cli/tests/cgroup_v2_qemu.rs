@@ -1,7 +1,10 @@
 //! The cgroup v2 driver on a real kernel: `tests/cgroup-v2/run.sh` boots a
 //! Debian kernel under QEMU (TCG, no KVM) with cgroup2 mounted at
 //! /sys/fs/cgroup, runs this build of `stockade` in the guest and prints one
-//! `V2CHECK <name> PASS|FAIL <detail>` line per check.
+//! `V2CHECK <name> PASS|FAIL <detail>` line per check: `stockade run` as
+//! root and as a user with a delegated subtree, and `stockade-runc` driven
+//! as an engine drives it (cgroupfs and systemd `cgroupsPath`, limits,
+//! update, pause, a fork bomb, an OOM kill, a limit without its controller).
 //! Needs root, qemu-system-x86, busybox-static and apt access for the kernel
 //! package (cached in `STOCKADE_QEMU_CACHE`, default /var/cache/stockade-qemu).
 
@@ -9,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Every check the guest scenario must report, in order.
-const CHECKS: [&str; 14] = [
+const CHECKS: [&str; 23] = [
     "doctor",
     "hello",
     "memory",
@@ -24,6 +27,16 @@ const CHECKS: [&str; 14] = [
     "rootless-pids",
     "rootless-cpu",
     "rootless-cleanup",
+    // stockade-runc on a bundle made in the guest (tests/cgroup-v2/run.sh).
+    "oci-cgroup",
+    "oci-limits",
+    "oci-update-pause",
+    "oci-run-delete",
+    "oci-pids",
+    "oci-memory",
+    "oci-systemd",
+    "oci-missing-controller",
+    "oci-cleanup",
 ];
 
 #[test]

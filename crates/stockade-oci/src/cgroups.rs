@@ -19,6 +19,14 @@ pub enum CgroupError {
     /// No cgroup file system is mounted.
     #[error("no cgroup file system is mounted under /sys/fs/cgroup; mount cgroup v1 controllers or cgroup2 there")]
     NoHierarchy,
+    /// A limit was asked for but its controller is not there: the limit
+    /// would silently not hold.
+    #[error("linux.resources asks for {what}, but the {controller} controller is not available in {dir}: on cgroup v2 its parent must list {controller} in cgroup.subtree_control (a parent with processes of its own cannot; move them to a leaf), on v1 the {controller} hierarchy must be mounted")]
+    MissingController {
+        what: &'static str,
+        controller: &'static str,
+        dir: PathBuf,
+    },
     /// A directory or control file could not be written.
     #[error("cannot set up the container's cgroup at {path}")]
     Io {
@@ -171,22 +179,68 @@ fn has(dirs: &[PathBuf], name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The directories that have `file`; when `limited` (a limit, not its
+/// removal, is asked for), an error naming the controller if none does:
+/// a requested limit holds or fails loudly.
+fn need_if(
+    limited: bool,
+    dirs: &[PathBuf],
+    file: &str,
+    controller: &'static str,
+    what: &'static str,
+) -> Result<Vec<PathBuf>, CgroupError> {
+    let found = has(dirs, file);
+    if found.is_empty() && limited {
+        return Err(CgroupError::MissingController {
+            what,
+            controller,
+            dir: dirs.first().cloned().unwrap_or_default(),
+        });
+    }
+    Ok(found)
+}
+
 fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
     let p = dir.join(file);
     std::fs::write(&p, value).map_err(io_err(&p))
 }
 
 /// Makes (or reuses: engines may pre-create the pod's parent) the cgroup
-/// and writes the limits.
+/// and writes the limits. On failure every directory this call made is
+/// removed again (and none it found).
 pub fn create(rel: &Path, resources: Option<&Resources>) -> Result<Group, CgroupError> {
     let hs = hierarchies();
     if hs.is_empty() {
         return Err(CgroupError::NoHierarchy);
     }
     let pure_v2 = hs.iter().all(|h| h.v2);
+    let mut made = Vec::new();
+    let result = make_levels(&hs, rel, pure_v2, &mut made).and_then(|dirs| {
+        let g = Group { dirs };
+        match resources {
+            Some(r) => g.apply(r, pure_v2).map(|()| g),
+            None => Ok(g),
+        }
+    });
+    if result.is_err() {
+        // Deepest first; nothing has joined them yet.
+        for dir in made.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    result
+}
+
+/// Each level of `rel` in every hierarchy, recording in `made` those it
+/// creates; the container's directories.
+fn make_levels(
+    hs: &[Hierarchy],
+    rel: &Path,
+    pure_v2: bool,
+    made: &mut Vec<PathBuf>,
+) -> Result<Vec<PathBuf>, CgroupError> {
     let mut dirs = Vec::new();
-    for h in &hs {
-        let dir = h.mount.join(rel);
+    for h in hs {
         // Each level made on the way: a v1 cpuset level needs its parent's
         // cpus and mems copied in before a process can join.
         let mut cur = h.mount.clone();
@@ -194,10 +248,11 @@ pub fn create(rel: &Path, resources: Option<&Resources>) -> Result<Group, Cgroup
             let parent = cur.clone();
             cur.push(c);
             if pure_v2 {
-                enable_v2_controllers(&parent)?;
+                enable_v2_controllers(&parent);
             }
             match std::fs::create_dir(&cur) {
                 Ok(()) => {
+                    made.push(cur.clone());
                     if h.controllers.iter().any(|c| c == "cpuset") {
                         for f in ["cpuset.cpus", "cpuset.mems"] {
                             let v = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
@@ -209,31 +264,34 @@ pub fn create(rel: &Path, resources: Option<&Resources>) -> Result<Group, Cgroup
                 Err(e) => return Err(io_err(&cur)(e)),
             }
         }
-        dirs.push(dir);
+        dirs.push(cur);
     }
-    let g = Group { dirs };
-    if let Some(r) = resources {
-        if let Err(e) = g.apply(r, pure_v2) {
-            g.remove();
-            return Err(e);
-        }
-    }
-    Ok(g)
+    Ok(dirs)
 }
 
-fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
+/// A v2 `*.max` value: a positive number, `max` for none.
+fn v2_max(v: i64) -> String {
+    if v < 0 {
+        "max".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Delegates cpu, cpuset, memory and pids from `dir` to its children,
+/// best effort: refused under a parent with processes of its own (no
+/// internal processes), which `apply` then reports for the limit that
+/// needs the missing controller.
+fn enable_v2_controllers(dir: &Path) {
     let avail = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    let want: Vec<String> = avail
+    // One at a time: a write naming several is refused whole when one of
+    // them is (cpu, while a real-time thread sits in a child).
+    for c in avail
         .split_whitespace()
         .filter(|c| matches!(*c, "cpu" | "cpuset" | "memory" | "pids"))
-        .map(|c| format!("+{c}"))
-        .collect();
-    if !want.is_empty() {
-        // Refused at the root of a v2 hierarchy that has processes in
-        // leaves already enabled, harmlessly: best effort.
-        let _ = std::fs::write(dir.join("cgroup.subtree_control"), want.join(" "));
+    {
+        let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
     }
-    Ok(())
 }
 
 impl Group {
@@ -249,87 +307,126 @@ impl Group {
             .all(|d| d.join("cgroup.controllers").exists())
     }
 
-    /// Writes `linux.resources` (also `update`).
+    /// Writes `linux.resources` (also `update`). A limit whose controller
+    /// is missing is an error, never skipped.
     pub fn apply(&self, r: &Resources, pure_v2: bool) -> Result<(), CgroupError> {
         let d = &self.dirs;
         if let Some(m) = &r.memory {
-            let limit = m.limit.filter(|l| *l > 0);
+            // runtime-spec: a positive limit, -1 for none (0 is unset).
+            let limit = m.limit.filter(|l| *l != 0);
             if pure_v2 {
-                for dir in has(d, "memory.max") {
-                    if let Some(l) = limit {
-                        write(&dir, "memory.max", &l.to_string())?;
-                    }
-                    if let (Some(l), Some(s)) = (limit, m.swap) {
-                        if dir.join("memory.swap.max").exists() {
-                            let v = if s < 0 {
-                                "max".into()
-                            } else {
-                                (s - l).max(0).to_string()
-                            };
-                            write(&dir, "memory.swap.max", &v)?;
+                if let Some(l) = limit {
+                    for dir in need_if(l > 0, d, "memory.max", "memory", "a memory limit")? {
+                        write(&dir, "memory.max", &v2_max(l))?;
+                        // memory.swap is memory + swap; v2 counts swap alone.
+                        if let Some(s) = m.swap.filter(|s| *s != 0) {
+                            if dir.join("memory.swap.max").exists() {
+                                let v = if s < 0 || l < 0 {
+                                    "max".into()
+                                } else {
+                                    (s - l).max(0).to_string()
+                                };
+                                write(&dir, "memory.swap.max", &v)?;
+                            }
                         }
                     }
                 }
-            } else {
-                for dir in has(d, "memory.limit_in_bytes") {
-                    if let Some(l) = limit {
-                        // Raising past memsw first would be refused.
-                        let memsw = dir.join("memory.memsw.limit_in_bytes");
-                        let _ = std::fs::write(&memsw, "-1");
-                        write(&dir, "memory.limit_in_bytes", &l.to_string())?;
-                        // Swap may not extend the limit unless asked.
-                        let s = m.swap.unwrap_or(l);
-                        if memsw.exists() {
-                            write(&dir, "memory.memsw.limit_in_bytes", &s.to_string())?;
-                        }
+            } else if let Some(l) = limit {
+                let l = l.max(-1);
+                let dirs = need_if(
+                    l > 0,
+                    d,
+                    "memory.limit_in_bytes",
+                    "memory",
+                    "a memory limit",
+                )?;
+                for dir in dirs {
+                    // Raising past memsw first would be refused.
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    let _ = std::fs::write(&memsw, "-1");
+                    write(&dir, "memory.limit_in_bytes", &l.to_string())?;
+                    // Swap may not extend the limit unless asked.
+                    let s = m.swap.filter(|s| *s != 0).unwrap_or(l).max(-1);
+                    if memsw.exists() {
+                        write(&dir, "memory.memsw.limit_in_bytes", &s.to_string())?;
                     }
                 }
             }
         }
         if let Some(c) = &r.cpu {
+            let quota = c.quota.filter(|q| *q != 0);
+            let period = c.period.filter(|p| *p != 0);
+            let shares = c.shares.filter(|s| *s != 0);
             if pure_v2 {
-                for dir in has(d, "cpu.max") {
-                    if let Some(q) = c.quota {
-                        let period = c.period.unwrap_or(100_000);
-                        let q = if q <= 0 { "max".into() } else { q.to_string() };
-                        write(&dir, "cpu.max", &format!("{q} {period}"))?;
+                if quota.is_some() || period.is_some() {
+                    // As runc: "max" unless a positive quota; the period
+                    // only when given (an update keeps the one set).
+                    let mut v = match quota {
+                        Some(q) if q > 0 => q.to_string(),
+                        _ => "max".into(),
+                    };
+                    if let Some(p) = period {
+                        v.push_str(&format!(" {p}"));
                     }
-                    if let Some(s) = c.shares.filter(|s| *s >= 2) {
-                        let w = 1 + ((s.min(262_144) - 2) * 9999) / 262_142;
+                    let limited = quota.is_some_and(|q| q > 0) || period.is_some();
+                    for dir in need_if(limited, d, "cpu.max", "cpu", "a cpu quota or period")? {
+                        write(&dir, "cpu.max", &v)?;
+                    }
+                }
+                if let Some(s) = shares {
+                    // runc's mapping of shares (2..262144) onto weight (1..10000).
+                    let s = s.clamp(2, 262_144);
+                    let w = 1 + ((s - 2) * 9999) / 262_142;
+                    for dir in need_if(true, d, "cpu.weight", "cpu", "cpu shares")? {
                         write(&dir, "cpu.weight", &w.to_string())?;
                     }
                 }
             } else {
-                for dir in has(d, "cpu.cfs_quota_us") {
-                    if let Some(p) = c.period {
-                        write(&dir, "cpu.cfs_period_us", &p.to_string())?;
-                    }
-                    if let Some(q) = c.quota {
-                        write(&dir, "cpu.cfs_quota_us", &q.to_string())?;
+                if quota.is_some() || period.is_some() {
+                    let limited = quota.is_some_and(|q| q > 0) || period.is_some();
+                    let dirs = need_if(
+                        limited,
+                        d,
+                        "cpu.cfs_quota_us",
+                        "cpu",
+                        "a cpu quota or period",
+                    )?;
+                    for dir in dirs {
+                        if let Some(p) = period {
+                            write(&dir, "cpu.cfs_period_us", &p.to_string())?;
+                        }
+                        if let Some(q) = quota {
+                            write(&dir, "cpu.cfs_quota_us", &q.max(-1).to_string())?;
+                        }
                     }
                 }
-                for dir in has(d, "cpu.shares") {
-                    if let Some(s) = c.shares {
+                if let Some(s) = shares {
+                    for dir in need_if(true, d, "cpu.shares", "cpu", "cpu shares")? {
                         write(&dir, "cpu.shares", &s.to_string())?;
                     }
                 }
             }
-            for dir in has(d, "cpuset.cpus") {
-                if let Some(cpus) = c.cpus.as_deref().filter(|s| !s.is_empty()) {
-                    write(&dir, "cpuset.cpus", cpus)?;
-                }
-                if let Some(mems) = c.mems.as_deref().filter(|s| !s.is_empty()) {
-                    write(&dir, "cpuset.mems", mems)?;
+            let cpus = c.cpus.as_deref().filter(|s| !s.is_empty());
+            let mems = c.mems.as_deref().filter(|s| !s.is_empty());
+            if cpus.is_some() || mems.is_some() {
+                for dir in need_if(true, d, "cpuset.cpus", "cpuset", "cpus or mems")? {
+                    if let Some(v) = cpus {
+                        write(&dir, "cpuset.cpus", v)?;
+                    }
+                    if let Some(v) = mems {
+                        write(&dir, "cpuset.mems", v)?;
+                    }
                 }
             }
         }
         if let Some(p) = &r.pids {
-            for dir in has(d, "pids.max") {
-                let v = if p.limit <= 0 {
-                    "max".into()
-                } else {
-                    p.limit.to_string()
-                };
+            // 0 and -1 both mean no limit (runtime-spec).
+            let v = if p.limit <= 0 {
+                "max".into()
+            } else {
+                p.limit.to_string()
+            };
+            for dir in need_if(p.limit > 0, d, "pids.max", "pids", "a pids limit")? {
                 write(&dir, "pids.max", &v)?;
             }
         }
@@ -432,6 +529,94 @@ mod tests {
         );
         let p = relative_path(Some(":docker:x"), "x", true).unwrap();
         assert_eq!(p, Path::new("system.slice/docker-x.scope"));
+    }
+
+    /// A fake v2 cgroup directory with the given control files (empty).
+    fn fake_v2(files: &[&str]) -> (tempfile::TempDir, Group) {
+        let t = tempfile::tempdir().unwrap();
+        for f in files.iter().chain(&["cgroup.controllers"]) {
+            std::fs::write(t.path().join(f), "").unwrap();
+        }
+        let g = Group::open(&[t.path().to_path_buf()]);
+        (t, g)
+    }
+
+    fn resources(json: &str) -> Resources {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn read(t: &tempfile::TempDir, f: &str) -> String {
+        std::fs::read_to_string(t.path().join(f)).unwrap()
+    }
+
+    #[test]
+    fn v2_limits_are_written_in_v2_terms() {
+        let (t, g) = fake_v2(&[
+            "memory.max",
+            "memory.swap.max",
+            "pids.max",
+            "cpu.max",
+            "cpu.weight",
+        ]);
+        let r = resources(
+            r#"{"memory": {"limit": 67108864, "swap": 100663296},
+                "pids": {"limit": 32},
+                "cpu": {"quota": 25000, "period": 100000, "shares": 1024}}"#,
+        );
+        g.apply(&r, true).unwrap();
+        assert_eq!(read(&t, "memory.max"), "67108864");
+        // memory.swap is memory + swap; memory.swap.max is swap alone.
+        assert_eq!(read(&t, "memory.swap.max"), "33554432");
+        assert_eq!(read(&t, "pids.max"), "32");
+        assert_eq!(read(&t, "cpu.max"), "25000 100000");
+        assert_eq!(read(&t, "cpu.weight"), "39");
+    }
+
+    #[test]
+    fn v2_updates_keep_what_they_do_not_name_and_lift_limits() {
+        let (t, g) = fake_v2(&["memory.max", "memory.swap.max", "pids.max", "cpu.max"]);
+        // A quota alone leaves the period the kernel has.
+        g.apply(&resources(r#"{"cpu": {"quota": 50000}}"#), true)
+            .unwrap();
+        assert_eq!(read(&t, "cpu.max"), "50000");
+        g.apply(&resources(r#"{"cpu": {"period": 20000}}"#), true)
+            .unwrap();
+        assert_eq!(read(&t, "cpu.max"), "max 20000");
+        g.apply(
+            &resources(r#"{"memory": {"limit": -1, "swap": -1}, "pids": {"limit": 0}}"#),
+            true,
+        )
+        .unwrap();
+        assert_eq!(read(&t, "memory.max"), "max");
+        assert_eq!(read(&t, "memory.swap.max"), "max");
+        assert_eq!(read(&t, "pids.max"), "max");
+    }
+
+    #[test]
+    fn a_limit_without_its_controller_is_refused_not_skipped() {
+        // A v2 cgroup whose parent did not delegate memory, pids or cpu.
+        let (t, g) = fake_v2(&[]);
+        for (json, controller) in [
+            (r#"{"memory": {"limit": 33554432}}"#, "memory"),
+            (r#"{"pids": {"limit": 16}}"#, "pids"),
+            (r#"{"cpu": {"quota": 25000}}"#, "cpu"),
+        ] {
+            match g.apply(&resources(json), true) {
+                Err(CgroupError::MissingController {
+                    controller: c, dir, ..
+                }) => {
+                    assert_eq!(c, controller);
+                    assert_eq!(dir, t.path());
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        // Lifting a limit needs no controller.
+        g.apply(
+            &resources(r#"{"memory": {"limit": -1}, "pids": {"limit": 0}}"#),
+            true,
+        )
+        .unwrap();
     }
 
     #[test]
