@@ -55,7 +55,7 @@ pub fn open_store_at(
     limits: StoreLimits,
 ) -> Result<Store, stockade_image::StoreError> {
     if nix::unistd::geteuid().is_root() {
-        return Ok(Store::open(root, limits)?);
+        return Store::open(root, limits);
     }
     match stockade_isolate::rootless::detect() {
         stockade_isolate::rootless::RootlessIds::Subordinate { uids, gids } => {
@@ -65,7 +65,7 @@ pub fn open_store_at(
                 sub_uid: uids.start,
                 sub_gid: gids.start,
             };
-            Ok(Store::open_user(root, limits, ids)?)
+            Store::open_user(root, limits, ids)
         }
         stockade_isolate::rootless::RootlessIds::Single => {
             Err(stockade_image::StoreError::NeedsSubids)
