@@ -14,6 +14,7 @@
 //! <root>/tmp/                  everything half-written (renamed into place when complete)
 //! <root>/names.json            the name → manifest digest index (replaced atomically)
 //! <root>/index.lock            flock: exclusive while records or names.json change
+//! <root>/format                `root`, or `user UID SUBUID SUBGID` (a user's store, see crate::userns)
 //! <root>/locks/{blob,layer}-<hex>  flock: one writer per blob, one unpacker per layer
 //! ```
 //!
