@@ -183,7 +183,11 @@ fn child<T: Serialize, F: FnOnce() -> T>(ready: OwnedFd, go: OwnedFd, out: Owned
     {
         return 5;
     }
-    let value = f();
+    // A panic must not unwind out of the child into the caller's code
+    // (this process is a copy of it).
+    let Ok(value) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) else {
+        return 8;
+    };
     let Ok(bytes) = serde_json::to_vec(&value) else {
         return 6;
     };
