@@ -32,8 +32,8 @@ impl StateDirArg {
 }
 
 fn open_store(state: &Path) -> anyhow::Result<Store> {
-    Ok(Store::open(
-        &Store::under_state_dir(state),
+    Ok(stockade_core::image::open_store(
+        state,
         StoreLimits::default(),
     )?)
 }

@@ -588,9 +588,14 @@ fn rootless_daemon_serves_the_cli_and_the_sdk_on_the_users_socket() {
 #[ignore = "needs root: creates users and runs stockade as them"]
 fn rootless_refuses_what_it_cannot_give_in_one_line_and_leaves_nothing() {
     let env = UserEnv::new(SUB);
-    for (flags, says) in [
-        (vec!["--overlay-root"], "--overlay-root needs root"),
-        (vec!["--image", "oci:/nonexistent:1"], "images need root"),
+    let single = UserEnv::new(SINGLE);
+    for (env, flags, says) in [
+        (&env, vec!["--overlay-root"], "--overlay-root needs root"),
+        (
+            &single,
+            vec!["--image", "oci:/nonexistent:1"],
+            "images need subordinate ids",
+        ),
     ] {
         let out = env.sh(&flags, "true");
         let err = stderr(&out);
@@ -629,5 +634,120 @@ setpriv --reuid "$U" --regid "$U" --init-groups --reset-env env STOCKADE_STATE_D
         "{}",
         stderr(&out)
     );
+    env.assert_clean();
+}
+
+/// Every file under `dir` with its owner, as `uid path` lines.
+fn owners(dir: &Path) -> String {
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-printf", "%U %G %y %m %s %p\\n"])
+        .output()
+        .unwrap();
+    let mut lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_image_sandboxes_show_the_images_owners_and_keep_the_store_unchanged() {
+    let env = UserEnv::new(SUB);
+    let image = format!(
+        "oci:{}:latest",
+        common::registry::image("busybox").display()
+    );
+    // The test image's /home/app and /data/owned belong to 1234 (see
+    // tests/images/build.sh), /gone is whited out by a later layer, /opq
+    // is made opaque by one.
+    let out = env.sh(
+        &["--user", "0", "--image", &image],
+        "id -u; cat /proc/self/uid_map; stat -c '%u:%g' /bin/sh /data/owned /home/app; \
+         test -e /gone || echo GONE-HIDDEN; ls /opq; \
+         echo changed > /usr/written && cat /usr/written; \
+         chown 77:77 /data/owned && echo CHOWNED",
+    );
+    let text = stdout(&out);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "0", "{text}");
+    let map: Vec<Vec<&str>> = lines[1..3]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(map[0], ["0", &env.uid.to_string(), "1"], "{text}");
+    assert_eq!(map[1][0], "1", "{text}");
+    assert_eq!(map[1][2], "65535", "{text}");
+    assert_eq!(&lines[3..6], ["0:0", "1234:1234", "1234:1234"], "{text}");
+    assert!(text.contains("GONE-HIDDEN"), "{text}");
+    // Layer 2 makes /opq opaque over layer 1's a and b, adding c.
+    assert!(
+        lines.contains(&"c") && !lines.contains(&"a") && !lines.contains(&"b"),
+        "{text}"
+    );
+    assert!(
+        text.contains("changed") && text.contains("CHOWNED"),
+        "{text}"
+    );
+
+    // On the host the store holds the image's ids as the user's map
+    // gives them: root's files are the user's, 1234's a subordinate id.
+    let store = env.state.path().join("images");
+    let sub_start: u32 = map[1][1].parse().unwrap();
+    let tree = owners(&store.join("layers"));
+    let owned: Vec<&str> = tree
+        .lines()
+        .filter(|l| l.ends_with("/data/owned"))
+        .collect();
+    assert!(!owned.is_empty(), "{tree}");
+    for l in &owned {
+        let uid = sub_start + 1233;
+        assert!(l.starts_with(&format!("{uid} {uid} ")), "{l}");
+    }
+    assert!(
+        tree.lines()
+            .filter(|l| l.ends_with("/bin/sh"))
+            .all(|l| l.starts_with(&format!("{} ", env.uid))),
+        "{tree}"
+    );
+    // The whiteout is overlayfs's 0/0 character device.
+    assert!(
+        tree.lines()
+            .any(|l| l.contains(" c ") && l.ends_with("/gone")),
+        "{tree}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(store.join("format"))
+            .unwrap()
+            .split_whitespace()
+            .next(),
+        Some("user")
+    );
+
+    // The write and the chown went to the sandbox's upper layer: a second
+    // sandbox sees the image unchanged, and the store did not change.
+    let before = owners(&store.join("layers"));
+    let out = env.sh(
+        &["--user", "0", "--image", &image],
+        "test -e /usr/written && echo LEAKED; stat -c '%u' /data/owned",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "1234", "{}", stdout(&out));
+    assert_eq!(owners(&store.join("layers")), before);
+
+    // The run left nothing behind, and the user can remove the whole
+    // store with `stockade rmi` (layers owned by subordinate ids
+    // included).
+    env.assert_clean();
+    let out = env.stockade(&["rmi", &image]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let left = owners(&store.join("layers"));
+    assert_eq!(left.lines().count(), 1, "{left}");
+
+    // A workload that is not root inside is refused (its home would
+    // belong to a subordinate id), clearly and before anything runs.
+    let out = env.sh(&["--image", &image], "true");
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--user 0"), "{}", stderr(&out));
     env.assert_clean();
 }

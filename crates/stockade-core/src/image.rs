@@ -35,6 +35,44 @@ fn image_err(name: &str, e: impl std::error::Error + Send + Sync + 'static) -> R
     }
 }
 
+/// Why an ordinary user without subordinate ids cannot use images.
+pub const NO_SUBIDS: &str = stockade_image::store::NO_SUBIDS;
+
+/// The image store under `state_dir`: root's, or for an ordinary user
+/// with subordinate ids a user's store whose layers keep the image's
+/// owners as inside the user's one image map (see
+/// [`stockade_image::userns`]).
+pub fn open_store(
+    state_dir: &Path,
+    limits: StoreLimits,
+) -> Result<Store, stockade_image::StoreError> {
+    open_store_at(&Store::under_state_dir(state_dir), limits)
+}
+
+/// [`open_store`] with the store's own directory.
+pub fn open_store_at(
+    root: &Path,
+    limits: StoreLimits,
+) -> Result<Store, stockade_image::StoreError> {
+    if nix::unistd::geteuid().is_root() {
+        return Store::open(root, limits);
+    }
+    match stockade_isolate::rootless::detect() {
+        stockade_isolate::rootless::RootlessIds::Subordinate { uids, gids } => {
+            let ids = stockade_image::userns::UserIds {
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                sub_uid: uids.start,
+                sub_gid: gids.start,
+            };
+            Store::open_user(root, limits, ids)
+        }
+        stockade_isolate::rootless::RootlessIds::Single => {
+            Err(stockade_image::StoreError::NeedsSubids)
+        }
+    }
+}
+
 /// Finds the policy's image in the store under `state_dir`, pulling it as
 /// `filesystem.pull` says. `None` without an image.
 pub fn resolve(
@@ -50,8 +88,10 @@ pub fn resolve(
         // Before any pull: a rootless sandbox could not use it.
         crate::prepare::refuse_rootless(policy, true)?;
     }
-    let store = Store::open(&Store::under_state_dir(state_dir), StoreLimits::default())
-        .map_err(|e| image_err(name, e))?;
+    let store = open_store(state_dir, StoreLimits::default()).map_err(|e| match e {
+        stockade_image::StoreError::NeedsSubids => RunError::Invalid(NO_SUBIDS.into()),
+        e => image_err(name, e),
+    })?;
     let image = stockade_image::pull::ensure(
         &store,
         name,

@@ -302,7 +302,25 @@ pub fn prepare(
         None => (AGENT_ID, AGENT_ID),
     };
     let as_root = inside_uid == 0;
-    let (uid_map, gid_map) = slot.maps_for((inside_uid, inside_gid));
+    // A rootless image sandbox has one fixed map whoever the workloads
+    // run as (inside 0 is the caller, 1.. subordinate ids): the map the
+    // user's image store unpacked its layers with, so the layers' owners
+    // read right without an idmapped mount.
+    let map_writer = if rootless.is_some() && image_parts.is_some() {
+        if (inside_uid, inside_gid) != (0, 0) {
+            // Its home and scratch workspace would have to belong to a
+            // subordinate id, which the caller cannot give a file.
+            return Err(RunError::Invalid(format!(
+                "as an ordinary user an image sandbox runs its workloads as root inside \
+                 (which is you on the host), not as {inside_uid}:{inside_gid}; pass \
+                 --user 0 (or --user root)"
+            )));
+        }
+        (0, 0)
+    } else {
+        (inside_uid, inside_gid)
+    };
+    let (uid_map, gid_map) = slot.maps_for(map_writer);
     // A bound workspace (a task's included) is written as its owner by
     // whoever the workloads run as.
     let writer = (inside_uid, inside_gid);
@@ -559,12 +577,10 @@ pub fn prepare(
 /// What a sandbox started by an ordinary user cannot have yet, refused
 /// with what to do instead.
 pub(crate) fn refuse_rootless(policy: &Policy, image: bool) -> Result<(), RunError> {
-    if image {
-        return Err(RunError::Invalid(
-            "images need root for now (their layers are stored under ids only root may \
-             map); run without --image, or as root"
-                .into(),
-        ));
+    if image
+        && stockade_isolate::rootless::detect() == stockade_isolate::rootless::RootlessIds::Single
+    {
+        return Err(RunError::Invalid(crate::image::NO_SUBIDS.into()));
     }
     if policy.filesystem.overlay_root {
         return Err(RunError::Invalid(

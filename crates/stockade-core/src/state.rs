@@ -118,6 +118,34 @@ pub(crate) fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
 
 /// `rm -rf`, tolerant of a tree that is already gone, of any depth and
 /// width a workload can make (see `stockade_isolate::fsutil`).
+///
+/// As an ordinary user with subordinate ids, a tree a sandbox left with
+/// files the user cannot unlink (owned by subordinate ids: an image
+/// sandbox's upper layer) is removed again in a user namespace with the
+/// user's image map, where those ids are mapped and the remover is root.
 pub fn remove_tree(p: &Path) -> io::Result<()> {
-    stockade_isolate::fsutil::remove_tree(p)
+    let first = stockade_isolate::fsutil::remove_tree(p);
+    let denied =
+        matches!(&first, Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)));
+    if !denied || nix::unistd::geteuid().is_root() {
+        return first;
+    }
+    let stockade_isolate::rootless::RootlessIds::Subordinate { uids, gids } =
+        stockade_isolate::rootless::detect()
+    else {
+        return first;
+    };
+    let ids = stockade_image::userns::UserIds {
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        sub_uid: uids.start,
+        sub_gid: gids.start,
+    };
+    let r: Result<(), (Option<i32>, String)> = stockade_image::userns::run(&ids, || {
+        stockade_isolate::fsutil::remove_tree(p).map_err(|e| (e.raw_os_error(), e.to_string()))
+    })
+    .map_err(io::Error::other)?;
+    r.map_err(|(errno, text)| {
+        errno.map_or_else(|| io::Error::other(text), io::Error::from_raw_os_error)
+    })
 }

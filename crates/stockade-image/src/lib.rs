@@ -33,6 +33,7 @@ pub mod store;
 mod testreg;
 mod tls;
 pub mod unpack;
+pub mod userns;
 
 pub use config::ImageConfig;
 pub use digest::Digest;

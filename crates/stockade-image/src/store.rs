@@ -14,6 +14,7 @@
 //! <root>/tmp/                  everything half-written (renamed into place when complete)
 //! <root>/names.json            the name → manifest digest index (replaced atomically)
 //! <root>/index.lock            flock: exclusive while records or names.json change
+//! <root>/format                `root`, or `user UID SUBUID SUBGID` (a user's store, see crate::userns)
 //! <root>/locks/{blob,layer}-<hex>  flock: one writer per blob, one unpacker per layer
 //! ```
 //!
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigBlob, ImageConfig};
 use crate::digest::{Digest, Verifier};
 use crate::unpack::{self, UnpackError, UnpackLimits};
+use crate::userns::UserIds;
 
 // Private modules kept next to this file (lib.rs is shared with the
 // other parts of the crate).
@@ -121,6 +123,57 @@ pub enum StoreError {
     LeaseTaken(String),
     #[error("layer {0} is not unpacked in the store; pull its image again")]
     MissingLayer(Digest),
+    #[error(
+        "the image store {path} holds layers made {found}, not {wanted} as this one needs; \
+         remove it (`rm -rf {path}`, as whoever made it) and pull again"
+    )]
+    WrongFormat {
+        path: PathBuf,
+        found: String,
+        wanted: String,
+    },
+    #[error("{NO_SUBIDS}")]
+    NeedsSubids,
+    #[error("cannot work on the user's image store in a user namespace")]
+    Userns(#[source] crate::userns::UsernsError),
+}
+
+fn format_text(user: Option<&UserIds>) -> String {
+    match user {
+        None => "root".into(),
+        Some(u) => format!("user {} {} {}", u.uid, u.sub_uid, u.sub_gid),
+    }
+}
+
+fn format_describe(text: &str) -> String {
+    let mut w = text.split_whitespace();
+    match (w.next(), w.next(), w.next(), w.next()) {
+        (Some("root"), ..) => "by root (owners in the disk block)".into(),
+        (Some("user"), Some(u), Some(su), Some(sg)) => {
+            format!("for user {u} with subordinate uids from {su} and gids from {sg}")
+        }
+        _ => format!("in an unknown format {text:?}"),
+    }
+}
+
+/// What a forked unpacker sends back.
+#[derive(Debug, Serialize, Deserialize)]
+enum ChildUnpack {
+    Done {
+        stats: unpack::UnpackStats,
+        actual: Digest,
+    },
+    Hostile(String),
+    TooLarge(u64),
+    StoreFull,
+    TooManyEntries(u64),
+    Stream(String),
+    Io {
+        what: String,
+        path: String,
+        errno: Option<i32>,
+        text: String,
+    },
 }
 
 /// What the store knows of an unpacked layer (`layers/<hex>.json`).
@@ -208,7 +261,19 @@ pub struct PullGuard {
 pub struct Store {
     root: PathBuf,
     limits: StoreLimits,
+    /// A user's store (owners as inside the user's image map, work on
+    /// layers done in a user namespace; see [`crate::userns`]), or root's
+    /// (owners shifted into the disk block).
+    user: Option<UserIds>,
 }
+
+/// Why an ordinary user without subordinate ids cannot use images.
+pub const NO_SUBIDS: &str = "images need subordinate ids when run as an ordinary user: an \
+     image's files have several owners and one id cannot hold them; ask for an /etc/subuid \
+     and /etc/subgid entry of 65536 ids (and Debian's `uidmap` package), or run without --image";
+
+/// The file naming a store's format: `root`, or `user UID SUBUID SUBGID`.
+const FORMAT_FILE: &str = "format";
 
 const COPY_BUFFER: usize = 128 * 1024;
 
@@ -295,9 +360,29 @@ static UNIQUE: AtomicU64 = AtomicU64::new(0);
 impl Store {
     /// Opens (creating if needed, 0700 root) the store at `root`.
     pub fn open(root: &Path, limits: StoreLimits) -> Result<Store, StoreError> {
+        Self::open_as(root, limits, None)
+    }
+
+    /// Opens (creating if needed, 0700) an ordinary user's store at
+    /// `root`, whose layers keep the image's owners as inside `ids`' map.
+    pub fn open_user(root: &Path, limits: StoreLimits, ids: UserIds) -> Result<Store, StoreError> {
+        Self::open_as(root, limits, Some(ids))
+    }
+
+    /// The user's ids, for a user's store.
+    pub fn user_ids(&self) -> Option<UserIds> {
+        self.user
+    }
+
+    fn open_as(
+        root: &Path,
+        limits: StoreLimits,
+        user: Option<UserIds>,
+    ) -> Result<Store, StoreError> {
         let store = Store {
             root: root.to_path_buf(),
             limits,
+            user,
         };
         std::fs::create_dir_all(root).map_err(io_err("create the image store", root))?;
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
@@ -320,7 +405,56 @@ impl Store {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
                 .map_err(io_err("set the mode of", &p))?;
         }
+        store.check_format()?;
         Ok(store)
+    }
+
+    /// Marks a new store with its format and refuses to use one of the
+    /// other format (a root store's layers are owned by the disk block, a
+    /// user's by its own map: neither reads right through the other's).
+    /// A store without the mark predates it: root's if it has layers.
+    fn check_format(&self) -> Result<(), StoreError> {
+        let wanted = format_text(self.user.as_ref());
+        let path = self.root.join(FORMAT_FILE);
+        let found = match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) if not_found(&e) => {
+                let layers = self.root.join("layers");
+                let empty = std::fs::read_dir(&layers)
+                    .map_err(io_err("read", &layers))?
+                    .next()
+                    .is_none();
+                if empty {
+                    return self.write_atomic(&path, format!("{wanted}\n").as_bytes(), 0o600);
+                }
+                "root".to_string()
+            }
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        if found != wanted {
+            return Err(StoreError::WrongFormat {
+                path: self.root.clone(),
+                found: format_describe(&found),
+                wanted: format_describe(&wanted),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a tree of the store: in the user's namespace for a user's
+    /// store (its owners are subordinate ids the user cannot unlink as).
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        let Some(ids) = &self.user else {
+            return unpack::remove_tree(path);
+        };
+        let r: Result<(), (Option<i32>, String)> = crate::userns::run(ids, || {
+            unpack::remove_tree(path).map_err(|e| (e.raw_os_error(), e.to_string()))
+        })
+        .map_err(io::Error::other)?;
+        r.map_err(|(errno, text)| match errno {
+            Some(n) => io::Error::from_raw_os_error(n),
+            None => io::Error::other(text),
+        })
     }
 
     /// The store under a state directory: `<state>/images`.
@@ -562,7 +696,8 @@ impl Store {
             return Ok(dir);
         }
         // A directory without its json: an unpack that died before the end.
-        unpack::remove_tree(&dir).map_err(io_err("remove the incomplete layer", &dir))?;
+        self.remove_tree(&dir)
+            .map_err(io_err("remove the incomplete layer", &dir))?;
 
         let bp = self.blob_path(blob);
         let file = File::open(&bp).map_err(io_err("open layer blob", &bp))?;
@@ -588,7 +723,7 @@ impl Store {
         std::fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
         let r = self.unpack_into(&mut verifier, &tmp, limits, blob, diff_id, &dir);
         if r.is_err() {
-            let _ = unpack::remove_tree(&tmp);
+            let _ = self.remove_tree(&tmp);
         }
         r?;
         Ok(dir)
@@ -608,7 +743,82 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(self.root.clone());
-        let stats = unpack::unpack(verifier, tmp, limits).map_err(|e| match e {
+        let (stats, actual) = match &self.user {
+            None => {
+                let stats = unpack::unpack(verifier, tmp, limits)
+                    .map_err(|e| self.unpack_err(e, blob, tmp))?;
+                // `Verifier::finish` takes it by value: swap an empty one in.
+                let v = std::mem::replace(verifier, Verifier::new(Box::new(io::empty())));
+                (stats, v.finish())
+            }
+            Some(ids) => self.unpack_as_user(ids, verifier, tmp, limits, blob)?,
+        };
+        if actual != *diff_id {
+            return Err(StoreError::DiffIdMismatch {
+                layer: blob.clone(),
+                expected: diff_id.clone(),
+                actual,
+            });
+        }
+        self.finish_unpack(tmp, stats, diff_id, dir)
+    }
+
+    /// Unpacks in a child that is root of the user's image map (see
+    /// [`crate::userns`]): owners land as the caller or subordinate ids.
+    fn unpack_as_user(
+        &self,
+        ids: &UserIds,
+        verifier: &mut Verifier<Box<dyn Read>>,
+        tmp: &Path,
+        limits: UnpackLimits,
+        blob: &Digest,
+    ) -> Result<(unpack::UnpackStats, Digest), StoreError> {
+        let child = crate::userns::run(ids, || {
+            match unpack::unpack_from(verifier, tmp, limits, 0) {
+                Ok(stats) => {
+                    let v = std::mem::replace(verifier, Verifier::new(Box::new(io::empty())));
+                    ChildUnpack::Done {
+                        stats,
+                        actual: v.finish(),
+                    }
+                }
+                Err(UnpackError::Hostile(r)) => ChildUnpack::Hostile(r),
+                Err(UnpackError::TooLarge { limit }) => ChildUnpack::TooLarge(limit),
+                Err(UnpackError::StoreFull) => ChildUnpack::StoreFull,
+                Err(UnpackError::TooManyEntries { limit }) => ChildUnpack::TooManyEntries(limit),
+                Err(UnpackError::Stream(e)) => ChildUnpack::Stream(e.to_string()),
+                Err(UnpackError::Io { what, path, source }) => ChildUnpack::Io {
+                    what: what.to_string(),
+                    path,
+                    errno: source.raw_os_error(),
+                    text: source.to_string(),
+                },
+            }
+        })
+        .map_err(StoreError::Userns)?;
+        let e = match child {
+            ChildUnpack::Done { stats, actual } => return Ok((stats, actual)),
+            ChildUnpack::Hostile(r) => UnpackError::Hostile(r),
+            ChildUnpack::TooLarge(limit) => UnpackError::TooLarge { limit },
+            ChildUnpack::StoreFull => UnpackError::StoreFull,
+            ChildUnpack::TooManyEntries(limit) => UnpackError::TooManyEntries { limit },
+            ChildUnpack::Stream(t) => UnpackError::Stream(io::Error::other(t)),
+            ChildUnpack::Io {
+                what,
+                path,
+                errno,
+                text,
+            } => UnpackError::Io {
+                what: "unpack (in the user namespace)",
+                path: format!("{path} ({what})"),
+                source: errno.map_or_else(|| io::Error::other(text), io::Error::from_raw_os_error),
+            },
+        };
+        Err(self.unpack_err(e, blob, tmp))
+    }
+
+    fn unpack_err(&self, e: UnpackError, blob: &Digest, tmp: &Path) -> StoreError {
+        match e {
             UnpackError::Hostile(reason) => StoreError::HostileLayer {
                 layer: blob.clone(),
                 reason,
@@ -633,17 +843,16 @@ impl Store {
                 path: tmp.join(path),
                 source,
             },
-        })?;
-        // `Verifier::finish` takes it by value: swap an empty one in.
-        let v = std::mem::replace(verifier, Verifier::new(Box::new(io::empty())));
-        let actual = v.finish();
-        if actual != *diff_id {
-            return Err(StoreError::DiffIdMismatch {
-                layer: blob.clone(),
-                expected: diff_id.clone(),
-                actual,
-            });
         }
+    }
+
+    fn finish_unpack(
+        &self,
+        tmp: &Path,
+        stats: unpack::UnpackStats,
+        diff_id: &Digest,
+        dir: &Path,
+    ) -> Result<(), StoreError> {
         // One syncfs for the whole tree rather than an fsync per file.
         let d = File::open(tmp).map_err(io_err("open", tmp))?;
         // SAFETY: syncfs on a descriptor `d` owns; no memory is passed.
@@ -970,7 +1179,7 @@ impl Store {
             Err(e) => return Err(io_err("remove", &json)(e)),
         }
         let dir = self.layer_dir(diff_id);
-        unpack::remove_tree(&dir).map_err(io_err("remove", &dir))?;
+        self.remove_tree(&dir).map_err(io_err("remove", &dir))?;
         Ok(size)
     }
 
@@ -1127,7 +1336,7 @@ impl Store {
             for e in std::fs::read_dir(&dir).map_err(io_err("read", &dir))? {
                 let e = e.map_err(io_err("read", &dir))?;
                 let p = e.path();
-                unpack::remove_tree(&p).map_err(io_err("remove", &p))?;
+                self.remove_tree(&p).map_err(io_err("remove", &p))?;
             }
         }
         Ok(removed)

@@ -1118,3 +1118,63 @@ fn a_crashed_unpack_is_redone_and_pruned() {
     assert_eq!(list_dir(&s.root().join("tmp")), Vec::<String>::new());
     assert!(!s.has_layer(&diff_id), "no image uses it");
 }
+
+#[test]
+fn a_root_store_and_a_users_store_never_open_as_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = UserIds {
+        uid: 1001,
+        gid: 1001,
+        sub_uid: 100_000,
+        sub_gid: 200_000,
+    };
+    let user = dir.path().join("user");
+    Store::open_user(&user, StoreLimits::default(), ids).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(user.join("format")).unwrap(),
+        "user 1001 100000 200000\n"
+    );
+    // Reopened as it was made: fine.
+    Store::open_user(&user, StoreLimits::default(), ids).unwrap();
+    let e = Store::open(&user, StoreLimits::default()).unwrap_err();
+    assert!(matches!(e, StoreError::WrongFormat { .. }), "{e}");
+    assert!(e.to_string().contains("rm -rf"), "{e}");
+    // Another subordinate range would read the owners wrong: refused too.
+    let moved = UserIds {
+        sub_uid: 300_000,
+        ..ids
+    };
+    let e = Store::open_user(&user, StoreLimits::default(), moved).unwrap_err();
+    assert!(matches!(e, StoreError::WrongFormat { .. }), "{e}");
+
+    let root = dir.path().join("root");
+    Store::open(&root, StoreLimits::default()).unwrap();
+    let e = Store::open_user(&root, StoreLimits::default(), ids).unwrap_err();
+    assert!(matches!(e, StoreError::WrongFormat { .. }), "{e}");
+    // A store from before the mark with layers in it is root's.
+    let old = dir.path().join("old");
+    Store::open(&old, StoreLimits::default()).unwrap();
+    std::fs::remove_file(old.join("format")).unwrap();
+    std::fs::create_dir(old.join("layers/abc")).unwrap();
+    let e = Store::open_user(&old, StoreLimits::default(), ids).unwrap_err();
+    assert!(matches!(e, StoreError::WrongFormat { .. }), "{e}");
+    Store::open(&old, StoreLimits::default()).unwrap();
+}
+
+#[test]
+fn a_users_map_is_the_caller_at_zero_then_its_subordinate_ids() {
+    let ids = UserIds {
+        uid: 1001,
+        gid: 1002,
+        sub_uid: 100_000,
+        sub_gid: 200_000,
+    };
+    assert_eq!(
+        ids.map_args(true),
+        ["0", "1001", "1", "1", "100000", "65535"]
+    );
+    assert_eq!(
+        ids.map_args(false),
+        ["0", "1002", "1", "1", "200000", "65535"]
+    );
+}

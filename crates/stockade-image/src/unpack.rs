@@ -71,7 +71,7 @@ pub struct UnpackLimits {
 }
 
 /// What an unpack made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UnpackStats {
     /// Bytes of file data written.
     pub bytes: u64,
@@ -185,14 +185,22 @@ fn cstr(b: &[u8]) -> CString {
     CString::new(b).unwrap_or_default()
 }
 
-/// The on-disk id of an image id.
+/// The on-disk id of an image id in root's store.
 pub fn shift_id(id: u64) -> u32 {
+    shift_id_from(DISK_ID_BASE, id)
+}
+
+/// The id an image id is written as, `base + i`: [`DISK_ID_BASE`] in
+/// root's store, 0 in a user's store (whose unpacker runs in a user
+/// namespace with the image's map, where id `i` lands on the host as the
+/// caller or a subordinate id).
+pub fn shift_id_from(base: u32, id: u64) -> u32 {
     let i = if id >= u64::from(MAPPED_IDS) {
         OVERFLOW_ID
     } else {
         id as u32
     };
-    DISK_ID_BASE + i
+    base + i
 }
 
 /// An entry's metadata, shifted and filtered.
@@ -227,7 +235,7 @@ fn pax_time(v: &[u8]) -> Option<TimeSpec> {
 /// mount maps `DISK_ID_BASE + i` back to `i`) the capability works as in
 /// the image, while on the host, where uid 0 is not `DISK_ID_BASE`, it
 /// grants nothing. A malformed value is dropped (`None`).
-fn rewrite_capability(v: &[u8]) -> Option<Vec<u8>> {
+fn rewrite_capability(v: &[u8], base: u32) -> Option<Vec<u8>> {
     const V1: u32 = 0x0100_0000;
     const V2: u32 = 0x0200_0000;
     const V3: u32 = 0x0300_0000;
@@ -251,7 +259,7 @@ fn rewrite_capability(v: &[u8]) -> Option<Vec<u8>> {
     for d in data {
         out.extend_from_slice(&d.to_le_bytes());
     }
-    out.extend_from_slice(&shift_id(rootid).to_le_bytes());
+    out.extend_from_slice(&shift_id_from(base, rootid).to_le_bytes());
     Some(out)
 }
 
@@ -268,7 +276,11 @@ fn rewrite_capability(v: &[u8]) -> Option<Vec<u8>> {
 ///   host's policy, not to the image;
 /// - `system.posix_acl_*` dropped: ACL entries name ids that would need
 ///   shifting like owners, and images rarely carry them.
-fn filter_xattr(name: &[u8], value: &[u8]) -> Result<Option<(CString, Vec<u8>)>, UnpackError> {
+fn filter_xattr(
+    name: &[u8],
+    value: &[u8],
+    base: u32,
+) -> Result<Option<(CString, Vec<u8>)>, UnpackError> {
     if name.contains(&0) || name.is_empty() {
         return Err(hostile("an xattr has an empty or NUL-carrying name"));
     }
@@ -283,7 +295,7 @@ fn filter_xattr(name: &[u8], value: &[u8]) -> Result<Option<(CString, Vec<u8>)>,
         return Ok(Some((c(), value.to_vec())));
     }
     if name == b"security.capability" {
-        return Ok(rewrite_capability(value).map(|v| (c(), v)));
+        return Ok(rewrite_capability(value, base).map(|v| (c(), v)));
     }
     Ok(None)
 }
@@ -372,6 +384,8 @@ fn open_beneath(root: BorrowedFd<'_>, path: &[u8]) -> Result<OwnedFd, Errno> {
 
 struct Unpacker<'a> {
     root: OwnedFd,
+    /// What image id 0 is written as (see [`shift_id_from`]).
+    base: u32,
     dest: &'a Path,
     limits: UnpackLimits,
     stats: UnpackStats,
@@ -417,8 +431,8 @@ impl Unpacker<'_> {
                         open_beneath(cur.as_fd(), c).map_err(|e| self.parent_error(e, here))?;
                     nix::unistd::fchown(
                         &fd,
-                        Some(Uid::from_raw(DISK_ID_BASE)),
-                        Some(Gid::from_raw(DISK_ID_BASE)),
+                        Some(Uid::from_raw(self.base)),
+                        Some(Gid::from_raw(self.base)),
                     )
                     .map_err(io_err("change the owner of", here))?;
                     fd
@@ -528,7 +542,7 @@ impl Unpacker<'_> {
                 let ext = ext.map_err(UnpackError::Stream)?;
                 let key = ext.key_bytes();
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if let Some(x) = filter_xattr(name, ext.value_bytes())? {
+                    if let Some(x) = filter_xattr(name, ext.value_bytes(), self.base)? {
                         xattrs.push(x);
                     }
                 } else if key == b"mtime" {
@@ -539,8 +553,8 @@ impl Unpacker<'_> {
             }
         }
         let meta = Meta {
-            uid: shift_id(uid),
-            gid: shift_id(gid),
+            uid: shift_id_from(self.base, uid),
+            gid: shift_id_from(self.base, gid),
             mode,
             mtime,
             xattrs,
@@ -839,14 +853,24 @@ pub fn unpack(
     dest: &Path,
     limits: UnpackLimits,
 ) -> Result<UnpackStats, UnpackError> {
+    unpack_from(reader, dest, limits, DISK_ID_BASE)
+}
+
+/// [`unpack`] with image id `i` written as `base + i`.
+pub fn unpack_from(
+    reader: &mut dyn Read,
+    dest: &Path,
+    limits: UnpackLimits,
+    base: u32,
+) -> Result<UnpackStats, UnpackError> {
     let root = nix::fcntl::open(dest, dir_flags(), Mode::empty()).map_err(|e| UnpackError::Io {
         what: "open",
         path: dest.display().to_string(),
         source: e.into(),
     })?;
     let root_meta = Meta {
-        uid: DISK_ID_BASE,
-        gid: DISK_ID_BASE,
+        uid: base,
+        gid: base,
         mode: 0o755,
         mtime: TimeSpec::new(0, 0),
         xattrs: Vec::new(),
@@ -854,6 +878,7 @@ pub fn unpack(
     apply_meta(root.as_fd(), &root_meta, &[])?;
     let mut u = Unpacker {
         root,
+        base,
         dest,
         limits,
         stats: UnpackStats::default(),

@@ -593,14 +593,21 @@ fn image_root(
     for i in 0..n {
         let name = image_layer_name(i);
         let dst = staging.join(&name);
-        let Some(tree) = take_tree(lowers, &name) else {
+        let tree = take_tree(lowers, &name);
+        if tree.is_none() && spec.rootless.is_none() {
             return Err(RootfsError {
                 what: "no mount of its image layer was received for",
                 path: dst.display().to_string(),
                 source: nix::errno::Errno::ENOENT,
             });
-        };
+        }
         mkdir(k, &dst, 0o700)?;
+        // Rootless, no tree is sent: the user's store unpacked the layers
+        // with the sandbox's own map, so they are bound as they are.
+        let Some(tree) = tree else {
+            bind(k, &img.layers[i], &dst, RO)?;
+            continue;
+        };
         ctx(
             k.move_mount(&tree, &cstr(&dst)),
             "cannot attach image layer at",

@@ -1035,3 +1035,43 @@ fn debconf_s_password_store_is_shadowed_by_an_empty_upper_file() {
         .count();
     assert_eq!(shadows, 1);
 }
+
+#[test]
+fn a_rootless_image_root_binds_its_layers_as_they_are() {
+    // Rootless, the supervisor sends no trees: the user's store already
+    // holds the owners as the sandbox's map reads them.
+    let (mut k, mut s, _) = image_sandbox();
+    s.rootless = Some(crate::rootless::RootlessIds::Subordinate {
+        uids: crate::rootless::SubRange {
+            start: 100_000,
+            count: 65_536,
+        },
+        gids: crate::rootless::SubRange {
+            start: 100_000,
+            count: 65_536,
+        },
+    });
+    built(&s, &mut k, Vec::new());
+    let overlay = k.position(
+        |op| matches!(op, Op::Mount(_, t, Some(fs), ..) if t == &staged("root") && fs == "overlay"),
+    );
+    for i in 0..3 {
+        let src = PathBuf::from(format!("/var/lib/stockade/images/layers/l{i}"));
+        let at = k.position(|op| {
+            op == &Op::Mount(
+                Some(src.clone()),
+                staged(&format!("img{i}")),
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+        });
+        assert!(at < overlay);
+    }
+    // No layer tree was moved in (root's sandbox without its trees is
+    // still refused, tested above).
+    assert!(!k
+        .ops
+        .iter()
+        .any(|op| matches!(op, Op::Move(t, _) if t.starts_with("layer"))));
+}

@@ -55,7 +55,7 @@ impl std::fmt::Debug for Creds {
 
 /// Opens the store (cheap; made on first use).
 fn open(state: &AppState) -> Result<Store, StoreError> {
-    Store::open(&state.image_root, state.image_limits)
+    stockade_core::image::open_store_at(&state.image_root, state.image_limits)
 }
 
 /// Runs `f` on the store off the async threads.
@@ -304,9 +304,12 @@ pub fn store_error(e: &StoreError) -> ApiError {
         | StoreError::LayerTooLarge { .. }
         | StoreError::TooManyEntries { .. }
         | StoreError::MediaType(_) => (StatusCode::UNPROCESSABLE_ENTITY, "image_refused"),
-        StoreError::Io { .. } | StoreError::BadRecord { .. } | StoreError::MissingLayer(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-        }
+        StoreError::Io { .. }
+        | StoreError::BadRecord { .. }
+        | StoreError::MissingLayer(_)
+        | StoreError::WrongFormat { .. }
+        | StoreError::NeedsSubids
+        | StoreError::Userns(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     ApiError::new(status, code, chain(e))
 }
