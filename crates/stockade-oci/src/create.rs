@@ -413,6 +413,10 @@ pub fn create_with(
     )
     .map_err(sys_err("make init's control socket"))?;
 
+    // Init joins its cgroup itself, as its first step (see
+    // `Group::self_join_files`); `Ready` below comes after it.
+    let join = group.self_join_files()?;
+
     // SAFETY: the CLI is single-threaded here (no thread is started before
     // `create`), which is what a fork-like clone needs.
     let cloned = unsafe { stockade_isolate::sys::clone_fork(flags) }
@@ -420,16 +424,16 @@ pub fn create_with(
     let (pid, pidfd) = match cloned {
         None => {
             drop(ours);
-            init_main(theirs, &spec, o.preserve_fds, new_cgroupns)
+            init_main(theirs, &join, &spec, o.preserve_fds, new_cgroupns)
         }
         Some(x) => x,
     };
     drop(theirs);
+    drop(join);
     undo.child = Some(pid);
 
     stockade_isolate::idmap::write_maps(pid, &uids, &gids, false)
         .map_err(io_err("write the container's id maps"))?;
-    group.join(pid)?;
     let userns = nix::fcntl::open(
         format!("/proc/{pid}/ns/user").as_str(),
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -728,11 +732,24 @@ fn keep(
 
 // ---- the child: the container's init ---------------------------------
 
-fn init_main(sock: OwnedFd, spec: &Spec, preserve_fds: u32, new_cgroupns: bool) -> ! {
+fn init_main(
+    sock: OwnedFd,
+    join: &[std::fs::File],
+    spec: &Spec,
+    preserve_fds: u32,
+    new_cgroupns: bool,
+) -> ! {
     let fd = sock.as_raw_fd();
-    let msg = match init_setup(fd, spec, preserve_fds, new_cgroupns) {
-        Ok(never) => match never {},
-        Err(e) => stockade_isolate::error_chain(&*e),
+    let joined = join.iter().try_for_each(|mut f| {
+        use std::io::Write;
+        f.write_all(b"0")
+    });
+    let msg = match joined {
+        Err(e) => format!("cannot join the container's cgroup: {e}"),
+        Ok(()) => match init_setup(fd, spec, preserve_fds, new_cgroupns) {
+            Ok(never) => match never {},
+            Err(e) => stockade_isolate::error_chain(&*e),
+        },
     };
     let _ = sys::send(fd, &FromInit::Error { msg }, &[]);
     // SAFETY: leaves without running the parent's destructors.
