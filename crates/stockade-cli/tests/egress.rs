@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::Output;
@@ -42,38 +41,7 @@ impl Server {
     fn start(addr: &str, port: u16, body: &'static str) -> Server {
         let a = addr.to_string();
         let listener = in_hosts(move || TcpListener::bind((a.as_str(), port)).unwrap());
-        let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
-        let seen = hosts.clone();
-        // Lives until the test process ends, in the test's namespace.
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut host = String::new();
-                let mut got = 0;
-                loop {
-                    let mut line = String::new();
-                    let n = reader.read_line(&mut line).unwrap_or(0);
-                    got += n;
-                    if n == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(h) = line.to_ascii_lowercase().strip_prefix("host:") {
-                        host = h.trim().to_string();
-                    }
-                }
-                if got == 0 {
-                    continue;
-                }
-                seen.lock().unwrap().push(host);
-                let _ = write!(
-                    conn,
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
+        let hosts = common::hostns::serve_http(listener, body);
         Server { hosts }
     }
 

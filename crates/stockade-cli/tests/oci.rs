@@ -37,31 +37,14 @@ impl Oci {
             .prefix("stockade-oci-test")
             .tempdir()
             .unwrap();
-        let image = common::registry::image(name);
-        let out = Command::new("umoci")
-            .arg("unpack")
-            .arg("--image")
-            .arg(format!("{}:latest", image.display()))
-            .arg(dir.path().join("bundle"))
-            .output()
-            .expect("run umoci (apt-get install umoci)");
-        assert!(
-            out.status.success(),
-            "umoci: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let id = format!("{tag}-{}", std::process::id());
-        let oci = Oci {
-            cgroup_rel: format!("stockade-oci-test-{id}"),
+        let cgroup_rel = format!("stockade-oci-test-{id}");
+        common::bundle::unpack(name, &dir.path().join("bundle"), args, &cgroup_rel);
+        Oci {
+            cgroup_rel,
             dir,
             id,
-        };
-        oci.edit(|c| {
-            c["process"]["terminal"] = json!(false);
-            c["process"]["args"] = json!(args);
-            c["linux"]["cgroupsPath"] = json!(format!("/{}", oci.cgroup_rel));
-        });
-        oci
+        }
     }
 
     fn bundle(&self) -> PathBuf {
@@ -73,10 +56,7 @@ impl Oci {
     }
 
     fn edit(&self, f: impl FnOnce(&mut Value)) {
-        let path = self.bundle().join("config.json");
-        let mut c: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        f(&mut c);
-        std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+        common::bundle::edit(&self.bundle(), f)
     }
 
     /// `stockade-runc --root <state> ARGS…`.

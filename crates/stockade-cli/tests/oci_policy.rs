@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -44,32 +44,15 @@ impl Oci {
             .prefix("stockade-ocipol-test")
             .tempdir()
             .unwrap();
-        let image = common::registry::image("busybox");
-        let out = Command::new("umoci")
-            .arg("unpack")
-            .arg("--image")
-            .arg(format!("{}:latest", image.display()))
-            .arg(dir.path().join("bundle"))
-            .output()
-            .expect("run umoci (apt-get install umoci)");
-        assert!(
-            out.status.success(),
-            "umoci: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         std::fs::create_dir(dir.path().join("policies")).unwrap();
         let id = format!("{tag}-{}", std::process::id());
-        let oci = Oci {
-            cgroup_rel: format!("stockade-ocipol-test-{id}"),
+        let cgroup_rel = format!("stockade-ocipol-test-{id}");
+        common::bundle::unpack("busybox", &dir.path().join("bundle"), args, &cgroup_rel);
+        Oci {
+            cgroup_rel,
             dir,
             id,
-        };
-        oci.edit(|c| {
-            c["process"]["terminal"] = json!(false);
-            c["process"]["args"] = json!(args);
-            c["linux"]["cgroupsPath"] = json!(format!("/{}", oci.cgroup_rel));
-        });
-        oci
+        }
     }
 
     fn bundle(&self) -> PathBuf {
@@ -85,10 +68,7 @@ impl Oci {
     }
 
     fn edit(&self, f: impl FnOnce(&mut Value)) {
-        let path = self.bundle().join("config.json");
-        let mut c: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        f(&mut c);
-        std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+        common::bundle::edit(&self.bundle(), f)
     }
 
     fn annotate(&self, key: &str, value: &str) {
@@ -435,38 +415,7 @@ fn serve(addr: &str, port: u16, body: &'static str) -> Arc<Mutex<Vec<String>>> {
 }
 
 fn serve_on(listener: TcpListener, body: &'static str) -> Arc<Mutex<Vec<String>>> {
-    let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = hosts.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut host = String::new();
-            let mut got = 0;
-            loop {
-                let mut line = String::new();
-                let n = reader.read_line(&mut line).unwrap_or(0);
-                got += n;
-                if n == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(h) = line.to_ascii_lowercase().strip_prefix("host:") {
-                    host = h.trim().to_string();
-                }
-            }
-            if got == 0 {
-                continue;
-            }
-            seen.lock().unwrap().push(host);
-            let _ = write!(
-                conn,
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    hosts
+    common::hostns::serve_http(listener, body)
 }
 
 /// The container's network namespace, made by the test as CNI would: a

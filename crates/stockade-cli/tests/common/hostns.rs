@@ -86,3 +86,46 @@ pub fn sh(cmd: &str) -> String {
     assert!(out.status.success(), "{cmd}: {}", stderr(&out));
     stdout(&out)
 }
+
+/// A minimal HTTP/1.0 server on `listener` (made in the hosts' namespace,
+/// see [`in_hosts`]) answering every request with `body`; returns the
+/// `Host` header of each request, in order. Lives until the test process
+/// ends.
+pub fn serve_http(
+    listener: std::net::TcpListener,
+    body: &'static str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::{BufRead, BufReader, Write};
+    let hosts: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = hosts.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut host = String::new();
+            let mut got = 0;
+            loop {
+                let mut line = String::new();
+                let n = reader.read_line(&mut line).unwrap_or(0);
+                got += n;
+                if n == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(h) = line.to_ascii_lowercase().strip_prefix("host:") {
+                    host = h.trim().to_string();
+                }
+            }
+            if got == 0 {
+                continue;
+            }
+            seen.lock().unwrap().push(host);
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    hosts
+}

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod bundle;
 pub mod daemon;
 pub mod engines;
 pub mod hostns;
