@@ -275,11 +275,23 @@ const AT_EMPTY_PATH: libc::c_uint = 0x1000;
 /// N means inside that namespace. Needs privilege over the filesystem
 /// (host root), so the supervisor does this before handing the tree over.
 pub fn idmap_tree(tree: &OwnedFd, userns: &OwnedFd) -> nix::Result<()> {
+    setattr_tree(tree, 0, Some(userns))
+}
+
+/// `mount_setattr` on a (detached or attached) mount tree given by fd,
+/// recursively: sets the attributes `set` (`MOUNT_ATTR_*`), and the id
+/// map of `userns` if given.
+pub fn setattr_tree(tree: &OwnedFd, set: u64, userns: Option<&OwnedFd>) -> nix::Result<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
+        attr_set: set
+            | if userns.is_some() {
+                MOUNT_ATTR_IDMAP
+            } else {
+                0
+            },
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
     // SAFETY: "" with AT_EMPTY_PATH names the descriptor itself; `attr` is
     // a live `struct mount_attr` whose size we pass.

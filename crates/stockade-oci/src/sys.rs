@@ -11,50 +11,12 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{de::DeserializeOwned, Serialize};
 
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const AT_EMPTY_PATH: libc::c_uint = 0x1000;
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// `mount_setattr` on a (detached or attached) mount tree given by fd:
-/// sets `set`, and the id map of `userns` if given.
-pub fn setattr_tree(tree: &OwnedFd, set: u64, userns: Option<&OwnedFd>) -> nix::Result<()> {
-    let attr = MountAttr {
-        attr_set: set
-            | if userns.is_some() {
-                MOUNT_ATTR_IDMAP
-            } else {
-                0
-            },
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
-    };
-    // SAFETY: "" with AT_EMPTY_PATH names the descriptor itself; `attr`
-    // is a live `struct mount_attr` whose size we pass.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            AT_EMPTY_PATH | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    Errno::result(r).map(drop)
-}
+pub use stockade_isolate::sys::setattr_tree;
 
 /// Attaches a detached tree onto the object `target` refers to (an
 /// `O_PATH` descriptor).
