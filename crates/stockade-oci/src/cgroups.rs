@@ -457,10 +457,15 @@ impl Group {
             .collect()
     }
 
-    /// Moves `pid` into every hierarchy's directory.
-    pub fn join(&self, pid: i32) -> Result<(), CgroupError> {
-        for dir in &self.dirs {
-            write(dir, "cgroup.procs", &pid.to_string())?;
+    /// Moves the calling (single-threaded) process into every
+    /// hierarchy's directory, the cheap way (see [`Group::self_join_files`]).
+    pub fn join_self(&self) -> Result<(), CgroupError> {
+        use std::io::Write;
+        for (mut f, dir) in self.self_join_files()?.into_iter().zip(&self.dirs) {
+            f.write_all(b"0").map_err(|source| CgroupError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         }
         Ok(())
     }

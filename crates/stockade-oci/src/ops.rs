@@ -425,9 +425,8 @@ fn join_and_spawn(
     sock: i32,
     preserve_fds: u32,
 ) -> Result<i32, String> {
-    let me = nix::unistd::getpid().as_raw();
     Group::open(&saved.cgroup_dirs)
-        .join(me)
+        .join_self()
         .map_err(|e| stockade_isolate::error_chain(&e))?;
     let pid = saved.pid;
     let flags = [
