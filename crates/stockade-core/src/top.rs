@@ -68,8 +68,10 @@ pub struct TopEntry {
     pub cmd: Vec<String>,
 }
 
-/// Longest command line read of one process.
-const CMDLINE_MAX: u64 = 64 * 1024;
+/// Longest command line read of one process (a longer one is cut): the
+/// sandbox writes them, and `--pids` (4096 by default) of them are read
+/// per request, so this bounds what one `top` costs the daemon (16 MiB).
+const CMDLINE_MAX: u64 = 4 * 1024;
 
 fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TopError {
     let path = path.into();
