@@ -101,7 +101,8 @@ pub struct GcArgs {
     #[arg(long, env = "STOCKADE_STATE_DIR", default_value_os_t = crate::paths::state_dir())]
     pub state_dir: PathBuf,
     /// Also empty the pool of ready user and network namespaces
-    /// (`STOCKADE_NS_POOL_DIR`, default /run/stockade/nspool).
+    /// (`STOCKADE_NS_POOL_DIR`, default /run/stockade/nspool); for an
+    /// ordinary user, stop the holder of their base user namespace.
     #[arg(long)]
     pub drain_pool: bool,
     /// Also unmount the scratch filesystem and remove its image (it is

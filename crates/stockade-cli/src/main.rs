@@ -85,7 +85,10 @@ fn configure_from_env() -> anyhow::Result<()> {
     }
     if !nix::unistd::geteuid().is_root() {
         // The pool's namespaces are made for host id slots, which only
-        // root may map: an ordinary user's sandboxes make their own.
+        // root may map: an ordinary user's sandboxes make their own, under
+        // the user's base namespace (mapped once; `STOCKADE_NS_POOL=0`
+        // turns it off too).
+        stockade_isolate::basens::configure(Some(paths::runtime_dir()), pool.per_key > 0);
         pool.per_key = 0;
     }
     stockade_isolate::nspool::configure(pool);
@@ -282,6 +285,9 @@ fn print_gc(report: stockade_core::gc::GcReport) -> anyhow::Result<()> {
     }
     if let Some(n) = report.drained {
         println!("released {n} pooled namespace pair(s)");
+    }
+    if let Some(pid) = report.base_stopped {
+        println!("stopped the base user namespace's holder (pid {pid})");
     }
     Ok(())
 }

@@ -177,6 +177,79 @@ fn kinds(report: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// `/proc/PID/FILE` (an id map) as the host reads it: host ids.
+fn proc_map(pid: i32, file: &str) -> Vec<(u32, u32, u32)> {
+    parse_map(&std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap())
+}
+
+fn parse_map(text: &str) -> Vec<(u32, u32, u32)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<u32> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() == 3).then(|| (f[0], f[1], f[2]))
+        })
+        .collect()
+}
+
+/// The map printed after the line `section` (up to the next marker).
+fn map_section(text: &str, section: &str) -> Vec<(u32, u32, u32)> {
+    let after = text.split(&format!("{section}\n")).nth(1).unwrap_or("");
+    let body: String = after
+        .lines()
+        .take_while(|l| !matches!(*l, "UIDS" | "GIDS" | "END"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    parse_map(&body)
+}
+
+fn to_host(map: &[(u32, u32, u32)], id: u32) -> Option<u32> {
+    map.iter()
+        .find_map(|&(i, o, c)| (id >= i && id - i < c).then(|| o + (id - i)))
+}
+
+/// Where a user's base user namespace's holder is named (the test users
+/// run without `XDG_RUNTIME_DIR`).
+fn holder_file(uid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/stockade-{uid}/userns.pid"))
+}
+
+/// The live holder of `uid`'s base user namespace, if any.
+fn holder_of(uid: u32) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(holder_file(uid))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let alive = !status.lines().any(|l| l.starts_with("State:\tZ"));
+    let owner = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:\t"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse::<u32>().ok());
+    (alive && comm.trim() == "stockade-userns" && owner == Some(uid)).then_some(pid)
+}
+
+/// The inode of the user namespace `pid` is in, and of its parent.
+fn userns_and_parent(pid: i32) -> (u64, u64) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
+    // NS_GET_PARENT (_IO(0xb7, 0x2)): a new descriptor of the parent.
+    // SAFETY: the ioctl takes no argument and returns a new descriptor.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), 0xb702) };
+    assert!(fd >= 0, "NS_GET_PARENT of {pid}");
+    // SAFETY: the descriptor was just made for us; nothing else owns it.
+    let parent = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    (
+        ns.metadata().unwrap().ino(),
+        parent.metadata().unwrap().ino(),
+    )
+}
+
 #[test]
 #[ignore = "needs root: creates users and runs stockade as them"]
 fn rootless_sandboxes_keep_every_wall_and_map_no_host_id_but_the_callers() {
@@ -185,7 +258,8 @@ fn rootless_sandboxes_keep_every_wall_and_map_no_host_id_but_the_callers() {
         let out = env.sh(
             &[],
             "grep -E '^(CapEff|CapPrm|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status; \
-             echo ids $(id -u) $(id -g); cat /proc/self/uid_map /proc/self/gid_map; \
+             echo ids $(id -u) $(id -g); echo UIDS; cat /proc/self/uid_map; \
+             echo GIDS; cat /proc/self/gid_map; echo END; \
              unshare -U true && echo NESTED-USERNS; \
              mount -t tmpfs x /tmp 2>/dev/null && echo MOUNTED; \
              cat /proc/1/environ >/dev/null 2>&1 && echo READ-INIT; true",
@@ -214,23 +288,36 @@ fn rootless_sandboxes_keep_every_wall_and_map_no_host_id_but_the_callers() {
             !text.contains("READ-INIT"),
             "{user}: read init's environment"
         );
-        // Host ids: the agent is the caller; root (0) is never mapped.
-        let maps: Vec<(u32, u32, u32)> = text
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<u32> = l
-                    .split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                (f.len() == 3).then(|| (f[0], f[1], f[2]))
-            })
-            .collect();
-        assert!(!maps.is_empty(), "{text}");
-        assert!(
-            maps.iter().all(|&(_, out, _)| out != 0),
-            "host root mapped: {maps:?}"
-        );
-        assert!(maps.contains(&(1000, env.uid, 1)), "{user}: {maps:?}");
+        // Host ids: the agent is the caller; root (0) is never mapped. What
+        // the sandbox reads is relative to its parent user namespace: the
+        // host's, or (with subordinate ids) the user's base namespace, whose
+        // own map the host reads.
+        let holder = holder_of(env.uid);
+        assert_eq!(holder.is_some(), user == SUB, "{user}: base namespace");
+        let mut maps = Vec::new();
+        for (section, outer) in [("UIDS", "uid_map"), ("GIDS", "gid_map")] {
+            let inner = map_section(&text, section);
+            let outer = holder.map(|h| proc_map(h, outer));
+            let host = |inside: u32| {
+                let mid = to_host(&inner, inside)?;
+                match &outer {
+                    Some(o) => to_host(o, mid),
+                    None => Some(mid),
+                }
+            };
+            assert_eq!(host(1000), Some(env.uid), "{user} {section}: {text}");
+            for (inside, _, count) in &inner {
+                for id in *inside..inside + count {
+                    let h = host(id).unwrap_or_else(|| panic!("{id} unmapped: {text}"));
+                    assert!(h != 0, "{user}: host root mapped: {text}");
+                    assert!(
+                        h == env.uid || (400_000..465_536).contains(&h),
+                        "{user}: {id} is host {h}, not the user's: {text}"
+                    );
+                }
+            }
+            maps.extend(inner);
+        }
         if user == SINGLE {
             assert_eq!(maps.len(), 2, "a single id each: {maps:?}");
             assert!(
@@ -749,5 +836,209 @@ fn rootless_image_sandboxes_show_the_images_owners_and_keep_the_store_unchanged(
     let out = env.sh(&["--image", &image], "true");
     assert_eq!(code(&out), 125, "{}", stderr(&out));
     assert!(stderr(&out).contains("--user 0"), "{}", stderr(&out));
+    env.assert_clean();
+}
+
+/// Kills `uid`'s holder, if any, and forgets it.
+fn stop_holder(uid: u32) {
+    if let Some(pid) = holder_of(uid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = std::fs::remove_file(holder_file(uid));
+}
+
+/// A process that looks like a holder from outside (its name is
+/// `stockade-userns`) in a user namespace of a single id, run by `user`
+/// (or by root, with `None`).
+fn fake_holder(user: Option<&str>, dir: &Path) -> std::process::Child {
+    let exe = dir.join("stockade-userns");
+    if !exe.exists() {
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+    }
+    let mut c = match user {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", u, "--regid", u, "--init-groups", "unshare"]);
+            c
+        }
+        None => Command::new("unshare"),
+    };
+    let child = c
+        .args(["-U", "--map-current-user"])
+        .arg(&exe)
+        .arg("60")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(
+        eventually_for(10, || std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "stockade-userns")),
+        "the fake holder did not start"
+    );
+    child
+}
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holder_gives() {
+    let env = UserEnv::new(SUB);
+    let uid = env.uid;
+    let fakes = open_dir("stockade-rl-fake");
+    std::fs::set_permissions(fakes.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Tests of this user run in parallel and make holders too: serialise
+    // with each other through a lock of this test's own, and never assume
+    // the holder is the one this test saw a moment ago except where only
+    // this test changes it.
+    let lock = std::fs::File::create("/tmp/stockade-rl-basens.lock").unwrap();
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    stop_holder(uid);
+
+    // The first start makes the holder: the user's whole allowance mapped
+    // (0 the caller, then the subordinate ids), no descriptor held (a
+    // caller capturing the output would wait for ever otherwise), a
+    // session of its own, and invisible from inside.
+    let out = env.sh(
+        &[],
+        "for c in /proc/[0-9]*/comm; do cat $c; done 2>/dev/null; echo listed",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("listed"), "{}", stdout(&out));
+    assert!(
+        !stdout(&out).contains("stockade-userns"),
+        "the holder is visible inside: {}",
+        stdout(&out)
+    );
+    let holder = holder_of(uid).expect("the first start made a holder");
+    assert_eq!(
+        proc_map(holder, "uid_map"),
+        vec![(0, uid, 1), (1, 400_000, 65_535)]
+    );
+    assert_eq!(
+        proc_map(holder, "gid_map"),
+        vec![(0, uid, 1), (1, 400_000, 65_535)]
+    );
+    assert_eq!(
+        std::fs::read_dir(format!("/proc/{holder}/fd"))
+            .unwrap()
+            .count(),
+        0,
+        "the holder keeps descriptors"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{holder}/stat")).unwrap();
+    let sid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(sid, holder, "the holder is not in a session of its own");
+
+    // A sandbox's user namespace is a child of the holder's.
+    let mut run = env.cmd(&["run", "--", "sleep", "31.5"]).spawn().unwrap();
+    let mut sleeper = None;
+    assert!(
+        eventually_for(20, || {
+            sleeper = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                (cmd == b"sleep\x0031.5\x00").then_some(pid)
+            });
+            sleeper.is_some()
+        }),
+        "the sandbox's sleep never showed"
+    );
+    let (sandbox_ns, parent) = userns_and_parent(sleeper.unwrap());
+    let (holder_ns, _) = userns_and_parent(holder);
+    let _ = run.kill();
+    let _ = run.wait();
+    assert_eq!(
+        parent, holder_ns,
+        "the sandbox's namespace is not the holder's child"
+    );
+    assert_ne!(sandbox_ns, holder_ns);
+    assert_eq!(
+        holder_of(uid),
+        Some(holder),
+        "a second start made another holder"
+    );
+
+    // What the pid file names is checked, not trusted: a process of the
+    // user's that looks like a holder but maps one id, one of root's, and
+    // garbage. Each time the start still maps the user's ids (through a
+    // genuine holder, made anew) and root's process is left alone.
+    let mut mine = fake_holder(Some(SUB), fakes.path());
+    let mut roots = fake_holder(None, fakes.path());
+    for named in [
+        mine.id().to_string(),
+        roots.id().to_string(),
+        "1".to_string(),
+        "not a pid".to_string(),
+    ] {
+        std::fs::write(holder_file(uid), format!("{named}\n")).unwrap();
+        let out = env.sh(&[], "cat /proc/self/uid_map");
+        assert_eq!(code(&out), 0, "{named}: {}", stderr(&out));
+        let made = holder_of(uid).expect("a genuine holder was made");
+        assert!(
+            ![mine.id(), roots.id()].contains(&(made as u32)),
+            "{named} was taken for a holder"
+        );
+        assert_eq!(
+            proc_map(made, "uid_map"),
+            vec![(0, uid, 1), (1, 400_000, 65_535)]
+        );
+        assert_eq!(
+            to_host(
+                &proc_map(made, "uid_map"),
+                to_host(&parse_map(&stdout(&out)), 1000).unwrap()
+            ),
+            Some(uid),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert!(
+        roots.try_wait().unwrap().is_none(),
+        "the user's start ended root's process"
+    );
+    let _ = roots.kill();
+    let _ = roots.wait();
+    let _ = mine.kill();
+    let _ = mine.wait();
+
+    // Turned off, the helpers map a namespace whose parent is the host's.
+    let mut off = UserEnv::new(SUB);
+    off.vars.push(("STOCKADE_NS_POOL".into(), "0".into()));
+    let out = off.sh(&[], "cat /proc/self/uid_map");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        parse_map(&stdout(&out)).contains(&(1000, uid, 1)),
+        "{}",
+        stdout(&out)
+    );
+
+    // `gc --drain-pool` stops it; the next start makes another.
+    let before = holder_of(uid).unwrap();
+    let out = env.stockade(&["gc", "--drain-pool"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("holder (pid {before})")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        eventually_for(10, || holder_of(uid).is_none()),
+        "the holder outlived gc"
+    );
+    assert!(!holder_file(uid).exists());
+    let out = env.sh(&[], "true");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(holder_of(uid).is_some_and(|p| p != before));
     env.assert_clean();
 }

@@ -150,6 +150,9 @@ pub struct GcReport {
     pub scratch_reset: Option<Result<(), ScratchError>>,
     /// Pooled namespace pairs released (`drain_pool`).
     pub drained: Option<usize>,
+    /// The pid of the ordinary user's base namespace holder stopped
+    /// (`drain_pool`).
+    pub base_stopped: Option<i32>,
 }
 
 /// All of `stockade gc`, in order: [`collect`]; generated `/etc` copies
@@ -198,6 +201,10 @@ pub fn gc(state: &StateDir, cgroups: Option<&Driver>, opts: &GcOptions) -> GcRep
             &opts.pool_dir,
             &opts.slot_dir,
         ));
+        // An ordinary user's counterpart: the base user namespace's holder
+        // (the next start makes another).
+        report.base_stopped =
+            stockade_isolate::basens::dir().and_then(stockade_isolate::basens::stop);
     }
     report
 }

@@ -463,24 +463,50 @@ pub unsafe fn launch_joining(
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(LaunchError::Socket)?;
-    let from_pool = match pooled {
+    // An ordinary user with subordinate ids: the sandbox's user namespace
+    // is made under the user's base namespace, whose maps are written
+    // once (see `basens`); where it cannot be had, the helpers map a new
+    // namespace as before.
+    let base = match pooled {
+        Some(_) => None,
+        None => crate::basens::for_sandbox(spec.rootless, &spec.uid_map, &spec.gid_map)
+            .and_then(Result::ok),
+    };
+    let entering = match (pooled, &base) {
+        (Some(pair), _) => Some(Enter {
+            user: &pair.user,
+            net: Some(&pair.net),
+            maps: None,
+        }),
+        (None, Some(b)) => Some(Enter {
+            user: &b.user,
+            net: None,
+            maps: Some((b.uid_map.as_str(), b.gid_map.as_str())),
+        }),
+        (None, None) => None,
+    };
+    let entered = match entering {
         // SAFETY: forwarded from the caller's guarantee of a single thread.
-        Some(pair) => unsafe {
-            clone_from_pool(pair, spec, into_cgroup, self_join, &ours, &theirs)
+        Some(enter) => unsafe {
+            clone_entering(enter, spec, into_cgroup, self_join, &ours, &theirs)
         },
         None => None,
     };
-    let (pid, pidfd, joined, pooled) = match from_pool {
+    let (pid, pidfd, joined, maps) = match entered {
         Some(r) => {
-            let (pid, pidfd, joined) = r.map_err(LaunchError::Clone)?;
-            (pid, pidfd, joined, true)
+            let (pid, pidfd, joined, map_error) = r.map_err(LaunchError::Clone)?;
+            let maps = match map_error {
+                Some(e) => Maps::Failed(e),
+                None => Maps::Written,
+            };
+            (pid, pidfd, joined, maps)
         }
         // SAFETY: forwarded from the caller's guarantee of a single thread.
         None => match unsafe { clone_owned(spec.userns_owner, into_cgroup, self_join) }
             .map_err(LaunchError::Clone)?
         {
             Cloned::Init => init_child(spec, ours, theirs, self_join, false),
-            Cloned::Parent { pid, pidfd, joined } => (pid, pidfd, joined, false),
+            Cloned::Parent { pid, pidfd, joined } => (pid, pidfd, joined, Maps::Write),
         },
     };
     drop(theirs);
@@ -490,27 +516,41 @@ pub unsafe fn launch_joining(
         ctl: ours,
         tun: None,
     };
-    finish(&mut Kernel, spec, launched, pooled, joined, join_cgroup)
+    finish(&mut Kernel, spec, launched, maps, joined, join_cgroup)
 }
 
-/// What follows the clone: id maps (unless init came with a pooled pair
-/// that has them), the cgroup (unless init joined it itself), the TUN
+/// Init's id maps after the clone.
+#[derive(Debug)]
+enum Maps {
+    /// Still to be written (by us, or the helpers).
+    Write,
+    /// Written already: a pooled pair has them, or the process that
+    /// cloned init under the base namespace wrote them.
+    Written,
+    /// That process could not write them.
+    Failed(std::io::Error),
+}
+
+/// What follows the clone: id maps (unless they are written already), the cgroup (unless init joined it itself), the TUN
 /// device, the mount trees init needs, then the go-ahead. A failure at
 /// any step kills and reaps init before it is returned.
 fn finish(
     k: &mut impl LaunchOps,
     spec: &SandboxSpec,
     mut launched: Launched,
-    pooled: bool,
+    maps: Maps,
     joined: bool,
     join_cgroup: impl FnOnce(i32) -> Result<(), String>,
 ) -> Result<Launched, LaunchError> {
     let pid = launched.pid;
-    if !pooled {
-        if let Err(e) = k.write_maps(pid, spec) {
-            k.abort(&launched);
-            return Err(LaunchError::IdMap(e));
-        }
+    let mapped = match maps {
+        Maps::Write => k.write_maps(pid, spec),
+        Maps::Written => Ok(()),
+        Maps::Failed(e) => Err(e),
+    };
+    if let Err(e) = mapped {
+        k.abort(&launched);
+        return Err(LaunchError::IdMap(e));
     }
     if let Err(e) = if joined { Ok(()) } else { join_cgroup(pid) } {
         k.abort(&launched);
@@ -655,60 +695,77 @@ fn init_child(
     crate::init::main(spec, theirs, net_ready)
 }
 
-/// What the supervisor and the process entering a pooled pair share
+/// Ready namespaces to clone init in: a pooled user + network pair, or an
+/// ordinary user's base user namespace (init then gets a user namespace
+/// of its own below it, whose `maps` (uid, gid, in the base namespace's
+/// ids) the entering process writes).
+struct Enter<'a> {
+    user: &'a OwnedFd,
+    net: Option<&'a OwnedFd>,
+    maps: Option<(&'a str, &'a str)>,
+}
+
+/// What the supervisor and the process entering ready namespaces share
 /// (through `CLONE_VM`).
 struct Entering<'a> {
-    pair: &'a Pooled,
+    enter: Enter<'a>,
     spec: &'a SandboxSpec,
     into_cgroup: Option<std::os::fd::BorrowedFd<'a>>,
     self_join: &'a [OwnedFd],
     ours: RawFd,
     theirs: RawFd,
     /// Set by the entering process: `None` if it could not enter the
-    /// pair, else what cloning init gave.
+    /// namespaces, else what cloning init gave.
     result: Option<nix::Result<(i32, RawFd, bool)>>,
+    /// Set by the entering process if it could not write init's maps.
+    map_error: Option<std::io::Error>,
 }
 
-/// Clones init into the pooled pair: a process sharing our memory and
+/// What [`clone_entering`] gives: init's pid, pidfd, whether it joins its
+/// cgroup itself, and a failure to write its maps.
+type EnteredClone = (i32, OwnedFd, bool, Option<std::io::Error>);
+
+/// Clones init into ready namespaces: a process sharing our memory and
 /// descriptor table (`CLONE_VM|CLONE_FILES|CLONE_VFORK`: we sleep until it
-/// is gone) enters the pair with `setns` and clones init from there with
+/// is gone) enters them with `setns` and clones init from there with
 /// `CLONE_PARENT`, so init is still our child. The user namespace cannot
 /// be entered by us (it would be for good) nor by init after its clone
 /// (its other namespaces must belong to the user namespace, so they are
 /// made after entering it).
 ///
-/// Returns `None` where the pair could not be entered (nothing was
+/// Returns `None` where the namespaces could not be entered (nothing was
 /// cloned: the caller makes new namespaces), else the clone's outcome.
 ///
 /// # Safety
 /// The caller must be single-threaded.
-unsafe fn clone_from_pool(
-    pair: &Pooled,
+unsafe fn clone_entering(
+    enter: Enter<'_>,
     spec: &SandboxSpec,
     into_cgroup: Option<std::os::fd::BorrowedFd<'_>>,
     self_join: &[OwnedFd],
     ours: &OwnedFd,
     theirs: &OwnedFd,
-) -> Option<nix::Result<(i32, OwnedFd, bool)>> {
+) -> Option<nix::Result<EnteredClone>> {
     let Ok(stack) = sys::Stack::new(POOLED_STACK) else {
         return None;
     };
     let mut shared = Entering {
-        pair,
+        enter,
         spec,
         into_cgroup,
         self_join,
         ours: ours.as_raw_fd(),
         theirs: theirs.as_raw_fd(),
         result: None,
+        map_error: None,
     };
-    // SAFETY: `enter_pool` runs on `stack` in our memory while we sleep
-    // (CLONE_VFORK), so `shared` outlives every use it makes of it; it
-    // frees nothing of ours and closes none of our descriptors. SIGCHLD
+    // SAFETY: `enter_and_clone` runs on `stack` in our memory while we
+    // sleep (CLONE_VFORK), so `shared` outlives every use it makes of it;
+    // it frees nothing of ours and closes none of our descriptors. SIGCHLD
     // is its exit signal, which init (cloned with CLONE_PARENT) inherits.
     let pid = unsafe {
         libc::clone(
-            enter_pool,
+            enter_and_clone,
             stack.top(),
             libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
             (&mut shared as *mut Entering<'_>).cast(),
@@ -727,29 +784,43 @@ unsafe fn clone_from_pool(
         return None;
     }
     let r = shared.result.take()?;
+    let map_error = shared.map_error.take();
     Some(r.map(|(pid, pidfd, joined)| {
         // SAFETY: the pidfd was created by the clone in the process that
         // shared our descriptor table: it is ours and nothing owns it yet.
-        (pid, unsafe { OwnedFd::from_raw_fd(pidfd) }, joined)
+        (
+            pid,
+            unsafe { OwnedFd::from_raw_fd(pidfd) },
+            joined,
+            map_error,
+        )
     }))
 }
 
-/// The process entering a pooled pair (see [`clone_from_pool`]), and then
-/// init's first steps.
-extern "C" fn enter_pool(arg: *mut libc::c_void) -> libc::c_int {
+/// The process entering ready namespaces (see [`clone_entering`]), and
+/// then init's first steps.
+extern "C" fn enter_and_clone(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` points at the `Entering` on the sleeping supervisor's
     // stack (CLONE_VFORK keeps it there until we exit).
     let e = unsafe { &mut *arg.cast::<Entering<'_>>() };
-    let entered = nix::sched::setns(&e.pair.user, nix::sched::CloneFlags::CLONE_NEWUSER)
-        .and_then(|_| nix::sched::setns(&e.pair.net, nix::sched::CloneFlags::CLONE_NEWNET));
+    let entered = nix::sched::setns(e.enter.user, nix::sched::CloneFlags::CLONE_NEWUSER).and_then(
+        |_| match e.enter.net {
+            Some(net) => nix::sched::setns(net, nix::sched::CloneFlags::CLONE_NEWNET),
+            None => Ok(()),
+        },
+    );
     if entered.is_err() {
         return 1;
     }
+    let flags = match e.enter.net {
+        Some(_) => NAMESPACES_POOLED,
+        None => NAMESPACES,
+    };
     // SAFETY: this process has a single thread (no CLONE_THREAD).
     let cloned = unsafe {
         clone_init(
             &mut Kernel,
-            NAMESPACES_POOLED | libc::CLONE_PARENT,
+            flags | libc::CLONE_PARENT,
             e.into_cgroup,
             e.self_join,
         )
@@ -761,9 +832,21 @@ extern "C" fn enter_pool(arg: *mut libc::c_void) -> libc::c_int {
             // else in init owns them.
             let (ours, theirs) =
                 unsafe { (OwnedFd::from_raw_fd(e.ours), OwnedFd::from_raw_fd(e.theirs)) };
-            init_child(e.spec, ours, theirs, e.self_join, true)
+            init_child(e.spec, ours, theirs, e.self_join, e.enter.net.is_some())
         }
         Ok(Cloned::Parent { pid, pidfd, joined }) => {
+            if let Some((uids, gids)) = e.enter.maps {
+                // Init waits for its go-ahead before using any id. We are
+                // in its parent user namespace with every capability
+                // there, so the kernel takes any map of that namespace's
+                // ids, and `setgroups` stays allowed. (Allocating here is
+                // sound: the supervisor sleeps, single-threaded.)
+                let write =
+                    |file: &str, text: &str| std::fs::write(format!("/proc/{pid}/{file}"), text);
+                if let Err(err) = write("uid_map", uids).and_then(|()| write("gid_map", gids)) {
+                    e.map_error = Some(err);
+                }
+            }
             // The descriptor stays open for the supervisor (shared table).
             e.result = Some(Ok((pid, pidfd.into_raw_fd(), joined)));
             0

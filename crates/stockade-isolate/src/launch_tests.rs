@@ -215,7 +215,8 @@ fn finish_with(
     let launched = k.launched();
     let mut called = false;
     let log = k.log.clone();
-    let r = finish(k, spec, launched, pooled, joined, |pid| {
+    let maps = if pooled { Maps::Written } else { Maps::Write };
+    let r = finish(k, spec, launched, maps, joined, |pid| {
         assert_eq!(pid, 4242);
         called = true;
         log.borrow_mut().push(Op::Cgroup);

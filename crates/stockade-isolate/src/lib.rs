@@ -3,6 +3,7 @@
 //! Almost all of the project's `unsafe` lives here, each block with the
 //! invariant it relies on.
 
+pub mod basens;
 pub mod caps;
 pub mod etc;
 pub mod files;

@@ -42,7 +42,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,12 +64,6 @@ pub const MAX_TOTAL: usize = 8;
 /// A half-made entry older than this belongs to a process that died, and
 /// a claim this old is released whoever holds it (see [`release_orphans`]).
 const ORPHAN_AGE: Duration = Duration::from_secs(60);
-
-const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
-const NSIO: u64 = 0xb7;
-const NS_GET_USERNS: u64 = NSIO << 8 | 0x1;
-const NS_GET_NSTYPE: u64 = NSIO << 8 | 0x3;
-const NS_GET_OWNER_UID: u64 = NSIO << 8 | 0x4;
 
 /// Making a pool entry failed.
 #[derive(Debug, thiserror::Error)]
@@ -238,36 +232,15 @@ fn open_checked(entry: &Path, owner_uid: u32) -> Option<(OwnedFd, OwnedFd)> {
     };
     let user = open("user")?;
     let net = open("net")?;
-    let is_ns = |fd: &OwnedFd, kind: libc::c_int| {
-        nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
-            && ns_ioctl(fd, NS_GET_NSTYPE) == Ok(kind)
-    };
+    let is_ns = |fd: &OwnedFd, kind: libc::c_int| sys::is_namespace(fd, kind);
     if !is_ns(&user, libc::CLONE_NEWUSER) || !is_ns(&net, libc::CLONE_NEWNET) {
         return None;
     }
-    let mut owner: libc::uid_t = libc::uid_t::MAX;
-    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which
-    // targets a live local.
-    let r = unsafe { libc::ioctl(user.as_raw_fd(), NS_GET_OWNER_UID, &mut owner) };
-    if r != 0 || owner != owner_uid {
+    if sys::ns_owner_uid(&user) != Some(owner_uid) {
         return None;
     }
-    let net_owner = ns_ioctl(&net, NS_GET_USERNS).ok()?;
-    // SAFETY: NS_GET_USERNS returned a new descriptor that nothing else owns.
-    let net_owner = unsafe { OwnedFd::from_raw_fd(net_owner) };
-    let same = |a: &OwnedFd, b: &OwnedFd| match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b))
-    {
-        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-        _ => false,
-    };
-    same(&net_owner, &user).then_some((user, net))
-}
-
-fn ns_ioctl(fd: &OwnedFd, request: u64) -> nix::Result<RawFd> {
-    // SAFETY: the nsfs ioctls used here take no argument and return an
-    // integer (a type, or a new descriptor).
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request) };
-    Errno::result(r)
+    let net_owner = sys::ns_related(&net, sys::NS_GET_USERNS).ok()?;
+    sys::same_file(&net_owner, &user).then_some((user, net))
 }
 
 /// Unmounts an entry's two files (lazily: a namespace in use stays alive)
@@ -641,11 +614,7 @@ mod tests {
     }
 
     fn user_owner(fd: &OwnedFd) -> u32 {
-        let mut owner: libc::uid_t = 0;
-        // SAFETY: NS_GET_OWNER_UID writes one uid_t to a live local.
-        let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_OWNER_UID, &mut owner) };
-        assert_eq!(r, 0);
-        owner
+        sys::ns_owner_uid(fd).expect("a user namespace has an owner")
     }
 
     #[test]
