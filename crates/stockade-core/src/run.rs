@@ -230,7 +230,15 @@ fn run_inner(
         }
     };
     let net = NetWatch::new(&policy.network, id, report.started_at, net_log);
-    prepared.pool_pair = pool_pair;
+    // An ordinary user's pool is keyed by the sandbox's maps, known only
+    // now (see `stockade_isolate::userpool`).
+    prepared.pool_pair = pool_pair.or_else(|| {
+        stockade_isolate::userpool::claim(
+            prepared.spec.rootless,
+            &prepared.spec.uid_map,
+            &prepared.spec.gid_map,
+        )
+    });
     let r = supervise(opts, &prepared, request, &cgroup, started, report, net);
     // Init holds the pair now (or new namespaces, if it could not be
     // entered). Its files leave the pool with the teardown: unmounting
@@ -257,7 +265,7 @@ fn run_inner(
                 slot: prepared.slot,
                 lease: prepared.image_lease,
             };
-            let refill = crate::teardown::Refill::configured();
+            let refill = crate::teardown::Refill::configured(&prepared.spec);
             *pending = Some(PendingTeardown::new(left, state, driver, refill));
             return r;
         }

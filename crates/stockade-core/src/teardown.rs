@@ -102,19 +102,41 @@ struct Job {
 /// Nice value of a pool refill (see [`Refill::run`]).
 const REFILL_NICE: libc::c_int = 10;
 
-/// Tops the namespace pool up (see [`stockade_isolate::nspool`]): the
-/// next start finds its user and network namespaces ready.
+/// Tops the namespace pool up (see [`stockade_isolate::nspool`], or for an
+/// ordinary user [`stockade_isolate::userpool`]): the next start finds its
+/// user and network namespaces ready.
 #[derive(Debug)]
-pub(crate) struct Refill {
-    pool: std::path::PathBuf,
-    per_key: usize,
+pub(crate) enum Refill {
+    /// Root's pool, of pairs made for host id slots.
+    Slots {
+        pool: std::path::PathBuf,
+        per_key: usize,
+    },
+    /// An ordinary user's, of pairs with the maps of the sandbox that just
+    /// ran (the next start of the same kind takes one).
+    User {
+        ids: Option<stockade_isolate::rootless::RootlessIds>,
+        uids: stockade_isolate::idmap::IdMap,
+        gids: stockade_isolate::idmap::IdMap,
+    },
 }
 
 impl Refill {
-    /// `None` when the pool is turned off.
-    pub(crate) fn configured() -> Option<Refill> {
-        let (pool, per_key) = nspool::configured()?;
-        Some(Refill { pool, per_key })
+    /// `None` when the pool is turned off (or, for an ordinary user, the
+    /// sandbox could not have used one).
+    pub(crate) fn configured(spec: &stockade_isolate::spec::SandboxSpec) -> Option<Refill> {
+        if let Some((pool, per_key)) = nspool::configured() {
+            return Some(Refill::Slots { pool, per_key });
+        }
+        let subordinate = matches!(
+            spec.rootless,
+            Some(stockade_isolate::rootless::RootlessIds::Subordinate { .. })
+        );
+        (subordinate && stockade_isolate::basens::configured().is_some()).then(|| Refill::User {
+            ids: spec.rootless,
+            uids: spec.uid_map.clone(),
+            gids: spec.gid_map.clone(),
+        })
     }
 
     /// Makes the missing entries, at low priority: the caller is a
@@ -129,7 +151,19 @@ impl Refill {
         unsafe {
             libc::setpriority(libc::PRIO_PROCESS, 0, REFILL_NICE);
         }
-        let _ = nspool::refill(&self.pool, &stockade_isolate::slots::dir(), self.per_key);
+        match self {
+            Refill::Slots { pool, per_key } => {
+                let _ = nspool::refill(pool, &stockade_isolate::slots::dir(), *per_key);
+            }
+            Refill::User { ids, uids, gids } => {
+                let _ = stockade_isolate::userpool::refill(
+                    *ids,
+                    uids,
+                    gids,
+                    stockade_isolate::userpool::PER_KEY,
+                );
+            }
+        }
     }
 }
 

@@ -274,7 +274,7 @@ pub fn stop(dir: &Path) -> Option<i32> {
 }
 
 /// `/proc/PID/uid_map`'s text as a map.
-fn parse_map(text: &str) -> Option<IdMap> {
+pub(crate) fn parse_map(text: &str) -> Option<IdMap> {
     let mut extents = Vec::new();
     for line in text.lines() {
         let mut n = line.split_whitespace().map(|f| f.parse::<u32>().ok());
@@ -290,7 +290,7 @@ fn parse_map(text: &str) -> Option<IdMap> {
 
 /// Makes the runtime directory (0700) if missing, and refuses one that is
 /// not the caller's alone.
-fn private_dir(dir: &Path) -> Result<(), BaseError> {
+pub(crate) fn private_dir(dir: &Path) -> Result<(), BaseError> {
     match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -383,16 +383,22 @@ fn holder_child(ready: OwnedFd, go: OwnedFd) -> ! {
     unsafe { libc::_exit(i32::from(holder < 0)) }
 }
 
-/// The holder: a session of its own, its name, its pid told (only then,
-/// so that whoever reads it finds the process as [`open_holder`] wants
-/// it), no descriptors, and sleep.
+/// The holder: see [`sleep_detached`].
 fn hold(ready: &OwnedFd) -> ! {
-    // SAFETY: each call changes only this process (its session, working
-    // directory, name, descriptor table) or writes from a live local; none
-    // can fail in a way that matters here, and the loop never returns.
+    sleep_detached(c"stockade-userns", ready)
+}
+
+/// The end of a process that only keeps namespaces alive: default signal
+/// handling and none blocked (the supervisor's are not its own: a plain
+/// `kill` ends it), a session of its own, `name`, its pid written to
+/// `ready` (only then, so that whoever reads it finds the process as the
+/// checks want it), no descriptors, and sleep.
+pub(crate) fn sleep_detached(name: &std::ffi::CStr, ready: &OwnedFd) -> ! {
+    // SAFETY: each call changes only this process (its signal state,
+    // session, working directory, name, descriptor table) or writes from
+    // a live local; none can fail in a way that matters here, and the loop
+    // never returns.
     unsafe {
-        // The supervisor's blocked signals and handlers are not the
-        // holder's: a plain `kill` ends it.
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
@@ -401,7 +407,7 @@ fn hold(ready: &OwnedFd) -> ! {
         }
         libc::setsid();
         libc::chdir(c"/".as_ptr());
-        libc::prctl(libc::PR_SET_NAME, c"stockade-userns".as_ptr());
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
         let pid = libc::getpid().to_ne_bytes();
         libc::write(ready.as_raw_fd(), pid.as_ptr().cast(), pid.len());
         libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);

@@ -21,6 +21,7 @@ pub mod slots;
 pub mod spec;
 pub mod sys;
 pub mod tun;
+pub mod userpool;
 pub mod workload;
 
 #[cfg(test)]

@@ -247,6 +247,10 @@ fn open_checked(entry: &Path, owner_uid: u32) -> Option<(OwnedFd, OwnedFd)> {
 /// and removes the entry. Harmless on an entry that is gone or was never
 /// mounted.
 pub fn release(entry: &Path) {
+    // An ordinary user's entry is a file naming its keeper process.
+    if crate::userpool::is_entry(entry) {
+        return crate::userpool::release(entry);
+    }
     for name in ["user", "net"] {
         let p = entry.join(name);
         let _ = nix::mount::umount2(
