@@ -27,6 +27,8 @@ enum Op {
     /// `op` of the message, the name of a `lower`, the trees sent with it
     Send(String, Option<String>, Vec<String>),
     Abort,
+    /// fuse-overlayfs lowers mounted and sent (rootless copy-on-write root)
+    FuseLowers,
     /// clone3 into a cgroup, with these flags
     Clone3(libc::c_int),
     /// fork-style clone, with these flags
@@ -149,6 +151,15 @@ impl LaunchOps for Recorder {
     fn init_userns(&mut self, _pid: i32) -> Option<OwnedFd> {
         self.push(Op::InitUserns);
         Some(self.fd("init's userns"))
+    }
+    fn fuse_lowers(
+        &mut self,
+        _spec: &SandboxSpec,
+        _pid: i32,
+        _ctl: &OwnedFd,
+    ) -> Result<(), crate::fuseov::FuseError> {
+        self.push(Op::FuseLowers);
+        Ok(())
     }
     fn idmap_tree(&mut self, tree: &OwnedFd, userns: &OwnedFd) -> nix::Result<()> {
         let (t, n) = (self.name(tree.as_raw_fd()), self.name(userns.as_raw_fd()));
