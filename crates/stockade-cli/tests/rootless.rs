@@ -749,22 +749,31 @@ fn rootless_image_sandboxes_show_the_images_owners_and_keep_the_store_unchanged(
     env.assert_clean();
 }
 
+/// How [`with_fuse`] leaves the host's fuse-overlayfs.
+#[derive(Debug, Clone, Copy)]
+enum Program {
+    Host,
+    /// Not runnable (`/dev/null` bound over it).
+    Hidden,
+    /// This shell script bound over it.
+    Fake(&'static str),
+}
+
 /// `cmd` run in a private mount namespace whose `/dev/fuse` is a node of
 /// mode `mode` made for it (the host's may be 0600 without udev; Debian's
-/// udev makes it 0666), or with `hide_program`, also without a runnable
-/// fuse-overlayfs.
-fn with_fuse(cmd: &Command, mode: &str, hide_program: bool) -> (Command, tempfile::TempDir) {
+/// udev makes it 0666), with fuse-overlayfs as `program` says.
+fn with_fuse(cmd: &Command, mode: &str, program: Program) -> (Command, tempfile::TempDir) {
     let dir = open_dir("stockade-rl-fuse");
     let script = r#"
 set -e
+if [ -n "$HIDE" ]; then
+  for p in /usr/bin/fuse-overlayfs /bin/fuse-overlayfs /usr/local/bin/fuse-overlayfs; do
+    if [ -e "$p" ]; then mount --bind "$HIDE" "$p"; fi
+  done
+fi
 mount -t tmpfs -o mode=0755 tmpfs "$D"
 mknod -m "$MODE" "$D/fuse" c 10 229
 mount --bind "$D/fuse" /dev/fuse
-if [ -n "$HIDE" ]; then
-  for p in /usr/bin/fuse-overlayfs /bin/fuse-overlayfs /usr/local/bin/fuse-overlayfs; do
-    [ -e "$p" ] && mount --bind /dev/null "$p"
-  done
-fi
 exec "$@"
 "#;
     let mut c = Command::new("unshare");
@@ -782,7 +791,19 @@ exec "$@"
     .args(cmd.get_args())
     .env("D", dir.path())
     .env("MODE", mode)
-    .env("HIDE", if hide_program { "1" } else { "" })
+    .env(
+        "HIDE",
+        match program {
+            Program::Host => PathBuf::new(),
+            Program::Hidden => PathBuf::from("/dev/null"),
+            Program::Fake(script) => {
+                let p = dir.path().join("fake");
+                std::fs::write(&p, script).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+                p
+            }
+        },
+    )
     .current_dir("/tmp")
     .stdin(Stdio::null());
     (c, dir)
@@ -861,7 +882,7 @@ fn rootless_overlay_root_is_copy_on_write_through_fuse_overlayfs() {
         let mut cmd = env.cmd(&["run", "--overlay-root", "--root", "--", "sh", "-c", &script]);
         cmd.current_dir("/tmp");
         let out = {
-            let (mut c, _dir) = with_fuse(&cmd, "0666", false);
+            let (mut c, _dir) = with_fuse(&cmd, "0666", Program::Host);
             c.output().unwrap()
         };
         let o = stdout(&out);
@@ -905,7 +926,7 @@ fn rootless_overlay_root_is_copy_on_write_through_fuse_overlayfs() {
         ]);
         cmd.current_dir("/tmp");
         let out = {
-            let (mut c, _dir) = with_fuse(&cmd, "0666", false);
+            let (mut c, _dir) = with_fuse(&cmd, "0666", Program::Host);
             c.output().unwrap()
         };
         assert_eq!(code(&out), 0, "{user}: {}", stderr(&out));
@@ -942,7 +963,7 @@ fn rootless_fuse_daemons_are_out_of_the_sandboxes_reach_and_end_with_it() {
         "-c",
         script,
     ]);
-    let (mut wrapped, _dir) = with_fuse(&cmd, "0666", false);
+    let (mut wrapped, _dir) = with_fuse(&cmd, "0666", Program::Host);
     let child = wrapped
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1012,21 +1033,31 @@ fn rootless_fuse_daemons_are_out_of_the_sandboxes_reach_and_end_with_it() {
 #[ignore = "needs root: creates users and a private /dev/fuse"]
 fn rootless_overlay_root_without_fuse_is_refused_with_the_fix_and_leaves_nothing() {
     let env = UserEnv::new(SUB);
-    for (mode, hide, says) in [
-        ("0600", false, "chmod 0666 /dev/fuse"),
-        ("0666", true, "apt-get install fuse-overlayfs"),
+    for (mode, program, says) in [
+        (
+            "0600",
+            Program::Host,
+            "--overlay-root as an ordinary user: /dev/fuse",
+        ),
+        ("0600", Program::Host, "chmod 0666 /dev/fuse"),
+        ("0666", Program::Hidden, "apt-get install fuse-overlayfs"),
+        // A daemon that fails: its last word is the error, and the
+        // launch leaves nothing.
+        (
+            "0666",
+            Program::Fake("#!/bin/sh\necho 'bad lower 7d2e' >&2\nexit 3\n"),
+            "fuse-overlayfs failed to serve /usr (exit status 3): bad lower 7d2e",
+        ),
     ] {
         let cmd = env.cmd(&["run", "--overlay-root", "--", "true"]);
-        let (mut c, _dir) = with_fuse(&cmd, mode, hide);
+        let (mut c, _dir) = with_fuse(&cmd, mode, program);
         let out = c.output().unwrap();
         let err = stderr(&out);
-        assert_eq!(code(&out), 125, "{mode} {hide}: {err}");
+        assert_eq!(code(&out), 125, "{mode} {program:?}: {err}");
         let last = err.lines().last().unwrap_or_default();
-        assert!(
-            last.contains(says) && last.contains("--overlay-root"),
-            "{last}"
-        );
+        assert!(last.contains(says), "{last}");
         assert!(fuse_daemons(&env).is_empty());
+        env.assert_clean();
     }
     env.assert_clean();
 }
