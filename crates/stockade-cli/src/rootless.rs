@@ -192,7 +192,31 @@ pub fn findings(root: &Path, caller: &Caller) -> Vec<Finding> {
                 .into(),
         });
     }
-    if !tun_usable(root, caller.uid) {
+    if !device_usable(root, "dev/fuse", caller.uid) {
+        out.push(Finding {
+            fatal: false,
+            problem: "/dev/fuse is missing or not open to you: --overlay-root cannot work \
+                      (it is served by fuse-overlayfs as an ordinary user)"
+                .into(),
+            fix: "sudo chmod 0666 /dev/fuse (Debian's default mode with udev; sudo modprobe fuse \
+                  if it is missing); in a container, start it with --device /dev/fuse"
+                .into(),
+        });
+    }
+    if !["usr/bin", "bin", "usr/local/bin"].iter().any(|d| {
+        root.join(d)
+            .join(stockade_isolate::fuseov::PROGRAM)
+            .exists()
+    }) {
+        out.push(Finding {
+            fatal: false,
+            problem: "fuse-overlayfs is missing: --overlay-root cannot work (as an ordinary user \
+                      the copy-on-write root is served by it)"
+                .into(),
+            fix: "sudo apt-get install fuse-overlayfs (Fedora: dnf install fuse-overlayfs)".into(),
+        });
+    }
+    if !device_usable(root, "dev/net/tun", caller.uid) {
         out.push(Finding {
             fatal: false,
             problem: "/dev/net/tun is missing or not open to you: --net allowlist and --net open \
@@ -214,10 +238,11 @@ fn has_helpers(root: &Path) -> bool {
         .all(|h| dirs.iter().any(|d| root.join(d).join(h).exists()))
 }
 
-/// Whether `uid` may open `/dev/net/tun` for reading and writing, judged
-/// from its mode and owner (opening it as a test would need a device).
-fn tun_usable(root: &Path, uid: u32) -> bool {
-    let Ok(m) = std::fs::metadata(root.join("dev/net/tun")) else {
+/// Whether `uid` may open the device `dev` (`dev/net/tun`, `dev/fuse`)
+/// for reading and writing, judged from its mode and owner (opening it as
+/// a test would need a device).
+fn device_usable(root: &Path, dev: &str, uid: u32) -> bool {
+    let Ok(m) = std::fs::metadata(root.join(dev)) else {
         return false;
     };
     let mode = m.mode();
@@ -404,6 +429,11 @@ mod tests {
         assert!(p.iter().any(|p| p.contains("no subordinate ids")), "{p:?}");
         assert!(p.iter().any(|p| p.contains("no delegated cgroup")));
         assert!(p.iter().any(|p| p.contains("/dev/net/tun")));
+        assert!(p.iter().any(|p| p.contains("/dev/fuse")));
+        assert!(p.iter().any(|p| p.contains("fuse-overlayfs is missing")));
+        assert!(f
+            .iter()
+            .any(|f| f.fix.contains("chmod 0666 /dev/fuse") && !f.fix.contains("tun")));
         assert!(f.iter().any(
             |f| f.fix.contains("usermod --add-subuids 100000-165535") && f.fix.contains(" rl ")
         ));
@@ -413,12 +443,16 @@ mod tests {
             ("etc/subuid", "rl:100000:65536\n"),
             ("etc/subgid", "rl:100000:65536\n"),
             ("dev/net/tun", ""),
+            ("dev/fuse", ""),
+            ("usr/bin/fuse-overlayfs", ""),
         ]);
-        std::fs::set_permissions(
-            host.path().join("dev/net/tun"),
-            std::fs::Permissions::from_mode(0o666),
-        )
-        .unwrap();
+        for dev in ["dev/net/tun", "dev/fuse"] {
+            std::fs::set_permissions(
+                host.path().join(dev),
+                std::fs::Permissions::from_mode(0o666),
+            )
+            .unwrap();
+        }
         let f = findings(
             host.path(),
             &Caller {

@@ -676,20 +676,13 @@ fn rootless_daemon_serves_the_cli_and_the_sdk_on_the_users_socket() {
 fn rootless_refuses_what_it_cannot_give_in_one_line_and_leaves_nothing() {
     let env = UserEnv::new(SUB);
     let single = UserEnv::new(SINGLE);
-    for (env, flags, says) in [
-        (&env, vec!["--overlay-root"], "--overlay-root needs root"),
-        (
-            &single,
-            vec!["--image", "oci:/nonexistent:1"],
-            "images need subordinate ids",
-        ),
-    ] {
-        let out = env.sh(&flags, "true");
-        let err = stderr(&out);
-        assert_eq!(code(&out), 125, "{flags:?}: {err}");
-        let last = err.lines().last().unwrap_or_default();
-        assert!(last.contains(says), "{flags:?}: {err}");
-    }
+    // (--overlay-root's refusals: see
+    // rootless_overlay_root_without_fuse_is_refused_with_the_fix_and_leaves_nothing.)
+    let out = single.sh(&["--image", "oci:/nonexistent:1"], "true");
+    let err = stderr(&out);
+    assert_eq!(code(&out), 125, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("images need subordinate ids"), "{err}");
     // A tun node the user may not open (a private one, made here): the
     // error says so and points at doctor.
     let script = r#"
@@ -1040,5 +1033,329 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
     let out = env.sh(&[], "true");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(holder_of(uid).is_some_and(|p| p != before));
+    env.assert_clean();
+}
+
+/// How [`with_fuse`] leaves the host's fuse-overlayfs.
+#[derive(Debug, Clone, Copy)]
+enum Program {
+    Host,
+    /// Not runnable (`/dev/null` bound over it).
+    Hidden,
+    /// This shell script bound over it.
+    Fake(&'static str),
+}
+
+/// `cmd` run in a private mount namespace whose `/dev/fuse` is a node of
+/// mode `mode` made for it (the host's may be 0600 without udev; Debian's
+/// udev makes it 0666), with fuse-overlayfs as `program` says.
+fn with_fuse(cmd: &Command, mode: &str, program: Program) -> (Command, tempfile::TempDir) {
+    let dir = open_dir("stockade-rl-fuse");
+    let script = r#"
+set -e
+if [ -n "$HIDE" ]; then
+  for p in /usr/bin/fuse-overlayfs /bin/fuse-overlayfs /usr/local/bin/fuse-overlayfs; do
+    if [ -e "$p" ]; then mount --bind "$HIDE" "$p"; fi
+  done
+fi
+mount -t tmpfs -o mode=0755 tmpfs "$D"
+mknod -m "$MODE" "$D/fuse" c 10 229
+mount --bind "$D/fuse" /dev/fuse
+exec "$@"
+"#;
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(cmd.get_program())
+    .args(cmd.get_args())
+    .env("D", dir.path())
+    .env("MODE", mode)
+    .env(
+        "HIDE",
+        match program {
+            Program::Host => PathBuf::new(),
+            Program::Hidden => PathBuf::from("/dev/null"),
+            Program::Fake(script) => {
+                let p = dir.path().join("fake");
+                std::fs::write(&p, script).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+                p
+            }
+        },
+    )
+    .current_dir("/tmp")
+    .stdin(Stdio::null());
+    (c, dir)
+}
+
+/// Host pids of the running (not zombie) fuse-overlayfs daemons of
+/// `env`'s sandboxes (their upper directories are under its state).
+fn fuse_daemons(env: &UserEnv) -> Vec<i32> {
+    let uid = env.uid;
+    let state = env.state.path().to_string_lossy().into_owned();
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+        };
+        if field("Name:").as_deref() == Some("fuse-overlayfs")
+            && field("State:").as_deref() != Some("Z")
+            && field("Uid:").as_deref() == Some(&uid.to_string())
+            && std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&state))
+        {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Host files the fuse test makes under the overlaid directories (one
+/// to change inside, one root's secret), removed when it ends.
+struct HostFiles(Vec<PathBuf>);
+
+impl Drop for HostFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates users, host files under /usr/local and /var/lib/dpkg, a private /dev/fuse"]
+fn rootless_overlay_root_is_copy_on_write_through_fuse_overlayfs() {
+    let tag = common::rand_suffix();
+    let plain = PathBuf::from(format!("/usr/local/share/stockade-fuse-{tag}"));
+    let secret = PathBuf::from(format!("/var/lib/dpkg/stockade-fuse-secret-{tag}"));
+    let _files = HostFiles(vec![plain.clone(), secret.clone()]);
+    std::fs::write(&plain, "host\n").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&secret, "").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&secret, "canary-7c1f\n").unwrap();
+    for user in [SUB, SINGLE] {
+        let env = UserEnv::new(user);
+        // Root inside changes system directories; the changes are seen
+        // inside and stay there.
+        let script = format!(
+            "set -e; ls -lnd /usr/local | awk '{{print \"OWNER\", $3}}'; \
+             echo new > /usr/local/made && cat /usr/local/made; \
+             echo inside >> {plain} && grep -c inside {plain}; \
+             echo 'x:1' >> /etc/group && tail -1 /etc/group; \
+             mkdir /var/lib/dpkg/made.d && ls -d /var/lib/dpkg/made.d; \
+             chown 5:5 /var/lib/dpkg/made.d 2>/dev/null || true; \
+             cat {secret} 2>&1 || echo SECRET-DENIED; \
+             for p in /proc/[0-9]*; do cat $p/comm; done | grep -c fuse-overlayfs || true",
+            plain = plain.display(),
+            secret = secret.display()
+        );
+        let mut cmd = env.cmd(&["run", "--overlay-root", "--root", "--", "sh", "-c", &script]);
+        cmd.current_dir("/tmp");
+        let out = {
+            let (mut c, _dir) = with_fuse(&cmd, "0666", Program::Host);
+            c.output().unwrap()
+        };
+        let o = stdout(&out);
+        assert_eq!(code(&out), 0, "{user}: {o}\n{}", stderr(&out));
+        assert!(
+            o.contains("OWNER 0\n"),
+            "{user}: host root's files are root's inside: {o}"
+        );
+        assert!(
+            o.contains("new\n") && o.contains("x:1\n") && o.contains("made.d"),
+            "{user}: {o}"
+        );
+        assert!(
+            o.lines().any(|l| l == "1"),
+            "{user}: the host file changed inside: {o}"
+        );
+        // A file the caller may not read is not read through the daemon,
+        // root inside or not.
+        assert!(
+            o.contains("SECRET-DENIED") && !o.contains("canary-7c1f"),
+            "{user}: {o}"
+        );
+        // No daemon shows in the sandbox's /proc.
+        assert_eq!(o.lines().last(), Some("0"), "{user}: {o}");
+        assert_eq!(std::fs::read_to_string(&plain).unwrap(), "host\n", "{user}");
+        assert!(!Path::new("/usr/local/made").exists());
+        assert!(!Path::new("/var/lib/dpkg/made.d").exists());
+        // The agent cannot change system directories.
+        let mut cmd = env.cmd(&[
+            "run",
+            "--overlay-root",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "touch /usr/x 2>/dev/null && echo WROTE; echo a >> {} 2>/dev/null && echo WROTE; \
+                 echo a >> /etc/passwd 2>/dev/null && echo WROTE; \
+                 mkdir /var/lib/dpkg/x 2>/dev/null && echo WROTE; ls /usr/bin/sh && echo READS",
+                plain.display()
+            ),
+        ]);
+        cmd.current_dir("/tmp");
+        let out = {
+            let (mut c, _dir) = with_fuse(&cmd, "0666", Program::Host);
+            c.output().unwrap()
+        };
+        assert_eq!(code(&out), 0, "{user}: {}", stderr(&out));
+        assert!(!stdout(&out).contains("WROTE"), "{user}: {}", stdout(&out));
+        assert!(stdout(&out).contains("READS"), "{user}: {}", stdout(&out));
+        assert!(
+            eventually_for(10, || fuse_daemons(&env).is_empty()),
+            "{user}: daemons outlived their sandboxes: {:?}",
+            fuse_daemons(&env)
+        );
+        env.assert_clean();
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates users and a private /dev/fuse, kills a supervisor"]
+fn rootless_fuse_daemons_are_out_of_the_sandboxes_reach_and_end_with_it() {
+    let env = UserEnv::new(SUB);
+    let ws = owned_dir(env.uid, "stockade-rl-ws");
+    let ws_arg = ws.path().to_str().unwrap();
+    // The workload waits for the daemons' host pids, tries to kill them
+    // and then uses its root.
+    let script = "touch /workspace/ready; while [ ! -e /workspace/pids ]; do sleep 0.1; done; \
+                  for p in $(cat /workspace/pids); do kill -9 $p 2>>/workspace/tried && echo $p >> /workspace/killed; done; \
+                  ls /usr/bin/sh > /dev/null && echo ALIVE > /workspace/alive; sleep 300";
+    let cmd = env.cmd(&[
+        "run",
+        "--overlay-root",
+        "--root",
+        "--workspace",
+        ws_arg,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let (mut wrapped, _dir) = with_fuse(&cmd, "0666", Program::Host);
+    let child = wrapped
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The supervisor (setpriv and unshare exec it) dies with a failed
+    // assertion too, and its sandbox and daemons with it.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(child);
+    // Every daemon is up before the workload starts.
+    assert!(
+        eventually_for(60, || ws.path().join("ready").exists()),
+        "the sandbox did not start"
+    );
+    let daemons = fuse_daemons(&env);
+    assert!(daemons.len() >= 2, "{daemons:?}");
+    let pids: Vec<String> = daemons.iter().map(|p| p.to_string()).collect();
+    std::fs::write(ws.path().join("pids"), pids.join(" ")).unwrap();
+    assert!(
+        eventually_for(30, || ws.path().join("alive").exists()),
+        "the workload did not get through its attempt"
+    );
+    assert_eq!(
+        fuse_daemons(&env),
+        daemons,
+        "a daemon was killed from inside"
+    );
+    // Killing the supervisor ends the sandbox, and with it its daemons.
+    let sup = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.windows(ws_arg.len()).any(|w| w == ws_arg.as_bytes()))
+                .unwrap_or(false)
+                && std::fs::metadata(format!("/proc/{pid}"))
+                    .map(|m| m.uid() == env.uid)
+                    .unwrap_or(false)
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim() == "stockade")
+                    .unwrap_or(false)
+        })
+        .expect("the supervisor");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.0.wait();
+    // Each attempt failed: no such process in the sandbox's pid namespace.
+    assert!(!ws.path().join("killed").exists());
+    let tried = std::fs::read_to_string(ws.path().join("tried")).unwrap();
+    assert_eq!(
+        tried.matches("No such process").count(),
+        daemons.len(),
+        "{tried}"
+    );
+    assert!(
+        eventually_for(20, || fuse_daemons(&env).is_empty()),
+        "daemons outlived a killed supervisor: {:?}",
+        fuse_daemons(&env)
+    );
+    // What the dead supervisor left, gc removes.
+    let out = env.stockade(&["gc"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root: creates users and a private /dev/fuse"]
+fn rootless_overlay_root_without_fuse_is_refused_with_the_fix_and_leaves_nothing() {
+    let env = UserEnv::new(SUB);
+    for (mode, program, says) in [
+        (
+            "0600",
+            Program::Host,
+            "--overlay-root as an ordinary user: /dev/fuse",
+        ),
+        ("0600", Program::Host, "chmod 0666 /dev/fuse"),
+        ("0666", Program::Hidden, "apt-get install fuse-overlayfs"),
+        // A daemon that fails: its last word is the error, and the
+        // launch leaves nothing.
+        (
+            "0666",
+            Program::Fake("#!/bin/sh\necho 'bad lower 7d2e' >&2\nexit 3\n"),
+            "fuse-overlayfs failed to serve /usr (exit status 3): bad lower 7d2e",
+        ),
+    ] {
+        let cmd = env.cmd(&["run", "--overlay-root", "--", "true"]);
+        let (mut c, _dir) = with_fuse(&cmd, mode, program);
+        let out = c.output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(code(&out), 125, "{mode} {program:?}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.contains(says), "{last}");
+        assert!(fuse_daemons(&env).is_empty());
+        env.assert_clean();
+    }
     env.assert_clean();
 }

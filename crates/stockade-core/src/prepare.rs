@@ -378,7 +378,15 @@ pub fn prepare(
             private_dir(&base.join("home"), owner).map_err(io("create the home directory"))?;
         metered.push(home.clone());
         let overlay = if fs_policy.overlay_root || image.is_some() {
-            let root_owner = uid_map.to_host(0).zip(gid_map.to_host(0));
+            // Root's overlay directory is written by root inside (the
+            // kernel's overlayfs); an ordinary user's by fuse-overlayfs,
+            // running as the caller (or, for an image, by root inside,
+            // who is the caller).
+            let root_owner = if rootless.is_some() {
+                None
+            } else {
+                uid_map.to_host(0).zip(gid_map.to_host(0))
+            };
             let o = private_dir(&base.join("overlay"), root_owner)
                 .map_err(io("create the overlay directory"))?;
             metered.push(o.clone());
@@ -582,13 +590,15 @@ pub(crate) fn refuse_rootless(policy: &Policy, image: bool) -> Result<(), RunErr
     {
         return Err(RunError::Invalid(crate::image::NO_SUBIDS.into()));
     }
-    if policy.filesystem.overlay_root {
-        return Err(RunError::Invalid(
-            "--overlay-root needs root: without it the host's system files cannot be idmapped, \
-             so they show as nobody inside and even the sandbox's root could not change them; \
-             install into /workspace, /home/agent or a virtualenv instead, or run as root"
-                .into(),
-        ));
+    // An ordinary user's copy-on-write root is served by fuse-overlayfs
+    // (an image's root is an overlay of its layers anyway).
+    if policy.filesystem.overlay_root && !image {
+        if let Err(e) = stockade_isolate::fuseov::check() {
+            return Err(RunError::Invalid(format!(
+                "--overlay-root as an ordinary user: {}",
+                stockade_isolate::error_chain(&e)
+            )));
+        }
     }
     Ok(())
 }

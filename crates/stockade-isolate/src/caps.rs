@@ -315,6 +315,27 @@ pub fn drop_all_but(keep_root_uid: bool, root_keeps: u64) -> Result<(), CapsErro
     })
 }
 
+/// Makes the capabilities in `keep` (a mask by number; they must be
+/// permitted) inheritable and ambient, so that they survive `execve` of a
+/// file without file capabilities by a process that is not root: for a
+/// helper program that must run with a few capabilities and nothing else
+/// (the bounding set is the caller's to narrow).
+pub fn set_inheritable_ambient(keep: u64) -> Result<(), CapsError> {
+    let mut sets = capget()?;
+    sets.inheritable = keep;
+    sets.effective = sets.permitted;
+    capset(sets)?;
+    for cap in (0..64u32).filter(|c| keep & (1 << c) != 0) {
+        prctl3(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+            cap.into(),
+        )
+        .map_err(|source| CapsError::AmbientRaise { cap, source })?;
+    }
+    Ok(())
+}
+
 /// Sets `no_new_privs`: `execve` can no longer grant privileges (setuid bits,
 /// file capabilities), and unprivileged seccomp filters become possible. It is
 /// inherited by every child and cannot be unset.

@@ -52,6 +52,8 @@ pub enum LaunchError {
          flatten it (e.g. rebuild it with fewer layers)"
     )]
     TooManyLayers(usize),
+    #[error("cannot set up the sandbox's copy-on-write root")]
+    Fuse(#[source] crate::fuseov::FuseError),
 }
 
 /// A running sandbox, seen from the supervisor.
@@ -99,6 +101,14 @@ pub(crate) trait LaunchOps {
     fn send(&mut self, ctl: &OwnedFd, msg: &proto::ToInit, fds: &[RawFd]) -> Result<(), ()>;
     /// Kills init and reaps it: a launch that fails leaves nothing.
     fn abort(&mut self, launched: &Launched);
+    /// [`crate::fuseov::mount_lowers`]: an ordinary user's copy-on-write
+    /// root, sent to init.
+    fn fuse_lowers(
+        &mut self,
+        spec: &SandboxSpec,
+        pid: i32,
+        ctl: &OwnedFd,
+    ) -> Result<(), crate::fuseov::FuseError>;
     /// [`sys::clone_into_cgroup`].
     ///
     /// # Safety
@@ -173,6 +183,17 @@ impl LaunchOps for Kernel {
     fn abort(&mut self, l: &Launched) {
         let _ = sys::pidfd_send_signal(&l.pidfd, libc::SIGKILL);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.pid), None);
+    }
+
+    fn fuse_lowers(
+        &mut self,
+        spec: &SandboxSpec,
+        pid: i32,
+        ctl: &OwnedFd,
+    ) -> Result<(), crate::fuseov::FuseError> {
+        // SAFETY: `launch_joining`'s caller guarantees a single thread,
+        // and launches run only through it.
+        unsafe { crate::fuseov::mount_lowers(spec, pid, ctl) }
     }
 
     unsafe fn clone_into_cgroup(
@@ -568,9 +589,15 @@ fn finish(
     // An ordinary user may neither clone mount trees of the host's mount
     // namespace nor idmap them: init, root of its own, binds the sources
     // by path (they are the caller's, whom init can reach as the caller's
-    // ids are mapped inside).
+    // ids are mapped inside). A copy-on-write root is served by
+    // fuse-overlayfs instead of idmapped lowers.
     let sent = if spec.rootless.is_some() {
-        Ok(())
+        if crate::fuseov::wanted(spec) {
+            k.fuse_lowers(spec, pid, &launched.ctl)
+                .map_err(LaunchError::Fuse)
+        } else {
+            Ok(())
+        }
     } else {
         send_idmapped_lowers(k, spec, pid, &launched.ctl);
         send_image_layers(k, spec, &launched.ctl)

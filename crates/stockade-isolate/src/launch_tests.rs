@@ -27,6 +27,8 @@ enum Op {
     /// `op` of the message, the name of a `lower`, the trees sent with it
     Send(String, Option<String>, Vec<String>),
     Abort,
+    /// fuse-overlayfs lowers mounted and sent (rootless copy-on-write root)
+    FuseLowers,
     /// clone3 into a cgroup, with these flags
     Clone3(libc::c_int),
     /// fork-style clone, with these flags
@@ -150,6 +152,18 @@ impl LaunchOps for Recorder {
         self.push(Op::InitUserns);
         Some(self.fd("init's userns"))
     }
+    fn fuse_lowers(
+        &mut self,
+        _spec: &SandboxSpec,
+        _pid: i32,
+        _ctl: &OwnedFd,
+    ) -> Result<(), crate::fuseov::FuseError> {
+        self.push(Op::FuseLowers);
+        if self.fails("fuse") {
+            return Err(crate::fuseov::FuseError::Missing);
+        }
+        Ok(())
+    }
     fn idmap_tree(&mut self, tree: &OwnedFd, userns: &OwnedFd) -> nix::Result<()> {
         let (t, n) = (self.name(tree.as_raw_fd()), self.name(userns.as_raw_fd()));
         self.push(Op::Idmap(t.clone(), n));
@@ -248,6 +262,43 @@ fn steps_run_in_order_and_end_with_the_go_ahead() {
             Op::Send("go".into(), None, vec![]),
         ]
     );
+}
+
+#[test]
+fn an_ordinary_users_overlay_root_is_served_by_fuse_before_the_go_ahead() {
+    let mut s = spec();
+    s.rootless = Some(crate::rootless::RootlessIds::Single);
+    s.overlay = Some("/ov".into());
+    let mut k = Recorder::default();
+    let (r, _) = finish_with(&mut k, &s, false, false, Ok(()));
+    r.unwrap();
+    // Nothing is cloned or idmapped from the host's namespace.
+    assert_eq!(
+        k.ops(),
+        [
+            Op::Maps,
+            Op::Cgroup,
+            Op::FuseLowers,
+            Op::Send("go".into(), None, vec![])
+        ]
+    );
+    // Its failure kills init, with no go-ahead.
+    let mut k = Recorder {
+        fail: Some("fuse"),
+        ..Recorder::default()
+    };
+    let (r, _) = finish_with(&mut k, &s, false, false, Ok(()));
+    assert!(matches!(r, Err(LaunchError::Fuse(_))));
+    assert_eq!(k.ops().last(), Some(&Op::Abort));
+    // Without an overlay root, or as root, no daemon.
+    for (rootless, overlay) in [(true, None), (false, Some("/ov".into()))] {
+        let mut s = spec();
+        s.rootless = rootless.then_some(crate::rootless::RootlessIds::Single);
+        s.overlay = overlay;
+        let mut k = Recorder::default();
+        let _ = finish_with(&mut k, &s, false, false, Ok(()));
+        assert!(!k.ops().contains(&Op::FuseLowers));
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod caps;
 pub mod etc;
 pub mod files;
 pub mod fsutil;
+pub mod fuseov;
 pub mod idmap;
 pub mod init;
 pub mod landlock_rules;

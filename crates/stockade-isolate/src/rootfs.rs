@@ -39,6 +39,15 @@ const OVERLAY_VAR_DIRS: &[&str] = &[
 /// sees (and may rewrite) an empty one. debconf keeps the answers to
 /// password questions in `passwords.dat`.
 const OVERLAY_SHADOWED: &[(&str, &str)] = &[("var/cache/debconf", "passwords.dat")];
+/// The files of [`OVERLAY_SHADOWED`] in the overlaid directory whose flat
+/// name (`/` as `_`, as [`overlay_lowers`] names them) is `flat`.
+pub(crate) fn shadowed_files(flat: &str) -> impl Iterator<Item = &'static str> + '_ {
+    OVERLAY_SHADOWED
+        .iter()
+        .filter(move |(dir, _)| dir.replace('/', "_") == flat)
+        .map(|(_, file)| *file)
+}
+
 /// Device nodes bound from the host: harmless, and needed by nearly
 /// every program.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -784,7 +793,7 @@ fn system_dirs(
                 mkdir(k, &dst, 0o755)?;
                 match &spec.overlay {
                     None => bind(k, &host, &dst, RO)?,
-                    Some(_) => overlay(k, r, lower_for(attached, name, &host), &dst, name)?,
+                    Some(_) => cow(k, r, attached, &host, &dst, name)?,
                 }
             }
             Some(HostKind::Other) | None => {}
@@ -796,8 +805,7 @@ fn system_dirs(
             if k.is_real_dir(&host) {
                 let dst = r.join(name);
                 mkdir(k, &dst, 0o755)?;
-                let flat = name.replace('/', "_");
-                overlay(k, r, lower_for(attached, &flat, &host), &dst, name)?;
+                cow(k, r, attached, &host, &dst, name)?;
             }
         }
     }
@@ -814,7 +822,29 @@ fn etc(
     mkdir(k, &dst, 0o755)?;
     match &spec.overlay {
         None => bind(k, &spec.etc_dir, &dst, RO),
-        Some(_) => overlay(k, r, lower_for(attached, "etc", &spec.etc_dir), &dst, "etc"),
+        Some(_) => cow(k, r, attached, &spec.etc_dir, &dst, "etc"),
+    }
+}
+
+/// The copy-on-write view of the host directory `host` at `dst`: the
+/// FUSE overlay the supervisor sent for it (an ordinary user's sandbox,
+/// see [`crate::fuseov`]), bound; else a kernel overlay of its idmapped
+/// copy (or of `host` itself).
+fn cow(
+    k: &mut impl MountOps,
+    r: &Path,
+    attached: &[(String, PathBuf)],
+    host: &Path,
+    dst: &Path,
+    name: &str,
+) -> Result<()> {
+    let flat = name.replace('/', "_");
+    let fuse = attached
+        .iter()
+        .find(|(n, _)| crate::fuseov::is_tree(n) == Some(flat.as_str()));
+    match fuse {
+        Some((_, tree)) => bind(k, tree, dst, RW),
+        None => overlay(k, r, lower_for(attached, &flat, host), dst, name),
     }
 }
 

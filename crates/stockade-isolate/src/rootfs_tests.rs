@@ -548,6 +548,58 @@ fn a_copy_on_write_root_overlays_without_naming_host_paths() {
     assert!(k.ops.contains(&Op::Chdir(STAGING.into())));
 }
 
+#[test]
+fn an_ordinary_users_fuse_overlays_are_bound_instead_of_kernel_overlays() {
+    let mut s = spec();
+    s.overlay = Some("/run/stockade-scratch/s1/overlay".into());
+    let mut k = Recorder::debian();
+    let usr = k.tree("fuse /usr", true);
+    let dpkg = k.tree("fuse /var/lib/dpkg", true);
+    let etc = k.tree("fuse /etc", true);
+    built(
+        &s,
+        &mut k,
+        vec![
+            (crate::fuseov::tree_name("usr"), usr),
+            (crate::fuseov::tree_name("var_lib_dpkg"), dpkg),
+            (crate::fuseov::tree_name("etc"), etc),
+        ],
+    );
+    let mounts = k.mounts();
+    for (rel, flat) in [
+        ("usr", "usr"),
+        ("var/lib/dpkg", "var_lib_dpkg"),
+        ("etc", "etc"),
+    ] {
+        let m = mounts
+            .iter()
+            .find(|m| m.1 == staged(rel))
+            .unwrap_or_else(|| panic!("{rel} not mounted: {mounts:?}"));
+        assert!(m.3.contains(MsFlags::MS_BIND), "{rel}: {m:?}");
+        assert_eq!(
+            m.0.as_deref(),
+            Some(
+                staged(LOWER_DIR)
+                    .join(crate::fuseov::tree_name(flat))
+                    .as_path()
+            ),
+            "{rel}"
+        );
+        assert_eq!(
+            k.setattr_of(staged(rel).to_str().unwrap()),
+            [(RW, true)],
+            "{rel}"
+        );
+    }
+    // What no tree was sent for is a kernel overlay still.
+    assert!(mounts
+        .iter()
+        .any(|m| m.1 == staged("var/lib/apt") && m.2.as_deref() == Some("overlay")));
+    assert!(!mounts
+        .iter()
+        .any(|m| m.1 == staged("usr") && m.2.as_deref() == Some("overlay")));
+}
+
 /// Where a failure of `op` is reported: its own path, except for the
 /// steps of the pivot, which report the new root, `new_root`.
 fn reported_path_in(op: &Op, new_root: &Path) -> PathBuf {
