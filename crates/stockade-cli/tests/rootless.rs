@@ -177,6 +177,35 @@ fn kinds(report: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The first subordinate range of `user` in `/etc/FILE` (`subuid` or
+/// `subgid`).
+fn subids_of(user: &str, file: &str) -> Option<std::ops::Range<u32>> {
+    std::fs::read_to_string(format!("/etc/{file}"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 3 && f[0] == user).then(|| {
+                let start: u32 = f[1].parse().unwrap();
+                start..start + f[2].parse::<u32>().unwrap()
+            })
+        })
+}
+
+/// The map of `user`'s base user namespace, as the host reads it: 0 the
+/// user, 1.. the first 65535 subordinate ids.
+fn base_map_of(user: &str, file: &str) -> Vec<(u32, u32, u32)> {
+    let start = subids_of(user, file).expect("subordinate ids").start;
+    vec![(0, uid_of(user), 1), (1, start, 65_535)]
+}
+
+/// The base namespace tests stop holders; the others that look at
+/// holders wait for them.
+fn basens_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let lock = std::fs::File::create("/tmp/stockade-rl-basens.lock").unwrap();
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap()
+}
+
 /// `/proc/PID/FILE` (an id map) as the host reads it: host ids.
 fn proc_map(pid: i32, file: &str) -> Vec<(u32, u32, u32)> {
     parse_map(&std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap())
@@ -290,14 +319,13 @@ fn rootless_sandboxes_keep_every_wall_and_map_no_host_id_but_the_callers() {
         );
         // Host ids: the agent is the caller; root (0) is never mapped. What
         // the sandbox reads is relative to its parent user namespace: the
-        // host's, or (with subordinate ids) the user's base namespace, whose
-        // own map the host reads.
-        let holder = holder_of(env.uid);
-        assert_eq!(holder.is_some(), user == SUB, "{user}: base namespace");
+        // host's for a single id, and with subordinate ids the user's base
+        // namespace (0 the caller, 1.. the subordinate ids), which a start
+        // must use.
         let mut maps = Vec::new();
-        for (section, outer) in [("UIDS", "uid_map"), ("GIDS", "gid_map")] {
+        for (section, file) in [("UIDS", "subuid"), ("GIDS", "subgid")] {
             let inner = map_section(&text, section);
-            let outer = holder.map(|h| proc_map(h, outer));
+            let outer = (user == SUB).then(|| base_map_of(user, file));
             let host = |inside: u32| {
                 let mid = to_host(&inner, inside)?;
                 match &outer {
@@ -306,12 +334,13 @@ fn rootless_sandboxes_keep_every_wall_and_map_no_host_id_but_the_callers() {
                 }
             };
             assert_eq!(host(1000), Some(env.uid), "{user} {section}: {text}");
+            let sub = subids_of(user, file);
             for (inside, _, count) in &inner {
                 for id in *inside..inside + count {
                     let h = host(id).unwrap_or_else(|| panic!("{id} unmapped: {text}"));
                     assert!(h != 0, "{user}: host root mapped: {text}");
                     assert!(
-                        h == env.uid || (400_000..465_536).contains(&h),
+                        h == env.uid || sub.as_ref().is_some_and(|r| r.contains(&h)),
                         "{user}: {id} is host {h}, not the user's: {text}"
                     );
                 }
@@ -755,7 +784,10 @@ fn rootless_image_sandboxes_show_the_images_owners_and_keep_the_store_unchanged(
         .iter()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(map[0], ["0", &env.uid.to_string(), "1"], "{text}");
+    // Read inside, relative to the user's base namespace, where the
+    // caller is 0 (see the base namespace test).
+    assert_eq!(map[0], ["0", "0", "1"], "{text}");
+    assert_eq!(map[1][1], "1", "{text}");
     assert_eq!(map[1][0], "1", "{text}");
     assert_eq!(map[1][2], "65535", "{text}");
     assert_eq!(&lines[3..6], ["0:0", "1234:1234", "1234:1234"], "{text}");
@@ -773,7 +805,7 @@ fn rootless_image_sandboxes_show_the_images_owners_and_keep_the_store_unchanged(
     // On the host the store holds the image's ids as the user's map
     // gives them: root's files are the user's, 1234's a subordinate id.
     let store = env.state.path().join("images");
-    let sub_start: u32 = map[1][1].parse().unwrap();
+    let sub_start = subids_of(SUB, "subuid").expect("subordinate ids").start;
     let tree = owners(&store.join("layers"));
     let owned: Vec<&str> = tree
         .lines()
@@ -833,6 +865,23 @@ fn rootless_image_sandboxes_show_the_images_owners_and_keep_the_store_unchanged(
 }
 
 /// Kills `uid`'s holder, if any, and forgets it.
+/// `Some(pid)` while `pid` runs (not a zombie).
+fn holder_alive(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    (!status.lines().any(|l| l.starts_with("State:\tZ"))).then_some(pid)
+}
+
+fn pool_entries(uid: u32) -> Vec<PathBuf> {
+    let Ok(keys) = std::fs::read_dir(format!("/tmp/stockade-{uid}/nspool")) else {
+        return Vec::new();
+    };
+    keys.flatten()
+        .filter(|k| k.file_name() != "claimed")
+        .flat_map(|k| std::fs::read_dir(k.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect()
+}
+
 fn stop_holder(uid: u32) {
     if let Some(pid) = holder_of(uid) {
         let _ = nix::sys::signal::kill(
@@ -886,9 +935,12 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
     // with each other through a lock of this test's own, and never assume
     // the holder is the one this test saw a moment ago except where only
     // this test changes it.
-    let lock = std::fs::File::create("/tmp/stockade-rl-basens.lock").unwrap();
-    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let _guard = basens_lock();
+    // No holder and no pooled pair (made under an earlier holder) left.
+    let out = env.stockade(&["gc", "--drain-pool"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     stop_holder(uid);
+    assert!(pool_entries(uid).is_empty(), "gc left pooled pairs");
 
     // The first start makes the holder: the user's whole allowance mapped
     // (0 the caller, then the subordinate ids), no descriptor held (a
@@ -906,14 +958,8 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         stdout(&out)
     );
     let holder = holder_of(uid).expect("the first start made a holder");
-    assert_eq!(
-        proc_map(holder, "uid_map"),
-        vec![(0, uid, 1), (1, 400_000, 65_535)]
-    );
-    assert_eq!(
-        proc_map(holder, "gid_map"),
-        vec![(0, uid, 1), (1, 400_000, 65_535)]
-    );
+    assert_eq!(proc_map(holder, "uid_map"), base_map_of(SUB, "subuid"));
+    assert_eq!(proc_map(holder, "gid_map"), base_map_of(SUB, "subgid"));
     assert_eq!(
         std::fs::read_dir(format!("/proc/{holder}/fd"))
             .unwrap()
@@ -933,7 +979,39 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         .unwrap();
     assert_eq!(sid, holder, "the holder is not in a session of its own");
 
-    // A sandbox's user namespace is a child of the holder's.
+    // The first run's cleaner left two ready pairs for the next starts:
+    // keepers in user namespaces under the holder's, with the sandbox's
+    // maps (read from the host), each owning a network namespace.
+    assert!(
+        eventually_for(20, || pool_entries(uid).len() == 2),
+        "the pool was not filled: {:?}",
+        pool_entries(uid)
+    );
+    let (holder_ns, _) = userns_and_parent(holder);
+    let mut keepers = Vec::new();
+    for entry in pool_entries(uid) {
+        let pid: i32 = entry
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), "stockade-nspool");
+        let (ns, parent) = userns_and_parent(pid);
+        assert_eq!(
+            parent, holder_ns,
+            "a keeper's namespace is not under the holder's"
+        );
+        let uids = proc_map(pid, "uid_map");
+        assert_eq!(to_host(&uids, 1000), Some(uid), "{uids:?}");
+        assert!(uids.iter().all(|e| e.1 != 0), "{uids:?}");
+        keepers.push((pid, ns));
+    }
+
+    // A sandbox takes one of them: its user namespace is a keeper's, a
+    // child of the holder's; the keeper goes with the sandbox.
     let mut run = env.cmd(&["run", "--", "sleep", "31.5"]).spawn().unwrap();
     let mut sleeper = None;
     assert!(
@@ -948,14 +1026,24 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         "the sandbox's sleep never showed"
     );
     let (sandbox_ns, parent) = userns_and_parent(sleeper.unwrap());
-    let (holder_ns, _) = userns_and_parent(holder);
-    let _ = run.kill();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
     let _ = run.wait();
     assert_eq!(
         parent, holder_ns,
         "the sandbox's namespace is not the holder's child"
     );
     assert_ne!(sandbox_ns, holder_ns);
+    let used = keepers
+        .iter()
+        .find(|k| k.1 == sandbox_ns)
+        .expect("the sandbox did not take a pooled pair");
+    assert!(
+        eventually_for(20, || holder_alive(used.0).is_none()),
+        "the used pair's keeper outlived the sandbox"
+    );
     assert_eq!(
         holder_of(uid),
         Some(holder),
@@ -974,6 +1062,9 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         "1".to_string(),
         "not a pid".to_string(),
     ] {
+        // Without pooled pairs, which would spare the start the holder.
+        let drained = env.stockade(&["gc", "--drain-pool"]);
+        assert_eq!(code(&drained), 0, "{}", stderr(&drained));
         std::fs::write(holder_file(uid), format!("{named}\n")).unwrap();
         let out = env.sh(&[], "cat /proc/self/uid_map");
         assert_eq!(code(&out), 0, "{named}: {}", stderr(&out));
@@ -982,10 +1073,7 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
             ![mine.id(), roots.id()].contains(&(made as u32)),
             "{named} was taken for a holder"
         );
-        assert_eq!(
-            proc_map(made, "uid_map"),
-            vec![(0, uid, 1), (1, 400_000, 65_535)]
-        );
+        assert_eq!(proc_map(made, "uid_map"), base_map_of(SUB, "subuid"));
         assert_eq!(
             to_host(
                 &proc_map(made, "uid_map"),
@@ -1030,6 +1118,7 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         "the holder outlived gc"
     );
     assert!(!holder_file(uid).exists());
+    assert!(pool_entries(uid).is_empty(), "gc left pooled pairs");
     let out = env.sh(&[], "true");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(holder_of(uid).is_some_and(|p| p != before));

@@ -203,8 +203,11 @@ pub fn gc(state: &StateDir, cgroups: Option<&Driver>, opts: &GcOptions) -> GcRep
         ));
         // An ordinary user's counterpart: the base user namespace's holder
         // (the next start makes another).
-        report.base_stopped =
-            stockade_isolate::basens::dir().and_then(stockade_isolate::basens::stop);
+        if let Some(dir) = stockade_isolate::basens::dir() {
+            let n = stockade_isolate::userpool::drain(dir);
+            report.drained = Some(report.drained.unwrap_or(0) + n);
+            report.base_stopped = stockade_isolate::basens::stop(dir);
+        }
     }
     report
 }

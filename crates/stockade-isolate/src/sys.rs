@@ -670,6 +670,52 @@ pub fn blank_command_line(name: &str) {
     }
 }
 
+const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
+const NSIO: u64 = 0xb7;
+/// The user namespace that owns a namespace (a new descriptor).
+pub const NS_GET_USERNS: u64 = NSIO << 8 | 0x1;
+/// The parent of a user (or pid) namespace (a new descriptor).
+pub const NS_GET_PARENT: u64 = NSIO << 8 | 0x2;
+const NS_GET_NSTYPE: u64 = NSIO << 8 | 0x3;
+const NS_GET_OWNER_UID: u64 = NSIO << 8 | 0x4;
+
+/// Whether `fd` is a namespace file of type `kind` (`CLONE_NEW*`).
+pub fn is_namespace(fd: &OwnedFd, kind: libc::c_int) -> bool {
+    if !nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC) {
+        return false;
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns an integer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+    r == kind
+}
+
+/// A namespace related to the one `fd` is ([`NS_GET_USERNS`] or
+/// [`NS_GET_PARENT`]), opened.
+pub fn ns_related(fd: &OwnedFd, request: u64) -> nix::Result<OwnedFd> {
+    // SAFETY: both ioctls take no argument and return a new descriptor.
+    let r = Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), request) })?;
+    // SAFETY: the descriptor was just created for us and nothing owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// The uid (in our namespace) that owns the user namespace `fd`.
+pub fn ns_owner_uid(fd: &OwnedFd) -> Option<u32> {
+    let mut owner: libc::uid_t = libc::uid_t::MAX;
+    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which
+    // targets a live local.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_OWNER_UID, &mut owner) };
+    (r == 0).then_some(owner)
+}
+
+/// Whether two descriptors are the same file (namespace files compare
+/// this way).
+pub fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,51 +779,5 @@ mod tests {
                 Err(e) => assert_eq!(e, Errno::EPERM, "{plain}"),
             }
         }
-    }
-}
-
-const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
-const NSIO: u64 = 0xb7;
-/// The user namespace that owns a namespace (a new descriptor).
-pub const NS_GET_USERNS: u64 = NSIO << 8 | 0x1;
-/// The parent of a user (or pid) namespace (a new descriptor).
-pub const NS_GET_PARENT: u64 = NSIO << 8 | 0x2;
-const NS_GET_NSTYPE: u64 = NSIO << 8 | 0x3;
-const NS_GET_OWNER_UID: u64 = NSIO << 8 | 0x4;
-
-/// Whether `fd` is a namespace file of type `kind` (`CLONE_NEW*`).
-pub fn is_namespace(fd: &OwnedFd, kind: libc::c_int) -> bool {
-    if !nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC) {
-        return false;
-    }
-    // SAFETY: NS_GET_NSTYPE takes no argument and returns an integer.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
-    r == kind
-}
-
-/// A namespace related to the one `fd` is ([`NS_GET_USERNS`] or
-/// [`NS_GET_PARENT`]), opened.
-pub fn ns_related(fd: &OwnedFd, request: u64) -> nix::Result<OwnedFd> {
-    // SAFETY: both ioctls take no argument and return a new descriptor.
-    let r = Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), request) })?;
-    // SAFETY: the descriptor was just created for us and nothing owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(r) })
-}
-
-/// The uid (in our namespace) that owns the user namespace `fd`.
-pub fn ns_owner_uid(fd: &OwnedFd) -> Option<u32> {
-    let mut owner: libc::uid_t = libc::uid_t::MAX;
-    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which
-    // targets a live local.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_OWNER_UID, &mut owner) };
-    (r == 0).then_some(owner)
-}
-
-/// Whether two descriptors are the same file (namespace files compare
-/// this way).
-pub fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
-    match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b)) {
-        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-        _ => false,
     }
 }

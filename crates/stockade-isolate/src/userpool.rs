@@ -252,6 +252,27 @@ pub fn refill(
     Ok(made)
 }
 
+/// Empties the pool under the runtime directory `dir`: every keeper (in
+/// an entry or a claim) is killed and its name removed. Init of a
+/// running sandbox holds its namespaces itself, so claims go too. Returns
+/// how many entries were released.
+pub fn drain(dir: &Path) -> usize {
+    let Ok(keys) = fs::read_dir(pool_dir(dir)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for k in keys.flatten() {
+        for e in fs::read_dir(k.path()).into_iter().flatten().flatten() {
+            release(&e.path());
+            n += 1;
+        }
+        if k.file_name() != "claimed" {
+            let _ = fs::remove_dir(k.path());
+        }
+    }
+    n
+}
+
 /// Releases claims whose claimer is gone and that are older than
 /// [`ORPHAN_AGE`] (a supervisor killed between its claim and its
 /// teardown).
