@@ -71,6 +71,7 @@ struct UserEnv {
     bin_dir: tempfile::TempDir,
     state: tempfile::TempDir,
     vars: Vec<(String, String)>,
+    runtime: Option<tempfile::TempDir>,
 }
 
 impl UserEnv {
@@ -91,7 +92,21 @@ impl UserEnv {
             bin_dir,
             state,
             vars: Vec::new(),
+            runtime: None,
         }
+    }
+
+    /// Gives the user's commands a runtime directory of their own
+    /// (`XDG_RUNTIME_DIR`, removed with `self`) and returns stockade's
+    /// directory in it.
+    fn private_runtime(&mut self) -> PathBuf {
+        let dir = owned_dir(self.uid, "stockade-rl-run");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        self.vars
+            .push(("XDG_RUNTIME_DIR".into(), dir.path().display().to_string()));
+        let rt = dir.path().join("stockade");
+        self.runtime = Some(dir);
+        rt
     }
 
     fn bin(&self) -> PathBuf {
@@ -199,13 +214,6 @@ fn base_map_of(user: &str, file: &str) -> Vec<(u32, u32, u32)> {
     vec![(0, uid_of(user), 1), (1, start, 65_535)]
 }
 
-/// The base namespace tests stop holders; the others that look at
-/// holders wait for them.
-fn basens_lock() -> nix::fcntl::Flock<std::fs::File> {
-    let lock = std::fs::File::create("/tmp/stockade-rl-basens.lock").unwrap();
-    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap()
-}
-
 /// `/proc/PID/FILE` (an id map) as the host reads it: host ids.
 fn proc_map(pid: i32, file: &str) -> Vec<(u32, u32, u32)> {
     parse_map(&std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap())
@@ -239,15 +247,15 @@ fn to_host(map: &[(u32, u32, u32)], id: u32) -> Option<u32> {
         .find_map(|&(i, o, c)| (id >= i && id - i < c).then(|| o + (id - i)))
 }
 
-/// Where a user's base user namespace's holder is named (the test users
-/// run without `XDG_RUNTIME_DIR`).
-fn holder_file(uid: u32) -> PathBuf {
-    PathBuf::from(format!("/tmp/stockade-{uid}/userns.pid"))
+/// Where a user's base user namespace's holder is named, under the
+/// stockade runtime directory `rt`.
+fn holder_file(rt: &Path) -> PathBuf {
+    rt.join("userns.pid")
 }
 
 /// The live holder of `uid`'s base user namespace, if any.
-fn holder_of(uid: u32) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(holder_file(uid))
+fn holder_of(rt: &Path, uid: u32) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(holder_file(rt))
         .ok()?
         .trim()
         .parse()
@@ -871,8 +879,8 @@ fn holder_alive(pid: i32) -> Option<i32> {
     (!status.lines().any(|l| l.starts_with("State:\tZ"))).then_some(pid)
 }
 
-fn pool_entries(uid: u32) -> Vec<PathBuf> {
-    let Ok(keys) = std::fs::read_dir(format!("/tmp/stockade-{uid}/nspool")) else {
+fn pool_entries(rt: &Path) -> Vec<PathBuf> {
+    let Ok(keys) = std::fs::read_dir(rt.join("nspool")) else {
         return Vec::new();
     };
     keys.flatten()
@@ -882,14 +890,14 @@ fn pool_entries(uid: u32) -> Vec<PathBuf> {
         .collect()
 }
 
-fn stop_holder(uid: u32) {
-    if let Some(pid) = holder_of(uid) {
+fn stop_holder(rt: &Path, uid: u32) {
+    if let Some(pid) = holder_of(rt, uid) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    let _ = std::fs::remove_file(holder_file(uid));
+    let _ = std::fs::remove_file(holder_file(rt));
 }
 
 /// A process that looks like a holder from outside (its name is
@@ -927,20 +935,22 @@ fn fake_holder(user: Option<&str>, dir: &Path) -> std::process::Child {
 #[test]
 #[ignore = "needs root: creates users and runs stockade as them"]
 fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holder_gives() {
-    let env = UserEnv::new(SUB);
+    let mut env = UserEnv::new(SUB);
     let uid = env.uid;
+    // A runtime directory of this test's own: its holder and pool are
+    // nobody else's (other tests run as the same user meanwhile).
+    let rt = env.private_runtime();
     let fakes = open_dir("stockade-rl-fake");
     std::fs::set_permissions(fakes.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // Tests of this user run in parallel and make holders too: serialise
     // with each other through a lock of this test's own, and never assume
     // the holder is the one this test saw a moment ago except where only
     // this test changes it.
-    let _guard = basens_lock();
     // No holder and no pooled pair (made under an earlier holder) left.
     let out = env.stockade(&["gc", "--drain-pool"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    stop_holder(uid);
-    assert!(pool_entries(uid).is_empty(), "gc left pooled pairs");
+    stop_holder(&rt, uid);
+    assert!(pool_entries(&rt).is_empty(), "gc left pooled pairs");
 
     // The first start makes the holder: the user's whole allowance mapped
     // (0 the caller, then the subordinate ids), no descriptor held (a
@@ -957,7 +967,7 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         "the holder is visible inside: {}",
         stdout(&out)
     );
-    let holder = holder_of(uid).expect("the first start made a holder");
+    let holder = holder_of(&rt, uid).expect("the first start made a holder");
     assert_eq!(proc_map(holder, "uid_map"), base_map_of(SUB, "subuid"));
     assert_eq!(proc_map(holder, "gid_map"), base_map_of(SUB, "subgid"));
     assert_eq!(
@@ -983,13 +993,13 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
     // keepers in user namespaces under the holder's, with the sandbox's
     // maps (read from the host), each owning a network namespace.
     assert!(
-        eventually_for(20, || pool_entries(uid).len() == 2),
+        eventually_for(20, || pool_entries(&rt).len() == 2),
         "the pool was not filled: {:?}",
-        pool_entries(uid)
+        pool_entries(&rt)
     );
     let (holder_ns, _) = userns_and_parent(holder);
     let mut keepers = Vec::new();
-    for entry in pool_entries(uid) {
+    for entry in pool_entries(&rt) {
         let pid: i32 = entry
             .file_name()
             .unwrap()
@@ -1045,7 +1055,7 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         "the used pair's keeper outlived the sandbox"
     );
     assert_eq!(
-        holder_of(uid),
+        holder_of(&rt, uid),
         Some(holder),
         "a second start made another holder"
     );
@@ -1065,10 +1075,10 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         // Without pooled pairs, which would spare the start the holder.
         let drained = env.stockade(&["gc", "--drain-pool"]);
         assert_eq!(code(&drained), 0, "{}", stderr(&drained));
-        std::fs::write(holder_file(uid), format!("{named}\n")).unwrap();
+        std::fs::write(holder_file(&rt), format!("{named}\n")).unwrap();
         let out = env.sh(&[], "cat /proc/self/uid_map");
         assert_eq!(code(&out), 0, "{named}: {}", stderr(&out));
-        let made = holder_of(uid).expect("a genuine holder was made");
+        let made = holder_of(&rt, uid).expect("a genuine holder was made");
         assert!(
             ![mine.id(), roots.id()].contains(&(made as u32)),
             "{named} was taken for a holder"
@@ -1095,6 +1105,7 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
 
     // Turned off, the helpers map a namespace whose parent is the host's.
     let mut off = UserEnv::new(SUB);
+    off.vars = env.vars.clone();
     off.vars.push(("STOCKADE_NS_POOL".into(), "0".into()));
     let out = off.sh(&[], "cat /proc/self/uid_map");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -1105,7 +1116,7 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
     );
 
     // `gc --drain-pool` stops it; the next start makes another.
-    let before = holder_of(uid).unwrap();
+    let before = holder_of(&rt, uid).unwrap();
     let out = env.stockade(&["gc", "--drain-pool"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
@@ -1114,14 +1125,14 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         stdout(&out)
     );
     assert!(
-        eventually_for(10, || holder_of(uid).is_none()),
+        eventually_for(10, || holder_of(&rt, uid).is_none()),
         "the holder outlived gc"
     );
-    assert!(!holder_file(uid).exists());
-    assert!(pool_entries(uid).is_empty(), "gc left pooled pairs");
+    assert!(!holder_file(&rt).exists());
+    assert!(pool_entries(&rt).is_empty(), "gc left pooled pairs");
     let out = env.sh(&[], "true");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(holder_of(uid).is_some_and(|p| p != before));
+    assert!(holder_of(&rt, uid).is_some_and(|p| p != before));
     env.assert_clean();
 }
 
@@ -1447,4 +1458,34 @@ fn rootless_overlay_root_without_fuse_is_refused_with_the_fix_and_leaves_nothing
         env.assert_clean();
     }
     env.assert_clean();
+}
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_holder_and_keepers_end_once_nothing_names_them() {
+    // What the user's last logout does to XDG_RUNTIME_DIR: the pid file
+    // and the pool's directory go. The processes must not outlive them
+    // (they check every 30 s).
+    let mut env = UserEnv::new(SUB);
+    let uid = env.uid;
+    let rt = env.private_runtime();
+    let out = env.sh(&[], "true");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        eventually_for(20, || pool_entries(&rt).len() == 2),
+        "the pool was not filled"
+    );
+    let holder = holder_of(&rt, uid).expect("a holder");
+    let keepers: Vec<i32> = pool_entries(&rt)
+        .iter()
+        .map(|e| e.file_name().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
+    std::fs::remove_file(holder_file(&rt)).unwrap();
+    std::fs::remove_dir_all(rt.join("nspool")).unwrap();
+    let all = || std::iter::once(holder).chain(keepers.iter().copied());
+    assert!(
+        eventually_for(75, || all().all(|p| holder_alive(p).is_none())),
+        "still running: {:?}",
+        all().filter_map(holder_alive).collect::<Vec<_>>()
+    );
 }

@@ -195,7 +195,7 @@ pub fn ensure(dir: &Path, want: &(IdMap, IdMap)) -> Result<OwnedFd, BaseError> {
     // A holder of other maps (the subordinate ranges changed) is ours but
     // of no use: stop it.
     stop(dir);
-    let pid = make_holder(want)?;
+    let pid = make_holder(want, &dir.join(PID_FILE))?;
     let tmp = dir.join(format!(".{PID_FILE}.{}", std::process::id()));
     fs::write(&tmp, format!("{pid}\n"))
         .and_then(|()| fs::rename(&tmp, dir.join(PID_FILE)))
@@ -315,7 +315,7 @@ fn kill(pid: i32) {
 /// returns its pid. A forked child makes the namespace, the helpers map
 /// it, and the child forks the holder (so the holder is nobody's child
 /// here and ends in a session of its own) and leaves.
-fn make_holder(want: &(IdMap, IdMap)) -> Result<i32, BaseError> {
+fn make_holder(want: &(IdMap, IdMap), pid_file: &Path) -> Result<i32, BaseError> {
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
     let (ready_r, ready_w) = pipe().map_err(BaseError::Fork)?;
     let (go_r, go_w) = pipe().map_err(BaseError::Fork)?;
@@ -323,7 +323,7 @@ fn make_holder(want: &(IdMap, IdMap)) -> Result<i32, BaseError> {
     // fork, setsid, prctl, close_range, pause, _exit) and never returns, so
     // it touches no state another thread of ours could have left locked.
     let child = match unsafe { nix::unistd::fork() }.map_err(BaseError::Fork)? {
-        nix::unistd::ForkResult::Child => holder_child(ready_w, go_r),
+        nix::unistd::ForkResult::Child => holder_child(ready_w, go_r, pid_file),
         nix::unistd::ForkResult::Parent { child } => child,
     };
     drop(ready_w);
@@ -354,7 +354,7 @@ fn make_holder(want: &(IdMap, IdMap)) -> Result<i32, BaseError> {
 }
 
 /// The forked child of [`make_holder`].
-fn holder_child(ready: OwnedFd, go: OwnedFd) -> ! {
+fn holder_child(ready: OwnedFd, go: OwnedFd, pid_file: &Path) -> ! {
     let write = |b: &[u8]| {
         // SAFETY: writes from a live buffer to a descriptor we own.
         unsafe { libc::write(ready.as_raw_fd(), b.as_ptr().cast(), b.len()) };
@@ -377,28 +377,43 @@ fn holder_child(ready: OwnedFd, go: OwnedFd) -> ! {
     // only system calls from here on.
     let holder = unsafe { libc::fork() };
     if holder == 0 {
-        hold(&ready);
+        hold(&ready, pid_file);
     }
     // SAFETY: as above.
     unsafe { libc::_exit(i32::from(holder < 0)) }
 }
 
-/// The holder: see [`sleep_detached`].
-fn hold(ready: &OwnedFd) -> ! {
-    sleep_detached(c"stockade-userns", ready)
+/// The holder: see [`sleep_detached`]; it ends once its pid file names
+/// it no more (`stockade gc --drain-pool` removes it, and so does the
+/// removal of the runtime directory at the user's last logout).
+fn hold(ready: &OwnedFd, pid_file: &Path) -> ! {
+    sleep_detached(
+        c"stockade-userns",
+        ready,
+        &|me| match fs::read_to_string(pid_file) {
+            Ok(text) => text.trim() == me.to_string(),
+            Err(e) => e.kind() != io::ErrorKind::NotFound,
+        },
+    )
 }
 
 /// The end of a process that only keeps namespaces alive: default signal
 /// handling and none blocked (the supervisor's are not its own: a plain
 /// `kill` ends it), a session of its own, `name`, its pid written to
 /// `ready` (only then, so that whoever reads it finds the process as the
-/// checks want it), no descriptors, and sleep.
-pub(crate) fn sleep_detached(name: &std::ffi::CStr, ready: &OwnedFd) -> ! {
+/// checks want it), no descriptors, and sleep, waking every
+/// [`WATCH_EVERY`] seconds to end once `named(own pid)` says that nothing
+/// names it any more (nobody could find it).
+pub(crate) fn sleep_detached(
+    name: &std::ffi::CStr,
+    ready: &OwnedFd,
+    named: &dyn Fn(i32) -> bool,
+) -> ! {
     // SAFETY: each call changes only this process (its signal state,
-    // session, working directory, name, descriptor table) or writes from
-    // a live local; none can fail in a way that matters here, and the loop
-    // never returns.
-    unsafe {
+    // session, working directory, name, descriptor table) or reads and
+    // writes live locals; none can fail in a way that matters here, and
+    // the loop only ends with _exit.
+    let me = unsafe {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
@@ -408,14 +423,24 @@ pub(crate) fn sleep_detached(name: &std::ffi::CStr, ready: &OwnedFd) -> ! {
         libc::setsid();
         libc::chdir(c"/".as_ptr());
         libc::prctl(libc::PR_SET_NAME, name.as_ptr());
-        let pid = libc::getpid().to_ne_bytes();
+        let me = libc::getpid();
+        let pid = me.to_ne_bytes();
         libc::write(ready.as_raw_fd(), pid.as_ptr().cast(), pid.len());
         libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
-        loop {
-            libc::pause();
+        me
+    };
+    loop {
+        // SAFETY: sleep only waits.
+        unsafe { libc::sleep(WATCH_EVERY) };
+        if !named(me) {
+            // SAFETY: leaving without running destructors (a fork).
+            unsafe { libc::_exit(0) };
         }
     }
 }
+
+/// Seconds between a holder's or keeper's checks of what names it.
+const WATCH_EVERY: libc::c_uint = 30;
 
 /// For tests: whether `pid`'s user namespace is a child of the holder's.
 pub fn is_child_of_holder(dir: &Path, pid: i32) -> Option<bool> {

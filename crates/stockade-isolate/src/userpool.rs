@@ -234,7 +234,7 @@ pub fn refill(
     }
     let mut made = 0;
     while here < per_key && total < MAX_TOTAL {
-        let pid = make_keeper(&base)?;
+        let pid = make_keeper(&base, &kdir)?;
         let entry = kdir.join(pid.to_string());
         if let Err(e) = fs::File::create(&entry) {
             if let Some(k) = open_keeper(pid, None) {
@@ -304,7 +304,7 @@ fn release_orphans(claimed: &Path) {
 /// (in the parent namespace, with every capability there) writes the new
 /// namespace's maps, then lets it go on: it brings loopback up and sleeps
 /// (see `basens::sleep_detached`). Returns the keeper's pid.
-fn make_keeper(base: &Base) -> Result<i32, basens::BaseError> {
+fn make_keeper(base: &Base, kdir: &Path) -> Result<i32, basens::BaseError> {
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
     let (ready_r, ready_w) = pipe().map_err(basens::BaseError::Fork)?;
     let (made_r, made_w) = pipe().map_err(basens::BaseError::Fork)?;
@@ -322,6 +322,7 @@ fn make_keeper(base: &Base) -> Result<i32, basens::BaseError> {
             uid_map,
             gid_map,
             [&ready_w, &made_r, &made_w, &go_r, &go_w],
+            kdir,
         ),
         nix::unistd::ForkResult::Parent { child } => child,
     };
@@ -337,7 +338,13 @@ fn make_keeper(base: &Base) -> Result<i32, basens::BaseError> {
 
 /// The child of [`make_keeper`] that enters the base namespace; `fds` are
 /// the pipe ends `[ready_w, made_r, made_w, go_r, go_w]`.
-fn entering_child(user: &OwnedFd, uid_map: &[u8], gid_map: &[u8], fds: [&OwnedFd; 5]) -> ! {
+fn entering_child(
+    user: &OwnedFd,
+    uid_map: &[u8],
+    gid_map: &[u8],
+    fds: [&OwnedFd; 5],
+    kdir: &Path,
+) -> ! {
     let [ready_w, made_r, made_w, go_r, go_w] = fds;
     let exit = |code: i32| -> ! {
         // SAFETY: leaving the forked child without running destructors.
@@ -350,7 +357,7 @@ fn entering_child(user: &OwnedFd, uid_map: &[u8], gid_map: &[u8], fds: [&OwnedFd
     // SAFETY: a plain fork of this single-threaded child.
     let keeper = unsafe { libc::fork() };
     if keeper == 0 {
-        keeper_main(ready_w, made_w, go_r);
+        keeper_main(ready_w, made_w, go_r, kdir);
     }
     if keeper < 0 {
         exit(1);
@@ -378,7 +385,7 @@ fn entering_child(user: &OwnedFd, uid_map: &[u8], gid_map: &[u8], fds: [&OwnedFd
 
 /// The keeper: new user + network namespaces, maps awaited, loopback up,
 /// then sleep.
-fn keeper_main(ready_w: &OwnedFd, made_w: &OwnedFd, go_r: &OwnedFd) -> ! {
+fn keeper_main(ready_w: &OwnedFd, made_w: &OwnedFd, go_r: &OwnedFd, kdir: &Path) -> ! {
     let exit = |code: i32| -> ! {
         // SAFETY: leaving the forked child without running destructors.
         unsafe { libc::_exit(code) }
@@ -395,7 +402,11 @@ fn keeper_main(ready_w: &OwnedFd, made_w: &OwnedFd, go_r: &OwnedFd) -> ! {
     if n != 1 || byte != b'G' || sys::loopback_up().is_err() {
         exit(1);
     }
-    basens::sleep_detached(c"stockade-nspool", ready_w)
+    // Named by `<kdir>/<pid>` until claimed (then init holds the pair and
+    // the teardown kills the keeper, or it ends here) or removed.
+    basens::sleep_detached(c"stockade-nspool", ready_w, &|me| {
+        kdir.join(me.to_string()).exists()
+    })
 }
 
 #[cfg(test)]
