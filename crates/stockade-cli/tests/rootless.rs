@@ -1489,3 +1489,63 @@ fn rootless_holder_and_keepers_end_once_nothing_names_them() {
         all().filter_map(holder_alive).collect::<Vec<_>>()
     );
 }
+
+#[test]
+#[ignore = "needs root: creates users and runs stockade as them"]
+fn rootless_single_id_starts_take_pooled_pairs_of_their_own_maps() {
+    let mut env = UserEnv::new(SINGLE);
+    let uid = env.uid;
+    let rt = env.private_runtime();
+    let out = env.sh(&[], "true");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        eventually_for(20, || pool_entries(&rt).len() == 2),
+        "the pool was not filled: {:?}",
+        pool_entries(&rt)
+    );
+    // No base namespace without subordinate ids: the keepers map the one
+    // id themselves, with setgroups denied as for any single-id sandbox.
+    assert!(holder_of(&rt, uid).is_none());
+    let mut keepers = Vec::new();
+    for entry in pool_entries(&rt) {
+        let pid: i32 = entry
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(proc_map(pid, "uid_map"), vec![(1000, uid, 1)]);
+        let setgroups = std::fs::read_to_string(format!("/proc/{pid}/setgroups")).unwrap();
+        assert_eq!(setgroups.trim(), "deny");
+        keepers.push((pid, userns_and_parent(pid).0));
+    }
+    let mut run = env.cmd(&["run", "--", "sleep", "31.6"]).spawn().unwrap();
+    let mut sleeper = None;
+    assert!(
+        eventually_for(20, || {
+            sleeper = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                (cmd == b"sleep\x0031.6\x00").then_some(pid)
+            });
+            sleeper.is_some()
+        }),
+        "the sandbox's sleep never showed"
+    );
+    let (ns, _) = userns_and_parent(sleeper.unwrap());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = run.wait();
+    let used = keepers
+        .iter()
+        .find(|k| k.1 == ns)
+        .expect("the sandbox did not take a pooled pair");
+    assert!(
+        eventually_for(20, || holder_alive(used.0).is_none()),
+        "the used pair's keeper outlived the sandbox"
+    );
+    env.assert_clean();
+}

@@ -128,14 +128,12 @@ impl Refill {
         if let Some((pool, per_key)) = nspool::configured() {
             return Some(Refill::Slots { pool, per_key });
         }
-        let subordinate = matches!(
-            spec.rootless,
-            Some(stockade_isolate::rootless::RootlessIds::Subordinate { .. })
-        );
-        (subordinate && stockade_isolate::basens::configured().is_some()).then(|| Refill::User {
-            ids: spec.rootless,
-            uids: spec.uid_map.clone(),
-            gids: spec.gid_map.clone(),
+        (spec.rootless.is_some() && stockade_isolate::basens::configured().is_some()).then(|| {
+            Refill::User {
+                ids: spec.rootless,
+                uids: spec.uid_map.clone(),
+                gids: spec.gid_map.clone(),
+            }
         })
     }
 

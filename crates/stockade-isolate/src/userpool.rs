@@ -4,8 +4,10 @@
 //! Root's pool keeps its namespaces alive with nsfs bind mounts, which an
 //! ordinary user may not make. Here each entry is a small process, the
 //! *keeper* (`stockade-nspool`), sitting in the pair it made: a user
-//! namespace under the user's base namespace (see [`crate::basens`]) with
-//! a sandbox's maps, and a network namespace it owns whose loopback is up.
+//! namespace with a sandbox's maps — under the user's base namespace (see
+//! [`crate::basens`]) with subordinate ids, or with a single id mapped by
+//! the keeper itself (`setgroups` denied) — and a network namespace it
+//! owns whose loopback is up.
 //! The cleaner of a `stockade run` makes them after its teardown, off the
 //! next start's path, for the maps of the sandbox it just ran.
 //!
@@ -71,14 +73,18 @@ pub fn key(uids: &IdMap, gids: &IdMap) -> String {
     format!("{h:016x}")
 }
 
+/// Whether a rootless sandbox's `setgroups` is denied: with a single id
+/// the kernel demands it before the caller may write its own gid map.
+fn setgroups_denied(ids: RootlessIds) -> bool {
+    ids == RootlessIds::Single
+}
+
 /// Takes a ready pair with exactly these maps (host ids), or `None`. The
-/// pool is only used where the base namespace is ([`basens::configured`]),
-/// for a sandbox with subordinate ids.
+/// pool is only used where the base namespace would be
+/// ([`basens::configured`]), for a rootless sandbox.
 pub fn claim(ids: Option<RootlessIds>, uids: &IdMap, gids: &IdMap) -> Option<Pooled> {
     let dir = basens::configured()?;
-    if !matches!(ids, Some(RootlessIds::Subordinate { .. })) {
-        return None;
-    }
+    let deny = setgroups_denied(ids?);
     let pool = pool_dir(dir);
     let entries = fs::read_dir(pool.join(key(uids, gids))).ok()?;
     let claimed = pool.join("claimed");
@@ -92,7 +98,7 @@ pub fn claim(ids: Option<RootlessIds>, uids: &IdMap, gids: &IdMap) -> Option<Poo
         if fs::rename(e.path(), &to).is_err() {
             continue;
         }
-        match open_keeper(pid, Some((uids, gids))) {
+        match open_keeper(pid, Some((uids, gids, deny))) {
             Some(k) => {
                 return Some(Pooled {
                     user: k.user,
@@ -114,7 +120,7 @@ struct Keeper {
 }
 
 /// The keeper `pid`, if it is one of ours (with `maps`, of those maps).
-fn open_keeper(pid: i32, maps: Option<(&IdMap, &IdMap)>) -> Option<Keeper> {
+fn open_keeper(pid: i32, maps: Option<(&IdMap, &IdMap, bool)>) -> Option<Keeper> {
     if pid <= 1 {
         return None;
     }
@@ -144,11 +150,12 @@ fn open_keeper(pid: i32, maps: Option<(&IdMap, &IdMap)>) -> Option<Keeper> {
     if !sys::same_file(&net_owner, &user) {
         return None;
     }
-    if let Some((uids, gids)) = maps {
+    if let Some((uids, gids, deny)) = maps {
         let read = |f: &str| fs::read_to_string(proc_dir.join(f)).ok();
+        let setgroups = if deny { "deny" } else { "allow" };
         if basens::parse_map(&read("uid_map")?).as_ref() != Some(uids)
             || basens::parse_map(&read("gid_map")?).as_ref() != Some(gids)
-            || read("setgroups")?.trim() != "allow"
+            || read("setgroups")?.trim() != setgroups
         {
             return None;
         }
@@ -190,17 +197,26 @@ pub fn refill(
     let Some(dir) = basens::configured() else {
         return Ok(0);
     };
-    let Some(base) = basens::for_sandbox(ids, uids, gids) else {
-        return Ok(0);
+    let how = match ids {
+        // Under the base namespace, which writes the maps.
+        Some(RootlessIds::Subordinate { .. }) => match basens::for_sandbox(ids, uids, gids) {
+            Some(base) => How::Base(base?),
+            None => return Ok(0),
+        },
+        // The keeper writes its own single-id maps.
+        Some(RootlessIds::Single) => How::Single {
+            uid_map: uids.to_proc_format(),
+            gid_map: gids.to_proc_format(),
+        },
+        None => return Ok(0),
     };
-    let base = base?;
     let pool = pool_dir(dir);
     let io = |what: &str, p: &Path| {
         let what = format!("{what} {}", p.display());
         move |e| basens::BaseError::Io(what, e)
     };
     let kdir = pool.join(key(uids, gids));
-    for d in [&pool, &pool.join("claimed"), &kdir] {
+    for d in [dir, &pool, &pool.join("claimed"), &kdir] {
         basens::private_dir(d)?;
     }
     release_orphans(&pool.join("claimed"));
@@ -234,7 +250,10 @@ pub fn refill(
     }
     let mut made = 0;
     while here < per_key && total < MAX_TOTAL {
-        let pid = make_keeper(&base, &kdir)?;
+        let pid = match &how {
+            How::Base(base) => make_keeper(base, &kdir)?,
+            How::Single { uid_map, gid_map } => make_single_keeper(uid_map, gid_map, &kdir)?,
+        };
         let entry = kdir.join(pid.to_string());
         if let Err(e) = fs::File::create(&entry) {
             if let Some(k) = open_keeper(pid, None) {
@@ -296,6 +315,59 @@ fn release_orphans(claimed: &Path) {
         if old && !claimer_alive {
             release(&e.path());
         }
+    }
+}
+
+/// How a refill makes its keepers.
+enum How {
+    Base(Base),
+    Single { uid_map: String, gid_map: String },
+}
+
+/// Starts a keeper of single-id maps: a forked child makes the new user +
+/// network namespace pair, writes its own maps (`setgroups` denied, as
+/// the kernel requires of an unprivileged writer), brings loopback up and
+/// forks the keeper, which sleeps there. Returns the keeper's pid.
+fn make_single_keeper(uid_map: &str, gid_map: &str, kdir: &Path) -> Result<i32, basens::BaseError> {
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(basens::BaseError::Fork)?;
+    // SAFETY: the child only makes system calls and formats paths on its
+    // own copy of our memory (we are single-threaded: a cleaner, or a
+    // test), and never returns.
+    let child = match unsafe { nix::unistd::fork() }.map_err(basens::BaseError::Fork)? {
+        nix::unistd::ForkResult::Child => {
+            let exit = |code: i32| -> ! {
+                // SAFETY: leaving the forked child without destructors.
+                unsafe { libc::_exit(code) }
+            };
+            // SAFETY: unshare changes only this process's namespaces.
+            if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } != 0 {
+                exit(1);
+            }
+            let mapped = fs::write("/proc/self/uid_map", uid_map)
+                .and_then(|()| fs::write("/proc/self/setgroups", "deny"))
+                .and_then(|()| fs::write("/proc/self/gid_map", gid_map));
+            if mapped.is_err() || sys::loopback_up().is_err() {
+                exit(1);
+            }
+            // SAFETY: a plain fork of this single-threaded child.
+            let keeper = unsafe { libc::fork() };
+            if keeper == 0 {
+                basens::sleep_detached(c"stockade-nspool", &ready_w, &|me| {
+                    kdir.join(me.to_string()).exists()
+                });
+            }
+            exit(i32::from(keeper < 0))
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop(ready_w);
+    let st = nix::sys::wait::waitpid(child, None);
+    let mut pid = [0u8; 4];
+    let told = fs::File::from(ready_r).read_exact(&mut pid);
+    match (st, told) {
+        (Ok(nix::sys::wait::WaitStatus::Exited(_, 0)), Ok(())) => Ok(i32::from_ne_bytes(pid)),
+        _ => Err(basens::BaseError::HolderFailed),
     }
 }
 
