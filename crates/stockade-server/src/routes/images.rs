@@ -307,9 +307,13 @@ pub fn store_error(e: &StoreError) -> ApiError {
         StoreError::Io { .. }
         | StoreError::BadRecord { .. }
         | StoreError::MissingLayer(_)
-        | StoreError::WrongFormat { .. }
-        | StoreError::NeedsSubids
         | StoreError::Userns(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        // The daemon's host cannot keep images as it runs (a rootless
+        // daemon whose user has no subordinate ids, or a store of the other
+        // kind); the message says what the host's owner must do.
+        StoreError::WrongFormat { .. } | StoreError::NeedsSubids => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unsupported")
+        }
     };
     ApiError::new(status, code, chain(e))
 }
@@ -525,6 +529,21 @@ mod tests {
         });
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
         assert!(r.message.contains("refused"), "{}", r.message);
+        // The host's set-up, not the request and not a bug: 503, and the
+        // message carries the fix.
+        let e = store_error(&StoreError::NeedsSubids);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "unsupported")
+        );
+        assert!(e.message.contains("subordinate"), "{}", e.message);
+        let e = store_error(&StoreError::WrongFormat {
+            path: "/s/images".into(),
+            found: "by root".into(),
+            wanted: "by a user".into(),
+        });
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.message.contains("rm -rf /s/images"), "{}", e.message);
     }
 
     #[test]
