@@ -872,9 +872,35 @@ fn rootless_image_sandboxes_show_the_images_owners_and_keep_the_store_unchanged(
     env.assert_clean();
 }
 
+/// Runs `sleep SECS` in a sandbox of `env`'s user, finds it from the
+/// host by its command line, and returns the inodes of its user
+/// namespace and of that namespace's parent; then interrupts the run and
+/// waits for it (its teardown included).
+fn sandbox_userns(env: &UserEnv, secs: &str) -> (u64, u64) {
+    let mut run = env.cmd(&["run", "--", "sleep", secs]).spawn().unwrap();
+    let want = format!("sleep\0{secs}\0").into_bytes();
+    let mut sleeper = None;
+    let seen = eventually_for(20, || {
+        sleeper = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (cmd == want).then_some(pid)
+        });
+        sleeper.is_some()
+    });
+    let ns = sleeper.map(userns_and_parent);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = run.wait();
+    assert!(seen, "the sandbox's sleep never showed");
+    ns.unwrap()
+}
+
 /// Kills `uid`'s holder, if any, and forgets it.
 /// `Some(pid)` while `pid` runs (not a zombie).
-fn holder_alive(pid: i32) -> Option<i32> {
+fn running(pid: i32) -> Option<i32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     (!status.lines().any(|l| l.starts_with("State:\tZ"))).then_some(pid)
 }
@@ -1022,25 +1048,7 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
 
     // A sandbox takes one of them: its user namespace is a keeper's, a
     // child of the holder's; the keeper goes with the sandbox.
-    let mut run = env.cmd(&["run", "--", "sleep", "31.5"]).spawn().unwrap();
-    let mut sleeper = None;
-    assert!(
-        eventually_for(20, || {
-            sleeper = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
-                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                (cmd == b"sleep\x0031.5\x00").then_some(pid)
-            });
-            sleeper.is_some()
-        }),
-        "the sandbox's sleep never showed"
-    );
-    let (sandbox_ns, parent) = userns_and_parent(sleeper.unwrap());
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(run.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = run.wait();
+    let (sandbox_ns, parent) = sandbox_userns(&env, "31.5");
     assert_eq!(
         parent, holder_ns,
         "the sandbox's namespace is not the holder's child"
@@ -1051,7 +1059,7 @@ fn rootless_starts_share_one_mapped_base_namespace_that_only_the_users_own_holde
         .find(|k| k.1 == sandbox_ns)
         .expect("the sandbox did not take a pooled pair");
     assert!(
-        eventually_for(20, || holder_alive(used.0).is_none()),
+        eventually_for(20, || running(used.0).is_none()),
         "the used pair's keeper outlived the sandbox"
     );
     assert_eq!(
@@ -1484,9 +1492,9 @@ fn rootless_holder_and_keepers_end_once_nothing_names_them() {
     std::fs::remove_dir_all(rt.join("nspool")).unwrap();
     let all = || std::iter::once(holder).chain(keepers.iter().copied());
     assert!(
-        eventually_for(75, || all().all(|p| holder_alive(p).is_none())),
+        eventually_for(75, || all().all(|p| running(p).is_none())),
         "still running: {:?}",
-        all().filter_map(holder_alive).collect::<Vec<_>>()
+        all().filter_map(running).collect::<Vec<_>>()
     );
 }
 
@@ -1520,31 +1528,13 @@ fn rootless_single_id_starts_take_pooled_pairs_of_their_own_maps() {
         assert_eq!(setgroups.trim(), "deny");
         keepers.push((pid, userns_and_parent(pid).0));
     }
-    let mut run = env.cmd(&["run", "--", "sleep", "31.6"]).spawn().unwrap();
-    let mut sleeper = None;
-    assert!(
-        eventually_for(20, || {
-            sleeper = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
-                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                (cmd == b"sleep\x0031.6\x00").then_some(pid)
-            });
-            sleeper.is_some()
-        }),
-        "the sandbox's sleep never showed"
-    );
-    let (ns, _) = userns_and_parent(sleeper.unwrap());
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(run.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = run.wait();
+    let (ns, _) = sandbox_userns(&env, "31.6");
     let used = keepers
         .iter()
         .find(|k| k.1 == ns)
         .expect("the sandbox did not take a pooled pair");
     assert!(
-        eventually_for(20, || holder_alive(used.0).is_none()),
+        eventually_for(20, || running(used.0).is_none()),
         "the used pair's keeper outlived the sandbox"
     );
     env.assert_clean();
